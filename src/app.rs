@@ -1,0 +1,151 @@
+//! The service assembled: connect, bind, load, serve, and shut down in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::db::health::DatabaseHealth;
+use crate::db::validation_log::ValidationLog;
+use crate::db::{self, load};
+use crate::http::{self, State};
+use crate::metrics::Metrics;
+
+/// A bound, connected, not yet serving instance of the service.
+#[derive(Debug)]
+pub struct App {
+    settings: Settings,
+    listener: TcpListener,
+    pool: PgPool,
+    state: Arc<State>,
+    /// Cancelled after the HTTP drain: background tasks finish their work and return.
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    log_writer: JoinHandle<()>,
+}
+
+impl App {
+    /// Connects to PostgreSQL and binds the listen address. Fails, with a reason, if either
+    /// is impossible.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let addr = settings.http_addr()?;
+        let pool = db::connect(&settings.database).await.context("cannot connect to the database")?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let metrics = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (validation_log, log_writer) =
+            ValidationLog::spawn(pool.clone(), &settings.validation_log, metrics.validation_logs.clone(), stop.clone());
+        let database = DatabaseHealth::new();
+        tasks.spawn(database.clone().run_probe(
+            pool.clone(),
+            Duration::from_millis(settings.database.health_interval_ms),
+            stop.clone(),
+        ));
+        tasks.spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
+        let state = Arc::new(State {
+            cache: Arc::new(Cache::new()),
+            validation_log,
+            metrics,
+            database,
+            started: Instant::now(),
+        });
+        Ok(App { settings, listener, pool, state, stop, tasks, log_writer })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` resolves, then drains: HTTP first, then the write-behind
+    /// queue, then the pool. Errors if the start-up load fails.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let App { settings, listener, pool, state, stop, tasks, log_writer } = self;
+        let http_stop = CancellationToken::new();
+        let server = {
+            let state = state.clone();
+            let settings = settings.http.clone();
+            let http_stop = http_stop.clone();
+            tokio::spawn(async move {
+                let signal = async move {
+                    tokio::select! {
+                        () = shutdown => {},
+                        () = http_stop.cancelled() => {},
+                    }
+                };
+                http::serve(listener, state, &settings, signal).await;
+            })
+        };
+        let loaded = load_cache(&pool, &state).await;
+        if loaded.is_err() {
+            http_stop.cancel();
+        }
+        server.await.context("the HTTP server panicked")?;
+        tracing::info!("HTTP drained; flushing the validation log");
+        stop.cancel();
+        log_writer.await.context("the validation log writer panicked")?;
+        tasks.close();
+        tasks.wait().await;
+        pool.close().await;
+        loaded
+    }
+}
+
+/// Loads every coupon and every live redemption, then marks the cache ready.
+async fn load_cache(pool: &PgPool, state: &State) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let coupons = load::all_coupons(pool).await.context("cannot load coupons (has `coupon-engine migrate` run?)")?;
+    let redemptions = load::live_redemptions(pool).await.context("cannot load coupon usage")?;
+    let (n_coupons, n_redemptions) = (coupons.len(), redemptions.len());
+    state.cache.replace_all(coupons);
+    state.cache.load_usage(redemptions);
+    state.cache.set_ready();
+    state.metrics.cache_coupons.set(n_coupons as f64);
+    tracing::info!(
+        coupons = n_coupons,
+        redemptions = n_redemptions,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cache loaded"
+    );
+    Ok(())
+}
+
+/// Histogram samples accumulate until upkeep drains them (TECH-NOTES §4).
+async fn run_metrics_upkeep(metrics: Arc<Metrics>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = interval.tick() => metrics.run_upkeep(),
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+    }
+}

@@ -1,0 +1,268 @@
+//! Money as an exact integer number of cents, parsed from JSON number text without floats.
+
+use std::fmt;
+
+/// The largest amount the service accepts anywhere: 1,000,000,000.00 in major units.
+///
+/// Large enough for any real order, small enough that every product of two amounts and a
+/// percentage fits in a `u128` with room to spare, and that a typo of a few extra digits is
+/// refused instead of carried through.
+pub const MAX_CENTS: u64 = 100_000_000_000;
+
+/// A non-negative amount of money in cents (hundredths of the major unit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Cents(u64);
+
+/// Why a piece of text is not an acceptable amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    #[error("must be a number")]
+    NotANumber,
+    #[error("must not be negative")]
+    Negative,
+    #[error("must have at most 2 decimal places")]
+    TooManyDecimals,
+    #[error("must not exceed 1000000000")]
+    TooLarge,
+}
+
+impl Cents {
+    /// Zero cents.
+    pub const ZERO: Cents = Cents(0);
+
+    /// An amount from a whole number of cents, refused above [`MAX_CENTS`].
+    pub fn new(cents: u64) -> Result<Cents, MoneyError> {
+        if cents > MAX_CENTS {
+            return Err(MoneyError::TooLarge);
+        }
+        Ok(Cents(cents))
+    }
+
+    /// The amount in cents.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Parses the text of a JSON number (`1000`, `12.5`, `0.99`, `1e3`) exactly.
+    ///
+    /// The value must be representable in whole cents: `12.50` and `1.5e1` are accepted,
+    /// `12.345` is refused rather than rounded. Exponents are applied to the digit string,
+    /// never through a float, so `1e400` is "too large" rather than infinity.
+    pub fn parse_json_number(text: &str) -> Result<Cents, MoneyError> {
+        let bytes = text.as_bytes();
+        let mut idx = 0;
+        if bytes.first() == Some(&b'-') {
+            // Checked after the grammar so that "-x" is "not a number" rather than "negative".
+            idx = 1;
+        }
+        let int_start = idx;
+        while idx < bytes.len() && bytes[idx].is_ascii_digit() {
+            idx += 1;
+        }
+        let int_digits = &bytes[int_start..idx];
+        if int_digits.is_empty() || (int_digits.len() > 1 && int_digits[0] == b'0') {
+            return Err(MoneyError::NotANumber);
+        }
+        let mut frac_digits: &[u8] = &[];
+        if idx < bytes.len() && bytes[idx] == b'.' {
+            let frac_start = idx + 1;
+            idx = frac_start;
+            while idx < bytes.len() && bytes[idx].is_ascii_digit() {
+                idx += 1;
+            }
+            frac_digits = &bytes[frac_start..idx];
+            if frac_digits.is_empty() {
+                return Err(MoneyError::NotANumber);
+            }
+        }
+        let mut exponent: i64 = 0;
+        if idx < bytes.len() && (bytes[idx] == b'e' || bytes[idx] == b'E') {
+            idx += 1;
+            let negative_exp = match bytes.get(idx) {
+                Some(b'-') => {
+                    idx += 1;
+                    true
+                }
+                Some(b'+') => {
+                    idx += 1;
+                    false
+                }
+                _ => false,
+            };
+            let exp_start = idx;
+            while idx < bytes.len() && bytes[idx].is_ascii_digit() {
+                // Saturate: anything past a million digits is absurd either way.
+                exponent = (exponent * 10 + i64::from(bytes[idx] - b'0')).min(1_000_000);
+                idx += 1;
+            }
+            if idx == exp_start {
+                return Err(MoneyError::NotANumber);
+            }
+            if negative_exp {
+                exponent = -exponent;
+            }
+        }
+        if idx != bytes.len() {
+            return Err(MoneyError::NotANumber);
+        }
+
+        // The value is digits × 10^(exponent − frac_len); in cents, × 10^2 more.
+        let digits = int_digits.iter().chain(frac_digits).copied();
+        let significant: Vec<u8> = digits.skip_while(|&d| d == b'0').collect();
+        if significant.is_empty() {
+            return Ok(Cents::ZERO);
+        }
+        if int_start == 1 {
+            return Err(MoneyError::Negative);
+        }
+        let shift = exponent + 2 - frac_digits.len() as i64;
+        let kept = if shift >= 0 {
+            &significant[..]
+        } else {
+            let dropped = usize::try_from(-shift).unwrap_or(usize::MAX);
+            if dropped >= significant.len() {
+                return Err(MoneyError::TooManyDecimals);
+            }
+            let (kept, tail) = significant.split_at(significant.len() - dropped);
+            if tail.iter().any(|&d| d != b'0') {
+                return Err(MoneyError::TooManyDecimals);
+            }
+            kept
+        };
+        let zeros = usize::try_from(shift.max(0)).unwrap_or(usize::MAX);
+        // MAX_CENTS has 12 digits; anything longer is too large without computing it.
+        if kept.len().saturating_add(zeros) > 12 {
+            return Err(MoneyError::TooLarge);
+        }
+        let mut cents: u64 = 0;
+        for &d in kept {
+            cents = cents * 10 + u64::from(d - b'0');
+        }
+        for _ in 0..zeros {
+            cents *= 10;
+        }
+        Cents::new(cents)
+    }
+
+    /// `self − other`, floored at zero.
+    pub fn saturating_sub(self, other: Cents) -> Cents {
+        Cents(self.0.saturating_sub(other.0))
+    }
+}
+
+impl fmt::Display for Cents {
+    /// The shortest exact decimal in major units: `900`, `12.5`, `0.99`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (major, minor) = (self.0 / 100, self.0 % 100);
+        match minor {
+            0 => write!(f, "{major}"),
+            m if m % 10 == 0 => write!(f, "{major}.{}", m / 10),
+            m => write!(f, "{major}.{m:02}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: Result<u64, MoneyError>) {
+        let got = Cents::parse_json_number(text).map(Cents::get);
+        assert_eq!(got, expected, "parsing {text:?}");
+    }
+
+    #[test]
+    fn parses_exact_amounts() {
+        for (text, cents) in [
+            ("0", 0),
+            ("0.0", 0),
+            ("0.00", 0),
+            ("1", 100),
+            ("1000", 100_000),
+            ("12.5", 1250),
+            ("12.50", 1250),
+            ("12.500", 1250),
+            ("0.99", 99),
+            ("0.01", 1),
+            ("1e3", 100_000),
+            ("1E3", 100_000),
+            ("1e+3", 100_000),
+            ("1.5e1", 1500),
+            ("125e-2", 125),
+            ("1e-2", 1),
+            ("0e5", 0),
+            ("-0", 0),
+            ("-0.00", 0),
+            ("1000000000", MAX_CENTS),
+            ("1000000000.00", MAX_CENTS),
+            ("999999999.99", MAX_CENTS - 1),
+        ] {
+            check(text, Ok(cents));
+        }
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_exact_or_sane() {
+        use MoneyError::*;
+        for (text, err) in [
+            ("", NotANumber),
+            ("-", NotANumber),
+            ("abc", NotANumber),
+            ("\"10\"", NotANumber),
+            ("01", NotANumber),
+            ("1.", NotANumber),
+            (".5", NotANumber),
+            ("1e", NotANumber),
+            ("1e+", NotANumber),
+            ("1.0.0", NotANumber),
+            ("1 ", NotANumber),
+            ("NaN", NotANumber),
+            ("Infinity", NotANumber),
+            ("-1", Negative),
+            ("-0.01", Negative),
+            ("12.345", TooManyDecimals),
+            ("0.001", TooManyDecimals),
+            ("1e-3", TooManyDecimals),
+            ("1e-1000000", TooManyDecimals),
+            ("1000000000.01", TooLarge),
+            ("1000000001", TooLarge),
+            ("1e10", TooLarge),
+            ("1e400", TooLarge),
+            ("1e99999999999999999999", TooLarge),
+            (&"9".repeat(400), TooLarge),
+        ] {
+            check(text, Err(err));
+        }
+    }
+
+    #[test]
+    fn long_but_exact_digit_strings_are_accepted() {
+        check(&format!("5.{}", "0".repeat(300)), Ok(500));
+        check(&format!("{}e-300", "1".to_owned() + &"0".repeat(302)), Ok(10_000));
+        check(&format!("0.0{}", "0".repeat(300)), Ok(0));
+    }
+
+    #[test]
+    fn displays_shortest_exact_decimal() {
+        for (cents, text) in [
+            (0, "0"),
+            (1, "0.01"),
+            (10, "0.1"),
+            (99, "0.99"),
+            (100, "1"),
+            (1250, "12.5"),
+            (1205, "12.05"),
+            (100_000, "1000"),
+        ] {
+            assert_eq!(Cents::new(cents).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn display_round_trips_through_parse() {
+        for cents in (0..10_000).chain([MAX_CENTS - 1, MAX_CENTS]) {
+            let amount = Cents::new(cents).unwrap();
+            assert_eq!(Cents::parse_json_number(&amount.to_string()), Ok(amount));
+        }
+    }
+}

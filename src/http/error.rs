@@ -1,0 +1,78 @@
+//! Every refusal the HTTP layer can give, and the one place it becomes status + JSON.
+
+use hyper::StatusCode;
+use serde::Serialize;
+
+/// A request refused before it reached the rules (or a failure of the service itself).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    InvalidJson { message: String },
+    #[error("{field} is required")]
+    MissingField { field: &'static str },
+    #[error("{field} {problem}")]
+    InvalidField { field: &'static str, problem: String },
+    #[error("request body must be at most {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("no route for this path")]
+    NotFound,
+    #[error("method not allowed; use {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("the coupon cache is still loading; retry shortly")]
+    NotReady,
+    #[error("could not read the request body")]
+    BadBody,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson { .. }
+            | ApiError::MissingField { .. }
+            | ApiError::InvalidField { .. }
+            | ApiError::BadBody => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The machine-readable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidJson { .. } => "INVALID_JSON",
+            ApiError::MissingField { .. } => "MISSING_FIELD",
+            ApiError::InvalidField { .. } => "INVALID_FIELD",
+            ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            ApiError::NotFound => "NOT_FOUND",
+            ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            ApiError::NotReady => "NOT_READY",
+            ApiError::BadBody => "BAD_BODY",
+        }
+    }
+
+    /// `{"error": {"code", "message", "field"?}}`.
+    pub fn body(&self) -> Vec<u8> {
+        let field = match self {
+            ApiError::MissingField { field } | ApiError::InvalidField { field, .. } => Some(*field),
+            _ => None,
+        };
+        let body = Body { error: Detail { code: self.code(), message: self.to_string(), field } };
+        serde_json::to_vec(&body).expect("plain structs serialise")
+    }
+}

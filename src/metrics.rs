@@ -1,0 +1,225 @@
+//! Prometheus metrics: one recorder per service instance and pre-registered handles.
+//!
+//! Handles are registered up front (or once, on first use) and kept, because building a
+//! key through the `metrics` macros costs ~25× a cached handle (TECH-NOTES §4). Label sets
+//! are bounded: route templates, status codes, reasons; never a code or a user id.
+
+use std::sync::{Arc, OnceLock};
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::domain::rules::Reason;
+
+/// Latency buckets, in seconds: 50 µs to 1 s.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// The routes the service answers, as bounded metric labels (route templates, not paths).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Validate,
+    Health,
+    Ready,
+    Metrics,
+    Unmatched,
+}
+
+impl Route {
+    const ALL: [Route; 5] = [Route::Validate, Route::Health, Route::Ready, Route::Metrics, Route::Unmatched];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::Validate => "/api/coupons/validate",
+            Route::Health => "/health",
+            Route::Ready => "/health/ready",
+            Route::Metrics => "/metrics",
+            Route::Unmatched => "unmatched",
+        }
+    }
+}
+
+/// Status codes the service answers with; anything else is counted as "other".
+const STATUSES: [u16; 14] = [200, 201, 400, 401, 404, 405, 409, 413, 415, 422, 429, 431, 500, 503];
+
+struct RouteMetrics {
+    duration: Histogram,
+    /// Registered on first use, so only statuses that happened are exported.
+    requests: [OnceLock<Counter>; STATUSES.len() + 1],
+}
+
+/// Counters for one write-behind table.
+#[derive(Clone)]
+pub struct WriteBehindMetrics {
+    pub written: Counter,
+    pub spilled: Counter,
+    pub dropped: Counter,
+    pub flush_seconds: Histogram,
+    pub queue_depth: Gauge,
+}
+
+/// Every metric of one service instance.
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+    routes: Vec<RouteMetrics>,
+    validations: Vec<Counter>,
+    pub cache_coupons: Gauge,
+    pub cache_reloads: Counter,
+    pub listener_reconnects: Counter,
+    pub validation_logs: WriteBehindMetrics,
+}
+
+impl Metrics {
+    /// A fresh registry. Not installed globally, so several instances can live in one process.
+    pub fn new() -> Metrics {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .expect("bucket list is not empty")
+            .build_recorder();
+        let recorder = Arc::new(recorder);
+        let handle = recorder.handle();
+        let reg = Registrar(&recorder);
+
+        reg.describe_counter("http_requests_total", "HTTP requests answered, by route template and status");
+        reg.describe_histogram("http_request_duration_seconds", Unit::Seconds, "Time to answer, by route template");
+        reg.describe_counter("coupon_validations_total", "Validations by outcome: valid or the reason");
+        reg.describe_gauge("cache_coupons", "Coupons in the current catalog snapshot");
+        reg.describe_counter("cache_reloads_total", "Full reloads of the coupon catalog");
+        reg.describe_counter("listener_reconnects_total", "Reconnections of the change listener");
+        reg.describe_gauge("write_behind_queue_depth", "Rows waiting to be written, by queue");
+        reg.describe_counter("write_behind_rows_total", "Rows leaving the write-behind queues, by table and outcome");
+        reg.describe_histogram(
+            "write_behind_flush_duration_seconds",
+            Unit::Seconds,
+            "Time to write one batch, by table",
+        );
+
+        let routes = Route::ALL
+            .iter()
+            .map(|route| RouteMetrics {
+                duration: reg.histogram("http_request_duration_seconds", &[("route", route.label())]),
+                requests: Default::default(),
+            })
+            .collect();
+        let validations = std::iter::once("valid")
+            .chain(Reason::ALL.iter().map(|r| r.as_str()))
+            .map(|outcome| reg.counter("coupon_validations_total", &[("outcome", outcome)]))
+            .collect();
+        let validation_logs = reg.write_behind("validation_logs");
+        Metrics {
+            cache_coupons: reg.gauge("cache_coupons", &[]),
+            cache_reloads: reg.counter("cache_reloads_total", &[]),
+            listener_reconnects: reg.counter("listener_reconnects_total", &[]),
+            validation_logs,
+            routes,
+            validations,
+            handle,
+            recorder,
+        }
+    }
+
+    /// Counts one answered request and its latency.
+    pub fn record_request(&self, route: Route, status: u16, seconds: f64) {
+        let route_idx = Route::ALL.iter().position(|r| *r == route).unwrap_or(0);
+        let metrics = &self.routes[route_idx];
+        metrics.duration.record(seconds);
+        let status_idx = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len());
+        metrics.requests[status_idx]
+            .get_or_init(|| {
+                let status_label = STATUSES.get(status_idx).map_or_else(|| "other".to_owned(), u16::to_string);
+                Registrar(&self.recorder).counter_owned(
+                    "http_requests_total",
+                    vec![Label::new("route", route.label()), Label::new("status", status_label)],
+                )
+            })
+            .increment(1);
+    }
+
+    /// Counts one validation outcome: `None` for valid.
+    pub fn record_validation(&self, reason: Option<Reason>) {
+        let idx = reason.map_or(0, |r| r.index() + 1);
+        self.validations[idx].increment(1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Drains histogram samples into their buckets; call every few seconds.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for WriteBehindMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteBehindMetrics")
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+struct Registrar<'a>(&'a PrometheusRecorder);
+
+impl Registrar<'_> {
+    fn metadata() -> Metadata<'static> {
+        Metadata::new(module_path!(), Level::INFO, Some(module_path!()))
+    }
+
+    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        let labels: Vec<Label> = labels.iter().map(|(k, v)| Label::new(*k, v.to_string())).collect();
+        Key::from_parts(name, labels)
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.0.register_counter(&Self::key(name, labels), &Self::metadata())
+    }
+
+    fn counter_owned(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.0.register_counter(&Key::from_parts(name, labels), &Self::metadata())
+    }
+
+    fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.0.register_gauge(&Self::key(name, labels), &Self::metadata())
+    }
+
+    fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.0.register_histogram(&Self::key(name, labels), &Self::metadata())
+    }
+
+    fn write_behind(&self, table: &'static str) -> WriteBehindMetrics {
+        let rows = |outcome| self.counter("write_behind_rows_total", &[("table", table), ("outcome", outcome)]);
+        WriteBehindMetrics {
+            written: rows("written"),
+            spilled: rows("spilled"),
+            dropped: rows("dropped"),
+            flush_seconds: self.histogram("write_behind_flush_duration_seconds", &[("table", table)]),
+            queue_depth: self.gauge("write_behind_queue_depth", &[("queue", table)]),
+        }
+    }
+
+    fn describe_counter(&self, name: &'static str, help: &'static str) {
+        self.0.describe_counter(KeyName::from_const_str(name), None, SharedString::const_str(help));
+    }
+
+    fn describe_gauge(&self, name: &'static str, help: &'static str) {
+        self.0.describe_gauge(KeyName::from_const_str(name), None, SharedString::const_str(help));
+    }
+
+    fn describe_histogram(&self, name: &'static str, unit: Unit, help: &'static str) {
+        self.0.describe_histogram(KeyName::from_const_str(name), Some(unit), SharedString::const_str(help));
+    }
+}
