@@ -113,13 +113,20 @@ impl Writer {
                 break;
             }
             // Fill the batch until it is full or the interval since its first row has passed.
-            let deadline = tokio::time::Instant::now() + self.flush_interval;
+            // Stop cuts the wait short: the drain below writes the partial batch.
+            let deadline = tokio::time::sleep(self.flush_interval);
+            tokio::pin!(deadline);
             while batch.len() < self.batch_size {
                 let room = self.batch_size - batch.len();
-                match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut batch, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = &mut deadline => break,
+                    n = self.rx.recv_many(&mut batch, room) => if n == 0 { break },
                 }
+            }
+            if stop.is_cancelled() {
+                break;
             }
             self.write_until_done(&mut batch, &stop).await;
         }

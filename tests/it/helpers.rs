@@ -1,0 +1,398 @@
+//! Test harness: a fresh database per test, the real service on an ephemeral port, a client.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coupon_engine::app::App;
+use coupon_engine::config::Settings;
+use coupon_engine::db::MIGRATOR;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The server every test database lives on: `DATABASE_URL`, as tools/test exports it.
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL").expect("DATABASE_URL must point at a PostgreSQL superuser; run tools/test")
+}
+
+/// A database of its own for one test, migrated, dropped when the test passes.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+    name: String,
+}
+
+impl TestDb {
+    /// Creates and migrates a uniquely named database.
+    pub async fn new() -> TestDb {
+        let name = format!("ce_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&server_url()).await.expect("connect to DATABASE_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = with_database(&server_url(), &name);
+        let pool = PgPoolOptions::new().max_connections(10).connect(&url).await.expect("connect to test database");
+        MIGRATOR.run(&pool).await.expect("migrate test database");
+        TestDb { url, pool, name }
+    }
+
+    /// Drops the database (call at the end of a test; a failed test leaves it to look at).
+    pub async fn drop_db(self) {
+        self.pool.close().await;
+        if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let slash = base.rfind('/').expect("a database URL has a path");
+    let mut out = format!("{}/{name}", &base[..slash]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Settings for a test instance: the test database, port 0, a private data dir.
+pub fn settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut vars = vec![
+        ("DATABASE_URL".to_owned(), db_url.to_owned()),
+        ("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+        ("DATA_DIR".to_owned(), temp_dir().display().to_string()),
+        ("COUPON__VALIDATION_LOG__FLUSH_INTERVAL_MS".to_owned(), "20".to_owned()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Settings::load_from(None, vars).expect("test settings are valid")
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("coupon-engine-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// The service running in this process.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: TestClient,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestApp {
+    /// Starts the service on `db` and waits until it is ready.
+    pub async fn spawn(db: &TestDb) -> TestApp {
+        TestApp::spawn_with(&db.url, &[]).await
+    }
+
+    /// Starts the service on the database at `db_url` with extra settings (by environment
+    /// name) and waits until it is ready.
+    pub async fn spawn_with(db_url: &str, extra: &[(&str, &str)]) -> TestApp {
+        let app = App::build(settings(db_url, extra)).await.expect("build app");
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let handle = tokio::spawn(app.run(async move {
+            let _ = rx.await;
+        }));
+        let client = TestClient::new(addr);
+        client.wait_ready().await;
+        TestApp { addr, client, shutdown: Some(tx), handle }
+    }
+
+    /// Shuts down as SIGTERM would, and returns what `run` returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.handle.await.expect("app task panicked")
+    }
+}
+
+/// A small HTTP/1.1 client for one service address.
+#[derive(Clone)]
+pub struct TestClient {
+    addr: SocketAddr,
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A response, with its body parsed as JSON when it is JSON.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub text: String,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+}
+
+impl TestClient {
+    pub fn new(addr: SocketAddr) -> TestClient {
+        TestClient { addr, inner: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    pub async fn request(&self, method: Method, path: &str, body: impl Into<Bytes>) -> TestResponse {
+        self.request_with(method, path, body, &[]).await
+    }
+
+    pub async fn request_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+        headers: &[(&str, &str)],
+    ) -> TestResponse {
+        let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let req = builder.body(Full::new(body.into())).expect("valid request");
+        let response = self.inner.request(req).await.expect("request succeeds");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.expect("read body").to_bytes();
+        TestResponse { status, headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.request(Method::GET, path, Bytes::new()).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> TestResponse {
+        self.request(Method::POST, path, serde_json::to_vec(body).expect("serialise")).await
+    }
+
+    /// `POST /api/coupons/validate`, expecting 200; returns the body.
+    pub async fn validate(&self, body: Value) -> Value {
+        let response = self.post("/api/coupons/validate", &body).await;
+        assert_eq!(response.status, StatusCode::OK, "{body}: {}", response.text);
+        response.json()
+    }
+
+    /// Polls `/health/ready` until it answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Ok(response)) = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.inner.get(format!("http://{}/health/ready", self.addr).parse().expect("uri")),
+            )
+            .await
+                && response.status() == StatusCode::OK
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "service at {} never became ready", self.addr);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Sends raw bytes on a fresh connection and returns what comes back before the server
+/// closes it or `timeout` passes.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let _ = stream.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits for `check` to hold, polling; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Inserts users with these ids.
+pub async fn insert_users(pool: &PgPool, ids: &[&str]) {
+    sqlx::query("INSERT INTO users (id) SELECT unnest($1::text[])").bind(ids).execute(pool).await.expect("users");
+}
+
+/// Inserts a coupon from `code` and `columns` (SQL expressions by column), returning its id.
+pub async fn insert_coupon(pool: &PgPool, code: &str, columns: &[(&str, &str)]) -> i64 {
+    let mut names = vec!["code", "type", "discount_type", "discount_value"];
+    let mut values = vec![format!("'{code}'"), "'time_specific'".into(), "'percentage'".into(), "10".into()];
+    for (name, value) in columns {
+        if let Some(idx) = names.iter().position(|n| n == name) {
+            values[idx] = (*value).to_owned();
+        } else {
+            names.push(name);
+            values.push((*value).to_owned());
+        }
+    }
+    let sql = format!("INSERT INTO coupons ({}) VALUES ({}) RETURNING id", names.join(", "), values.join(", "));
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_one(pool).await.expect("insert coupon")
+}
+
+/// Inserts a live redemption.
+pub async fn insert_usage(pool: &PgPool, coupon_id: i64, user_id: &str, order_id: &str) {
+    sqlx::query("INSERT INTO coupon_usage (coupon_id, user_id, order_id, order_value, discount_applied) VALUES ($1, $2, $3, 100, 10)")
+        .bind(coupon_id)
+        .bind(user_id)
+        .bind(order_id)
+        .execute(pool)
+        .await
+        .expect("insert usage");
+}
+
+/// The `coupon-engine` binary, as a child process with piped output.
+pub fn binary(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_coupon-engine"));
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.env_remove("RUST_LOG").env("COUPON__LOG__FORMAT", "json");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+}
+
+/// A `coupon-engine serve` child process, the address it announced and its log lines.
+pub struct ServeProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServeProcess {
+    /// Starts `serve` on port 0 against `db_url` and waits for its "listening" log line.
+    pub fn start(db_url: &str, env: &[(&str, &str)]) -> ServeProcess {
+        let data_dir = temp_dir().display().to_string();
+        let mut all_env = vec![("DATABASE_URL", db_url), ("HTTP_ADDR", "127.0.0.1:0"), ("DATA_DIR", &data_dir)];
+        all_env.extend_from_slice(env);
+        let mut child = binary(&["serve"], &all_env).spawn().expect("spawn coupon-engine serve");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        std::thread::spawn({
+            let lines = lines.clone();
+            move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines.lock().expect("log lines").push(line);
+                }
+            }
+        });
+        let mut process = ServeProcess { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), lines };
+        let listening = process.wait_for_log("listening", Duration::from_secs(20));
+        process.addr = listening["addr"].as_str().and_then(|a| a.parse().ok()).expect("addr in the listening line");
+        process
+    }
+
+    /// Waits for a JSON log line whose message contains `needle` and returns it.
+    pub fn wait_for_log(&self, needle: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.lines.lock().expect("log lines").iter().find_map(|line| {
+                let value: Value = serde_json::from_str(line).ok()?;
+                value["message"].as_str()?.contains(needle).then_some(value)
+            });
+            if let Some(value) = found {
+                return value;
+            }
+            let seen = self.lines.lock().expect("log lines").clone();
+            assert!(Instant::now() < deadline, "no log line with {needle:?}; saw {seen:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        self.child.wait().expect("wait for coupon-engine")
+    }
+}
+
+/// Sends a signal to a child with the `kill` command (no unsafe code needed).
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut and restore, to simulate an
+/// outage for one service instance without touching the shared server.
+pub struct PgProxy {
+    pub url: String,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    up: bool,
+    connections: Vec<tokio::task::AbortHandle>,
+}
+
+impl PgProxy {
+    /// Starts a proxy to the server behind `db_url` and returns it with a URL through it.
+    pub async fn start(db_url: &str) -> PgProxy {
+        let (prefix, rest) = db_url.split_once('@').expect("DATABASE_URL has user@host:port");
+        let (upstream, path) = rest.split_once('/').expect("DATABASE_URL has a path");
+        let upstream = upstream.to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let url = format!("{prefix}@{}/{path}", listener.local_addr().expect("proxy addr"));
+        let state = Arc::new(Mutex::new(ProxyState { up: true, connections: Vec::new() }));
+        tokio::spawn({
+            let state = state.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !state.lock().expect("proxy state").up {
+                        drop(inbound);
+                        continue;
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    state.lock().expect("proxy state").connections.push(task.abort_handle());
+                }
+            }
+        });
+        PgProxy { url, state }
+    }
+
+    /// Drops every open connection and refuses new ones.
+    pub fn cut(&self) {
+        let mut state = self.state.lock().expect("proxy state");
+        state.up = false;
+        for connection in state.connections.drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.state.lock().expect("proxy state").up = true;
+    }
+}

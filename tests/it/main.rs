@@ -1,0 +1,13 @@
+//! Integration tests: the real service against a real PostgreSQL (DATABASE_URL), one fresh
+//! database per test, HTTP on an ephemeral port.
+
+// Helpers are `pub` for the sibling test modules; this binary exports nothing.
+#![allow(unreachable_pub)]
+
+mod helpers;
+mod input;
+mod lifecycle;
+mod operations;
+mod seed;
+mod validate;
+mod validation_log;

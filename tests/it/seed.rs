@@ -1,0 +1,55 @@
+//! `coupon-engine seed`: refuses a non-empty database, is deterministic, `--force` replaces.
+
+use crate::helpers::{TestDb, binary};
+
+fn seed(db: &TestDb, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["seed", "--users", "2000", "--coupons", "100", "--usage", "60", "--rng-seed", "9"];
+    args.extend_from_slice(extra);
+    binary(&args, &[("DATABASE_URL", &db.url)]).output().expect("run seed")
+}
+
+async fn fingerprint(db: &TestDb) -> (i64, i64, i64, String) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM coupons), (SELECT count(*) FROM coupon_usage), \
+         (SELECT md5(string_agg(concat_ws('|', id, code, type, status, discount_type, discount_value, max_discount, \
+         min_order_value, usage_limit, per_user_limit, user_id, valid_from, valid_until), ',' ORDER BY id)) FROM coupons)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_deterministically_and_refuses_to_overwrite() {
+    let (first, second) = (TestDb::new().await, TestDb::new().await);
+    for db in [&first, &second] {
+        let output = seed(db, &[]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let print = fingerprint(&first).await;
+    assert_eq!((print.0, print.1, print.2), (2000, 100, 60));
+    assert_eq!(print, fingerprint(&second).await, "same seed, same data");
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM coupons GROUP BY status ORDER BY status")
+            .fetch_all(&first.pool)
+            .await
+            .unwrap();
+    assert_eq!(statuses, vec![("active".into(), 60), ("expired".into(), 25), ("inactive".into(), 15)]);
+    let expired_in_future: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM coupons WHERE status = 'expired' AND NOT valid_until < now()")
+            .fetch_one(&first.pool)
+            .await
+            .unwrap();
+    assert_eq!(expired_in_future, 0);
+
+    let refused = seed(&first, &[]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    assert_eq!(fingerprint(&first).await, print, "a refused seed changes nothing");
+
+    let forced = seed(&first, &["--force"]);
+    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
+    assert_eq!(fingerprint(&first).await, print);
+    first.drop_db().await;
+    second.drop_db().await;
+}
