@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use crate::domain::money::Cents;
+use crate::domain::rules::{Decision, Reason};
 use crate::http::error::ApiError;
 
 /// The response type of every handler.
@@ -48,4 +49,33 @@ pub fn error(err: &ApiError) -> HttpResponse {
 pub fn money<S: Serializer>(amount: &Cents, serializer: S) -> Result<S::Ok, S::Error> {
     let raw = RawValue::from_string(amount.to_string()).map_err(serde::ser::Error::custom)?;
     raw.serialize(serializer)
+}
+
+/// The body of a validate answer: `{"valid", "code", "reason", "discount", "finalAmount"}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateResponse<'a> {
+    pub valid: bool,
+    pub code: &'a str,
+    #[serde(serialize_with = "reason")]
+    pub reason: Option<Reason>,
+    #[serde(serialize_with = "money")]
+    pub discount: Cents,
+    #[serde(serialize_with = "money")]
+    pub final_amount: Cents,
+}
+
+impl<'a> ValidateResponse<'a> {
+    /// The answer for `decision` on an order of `order_value`: a rejection discounts nothing.
+    pub fn new(code: &'a str, order_value: Cents, decision: Decision) -> ValidateResponse<'a> {
+        let (reason, discount, final_amount) = match decision {
+            Decision::Valid { discount, final_amount } => (None, discount, final_amount),
+            Decision::Rejected(reason) => (Some(reason), Cents::ZERO, order_value),
+        };
+        ValidateResponse { valid: reason.is_none(), code, reason, discount, final_amount }
+    }
+}
+
+fn reason<S: Serializer>(reason: &Option<Reason>, serializer: S) -> Result<S::Ok, S::Error> {
+    reason.map(Reason::as_str).serialize(serializer)
 }

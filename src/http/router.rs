@@ -12,12 +12,11 @@ use hyper::{Request, StatusCode};
 use serde::Serialize;
 
 use crate::db::validation_log::ValidationLogRow;
-use crate::domain::money::Cents;
-use crate::domain::rules::{Attempt, Decision};
+use crate::domain::rules::{Attempt, Reason};
 use crate::http::State;
 use crate::http::error::ApiError;
 use crate::http::request::ValidateRequest;
-use crate::http::response::{self, HttpResponse, money};
+use crate::http::response::{self, HttpResponse, ValidateResponse};
 use crate::metrics::Route;
 
 /// Largest request body accepted (API.md: bodies over 16 KiB get 413).
@@ -75,18 +74,6 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ValidateResponse<'a> {
-    valid: bool,
-    code: &'a str,
-    reason: Option<&'static str>,
-    #[serde(serialize_with = "money")]
-    discount: Cents,
-    #[serde(serialize_with = "money")]
-    final_amount: Cents,
-}
-
 async fn validate(
     state: &State,
     req: Request<Incoming>,
@@ -103,19 +90,10 @@ async fn validate(
         Attempt { user_id: &input.user_id, order_value: input.order_value, order_id: input.order_id.as_deref() };
     let now = Utc::now();
     let validation = state.cache.validate(&input.code, &attempt, now);
-    let (reason, discount, final_amount) = match validation.decision {
-        Decision::Valid { discount, final_amount } => (None, discount, final_amount),
-        Decision::Rejected(reason) => (Some(reason), Cents::ZERO, input.order_value),
-    };
-    state.metrics.record_validation(reason);
-    let body = ValidateResponse {
-        valid: reason.is_none(),
-        code: &input.code,
-        reason: reason.map(|r| r.as_str()),
-        discount,
-        final_amount,
-    };
+    let body = ValidateResponse::new(&input.code, input.order_value, validation.decision);
+    state.metrics.record_validation(body.reason);
     let response = response::json(StatusCode::OK, &body);
+    let (reason, discount, final_amount) = (body.reason, body.discount, body.final_amount);
     state.validation_log.record(ValidationLogRow {
         coupon_code: input.code.into_owned(),
         coupon_id: validation.coupon_id,
@@ -123,7 +101,7 @@ async fn validate(
         order_id: input.order_id.map(|o| o.into_owned()),
         order_value: input.order_value,
         is_valid: reason.is_none(),
-        reason: reason.map(|r| r.as_str()),
+        reason: reason.map(Reason::as_str),
         discount,
         final_amount,
         ip_address: Some(peer),

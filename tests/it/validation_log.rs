@@ -9,6 +9,22 @@ use sqlx::PgPool;
 
 use crate::helpers::{PgProxy, TestApp, TestDb, eventually, insert_coupon};
 
+#[derive(Debug, PartialEq, sqlx::FromRow)]
+struct LogRow {
+    coupon_code: String,
+    coupon_id: Option<i64>,
+    user_id: String,
+    order_id: Option<String>,
+    order_value: String,
+    is_valid: bool,
+    validation_reason: Option<String>,
+    discount: String,
+    final_amount: String,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    timed: bool,
+}
+
 async fn log_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM validation_logs").fetch_one(pool).await.unwrap()
 }
@@ -30,49 +46,37 @@ async fn rows_carry_what_the_client_was_told() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
     eventually(Duration::from_secs(10), "3 log rows", || async { log_count(&db.pool).await == 3 }).await;
-    let rows: Vec<(
-        String,
-        Option<i64>,
-        String,
-        Option<String>,
-        String,
-        bool,
-        Option<String>,
-        String,
-        String,
-        Option<String>,
-        Option<String>,
-        bool,
-    )> = sqlx::query_as(
+    let rows: Vec<LogRow> = sqlx::query_as(
         "SELECT coupon_code, coupon_id, user_id, order_id, order_value::text, is_valid, validation_reason, \
-             discount_applied::text, final_amount::text, host(ip_address), user_agent, response_time_ms >= 0 \
-             FROM validation_logs ORDER BY user_id",
+         discount_applied::text AS discount, final_amount::text, host(ip_address) AS ip, user_agent, \
+         response_time_ms >= 0 AS timed FROM validation_logs ORDER BY user_id",
     )
     .fetch_all(&db.pool)
     .await
     .unwrap();
+    let expected = LogRow {
+        coupon_code: "TEN".into(),
+        coupon_id: Some(id),
+        user_id: "user_1".into(),
+        order_id: Some("ord-7".into()),
+        order_value: "100.50".into(),
+        is_valid: true,
+        validation_reason: None,
+        discount: "10.05".into(),
+        final_amount: "90.45".into(),
+        ip: Some("127.0.0.1".into()),
+        user_agent: Some("checkout-test/1.0".into()),
+        timed: true,
+    };
+    assert_eq!(rows[0], expected);
     assert_eq!(
-        rows[0],
-        (
-            "TEN".into(),
-            Some(id),
-            "user_1".into(),
-            Some("ord-7".into()),
-            "100.50".into(),
-            true,
-            None,
-            "10.05".into(),
-            "90.45".into(),
-            Some("127.0.0.1".into()),
-            Some("checkout-test/1.0".into()),
-            true
-        )
-    );
-    assert_eq!(
-        (rows[1].5, rows[1].6.as_deref(), rows[1].8.as_str()),
+        (rows[1].is_valid, rows[1].validation_reason.as_deref(), rows[1].final_amount.as_str()),
         (false, Some("MIN_ORDER_VALUE_NOT_MET"), "10.00")
     );
-    assert_eq!((rows[2].0.as_str(), rows[2].1, rows[2].6.as_deref()), ("MISSING", None, Some("COUPON_NOT_FOUND")));
+    assert_eq!(
+        (rows[2].coupon_code.as_str(), rows[2].coupon_id, rows[2].validation_reason.as_deref()),
+        ("MISSING", None, Some("COUPON_NOT_FOUND"))
+    );
     app.stop().await.unwrap();
     db.drop_db().await;
 }
