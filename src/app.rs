@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::health::DatabaseHealth;
+use crate::db::listener::{Following, ListenerStatus, Refresher};
 use crate::db::validation_log::ValidationLog;
 use crate::db::{self, load};
 use crate::http::{self, State};
@@ -57,6 +58,9 @@ impl App {
             validation_log,
             metrics,
             database,
+            listener: ListenerStatus::new(),
+            pool: pool.clone(),
+            admin_token: settings.admin.token.clone(),
             started: Instant::now(),
         });
         Ok(App { settings, listener, pool, state, stop, tasks, log_writer })
@@ -86,10 +90,24 @@ impl App {
                 http::serve(listener, state, &settings, signal).await;
             })
         };
-        let loaded = load_cache(&pool, &state).await;
-        if loaded.is_err() {
-            http_stop.cancel();
-        }
+        let refresher = Refresher {
+            pool: pool.clone(),
+            url: settings.database.url.clone(),
+            cache: state.cache.clone(),
+            metrics: state.metrics.clone(),
+            status: state.listener.clone(),
+            settings: settings.listener.clone(),
+        };
+        let loaded = match start_up(&pool, &state, &refresher).await {
+            Ok(following) => {
+                tasks.spawn(refresher.run(following, stop.clone()));
+                Ok(())
+            }
+            Err(err) => {
+                http_stop.cancel();
+                Err(err)
+            }
+        };
         server.await.context("the HTTP server panicked")?;
         tracing::info!("HTTP drained; flushing the validation log");
         stop.cancel();
@@ -101,23 +119,23 @@ impl App {
     }
 }
 
-/// Loads every coupon and every live redemption, then marks the cache ready.
-async fn load_cache(pool: &PgPool, state: &State) -> anyhow::Result<()> {
+/// Loads every live redemption (once: see DESIGN.md), then LISTENs and loads every coupon,
+/// then marks the cache ready.
+async fn start_up(pool: &PgPool, state: &State, refresher: &Refresher) -> anyhow::Result<Following> {
     let started = Instant::now();
-    let coupons = load::all_coupons(pool).await.context("cannot load coupons (has `coupon-engine migrate` run?)")?;
-    let redemptions = load::live_redemptions(pool).await.context("cannot load coupon usage")?;
-    let (n_coupons, n_redemptions) = (coupons.len(), redemptions.len());
-    state.cache.replace_all(coupons);
+    let redemptions =
+        load::live_redemptions(pool).await.context("cannot load coupon usage (has `coupon-engine migrate` run?)")?;
+    let n_redemptions = redemptions.len();
     state.cache.load_usage(redemptions);
+    let following = refresher.listen_and_reload().await.context("cannot load coupons")?;
     state.cache.set_ready();
-    state.metrics.cache_coupons.set(n_coupons as f64);
     tracing::info!(
-        coupons = n_coupons,
+        coupons = state.cache.coupon_count(),
         redemptions = n_redemptions,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "cache loaded"
     );
-    Ok(())
+    Ok(following)
 }
 
 /// Histogram samples accumulate until upkeep drains them (TECH-NOTES §4).

@@ -26,6 +26,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub admin: AdminSettings,
     pub storage: StorageSettings,
+    pub listener: ListenerSettings,
     pub validation_log: ValidationLogSettings,
     pub log: LogSettings,
 }
@@ -53,6 +54,13 @@ pub struct AdminSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListenerSettings {
+    pub heartbeat_ms: u64,
+    pub retry_min_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +158,10 @@ impl Settings {
         }
         if log.retry_min_ms == 0 || log.retry_min_ms > log.retry_max_ms {
             bail!("validation_log.retry_min_ms must be positive and at most retry_max_ms");
+        }
+        let listener = &self.listener;
+        if listener.heartbeat_ms == 0 || listener.retry_min_ms == 0 || listener.retry_min_ms > listener.retry_max_ms {
+            bail!("listener.heartbeat_ms and retry_min_ms must be positive, retry_min_ms at most retry_max_ms");
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             bail!("DATA_DIR must not be empty");

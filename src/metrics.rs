@@ -22,11 +22,42 @@ pub enum Route {
     Health,
     Ready,
     Metrics,
+    AdminReload,
+    AdminStats,
+    AdminCoupons,
+    AdminCoupon,
+    AdminCouponStats,
+    AdminRecentValidations,
     Unmatched,
 }
 
 impl Route {
-    const ALL: [Route; 5] = [Route::Validate, Route::Health, Route::Ready, Route::Metrics, Route::Unmatched];
+    const ALL: [Route; 11] = [
+        Route::Validate,
+        Route::Health,
+        Route::Ready,
+        Route::Metrics,
+        Route::AdminReload,
+        Route::AdminStats,
+        Route::AdminCoupons,
+        Route::AdminCoupon,
+        Route::AdminCouponStats,
+        Route::AdminRecentValidations,
+        Route::Unmatched,
+    ];
+
+    /// Whether the route is behind the admin token.
+    pub fn is_admin(self) -> bool {
+        matches!(
+            self,
+            Route::AdminReload
+                | Route::AdminStats
+                | Route::AdminCoupons
+                | Route::AdminCoupon
+                | Route::AdminCouponStats
+                | Route::AdminRecentValidations
+        )
+    }
 
     /// The label value.
     pub fn label(self) -> &'static str {
@@ -35,6 +66,12 @@ impl Route {
             Route::Health => "/health",
             Route::Ready => "/health/ready",
             Route::Metrics => "/metrics",
+            Route::AdminReload => "/admin/cache/reload",
+            Route::AdminStats => "/admin/cache/stats",
+            Route::AdminCoupons => "/admin/coupons",
+            Route::AdminCoupon => "/admin/coupons/{code}",
+            Route::AdminCouponStats => "/admin/coupons/{code}/stats",
+            Route::AdminRecentValidations => "/admin/validations/recent",
             Route::Unmatched => "unmatched",
         }
     }
@@ -67,6 +104,7 @@ pub struct Metrics {
     validations: Vec<Counter>,
     pub cache_coupons: Gauge,
     pub cache_reloads: Counter,
+    pub notifications_applied: Counter,
     pub listener_reconnects: Counter,
     pub validation_logs: WriteBehindMetrics,
 }
@@ -88,6 +126,7 @@ impl Metrics {
         reg.describe_gauge("cache_coupons", "Coupons in the current catalog snapshot");
         reg.describe_counter("cache_reloads_total", "Full reloads of the coupon catalog");
         reg.describe_counter("listener_reconnects_total", "Reconnections of the change listener");
+        reg.describe_counter("cache_notifications_applied_total", "Coupon change notifications applied to the catalog");
         reg.describe_gauge("write_behind_queue_depth", "Rows waiting to be written, by queue");
         reg.describe_counter("write_behind_rows_total", "Rows leaving the write-behind queues, by table and outcome");
         reg.describe_histogram(
@@ -111,6 +150,7 @@ impl Metrics {
         Metrics {
             cache_coupons: reg.gauge("cache_coupons", &[]),
             cache_reloads: reg.counter("cache_reloads_total", &[]),
+            notifications_applied: reg.counter("cache_notifications_applied_total", &[]),
             listener_reconnects: reg.counter("listener_reconnects_total", &[]),
             validation_logs,
             routes,

@@ -7,7 +7,7 @@ pub mod catalog;
 pub mod usage;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -40,6 +40,11 @@ pub struct Cache {
     catalog: ArcSwap<Catalog>,
     usage: DashMap<CouponId, Arc<CouponUsage>, ahash::RandomState>,
     ready: AtomicBool,
+    /// Held by whoever is reading PostgreSQL to publish a new snapshot (the refresher, an
+    /// admin reload), so that an older read can never be published over a newer one.
+    writer: tokio::sync::Mutex<()>,
+    reloads: AtomicU64,
+    last_reload_ms: AtomicI64,
 }
 
 impl Cache {
@@ -81,10 +86,58 @@ impl Cache {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// The lock a writer holds from reading PostgreSQL until its snapshot is published.
+    pub fn writer(&self) -> &tokio::sync::Mutex<()> {
+        &self.writer
+    }
+
     /// Replaces every coupon definition at once, keeping each id's live usage.
     pub fn replace_all(&self, coupons: Vec<Coupon>) {
         let entries: Vec<_> = coupons.into_iter().map(|coupon| self.entry_for(coupon)).collect();
         self.catalog.store(Arc::new(Catalog::from_entries(entries)));
+        self.reloads.fetch_add(1, Ordering::Relaxed);
+        self.last_reload_ms.store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Publishes the current state of the coupons with `ids`: `fetched` holds those that
+    /// still exist; the others were deleted. A fetched row older than the cached one is
+    /// ignored. Returns how many coupons changed.
+    pub fn apply_changes(&self, ids: &[CouponId], fetched: Vec<Coupon>) -> usize {
+        let current = self.catalog.load_full();
+        let deleted: Vec<CouponId> = ids
+            .iter()
+            .copied()
+            .filter(|id| current.get_by_id(*id).is_some() && !fetched.iter().any(|c| c.id == *id))
+            .collect();
+        let upserts: Vec<_> = fetched
+            .into_iter()
+            .filter(|coupon| current.get_by_id(coupon.id).is_none_or(|cached| cached.coupon.version <= coupon.version))
+            .filter(|coupon| current.get_by_id(coupon.id).is_none_or(|cached| cached.coupon != *coupon))
+            .map(|coupon| self.entry_for(coupon))
+            .collect();
+        let changed = upserts.len() + deleted.len();
+        if changed > 0 {
+            self.catalog.store(Arc::new(current.with_changes(upserts, &deleted)));
+        }
+        changed
+    }
+
+    /// Full reloads so far, the start-up load included.
+    pub fn reload_count(&self) -> u64 {
+        self.reloads.load(Ordering::Relaxed)
+    }
+
+    /// When the last full reload was published.
+    pub fn last_reload_at(&self) -> Option<DateTime<Utc>> {
+        match self.last_reload_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => DateTime::from_timestamp_millis(ms),
+        }
+    }
+
+    /// Number of coupons with a usage record (live or once live).
+    pub fn usage_count(&self) -> usize {
+        self.usage.len()
     }
 
     /// Records the live redemptions read at start-up. Call once, before serving.
@@ -173,6 +226,26 @@ mod tests {
         let again = cache.validate("LIMITED", &attempt(), Utc::now()).decision;
         assert_eq!(again, Decision::Rejected(Reason::UsageLimitReached));
         assert_eq!(cache.coupon_count(), 1);
+    }
+
+    #[test]
+    fn changes_apply_by_version_and_deletes_follow_missing_rows() {
+        let cache = Cache::new();
+        let mut v2 = coupon(1, "A", None);
+        v2.version = 2;
+        cache.replace_all(vec![v2.clone(), coupon(2, "B", None)]);
+        let mut stale = coupon(1, "A", Some(1));
+        stale.version = 1;
+        assert_eq!(cache.apply_changes(&[1], vec![stale]), 0, "an older version is ignored");
+        assert_eq!(cache.apply_changes(&[1], vec![v2]), 0, "the same row changes nothing");
+        let mut v3 = coupon(1, "A2", None);
+        v3.version = 3;
+        assert_eq!(cache.apply_changes(&[1, 2, 99], vec![v3, coupon(3, "C", None)]), 3);
+        let catalog = cache.catalog();
+        assert_eq!(catalog.get("A2").map(|e| e.coupon.version), Some(3));
+        assert!(catalog.get("A").is_none() && catalog.get("B").is_none());
+        assert!(catalog.get("C").is_some());
+        assert_eq!(cache.reload_count(), 1);
     }
 
     #[test]

@@ -60,6 +60,13 @@ pub async fn coupon_by_code(pool: &PgPool, code: &str) -> Result<Option<Coupon>,
     row.map(CouponRow::into_coupon).transpose()
 }
 
+/// The coupon with this id, if any, read through any executor (a transaction, say).
+pub async fn coupon_by_id<'e>(executor: impl sqlx::PgExecutor<'e>, id: i64) -> Result<Option<Coupon>, Error> {
+    let row: Option<CouponRow> =
+        sqlx::query_as(concat!(coupon_select!(), " WHERE id = $1")).bind(id).fetch_optional(executor).await?;
+    row.map(CouponRow::into_coupon).transpose()
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct UsageRow {
     id: Uuid,

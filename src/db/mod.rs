@@ -1,6 +1,8 @@
 //! Everything that talks to PostgreSQL: the pool, migrations, loading, seeding, write-behind.
 
+pub mod coupons;
 pub mod health;
+pub mod listener;
 pub mod load;
 pub mod seed;
 pub mod validation_log;
@@ -27,6 +29,8 @@ pub enum Error {
     BadCoupon { id: i64, what: String },
     #[error("the database is not empty: pass --force to replace its data")]
     NotEmpty,
+    #[error("change listener lost: {0}")]
+    ListenerLost(&'static str),
 }
 
 /// Opens a pool and checks that the database answers.

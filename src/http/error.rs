@@ -22,6 +22,16 @@ pub enum ApiError {
     NotReady,
     #[error("could not read the request body")]
     BadBody,
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("no coupon has code {code}")]
+    CouponNotFound { code: String },
+    #[error("{message}")]
+    Conflict { message: String },
+    #[error("the database is unavailable; retry shortly")]
+    DatabaseUnavailable,
+    #[error("internal error")]
+    Internal,
 }
 
 #[derive(Serialize)]
@@ -48,7 +58,11 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady | ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::CouponNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -63,6 +77,11 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::NotReady => "NOT_READY",
             ApiError::BadBody => "BAD_BODY",
+            ApiError::Unauthorized => "UNAUTHORIZED",
+            ApiError::CouponNotFound { .. } => "COUPON_NOT_FOUND",
+            ApiError::Conflict { .. } => "CONFLICT",
+            ApiError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            ApiError::Internal => "INTERNAL",
         }
     }
 

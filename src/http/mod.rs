@@ -1,5 +1,7 @@
 //! The HTTP edge: hyper 1.x on a plain accept loop, our own router, graceful shutdown.
 
+pub mod admin;
+pub mod coupon_input;
 pub mod error;
 pub mod request;
 pub mod response;
@@ -17,7 +19,9 @@ use tokio::net::TcpListener;
 
 use crate::cache::Cache;
 use crate::config::HttpSettings;
+use crate::config::Secret;
 use crate::db::health::DatabaseHealth;
+use crate::db::listener::ListenerStatus;
 use crate::db::validation_log::ValidationLog;
 use crate::metrics::Metrics;
 
@@ -28,6 +32,10 @@ pub struct State {
     pub validation_log: ValidationLog,
     pub metrics: Arc<Metrics>,
     pub database: Arc<DatabaseHealth>,
+    pub listener: Arc<ListenerStatus>,
+    /// For the admin routes only; the request path never touches it.
+    pub pool: sqlx::PgPool,
+    pub admin_token: Secret,
     pub started: Instant,
 }
 

@@ -58,7 +58,7 @@ impl<'a> ValidateRequest<'a> {
 }
 
 /// Parses a body that must be one JSON object.
-fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first != Some(&b'{') {
         return Err(ApiError::InvalidJson { message: "request body must be a JSON object".into() });
@@ -71,7 +71,10 @@ fn required_string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result
 }
 
 /// A string field; JSON `null` counts as absent.
-fn optional_string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Option<Cow<'a, str>>, ApiError> {
+pub(crate) fn optional_string<'a>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+) -> Result<Option<Cow<'a, str>>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get();
     if text == "null" {
@@ -88,7 +91,7 @@ fn optional_string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result
     serde_json::from_str::<String>(text).map(|s| Some(Cow::Owned(s))).map_err(|_| invalid())
 }
 
-fn check_text(value: &str, field: &'static str, max_len: usize) -> Result<(), ApiError> {
+pub(crate) fn check_text(value: &str, field: &'static str, max_len: usize) -> Result<(), ApiError> {
     let problem = if value.is_empty() {
         "must not be empty".to_owned()
     } else if value.chars().count() > max_len {

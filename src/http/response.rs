@@ -37,8 +37,11 @@ pub fn error(err: &ApiError) -> HttpResponse {
         ApiError::MethodNotAllowed { allow } => {
             response.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
         }
-        ApiError::NotReady => {
+        ApiError::NotReady | ApiError::DatabaseUnavailable => {
             response.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        ApiError::Unauthorized => {
+            response.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         _ => {}
     }

@@ -8,15 +8,16 @@ use chrono::{SecondsFormat, Utc};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderValue, USER_AGENT};
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
 
+use crate::db::listener::ListenerState;
 use crate::db::validation_log::ValidationLogRow;
 use crate::domain::rules::{Attempt, Reason};
-use crate::http::State;
 use crate::http::error::ApiError;
 use crate::http::request::ValidateRequest;
 use crate::http::response::{self, HttpResponse, ValidateResponse};
+use crate::http::{State, admin};
 use crate::metrics::Route;
 
 /// Largest request body accepted (API.md: bodies over 16 KiB get 413).
@@ -39,25 +40,84 @@ async fn dispatch(
     peer: IpAddr,
     started: Instant,
 ) -> (Route, Result<HttpResponse, ApiError>) {
-    let path = req.uri().path();
-    let (route, allow) = match path {
-        "/api/coupons/validate" => (Route::Validate, "POST"),
-        "/health" => (Route::Health, "GET"),
-        "/health/ready" => (Route::Ready, "GET"),
-        "/metrics" => (Route::Metrics, "GET"),
-        _ => return (Route::Unmatched, Err(ApiError::NotFound)),
+    let Some((route, allow, code)) = match_route(req.uri().path()) else {
+        return (Route::Unmatched, Err(ApiError::NotFound));
     };
-    if req.method().as_str() != allow {
+    let method = req.method().as_str();
+    if !allow.split(", ").any(|m| m == method) {
         return (route, Err(ApiError::MethodNotAllowed { allow }));
     }
+    if route.is_admin() && !admin::authorized(state, req.headers()) {
+        return (route, Err(ApiError::Unauthorized));
+    }
+    let code = code.map(percent_decode);
+    let code = code.as_deref().unwrap_or_default();
     let result = match route {
         Route::Validate => validate(state, req, peer, started).await,
         Route::Health => Ok(health(state)),
         Route::Ready => Ok(ready(state)),
         Route::Metrics => Ok(metrics(state)),
+        Route::AdminReload => admin::reload(state).await,
+        Route::AdminStats => Ok(admin::stats(state)),
+        Route::AdminCoupons => match read_body(req).await {
+            Ok(body) => admin::create(state, body).await,
+            Err(err) => Err(err),
+        },
+        Route::AdminCoupon if req.method() == Method::PATCH => match read_body(req).await {
+            Ok(body) => admin::patch(state, code, body).await,
+            Err(err) => Err(err),
+        },
+        Route::AdminCoupon => admin::read(state, code).await,
+        Route::AdminCouponStats => admin::coupon_stats(state, code).await,
+        Route::AdminRecentValidations => admin::recent(state, req.uri().query()).await,
         Route::Unmatched => Err(ApiError::NotFound),
     };
     (route, result)
+}
+
+/// The route of a path, the methods it allows, and the coupon code it names, if any.
+fn match_route(path: &str) -> Option<(Route, &'static str, Option<&str>)> {
+    let fixed = match path {
+        "/api/coupons/validate" => Some((Route::Validate, "POST")),
+        "/health" => Some((Route::Health, "GET")),
+        "/health/ready" => Some((Route::Ready, "GET")),
+        "/metrics" => Some((Route::Metrics, "GET")),
+        "/admin/cache/reload" => Some((Route::AdminReload, "POST")),
+        "/admin/cache/stats" => Some((Route::AdminStats, "GET")),
+        "/admin/coupons" => Some((Route::AdminCoupons, "POST")),
+        "/admin/validations/recent" => Some((Route::AdminRecentValidations, "GET")),
+        _ => None,
+    };
+    if let Some((route, allow)) = fixed {
+        return Some((route, allow, None));
+    }
+    let rest = path.strip_prefix("/admin/coupons/")?;
+    match rest.split_once('/') {
+        None if !rest.is_empty() => Some((Route::AdminCoupon, "GET, PATCH", Some(rest))),
+        Some((code, "stats")) if !code.is_empty() => Some((Route::AdminCouponStats, "GET", Some(code))),
+        _ => None,
+    }
+}
+
+/// Decodes `%XX` escapes in a path segment; anything malformed is kept as it is.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut idx = 0;
+    while idx < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[idx] == b'%'
+            && let (Some(hi), Some(lo)) =
+                (bytes.get(idx + 1).and_then(|b| hex(*b)), bytes.get(idx + 2).and_then(|b| hex(*b)))
+        {
+            out.push((hi * 16 + lo) as u8);
+            idx += 3;
+        } else {
+            out.push(bytes[idx]);
+            idx += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] without reading it all.
@@ -124,6 +184,7 @@ struct HealthResponse {
     status: &'static str,
     validation_log_queue_size: usize,
     database: &'static str,
+    listener: &'static str,
     coupons: usize,
     uptime: f64,
     timestamp: String,
@@ -131,10 +192,12 @@ struct HealthResponse {
 
 fn health(state: &State) -> HttpResponse {
     let database_up = state.database.is_up();
+    let listener = state.listener.state();
     let body = HealthResponse {
-        status: if database_up { "healthy" } else { "degraded" },
+        status: if database_up && listener == ListenerState::Listening { "healthy" } else { "degraded" },
         validation_log_queue_size: state.validation_log.queue_size(),
         database: if database_up { "up" } else { "down" },
+        listener: listener.as_str(),
         coupons: state.cache.coupon_count(),
         uptime: (state.started.elapsed().as_millis() as f64) / 1000.0,
         timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -163,6 +226,26 @@ fn metrics(state: &State) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_and_codes() {
+        for (path, expected) in [
+            ("/api/coupons/validate", Some((Route::Validate, None))),
+            ("/admin/coupons", Some((Route::AdminCoupons, None))),
+            ("/admin/coupons/SAVE10", Some((Route::AdminCoupon, Some("SAVE10")))),
+            ("/admin/coupons/SAVE10/stats", Some((Route::AdminCouponStats, Some("SAVE10")))),
+            ("/admin/coupons/", None),
+            ("/admin/coupons//stats", None),
+            ("/admin/coupons/A/B", None),
+            ("/admin/coupons/A/stats/x", None),
+            ("/api/coupons/validate/", None),
+        ] {
+            assert_eq!(match_route(path).map(|(r, _, c)| (r, c)), expected, "{path}");
+        }
+        assert_eq!(percent_decode("50%25OFF%21"), "50%OFF!");
+        assert_eq!(percent_decode("A%2"), "A%2");
+        assert_eq!(percent_decode("%zzA"), "%zzA");
+    }
 
     #[test]
     fn user_agents_are_cut_and_non_ascii_ignored() {

@@ -47,8 +47,9 @@ async fn rows_carry_what_the_client_was_told() {
 
     eventually(Duration::from_secs(10), "3 log rows", || async { log_count(&db.pool).await == 3 }).await;
     let rows: Vec<LogRow> = sqlx::query_as(
-        "SELECT coupon_code, coupon_id, user_id, order_id, order_value::text, is_valid, validation_reason, \
-         discount_applied::text AS discount, final_amount::text, host(ip_address) AS ip, user_agent, \
+        "SELECT coupon_code, coupon_id, user_id, order_id, round(order_value, 2)::text AS order_value, is_valid, \
+         validation_reason, round(discount_applied, 2)::text AS discount, round(final_amount, 2)::text AS final_amount, \
+         host(ip_address) AS ip, user_agent, \
          response_time_ms >= 0 AS timed FROM validation_logs ORDER BY user_id",
     )
     .fetch_all(&db.pool)

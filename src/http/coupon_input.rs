@@ -1,0 +1,324 @@
+//! Admin coupon bodies: camelCase JSON to a patch over a domain [`Coupon`], exactly checked.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+use crate::domain::coupon::{Coupon, CouponError, CouponKind, CouponStatus, Discount, normalize_code};
+use crate::domain::money::Cents;
+use crate::http::error::ApiError;
+use crate::http::request::{MAX_ID_LEN, check_text, optional_string, parse_object};
+
+/// The fields of an admin create or patch. Outer `None`: not given; inner `None`: JSON null.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CouponPatch {
+    pub code: Option<String>,
+    pub kind: Option<CouponKind>,
+    pub status: Option<CouponStatus>,
+    pub discount_type: Option<DiscountType>,
+    /// Cents for a fixed discount, hundredths of a percent for a percentage.
+    pub discount_value: Option<Cents>,
+    pub max_discount: Option<Option<Cents>>,
+    pub min_order_value: Option<Cents>,
+    pub usage_limit: Option<Option<u32>>,
+    pub per_user_limit: Option<Option<u32>>,
+    pub user_id: Option<Option<String>>,
+    pub valid_from: Option<Option<DateTime<Utc>>>,
+    pub valid_until: Option<Option<DateTime<Utc>>>,
+}
+
+/// The two kinds of discount, apart from their amounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscountType {
+    Percentage,
+    Fixed,
+}
+
+const FIELDS: [&str; 12] = [
+    "code",
+    "type",
+    "status",
+    "discountType",
+    "discountValue",
+    "maxDiscount",
+    "minOrderValue",
+    "usageLimit",
+    "perUserLimit",
+    "userId",
+    "validFrom",
+    "validUntil",
+];
+
+impl CouponPatch {
+    /// Parses a body; unknown fields are refused so that a typo never silently does nothing.
+    pub fn parse(body: &[u8]) -> Result<CouponPatch, ApiError> {
+        let fields: HashMap<Cow<'_, str>, &RawValue> = parse_object(body)?;
+        if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_ref())) {
+            return Err(ApiError::InvalidJson { message: format!("unknown field {unknown:?}") });
+        }
+        let get = |name: &str| fields.get(name).copied();
+        Ok(CouponPatch {
+            code: not_null(get("code"), "code", |raw| {
+                let code = optional_string(Some(raw), "code")?.unwrap_or_default();
+                Ok(normalize_code(&code).into_owned())
+            })?,
+            kind: not_null(get("type"), "type", |raw| {
+                keyword(raw, "type", CouponKind::parse, "user_specific or time_specific")
+            })?,
+            status: not_null(get("status"), "status", |raw| {
+                keyword(raw, "status", CouponStatus::parse, "active, inactive or expired")
+            })?,
+            discount_type: not_null(get("discountType"), "discountType", |raw| {
+                keyword(raw, "discountType", DiscountType::parse, "percentage or fixed")
+            })?,
+            discount_value: not_null(get("discountValue"), "discountValue", |raw| money(raw, "discountValue"))?,
+            max_discount: nullable(get("maxDiscount"), |raw| money(raw, "maxDiscount"))?,
+            min_order_value: not_null(get("minOrderValue"), "minOrderValue", |raw| money(raw, "minOrderValue"))?,
+            usage_limit: nullable(get("usageLimit"), |raw| limit(raw, "usageLimit"))?,
+            per_user_limit: nullable(get("perUserLimit"), |raw| limit(raw, "perUserLimit"))?,
+            user_id: nullable(get("userId"), |raw| {
+                let user = optional_string(Some(raw), "userId")?.unwrap_or_default();
+                check_text(&user, "userId", MAX_ID_LEN)?;
+                Ok(user.into_owned())
+            })?,
+            valid_from: nullable(get("validFrom"), |raw| timestamp(raw, "validFrom"))?,
+            valid_until: nullable(get("validUntil"), |raw| timestamp(raw, "validUntil"))?,
+        })
+    }
+
+    /// A new coupon from a create body: `code`, `type`, `discountType` and `discountValue`
+    /// are required; `status` defaults to active, `minOrderValue` to 0, the rest to null.
+    pub fn into_new_coupon(self) -> Result<Coupon, ApiError> {
+        let code = self.code.clone().ok_or(ApiError::MissingField { field: "code" })?;
+        let kind = self.kind.ok_or(ApiError::MissingField { field: "type" })?;
+        let discount_type = self.discount_type.ok_or(ApiError::MissingField { field: "discountType" })?;
+        let discount_value = self.discount_value.ok_or(ApiError::MissingField { field: "discountValue" })?;
+        let base = Coupon {
+            id: 0,
+            code: code.into(),
+            kind,
+            status: CouponStatus::Active,
+            discount: build_discount(discount_type, discount_value, None)?,
+            min_order_value: Cents::ZERO,
+            usage_limit: None,
+            per_user_limit: None,
+            user_id: None,
+            valid_from: None,
+            valid_until: None,
+            version: 0,
+        };
+        self.apply_to(&base)
+    }
+
+    /// `coupon` with the given fields changed, checked as the schema would.
+    pub fn apply_to(self, coupon: &Coupon) -> Result<Coupon, ApiError> {
+        let (current_type, current_value, current_cap) = match coupon.discount {
+            Discount::Percentage { hundredths, cap } => {
+                (DiscountType::Percentage, Cents::new(u64::from(hundredths)).unwrap_or(Cents::ZERO), cap)
+            }
+            Discount::Fixed(amount) => (DiscountType::Fixed, amount, None),
+        };
+        let discount = build_discount(
+            self.discount_type.unwrap_or(current_type),
+            self.discount_value.unwrap_or(current_value),
+            self.max_discount.unwrap_or(current_cap),
+        )?;
+        let next = Coupon {
+            id: coupon.id,
+            code: self.code.map_or_else(|| coupon.code.clone(), Into::into),
+            kind: self.kind.unwrap_or(coupon.kind),
+            status: self.status.unwrap_or(coupon.status),
+            discount,
+            min_order_value: self.min_order_value.unwrap_or(coupon.min_order_value),
+            usage_limit: self.usage_limit.unwrap_or(coupon.usage_limit),
+            per_user_limit: self.per_user_limit.unwrap_or(coupon.per_user_limit),
+            user_id: self.user_id.map_or_else(|| coupon.user_id.clone(), |u| u.map(Into::into)),
+            valid_from: self.valid_from.unwrap_or(coupon.valid_from),
+            valid_until: self.valid_until.unwrap_or(coupon.valid_until),
+            version: coupon.version,
+        };
+        next.check().map_err(coupon_error)?;
+        Ok(next)
+    }
+}
+
+impl DiscountType {
+    fn parse(text: &str) -> Option<DiscountType> {
+        match text {
+            "percentage" => Some(DiscountType::Percentage),
+            "fixed" => Some(DiscountType::Fixed),
+            _ => None,
+        }
+    }
+}
+
+fn build_discount(kind: DiscountType, value: Cents, cap: Option<Cents>) -> Result<Discount, ApiError> {
+    match kind {
+        // A percentage's "cents" are hundredths of a percent: 12.5 → 1250.
+        DiscountType::Percentage => {
+            Ok(Discount::Percentage { hundredths: u32::try_from(value.get()).unwrap_or(u32::MAX), cap })
+        }
+        DiscountType::Fixed if cap.is_some() => Err(coupon_error(CouponError::CapOnFixedDiscount)),
+        DiscountType::Fixed => Ok(Discount::Fixed(value)),
+    }
+}
+
+/// The JSON field each impossible-coupon error is about.
+fn coupon_error(err: CouponError) -> ApiError {
+    let field = match err {
+        CouponError::InvalidCode => "code",
+        CouponError::PercentageOutOfRange => "discountValue",
+        CouponError::CapOnFixedDiscount => "maxDiscount",
+        CouponError::EmptyValidityWindow => "validUntil",
+        CouponError::UserSpecificWithoutUser => "userId",
+        CouponError::Money(_) => "discountValue",
+    };
+    ApiError::InvalidField { field, problem: err.to_string() }
+}
+
+fn not_null<T>(
+    raw: Option<&RawValue>,
+    field: &'static str,
+    parse: impl FnOnce(&RawValue) -> Result<T, ApiError>,
+) -> Result<Option<T>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Err(ApiError::InvalidField { field, problem: "must not be null".into() }),
+        Some(raw) => parse(raw).map(Some),
+    }
+}
+
+fn nullable<T>(
+    raw: Option<&RawValue>,
+    parse: impl FnOnce(&RawValue) -> Result<T, ApiError>,
+) -> Result<Option<Option<T>>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(Some(None)),
+        Some(raw) => parse(raw).map(|v| Some(Some(v))),
+    }
+}
+
+fn keyword<T>(
+    raw: &RawValue,
+    field: &'static str,
+    parse: fn(&str) -> Option<T>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let text = optional_string(Some(raw), field)?.unwrap_or_default();
+    parse(&text).ok_or_else(|| ApiError::InvalidField { field, problem: format!("must be {expected}") })
+}
+
+fn money(raw: &RawValue, field: &'static str) -> Result<Cents, ApiError> {
+    Cents::parse_json_number(raw.get()).map_err(|err| ApiError::InvalidField { field, problem: err.to_string() })
+}
+
+fn limit(raw: &RawValue, field: &'static str) -> Result<u32, ApiError> {
+    let problem = || ApiError::InvalidField { field, problem: "must be a whole number from 0 to 2147483647".into() };
+    let value: u64 = raw.get().parse().map_err(|_| problem())?;
+    u32::try_from(value).ok().filter(|v| i32::try_from(*v).is_ok()).ok_or_else(problem)
+}
+
+fn timestamp(raw: &RawValue, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
+    let text = optional_string(Some(raw), field)?.unwrap_or_default();
+    DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(|_| ApiError::InvalidField {
+        field,
+        problem: "must be an RFC 3339 time such as 2026-01-31T23:59:59Z".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(body: &str) -> Result<Coupon, ApiError> {
+        CouponPatch::parse(body.as_bytes())?.into_new_coupon()
+    }
+
+    #[test]
+    fn creates_with_defaults_and_exact_values() {
+        let coupon = create(
+            r#"{"code":" summer25 ","type":"time_specific","discountType":"percentage","discountValue":12.5,
+                "maxDiscount":50,"validFrom":"2026-01-01T00:00:00Z","validUntil":"2026-02-01T00:00:00+01:00"}"#,
+        )
+        .unwrap();
+        assert_eq!(&*coupon.code, "SUMMER25");
+        assert_eq!(coupon.status, CouponStatus::Active);
+        assert_eq!(coupon.discount, Discount::Percentage { hundredths: 1250, cap: Some(Cents::new(5000).unwrap()) });
+        assert_eq!(coupon.min_order_value, Cents::ZERO);
+        assert_eq!(coupon.valid_until.unwrap().to_rfc3339(), "2026-01-31T23:00:00+00:00");
+    }
+
+    #[test]
+    fn impossible_coupons_name_their_field() {
+        let base = r#""code":"X","type":"time_specific","discountType":"percentage""#;
+        for (body, code, field) in [
+            (format!(r#"{{{base},"discountValue":150}}"#), "INVALID_FIELD", Some("discountValue")),
+            (format!(r#"{{{base},"discountValue":0}}"#), "INVALID_FIELD", Some("discountValue")),
+            (format!(r#"{{{base},"discountValue":10.001}}"#), "INVALID_FIELD", Some("discountValue")),
+            (format!(r#"{{{base},"discountValue":-1}}"#), "INVALID_FIELD", Some("discountValue")),
+            (format!(r#"{{{base}}}"#), "MISSING_FIELD", Some("discountValue")),
+            (format!(r#"{{{base},"discountValue":5,"usageLimit":-1}}"#), "INVALID_FIELD", Some("usageLimit")),
+            (format!(r#"{{{base},"discountValue":5,"usageLimit":1.5}}"#), "INVALID_FIELD", Some("usageLimit")),
+            (format!(r#"{{{base},"discountValue":5,"usageLimit":3000000000}}"#), "INVALID_FIELD", Some("usageLimit")),
+            (format!(r#"{{{base},"discountValue":5,"status":"paused"}}"#), "INVALID_FIELD", Some("status")),
+            (format!(r#"{{{base},"discountValue":5,"status":null}}"#), "INVALID_FIELD", Some("status")),
+            (format!(r#"{{{base},"discountValue":5,"validFrom":"tomorrow"}}"#), "INVALID_FIELD", Some("validFrom")),
+            (
+                format!(
+                    r#"{{{base},"discountValue":5,"validFrom":"2026-02-01T00:00:00Z","validUntil":"2026-01-01T00:00:00Z"}}"#
+                ),
+                "INVALID_FIELD",
+                Some("validUntil"),
+            ),
+            (format!(r#"{{{base},"discountValue":5,"colour":"red"}}"#), "INVALID_JSON", None),
+            (
+                r#"{"code":"X","type":"user_specific","discountType":"fixed","discountValue":5}"#.into(),
+                "INVALID_FIELD",
+                Some("userId"),
+            ),
+            (
+                r#"{"code":"X","type":"time_specific","discountType":"fixed","discountValue":5,"maxDiscount":1}"#
+                    .into(),
+                "INVALID_FIELD",
+                Some("maxDiscount"),
+            ),
+            (
+                r#"{"code":"BAD CODE","type":"time_specific","discountType":"fixed","discountValue":5}"#.into(),
+                "INVALID_FIELD",
+                Some("code"),
+            ),
+            (
+                r#"{"code":"","type":"time_specific","discountType":"fixed","discountValue":5}"#.into(),
+                "INVALID_FIELD",
+                Some("code"),
+            ),
+        ] {
+            let err = create(&body).expect_err(&body);
+            let got_field = match &err {
+                ApiError::MissingField { field } | ApiError::InvalidField { field, .. } => Some(*field),
+                _ => None,
+            };
+            assert_eq!((err.code(), got_field), (code, field), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn patches_change_only_what_they_name() {
+        let coupon =
+            create(r#"{"code":"A","type":"time_specific","discountType":"fixed","discountValue":5,"usageLimit":3}"#)
+                .unwrap();
+        let patched =
+            CouponPatch::parse(br#"{"status":"inactive","usageLimit":null}"#).unwrap().apply_to(&coupon).unwrap();
+        assert_eq!(patched.status, CouponStatus::Inactive);
+        assert_eq!(patched.usage_limit, None);
+        assert_eq!((patched.discount, &*patched.code), (coupon.discount, "A"));
+        let to_percent = CouponPatch::parse(br#"{"discountType":"percentage","discountValue":100}"#).unwrap();
+        assert_eq!(
+            to_percent.apply_to(&coupon).unwrap().discount,
+            Discount::Percentage { hundredths: 10_000, cap: None }
+        );
+    }
+}
