@@ -326,6 +326,11 @@ impl ServeProcess {
         }
     }
 
+    /// Every log line so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.lines.lock().expect("log lines").clone()
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         signal(&self.child, "TERM");

@@ -4,9 +4,11 @@
 // Helpers are `pub` for the sibling test modules; this binary exports nothing.
 #![allow(unreachable_pub)]
 
+mod admin;
 mod helpers;
 mod input;
 mod lifecycle;
+mod live_cache;
 mod operations;
 mod seed;
 mod validate;
