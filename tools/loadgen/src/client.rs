@@ -1,0 +1,51 @@
+//! A keep-alive HTTP/1.1 client for the service's JSON routes.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+/// One service, reached over pooled keep-alive connections.
+#[derive(Clone)]
+pub(crate) struct ServiceClient {
+    base: String,
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ServiceClient {
+    pub(crate) fn new(base: &str) -> ServiceClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        ServiceClient { base: base.trim_end_matches('/').to_owned(), inner }
+    }
+
+    /// POSTs a JSON body and returns the status and the parsed JSON answer.
+    pub(crate) async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        let response = self.inner.request(request).await.with_context(|| format!("POST {path}"))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let json = serde_json::from_slice(&bytes).with_context(|| format!("POST {path}: answer is not JSON"))?;
+        Ok((status, json))
+    }
+
+    /// `POST /api/coupons/validate`, which must answer 200.
+    pub(crate) async fn validate(&self, body: &Value) -> anyhow::Result<Value> {
+        let (status, json) = self.post_json("/api/coupons/validate", body).await?;
+        if status != StatusCode::OK {
+            bail!("validate answered {status}: {json}");
+        }
+        Ok(json)
+    }
+}
