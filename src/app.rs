@@ -16,9 +16,11 @@ use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::health::DatabaseHealth;
 use crate::db::listener::{Following, ListenerStatus, Refresher};
+use crate::db::shipper::Shipper;
 use crate::db::validation_log::ValidationLog;
 use crate::db::{self, load};
 use crate::http::{self, State};
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 
 /// A bound, connected, not yet serving instance of the service.
@@ -32,6 +34,7 @@ pub struct App {
     stop: CancellationToken,
     tasks: TaskTracker,
     log_writer: JoinHandle<()>,
+    shipper: Shipper,
 }
 
 impl App {
@@ -42,10 +45,19 @@ impl App {
         let pool = db::connect(&settings.database).await.context("cannot connect to the database")?;
         let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let metrics = Arc::new(Metrics::new());
+        let journal_dir = settings.storage.data_dir.join("journal");
+        let (journal, reader) = Journal::open(&journal_dir, metrics.journal.clone())
+            .with_context(|| format!("cannot open the journal in {}", journal_dir.display()))?;
+        let shipper = Shipper::new(pool.clone(), reader, metrics.clone());
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let (validation_log, log_writer) =
-            ValidationLog::spawn(pool.clone(), &settings.validation_log, metrics.validation_logs.clone(), stop.clone());
+        let (validation_log, log_writer) = ValidationLog::spawn(
+            pool.clone(),
+            &settings.validation_log,
+            metrics.validation_logs.clone(),
+            journal.clone(),
+            stop.clone(),
+        );
         let database = DatabaseHealth::new();
         tasks.spawn(database.clone().run_probe(
             pool.clone(),
@@ -59,11 +71,12 @@ impl App {
             metrics,
             database,
             listener: ListenerStatus::new(),
+            journal,
             pool: pool.clone(),
             admin_token: settings.admin.token.clone(),
             started: Instant::now(),
         });
-        Ok(App { settings, listener, pool, state, stop, tasks, log_writer })
+        Ok(App { settings, listener, pool, state, stop, tasks, log_writer, shipper })
     }
 
     /// The address actually bound (useful with port 0).
@@ -74,7 +87,7 @@ impl App {
     /// Serves until `shutdown` resolves, then drains: HTTP first, then the write-behind
     /// queue, then the pool. Errors if the start-up load fails.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let App { settings, listener, pool, state, stop, tasks, log_writer } = self;
+        let App { settings, listener, pool, state, stop, tasks, log_writer, mut shipper } = self;
         let http_stop = CancellationToken::new();
         let server = {
             let state = state.clone();
@@ -98,9 +111,13 @@ impl App {
             status: state.listener.clone(),
             settings: settings.listener.clone(),
         };
-        let loaded = match start_up(&pool, &state, &refresher).await {
+        let shipper_stop = CancellationToken::new();
+        let mut shipper_task = None;
+        let loaded = match start_up(&pool, &state, &refresher, &mut shipper).await {
             Ok(following) => {
                 tasks.spawn(refresher.run(following, stop.clone()));
+                let grace = Duration::from_millis(settings.validation_log.shutdown_timeout_ms);
+                shipper_task = Some(tokio::spawn(shipper.run(shipper_stop.clone(), grace)));
                 Ok(())
             }
             Err(err) => {
@@ -112,6 +129,11 @@ impl App {
         tracing::info!("HTTP drained; flushing the validation log");
         stop.cancel();
         log_writer.await.context("the validation log writer panicked")?;
+        // Last, so that rows the log writer spilled into the journal get a chance too.
+        shipper_stop.cancel();
+        if let Some(shipper) = shipper_task {
+            shipper.await.context("the journal shipper panicked")?;
+        }
         tasks.close();
         tasks.wait().await;
         pool.close().await;
@@ -119,12 +141,21 @@ impl App {
     }
 }
 
-/// Loads every live redemption (once: see DESIGN.md), then LISTENs and loads every coupon,
-/// then marks the cache ready.
-async fn start_up(pool: &PgPool, state: &State, refresher: &Refresher) -> anyhow::Result<Following> {
+/// Ships what the journal holds, then loads every redemption (once: see DESIGN.md), then
+/// LISTENs and loads every coupon, then marks the cache ready.
+async fn start_up(
+    pool: &PgPool,
+    state: &State,
+    refresher: &Refresher,
+    shipper: &mut Shipper,
+) -> anyhow::Result<Following> {
     let started = Instant::now();
+    let replayed = shipper.ship_all().await.context("cannot ship the journal to the database")?;
+    if replayed > 0 {
+        tracing::info!(records = replayed, "journal replayed into the database");
+    }
     let redemptions =
-        load::live_redemptions(pool).await.context("cannot load coupon usage (has `coupon-engine migrate` run?)")?;
+        load::all_redemptions(pool).await.context("cannot load coupon usage (has `coupon-engine migrate` run?)")?;
     let n_redemptions = redemptions.len();
     state.cache.load_usage(redemptions);
     let following = refresher.listen_and_reload().await.context("cannot load coupons")?;

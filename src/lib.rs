@@ -15,5 +15,6 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod http;
+pub mod journal;
 pub mod metrics;
 pub mod telemetry;

@@ -19,6 +19,8 @@ const LATENCY_BUCKETS: [f64; 14] =
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Validate,
+    Redeem,
+    Release,
     Health,
     Ready,
     Metrics,
@@ -32,8 +34,10 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 11] = [
+    const ALL: [Route; 13] = [
         Route::Validate,
+        Route::Redeem,
+        Route::Release,
         Route::Health,
         Route::Ready,
         Route::Metrics,
@@ -63,6 +67,8 @@ impl Route {
     pub fn label(self) -> &'static str {
         match self {
             Route::Validate => "/api/coupons/validate",
+            Route::Redeem => "/api/coupons/redeem",
+            Route::Release => "/api/coupons/release",
             Route::Health => "/health",
             Route::Ready => "/health/ready",
             Route::Metrics => "/metrics",
@@ -96,6 +102,18 @@ pub struct WriteBehindMetrics {
     pub queue_depth: Gauge,
 }
 
+/// Journal write costs.
+#[derive(Clone)]
+pub struct JournalMetrics {
+    pub fsync_seconds: Histogram,
+    pub bytes: Counter,
+}
+
+/// Outcomes of a redemption: the first two, then one per reason.
+pub const REDEEM_OUTCOMES: [&str; 2] = ["redeemed", "replayed"];
+/// Outcomes of a release.
+pub const RELEASE_OUTCOMES: [&str; 3] = ["released", "repeated", "not_found"];
+
 /// Every metric of one service instance.
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
@@ -107,6 +125,11 @@ pub struct Metrics {
     pub notifications_applied: Counter,
     pub listener_reconnects: Counter,
     pub validation_logs: WriteBehindMetrics,
+    pub coupon_usage: WriteBehindMetrics,
+    pub journal: JournalMetrics,
+    pub journal_backlog: Gauge,
+    redemptions: Vec<Counter>,
+    releases: Vec<Counter>,
 }
 
 impl Metrics {
@@ -147,7 +170,35 @@ impl Metrics {
             .map(|outcome| reg.counter("coupon_validations_total", &[("outcome", outcome)]))
             .collect();
         let validation_logs = reg.write_behind("validation_logs");
+        let coupon_usage = reg.write_behind("coupon_usage");
+        reg.describe_counter("coupon_redemptions_total", "Redeem calls by outcome: redeemed, replayed or the reason");
+        reg.describe_counter("coupon_releases_total", "Release calls by outcome");
+        reg.describe_histogram(
+            "journal_fsync_duration_seconds",
+            Unit::Seconds,
+            "Time of one journal write + fdatasync (a group commit)",
+        );
+        reg.describe_counter("journal_bytes_total", "Bytes appended to the journal");
+        reg.describe_gauge("journal_backlog_records", "Journal records not yet confirmed in PostgreSQL");
+        let redemptions = REDEEM_OUTCOMES
+            .iter()
+            .copied()
+            .chain(Reason::ALL.iter().map(|r| r.as_str()))
+            .map(|outcome| reg.counter("coupon_redemptions_total", &[("outcome", outcome)]))
+            .collect();
+        let releases = RELEASE_OUTCOMES
+            .iter()
+            .map(|outcome| reg.counter("coupon_releases_total", &[("outcome", outcome)]))
+            .collect();
         Metrics {
+            coupon_usage,
+            journal: JournalMetrics {
+                fsync_seconds: reg.histogram("journal_fsync_duration_seconds", &[]),
+                bytes: reg.counter("journal_bytes_total", &[]),
+            },
+            journal_backlog: reg.gauge("journal_backlog_records", &[]),
+            redemptions,
+            releases,
             cache_coupons: reg.gauge("cache_coupons", &[]),
             cache_reloads: reg.counter("cache_reloads_total", &[]),
             notifications_applied: reg.counter("cache_notifications_applied_total", &[]),
@@ -181,6 +232,20 @@ impl Metrics {
     pub fn record_validation(&self, reason: Option<Reason>) {
         let idx = reason.map_or(0, |r| r.index() + 1);
         self.validations[idx].increment(1);
+    }
+
+    /// Counts one redeem outcome: an index into [`REDEEM_OUTCOMES`], or a reason.
+    pub fn record_redemption(&self, outcome: Result<usize, Reason>) {
+        let idx = match outcome {
+            Ok(idx) => idx,
+            Err(reason) => REDEEM_OUTCOMES.len() + reason.index(),
+        };
+        self.redemptions[idx].increment(1);
+    }
+
+    /// Counts one release outcome: an index into [`RELEASE_OUTCOMES`].
+    pub fn record_release(&self, idx: usize) {
+        self.releases[idx].increment(1);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -26,7 +26,7 @@ pub struct Validation {
     pub decision: Decision,
 }
 
-/// A live redemption as loaded from PostgreSQL at start-up.
+/// A redemption as loaded from PostgreSQL at start-up.
 #[derive(Debug, Clone)]
 pub struct LoadedRedemption {
     pub coupon_id: CouponId,
@@ -140,7 +140,7 @@ impl Cache {
         self.usage.len()
     }
 
-    /// Records the live redemptions read at start-up. Call once, before serving.
+    /// Records the redemptions read at start-up. Call once, before serving.
     pub fn load_usage(&self, redemptions: Vec<LoadedRedemption>) {
         for loaded in redemptions {
             self.usage_for(loaded.coupon_id).record_loaded(&loaded.order_id, loaded.redemption);
@@ -163,6 +163,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::cache::usage::RedemptionState;
     use crate::domain::coupon::{CouponKind, CouponStatus, Discount};
     use crate::domain::money::Cents;
 
@@ -194,8 +195,9 @@ mod tests {
             redemption: Redemption {
                 id: Uuid::new_v4(),
                 user_id: "user_0000009".into(),
+                order_value: Cents::ZERO,
                 discount: Cents::ZERO,
-                final_amount: Cents::ZERO,
+                state: RedemptionState::Live,
             },
         }
     }

@@ -5,7 +5,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::cache::LoadedRedemption;
-use crate::cache::usage::Redemption;
+use crate::cache::usage::{Redemption, RedemptionState};
 use crate::db::Error;
 use crate::domain::coupon::{Coupon, CouponKind, CouponStatus, Discount};
 use crate::domain::money::Cents;
@@ -75,15 +75,18 @@ struct UsageRow {
     order_id: String,
     order_value_cents: i64,
     discount_cents: i64,
+    released: bool,
 }
 
-/// Every live (unreleased) redemption.
-pub async fn live_redemptions(pool: &PgPool) -> Result<Vec<LoadedRedemption>, Error> {
+/// Every redemption: live ones count against the limits, released ones keep their order
+/// id used.
+pub async fn all_redemptions(pool: &PgPool) -> Result<Vec<LoadedRedemption>, Error> {
     let rows: Vec<UsageRow> = sqlx::query_as(
         "SELECT id, coupon_id, user_id, order_id, \
          (order_value * 100)::bigint AS order_value_cents, \
-         (discount_applied * 100)::bigint AS discount_cents \
-         FROM coupon_usage WHERE released_at IS NULL",
+         (discount_applied * 100)::bigint AS discount_cents, \
+         released_at IS NOT NULL AS released \
+         FROM coupon_usage",
     )
     .fetch_all(pool)
     .await?;
@@ -143,8 +146,9 @@ impl UsageRow {
             redemption: Redemption {
                 id: self.id,
                 user_id: self.user_id.into_boxed_str(),
+                order_value,
                 discount,
-                final_amount: order_value.saturating_sub(discount),
+                state: if self.released { RedemptionState::Released } else { RedemptionState::Live },
             },
         }
     }

@@ -5,6 +5,7 @@ pub mod health;
 pub mod listener;
 pub mod load;
 pub mod seed;
+pub mod shipper;
 pub mod validation_log;
 
 use std::time::Duration;

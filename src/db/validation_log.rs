@@ -18,10 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ValidationLogSettings;
 use crate::db::is_transient;
 use crate::domain::money::Cents;
+use crate::domain::rules::Reason;
+use crate::journal::Journal;
+use crate::journal::record::Record;
 use crate::metrics::WriteBehindMetrics;
 
 /// One `validation_logs` row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ValidationLogRow {
     pub coupon_code: String,
     pub coupon_id: Option<i64>,
@@ -29,7 +32,7 @@ pub struct ValidationLogRow {
     pub order_id: Option<String>,
     pub order_value: Cents,
     pub is_valid: bool,
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
     pub discount: Cents,
     pub final_amount: Cents,
     pub ip_address: Option<IpAddr>,
@@ -43,7 +46,26 @@ pub struct ValidationLogRow {
 pub struct ValidationLog {
     tx: mpsc::Sender<ValidationLogRow>,
     queued: Arc<AtomicUsize>,
+    spill: Spill,
+}
+
+/// Where rows go when the queue is full: the journal, shipped later by `db::shipper`.
+#[derive(Debug, Clone)]
+struct Spill {
+    journal: Journal,
     metrics: WriteBehindMetrics,
+}
+
+impl Spill {
+    fn rows(&self, rows: impl IntoIterator<Item = ValidationLogRow>) {
+        for row in rows {
+            if self.journal.append_nowait(&Record::ValidationLog(row)) {
+                self.metrics.spilled.increment(1);
+            } else {
+                self.metrics.dropped.increment(1);
+            }
+        }
+    }
 }
 
 impl ValidationLog {
@@ -53,15 +75,18 @@ impl ValidationLog {
         pool: PgPool,
         settings: &ValidationLogSettings,
         metrics: WriteBehindMetrics,
+        journal: Journal,
         stop: CancellationToken,
     ) -> (ValidationLog, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let queued = Arc::new(AtomicUsize::new(0));
+        let spill = Spill { journal, metrics: metrics.clone() };
         let writer = Writer {
             pool,
             rx,
             queued: queued.clone(),
-            metrics: metrics.clone(),
+            spill: spill.clone(),
+            metrics,
             batch_size: settings.batch_size,
             flush_interval: settings.flush_interval(),
             retry_min: Duration::from_millis(settings.retry_min_ms),
@@ -69,16 +94,16 @@ impl ValidationLog {
             shutdown_timeout: Duration::from_millis(settings.shutdown_timeout_ms),
         };
         let handle = tokio::spawn(writer.run(stop));
-        (ValidationLog { tx, queued, metrics }, handle)
+        (ValidationLog { tx, queued, spill }, handle)
     }
 
-    /// Queues a row; if the queue is full the row is counted as dropped.
+    /// Queues a row; if the queue is full the row spills to the journal.
     pub fn record(&self, row: ValidationLogRow) {
         // Count before sending so the writer can never decrement below zero.
         self.queued.fetch_add(1, Ordering::Relaxed);
-        if self.tx.try_send(row).is_err() {
+        if let Err(err) = self.tx.try_send(row) {
             self.queued.fetch_sub(1, Ordering::Relaxed);
-            self.metrics.dropped.increment(1);
+            self.spill.rows([err.into_inner()]);
         }
     }
 
@@ -92,6 +117,7 @@ struct Writer {
     pool: PgPool,
     rx: mpsc::Receiver<ValidationLogRow>,
     queued: Arc<AtomicUsize>,
+    spill: Spill,
     metrics: WriteBehindMetrics,
     batch_size: usize,
     flush_interval: Duration,
@@ -152,8 +178,11 @@ impl Writer {
             self.write_until_done(&mut chunk, &give_up).await;
             if !chunk.is_empty() {
                 self.forget(chunk.len());
-                self.metrics.dropped.increment(chunk.len() as u64);
-                tracing::error!(rows = chunk.len(), "validation log rows could not be written before shutdown");
+                tracing::warn!(
+                    rows = chunk.len(),
+                    "validation log rows not written before shutdown; spilled to the journal"
+                );
+                self.spill.rows(chunk);
             }
         }
         timer.abort();
@@ -201,6 +230,7 @@ impl Writer {
             let single = std::slice::from_ref(&row);
             match insert(&self.pool, single).await {
                 Ok(()) => self.metrics.written.increment(1),
+                Err(err) if is_transient(&err) => self.spill.rows([row]),
                 Err(err) => {
                     tracing::error!(error = %err, "validation log row refused; dropped");
                     self.metrics.dropped.increment(1);
@@ -254,7 +284,7 @@ fn write_row(out: &mut String, row: &ValidationLogRow) {
     out.push('\t');
     escape(out, row.order_id.as_deref());
     let _ = write!(out, "\t{}\t{}\t", row.order_value, if row.is_valid { 't' } else { 'f' });
-    escape(out, row.reason);
+    escape(out, row.reason.map(Reason::as_str));
     let _ = write!(out, "\t{}\t{}\t", row.discount, row.final_amount);
     match row.ip_address {
         Some(ip) => {
@@ -305,7 +335,7 @@ mod tests {
             order_id: None,
             order_value: Cents::new(1250).unwrap(),
             is_valid: false,
-            reason: Some("COUPON_NOT_FOUND"),
+            reason: Some(Reason::CouponNotFound),
             discount: Cents::ZERO,
             final_amount: Cents::new(1250).unwrap(),
             ip_address: Some("127.0.0.1".parse().unwrap()),

@@ -10,7 +10,8 @@ use std::fmt;
 pub const MAX_CENTS: u64 = 100_000_000_000;
 
 /// A non-negative amount of money in cents (hundredths of the major unit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
 pub struct Cents(u64);
 
 /// Why a piece of text is not an acceptable amount.
@@ -147,6 +148,20 @@ impl Cents {
     /// `self − other`, floored at zero.
     pub fn saturating_sub(self, other: Cents) -> Cents {
         Cents(self.0.saturating_sub(other.0))
+    }
+}
+
+impl TryFrom<u64> for Cents {
+    type Error = MoneyError;
+
+    fn try_from(cents: u64) -> Result<Cents, MoneyError> {
+        Cents::new(cents)
+    }
+}
+
+impl From<Cents> for u64 {
+    fn from(amount: Cents) -> u64 {
+        amount.0
     }
 }
 

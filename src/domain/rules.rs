@@ -6,7 +6,8 @@ use crate::domain::coupon::{Coupon, CouponStatus, Discount, FULL_PERCENT};
 use crate::domain::money::Cents;
 
 /// Why a coupon does not apply. The order of the variants is the order of the checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Reason {
     CouponNotFound,
     CouponInactive,

@@ -79,7 +79,10 @@ struct ListenerStats {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct QueueStats {
+    /// Validation log rows in memory, waiting for their batch.
     validation_logs: usize,
+    /// Journal records (redemptions, releases, spilled log rows) not yet in PostgreSQL.
+    journal: u64,
 }
 
 /// `GET /admin/cache/stats`.
@@ -95,7 +98,7 @@ pub fn stats(state: &State) -> HttpResponse {
             notifications_applied: state.listener.notifications_applied(),
             reconnects: state.listener.reconnects(),
         },
-        queues: QueueStats { validation_logs: state.validation_log.queue_size() },
+        queues: QueueStats { validation_logs: state.validation_log.queue_size(), journal: state.journal.backlog() },
     };
     response::json(StatusCode::OK, &body)
 }

@@ -30,6 +30,8 @@ pub enum ApiError {
     Conflict { message: String },
     #[error("the database is unavailable; retry shortly")]
     DatabaseUnavailable,
+    #[error("the local journal cannot take writes; retry shortly")]
+    JournalUnavailable,
     #[error("internal error")]
     Internal,
 }
@@ -58,7 +60,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotReady | ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotReady | ApiError::DatabaseUnavailable | ApiError::JournalUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::CouponNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -81,6 +85,7 @@ impl ApiError {
             ApiError::CouponNotFound { .. } => "COUPON_NOT_FOUND",
             ApiError::Conflict { .. } => "CONFLICT",
             ApiError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
+            ApiError::JournalUnavailable => "JOURNAL_UNAVAILABLE",
             ApiError::Internal => "INTERNAL",
         }
     }

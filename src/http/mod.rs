@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod coupon_input;
 pub mod error;
+pub mod redemption;
 pub mod request;
 pub mod response;
 pub mod router;
@@ -23,6 +24,7 @@ use crate::config::Secret;
 use crate::db::health::DatabaseHealth;
 use crate::db::listener::ListenerStatus;
 use crate::db::validation_log::ValidationLog;
+use crate::journal::Journal;
 use crate::metrics::Metrics;
 
 /// What request handlers need; shared by every connection.
@@ -33,6 +35,7 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub database: Arc<DatabaseHealth>,
     pub listener: Arc<ListenerStatus>,
+    pub journal: Journal,
     /// For the admin routes only; the request path never touches it.
     pub pool: sqlx::PgPool,
     pub admin_token: Secret,

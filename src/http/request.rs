@@ -41,10 +41,7 @@ impl<'a> ValidateRequest<'a> {
     /// Parses and checks a body.
     pub fn parse(body: &'a [u8]) -> Result<ValidateRequest<'a>, ApiError> {
         let raw: RawValidate<'a> = parse_object(body)?;
-        let code = match required_string(raw.code, "code")? {
-            Cow::Borrowed(code) => normalize_code(code),
-            Cow::Owned(code) => Cow::Owned(normalize_code(&code).into_owned()),
-        };
+        let code = normalized_code(required_string(raw.code, "code")?);
         check_text(&code, "code", MAX_CODE_LEN)?;
         let user_id = required_string(raw.user_id, "userId")?;
         check_text(&user_id, "userId", MAX_ID_LEN)?;
@@ -54,6 +51,50 @@ impl<'a> ValidateRequest<'a> {
             check_text(order_id, "orderId", MAX_ID_LEN)?;
         }
         Ok(ValidateRequest { code, user_id, order_value, order_id })
+    }
+
+    /// Parses a redeem body: the validate fields with `orderId` required.
+    pub fn parse_redeem(body: &'a [u8]) -> Result<ValidateRequest<'a>, ApiError> {
+        let request = ValidateRequest::parse(body)?;
+        if request.order_id.is_none() {
+            return Err(ApiError::MissingField { field: "orderId" });
+        }
+        Ok(request)
+    }
+}
+
+/// A checked `POST /api/coupons/release` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRequest<'a> {
+    /// Normalised: trimmed and upper-cased.
+    pub code: Cow<'a, str>,
+    pub order_id: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct RawRelease<'a> {
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow, rename = "orderId")]
+    order_id: Option<&'a RawValue>,
+}
+
+impl<'a> ReleaseRequest<'a> {
+    /// Parses and checks a body.
+    pub fn parse(body: &'a [u8]) -> Result<ReleaseRequest<'a>, ApiError> {
+        let raw: RawRelease<'a> = parse_object(body)?;
+        let code = normalized_code(required_string(raw.code, "code")?);
+        check_text(&code, "code", MAX_CODE_LEN)?;
+        let order_id = required_string(raw.order_id, "orderId")?;
+        check_text(&order_id, "orderId", MAX_ID_LEN)?;
+        Ok(ReleaseRequest { code, order_id })
+    }
+}
+
+fn normalized_code(code: Cow<'_, str>) -> Cow<'_, str> {
+    match code {
+        Cow::Borrowed(code) => normalize_code(code),
+        Cow::Owned(code) => Cow::Owned(normalize_code(&code).into_owned()),
     }
 }
 
@@ -134,6 +175,25 @@ mod tests {
         let req = ok(r#"{"code":"SAV\u0045","userId":"u\u00e9","orderValue":0}"#);
         assert_eq!(req.code, "SAVE");
         assert_eq!(req.user_id, "ué");
+    }
+
+    #[test]
+    fn redeem_needs_an_order_and_release_needs_code_and_order() {
+        let redeem = ValidateRequest::parse_redeem(br#"{"code":"a","userId":"u","orderValue":1}"#);
+        assert_eq!(redeem, Err(ApiError::MissingField { field: "orderId" }));
+        let release = ReleaseRequest::parse(br#"{"code":" a ","orderId":"o-1"}"#).unwrap();
+        assert_eq!((release.code.as_ref(), release.order_id.as_ref()), ("A", "o-1"));
+        for (body, field) in [
+            (r#"{"orderId":"o"}"#, "code"),
+            (r#"{"code":"A"}"#, "orderId"),
+            (r#"{"code":"A","orderId":""}"#, "orderId"),
+        ] {
+            let err = ReleaseRequest::parse(body.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, ApiError::MissingField { field: f } | ApiError::InvalidField { field: f, .. } if f == field),
+                "{body}: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -13,11 +13,11 @@ use serde::Serialize;
 
 use crate::db::listener::ListenerState;
 use crate::db::validation_log::ValidationLogRow;
-use crate::domain::rules::{Attempt, Reason};
+use crate::domain::rules::Attempt;
 use crate::http::error::ApiError;
 use crate::http::request::ValidateRequest;
 use crate::http::response::{self, HttpResponse, ValidateResponse};
-use crate::http::{State, admin};
+use crate::http::{State, admin, redemption};
 use crate::metrics::Route;
 
 /// Largest request body accepted (API.md: bodies over 16 KiB get 413).
@@ -54,6 +54,15 @@ async fn dispatch(
     let code = code.as_deref().unwrap_or_default();
     let result = match route {
         Route::Validate => validate(state, req, peer, started).await,
+        Route::Redeem | Route::Release if !state.cache.is_ready() => Err(ApiError::NotReady),
+        Route::Redeem => match read_body(req).await {
+            Ok(body) => redemption::redeem(state, body).await,
+            Err(err) => Err(err),
+        },
+        Route::Release => match read_body(req).await {
+            Ok(body) => redemption::release(state, body).await,
+            Err(err) => Err(err),
+        },
         Route::Health => Ok(health(state)),
         Route::Ready => Ok(ready(state)),
         Route::Metrics => Ok(metrics(state)),
@@ -79,6 +88,8 @@ async fn dispatch(
 fn match_route(path: &str) -> Option<(Route, &'static str, Option<&str>)> {
     let fixed = match path {
         "/api/coupons/validate" => Some((Route::Validate, "POST")),
+        "/api/coupons/redeem" => Some((Route::Redeem, "POST")),
+        "/api/coupons/release" => Some((Route::Release, "POST")),
         "/health" => Some((Route::Health, "GET")),
         "/health/ready" => Some((Route::Ready, "GET")),
         "/metrics" => Some((Route::Metrics, "GET")),
@@ -161,7 +172,7 @@ async fn validate(
         order_id: input.order_id.map(|o| o.into_owned()),
         order_value: input.order_value,
         is_valid: reason.is_none(),
-        reason: reason.map(Reason::as_str),
+        reason,
         discount,
         final_amount,
         ip_address: Some(peer),
@@ -194,7 +205,11 @@ fn health(state: &State) -> HttpResponse {
     let database_up = state.database.is_up();
     let listener = state.listener.state();
     let body = HealthResponse {
-        status: if database_up && listener == ListenerState::Listening { "healthy" } else { "degraded" },
+        status: if database_up && listener == ListenerState::Listening && state.journal.is_healthy() {
+            "healthy"
+        } else {
+            "degraded"
+        },
         validation_log_queue_size: state.validation_log.queue_size(),
         database: if database_up { "up" } else { "down" },
         listener: listener.as_str(),
@@ -219,6 +234,8 @@ fn ready(state: &State) -> HttpResponse {
 fn metrics(state: &State) -> HttpResponse {
     state.metrics.cache_coupons.set(state.cache.coupon_count() as f64);
     state.metrics.validation_logs.queue_depth.set(state.validation_log.queue_size() as f64);
+    state.metrics.coupon_usage.queue_depth.set(state.journal.backlog() as f64);
+    state.metrics.journal_backlog.set(state.journal.backlog() as f64);
     let text = state.metrics.render();
     response::with_body(StatusCode::OK, HeaderValue::from_static("text/plain; version=0.0.4"), text.into())
 }

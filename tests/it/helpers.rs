@@ -401,3 +401,57 @@ impl PgProxy {
         self.state.lock().expect("proxy state").up = true;
     }
 }
+
+/// A PostgreSQL cluster of a test's own, started and stopped through `tools/pg`, for drills
+/// that take the database away.
+pub struct PrivateCluster {
+    dir: PathBuf,
+    port: u16,
+    pub url: String,
+}
+
+impl PrivateCluster {
+    /// Creates and starts a cluster on a free port, with the schema migrated.
+    pub async fn start() -> PrivateCluster {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let cluster = PrivateCluster {
+            dir: temp_dir().join("pg"),
+            port,
+            url: format!("postgres://postgres@127.0.0.1:{port}/coupon_engine"),
+        };
+        cluster.pg("start");
+        let pool = PgPoolOptions::new().max_connections(2).connect(&cluster.url).await.expect("connect to cluster");
+        MIGRATOR.run(&pool).await.expect("migrate cluster");
+        pool.close().await;
+        cluster
+    }
+
+    /// `tools/pg stop` (fast shutdown: connections are cut).
+    pub fn stop(&self) {
+        self.pg("stop");
+    }
+
+    /// `tools/pg start`.
+    pub fn restart(&self) {
+        self.pg("start");
+    }
+
+    fn pg(&self, verb: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/pg");
+        let status = Command::new(script)
+            .arg(verb)
+            .env("PG_CLUSTER_DIR", &self.dir)
+            .env("PGPORT_PRIVATE", self.port.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run tools/pg");
+        assert!(status.success(), "tools/pg {verb} failed");
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.pg("stop");
+        let _ = std::fs::remove_dir_all(self.dir.parent().unwrap_or(&self.dir));
+    }
+}

@@ -5,11 +5,13 @@
 #![allow(unreachable_pub)]
 
 mod admin;
+mod durability;
 mod helpers;
 mod input;
 mod lifecycle;
 mod live_cache;
 mod operations;
+mod redeem;
 mod seed;
 mod validate;
 mod validation_log;

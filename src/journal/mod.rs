@@ -1,0 +1,485 @@
+//! The local durable journal: redemptions, releases and spilled validation log rows are
+//! appended and fsync'd (one fsync per group of concurrent appends) before anyone hears yes.
+//!
+//! On disk, `DATA_DIR/journal/` holds numbered segment files of CRC-framed JSON records
+//! ([`frame`]) and a `checkpoint`: the position up to which every record is confirmed in
+//! PostgreSQL. Invariant: a record before the checkpoint is in PostgreSQL; a record after it
+//! may or may not be, so shipping it again must be harmless (and is: see `db::shipper`).
+
+pub mod frame;
+pub mod record;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::journal::frame::Tail;
+use crate::journal::record::Record;
+use crate::metrics::JournalMetrics;
+
+/// A new segment is started once the current one passes this size.
+const SEGMENT_BYTES: u64 = 64 << 20;
+/// Appends waiting for the writer; past this, `append` waits and `append_nowait` refuses.
+const QUEUE: usize = 16_384;
+const SEGMENT_SUFFIX: &str = ".seg";
+
+/// A failure of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal I/O at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "journal segment {segment} is damaged at byte {offset}; it is not the last segment, so this is not a torn write: inspect {dir}"
+    )]
+    Corrupt { segment: u64, offset: u64, dir: PathBuf },
+    #[error("journal record at segment {segment} byte {offset} cannot be decoded: {reason}")]
+    Undecodable { segment: u64, offset: u64, reason: String },
+    #[error("the journal writer has stopped after an I/O error")]
+    Stopped,
+}
+
+/// A place in the journal: a segment number and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+impl Position {
+    /// One number per record, unique for the life of a journal directory.
+    pub fn as_i64(self) -> i64 {
+        ((self.segment << 40) | self.offset) as i64
+    }
+}
+
+struct Append {
+    frame: Vec<u8>,
+    ack: Option<oneshot::Sender<Result<(), ()>>>,
+}
+
+/// State shared by the writer, the appenders and the reader.
+#[derive(Debug)]
+struct Shared {
+    dir: PathBuf,
+    /// End of the last fsync'd write.
+    durable: Mutex<Position>,
+    /// Records appended and not yet confirmed in PostgreSQL.
+    pending: AtomicI64,
+    failed: AtomicBool,
+    appended: Notify,
+}
+
+/// The append side: cheap to clone, shared by request handlers.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Append>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Append {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Append")
+    }
+}
+
+/// The read side, owned by the shipper.
+#[derive(Debug)]
+pub struct JournalReader {
+    shared: Arc<Shared>,
+    checkpoint: Position,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir`: drops a torn tail left by a crash,
+    /// counts what is not yet shipped, and starts the writer on a fresh segment.
+    pub fn open(dir: &Path, metrics: JournalMetrics) -> Result<(Journal, JournalReader), JournalError> {
+        fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
+        let checkpoint = read_checkpoint(dir)?;
+        let segments = list_segments(dir)?;
+        let mut pending = 0i64;
+        for (idx, &segment) in segments.iter().enumerate() {
+            if segment < checkpoint.segment {
+                continue;
+            }
+            let path = segment_path(dir, segment);
+            let bytes = fs::read(&path).map_err(|source| io_error(&path, source))?;
+            let (frames, end, tail) = frame::scan(&bytes);
+            if tail != Tail::Clean {
+                if idx + 1 != segments.len() {
+                    return Err(JournalError::Corrupt { segment, offset: end as u64, dir: dir.to_owned() });
+                }
+                tracing::warn!(segment, dropped_bytes = bytes.len() - end, ?tail, "dropping the journal's torn tail");
+                let file = OpenOptions::new().write(true).open(&path).map_err(|source| io_error(&path, source))?;
+                file.set_len(end as u64).and_then(|()| file.sync_all()).map_err(|source| io_error(&path, source))?;
+            }
+            let start = if segment == checkpoint.segment { checkpoint.offset as usize } else { 0 };
+            pending += frames.iter().filter(|f| f.offset >= start).count() as i64;
+        }
+        let next = segments.last().map_or(1, |last| last + 1);
+        let file = create_segment(dir, next)?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            durable: Mutex::new(Position { segment: next, offset: 0 }),
+            pending: AtomicI64::new(pending),
+            failed: AtomicBool::new(false),
+            appended: Notify::new(),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer = Writer { shared: shared.clone(), rx, file, segment: next, len: 0, metrics };
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| io_error(dir, source))?;
+        Ok((Journal { tx, shared: shared.clone() }, JournalReader { shared, checkpoint }))
+    }
+
+    /// Appends a record and returns once it is on disk (fsync'd).
+    pub async fn append(&self, record: &Record) -> Result<(), JournalError> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(JournalError::Stopped);
+        }
+        let (ack, done) = oneshot::channel();
+        let append = Append { frame: record.to_frame(), ack: Some(ack) };
+        self.tx.send(append).await.map_err(|_| JournalError::Stopped)?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(JournalError::Stopped),
+        }
+    }
+
+    /// Appends a record without waiting for it, in the next group commit. False if the
+    /// journal is full or stopped.
+    pub fn append_nowait(&self, record: &Record) -> bool {
+        !self.shared.failed.load(Ordering::Acquire)
+            && self.tx.try_send(Append { frame: record.to_frame(), ack: None }).is_ok()
+    }
+
+    /// Records appended and not yet confirmed in PostgreSQL.
+    pub fn backlog(&self) -> u64 {
+        u64::try_from(self.shared.pending.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Whether the writer is still accepting records.
+    pub fn is_healthy(&self) -> bool {
+        !self.shared.failed.load(Ordering::Acquire)
+    }
+}
+
+/// Owns the current segment file; runs on its own thread because write and fsync block.
+struct Writer {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Append>,
+    file: File,
+    segment: u64,
+    len: u64,
+    metrics: JournalMetrics,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::new();
+        let mut buf = Vec::new();
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            // Group commit: everything that queued up during the last fsync shares this one.
+            while batch.len() < 4096 {
+                match self.rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            buf.clear();
+            for append in &batch {
+                buf.extend_from_slice(&append.frame);
+            }
+            let written = self.write(&buf, batch.len());
+            if let Err(err) = &written {
+                tracing::error!(error = %err, "journal write failed; refusing further appends");
+                self.shared.failed.store(true, Ordering::Release);
+            }
+            for append in batch.drain(..) {
+                if let Some(ack) = append.ack {
+                    let _ = ack.send(written.as_ref().map(|_| ()).map_err(|_| ()));
+                }
+            }
+            if self.shared.failed.load(Ordering::Acquire) {
+                // Refuse everything still queued, then stop.
+                self.rx.close();
+                while let Ok(append) = self.rx.try_recv() {
+                    if let Some(ack) = append.ack {
+                        let _ = ack.send(Err(()));
+                    }
+                }
+                return;
+            }
+        }
+    }
+
+    fn write(&mut self, buf: &[u8], n_records: usize) -> Result<(), JournalError> {
+        if self.len > 0 && self.len + buf.len() as u64 > SEGMENT_BYTES {
+            self.segment += 1;
+            self.file = create_segment(&self.shared.dir, self.segment)?;
+            self.len = 0;
+        }
+        let started = Instant::now();
+        let path = || segment_path(&self.shared.dir, self.segment);
+        if let Err(source) = self.file.write_all(buf).and_then(|()| self.file.sync_data()) {
+            // Take back whatever part of the batch reached the file, so no half-frame is
+            // followed by later frames; if even that fails, the writer stops.
+            let _ = self.file.set_len(self.len).and_then(|()| self.file.sync_data());
+            return Err(io_error(&path(), source));
+        }
+        self.metrics.fsync_seconds.record(started.elapsed().as_secs_f64());
+        self.metrics.bytes.increment(buf.len() as u64);
+        self.len += buf.len() as u64;
+        self.shared.pending.fetch_add(n_records as i64, Ordering::Relaxed);
+        *self.shared.durable.lock().expect("journal position") = Position { segment: self.segment, offset: self.len };
+        self.shared.appended.notify_one();
+        Ok(())
+    }
+}
+
+/// A record read back, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub position: Position,
+    pub record: Record,
+}
+
+impl JournalReader {
+    /// Where shipping resumes: everything before it is confirmed in PostgreSQL.
+    pub fn checkpoint(&self) -> Position {
+        self.checkpoint
+    }
+
+    /// Durable records from `from` on, up to about `max_bytes`, and the position after them.
+    pub fn read(&self, from: Position, max_bytes: usize) -> Result<(Vec<Entry>, Position), JournalError> {
+        let durable = *self.shared.durable.lock().expect("journal position");
+        let dir = &self.shared.dir;
+        let mut entries = Vec::new();
+        let mut at = from;
+        let mut budget = max_bytes;
+        for segment in list_segments(dir)?.into_iter().filter(|s| *s >= from.segment && *s <= durable.segment) {
+            let start = if segment == from.segment { from.offset } else { 0 };
+            let path = segment_path(dir, segment);
+            let mut file = File::open(&path).map_err(|source| io_error(&path, source))?;
+            let end = if segment == durable.segment {
+                durable.offset
+            } else {
+                file.metadata().map_err(|source| io_error(&path, source))?.len()
+            };
+            let len = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX).min(budget + frame::MAX_PAYLOAD);
+            let mut bytes = vec![0; len];
+            file.seek(SeekFrom::Start(start))
+                .and_then(|_| file.read_exact(&mut bytes))
+                .map_err(|source| io_error(&path, source))?;
+            let (frames, consumed, _) = frame::scan(&bytes);
+            for found in frames {
+                let position = Position { segment, offset: start + found.offset as u64 };
+                let record = Record::from_payload(found.payload).map_err(|err| JournalError::Undecodable {
+                    segment,
+                    offset: position.offset,
+                    reason: err.to_string(),
+                })?;
+                budget = budget.saturating_sub(found.payload.len() + frame::HEADER_LEN);
+                entries.push(Entry { position, record });
+            }
+            at = Position { segment, offset: start + consumed as u64 };
+            if budget == 0 || (at.offset < end) {
+                break;
+            }
+        }
+        Ok((entries, at))
+    }
+
+    /// Records that `n` more records are in PostgreSQL and shipping resumes at `next`:
+    /// persists the checkpoint, then deletes the segments wholly before it.
+    pub fn confirm(&mut self, next: Position, n: usize) -> Result<(), JournalError> {
+        write_checkpoint(&self.shared.dir, next)?;
+        self.checkpoint = next;
+        self.shared.pending.fetch_sub(n as i64, Ordering::Relaxed);
+        for segment in list_segments(&self.shared.dir)?.into_iter().filter(|s| *s < next.segment) {
+            let path = segment_path(&self.shared.dir, segment);
+            fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until something new is durable (or a moment has passed).
+    pub async fn appended(&self) {
+        self.shared.appended.notified().await;
+    }
+
+    /// The journal's directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The position just after the last durable record.
+    pub fn durable_end(&self) -> Position {
+        *self.shared.durable.lock().expect("journal position")
+    }
+}
+
+fn segment_path(dir: &Path, segment: u64) -> PathBuf {
+    dir.join(format!("{segment:016}{SEGMENT_SUFFIX}"))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, JournalError> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|source| io_error(dir, source))? {
+        let entry = entry.map_err(|source| io_error(dir, source))?;
+        let name = entry.file_name();
+        if let Some(number) = name.to_str().and_then(|n| n.strip_suffix(SEGMENT_SUFFIX)).and_then(|n| n.parse().ok()) {
+            segments.push(number);
+        }
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+fn create_segment(dir: &Path, segment: u64) -> Result<File, JournalError> {
+    let path = segment_path(dir, segment);
+    let file =
+        OpenOptions::new().create_new(true).append(true).open(&path).map_err(|source| io_error(&path, source))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Makes a created, renamed or removed file's directory entry durable.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| io_error(dir, source))
+}
+
+fn read_checkpoint(dir: &Path) -> Result<Position, JournalError> {
+    let path = dir.join("checkpoint");
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut parts = text.split_whitespace().map(str::parse::<u64>);
+            match (parts.next(), parts.next()) {
+                (Some(Ok(segment)), Some(Ok(offset))) => Ok(Position { segment, offset }),
+                _ => {
+                    Err(JournalError::Undecodable { segment: 0, offset: 0, reason: format!("bad checkpoint {text:?}") })
+                }
+            }
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Position::default()),
+        Err(source) => Err(io_error(&path, source)),
+    }
+}
+
+fn write_checkpoint(dir: &Path, position: Position) -> Result<(), JournalError> {
+    let tmp = dir.join("checkpoint.tmp");
+    let mut file = File::create(&tmp).map_err(|source| io_error(&tmp, source))?;
+    writeln!(file, "{} {}", position.segment, position.offset)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| io_error(&tmp, source))?;
+    let path = dir.join("checkpoint");
+    fs::rename(&tmp, &path).map_err(|source| io_error(&path, source))?;
+    sync_dir(dir)
+}
+
+fn io_error(path: &Path, source: io::Error) -> JournalError {
+    JournalError::Io { path: path.to_owned(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::journal::record::Released;
+    use crate::metrics::Metrics;
+
+    fn record(n: u32) -> Record {
+        Record::Release(Released {
+            id: Uuid::new_v4(),
+            coupon_id: i64::from(n),
+            order_id: format!("o-{n}"),
+            released_at: Utc::now(),
+        })
+    }
+
+    fn open(dir: &Path) -> Result<(Journal, JournalReader), JournalError> {
+        Journal::open(dir, Metrics::new().journal)
+    }
+
+    fn temp() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("journal-test-{}", Uuid::new_v4().simple()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn survives_a_torn_tail_and_resumes_from_the_checkpoint() {
+        let dir = temp();
+        let written: Vec<Record> = (0..3).map(record).collect();
+        let (journal, reader) = open(&dir).unwrap();
+        for r in &written {
+            journal.append(r).await.unwrap();
+        }
+        assert_eq!(journal.backlog(), 3);
+        let (entries, end) = reader.read(reader.checkpoint(), 1 << 20).unwrap();
+        assert_eq!(entries.iter().map(|e| &e.record).collect::<Vec<_>>(), written.iter().collect::<Vec<_>>());
+        drop((journal, reader));
+
+        // A crash mid-write: half a frame at the end of the last segment.
+        let segment = segment_path(&dir, end.segment);
+        let mut half = Vec::new();
+        frame::encode(br#"{"type":"release","half":"#, &mut half);
+        half.truncate(half.len() / 2);
+        OpenOptions::new().append(true).open(&segment).unwrap().write_all(&half).unwrap();
+
+        let (journal, mut reader) = open(&dir).unwrap();
+        assert_eq!(fs::metadata(&segment).unwrap().len(), end.offset, "the torn tail is cut off");
+        assert_eq!(journal.backlog(), 3, "nothing shipped yet");
+        let (entries, next) = reader.read(reader.checkpoint(), 1 << 20).unwrap();
+        assert_eq!(entries.len(), 3);
+        // New appends go to a fresh segment and are read after the old ones.
+        journal.append(&record(9)).await.unwrap();
+        let (more, after) = reader.read(next, 1 << 20).unwrap();
+        assert_eq!((more.len(), after.segment), (1, end.segment + 1));
+        reader.confirm(after, 4).unwrap();
+        assert_eq!(journal.backlog(), 0);
+        assert!(!segment.exists(), "shipped segments are removed");
+        drop((journal, reader));
+
+        let (journal, reader) = open(&dir).unwrap();
+        assert_eq!(reader.checkpoint(), after);
+        assert_eq!(reader.read(after, 1 << 20).unwrap().0.len(), 0, "nothing is shipped twice");
+        assert_eq!(journal.backlog(), 0);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn damage_in_an_older_segment_refuses_to_start() {
+        let dir = temp();
+        let (journal, _reader) = open(&dir).unwrap();
+        journal.append(&record(1)).await.unwrap();
+        drop((journal, _reader));
+        let (journal, _reader) = open(&dir).unwrap();
+        journal.append(&record(2)).await.unwrap();
+        drop((journal, _reader));
+        let first = segment_path(&dir, 1);
+        let mut bytes = fs::read(&first).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&first, bytes).unwrap();
+        assert!(matches!(open(&dir), Err(JournalError::Corrupt { segment: 1, .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn positions_are_unique_numbers() {
+        let a = Position { segment: 1, offset: 0 }.as_i64();
+        let b = Position { segment: 0, offset: 1 << 39 }.as_i64();
+        let c = Position { segment: 2, offset: 5 }.as_i64();
+        assert!(a != b && b != c && a < c);
+    }
+}

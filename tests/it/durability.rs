@@ -1,0 +1,172 @@
+//! Nothing acknowledged is lost: PostgreSQL stopped mid-run (through `tools/pg`), and the
+//! service killed with SIGKILL while PostgreSQL is down.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::helpers::{PrivateCluster, ServeProcess, TestApp, TestClient, eventually, insert_coupon, signal};
+
+const CATCH_UP: Duration = Duration::from_secs(20);
+
+async fn pool(url: &str) -> PgPool {
+    PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
+}
+
+async fn count(url: &str, sql: &'static str) -> i64 {
+    let pool = pool(url).await;
+    let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+    pool.close().await;
+    n
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+}
+
+async fn redeem(client: &TestClient, code: &str, user: &str, order: &str) -> (StatusCode, serde_json::Value) {
+    let body = json!({"code": code, "userId": user, "orderId": order, "orderValue": 100});
+    let response = client.post("/api/coupons/redeem", &body).await;
+    (response.status, response.json())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_mid_run_loses_nothing() {
+    let cluster = PrivateCluster::start().await;
+    let setup = pool(&cluster.url).await;
+    insert_coupon(&setup, "OPEN", &[]).await;
+    insert_coupon(&setup, "TEN", &[("usage_limit", "10")]).await;
+    setup.close().await;
+    let app = TestApp::spawn_with(
+        &cluster.url,
+        &[
+            ("COUPON__DATABASE__HEALTH_INTERVAL_MS", "100"),
+            ("COUPON__DATABASE__CONNECT_TIMEOUT_MS", "500"),
+            ("COUPON__VALIDATION_LOG__RETRY_MAX_MS", "200"),
+            // Small enough that the outage overflows it into the journal.
+            ("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "50"),
+        ],
+    )
+    .await;
+    let client = &app.client;
+    let mut acked = HashSet::new();
+    for n in 0..20 {
+        let (status, body) = redeem(client, "OPEN", &format!("u{n}"), &format!("before-{n}")).await;
+        assert_eq!(status, StatusCode::CREATED);
+        acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
+    }
+
+    cluster.stop();
+    eventually(CATCH_UP, "health says the database is down", || async {
+        let health = client.get("/health").await.json();
+        health["status"] == "degraded" && health["database"] == "down"
+    })
+    .await;
+    for n in 0..50 {
+        let (status, body) = redeem(client, "OPEN", &format!("u{n}"), &format!("during-{n}")).await;
+        assert_eq!(status, StatusCode::CREATED, "redemptions keep succeeding: {body}");
+        acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
+    }
+    let mut limited = 0;
+    for n in 0..12 {
+        let (status, body) = redeem(client, "TEN", &format!("u{n}"), &format!("ten-{n}")).await;
+        if status == StatusCode::CREATED {
+            limited += 1;
+            acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(body["reason"], "USAGE_LIMIT_REACHED");
+        }
+    }
+    assert_eq!(limited, 10, "limits hold with the database away");
+    for n in 0..200 {
+        let answer = client.validate(json!({"code": "OPEN", "userId": format!("v{n}"), "orderValue": 10})).await;
+        assert_eq!(answer["valid"], true);
+    }
+
+    cluster.restart();
+    eventually(CATCH_UP, "every acknowledged redemption in coupon_usage", || async {
+        count(&cluster.url, "SELECT count(*) FROM coupon_usage").await == 80
+    })
+    .await;
+    eventually(CATCH_UP, "every validation logged", || async {
+        count(&cluster.url, "SELECT count(*) FROM validation_logs").await == 200
+    })
+    .await;
+    eventually(CATCH_UP, "healthy and caught up", || async {
+        let health = client.get("/health").await.json();
+        health["status"] == "healthy" && health["validationLogQueueSize"] == 0
+    })
+    .await;
+    let metrics = client.get("/metrics").await.text;
+    assert!(metrics.contains(r#"write_behind_rows_total{table="validation_logs",outcome="dropped"} 0"#), "{metrics}");
+    let spilled = metric(&metrics, r#"write_behind_rows_total{table="validation_logs",outcome="spilled"}"#);
+    assert!(spilled > 0.0, "the outage overflowed the in-memory queue into the journal: {metrics}");
+    assert_eq!(metric(&metrics, "journal_backlog_records"), 0.0);
+    app.stop().await.unwrap();
+
+    let check = pool(&cluster.url).await;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM coupon_usage").fetch_all(&check).await.unwrap();
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), acked, "exactly the acknowledged redemptions");
+    check.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
+    let cluster = PrivateCluster::start().await;
+    let setup = pool(&cluster.url).await;
+    insert_coupon(&setup, "THIRTY", &[("usage_limit", "30")]).await;
+    setup.close().await;
+    let data_dir = std::env::temp_dir().join(format!("coupon-engine-kill-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir = data_dir.display().to_string();
+    let env = [("DATA_DIR", data_dir.as_str()), ("COUPON__DATABASE__CONNECT_TIMEOUT_MS", "500")];
+    let server = ServeProcess::start(&cluster.url, &env);
+    let client = TestClient::new(server.addr);
+    client.wait_ready().await;
+
+    cluster.stop();
+    let tasks: Vec<_> = (0..60)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move { redeem(&client, "THIRTY", &format!("u{n}"), &format!("o{n}")).await })
+        })
+        .collect();
+    let mut acked = HashSet::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        if status == StatusCode::CREATED {
+            acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(
+                (status, body["reason"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("USAGE_LIMIT_REACHED"))
+            );
+        }
+    }
+    assert_eq!(acked.len(), 30);
+    let mut child = server.child;
+    signal(&child, "KILL");
+    child.wait().unwrap();
+
+    cluster.restart();
+    let server = ServeProcess::start(&cluster.url, &env);
+    let client = TestClient::new(server.addr);
+    client.wait_ready().await;
+    let replayed = server.wait_for_log("journal replayed", Duration::from_secs(5));
+    assert_eq!(replayed["records"], 30, "{replayed}");
+    let check = pool(&cluster.url).await;
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM coupon_usage").fetch_all(&check).await.unwrap();
+    assert_eq!(ids.len(), 30, "none twice");
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), acked, "every acknowledged redemption");
+    let (status, body) = redeem(&client, "THIRTY", "late", "late-order").await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("USAGE_LIMIT_REACHED")));
+    assert!(server.terminate().success());
+    check.close().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
