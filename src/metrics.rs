@@ -87,9 +87,8 @@ impl Route {
 const STATUSES: [u16; 14] = [200, 201, 400, 401, 404, 405, 409, 413, 415, 422, 429, 431, 500, 503];
 
 struct RouteMetrics {
-    duration: Histogram,
     /// Registered on first use, so only statuses that happened are exported.
-    requests: [OnceLock<Counter>; STATUSES.len() + 1],
+    requests: [OnceLock<(Counter, Histogram)>; STATUSES.len() + 1],
 }
 
 /// Counters for one write-behind table.
@@ -128,6 +127,11 @@ pub struct Metrics {
     pub coupon_usage: WriteBehindMetrics,
     pub journal: JournalMetrics,
     pub journal_backlog: Gauge,
+    pub cache_age: Gauge,
+    pub pool_idle: Gauge,
+    pub pool_in_use: Gauge,
+    pub pool_max: Gauge,
+    process: ProcessMetrics,
     redemptions: Vec<Counter>,
     releases: Vec<Counter>,
 }
@@ -144,7 +148,19 @@ impl Metrics {
         let reg = Registrar(&recorder);
 
         reg.describe_counter("http_requests_total", "HTTP requests answered, by route template and status");
-        reg.describe_histogram("http_request_duration_seconds", Unit::Seconds, "Time to answer, by route template");
+        reg.describe_histogram(
+            "http_request_duration_seconds",
+            Unit::Seconds,
+            "Time to answer, by route template and status",
+        );
+        reg.describe_gauge("cache_age_seconds", "Seconds since the catalog was last reloaded in full");
+        reg.describe_gauge("db_pool_connections", "Pool connections by state");
+        reg.describe_gauge("db_pool_max_connections", "Pool size limit");
+        reg.describe_counter("process_cpu_seconds_total", "CPU time used by the process, user and system");
+        reg.describe_gauge("process_resident_memory_bytes", "Resident set size");
+        reg.describe_gauge("process_open_fds", "Open file descriptors");
+        reg.describe_gauge("process_threads", "Operating system threads");
+        reg.describe_gauge("process_start_time_seconds", "Start time of the process, seconds since the Unix epoch");
         reg.describe_counter("coupon_validations_total", "Validations by outcome: valid or the reason");
         reg.describe_gauge("cache_coupons", "Coupons in the current catalog snapshot");
         reg.describe_counter("cache_reloads_total", "Full reloads of the coupon catalog");
@@ -158,13 +174,7 @@ impl Metrics {
             "Time to write one batch, by table",
         );
 
-        let routes = Route::ALL
-            .iter()
-            .map(|route| RouteMetrics {
-                duration: reg.histogram("http_request_duration_seconds", &[("route", route.label())]),
-                requests: Default::default(),
-            })
-            .collect();
+        let routes = Route::ALL.iter().map(|_| RouteMetrics { requests: Default::default() }).collect();
         let validations = std::iter::once("valid")
             .chain(Reason::ALL.iter().map(|r| r.as_str()))
             .map(|outcome| reg.counter("coupon_validations_total", &[("outcome", outcome)]))
@@ -197,6 +207,17 @@ impl Metrics {
                 bytes: reg.counter("journal_bytes_total", &[]),
             },
             journal_backlog: reg.gauge("journal_backlog_records", &[]),
+            cache_age: reg.gauge("cache_age_seconds", &[]),
+            pool_idle: reg.gauge("db_pool_connections", &[("state", "idle")]),
+            pool_in_use: reg.gauge("db_pool_connections", &[("state", "in_use")]),
+            pool_max: reg.gauge("db_pool_max_connections", &[]),
+            process: ProcessMetrics {
+                cpu_seconds: reg.counter("process_cpu_seconds_total", &[]),
+                resident_bytes: reg.gauge("process_resident_memory_bytes", &[]),
+                open_fds: reg.gauge("process_open_fds", &[]),
+                threads: reg.gauge("process_threads", &[]),
+                start_time: reg.gauge("process_start_time_seconds", &[]),
+            },
             redemptions,
             releases,
             cache_coupons: reg.gauge("cache_coupons", &[]),
@@ -214,18 +235,18 @@ impl Metrics {
     /// Counts one answered request and its latency.
     pub fn record_request(&self, route: Route, status: u16, seconds: f64) {
         let route_idx = Route::ALL.iter().position(|r| *r == route).unwrap_or(0);
-        let metrics = &self.routes[route_idx];
-        metrics.duration.record(seconds);
         let status_idx = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len());
-        metrics.requests[status_idx]
-            .get_or_init(|| {
-                let status_label = STATUSES.get(status_idx).map_or_else(|| "other".to_owned(), u16::to_string);
-                Registrar(&self.recorder).counter_owned(
-                    "http_requests_total",
-                    vec![Label::new("route", route.label()), Label::new("status", status_label)],
-                )
-            })
-            .increment(1);
+        let (requests, duration) = self.routes[route_idx].requests[status_idx].get_or_init(|| {
+            let status_label = STATUSES.get(status_idx).map_or_else(|| "other".to_owned(), u16::to_string);
+            let labels = vec![Label::new("route", route.label()), Label::new("status", status_label)];
+            let reg = Registrar(&self.recorder);
+            (
+                reg.counter_owned("http_requests_total", labels.clone()),
+                reg.histogram_owned("http_request_duration_seconds", labels),
+            )
+        });
+        requests.increment(1);
+        duration.record(seconds);
     }
 
     /// Counts one validation outcome: `None` for valid.
@@ -248,8 +269,9 @@ impl Metrics {
         self.releases[idx].increment(1);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric, process metrics read just now.
     pub fn render(&self) -> String {
+        self.process.refresh();
         self.handle.render()
     }
 
@@ -257,6 +279,43 @@ impl Metrics {
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
+}
+
+/// The standard `process_*` metrics, read from `/proc/self` when scraped (Linux only;
+/// elsewhere they stay at zero).
+struct ProcessMetrics {
+    cpu_seconds: Counter,
+    resident_bytes: Gauge,
+    open_fds: Gauge,
+    threads: Gauge,
+    start_time: Gauge,
+}
+
+impl ProcessMetrics {
+    fn refresh(&self) {
+        let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok() else { return };
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let Some(fields) = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>()) else {
+            return;
+        };
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        // Clock ticks and page size are 100 and 4096 on every Linux this runs on.
+        let ticks = 100.0;
+        self.cpu_seconds.absolute(((field(14) + field(15)) / ticks) as u64);
+        self.threads.set(field(20));
+        self.resident_bytes.set(field(24) * 4096.0);
+        if let Some(boot) = boot_time() {
+            self.start_time.set(boot + field(22) / ticks);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as f64);
+        }
+    }
+}
+
+fn boot_time() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    stat.lines().find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
 }
 
 impl Default for Metrics {
@@ -295,6 +354,10 @@ impl Registrar<'_> {
 
     fn counter_owned(&self, name: &'static str, labels: Vec<Label>) -> Counter {
         self.0.register_counter(&Key::from_parts(name, labels), &Self::metadata())
+    }
+
+    fn histogram_owned(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
+        self.0.register_histogram(&Key::from_parts(name, labels), &Self::metadata())
     }
 
     fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {

@@ -162,13 +162,14 @@ pub struct LoggedValidation {
     pub validated_at: DateTime<Utc>,
 }
 
-/// The latest `limit` validation log rows, newest first.
+/// The latest `limit` validation log rows, newest first (by id: rows get ids in the order
+/// they are written, which is the order they were validated in, spilled rows aside).
 pub async fn recent_validations(pool: &PgPool, limit: i64) -> Result<Vec<LoggedValidation>, Error> {
     let rows = sqlx::query_as(
         "SELECT id, coupon_code, coupon_id, user_id, order_id, order_value::text AS order_value, is_valid, \
          validation_reason, discount_applied::text AS discount_applied, final_amount::text AS final_amount, \
          host(ip_address) AS ip_address, user_agent, response_time_ms::text AS response_time_ms, validated_at \
-         FROM validation_logs ORDER BY validated_at DESC, id DESC LIMIT $1",
+         FROM validation_logs ORDER BY id DESC LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)

@@ -236,6 +236,13 @@ fn metrics(state: &State) -> HttpResponse {
     state.metrics.validation_logs.queue_depth.set(state.validation_log.queue_size() as f64);
     state.metrics.coupon_usage.queue_depth.set(state.journal.backlog() as f64);
     state.metrics.journal_backlog.set(state.journal.backlog() as f64);
+    if let Some(last) = state.cache.last_reload_at() {
+        state.metrics.cache_age.set((Utc::now() - last).num_milliseconds() as f64 / 1000.0);
+    }
+    let (size, idle) = (state.pool.size(), state.pool.num_idle() as u32);
+    state.metrics.pool_idle.set(f64::from(idle));
+    state.metrics.pool_in_use.set(f64::from(size.saturating_sub(idle)));
+    state.metrics.pool_max.set(f64::from(state.pool.options().get_max_connections()));
     let text = state.metrics.render();
     response::with_body(StatusCode::OK, HeaderValue::from_static("text/plain; version=0.0.4"), text.into())
 }

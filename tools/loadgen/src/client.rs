@@ -40,6 +40,26 @@ impl ServiceClient {
         Ok((status, json))
     }
 
+    /// GETs `path` and parses the JSON answer, whatever the status.
+    pub(crate) async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let text = self.get_text(path).await?;
+        serde_json::from_str(&text).with_context(|| format!("GET {path}: answer is not JSON"))
+    }
+
+    /// The value of an unlabelled series on `/metrics`.
+    pub(crate) async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = self.get_text("/metrics").await?;
+        let value = text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok());
+        value.with_context(|| format!("no {name} on /metrics"))
+    }
+
+    async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let request = Request::builder().uri(format!("{}{path}", self.base)).body(Full::new(Bytes::new()))?;
+        let response = self.inner.request(request).await.with_context(|| format!("GET {path}"))?;
+        let bytes = response.into_body().collect().await?.to_bytes();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// `POST /api/coupons/validate`, which must answer 200.
     pub(crate) async fn validate(&self, body: &Value) -> anyhow::Result<Value> {
         let (status, json) = self.post_json("/api/coupons/validate", body).await?;

@@ -1,22 +1,85 @@
-//! `loadgen`: load, drills and measurements against a running coupon-engine.
+//! `loadgen`: the reference benchmark, open-loop phases, and drills against a running
+//! coupon-engine. Traffic goes to loopback addresses only, and every run stops by itself.
 
 mod client;
+mod conn;
+mod drills;
+mod load;
+mod mix;
 mod propagation;
+mod report;
+mod stats;
 
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+
+use crate::load::{Phase, PhaseResult, Shape};
+use crate::mix::Mix;
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Load generator and drills for coupon-engine (loopback only)")]
 struct Cli {
-    /// Base URL of the service.
+    /// Base URL of the service; must be a loopback address.
     #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
     url: String,
+    /// PostgreSQL the service uses: request mixes are built from its coupons.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(flatten)]
+    bench: BenchArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// The default run: the reference benchmark (1,000 requests, 100 concurrent), or phases.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    /// Closed loop: total requests.
+    #[arg(long, default_value_t = 1000)]
+    requests: u64,
+    /// Requests in flight (closed loop), or the most in flight (open loop).
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// Open loop instead: this many requests per second, for --duration seconds.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 30.0)]
+    duration: f64,
+    /// Open-loop phases run in order, each `name:duration:rate[:concurrency]`, e.g.
+    /// --phase warm-up:10s:500 --phase sustained:30s:5000 --phase peak:10s:20000 --phase cool-down:10s:500
+    #[arg(long = "phase")]
+    phases: Vec<String>,
+    /// validate (all outcomes), valid, redeem or checkout (validate + redeem).
+    #[arg(long, default_value = "validate")]
+    mix: String,
+    /// Seed of the request mix.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the HTML report here.
+    #[arg(long)]
+    html: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The reference's four concurrency scenarios: light 10, moderate 50, heavy 200, stress 500.
+    Scenarios(drills::ScenarioArgs),
+    /// N buyers at once against a coupon with a usage limit: winners must equal the limit.
+    Race(drills::RaceArgs),
+    /// Validate throughput and p99 against a bare hyper server, same load, same run.
+    Budget(drills::BudgetArgs),
+    /// Stops PostgreSQL (tools/pg) under load: success before/during/after, catch-up, rows lost.
+    DbOutage(drills::OutageArgs),
+    /// SIGKILLs the service under redeem load, restarts it, compares acknowledged with persisted.
+    Crash(drills::CrashArgs),
     /// Time from COMMIT of a coupon change to the first validate answer that reflects it.
     Propagation(propagation::Args),
 }
@@ -24,9 +87,104 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async move {
+    let passed = runtime.block_on(async move {
+        let addr = loopback_addr(&cli.url)?;
         match cli.command {
-            Command::Propagation(args) => propagation::run(&cli.url, args).await,
+            None => bench(&cli.url, addr, cli.database_url.as_deref(), cli.bench).await,
+            Some(Command::Scenarios(args)) => {
+                drills::scenarios(addr, need_db(cli.database_url.as_deref())?, args).await
+            }
+            Some(Command::Race(args)) => {
+                drills::race(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
+            }
+            Some(Command::Budget(args)) => drills::budget(addr, need_db(cli.database_url.as_deref())?, args).await,
+            Some(Command::DbOutage(args)) => {
+                drills::db_outage(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
+            }
+            Some(Command::Crash(args)) => {
+                drills::crash(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
+            }
+            Some(Command::Propagation(args)) => {
+                propagation::run(&cli.url, need_db(cli.database_url.as_deref())?, args).await?;
+                Ok(true)
+            }
         }
-    })
+    })?;
+    if !passed {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn need_db(url: Option<&str>) -> anyhow::Result<&str> {
+    url.context("set DATABASE_URL (or --database-url): this command reads or writes the service's database")
+}
+
+/// The address of `url`, refused unless it is on this machine.
+fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.strip_prefix("http://").context("--url must start with http://")?;
+    let host_port = rest.split('/').next().unwrap_or_default();
+    let addr = host_port
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host_port}"))?
+        .next()
+        .context("no address")?;
+    if !addr.ip().is_loopback() {
+        bail!("{addr} is not a loopback address: loadgen only sends traffic to this machine");
+    }
+    Ok(addr)
+}
+
+async fn bench(url: &str, addr: SocketAddr, database_url: Option<&str>, args: BenchArgs) -> anyhow::Result<bool> {
+    let mix = Arc::new(Mix::build(need_db(database_url)?, &args.mix, args.seed).await?);
+    let phases: Vec<Phase> = if !args.phases.is_empty() {
+        args.phases.iter().map(|spec| load::parse_phase(spec, args.concurrency)).collect::<Result<_, _>>()?
+    } else if let Some(rate) = args.rate {
+        vec![Phase {
+            name: "open-loop".into(),
+            shape: Shape::Open {
+                rate,
+                duration: Duration::from_secs_f64(args.duration),
+                concurrency: args.concurrency,
+            },
+        }]
+    } else {
+        vec![Phase {
+            name: "reference".into(),
+            shape: Shape::Closed { requests: args.requests, concurrency: args.concurrency },
+        }]
+    };
+    let mut results: Vec<PhaseResult> = Vec::new();
+    let mut offset = 0;
+    for phase in phases {
+        let result = load::run_phase(addr, mix.clone(), phase, offset).await;
+        offset += result.stats.total();
+        print!("{}", report::results_block(&result));
+        results.push(result);
+    }
+    if let Some(path) = &args.json {
+        std::fs::write(path, report::json(url, &args.mix, &results))
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("JSON report: {}", path.display());
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, report::html(url, &args.mix, &results))
+            .with_context(|| format!("write {}", path.display()))?;
+        println!("HTML report: {}", path.display());
+    }
+    Ok(results.iter().all(report::passed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets() {
+        assert!(loopback_addr("http://127.0.0.1:8080").is_ok());
+        assert!(loopback_addr("http://localhost:8080/").is_ok());
+        assert!(loopback_addr("http://[::1]:8080").is_ok());
+        assert!(loopback_addr("http://10.0.0.1:8080").is_err());
+        assert!(loopback_addr("https://127.0.0.1:8080").is_err());
+    }
 }

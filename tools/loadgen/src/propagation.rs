@@ -15,9 +15,6 @@ const BUDGET_MEDIAN: Duration = Duration::from_millis(100);
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// PostgreSQL the service follows.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
     /// How many changes to commit and time.
     #[arg(long, default_value_t = 200)]
     changes: u32,
@@ -26,8 +23,8 @@ pub(crate) struct Args {
     timeout_ms: u64,
 }
 
-pub(crate) async fn run(url: &str, args: Args) -> anyhow::Result<()> {
-    let mut db = PgConnection::connect(&args.database_url).await.context("connect to DATABASE_URL")?;
+pub(crate) async fn run(url: &str, database_url: &str, args: Args) -> anyhow::Result<()> {
+    let mut db = PgConnection::connect(database_url).await.context("connect to DATABASE_URL")?;
     let client = ServiceClient::new(url);
     // Own a fixed-discount coupon whose discount is the change we look for.
     sqlx::query(

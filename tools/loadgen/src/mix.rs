@@ -1,0 +1,260 @@
+//! Request mixes built from the seeded database: valid, expired, inactive, wrong-user,
+//! below-minimum and unknown codes, and redeems; shuffled reproducibly by seed.
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+
+/// The coupon redeems go to: unlimited, created by the load generator if missing.
+pub(crate) const REDEEM_CODE: &str = "LOADGEN-REDEEM";
+/// Requests prepared per kind; the run cycles through them.
+const PER_KIND: usize = 500;
+
+/// What a request is and what the service must answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Valid,
+    Expired,
+    Inactive,
+    WrongUser,
+    BelowMinimum,
+    Unknown,
+    Redeem,
+}
+
+impl Kind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Valid => "valid",
+            Kind::Expired => "expired",
+            Kind::Inactive => "inactive",
+            Kind::WrongUser => "wrong-user",
+            Kind::BelowMinimum => "below-minimum",
+            Kind::Unknown => "unknown",
+            Kind::Redeem => "redeem",
+        }
+    }
+
+    /// A fragment every correct answer to this kind contains.
+    fn expected(self) -> &'static [u8] {
+        match self {
+            Kind::Valid => br#""valid":true"#,
+            Kind::Expired => b"COUPON_EXPIRED",
+            Kind::Inactive => b"COUPON_INACTIVE",
+            Kind::WrongUser => b"COUPON_NOT_FOR_USER",
+            Kind::BelowMinimum => b"MIN_ORDER_VALUE_NOT_MET",
+            Kind::Unknown => b"COUPON_NOT_FOUND",
+            Kind::Redeem => br#""redeemed":true"#,
+        }
+    }
+}
+
+/// One prepared request.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    pub(crate) kind: Kind,
+    /// For a redeem, the body up to the order id, which is made unique per request.
+    body: Bytes,
+}
+
+/// The requests of a run, in a seeded order.
+#[derive(Debug, Clone)]
+pub(crate) struct Mix {
+    requests: Vec<Prepared>,
+    run_id: String,
+}
+
+/// Named mixes: kinds and their weights.
+pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
+    Ok(match name {
+        "validate" => vec![
+            (Kind::Valid, 50),
+            (Kind::Expired, 10),
+            (Kind::Inactive, 10),
+            (Kind::WrongUser, 10),
+            (Kind::BelowMinimum, 10),
+            (Kind::Unknown, 10),
+        ],
+        "valid" => vec![(Kind::Valid, 1)],
+        "redeem" => vec![(Kind::Redeem, 1)],
+        "checkout" => {
+            vec![(Kind::Valid, 60), (Kind::Expired, 5), (Kind::Unknown, 5), (Kind::WrongUser, 5), (Kind::Redeem, 25)]
+        }
+        other => bail!("unknown mix {other:?}: use validate, valid, redeem or checkout"),
+    })
+}
+
+impl Mix {
+    /// Builds the named mix from the coupons in `database_url`.
+    pub(crate) async fn build(database_url: &str, name: &str, seed: u64) -> anyhow::Result<Mix> {
+        let weights = weights(name)?;
+        let mut db = PgConnection::connect(database_url).await.context("connect to DATABASE_URL to build the mix")?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut by_kind = Vec::new();
+        for (kind, _) in &weights {
+            by_kind.push(prepare(&mut db, *kind, &mut rng).await?);
+        }
+        let total: u32 = weights.iter().map(|(_, w)| w).sum();
+        let n = (PER_KIND * weights.len()).max(1000);
+        let mut requests = Vec::with_capacity(n);
+        for idx in 0..n {
+            // Deterministic proportions: slot idx of every `total` goes to the kind owning it.
+            let mut slot = (idx as u32) % total;
+            let kind_idx = weights
+                .iter()
+                .position(|(_, w)| {
+                    if slot < *w {
+                        true
+                    } else {
+                        slot -= w;
+                        false
+                    }
+                })
+                .unwrap_or(0);
+            let pool = &by_kind[kind_idx];
+            requests.push(pool[rng.random_range(0..pool.len())].clone());
+        }
+        requests.shuffle(&mut rng);
+        let run_id =
+            format!("{:x}", rng.random::<u64>() ^ u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap_or(0));
+        Ok(Mix { requests, run_id })
+    }
+
+    /// The `n`th request: path, body, and the kind it is.
+    pub(crate) fn request(&self, n: u64) -> (&'static str, Bytes, Kind) {
+        let prepared = &self.requests[(n % self.requests.len() as u64) as usize];
+        match prepared.kind {
+            Kind::Redeem => {
+                let mut body = prepared.body.to_vec();
+                body.extend_from_slice(format!("lg-{}-{n}\"}}", self.run_id).as_bytes());
+                ("/api/coupons/redeem", Bytes::from(body), Kind::Redeem)
+            }
+            kind => ("/api/coupons/validate", prepared.body.clone(), kind),
+        }
+    }
+
+    /// Whether an answer is the one this kind must get.
+    pub(crate) fn is_expected(kind: Kind, status: u16, body: &[u8]) -> bool {
+        let status_ok = if kind == Kind::Redeem { status == 201 } else { status == 200 };
+        status_ok && body.windows(kind.expected().len()).any(|w| w == kind.expected())
+    }
+}
+
+fn validate_body(code: &str, user: &str, order_cents: i64) -> Prepared {
+    let body =
+        format!(r#"{{"code":{},"userId":{},"orderValue":{}}}"#, json!(code), json!(user), order_value(order_cents));
+    Prepared { kind: Kind::Valid, body: Bytes::from(body) }
+}
+
+/// The JSON number text of an amount in cents, exact.
+fn order_value(cents: i64) -> String {
+    if cents % 100 == 0 { format!("{}", cents / 100) } else { format!("{}.{:02}", cents / 100, cents % 100) }
+}
+
+async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Prepared>> {
+    const IN_WINDOW: &str =
+        "(valid_from IS NULL OR valid_from <= now()) AND (valid_until IS NULL OR valid_until > now())";
+    let other_user = |rng: &mut ChaCha8Rng| format!("user_{:07}", rng.random_range(0..1_000_000));
+    let rows: Vec<(String, Option<String>, i64)> = match kind {
+        Kind::Valid => fetch(db, &format!(
+            "SELECT code, user_id, (min_order_value * 100)::bigint FROM coupons c WHERE status = 'active' AND {IN_WINDOW} \
+             AND usage_limit IS NULL AND per_user_limit IS NULL ORDER BY id LIMIT 2000"
+        )).await?,
+        Kind::Expired => fetch(db, "SELECT code, user_id, 0::bigint FROM coupons WHERE status = 'expired' ORDER BY id LIMIT 2000").await?,
+        Kind::Inactive => fetch(db, "SELECT code, user_id, 0::bigint FROM coupons WHERE status = 'inactive' ORDER BY id LIMIT 2000").await?,
+        Kind::WrongUser => fetch(db, &format!(
+            "SELECT code, user_id, 0::bigint FROM coupons WHERE status = 'active' AND {IN_WINDOW} AND user_id IS NOT NULL ORDER BY id LIMIT 2000"
+        )).await?,
+        Kind::BelowMinimum => fetch(db, &format!(
+            "SELECT code, user_id, (min_order_value * 100)::bigint FROM coupons WHERE status = 'active' AND {IN_WINDOW} \
+             AND min_order_value >= 1 ORDER BY id LIMIT 2000"
+        )).await?,
+        Kind::Unknown => (0..PER_KIND).map(|n| (format!("LOADGEN-UNKNOWN-{n:05}"), None, 0)).collect(),
+        Kind::Redeem => {
+            sqlx::query(
+                "INSERT INTO coupons (code, type, discount_type, discount_value) \
+                 VALUES ($1, 'time_specific', 'percentage', 10) ON CONFLICT (code) DO NOTHING",
+            )
+            .bind(REDEEM_CODE)
+            .execute(&mut *db)
+            .await?;
+            vec![(REDEEM_CODE.to_owned(), None, 0)]
+        }
+    };
+    if rows.is_empty() {
+        bail!("the database has no coupon for a {:?} request: seed it first (coupon-engine seed)", kind.name());
+    }
+    let prepared = rows
+        .into_iter()
+        .take(PER_KIND)
+        .map(|(code, owner, min_cents)| {
+            let mut request = match kind {
+                Kind::Valid => validate_body(
+                    &code,
+                    &owner.unwrap_or_else(|| other_user(rng)),
+                    min_cents.max(100) + rng.random_range(0..50_000),
+                ),
+                Kind::WrongUser => {
+                    let owner = owner.unwrap_or_default();
+                    let mut user = other_user(rng);
+                    while user == owner {
+                        user = other_user(rng);
+                    }
+                    validate_body(&code, &user, 10_000)
+                }
+                Kind::BelowMinimum => validate_body(&code, &owner.unwrap_or_else(|| other_user(rng)), min_cents - 1),
+                Kind::Redeem => {
+                    let head =
+                        format!(r#"{{"code":"{code}","userId":"{}","orderValue":100,"orderId":""#, other_user(rng));
+                    Prepared { kind, body: Bytes::from(head) }
+                }
+                _ => validate_body(&code, &owner.unwrap_or_else(|| other_user(rng)), 10_000),
+            };
+            request.kind = kind;
+            request
+        })
+        .collect();
+    Ok(prepared)
+}
+
+async fn fetch(db: &mut PgConnection, sql: &str) -> anyhow::Result<Vec<(String, Option<String>, i64)>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned())).fetch_all(db).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_answers_are_recognised() {
+        assert!(Mix::is_expected(Kind::Valid, 200, br#"{"valid":true,"code":"A"}"#));
+        assert!(!Mix::is_expected(Kind::Valid, 200, br#"{"valid":false,"reason":"COUPON_EXPIRED"}"#));
+        assert!(Mix::is_expected(Kind::Expired, 200, br#"{"valid":false,"reason":"COUPON_EXPIRED"}"#));
+        assert!(!Mix::is_expected(Kind::Redeem, 200, br#"{"redeemed":true}"#), "a replay is not a new redemption");
+        assert!(Mix::is_expected(Kind::Redeem, 201, br#"{"redeemed":true}"#));
+    }
+
+    #[test]
+    fn amounts_are_exact_json_numbers() {
+        assert_eq!(order_value(100_000), "1000");
+        assert_eq!(order_value(1999), "19.99");
+        assert_eq!(order_value(5), "0.05");
+    }
+
+    #[test]
+    fn redeem_bodies_get_unique_order_ids() {
+        let mix = Mix {
+            requests: vec![Prepared { kind: Kind::Redeem, body: Bytes::from_static(br#"{"code":"X","orderId":""#) }],
+            run_id: "r".into(),
+        };
+        let (path, first, _) = mix.request(1);
+        let (_, second, _) = mix.request(2);
+        assert_eq!(path, "/api/coupons/redeem");
+        assert_ne!(first, second);
+        assert!(serde_json::from_slice::<serde_json::Value>(&first).is_ok());
+    }
+}
