@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -43,7 +43,7 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let addr = settings.http_addr()?;
         let pool = db::connect(&settings.database).await.context("cannot connect to the database")?;
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let metrics = Arc::new(Metrics::new());
         let journal_dir = settings.storage.data_dir.join("journal");
         let (journal, reader) = Journal::open(&journal_dir, metrics.journal.clone())
@@ -139,6 +139,15 @@ impl App {
         pool.close().await;
         loaded
     }
+}
+
+/// Binds with a listen backlog sized for bursts of new connections: with the default, 500
+/// clients connecting at once overflowed the accept queue and waited out a 1 s SYN retry.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 /// Ships what the journal holds, then loads every redemption (once: see DESIGN.md), then

@@ -258,15 +258,31 @@ pub(crate) async fn db_outage(
     tools_pg("start")?;
     let back = Instant::now();
     println!("db-outage: PostgreSQL started at {} s", args.before + args.during);
-    let result = load.await?;
+    // Caught up: the database is seen again and the backlogs are back to what 100 ms of
+    // traffic leaves in flight, while the load goes on.
+    let steady = (args.rate / 10.0).max(100.0);
     let client = ServiceClient::new(url);
-    let caught_up = wait_until(Duration::from_secs(120), "the service to catch up", || async {
+    let poller = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            wait_until(Duration::from_secs(120), "the service to catch up", || async {
+                let health = client.get_json("/health").await.ok()?;
+                let backlog = client.metric("journal_backlog_records").await.ok()?;
+                let queue = health["validationLogQueueSize"].as_f64()?;
+                (health["database"] == "up" && backlog < steady && queue < steady).then(|| back.elapsed())
+            })
+            .await
+        })
+    };
+    let result = load.await?;
+    let caught_up = poller.await?;
+    let catch_up = caught_up.as_ref().map_or(Duration::MAX, |d| *d);
+    wait_until(Duration::from_secs(60), "the queues to drain after the load", || async {
         let health = client.get_json("/health").await.ok()?;
         let backlog = client.metric("journal_backlog_records").await.ok()?;
         (health["status"] == "healthy" && health["validationLogQueueSize"] == 0 && backlog == 0.0).then_some(())
     })
-    .await;
-    let catch_up = back.elapsed();
+    .await?;
     let window = |from: u64, to: u64| {
         let slots = &result.stats.timeline
             [(from as usize).min(result.stats.timeline.len())..(to as usize).min(result.stats.timeline.len())];
@@ -335,7 +351,7 @@ pub(crate) async fn crash(url: &str, addr: SocketAddr, database_url: &str, args:
     tokio::time::sleep(Duration::from_millis(args.seconds * 500)).await;
     let killed = Command::new("kill").arg("-KILL").arg(service.id().to_string()).status()?;
     let _ = service.wait();
-    println!("crash: service killed with SIGKILL ({killed}) halfway through the load");
+    println!("crash: service killed with SIGKILL halfway through the load (kill: {killed})");
     let result = load.await?;
     let acknowledged = &result.stats.acknowledged;
     let mut restarted = start_service(&args, addr, database_url)?;

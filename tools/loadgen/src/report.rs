@@ -68,7 +68,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (idx, ch) in digits.chars().enumerate() {
-        if idx > 0 && (digits.len() - idx) % 3 == 0 {
+        if idx > 0 && (digits.len() - idx).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -360,7 +360,7 @@ fn line_chart(
 
 fn short(value: f64) -> String {
     if value >= 1000.0 {
-        format!("{:.0}", value)
+        format!("{value:.0}")
     } else if value >= 10.0 {
         format!("{value:.1}")
     } else {
