@@ -204,7 +204,7 @@ async fn insert_redemptions(tx: &mut Transaction<'_, Postgres>, rows: &[&Redeeme
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.used_at).collect();
     let result = sqlx::query(
         "INSERT INTO coupon_usage (id, coupon_id, user_id, order_id, order_value, discount_applied, used_at) \
-         SELECT id, cid, uid, oid, ov::numeric / 100, disc::numeric / 100, at \
+         SELECT id, cid, uid, oid, round(ov::numeric / 100, 2), round(disc::numeric / 100, 2), at \
          FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::timestamptz[]) \
          AS t(id, cid, uid, oid, ov, disc, at) \
          ON CONFLICT DO NOTHING",
@@ -263,8 +263,8 @@ async fn insert_spilled_logs(
     let result = sqlx::query(
         "INSERT INTO validation_logs (journal_pos, coupon_code, coupon_id, user_id, order_id, order_value, is_valid, \
          validation_reason, discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at) \
-         SELECT pos, code, cid, uid, oid, ov::numeric / 100, ok, reason, disc::numeric / 100, fin::numeric / 100, \
-         ip::inet, ua, us::numeric / 1000, at \
+         SELECT pos, code, cid, uid, oid, round(ov::numeric / 100, 2), ok, reason, round(disc::numeric / 100, 2), \
+         round(fin::numeric / 100, 2), ip::inet, ua, round(us::numeric / 1000, 3), at \
          FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], $7::bool[], $8::text[], \
          $9::int8[], $10::int8[], $11::text[], $12::text[], $13::int8[], $14::timestamptz[]) \
          AS t(pos, code, cid, uid, oid, ov, ok, reason, disc, fin, ip, ua, us, at) \

@@ -301,9 +301,12 @@ async fn wait_until_cached(state: &State, coupon: &Coupon) {
     tracing::warn!(id = coupon.id, version = coupon.version, "admin write not yet in the cache");
 }
 
-/// NUMERIC text is a valid JSON number; keeping it raw keeps it exact.
+/// NUMERIC text is a valid JSON number; keeping it raw keeps it exact. Trailing zeros
+/// of the scale are dropped (`20.00` → `20`, `12.50` → `12.5`), as the rest of the API
+/// writes money.
 fn number(text: &str) -> Result<&RawValue, ApiError> {
-    serde_json::from_str::<&RawValue>(text).map_err(|_| ApiError::Internal)
+    let canonical = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { text };
+    serde_json::from_str::<&RawValue>(canonical).map_err(|_| ApiError::Internal)
 }
 
 fn rfc3339(time: DateTime<Utc>) -> String {
@@ -343,6 +346,14 @@ fn database_error(err: db::Error) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_lose_only_trailing_zeros() {
+        for (text, expected) in [("20.00", "20"), ("12.50", "12.5"), ("0.027", "0.027"), ("100", "100"), ("0.00", "0")]
+        {
+            assert_eq!(number(text).unwrap().get(), expected);
+        }
+    }
 
     #[test]
     fn recent_limits() {

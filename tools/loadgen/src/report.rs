@@ -288,7 +288,7 @@ fn line_chart(
     series: &[(&str, &str, &[f64])],
     nines: bool,
 ) -> String {
-    let (w, h, left, right, top, bottom) = (940.0, 280.0, 64.0, 16.0, 34.0, 44.0);
+    let (w, h, left, right, top, bottom) = (940.0, 280.0, 64.0, 40.0, 34.0, 44.0);
     let x_max = xs.iter().copied().fold(1.0_f64, f64::max);
     let y_max = series.iter().flat_map(|(_, _, ys)| ys.iter().copied()).fold(0.0_f64, f64::max).max(1e-3) * 1.1;
     let px = |x: f64| left + (x / x_max) * (w - left - right);
