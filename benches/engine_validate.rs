@@ -6,7 +6,6 @@ use std::sync::Arc;
 use chrono::Utc;
 use coupon_engine::cache::Cache;
 use coupon_engine::db::seed::{SeedParams, generate};
-use coupon_engine::domain::coupon::Coupon;
 use coupon_engine::domain::money::Cents;
 use coupon_engine::domain::rules::Attempt;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -14,25 +13,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 /// A cache holding the reference set's 5,000 coupons.
 fn reference_cache() -> (Arc<Cache>, Vec<String>) {
     let params = SeedParams { users: 1_000_000, coupons: 5_000, usage: 0, rng_seed: 42, now: Utc::now() };
-    let (seeded, _) = generate(&params);
-    let codes = seeded.iter().map(|c| c.code.clone()).collect();
-    let coupons = seeded
-        .into_iter()
-        .map(|c| Coupon {
-            id: c.id,
-            code: c.code.into(),
-            kind: c.kind,
-            status: c.status,
-            discount: c.discount,
-            min_order_value: c.min_order_value,
-            usage_limit: c.usage_limit,
-            per_user_limit: c.per_user_limit,
-            user_id: c.user_id.map(Into::into),
-            valid_from: c.valid_from,
-            valid_until: c.valid_until,
-            version: 1,
-        })
-        .collect();
+    let (coupons, _) = generate(&params);
+    let codes = coupons.iter().map(|c| c.code.to_string()).collect();
     let cache = Arc::new(Cache::new());
     cache.replace_all(coupons);
     (cache, codes)

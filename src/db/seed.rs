@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use sqlx::{PgConnection, PgPool};
 
 use crate::db::Error;
-use crate::domain::coupon::{CouponKind, CouponStatus, Discount};
+use crate::domain::coupon::{Coupon, CouponKind, CouponStatus, Discount};
 use crate::domain::money::Cents;
 use crate::domain::rules::discount_for;
 
@@ -25,22 +25,6 @@ pub struct SeedParams {
     /// Dates are laid out around this instant; the CLI passes today's midnight UTC so the
     /// data set is the same all day for a given seed.
     pub now: DateTime<Utc>,
-}
-
-/// A generated coupon row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeedCoupon {
-    pub id: i64,
-    pub code: String,
-    pub kind: CouponKind,
-    pub status: CouponStatus,
-    pub discount: Discount,
-    pub min_order_value: Cents,
-    pub usage_limit: Option<u32>,
-    pub per_user_limit: Option<u32>,
-    pub user_id: Option<String>,
-    pub valid_from: Option<DateTime<Utc>>,
-    pub valid_until: Option<DateTime<Utc>>,
 }
 
 /// A generated redemption row.
@@ -68,14 +52,14 @@ pub fn user_id(n: u32) -> String {
 }
 
 /// Generates the coupons and redemptions for `params`; the same params give the same rows.
-pub fn generate(params: &SeedParams) -> (Vec<SeedCoupon>, Vec<SeedUsage>) {
+pub fn generate(params: &SeedParams) -> (Vec<Coupon>, Vec<SeedUsage>) {
     let mut rng = ChaCha8Rng::seed_from_u64(params.rng_seed);
     let coupons = generate_coupons(params, &mut rng);
     let usage = generate_usage(params, &coupons, &mut rng);
     (coupons, usage)
 }
 
-fn generate_coupons(params: &SeedParams, rng: &mut ChaCha8Rng) -> Vec<SeedCoupon> {
+fn generate_coupons(params: &SeedParams, rng: &mut ChaCha8Rng) -> Vec<Coupon> {
     let n = params.coupons as usize;
     // Exact shares: 60% active, 25% expired, the rest (15%) inactive, in shuffled order.
     let n_active = n * 60 / 100;
@@ -139,25 +123,26 @@ fn generate_coupons(params: &SeedParams, rng: &mut ChaCha8Rng) -> Vec<SeedCoupon
             };
             let suffix: String =
                 (0..4).map(|_| char::from(b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789"[rng.random_range(0..32)])).collect();
-            SeedCoupon {
+            Coupon {
                 id,
-                code: format!("{prefix}-{id:05}-{suffix}"),
+                code: format!("{prefix}-{id:05}-{suffix}").into(),
                 kind,
                 status,
                 discount,
                 min_order_value,
                 usage_limit,
                 per_user_limit,
-                user_id,
+                user_id: user_id.map(Into::into),
                 valid_from,
                 valid_until,
+                version: 1,
             }
         })
         .collect()
 }
 
-fn generate_usage(params: &SeedParams, coupons: &[SeedCoupon], rng: &mut ChaCha8Rng) -> Vec<SeedUsage> {
-    let usable: Vec<&SeedCoupon> = coupons
+fn generate_usage(params: &SeedParams, coupons: &[Coupon], rng: &mut ChaCha8Rng) -> Vec<SeedUsage> {
+    let usable: Vec<&Coupon> = coupons
         .iter()
         .filter(|c| {
             c.status == CouponStatus::Active
@@ -177,7 +162,7 @@ fn generate_usage(params: &SeedParams, coupons: &[SeedCoupon], rng: &mut ChaCha8
             break;
         }
         let coupon = usable[rng.random_range(0..usable.len())];
-        let user = coupon.user_id.clone().unwrap_or_else(|| user_id(rng.random_range(0..params.users)));
+        let user = coupon.user_id.as_deref().map_or_else(|| user_id(rng.random_range(0..params.users)), str::to_owned);
         let used = total.get(&coupon.id).copied().unwrap_or(0);
         let used_by_user = by_user.get(&(coupon.id, user.clone())).copied().unwrap_or(0);
         if coupon.usage_limit.is_some_and(|limit| used >= limit)
@@ -219,7 +204,7 @@ pub async fn seed(pool: &PgPool, params: &SeedParams, force: bool) -> Result<See
             .execute(&mut *tx)
             .await?;
     }
-    let users = copy_users(&mut tx, params.users).await?;
+    let users = copy_rows(&mut tx, COPY_USERS, 0..params.users, write_user).await?;
     let n_coupons = copy_rows(&mut tx, COPY_COUPONS, &coupons, write_coupon).await?;
     sqlx::query("SELECT setval(pg_get_serial_sequence('coupons', 'id'), GREATEST((SELECT max(id) FROM coupons), 1))")
         .execute(&mut *tx)
@@ -239,27 +224,12 @@ const COPY_USAGE: &str = "COPY coupon_usage (coupon_id, user_id, order_id, order
 /// Bytes sent per COPY message.
 const CHUNK: usize = 1 << 20;
 
-async fn copy_users(conn: &mut PgConnection, n: u32) -> Result<u64, Error> {
-    let mut copy = conn.copy_in_raw(COPY_USERS).await?;
-    let mut buf = String::with_capacity(CHUNK + 128);
-    for idx in 0..n {
-        let _ = writeln!(buf, "user_{idx:07}\tuser_{idx:07}@example.com");
-        if buf.len() >= CHUNK {
-            copy.send(buf.as_bytes()).await?;
-            buf.clear();
-        }
-    }
-    if !buf.is_empty() {
-        copy.send(buf.as_bytes()).await?;
-    }
-    Ok(copy.finish().await?)
-}
-
+/// Streams `rows` through one COPY, about a megabyte per message.
 async fn copy_rows<T>(
     conn: &mut PgConnection,
     statement: &'static str,
-    rows: &[T],
-    write: fn(&mut String, &T),
+    rows: impl IntoIterator<Item = T>,
+    write: fn(&mut String, T),
 ) -> Result<u64, Error> {
     let mut copy = conn.copy_in_raw(statement).await?;
     let mut buf = String::with_capacity(CHUNK + 1024);
@@ -287,7 +257,11 @@ fn field(buf: &mut String, value: Option<impl std::fmt::Display>) {
     }
 }
 
-fn write_coupon(buf: &mut String, c: &SeedCoupon) {
+fn write_user(buf: &mut String, idx: u32) {
+    let _ = writeln!(buf, "{}\t{}@example.com", user_id(idx), user_id(idx));
+}
+
+fn write_coupon(buf: &mut String, c: &Coupon) {
     let (discount_type, value, cap) = match c.discount {
         Discount::Percentage { hundredths, cap } => {
             ("percentage", Cents::new(u64::from(hundredths)).expect("at most 10000"), cap)
@@ -348,7 +322,7 @@ mod tests {
     fn shares_and_windows_follow_the_reference_set() {
         let p = params(1);
         let (coupons, _) = generate(&p);
-        let count = |f: &dyn Fn(&SeedCoupon) -> bool| coupons.iter().filter(|c| f(c)).count();
+        let count = |f: &dyn Fn(&Coupon) -> bool| coupons.iter().filter(|c| f(c)).count();
         assert_eq!(count(&|c| c.kind == CouponKind::UserSpecific), 500);
         assert_eq!(count(&|c| c.status == CouponStatus::Active), 600);
         assert_eq!(count(&|c| c.status == CouponStatus::Expired), 250);
@@ -375,7 +349,7 @@ mod tests {
         let p = params(3);
         let (coupons, usage) = generate(&p);
         assert_eq!(usage.len(), 600);
-        let by_id: HashMap<i64, &SeedCoupon> = coupons.iter().map(|c| (c.id, c)).collect();
+        let by_id: HashMap<i64, &Coupon> = coupons.iter().map(|c| (c.id, c)).collect();
         let mut totals: HashMap<i64, u32> = HashMap::new();
         let mut per_user: HashMap<(i64, &str), u32> = HashMap::new();
         for u in &usage {
@@ -384,7 +358,7 @@ mod tests {
             assert!(u.order_value >= coupon.min_order_value);
             assert_eq!(u.discount, discount_for(&coupon.discount, u.order_value));
             if let Some(owner) = &coupon.user_id {
-                assert_eq!(&u.user_id, owner);
+                assert_eq!(u.user_id.as_str(), &**owner);
             }
             *totals.entry(u.coupon_id).or_default() += 1;
             *per_user.entry((u.coupon_id, &u.user_id)).or_default() += 1;

@@ -2,7 +2,8 @@
 //!
 //! Invariant: a request only ever calls [`ValidationLog::record`], which never waits. While
 //! PostgreSQL is away the writer holds its batch and retries with backoff; the queue fills
-//! meanwhile and rows past its capacity are counted as dropped, never silently lost.
+//! meanwhile and rows past its capacity spill into the journal (`db::shipper` writes them
+//! later); a row is dropped, and counted, only if the journal refuses it too.
 
 use std::net::IpAddr;
 use std::sync::Arc;
