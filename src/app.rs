@@ -75,6 +75,8 @@ impl App {
             pool: pool.clone(),
             admin_token: settings.admin.token.clone(),
             started: Instant::now(),
+            in_flight: tokio::sync::Semaphore::new(settings.http.max_in_flight),
+            admin_timeout: Duration::from_millis(settings.http.admin_timeout_ms),
         });
         Ok(App { settings, listener, pool, state, stop, tasks, log_writer, shipper })
     }

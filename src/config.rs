@@ -36,6 +36,10 @@ pub struct HttpSettings {
     pub addr: String,
     pub header_read_timeout_ms: u64,
     pub shutdown_timeout_ms: u64,
+    pub max_connections: usize,
+    pub max_in_flight: usize,
+    pub max_header_bytes: usize,
+    pub admin_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +149,13 @@ impl Settings {
 
     fn check(&self) -> anyhow::Result<()> {
         self.http_addr()?;
+        let http = &self.http;
+        if http.max_connections == 0 || http.max_in_flight == 0 || http.admin_timeout_ms == 0 {
+            bail!("http.max_connections, max_in_flight and admin_timeout_ms must be positive");
+        }
+        if http.max_header_bytes < 8192 {
+            bail!("http.max_header_bytes must be at least 8192");
+        }
         let url = self.database.url.expose();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             bail!("DATABASE_URL must start with postgres:// or postgresql://");

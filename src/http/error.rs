@@ -32,6 +32,10 @@ pub enum ApiError {
     DatabaseUnavailable,
     #[error("the local journal cannot take writes; retry shortly")]
     JournalUnavailable,
+    #[error("the service is at capacity; retry shortly")]
+    Overloaded,
+    #[error("the request took too long; retry shortly")]
+    Timeout,
     #[error("internal error")]
     Internal,
 }
@@ -60,9 +64,11 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::NotReady | ApiError::DatabaseUnavailable | ApiError::JournalUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::NotReady
+            | ApiError::DatabaseUnavailable
+            | ApiError::JournalUnavailable
+            | ApiError::Overloaded
+            | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::CouponNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
@@ -86,6 +92,8 @@ impl ApiError {
             ApiError::Conflict { .. } => "CONFLICT",
             ApiError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             ApiError::JournalUnavailable => "JOURNAL_UNAVAILABLE",
+            ApiError::Overloaded => "OVERLOADED",
+            ApiError::Timeout => "TIMEOUT",
             ApiError::Internal => "INTERNAL",
         }
     }

@@ -40,7 +40,15 @@ pub struct State {
     pub pool: sqlx::PgPool,
     pub admin_token: Secret,
     pub started: Instant,
+    /// Requests being handled; `try_acquire` failing means overload (503 at once).
+    pub in_flight: tokio::sync::Semaphore,
+    pub admin_timeout: Duration,
 }
+
+/// What a connection past `max_connections` is told before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+retry-after: 1\r\nconnection: close\r\ncontent-length: 85\r\n\r\n\
+{\"error\":{\"code\":\"OVERLOADED\",\"message\":\"the service is at capacity; retry shortly\"}}";
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish for
 /// at most `shutdown_timeout_ms` and returns.
@@ -55,7 +63,9 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(settings.header_read_timeout_ms))
+        .max_buf_size(settings.max_header_bytes)
         .keep_alive(true);
+    let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -63,6 +73,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    };
                     let state = state.clone();
                     let service = service_fn(move |req| {
                         let state = state.clone();
@@ -73,6 +87,7 @@ pub async fn serve(
                         if let Err(err) = connection.await {
                             tracing::debug!(error = %err, "connection ended with an error");
                         }
+                        drop(permit);
                     });
                 }
                 Err(err) => {
@@ -92,4 +107,11 @@ pub async fn serve(
             "connections still open after the shutdown timeout; closing them"
         );
     }
+}
+
+/// Tells a connection over the limit to come back later, and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVER_CAPACITY)).await;
+    let _ = stream.shutdown().await;
 }

@@ -37,7 +37,11 @@ pub fn error(err: &ApiError) -> HttpResponse {
         ApiError::MethodNotAllowed { allow } => {
             response.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
         }
-        ApiError::NotReady | ApiError::DatabaseUnavailable | ApiError::JournalUnavailable => {
+        ApiError::NotReady
+        | ApiError::DatabaseUnavailable
+        | ApiError::JournalUnavailable
+        | ApiError::Overloaded
+        | ApiError::Timeout => {
             response.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         ApiError::Unauthorized => {

@@ -28,6 +28,13 @@ const MAX_USER_AGENT_LEN: usize = 512;
 /// Answers one request and records its metrics.
 pub async fn handle(state: &State, req: Request<Incoming>, peer: IpAddr) -> HttpResponse {
     let started = Instant::now();
+    // Past the bound, answer at once rather than queue: a queue only turns overload into
+    // timeouts for everyone.
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        let response = response::error(&ApiError::Overloaded);
+        state.metrics.record_request(Route::Unmatched, 503, started.elapsed().as_secs_f64());
+        return response;
+    };
     let (route, result) = dispatch(state, req, peer, started).await;
     let response = result.unwrap_or_else(|err| response::error(&err));
     state.metrics.record_request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
@@ -40,18 +47,20 @@ async fn dispatch(
     peer: IpAddr,
     started: Instant,
 ) -> (Route, Result<HttpResponse, ApiError>) {
-    let Some((route, allow, code)) = match_route(req.uri().path()) else {
+    let Some((route, allow, _)) = match_route(req.uri().path()) else {
         return (Route::Unmatched, Err(ApiError::NotFound));
     };
     let method = req.method().as_str();
     if !allow.split(", ").any(|m| m == method) {
         return (route, Err(ApiError::MethodNotAllowed { allow }));
     }
-    if route.is_admin() && !admin::authorized(state, req.headers()) {
-        return (route, Err(ApiError::Unauthorized));
+    if route.is_admin() {
+        if !admin::authorized(state, req.headers()) {
+            return (route, Err(ApiError::Unauthorized));
+        }
+        let answer = tokio::time::timeout(state.admin_timeout, dispatch_admin(state, route, req));
+        return (route, answer.await.unwrap_or(Err(ApiError::Timeout)));
     }
-    let code = code.map(percent_decode);
-    let code = code.as_deref().unwrap_or_default();
     let result = match route {
         Route::Validate => validate(state, req, peer, started).await,
         Route::Redeem | Route::Release if !state.cache.is_ready() => Err(ApiError::NotReady),
@@ -66,22 +75,24 @@ async fn dispatch(
         Route::Health => Ok(health(state)),
         Route::Ready => Ok(ready(state)),
         Route::Metrics => Ok(metrics(state)),
-        Route::AdminReload => admin::reload(state).await,
-        Route::AdminStats => Ok(admin::stats(state)),
-        Route::AdminCoupons => match read_body(req).await {
-            Ok(body) => admin::create(state, body).await,
-            Err(err) => Err(err),
-        },
-        Route::AdminCoupon if req.method() == Method::PATCH => match read_body(req).await {
-            Ok(body) => admin::patch(state, code, body).await,
-            Err(err) => Err(err),
-        },
-        Route::AdminCoupon => admin::read(state, code).await,
-        Route::AdminCouponStats => admin::coupon_stats(state, code).await,
-        Route::AdminRecentValidations => admin::recent(state, req.uri().query()).await,
-        Route::Unmatched => Err(ApiError::NotFound),
+        _ => Err(ApiError::NotFound),
     };
     (route, result)
+}
+
+/// The admin routes, once authorised.
+async fn dispatch_admin(state: &State, route: Route, req: Request<Incoming>) -> Result<HttpResponse, ApiError> {
+    let code = match_route(req.uri().path()).and_then(|(_, _, code)| code).map(percent_decode).unwrap_or_default();
+    match route {
+        Route::AdminReload => admin::reload(state).await,
+        Route::AdminStats => Ok(admin::stats(state)),
+        Route::AdminCoupons => admin::create(state, read_body(req).await?).await,
+        Route::AdminCoupon if req.method() == Method::PATCH => admin::patch(state, &code, read_body(req).await?).await,
+        Route::AdminCoupon => admin::read(state, &code).await,
+        Route::AdminCouponStats => admin::coupon_stats(state, &code).await,
+        Route::AdminRecentValidations => admin::recent(state, req.uri().query()).await,
+        _ => Err(ApiError::NotFound),
+    }
 }
 
 /// The route of a path, the methods it allows, and the coupon code it names, if any.

@@ -7,6 +7,7 @@
 mod admin;
 mod durability;
 mod helpers;
+mod hostile;
 mod input;
 mod lifecycle;
 mod live_cache;

@@ -1,0 +1,159 @@
+//! Hostile clients and overload: each gets a clear 4xx/503 or a closed connection, and the
+//! service keeps serving everyone else.
+
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{PgProxy, TestApp, TestDb, eventually, insert_coupon, raw_exchange};
+
+const VALID: &str = r#"{"code":"TEN","userId":"u","orderValue":100}"#;
+
+fn post(body: &str) -> String {
+    format!(
+        "POST /api/coupons/validate HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+async fn still_serving(app: &TestApp) {
+    let answer = app.client.validate(json!({"code": "TEN", "userId": "u", "orderValue": 100})).await;
+    assert_eq!(answer["valid"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_in_flight_bound_the_answer_is_503_at_once() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__MAX_IN_FLIGHT", "1")]).await;
+    // A request whose body never finishes holds the only place.
+    let mut slow = TcpStream::connect(app.addr).await.unwrap();
+    let head = post(VALID);
+    slow.write_all(&head.as_bytes()[..head.len() - 10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused =
+        app.client.post("/api/coupons/validate", &json!({"code": "TEN", "userId": "u", "orderValue": 100})).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text);
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(refused.json()["error"]["code"], "OVERLOADED");
+    // Finishing the slow request frees the place.
+    slow.write_all(&head.as_bytes()[head.len() - 10..]).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let n = slow.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    still_serving(&app).await;
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_told_503_and_closed() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__MAX_CONNECTIONS", "3")]).await;
+    // Idle connections fill every place (the test client's pooled one may hold one already).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    eventually(Duration::from_secs(5), "a connection past the limit to be refused", || async {
+        raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await.starts_with("HTTP/1.1 503")
+    })
+    .await;
+    let reply = raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
+    assert!(reply.contains("retry-after: 1") && reply.contains("OVERLOADED"), "{reply:?}");
+    drop(held);
+    eventually(Duration::from_secs(5), "a place frees up", || async {
+        raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_millis(500)).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bytes_get_a_4xx_or_a_closed_connection() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__HEADER_READ_TIMEOUT_MS", "300")]).await;
+    let wait = Duration::from_secs(3);
+
+    let huge_header = format!("GET /health HTTP/1.1\r\nhost: t\r\nx-junk: {}\r\n\r\n", "a".repeat(20_000));
+    let reply = raw_exchange(app.addr, huge_header.as_bytes(), wait).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "oversized headers: {reply:?}");
+
+    // Slow-loris: half a request head, then silence. The server hangs up.
+    let mut loris = TcpStream::connect(app.addr).await.unwrap();
+    loris.write_all(b"POST /api/coupons/validate HTTP/1.1\r\nhost: t\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(wait, loris.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a slow-loris connection must be closed by the server");
+
+    // Pipelined: two requests in one write, two answers in order.
+    let two = format!("{}{}", post(VALID), post(r#"{"code":"NOPE","userId":"u","orderValue":1}"#));
+    let mut stream = TcpStream::connect(app.addr).await.unwrap();
+    stream.write_all(two.as_bytes()).await.unwrap();
+    let mut answers = String::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while answers.matches("HTTP/1.1 200").count() < 2 && tokio::time::Instant::now() < deadline {
+        let mut buf = vec![0; 4096];
+        match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answers.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => break,
+        }
+    }
+    let first = answers.find(r#""valid":true"#).expect("first answer");
+    let second = answers.find("COUPON_NOT_FOUND").expect("second answer");
+    assert!(first < second, "{answers}");
+
+    for (bytes, what) in [
+        (&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..], "a TLS hello"),
+        (&b"GARBAGE / HTTP/9.9\r\n\r\n"[..], "an unknown protocol"),
+        (&b"POST /api/coupons/validate HTTP/1.1\r\ncontent-length: 50\r\n\r\n{\"co"[..], "a truncated body"),
+        (&b"\r\n\r\n\r\n"[..], "blank lines"),
+    ] {
+        let reply = raw_exchange(app.addr, bytes, wait).await;
+        assert!(reply.is_empty() || reply.starts_with("HTTP/1.1 4"), "{what}: {reply:?}");
+    }
+
+    // Within the size limit, JSON nested thousands deep, 400-digit numbers and odd codes.
+    let deep = format!(r#"{{"code":"TEN","userId":"u","orderValue":{}1{}}}"#, "[".repeat(7000), "]".repeat(7000));
+    let digits = format!(r#"{{"code":"TEN","userId":"u","orderValue":{}}}"#, "9".repeat(400));
+    for body in [
+        deep,
+        digits,
+        r#"{"code":"TEN\u0000","userId":"u","orderValue":1}"#.into(),
+        r#"{"code":"TEN","userId":"\u001b[31m","orderValue":1}"#.into(),
+    ] {
+        let response = app.client.request(Method::POST, "/api/coupons/validate", body.clone()).await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST, "{}: {}", &body[..60.min(body.len())], response.text);
+    }
+    let unicode = app.client.validate(json!({"code": "ÜBER€💥", "userId": "ユーザー", "orderValue": 1})).await;
+    assert_eq!(unicode["reason"], "COUPON_NOT_FOUND");
+    assert_eq!(unicode["code"], "ÜBER€💥");
+    still_serving(&app).await;
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_on_a_hung_database_time_out_instead_of_hanging() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let proxy = PgProxy::start(&db.url).await;
+    let app = TestApp::spawn_with(&proxy.url, &[("ADMIN_TOKEN", "t"), ("COUPON__HTTP__ADMIN_TIMEOUT_MS", "300")]).await;
+    proxy.cut();
+    let reload =
+        app.client.request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t")]).await;
+    assert_eq!(reload.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reload.text);
+    assert!(["TIMEOUT", "DATABASE_UNAVAILABLE"].contains(&reload.json()["error"]["code"].as_str().unwrap()));
+    assert_eq!(reload.headers["retry-after"], "1");
+    still_serving(&app).await;
+    proxy.restore();
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
