@@ -19,6 +19,7 @@ use crate::db::listener::{Following, ListenerStatus, Refresher};
 use crate::db::shipper::Shipper;
 use crate::db::validation_log::ValidationLog;
 use crate::db::{self, load};
+use crate::http::guard::LookupGuard;
 use crate::http::{self, State};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
@@ -76,6 +77,7 @@ impl App {
             admin_token: settings.admin.token.clone(),
             started: Instant::now(),
             in_flight: tokio::sync::Semaphore::new(settings.http.max_in_flight),
+            guard: LookupGuard::new(&settings.protection)?,
             admin_timeout: Duration::from_millis(settings.http.admin_timeout_ms),
         });
         Ok(App { settings, listener, pool, state, stop, tasks, log_writer, shipper })

@@ -28,6 +28,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub listener: ListenerSettings,
     pub validation_log: ValidationLogSettings,
+    pub protection: ProtectionSettings,
     pub log: LogSettings,
 }
 
@@ -58,6 +59,26 @@ pub struct AdminSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProtectionSettings {
+    pub failed_lookups_per_user: u32,
+    pub failed_lookups_per_ip: u32,
+    pub window_secs: u64,
+    pub trusted_proxies: String,
+}
+
+impl ProtectionSettings {
+    /// The trusted proxies, parsed.
+    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<std::net::IpAddr>> {
+        self.trusted_proxies
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().with_context(|| format!("protection.trusted_proxies: {s:?} is not an IP address")))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +190,10 @@ impl Settings {
         }
         if log.retry_min_ms == 0 || log.retry_min_ms > log.retry_max_ms {
             bail!("validation_log.retry_min_ms must be positive and at most retry_max_ms");
+        }
+        self.protection.trusted_proxies()?;
+        if self.protection.window_secs == 0 {
+            bail!("protection.window_secs must be positive");
         }
         let listener = &self.listener;
         if listener.heartbeat_ms == 0 || listener.retry_min_ms == 0 || listener.retry_min_ms > listener.retry_max_ms {

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub pool_idle: Gauge,
     pub pool_in_use: Gauge,
     pub pool_max: Gauge,
+    pub refused_by_user: Counter,
+    pub refused_by_ip: Counter,
     process: ProcessMetrics,
     redemptions: Vec<Counter>,
     releases: Vec<Counter>,
@@ -183,6 +185,10 @@ impl Metrics {
         let coupon_usage = reg.write_behind("coupon_usage");
         reg.describe_counter("coupon_redemptions_total", "Redeem calls by outcome: redeemed, replayed or the reason");
         reg.describe_counter("coupon_releases_total", "Release calls by outcome");
+        reg.describe_counter(
+            "coupon_lookups_refused_total",
+            "Lookups refused (429) after too many unknown codes, by scope",
+        );
         reg.describe_histogram(
             "journal_fsync_duration_seconds",
             Unit::Seconds,
@@ -211,6 +217,8 @@ impl Metrics {
             pool_idle: reg.gauge("db_pool_connections", &[("state", "idle")]),
             pool_in_use: reg.gauge("db_pool_connections", &[("state", "in_use")]),
             pool_max: reg.gauge("db_pool_max_connections", &[]),
+            refused_by_user: reg.counter("coupon_lookups_refused_total", &[("scope", "user")]),
+            refused_by_ip: reg.counter("coupon_lookups_refused_total", &[("scope", "ip")]),
             process: ProcessMetrics {
                 cpu_seconds: reg.counter("process_cpu_seconds_total", &[]),
                 resident_bytes: reg.gauge("process_resident_memory_bytes", &[]),

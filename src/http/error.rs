@@ -32,6 +32,8 @@ pub enum ApiError {
     DatabaseUnavailable,
     #[error("the local journal cannot take writes; retry shortly")]
     JournalUnavailable,
+    #[error("too many lookups of unknown coupons; retry after {retry_after_secs} s")]
+    TooManyFailedLookups { retry_after_secs: u64 },
     #[error("the service is at capacity; retry shortly")]
     Overloaded,
     #[error("the request took too long; retry shortly")]
@@ -70,6 +72,7 @@ impl ApiError {
             | ApiError::Overloaded
             | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyFailedLookups { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::CouponNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::Conflict { .. } => "CONFLICT",
             ApiError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             ApiError::JournalUnavailable => "JOURNAL_UNAVAILABLE",
+            ApiError::TooManyFailedLookups { .. } => "TOO_MANY_FAILED_LOOKUPS",
             ApiError::Overloaded => "OVERLOADED",
             ApiError::Timeout => "TIMEOUT",
             ApiError::Internal => "INTERNAL",

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod coupon_input;
 pub mod error;
+pub mod guard;
 pub mod redemption;
 pub mod request;
 pub mod response;
@@ -42,6 +43,7 @@ pub struct State {
     pub started: Instant,
     /// Requests being handled; `try_acquire` failing means overload (503 at once).
     pub in_flight: tokio::sync::Semaphore,
+    pub guard: guard::LookupGuard,
     pub admin_timeout: Duration,
 }
 

@@ -1,6 +1,7 @@
 //! `POST /api/coupons/redeem` and `/release`: take a use exactly once per order, within the
 //! limits, durable in the journal before the answer; give it back idempotently.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use crate::http::State;
 use crate::http::error::ApiError;
 use crate::http::request::{ReleaseRequest, ValidateRequest};
 use crate::http::response::{self, HttpResponse, money};
+use crate::http::router::guard_lookup;
 use crate::journal::record::{Record, Redeemed, Released};
 
 /// How long a request waits for a concurrent redeem or release of the same order to settle
@@ -49,11 +51,13 @@ struct ReleaseAnswer {
 }
 
 /// `POST /api/coupons/redeem`.
-pub async fn redeem(state: &State, body: Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn redeem(state: &State, body: Bytes, client_ip: IpAddr) -> Result<HttpResponse, ApiError> {
     let input = ValidateRequest::parse_redeem(&body)?;
+    guard_lookup(state, &input.user_id, client_ip)?;
     let order_id = input.order_id.as_deref().expect("parse_redeem requires orderId");
     let catalog = state.cache.catalog();
     let Some(entry) = catalog.get(&input.code) else {
+        state.guard.record_failure(&input.user_id, client_ip);
         return Ok(refused(state, StatusCode::UNPROCESSABLE_ENTITY, Reason::CouponNotFound));
     };
     let (coupon, usage) = (&entry.coupon, &entry.usage);

@@ -44,6 +44,9 @@ pub fn error(err: &ApiError) -> HttpResponse {
         | ApiError::Timeout => {
             response.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        ApiError::TooManyFailedLookups { retry_after_secs } => {
+            response.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         ApiError::Unauthorized => {
             response.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

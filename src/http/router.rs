@@ -15,6 +15,7 @@ use crate::db::listener::ListenerState;
 use crate::db::validation_log::ValidationLogRow;
 use crate::domain::rules::Attempt;
 use crate::http::error::ApiError;
+use crate::http::guard::Scope;
 use crate::http::request::ValidateRequest;
 use crate::http::response::{self, HttpResponse, ValidateResponse};
 use crate::http::{State, admin, redemption};
@@ -64,10 +65,13 @@ async fn dispatch(
     let result = match route {
         Route::Validate => validate(state, req, peer, started).await,
         Route::Redeem | Route::Release if !state.cache.is_ready() => Err(ApiError::NotReady),
-        Route::Redeem => match read_body(req).await {
-            Ok(body) => redemption::redeem(state, body).await,
-            Err(err) => Err(err),
-        },
+        Route::Redeem => {
+            let client_ip = state.guard.client_ip(peer, req.headers());
+            match read_body(req).await {
+                Ok(body) => redemption::redeem(state, body, client_ip).await,
+                Err(err) => Err(err),
+            }
+        }
         Route::Release => match read_body(req).await {
             Ok(body) => redemption::release(state, body).await,
             Err(err) => Err(err),
@@ -166,12 +170,17 @@ async fn validate(
         return Err(ApiError::NotReady);
     }
     let user_agent = req.headers().get(USER_AGENT).and_then(user_agent);
+    let client_ip = state.guard.client_ip(peer, req.headers());
     let body = read_body(req).await?;
     let input = ValidateRequest::parse(&body)?;
+    guard_lookup(state, &input.user_id, client_ip)?;
     let attempt =
         Attempt { user_id: &input.user_id, order_value: input.order_value, order_id: input.order_id.as_deref() };
     let now = Utc::now();
     let validation = state.cache.validate(&input.code, &attempt, now);
+    if validation.coupon_id.is_none() {
+        state.guard.record_failure(&input.user_id, client_ip);
+    }
     let body = ValidateResponse::new(&input.code, input.order_value, validation.decision);
     state.metrics.record_validation(body.reason);
     let response = response::json(StatusCode::OK, &body);
@@ -186,12 +195,26 @@ async fn validate(
         reason,
         discount,
         final_amount,
-        ip_address: Some(peer),
+        ip_address: Some(client_ip),
         user_agent,
         response_time_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
         validated_at: now,
     });
     Ok(response)
+}
+
+/// Refuses a lookup by a user or IP that has used up its failed lookups.
+pub(crate) fn guard_lookup(state: &State, user_id: &str, client_ip: IpAddr) -> Result<(), ApiError> {
+    match state.guard.check(user_id, client_ip) {
+        None => Ok(()),
+        Some(blocked) => {
+            match blocked.scope {
+                Scope::User => state.metrics.refused_by_user.increment(1),
+                Scope::Ip => state.metrics.refused_by_ip.increment(1),
+            }
+            Err(ApiError::TooManyFailedLookups { retry_after_secs: blocked.retry_after.as_secs_f64().ceil() as u64 })
+        }
+    }
 }
 
 /// The header's visible-ASCII text, cut to a sane length.

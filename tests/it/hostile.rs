@@ -157,3 +157,80 @@ async fn admin_calls_on_a_hung_database_time_out_instead_of_hanging() {
     app.stop().await.unwrap();
     db.drop_db().await;
 }
+
+async fn lookup(app: &TestApp, code: &str, user: &str, headers: &[(&str, &str)]) -> crate::helpers::TestResponse {
+    let body = json!({"code": code, "userId": user, "orderValue": 100}).to_string();
+    app.client.request_with(Method::POST, "/api/coupons/validate", body, headers).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_guessing_codes_is_stopped_and_others_are_not() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn_with(
+        &db.url,
+        &[("COUPON__PROTECTION__FAILED_LOOKUPS_PER_USER", "5"), ("COUPON__PROTECTION__WINDOW_SECS", "2")],
+    )
+    .await;
+    // Valid lookups never count.
+    for _ in 0..50 {
+        assert_eq!(lookup(&app, "TEN", "guesser", &[]).await.status, StatusCode::OK);
+    }
+    for n in 0..5 {
+        let answer = lookup(&app, &format!("GUESS-{n}"), "guesser", &[]).await;
+        assert_eq!((answer.status, answer.json()["reason"].clone()), (StatusCode::OK, json!("COUPON_NOT_FOUND")));
+    }
+    let refused = lookup(&app, "GUESS-5", "guesser", &[]).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.text);
+    assert_eq!(refused.json()["error"]["code"], "TOO_MANY_FAILED_LOOKUPS");
+    let retry_after: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // Over budget, even a right guess tells nothing, and redeeming is refused too.
+    assert_eq!(lookup(&app, "TEN", "guesser", &[]).await.status, StatusCode::TOO_MANY_REQUESTS);
+    let redeem = json!({"code": "TEN", "userId": "guesser", "orderValue": 100, "orderId": "o-1"});
+    assert_eq!(app.client.post("/api/coupons/redeem", &redeem).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(lookup(&app, "TEN", "someone-else", &[]).await.status, StatusCode::OK);
+    let metrics = app.client.get("/metrics").await.text;
+    assert!(metrics.contains(r#"coupon_lookups_refused_total{scope="user"} 3"#), "{metrics}");
+    // The window ends and the user may try again.
+    eventually(Duration::from_secs(5), "the window to end", || async {
+        lookup(&app, "TEN", "guesser", &[]).await.status == StatusCode::OK
+    })
+    .await;
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ip_budget_follows_forwarded_addresses_from_trusted_proxies_only() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn_with(
+        &db.url,
+        &[
+            ("COUPON__PROTECTION__FAILED_LOOKUPS_PER_USER", "0"),
+            ("COUPON__PROTECTION__FAILED_LOOKUPS_PER_IP", "3"),
+            ("COUPON__PROTECTION__TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    for n in 0..3 {
+        let answer = lookup(&app, &format!("GUESS-{n}"), &format!("user-{n}"), &from("203.0.113.5")).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let refused = lookup(&app, "TEN", "fresh-user", &from("203.0.113.5")).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.text);
+    assert_eq!(lookup(&app, "TEN", "fresh-user", &from("203.0.113.6")).await.status, StatusCode::OK);
+    // The log records the client's address, not the proxy's.
+    eventually(Duration::from_secs(5), "logged with the forwarded address", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM validation_logs WHERE host(ip_address) = '203.0.113.5'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        n == 3
+    })
+    .await;
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}

@@ -57,7 +57,9 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
     pub(crate) kind: Kind,
-    /// For a redeem, the body up to the order id, which is made unique per request.
+    /// For a redeem, the body up to the order id; for an unknown code, up to the user id:
+    /// both are made unique per request. A redeem needs a new order each time, and a user
+    /// guessing codes over and over would rightly be stopped by the service.
     body: Bytes,
 }
 
@@ -127,12 +129,14 @@ impl Mix {
     /// The `n`th request: path, body, and the kind it is.
     pub(crate) fn request(&self, n: u64) -> (&'static str, Bytes, Kind) {
         let prepared = &self.requests[(n % self.requests.len() as u64) as usize];
+        let unique = || {
+            let mut body = prepared.body.to_vec();
+            body.extend_from_slice(format!("lg-{}-{n}\"}}", self.run_id).as_bytes());
+            Bytes::from(body)
+        };
         match prepared.kind {
-            Kind::Redeem => {
-                let mut body = prepared.body.to_vec();
-                body.extend_from_slice(format!("lg-{}-{n}\"}}", self.run_id).as_bytes());
-                ("/api/coupons/redeem", Bytes::from(body), Kind::Redeem)
-            }
+            Kind::Redeem => ("/api/coupons/redeem", unique(), Kind::Redeem),
+            Kind::Unknown => ("/api/coupons/validate", unique(), Kind::Unknown),
             kind => ("/api/coupons/validate", prepared.body.clone(), kind),
         }
     }
