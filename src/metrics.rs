@@ -24,6 +24,7 @@ pub enum Route {
     Health,
     Ready,
     Metrics,
+    OpenApi,
     AdminReload,
     AdminStats,
     AdminCoupons,
@@ -34,13 +35,14 @@ pub enum Route {
 }
 
 impl Route {
-    const ALL: [Route; 13] = [
+    const ALL: [Route; 14] = [
         Route::Validate,
         Route::Redeem,
         Route::Release,
         Route::Health,
         Route::Ready,
         Route::Metrics,
+        Route::OpenApi,
         Route::AdminReload,
         Route::AdminStats,
         Route::AdminCoupons,
@@ -49,6 +51,11 @@ impl Route {
         Route::AdminRecentValidations,
         Route::Unmatched,
     ];
+
+    /// Every route the service answers, for checks against the OpenAPI description.
+    pub fn all() -> &'static [Route] {
+        &Route::ALL
+    }
 
     /// Whether the route is behind the admin token.
     pub fn is_admin(self) -> bool {
@@ -72,6 +79,7 @@ impl Route {
             Route::Health => "/health",
             Route::Ready => "/health/ready",
             Route::Metrics => "/metrics",
+            Route::OpenApi => "/openapi.json",
             Route::AdminReload => "/admin/cache/reload",
             Route::AdminStats => "/admin/cache/stats",
             Route::AdminCoupons => "/admin/coupons",

@@ -21,6 +21,9 @@ use crate::http::response::{self, HttpResponse, ValidateResponse};
 use crate::http::{State, admin, redemption};
 use crate::metrics::Route;
 
+/// The OpenAPI 3.1 description of every route, served as it is in the repository.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 /// Largest request body accepted (API.md: bodies over 16 KiB get 413).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Longest `User-Agent` kept in the validation log.
@@ -79,6 +82,11 @@ async fn dispatch(
         Route::Health => Ok(health(state)),
         Route::Ready => Ok(ready(state)),
         Route::Metrics => Ok(metrics(state)),
+        Route::OpenApi => Ok(response::with_body(
+            StatusCode::OK,
+            HeaderValue::from_static("application/json"),
+            Bytes::from_static(OPENAPI.as_bytes()),
+        )),
         _ => Err(ApiError::NotFound),
     };
     (route, result)
@@ -108,6 +116,7 @@ fn match_route(path: &str) -> Option<(Route, &'static str, Option<&str>)> {
         "/health" => Some((Route::Health, "GET")),
         "/health/ready" => Some((Route::Ready, "GET")),
         "/metrics" => Some((Route::Metrics, "GET")),
+        "/openapi.json" => Some((Route::OpenApi, "GET")),
         "/admin/cache/reload" => Some((Route::AdminReload, "POST")),
         "/admin/cache/stats" => Some((Route::AdminStats, "GET")),
         "/admin/coupons" => Some((Route::AdminCoupons, "POST")),
@@ -284,6 +293,27 @@ fn metrics(state: &State) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_description_and_the_router_agree() {
+        let spec: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(spec["openapi"], "3.1.0");
+        let paths = spec["paths"].as_object().unwrap();
+        for (path, item) in paths {
+            let concrete = path.replace("{code}", "SAVE10");
+            let (route, allow, _) = match_route(&concrete).unwrap_or_else(|| panic!("{path} is not routed"));
+            assert_eq!(route.label(), path.as_str());
+            let mut documented: Vec<String> =
+                item.as_object().unwrap().keys().filter(|k| *k != "parameters").map(|m| m.to_uppercase()).collect();
+            let mut allowed: Vec<String> = allow.split(", ").map(str::to_owned).collect();
+            documented.sort();
+            allowed.sort();
+            assert_eq!(documented, allowed, "{path}");
+        }
+        for route in Route::all().iter().filter(|r| **r != Route::Unmatched) {
+            assert!(paths.contains_key(route.label()), "{} is not documented", route.label());
+        }
+    }
 
     #[test]
     fn routes_and_codes() {
