@@ -474,3 +474,85 @@ mod tests {
         assert!(never.unwrap_err().to_string().contains("never"));
     }
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SlowlorisArgs {
+    /// Sockets that trickle a request head a header at a time and never finish it.
+    #[arg(long, default_value_t = 1000)]
+    sockets: usize,
+    /// Normal load measured without and then with the slow sockets (closed loop).
+    #[arg(long, default_value_t = 20_000)]
+    requests: u64,
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// Normal clients' p99 must not double while `sockets` slow-loris connections hang on.
+pub(crate) async fn slowloris(addr: SocketAddr, database_url: &str, args: SlowlorisArgs) -> anyhow::Result<bool> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use tokio::io::AsyncWriteExt;
+
+    let mix = Arc::new(Mix::build(database_url, "validate", args.seed).await?);
+    let shape = Shape::Closed { requests: args.requests, concurrency: args.concurrency };
+    let without = load::run_phase(addr, mix.clone(), Phase { name: "without".into(), shape }, 0).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (connected, reopened) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let sockets: Vec<_> = (0..args.sockets)
+        .map(|_| {
+            let (stop, connected, reopened) = (stop.clone(), connected.clone(), reopened.clone());
+            tokio::spawn(async move {
+                let mut first = true;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    if first {
+                        connected.fetch_add(1, Ordering::Relaxed);
+                        first = false;
+                    } else {
+                        reopened.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let mut line = b"POST /api/coupons/validate HTTP/1.1\r\nhost: loris\r\n".to_vec();
+                    // One more header a second until the server hangs up, then start over.
+                    while !stop.load(Ordering::Relaxed) && stream.write_all(&line).await.is_ok() {
+                        line = b"x-slow: 1\r\n".to_vec();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let _ = wait_until(Duration::from_secs(10), "the slow sockets to connect", || async {
+        (connected.load(Ordering::Relaxed) as usize >= args.sockets).then_some(())
+    })
+    .await;
+    let with =
+        load::run_phase(addr, mix, Phase { name: format!("with {} slow sockets", args.sockets), shape }, 0).await;
+    stop.store(true, Ordering::Relaxed);
+    for socket in sockets {
+        socket.abort();
+    }
+    for result in [&without, &with] {
+        println!(
+            "slowloris: {:<24} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  {} failed",
+            result.phase.name,
+            result.throughput(),
+            result.stats.ms(0.5),
+            result.stats.ms(0.99),
+            result.stats.failed
+        );
+    }
+    println!(
+        "slowloris: {} slow sockets connected, {} reconnected after the server hung up on them",
+        connected.load(Ordering::Relaxed),
+        reopened.load(Ordering::Relaxed)
+    );
+    let ratio = with.stats.ms(0.99) / without.stats.ms(0.99).max(0.001);
+    let mut ok = verdict(ratio <= 2.0, &format!("p99 with slow sockets {ratio:.2}× the p99 without (budget ≤ 2×)"));
+    ok &= verdict(with.stats.failed == 0 && with.stats.wrong == 0, "normal clients got every answer right");
+    Ok(ok)
+}

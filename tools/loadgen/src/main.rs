@@ -80,6 +80,8 @@ enum Command {
     DbOutage(drills::OutageArgs),
     /// SIGKILLs the service under redeem load, restarts it, compares acknowledged with persisted.
     Crash(drills::CrashArgs),
+    /// Holds 1,000 slow-loris sockets open and checks normal clients' p99 at most doubles.
+    Slowloris(drills::SlowlorisArgs),
     /// Time from COMMIT of a coupon change to the first validate answer that reflects it.
     Propagation(propagation::Args),
 }
@@ -100,6 +102,9 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Budget(args)) => drills::budget(addr, need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::DbOutage(args)) => {
                 drills::db_outage(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
+            }
+            Some(Command::Slowloris(args)) => {
+                drills::slowloris(addr, need_db(cli.database_url.as_deref())?, args).await
             }
             Some(Command::Crash(args)) => {
                 drills::crash(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await

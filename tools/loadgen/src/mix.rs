@@ -216,6 +216,9 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
                         format!(r#"{{"code":"{code}","userId":"{}","orderValue":100,"orderId":""#, other_user(rng));
                     Prepared { kind, body: Bytes::from(head) }
                 }
+                Kind::Unknown => {
+                    Prepared { kind, body: Bytes::from(format!(r#"{{"code":"{code}","orderValue":100,"userId":""#)) }
+                }
                 _ => validate_body(&code, &owner.unwrap_or_else(|| other_user(rng)), 10_000),
             };
             request.kind = kind;

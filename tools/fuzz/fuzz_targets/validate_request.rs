@@ -1,0 +1,27 @@
+//! Request bodies: any bytes give a checked request or an error, never a panic, and an
+//! accepted request always meets the input rules.
+#![no_main]
+
+use coupon_engine::http::request::{MAX_CODE_LEN, MAX_ID_LEN, ReleaseRequest, ValidateRequest};
+use libfuzzer_sys::fuzz_target;
+
+fn well_formed(text: &str, max: usize) -> bool {
+    !text.is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control)
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(request) = ValidateRequest::parse(data) {
+        assert!(well_formed(&request.code, MAX_CODE_LEN));
+        assert_eq!(request.code.trim(), request.code);
+        assert!(!request.code.bytes().any(|b| b.is_ascii_lowercase()));
+        assert!(well_formed(&request.user_id, MAX_ID_LEN));
+        assert!(request.order_id.as_deref().is_none_or(|o| well_formed(o, MAX_ID_LEN)));
+        assert!(request.order_value.get() <= coupon_engine::domain::money::MAX_CENTS);
+    }
+    if let Ok(request) = ValidateRequest::parse_redeem(data) {
+        assert!(request.order_id.is_some());
+    }
+    if let Ok(request) = ReleaseRequest::parse(data) {
+        assert!(well_formed(&request.code, MAX_CODE_LEN) && well_formed(&request.order_id, MAX_ID_LEN));
+    }
+});
