@@ -93,6 +93,15 @@ async fn hostile_bytes_get_a_4xx_or_a_closed_connection() {
     let closed = tokio::time::timeout(wait, loris.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "a slow-loris connection must be closed by the server");
 
+    // An idle keep-alive connection is closed too, once the next head is overdue.
+    let mut idle = TcpStream::connect(app.addr).await.unwrap();
+    idle.write_all(post(VALID).as_bytes()).await.unwrap();
+    let mut answer = vec![0; 1024];
+    let n = idle.read(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    let mut rest = Vec::new();
+    assert!(tokio::time::timeout(wait, idle.read_to_end(&mut rest)).await.is_ok(), "idle keep-alive must be closed");
+
     // Pipelined: two requests in one write, two answers in order.
     let two = format!("{}{}", post(VALID), post(r#"{"code":"NOPE","userId":"u","orderValue":1}"#));
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
