@@ -258,7 +258,8 @@ fn field(buf: &mut String, value: Option<impl std::fmt::Display>) {
 }
 
 fn write_user(buf: &mut String, idx: u32) {
-    let _ = writeln!(buf, "{}\t{}@example.com", user_id(idx), user_id(idx));
+    // The same text as `user_id`, written in place: a million rows, no allocation each.
+    let _ = writeln!(buf, "user_{idx:07}\tuser_{idx:07}@example.com");
 }
 
 fn write_coupon(buf: &mut String, c: &Coupon) {
