@@ -33,9 +33,12 @@ async fn past_the_in_flight_bound_the_answer_is_503_at_once() {
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
     let head = post(VALID);
     slow.write_all(&head.as_bytes()[..head.len() - 10]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let refused =
-        app.client.post("/api/coupons/validate", &json!({"code": "TEN", "userId": "u", "orderValue": 100})).await;
+    let body = json!({"code": "TEN", "userId": "u", "orderValue": 100});
+    eventually(Duration::from_secs(5), "the slow request to hold the only place", || async {
+        app.client.post("/api/coupons/validate", &body).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let refused = app.client.post("/api/coupons/validate", &body).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text);
     assert_eq!(refused.headers["retry-after"], "1");
     assert_eq!(refused.json()["error"]["code"], "OVERLOADED");
