@@ -1,44 +1,32 @@
-//! The JSON path of a validate request without sockets: parse + validate + serialise.
+//! The JSON path of a validate request without sockets: parse, validate, serialise.
+
+mod support;
 
 use std::hint::black_box;
+use std::time::Instant;
 
-use chrono::Utc;
-use coupon_engine::cache::Cache;
-use coupon_engine::domain::coupon::{Coupon, CouponKind, CouponStatus, Discount};
-use coupon_engine::domain::money::Cents;
-use coupon_engine::domain::rules::Attempt;
-use coupon_engine::http::request::ValidateRequest;
-use coupon_engine::http::response::ValidateResponse;
+use coupon_engine::engine::{Caller, ValidateRequest};
+use coupon_engine::http::handlers::public::ValidateResponse;
+use coupon_engine::http::request::ValidateBody;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn http_json(c: &mut Criterion) {
-    let cache = Cache::new();
-    cache.replace_all(vec![Coupon {
-        id: 1,
-        code: "SAVE10".into(),
-        kind: CouponKind::TimeSpecific,
-        status: CouponStatus::Active,
-        discount: Discount::Percentage { hundredths: 1000, cap: Some(Cents::new(5_000).unwrap()) },
-        min_order_value: Cents::ZERO,
-        usage_limit: Some(1_000),
-        per_user_limit: Some(2),
-        user_id: None,
-        valid_from: None,
-        valid_until: None,
-        version: 1,
-    }]);
-    let body = br#"{"code": "save10", "userId": "user_0000001", "orderValue": 1234.56, "orderId": "ord-1"}"#;
-    let now = Utc::now();
+    let coupons = support::coupons(100);
+    let code = coupons[1].code.to_lowercase();
+    let engine = support::engine_with(coupons);
+    let body = format!(r#"{{"code": "{code}", "userId": "user_0000001", "orderValue": 1234.56, "orderId": "ord-1"}}"#);
+    let caller = Caller { ip: None, user_agent: None, started: Instant::now() };
     c.bench_function("http_json/parse_validate_serialise", |b| {
         b.iter(|| {
-            let input = ValidateRequest::parse(black_box(body)).unwrap();
-            let attempt = Attempt {
+            let input = ValidateBody::parse(black_box(body.as_bytes())).unwrap();
+            let request = ValidateRequest {
+                code: &input.code,
                 user_id: &input.user_id,
                 order_value: input.order_value,
                 order_id: input.order_id.as_deref(),
             };
-            let validation = cache.validate(&input.code, &attempt, now);
-            let response = ValidateResponse::new(&input.code, input.order_value, validation.decision);
+            let validation = engine.validate(&request, &caller);
+            let response = ValidateResponse::new(&validation.code, input.order_value, validation.decision);
             black_box(serde_json::to_vec(&response).unwrap())
         })
     });

@@ -1,28 +1,54 @@
-//! The service assembled: connect, bind, load, serve, and shut down in order.
+//! The service assembled: [`App::build`] connects, binds and constructs; [`App::run`] loads,
+//! serves, and shuts down in order.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::health::DatabaseHealth;
-use crate::db::listener::{Following, ListenerStatus, Refresher};
+use crate::db::listener::{ListenerStatus, Refresher};
 use crate::db::shipper::Shipper;
-use crate::db::validation_log::ValidationLog;
-use crate::db::{self, load};
+use crate::db::validation_log::{LogWriter, ValidationLog};
+use crate::db::{self, usage};
+use crate::engine::clock::SystemClock;
+use crate::engine::{Engine, EngineSettings};
 use crate::http::guard::LookupGuard;
-use crate::http::{self, State};
-use crate::journal::Journal;
+use crate::http::{self, Operations, State, routes};
+use crate::journal::rejected::Rejected;
+use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
+
+/// Why the service could not start or stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] db::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot open the journal in {dir}: {source}")]
+    Journal { dir: PathBuf, source: JournalError },
+    #[error("cannot open {path}: {source}")]
+    Rejected { path: PathBuf, source: io::Error },
+    #[error("cannot ship the journal to the database: {0}")]
+    Ship(#[source] JournalError),
+    #[error("cannot load coupons and campaigns (has `coupon-engine migrate` run?): {0}")]
+    LoadCatalog(#[source] db::Error),
+    #[error("cannot load coupon usage (has `coupon-engine migrate` run?): {0}")]
+    LoadUsage(#[source] db::Error),
+    #[error("stopped before the start-up load finished")]
+    Interrupted,
+    #[error("the {0} task panicked")]
+    Panicked(&'static str),
+}
 
 /// A bound, connected, not yet serving instance of the service.
 #[derive(Debug)]
@@ -31,56 +57,71 @@ pub struct App {
     listener: TcpListener,
     pool: PgPool,
     state: Arc<State>,
-    /// Cancelled after the HTTP drain: background tasks finish their work and return.
-    stop: CancellationToken,
-    tasks: TaskTracker,
-    log_writer: JoinHandle<()>,
     shipper: Shipper,
+    log_writer: LogWriter,
 }
 
 impl App {
-    /// Connects to PostgreSQL and binds the listen address. Fails, with a reason, if either
-    /// is impossible.
-    pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let addr = settings.http_addr()?;
-        let pool = db::connect(&settings.database).await.context("cannot connect to the database")?;
-        let listener = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-        let metrics = Arc::new(Metrics::new());
-        let journal_dir = settings.storage.data_dir.join("journal");
-        let (journal, reader) = Journal::open(&journal_dir, metrics.journal.clone())
-            .with_context(|| format!("cannot open the journal in {}", journal_dir.display()))?;
-        let shipper = Shipper::new(pool.clone(), reader, metrics.clone());
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let (validation_log, log_writer) = ValidationLog::spawn(
+    /// Connects to PostgreSQL, binds the listen address and opens the journal. Fails, with
+    /// a reason, if any of it is impossible. Starts no task (the journal's writer thread
+    /// aside, which only waits for appends).
+    pub async fn build(settings: Settings) -> Result<App, StartError> {
+        let addr = settings.http.addr;
+        let pool = db::connect(&settings.database).await.map_err(StartError::Connect)?;
+        let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
+        let metrics = Arc::new(Metrics::new(&routes::labels()));
+        let dir = settings.storage.data_dir.join("journal");
+        let (journal, reader) = Journal::open(&dir, metrics.journal.clone())
+            .map_err(|source| StartError::Journal { dir: dir.clone(), source })?;
+        let rejected_path = settings.storage.data_dir.join("rejected.jsonl");
+        let rejected = Arc::new(
+            Rejected::open(&rejected_path).map_err(|source| StartError::Rejected { path: rejected_path, source })?,
+        );
+        let database = DatabaseHealth::new();
+        let (validation_log, log_writer) = ValidationLog::new(
             pool.clone(),
             &settings.validation_log,
             metrics.validation_logs.clone(),
             journal.clone(),
-            stop.clone(),
+            database.clone(),
         );
-        let database = DatabaseHealth::new();
-        tasks.spawn(database.clone().run_probe(
-            pool.clone(),
-            Duration::from_millis(settings.database.health_interval_ms),
-            stop.clone(),
-        ));
-        tasks.spawn(run_metrics_upkeep(metrics.clone(), stop.clone()));
-        let state = Arc::new(State {
-            cache: Arc::new(Cache::new()),
-            validation_log,
-            metrics,
-            database,
-            listener: ListenerStatus::new(),
+        let engine = Arc::new(Engine::new(
             journal,
+            Arc::new(validation_log.clone()),
+            Arc::new(SystemClock),
+            metrics.clone(),
+            EngineSettings {
+                settle_timeout: settings.ledger.settle_timeout,
+                max_active_holds_per_user: settings.protection.max_active_holds_per_user,
+            },
+        ));
+        let shipper = Shipper::new(
+            pool.clone(),
+            reader,
+            rejected.clone(),
+            metrics.clone(),
+            database.clone(),
+            settings.journal.clone(),
+        );
+        let state = Arc::new(State {
+            engine,
+            metrics,
+            ops: Operations {
+                database,
+                listener: ListenerStatus::new(),
+                validation_log,
+                rejected,
+                started: Instant::now(),
+            },
             pool: pool.clone(),
             admin_token: settings.admin.token.clone(),
-            started: Instant::now(),
+            api_token: settings.api.token.clone(),
             in_flight: tokio::sync::Semaphore::new(settings.http.max_in_flight),
-            guard: LookupGuard::new(&settings.protection)?,
-            admin_timeout: Duration::from_millis(settings.http.admin_timeout_ms),
+            guard: LookupGuard::new(&settings.protection),
+            http: settings.http.clone(),
+            hold: settings.hold.clone(),
         });
-        Ok(App { settings, listener, pool, state, stop, tasks, log_writer, shipper })
+        Ok(App { settings, listener, pool, state, shipper, log_writer })
     }
 
     /// The address actually bound (useful with port 0).
@@ -88,101 +129,137 @@ impl App {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then drains: HTTP first, then the write-behind
-    /// queue, then the pool. Errors if the start-up load fails.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let App { settings, listener, pool, state, stop, tasks, log_writer, mut shipper } = self;
-        let http_stop = CancellationToken::new();
-        let server = {
-            let state = state.clone();
-            let settings = settings.http.clone();
-            let http_stop = http_stop.clone();
-            tokio::spawn(async move {
+    /// Serves until `shutdown` resolves, then stops in order. Errors if the start-up load
+    /// fails (the server then stops too).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+        let App { settings, listener, pool, state, mut shipper, log_writer } = self;
+        // The stages of shutdown, in order: HTTP drains, then the background tasks stop,
+        // then the log writer writes (or spills) what is queued, then the shipper ships
+        // what it can, then the pool closes.
+        let http = CancellationToken::new();
+        let background = Stage::default();
+        let log_stage = CancellationToken::new();
+        let ship_stage = CancellationToken::new();
+
+        let server = tokio::spawn({
+            let (state, http) = (state.clone(), http.clone());
+            async move {
                 let signal = async move {
                     tokio::select! {
                         () = shutdown => {},
-                        () = http_stop.cancelled() => {},
+                        () = http.cancelled() => {},
                     }
                 };
-                http::serve(listener, state, &settings, signal).await;
-            })
-        };
+                http::serve(listener, state, signal).await;
+            }
+        });
+        let log_writer = tokio::spawn(log_writer.run(log_stage.clone()));
+        background.tasks.spawn(state.ops.database.clone().run_probe(
+            pool.clone(),
+            settings.database.health_interval,
+            background.stop.clone(),
+        ));
+        background.tasks.spawn(run_metrics_upkeep(state.metrics.clone(), background.stop.clone()));
         let refresher = Refresher {
             pool: pool.clone(),
             url: settings.database.url.clone(),
-            cache: state.cache.clone(),
+            engine: state.engine.clone(),
             metrics: state.metrics.clone(),
-            status: state.listener.clone(),
+            status: state.ops.listener.clone(),
+            health: state.ops.database.clone(),
             settings: settings.listener.clone(),
         };
-        let shipper_stop = CancellationToken::new();
-        let mut shipper_task = None;
-        let loaded = match start_up(&pool, &state, &refresher, &mut shipper).await {
+        let loaded = tokio::select! {
+            loaded = start_up(&pool, &state, &refresher, &mut shipper, &http) => loaded,
+            () = http.cancelled() => Err(StartError::Interrupted),
+        };
+        let shipping = match loaded {
             Ok(following) => {
-                tasks.spawn(refresher.run(following, stop.clone()));
-                let grace = Duration::from_millis(settings.validation_log.shutdown_timeout_ms);
-                shipper_task = Some(tokio::spawn(shipper.run(shipper_stop.clone(), grace)));
-                Ok(())
+                background.tasks.spawn(refresher.run(following, background.stop.clone(), background.tasks.clone()));
+                background.tasks.spawn(state.engine.clone().run_deadlines(background.stop.clone()));
+                Some(tokio::spawn(shipper.run(ship_stage.clone())))
             }
             Err(err) => {
-                http_stop.cancel();
-                Err(err)
+                http.cancel();
+                server.await.map_err(|_| StartError::Panicked("HTTP server"))?;
+                return Err(err);
             }
         };
-        server.await.context("the HTTP server panicked")?;
-        tracing::info!("HTTP drained; flushing the validation log");
-        stop.cancel();
-        log_writer.await.context("the validation log writer panicked")?;
+        server.await.map_err(|_| StartError::Panicked("HTTP server"))?;
+        tracing::info!("HTTP drained; stopping background tasks");
+        background.finish().await;
+        log_stage.cancel();
+        log_writer.await.map_err(|_| StartError::Panicked("validation log writer"))?;
         // Last, so that rows the log writer spilled into the journal get a chance too.
-        shipper_stop.cancel();
-        if let Some(shipper) = shipper_task {
-            shipper.await.context("the journal shipper panicked")?;
+        ship_stage.cancel();
+        if let Some(shipping) = shipping {
+            shipping.await.map_err(|_| StartError::Panicked("journal shipper"))?;
         }
-        tasks.close();
-        tasks.wait().await;
         pool.close().await;
-        loaded
+        Ok(())
+    }
+}
+
+/// Tasks stopped together.
+#[derive(Debug, Default)]
+struct Stage {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Stage {
+    async fn finish(self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
 /// Binds with a listen backlog sized for bursts of new connections: with the default, 500
 /// clients connecting at once overflowed the accept queue and waited out a 1 s SYN retry.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
 }
 
-/// Ships what the journal holds, then loads every redemption (once: see DESIGN.md), then
-/// LISTENs and loads every coupon, then marks the cache ready.
+/// Ships what the journal holds, then LISTENs and loads every definition, then loads every
+/// use and gives back the holds that expired while the service was down, then marks the
+/// catalog ready. The ledger is loaded only after shipping: loading it first would miss
+/// acknowledged uses and hand them out again.
 async fn start_up(
     pool: &PgPool,
     state: &State,
     refresher: &Refresher,
     shipper: &mut Shipper,
-) -> anyhow::Result<Following> {
+    stop: &CancellationToken,
+) -> Result<crate::db::listener::Following, StartError> {
     let started = Instant::now();
-    let replayed = shipper.ship_all().await.context("cannot ship the journal to the database")?;
-    if replayed > 0 {
-        tracing::info!(records = replayed, "journal replayed into the database");
+    let shipped = shipper.ship_all(stop).await.map_err(StartError::Ship)?;
+    if shipped > 0 {
+        tracing::info!(records = shipped, "journal replayed into the database");
     }
-    let redemptions =
-        load::all_redemptions(pool).await.context("cannot load coupon usage (has `coupon-engine migrate` run?)")?;
-    let n_redemptions = redemptions.len();
-    state.cache.load_usage(redemptions);
-    let following = refresher.listen_and_reload().await.context("cannot load coupons")?;
-    state.cache.set_ready();
+    let following = refresher.listen_and_reload().await.map_err(StartError::LoadCatalog)?;
+    let uses = usage::all_uses(pool).await.map_err(StartError::LoadUsage)?;
+    let engine = &state.engine;
+    let loaded = engine.load_uses(uses);
+    let expired = engine.expire_due().await;
+    if expired > 0 {
+        tracing::info!(holds = expired, "holds that expired while the service was down given back");
+    }
+    engine.catalog().set_ready();
     tracing::info!(
-        coupons = state.cache.coupon_count(),
-        redemptions = n_redemptions,
+        coupons = engine.catalog().load().coupon_count(),
+        bulk_codes = engine.catalog().load().codes().len(),
+        redemptions = loaded,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "cache loaded"
     );
     Ok(following)
 }
 
-/// Histogram samples accumulate until upkeep drains them (TECH-NOTES §4).
+/// Histogram samples accumulate until upkeep drains them.
 async fn run_metrics_upkeep(metrics: Arc<Metrics>, stop: CancellationToken) {
     let mut interval = tokio::time::interval(Duration::from_secs(5));
     loop {

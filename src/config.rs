@@ -1,23 +1,35 @@
-//! Settings: `config/default.toml`, an optional file, then the environment; checked once.
+//! Settings: `config/default.toml`, an optional file, then the environment; parsed once into
+//! typed values (durations, addresses) and checked.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The defaults, compiled in so the binary runs from any directory.
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Environment variables whose names API.md fixes, and the setting each overrides.
-const FIXED_ENV: [(&str, &str); 4] = [
+const FIXED_ENV: [(&str, &str); 6] = [
     ("DATABASE_URL", "database.url"),
     ("HTTP_ADDR", "http.addr"),
     ("ADMIN_TOKEN", "admin.token"),
+    ("API_TOKEN", "api.token"),
     ("DATA_DIR", "storage.data_dir"),
+    ("INSTANCE_ID", "cluster.instance_id"),
 ];
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Every setting of the service.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,34 +37,54 @@ pub struct Settings {
     pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub admin: AdminSettings,
+    pub api: ApiSettings,
     pub storage: StorageSettings,
     pub listener: ListenerSettings,
     pub validation_log: ValidationLogSettings,
+    pub journal: JournalSettings,
+    pub ledger: LedgerSettings,
+    pub hold: HoldSettings,
     pub protection: ProtectionSettings,
+    pub cluster: ClusterSettings,
     pub log: LogSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
-    pub addr: String,
-    pub header_read_timeout_ms: u64,
-    pub shutdown_timeout_ms: u64,
+    pub addr: SocketAddr,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub response_write_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     pub max_connections: usize,
     pub max_in_flight: usize,
     pub max_header_bytes: usize,
-    pub admin_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub admin_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     pub url: Secret,
     pub max_connections: u32,
-    pub connect_timeout_ms: u64,
-    pub health_interval_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct AdminSettings {
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    /// Bearer token for redeem, release and hold; empty: every caller is trusted.
     pub token: Secret,
 }
 
@@ -62,40 +94,69 @@ pub struct StorageSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ProtectionSettings {
-    pub failed_lookups_per_user: u32,
-    pub failed_lookups_per_ip: u32,
-    pub window_secs: u64,
-    pub trusted_proxies: String,
-}
-
-impl ProtectionSettings {
-    /// The trusted proxies, parsed.
-    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<std::net::IpAddr>> {
-        self.trusted_proxies
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().with_context(|| format!("protection.trusted_proxies: {s:?} is not an IP address")))
-            .collect()
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
 pub struct ListenerSettings {
-    pub heartbeat_ms: u64,
-    pub retry_min_ms: u64,
-    pub retry_max_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ValidationLogSettings {
     pub queue_capacity: usize,
     pub batch_size: usize,
-    pub flush_interval_ms: u64,
-    pub retry_min_ms: u64,
-    pub retry_max_ms: u64,
-    pub shutdown_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JournalSettings {
+    #[serde(with = "humantime_serde")]
+    pub ship_retry_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ship_retry_max: Duration,
+    /// On shutdown, how long the shipper keeps shipping what is left.
+    #[serde(with = "humantime_serde")]
+    pub ship_shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LedgerSettings {
+    /// How long a request waits for a concurrent request of the same order to settle.
+    #[serde(with = "humantime_serde")]
+    pub settle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HoldSettings {
+    pub default_ttl_secs: u64,
+    pub max_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProtectionSettings {
+    pub failed_lookups_per_user: u32,
+    pub failed_lookups_per_ip: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(deserialize_with = "addresses")]
+    pub trusted_proxies: Vec<IpAddr>,
+    pub max_active_holds_per_user: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// This instance's stable identity (INSTANCE_ID); empty: one generated once and kept in
+    /// DATA_DIR.
+    pub instance_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -122,6 +183,11 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether no secret is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl From<&str> for Secret {
@@ -136,9 +202,39 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// IP addresses from a list or from a comma-separated string (as an environment variable
+/// gives them).
+fn addresses<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<IpAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match Given::deserialize(deserializer)? {
+        Given::List(items) => items,
+        Given::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    items
+        .iter()
+        .map(|item| item.trim())
+        .filter(|item| !item.is_empty())
+        .map(|item| item.parse().map_err(|_| serde::de::Error::custom(format!("{item:?} is not an IP address"))))
+        .collect()
+}
+
+/// A refused value says which fixed-name variable sets it, when one does.
+fn name_the_variable(err: config::ConfigError) -> ConfigError {
+    let text = err.to_string();
+    match FIXED_ENV.iter().find(|(_, key)| text.contains(&format!("`{key}`"))) {
+        Some((name, _)) => ConfigError::Invalid(format!("{name}: {text}")),
+        None => ConfigError::Load(err),
+    }
+}
+
 impl Settings {
     /// Loads the layers from the process environment and checks the result.
-    pub fn load(file: Option<&Path>) -> anyhow::Result<Settings> {
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         Settings::load_from(file, std::env::vars())
     }
 
@@ -146,112 +242,125 @@ impl Settings {
     pub fn load_from(
         file: Option<&Path>,
         vars: impl IntoIterator<Item = (String, String)>,
-    ) -> anyhow::Result<Settings> {
+    ) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> = vars.into_iter().collect();
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        for (name, value) in &vars {
-            if let Some(key) = env_key(name) {
-                builder = builder.set_override(key, value.as_str())?;
-            }
-        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("COUPON")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars.clone())),
+        );
         for (name, key) in FIXED_ENV {
-            if let Some((_, value)) = vars.iter().find(|(var, _)| var == name) {
+            if let Some(value) = vars.get(name) {
                 builder = builder.set_override(key, value.as_str())?;
             }
         }
-        let settings: Settings = builder.build()?.try_deserialize().context("invalid configuration")?;
+        let settings: Settings = builder.build()?.try_deserialize().map_err(name_the_variable)?;
         settings.check()?;
         Ok(settings)
     }
 
-    fn check(&self) -> anyhow::Result<()> {
-        self.http_addr()?;
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |text: &str| Err(ConfigError::Invalid(text.to_owned()));
         let http = &self.http;
-        if http.max_connections == 0 || http.max_in_flight == 0 || http.admin_timeout_ms == 0 {
-            bail!("http.max_connections, max_in_flight and admin_timeout_ms must be positive");
+        if http.max_connections == 0 || http.max_in_flight == 0 {
+            return invalid("http.max_connections and max_in_flight must be positive");
+        }
+        for (name, value) in [
+            ("http.header_read_timeout", http.header_read_timeout),
+            ("http.body_read_timeout", http.body_read_timeout),
+            ("http.response_write_timeout", http.response_write_timeout),
+            ("http.admin_timeout", http.admin_timeout),
+            ("database.health_interval", self.database.health_interval),
+            ("listener.heartbeat", self.listener.heartbeat),
+            ("listener.retry_min", self.listener.retry_min),
+            ("validation_log.flush_interval", self.validation_log.flush_interval),
+            ("validation_log.retry_min", self.validation_log.retry_min),
+            ("journal.ship_retry_min", self.journal.ship_retry_min),
+            ("ledger.settle_timeout", self.ledger.settle_timeout),
+            ("protection.window", self.protection.window),
+        ] {
+            if value.is_zero() {
+                return invalid(&format!("{name} must be positive"));
+            }
         }
         if http.max_header_bytes < 8192 {
-            bail!("http.max_header_bytes must be at least 8192");
+            return invalid("http.max_header_bytes must be at least 8192");
         }
         let url = self.database.url.expose();
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            bail!("DATABASE_URL must start with postgres:// or postgresql://");
+            return invalid("DATABASE_URL must start with postgres:// or postgresql://");
         }
         if self.database.max_connections < 2 {
-            bail!("database.max_connections must be at least 2");
+            return invalid("database.max_connections must be at least 2");
         }
         let log = &self.validation_log;
-        if log.queue_capacity == 0 || log.batch_size == 0 || log.flush_interval_ms == 0 {
-            bail!("validation_log.queue_capacity, batch_size and flush_interval_ms must be positive");
+        if log.queue_capacity == 0 || log.batch_size == 0 {
+            return invalid("validation_log.queue_capacity and batch_size must be positive");
         }
-        if log.retry_min_ms == 0 || log.retry_min_ms > log.retry_max_ms {
-            bail!("validation_log.retry_min_ms must be positive and at most retry_max_ms");
+        if log.retry_min > log.retry_max || self.listener.retry_min > self.listener.retry_max {
+            return invalid("a retry_min must be at most its retry_max");
         }
-        self.protection.trusted_proxies()?;
-        if self.protection.window_secs == 0 {
-            bail!("protection.window_secs must be positive");
+        if self.journal.ship_retry_min > self.journal.ship_retry_max {
+            return invalid("journal.ship_retry_min must be at most ship_retry_max");
         }
-        let listener = &self.listener;
-        if listener.heartbeat_ms == 0 || listener.retry_min_ms == 0 || listener.retry_min_ms > listener.retry_max_ms {
-            bail!("listener.heartbeat_ms and retry_min_ms must be positive, retry_min_ms at most retry_max_ms");
+        let hold = &self.hold;
+        if hold.default_ttl_secs == 0 || hold.default_ttl_secs > hold.max_ttl_secs {
+            return invalid("hold.default_ttl_secs must be positive and at most hold.max_ttl_secs");
+        }
+        if self.protection.max_active_holds_per_user == 0 {
+            return invalid("protection.max_active_holds_per_user must be positive");
         }
         if self.storage.data_dir.as_os_str().is_empty() {
-            bail!("DATA_DIR must not be empty");
+            return invalid("DATA_DIR must not be empty");
         }
         Ok(())
     }
-
-    /// The listen address.
-    pub fn http_addr(&self) -> anyhow::Result<SocketAddr> {
-        self.http
-            .addr
-            .parse()
-            .with_context(|| format!("HTTP_ADDR {:?} is not an address such as 127.0.0.1:8080", self.http.addr))
-    }
-}
-
-impl ValidationLogSettings {
-    pub fn flush_interval(&self) -> Duration {
-        Duration::from_millis(self.flush_interval_ms)
-    }
-}
-
-/// `COUPON__SECTION__KEY` → `section.key`.
-fn env_key(name: &str) -> Option<String> {
-    let rest = name.strip_prefix("COUPON__")?;
-    Some(rest.to_ascii_lowercase().replace("__", "."))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn load(vars: &[(&str, &str)]) -> anyhow::Result<Settings> {
+    fn load(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::load_from(None, vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
     fn defaults_load_and_fixed_names_override() {
         let defaults = load(&[]).unwrap();
-        assert_eq!(defaults.http.addr, "127.0.0.1:8080");
-        assert_eq!(defaults.admin.token.expose(), "");
+        assert_eq!(defaults.http.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(defaults.http.header_read_timeout, Duration::from_secs(10));
+        assert!(defaults.admin.token.is_empty() && defaults.api.token.is_empty());
+        assert_eq!(defaults.hold.default_ttl_secs, 900);
         let settings = load(&[
             ("DATABASE_URL", "postgres://u@h:1/db"),
             ("HTTP_ADDR", "0.0.0.0:9000"),
-            ("ADMIN_TOKEN", "s3cret"),
+            ("ADMIN_TOKEN", "s3cret-s3cret-s3cret"),
             ("DATA_DIR", "/tmp/x"),
+            ("INSTANCE_ID", "edge-1"),
             ("COUPON__VALIDATION_LOG__BATCH_SIZE", "7"),
+            ("COUPON__HTTP__BODY_READ_TIMEOUT", "250ms"),
+            ("COUPON__PROTECTION__TRUSTED_PROXIES", "10.0.0.1, ::1"),
         ])
         .unwrap();
         assert_eq!(settings.database.url.expose(), "postgres://u@h:1/db");
-        assert_eq!(settings.http.addr, "0.0.0.0:9000");
-        assert_eq!(settings.admin.token.expose(), "s3cret");
+        assert_eq!(settings.http.addr, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(settings.admin.token.expose(), "s3cret-s3cret-s3cret");
         assert_eq!(settings.storage.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(settings.cluster.instance_id, "edge-1");
         assert_eq!(settings.validation_log.batch_size, 7);
+        assert_eq!(settings.http.body_read_timeout, Duration::from_millis(250));
+        assert_eq!(
+            settings.protection.trusted_proxies,
+            vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]
+        );
         assert!(!format!("{settings:?}").contains("s3cret"));
     }
 
@@ -263,9 +372,13 @@ mod tests {
             (vec![("COUPON__VALIDATION_LOG__BATCH_SIZE", "0")], "batch_size"),
             (vec![("COUPON__VALIDATION_LOG__BATCH_SIZE", "many")], "batch_size"),
             (vec![("COUPON__LOG__FORMAT", "xml")], "format"),
+            (vec![("COUPON__HTTP__BODY_READ_TIMEOUT", "soon")], "body_read_timeout"),
+            (vec![("COUPON__HTTP__BODY_READ_TIMEOUT", "0s")], "body_read_timeout"),
+            (vec![("COUPON__PROTECTION__TRUSTED_PROXIES", "10.0.0.1,proxy")], "proxy"),
+            (vec![("COUPON__HOLD__DEFAULT_TTL_SECS", "7200")], "default_ttl_secs"),
         ] {
             let err = load(&vars).expect_err("should be refused");
-            let text = format!("{err:#}");
+            let text = err.to_string();
             assert!(text.contains(needle), "{text:?} should mention {needle}");
         }
     }

@@ -1,20 +1,28 @@
-//! coupon-engine: coupon validation answered from memory, with PostgreSQL behind it.
+//! coupon-engine: coupon validation and redemption answered from memory, with PostgreSQL
+//! behind it.
 //!
 //! # Layout, in reading order
-//! - [`domain`]: pure rules, money and discount maths; no I/O, no clock.
-//! - [`cache`]: the arc-swapped catalog of coupons and the live usage counters beside it.
-//! - [`db`]: PostgreSQL: pool, migrations, loading, seeding, the validation-log write-behind.
-//! - [`http`]: the hyper server, router, request parsing and JSON responses.
+//! - [`domain`]: coupons, campaigns, money, identities, the rules and the events they
+//!   produce; no I/O, no clock.
+//! - [`engine`]: the use cases (validate, redeem, hold, release, expire) over the catalog of
+//!   definitions, the ledger of uses and the journal.
+//! - [`journal`]: the local durable log: framed records, group-commit fsync, checkpoint.
+//! - [`db`]: PostgreSQL: loading, the change listener, shipping the journal, the validation
+//!   log, admin reads and writes, seeding.
+//! - [`http`]: the hyper server, the route table, request parsing and JSON responses.
 //! - [`metrics`]: the Prometheus registry and its pre-registered handles.
 //! - [`app`]: assembly and the start-up and shutdown order.
-//! - [`config`], [`telemetry`]: settings and logging.
+//! - [`config`], [`telemetry`], [`backoff`], [`seed`]: settings, logging, retry delays, the
+//!   reference data set.
 
 pub mod app;
-pub mod cache;
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod engine;
 pub mod http;
 pub mod journal;
 pub mod metrics;
+pub mod seed;
 pub mod telemetry;

@@ -9,7 +9,8 @@ use chrono::{Datelike, TimeZone, Utc};
 use clap::{Parser, Subcommand};
 use coupon_engine::app::{App, shutdown_signal};
 use coupon_engine::config::Settings;
-use coupon_engine::db::seed::{SeedParams, seed};
+use coupon_engine::db::seed::seed;
+use coupon_engine::seed::SeedParams;
 use coupon_engine::{db, telemetry};
 
 #[derive(Debug, Parser)]
@@ -70,7 +71,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Serve => {
                 let app = App::build(settings).await?;
                 tracing::info!(addr = %app.local_addr(), "listening");
-                app.run(shutdown_signal()).await
+                app.run(shutdown_signal()).await?;
+                Ok(())
             }
             Command::Migrate => {
                 let pool = db::connect(&settings.database).await.context("cannot connect to the database")?;

@@ -1,8 +1,9 @@
 //! Prometheus metrics: one recorder per service instance and pre-registered handles.
 //!
-//! Handles are registered up front (or once, on first use) and kept, because building a
-//! key through the `metrics` macros costs ~25× a cached handle (TECH-NOTES §4). Label sets
-//! are bounded: route templates, status codes, reasons; never a code or a user id.
+//! Handles are registered up front, except one per (route, status) pair, registered on the
+//! first answer with that status so that only statuses that happened are exported. Building
+//! a key through the `metrics` macros costs ~25× a cached handle. Label sets are bounded:
+//! route templates, status codes, outcomes; never a code, a campaign or a user id.
 
 use std::sync::{Arc, OnceLock};
 
@@ -15,84 +16,11 @@ use crate::domain::rules::Reason;
 const LATENCY_BUCKETS: [f64; 14] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-/// The routes the service answers, as bounded metric labels (route templates, not paths).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Validate,
-    Redeem,
-    Release,
-    Health,
-    Ready,
-    Metrics,
-    OpenApi,
-    AdminReload,
-    AdminStats,
-    AdminCoupons,
-    AdminCoupon,
-    AdminCouponStats,
-    AdminRecentValidations,
-    Unmatched,
-}
-
-impl Route {
-    const ALL: [Route; 14] = [
-        Route::Validate,
-        Route::Redeem,
-        Route::Release,
-        Route::Health,
-        Route::Ready,
-        Route::Metrics,
-        Route::OpenApi,
-        Route::AdminReload,
-        Route::AdminStats,
-        Route::AdminCoupons,
-        Route::AdminCoupon,
-        Route::AdminCouponStats,
-        Route::AdminRecentValidations,
-        Route::Unmatched,
-    ];
-
-    /// Every route the service answers, for checks against the OpenAPI description.
-    pub fn all() -> &'static [Route] {
-        &Route::ALL
-    }
-
-    /// Whether the route is behind the admin token.
-    pub fn is_admin(self) -> bool {
-        matches!(
-            self,
-            Route::AdminReload
-                | Route::AdminStats
-                | Route::AdminCoupons
-                | Route::AdminCoupon
-                | Route::AdminCouponStats
-                | Route::AdminRecentValidations
-        )
-    }
-
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Route::Validate => "/api/coupons/validate",
-            Route::Redeem => "/api/coupons/redeem",
-            Route::Release => "/api/coupons/release",
-            Route::Health => "/health",
-            Route::Ready => "/health/ready",
-            Route::Metrics => "/metrics",
-            Route::OpenApi => "/openapi.json",
-            Route::AdminReload => "/admin/cache/reload",
-            Route::AdminStats => "/admin/cache/stats",
-            Route::AdminCoupons => "/admin/coupons",
-            Route::AdminCoupon => "/admin/coupons/{code}",
-            Route::AdminCouponStats => "/admin/coupons/{code}/stats",
-            Route::AdminRecentValidations => "/admin/validations/recent",
-            Route::Unmatched => "unmatched",
-        }
-    }
-}
-
 /// Status codes the service answers with; anything else is counted as "other".
-const STATUSES: [u16; 14] = [200, 201, 400, 401, 404, 405, 409, 413, 415, 422, 429, 431, 500, 503];
+const STATUSES: [u16; 16] = [200, 201, 202, 400, 401, 404, 405, 408, 409, 413, 415, 422, 429, 431, 500, 503];
+
+/// The label of requests that matched no route.
+pub const UNMATCHED: &str = "unmatched";
 
 struct RouteMetrics {
     /// Registered on first use, so only statuses that happened are exported.
@@ -116,17 +44,35 @@ pub struct JournalMetrics {
     pub bytes: Counter,
 }
 
-/// Outcomes of a redemption: the first two, then one per reason.
-pub const REDEEM_OUTCOMES: [&str; 2] = ["redeemed", "replayed"];
-/// Outcomes of a release.
-pub const RELEASE_OUTCOMES: [&str; 3] = ["released", "repeated", "not_found"];
+/// Counters of one family, one per outcome label, registered up front.
+pub struct Outcomes {
+    counters: Vec<(&'static str, Counter)>,
+}
+
+impl Outcomes {
+    /// Counts one `outcome`, which must be one of the labels registered.
+    pub fn inc(&self, outcome: &str) {
+        match self.counters.iter().find(|(label, _)| *label == outcome) {
+            Some((_, counter)) => counter.increment(1),
+            None => debug_assert!(false, "unregistered outcome {outcome}"),
+        }
+    }
+}
+
+/// Refusals of a use, beyond the rules' reasons.
+const USE_REFUSALS: [&str; 3] = ["IDEMPOTENCY_MISMATCH", "TOO_MANY_HOLDS", "QUOTA_UNAVAILABLE"];
 
 /// Every metric of one service instance.
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    route_labels: Vec<&'static str>,
     routes: Vec<RouteMetrics>,
-    validations: Vec<Counter>,
+    pub validations: Outcomes,
+    pub redemptions: Outcomes,
+    pub holds: Outcomes,
+    pub releases: Outcomes,
+    pub live_holds: Gauge,
     pub cache_coupons: Gauge,
     pub cache_reloads: Counter,
     pub notifications_applied: Counter,
@@ -141,14 +87,15 @@ pub struct Metrics {
     pub pool_max: Gauge,
     pub refused_by_user: Counter,
     pub refused_by_ip: Counter,
+    pub journal_rejected: Counter,
+    pub journal_rejected_pending: Gauge,
     process: ProcessMetrics,
-    redemptions: Vec<Counter>,
-    releases: Vec<Counter>,
 }
 
 impl Metrics {
-    /// A fresh registry. Not installed globally, so several instances can live in one process.
-    pub fn new() -> Metrics {
+    /// A fresh registry with a request counter per route label (`route_labels`, from the
+    /// route table). Not installed globally, so several instances can live in one process.
+    pub fn new(route_labels: &[&'static str]) -> Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
             .expect("bucket list is not empty")
@@ -168,7 +115,9 @@ impl Metrics {
         reg.describe_gauge("db_pool_max_connections", "Pool size limit");
         reg.describe_counter("process_cpu_seconds_total", "CPU time used by the process, user and system");
         reg.describe_gauge("process_resident_memory_bytes", "Resident set size");
+        reg.describe_gauge("process_virtual_memory_bytes", "Virtual memory size");
         reg.describe_gauge("process_open_fds", "Open file descriptors");
+        reg.describe_gauge("process_max_fds", "Limit of open file descriptors");
         reg.describe_gauge("process_threads", "Operating system threads");
         reg.describe_gauge("process_start_time_seconds", "Start time of the process, seconds since the Unix epoch");
         reg.describe_counter("coupon_validations_total", "Validations by outcome: valid or the reason");
@@ -184,15 +133,28 @@ impl Metrics {
             "Time to write one batch, by table",
         );
 
-        let routes = Route::ALL.iter().map(|_| RouteMetrics { requests: Default::default() }).collect();
-        let validations = std::iter::once("valid")
-            .chain(Reason::ALL.iter().map(|r| r.as_str()))
-            .map(|outcome| reg.counter("coupon_validations_total", &[("outcome", outcome)]))
-            .collect();
+        let mut route_labels = route_labels.to_vec();
+        route_labels.push(UNMATCHED);
+        let routes = route_labels.iter().map(|_| RouteMetrics { requests: Default::default() }).collect();
+        let reasons = || Reason::ALL.iter().map(|r| r.as_str());
+        let validations = reg.outcomes("coupon_validations_total", std::iter::once("valid").chain(reasons()));
         let validation_logs = reg.write_behind("validation_logs");
         let coupon_usage = reg.write_behind("coupon_usage");
-        reg.describe_counter("coupon_redemptions_total", "Redeem calls by outcome: redeemed, replayed or the reason");
+        reg.describe_counter(
+            "coupon_redemptions_total",
+            "Redeem calls by outcome: redeemed, replayed, confirmed (a hold) or the refusal",
+        );
+        reg.describe_counter(
+            "coupon_holds_total",
+            "Holds by outcome: held, replayed, confirmed, cancelled, expired or the refusal",
+        );
+        reg.describe_gauge("coupon_holds_live", "Holds taken and not yet confirmed, cancelled or expired");
         reg.describe_counter("coupon_releases_total", "Release calls by outcome");
+        reg.describe_counter(
+            "journal_records_set_aside_total",
+            "Journal records PostgreSQL refused for good, kept in DATA_DIR/rejected.jsonl",
+        );
+        reg.describe_gauge("journal_records_set_aside", "Set-aside journal records waiting for an operator");
         reg.describe_counter(
             "coupon_lookups_refused_total",
             "Lookups refused (429) after too many unknown codes, by scope",
@@ -204,17 +166,19 @@ impl Metrics {
         );
         reg.describe_counter("journal_bytes_total", "Bytes appended to the journal");
         reg.describe_gauge("journal_backlog_records", "Journal records not yet confirmed in PostgreSQL");
-        let redemptions = REDEEM_OUTCOMES
-            .iter()
-            .copied()
-            .chain(Reason::ALL.iter().map(|r| r.as_str()))
-            .map(|outcome| reg.counter("coupon_redemptions_total", &[("outcome", outcome)]))
-            .collect();
-        let releases = RELEASE_OUTCOMES
-            .iter()
-            .map(|outcome| reg.counter("coupon_releases_total", &[("outcome", outcome)]))
-            .collect();
+        let use_outcomes = |first: &'static [&'static str]| {
+            first.iter().copied().chain(reasons()).chain(USE_REFUSALS).collect::<Vec<_>>()
+        };
+        let redemptions =
+            reg.outcomes("coupon_redemptions_total", use_outcomes(&["redeemed", "replayed", "confirmed"]));
+        let holds = reg
+            .outcomes("coupon_holds_total", use_outcomes(&["held", "replayed", "confirmed", "cancelled", "expired"]));
+        let releases = reg.outcomes("coupon_releases_total", ["released", "repeated", "not_found"]);
         Metrics {
+            holds,
+            live_holds: reg.gauge("coupon_holds_live", &[]),
+            journal_rejected: reg.counter("journal_records_set_aside_total", &[]),
+            journal_rejected_pending: reg.gauge("journal_records_set_aside", &[]),
             coupon_usage,
             journal: JournalMetrics {
                 fsync_seconds: reg.histogram("journal_fsync_duration_seconds", &[]),
@@ -230,7 +194,9 @@ impl Metrics {
             process: ProcessMetrics {
                 cpu_seconds: reg.counter("process_cpu_seconds_total", &[]),
                 resident_bytes: reg.gauge("process_resident_memory_bytes", &[]),
+                virtual_bytes: reg.gauge("process_virtual_memory_bytes", &[]),
                 open_fds: reg.gauge("process_open_fds", &[]),
+                max_fds: reg.gauge("process_max_fds", &[]),
                 threads: reg.gauge("process_threads", &[]),
                 start_time: reg.gauge("process_start_time_seconds", &[]),
             },
@@ -241,6 +207,7 @@ impl Metrics {
             notifications_applied: reg.counter("cache_notifications_applied_total", &[]),
             listener_reconnects: reg.counter("listener_reconnects_total", &[]),
             validation_logs,
+            route_labels,
             routes,
             validations,
             handle,
@@ -248,13 +215,19 @@ impl Metrics {
         }
     }
 
-    /// Counts one answered request and its latency.
-    pub fn record_request(&self, route: Route, status: u16, seconds: f64) {
-        let route_idx = Route::ALL.iter().position(|r| *r == route).unwrap_or(0);
+    /// The index [`Metrics::record_request`] takes for requests that matched no route.
+    pub fn unmatched(&self) -> usize {
+        self.routes.len() - 1
+    }
+
+    /// Counts one answered request and its latency; `route` indexes the route labels given
+    /// to [`Metrics::new`] ([`Metrics::unmatched`] for none).
+    pub fn record_request(&self, route: usize, status: u16, seconds: f64) {
+        let route = route.min(self.unmatched());
         let status_idx = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len());
-        let (requests, duration) = self.routes[route_idx].requests[status_idx].get_or_init(|| {
+        let (requests, duration) = self.routes[route].requests[status_idx].get_or_init(|| {
             let status_label = STATUSES.get(status_idx).map_or_else(|| "other".to_owned(), u16::to_string);
-            let labels = vec![Label::new("route", route.label()), Label::new("status", status_label)];
+            let labels = vec![Label::new("route", self.route_labels[route]), Label::new("status", status_label)];
             let reg = Registrar(&self.recorder);
             (
                 reg.counter_owned("http_requests_total", labels.clone()),
@@ -263,26 +236,6 @@ impl Metrics {
         });
         requests.increment(1);
         duration.record(seconds);
-    }
-
-    /// Counts one validation outcome: `None` for valid.
-    pub fn record_validation(&self, reason: Option<Reason>) {
-        let idx = reason.map_or(0, |r| r.index() + 1);
-        self.validations[idx].increment(1);
-    }
-
-    /// Counts one redeem outcome: an index into [`REDEEM_OUTCOMES`], or a reason.
-    pub fn record_redemption(&self, outcome: Result<usize, Reason>) {
-        let idx = match outcome {
-            Ok(idx) => idx,
-            Err(reason) => REDEEM_OUTCOMES.len() + reason.index(),
-        };
-        self.redemptions[idx].increment(1);
-    }
-
-    /// Counts one release outcome: an index into [`RELEASE_OUTCOMES`].
-    pub fn record_release(&self, idx: usize) {
-        self.releases[idx].increment(1);
     }
 
     /// The Prometheus text exposition of every metric, process metrics read just now.
@@ -297,46 +250,34 @@ impl Metrics {
     }
 }
 
-/// The standard `process_*` metrics, read from `/proc/self` when scraped (Linux only;
-/// elsewhere they stay at zero).
+/// The standard `process_*` metrics, read (by `metrics-process`) when scraped.
 struct ProcessMetrics {
     cpu_seconds: Counter,
     resident_bytes: Gauge,
+    virtual_bytes: Gauge,
     open_fds: Gauge,
+    max_fds: Gauge,
     threads: Gauge,
     start_time: Gauge,
 }
 
 impl ProcessMetrics {
     fn refresh(&self) {
-        let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok() else { return };
-        // Fields after the command name (which may hold spaces) start at field 3.
-        let Some(fields) = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect::<Vec<_>>()) else {
-            return;
+        let now = metrics_process::collector::collect();
+        let set = |gauge: &Gauge, value: Option<u64>| {
+            if let Some(value) = value {
+                gauge.set(value as f64);
+            }
         };
-        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        // Clock ticks and page size are 100 and 4096 on every Linux this runs on.
-        let ticks = 100.0;
-        self.cpu_seconds.absolute(((field(14) + field(15)) / ticks) as u64);
-        self.threads.set(field(20));
-        self.resident_bytes.set(field(24) * 4096.0);
-        if let Some(boot) = boot_time() {
-            self.start_time.set(boot + field(22) / ticks);
+        if let Some(cpu) = now.cpu_seconds_total {
+            self.cpu_seconds.absolute(cpu as u64);
         }
-        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            self.open_fds.set(fds.count() as f64);
-        }
-    }
-}
-
-fn boot_time() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    stat.lines().find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
-}
-
-impl Default for Metrics {
-    fn default() -> Metrics {
-        Metrics::new()
+        set(&self.resident_bytes, now.resident_memory_bytes);
+        set(&self.virtual_bytes, now.virtual_memory_bytes);
+        set(&self.open_fds, now.open_fds);
+        set(&self.max_fds, now.max_fds);
+        set(&self.threads, now.threads);
+        set(&self.start_time, now.start_time_seconds);
     }
 }
 
@@ -382,6 +323,12 @@ impl Registrar<'_> {
 
     fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
         self.0.register_histogram(&Self::key(name, labels), &Self::metadata())
+    }
+
+    fn outcomes(&self, name: &'static str, labels: impl IntoIterator<Item = &'static str>) -> Outcomes {
+        Outcomes {
+            counters: labels.into_iter().map(|label| (label, self.counter(name, &[("outcome", label)]))).collect(),
+        }
     }
 
     fn write_behind(&self, table: &'static str) -> WriteBehindMetrics {

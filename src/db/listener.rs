@@ -1,11 +1,11 @@
 //! Keeps the catalog true to PostgreSQL: LISTEN, load everything, then apply notifications.
 //!
 //! Invariant: after every (re)connection the catalog is reloaded in full *after* LISTEN took
-//! effect, because notifications sent while disconnected are gone (TECH-NOTES §1). Every
-//! change is then either in the load or in a later notification, possibly both; applying
-//! re-reads rows by id, so both is harmless.
+//! effect, because notifications sent while disconnected are gone. Every change is then
+//! either in the load or in a later notification, possibly both; applying re-reads rows by
+//! id, so both is harmless.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,14 +14,18 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgNotification};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::cache::Cache;
+use crate::backoff::Backoff;
 use crate::config::{ListenerSettings, Secret};
-use crate::db::{Error, load};
-use crate::domain::coupon::CouponId;
+use crate::db::health::DatabaseHealth;
+use crate::db::{Error, catalog};
+use crate::domain::coupon::{BatchId, CampaignId, CouponId};
+use crate::engine::Engine;
+use crate::engine::catalog::CouponChanges;
 use crate::metrics::Metrics;
 
-/// The channel the `coupons` triggers notify.
+/// The channel the triggers notify.
 pub const CHANNEL: &str = "coupon_changes";
 /// The payload of the liveness probe the refresher sends itself.
 const HEARTBEAT: &str = r#"{"op":"heartbeat"}"#;
@@ -91,13 +95,23 @@ pub struct ReloadReport {
     pub duration: Duration,
 }
 
-/// Reloads every coupon definition; live usage counters are kept (DESIGN.md).
-pub async fn reload(pool: &PgPool, cache: &Cache, metrics: &Metrics) -> Result<ReloadReport, Error> {
-    let _writer = cache.writer().lock().await;
+/// Reloads every definition; the ledger's live counts are kept (PostgreSQL lags them). A
+/// batch of codes already loaded is kept as it is: codes never change once a batch is done.
+pub async fn reload(pool: &PgPool, engine: &Engine, metrics: &Metrics) -> Result<ReloadReport, Error> {
+    let publisher = engine.catalog().publisher().await;
     let started = Instant::now();
-    let coupons = load::all_coupons(pool).await?;
+    let coupons = catalog::all_coupons(pool).await?;
+    let campaigns = catalog::all_campaigns(pool).await?;
+    let current = publisher.current();
+    let mut batches = Vec::new();
+    for batch in catalog::done_batches(pool).await? {
+        match current.codes().batch(batch.id) {
+            Some(loaded) => batches.push(loaded.clone()),
+            None => batches.push(catalog::batch_codes(pool, &batch).await?),
+        }
+    }
     let n = coupons.len();
-    cache.replace_all(coupons);
+    publisher.replace_all(coupons, campaigns, batches);
     metrics.cache_reloads.increment(1);
     metrics.cache_coupons.set(n as f64);
     Ok(ReloadReport { coupons: n, duration: started.elapsed() })
@@ -108,9 +122,10 @@ pub async fn reload(pool: &PgPool, cache: &Cache, metrics: &Metrics) -> Result<R
 pub struct Refresher {
     pub pool: PgPool,
     pub url: Secret,
-    pub cache: Arc<Cache>,
+    pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
     pub status: Arc<ListenerStatus>,
+    pub health: Arc<DatabaseHealth>,
     pub settings: ListenerSettings,
 }
 
@@ -118,20 +133,35 @@ pub struct Refresher {
 #[derive(Debug)]
 pub struct Following(PgListener);
 
+/// How long the parts of one statement's notification may take to all arrive; past it the
+/// catalog is reloaded in full rather than applied in pieces.
+const PARTS_WITHIN: Duration = Duration::from_secs(2);
+
 #[derive(Deserialize)]
 struct Payload {
+    #[serde(default)]
+    entity: Option<String>,
     op: String,
     #[serde(default)]
-    ids: Vec<CouponId>,
+    ids: Vec<i64>,
+    /// The statement the chunk belongs to, and how many chunks it sent.
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    parts: Option<u32>,
 }
 
 /// What a run of notifications asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Changes {
-    ids: BTreeSet<CouponId>,
+    coupons: BTreeSet<CouponId>,
+    campaigns: BTreeSet<CampaignId>,
+    batches: BTreeSet<BatchId>,
     reload: bool,
     /// Change notifications, heartbeats excluded.
     changes: u64,
+    /// Statements whose chunks have not all arrived: chunks seen, chunks sent.
+    incomplete: HashMap<String, (u32, u32)>,
 }
 
 impl Changes {
@@ -141,31 +171,51 @@ impl Changes {
         }
         self.changes += 1;
         match serde_json::from_str::<Payload>(payload) {
-            Ok(p) if p.op != "bulk" => self.ids.extend(p.ids),
-            // "bulk", or a payload from a writer we do not know: the safe answer is everything.
-            _ => self.reload = true,
+            Ok(p) if p.op == "bulk" => self.reload = true,
+            Ok(p) => {
+                if let (Some(group), Some(parts)) = (p.group, p.parts.filter(|n| *n > 1)) {
+                    let seen = self.incomplete.entry(group.clone()).or_insert((0, parts));
+                    seen.0 += 1;
+                    if seen.0 >= seen.1 {
+                        self.incomplete.remove(&group);
+                    }
+                }
+                match p.entity.as_deref() {
+                    None | Some("coupon") => self.coupons.extend(p.ids),
+                    Some("campaign") => self.campaigns.extend(p.ids),
+                    Some("batch") => self.batches.extend(p.ids),
+                    Some(_) => self.reload = true,
+                }
+            }
+            // A payload from a writer we do not know: the safe answer is everything.
+            Err(_) => self.reload = true,
         }
+    }
+
+    /// Whether every statement seen so far sent all its chunks.
+    fn is_complete(&self) -> bool {
+        self.incomplete.is_empty()
     }
 }
 
 impl Refresher {
-    /// Connects a dedicated listener, LISTENs, then loads every coupon. At start-up an error
-    /// here is fatal; afterwards it is retried.
+    /// Connects a dedicated listener, LISTENs, then loads every definition. At start-up an
+    /// error here is fatal; afterwards it is retried.
     pub async fn listen_and_reload(&self) -> Result<Following, Error> {
         self.status.set(ListenerState::Connecting);
         let mut listener = PgListener::connect(self.url.expose()).await?;
         listener.listen(CHANNEL).await?;
-        let report = reload(&self.pool, &self.cache, &self.metrics).await?;
+        let report = reload(&self.pool, &self.engine, &self.metrics).await?;
         tracing::debug!(coupons = report.coupons, elapsed_ms = report.duration.as_millis() as u64, "catalog loaded");
         self.status.set(ListenerState::Listening);
         Ok(Following(listener))
     }
 
     /// Follows notifications until `stop`; on any loss, backs off, reconnects and reloads.
-    pub async fn run(self, first: Following, stop: CancellationToken) {
-        tokio::spawn(send_heartbeats(self.pool.clone(), self.heartbeat(), stop.clone()));
+    pub async fn run(self, first: Following, stop: CancellationToken, tasks: TaskTracker) {
+        tasks.spawn(send_heartbeats(self.pool.clone(), self.settings.heartbeat, stop.clone()));
         let mut following = Some(first);
-        let mut delay = self.retry_min();
+        let mut backoff = Backoff::new(self.settings.retry_min, self.settings.retry_max);
         loop {
             let session = match following.take() {
                 Some(listener) => Ok(listener),
@@ -173,7 +223,7 @@ impl Refresher {
             };
             let err = match session {
                 Ok(listener) => {
-                    delay = self.retry_min();
+                    backoff.reset();
                     match self.follow(listener, &stop).await {
                         Ok(()) => return,
                         Err(err) => err,
@@ -184,12 +234,13 @@ impl Refresher {
             self.status.set(ListenerState::Down);
             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
             self.metrics.listener_reconnects.increment(1);
+            self.health.report_failure("change listener", &err);
+            let delay = backoff.next_delay();
             tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "change listener lost; will reconnect and reload");
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_millis(self.settings.retry_max_ms));
         }
     }
 
@@ -197,7 +248,7 @@ impl Refresher {
     async fn follow(&self, Following(mut listener): Following, stop: &CancellationToken) -> Result<(), Error> {
         // Heartbeats arrive every `heartbeat`; three missed in a row means a dead connection
         // that TCP has not noticed (sqlx #3062).
-        let silence = self.heartbeat() * 3;
+        let silence = self.settings.heartbeat * 3;
         loop {
             // Dropping a pending try_recv (stop, timeout) is safe: the listener is dropped too.
             let received = tokio::select! {
@@ -205,16 +256,32 @@ impl Refresher {
                 received = tokio::time::timeout(silence, listener.try_recv()) => received,
             };
             let first = match received {
-                Err(_) => return Err(Error::ListenerLost("no heartbeat within the deadline")),
-                Ok(Ok(None)) => return Err(Error::ListenerLost("connection lost")),
+                Err(_) => return Err(lost("no heartbeat within the deadline")),
+                Ok(Ok(None)) => return Err(lost("connection lost")),
                 Ok(Err(err)) => return Err(err.into()),
                 Ok(Ok(Some(notification))) => notification,
             };
-            // Coalesce everything already buffered into one fetch and one swap.
+            // Coalesce everything already buffered into one fetch and one swap, waiting for
+            // the rest of a statement whose chunks are still arriving.
             let mut changes = Changes::default();
             changes.add(first.payload());
-            while let Some(notification) = listener.next_buffered() {
-                changes.add(PgNotification::payload(&notification));
+            let parts_by = tokio::time::Instant::now() + PARTS_WITHIN;
+            loop {
+                while let Some(notification) = listener.next_buffered() {
+                    changes.add(PgNotification::payload(&notification));
+                }
+                if changes.is_complete() {
+                    break;
+                }
+                match tokio::time::timeout_at(parts_by, listener.try_recv()).await {
+                    Ok(Ok(Some(notification))) => changes.add(notification.payload()),
+                    Ok(Ok(None)) => return Err(lost("connection lost")),
+                    Ok(Err(err)) => return Err(err.into()),
+                    Err(_) => {
+                        changes.reload = true;
+                        break;
+                    }
+                }
             }
             self.apply(changes).await?;
         }
@@ -222,32 +289,45 @@ impl Refresher {
 
     async fn apply(&self, changes: Changes) -> Result<(), Error> {
         if changes.reload {
-            let report = reload(&self.pool, &self.cache, &self.metrics).await?;
+            let report = reload(&self.pool, &self.engine, &self.metrics).await?;
             tracing::info!(
                 coupons = report.coupons,
                 elapsed_ms = report.duration.as_millis() as u64,
-                "bulk change; catalog reloaded"
+                "catalog reloaded"
             );
-        } else if !changes.ids.is_empty() {
-            let ids: Vec<CouponId> = changes.ids.into_iter().collect();
-            let _writer = self.cache.writer().lock().await;
-            let fetched = load::coupons_by_id(&self.pool, &ids).await?;
-            let changed = self.cache.apply_changes(&ids, fetched);
-            self.metrics.cache_coupons.set(self.cache.coupon_count() as f64);
-            tracing::debug!(ids = ids.len(), changed, "coupon changes applied");
+        } else {
+            let publisher = self.engine.catalog().publisher().await;
+            if !changes.campaigns.is_empty() {
+                let ids: Vec<CampaignId> = changes.campaigns.iter().copied().collect();
+                let fetched = catalog::campaigns_by_id(&self.pool, &ids).await?;
+                publisher.apply_campaigns(&ids, fetched);
+            }
+            if !changes.coupons.is_empty() {
+                let ids: Vec<CouponId> = changes.coupons.iter().copied().collect();
+                let upserts = catalog::coupons_by_id(&self.pool, &ids).await?;
+                let changed = publisher.apply_coupons(CouponChanges { upserts, deleted: ids });
+                tracing::debug!(ids = changes.coupons.len(), changed, "coupon changes applied");
+            }
+            if !changes.batches.is_empty() {
+                let ids: Vec<BatchId> = changes.batches.iter().copied().collect();
+                let current = publisher.current();
+                let mut batches: Vec<_> =
+                    current.codes().batches().iter().filter(|b| !changes.batches.contains(&b.id)).cloned().collect();
+                for batch in catalog::done_batches_by_id(&self.pool, &ids).await? {
+                    batches.push(catalog::batch_codes(&self.pool, &batch).await?);
+                }
+                publisher.replace_batches(batches);
+            }
+            self.metrics.cache_coupons.set(publisher.current().coupon_count() as f64);
         }
         self.status.notifications.fetch_add(changes.changes, Ordering::Relaxed);
         self.metrics.notifications_applied.increment(changes.changes);
         Ok(())
     }
+}
 
-    fn heartbeat(&self) -> Duration {
-        Duration::from_millis(self.settings.heartbeat_ms)
-    }
-
-    fn retry_min(&self) -> Duration {
-        Duration::from_millis(self.settings.retry_min_ms)
-    }
+fn lost(why: &str) -> Error {
+    Error::Sqlx(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, why.to_owned())))
 }
 
 /// NOTIFYs the channel through the pool, so the listener hears from the server regularly.
@@ -272,18 +352,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn notifications_coalesce() {
+    fn the_chunks_of_one_statement_complete_together() {
+        let mut changes = Changes::default();
+        changes.add(r#"{"entity":"coupon","op":"update","ids":[1,2],"group":"g","parts":3}"#);
+        changes.add(r#"{"entity":"coupon","op":"update","ids":[9],"group":"h","parts":1}"#);
+        changes.add(r#"{"entity":"coupon","op":"update","ids":[3],"group":"g","parts":3}"#);
+        assert!(!changes.is_complete());
+        changes.add(r#"{"entity":"coupon","op":"update","ids":[4],"group":"g","parts":3}"#);
+        assert!(changes.is_complete());
+        assert_eq!(changes.coupons, [1, 2, 3, 4, 9].into());
+    }
+
+    #[test]
+    fn notifications_coalesce_by_entity() {
         let mut changes = Changes::default();
         for payload in [
-            r#"{"op" : "update", "ids" : [3, 1]}"#,
+            r#"{"entity" : "coupon", "op" : "update", "ids" : [3, 1]}"#,
             HEARTBEAT,
             r#"{"op" : "delete", "ids" : [1]}"#,
-            r#"{"op" : "insert", "ids" : [7]}"#,
+            r#"{"entity" : "campaign", "op" : "insert", "ids" : [7]}"#,
+            r#"{"entity" : "batch", "op" : "done", "ids" : [2]}"#,
         ] {
             changes.add(payload);
         }
-        assert_eq!(changes, Changes { ids: [1, 3, 7].into(), reload: false, changes: 3 });
-        for payload in [r#"{"op" : "bulk", "count" : 900}"#, "not json", r#"{"ids": [1]}"#] {
+        let expected = Changes {
+            coupons: [1, 3].into(),
+            campaigns: [7].into(),
+            batches: [2].into(),
+            reload: false,
+            changes: 4,
+            incomplete: HashMap::new(),
+        };
+        assert_eq!(changes, expected);
+        for payload in
+            [r#"{"op" : "bulk", "count" : 900}"#, "not json", r#"{"ids": [1]}"#, r#"{"entity":"x","op":"y"}"#]
+        {
             let mut changes = Changes::default();
             changes.add(payload);
             assert!(changes.reload, "{payload}");

@@ -1,14 +1,20 @@
-//! Everything that talks to PostgreSQL: the pool, migrations, loading, seeding, write-behind.
+//! Everything that talks to PostgreSQL: the pool, migrations, loading definitions and uses,
+//! the change listener, shipping the journal, the validation log, admin reads and writes.
+//!
+//! Invariant: nothing here runs on the request path of validate, redeem, hold or release;
+//! the request path reaches `db/` only through the engine's ports (a queue that never
+//! waits).
 
+pub mod catalog;
 pub mod coupons;
 pub mod health;
 pub mod listener;
-pub mod load;
+pub mod logs;
+pub mod money;
 pub mod seed;
 pub mod shipper;
+pub mod usage;
 pub mod validation_log;
-
-use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -26,19 +32,25 @@ pub enum Error {
     Sqlx(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("coupon {id} in the database cannot be served: {what}")]
-    BadCoupon { id: i64, what: String },
-    #[error("the database is not empty: pass --force to replace its data")]
-    NotEmpty,
-    #[error("change listener lost: {0}")]
-    ListenerLost(&'static str),
+    #[error("{what} {id} in the database cannot be served: {problem}")]
+    BadRow { what: &'static str, id: i64, problem: String },
+}
+
+impl Error {
+    /// Whether retrying as is may succeed (PostgreSQL away or restarting).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Sqlx(err) => is_transient(err),
+            Error::Migrate(_) | Error::BadRow { .. } => false,
+        }
+    }
 }
 
 /// Opens a pool and checks that the database answers.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, Error> {
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
-        .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .acquire_timeout(settings.connect_timeout)
         .connect(settings.url.expose())
         .await?;
     Ok(pool)
@@ -50,7 +62,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether an error means "PostgreSQL is unreachable or restarting" (worth retrying as is),
+/// Whether an error says "PostgreSQL is unreachable or restarting" (worth retrying as is),
 /// as opposed to a problem with what was sent.
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
@@ -67,6 +79,16 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// Whether PostgreSQL refused what was sent for good: bad data (class 22) or a broken
+/// constraint (class 23). Only such a refusal may set a record aside; anything else is
+/// retried, because it may be the database, not the record.
+pub fn is_refusal(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
         _ => false,
     }
 }

@@ -1,193 +1,24 @@
-//! The reference data set (1M users, 5k coupons, ~3k redemptions), generated
-//! deterministically and loaded with COPY.
+//! Loads the reference data set (see `crate::seed`) into an empty database with COPY.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use chrono::{DateTime, Duration, Utc};
-use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 use sqlx::{PgConnection, PgPool};
 
-use crate::db::Error;
-use crate::domain::coupon::{Coupon, CouponKind, CouponStatus, Discount};
-use crate::domain::money::Cents;
-use crate::domain::rules::discount_for;
+use crate::db::money;
+use crate::domain::coupon::Coupon;
+use crate::seed::{SeedParams, SeedReport, SeedUsage, generate};
 
-/// What to generate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeedParams {
-    pub users: u32,
-    pub coupons: u32,
-    pub usage: u32,
-    pub rng_seed: u64,
-    /// Dates are laid out around this instant; the CLI passes today's midnight UTC so the
-    /// data set is the same all day for a given seed.
-    pub now: DateTime<Utc>,
-}
-
-/// A generated redemption row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeedUsage {
-    pub coupon_id: i64,
-    pub user_id: String,
-    pub order_id: String,
-    pub order_value: Cents,
-    pub discount: Cents,
-    pub used_at: DateTime<Utc>,
-}
-
-/// Counts of what was written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeedReport {
-    pub users: u64,
-    pub coupons: u64,
-    pub usage: u64,
-}
-
-/// The id of the `n`th user.
-pub fn user_id(n: u32) -> String {
-    format!("user_{n:07}")
-}
-
-/// Generates the coupons and redemptions for `params`; the same params give the same rows.
-pub fn generate(params: &SeedParams) -> (Vec<Coupon>, Vec<SeedUsage>) {
-    let mut rng = ChaCha8Rng::seed_from_u64(params.rng_seed);
-    let coupons = generate_coupons(params, &mut rng);
-    let usage = generate_usage(params, &coupons, &mut rng);
-    (coupons, usage)
-}
-
-fn generate_coupons(params: &SeedParams, rng: &mut ChaCha8Rng) -> Vec<Coupon> {
-    let n = params.coupons as usize;
-    // Exact shares: 60% active, 25% expired, the rest (15%) inactive, in shuffled order.
-    let n_active = n * 60 / 100;
-    let n_expired = n * 25 / 100;
-    let mut statuses: Vec<CouponStatus> = std::iter::repeat_n(CouponStatus::Active, n_active)
-        .chain(std::iter::repeat_n(CouponStatus::Expired, n_expired))
-        .chain(std::iter::repeat_n(CouponStatus::Inactive, n - n_active - n_expired))
-        .collect();
-    statuses.shuffle(rng);
-    let now = params.now;
-    let days = |d: i64| Duration::days(d);
-    let dollars = |d: u64| Cents::new(d * 100).expect("seed amounts are small");
-
-    statuses
-        .into_iter()
-        .enumerate()
-        .map(|(idx, status)| {
-            let id = idx as i64 + 1;
-            let kind = if idx % 2 == 0 { CouponKind::UserSpecific } else { CouponKind::TimeSpecific };
-            let discount = if rng.random_bool(0.6) {
-                let percent = [5u32, 10, 15, 20, 25, 30, 50][rng.random_range(0..7)];
-                let hundredths = if rng.random_bool(0.1) { percent * 100 + 50 } else { percent * 100 };
-                let cap = rng.random_bool(0.5).then(|| dollars([10, 20, 50, 100][rng.random_range(0..4)]));
-                Discount::Percentage { hundredths, cap }
-            } else {
-                Discount::Fixed(dollars([5, 10, 20, 25, 50, 100][rng.random_range(0..6)]))
-            };
-            let min_order_value =
-                if rng.random_bool(0.5) { Cents::ZERO } else { dollars([20, 50, 100, 200][rng.random_range(0..4)]) };
-            let usage_limit = rng.random_bool(0.5).then(|| [10u32, 50, 100, 500, 1000][rng.random_range(0..5)]);
-            let (user_id, per_user_limit) = match kind {
-                CouponKind::UserSpecific => {
-                    let owner = user_id(rng.random_range(0..params.users.max(1)));
-                    (Some(owner), Some(rng.random_range(1..=3)))
-                }
-                CouponKind::TimeSpecific => {
-                    (None, rng.random_bool(0.6).then(|| [1u32, 2, 3, 5][rng.random_range(0..4)]))
-                }
-            };
-            let (valid_from, valid_until) = match (status, kind) {
-                (CouponStatus::Expired, _) => {
-                    let until = now - days(rng.random_range(1..=90));
-                    (Some(until - days(30)), Some(until))
-                }
-                (_, CouponKind::TimeSpecific) => {
-                    // A few active time-specific coupons have not started yet.
-                    let from = if rng.random_bool(0.05) {
-                        now + days(rng.random_range(1..=30))
-                    } else {
-                        now - days(rng.random_range(1..=60))
-                    };
-                    (Some(from), Some(from + days(rng.random_range(60..=240))))
-                }
-                (_, CouponKind::UserSpecific) => {
-                    (None, rng.random_bool(0.5).then(|| now + days(rng.random_range(7..=365))))
-                }
-            };
-            let prefix = match kind {
-                CouponKind::UserSpecific => "USER",
-                CouponKind::TimeSpecific => "TIME",
-            };
-            let suffix: String =
-                (0..4).map(|_| char::from(b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789"[rng.random_range(0..32)])).collect();
-            Coupon {
-                id,
-                code: format!("{prefix}-{id:05}-{suffix}").into(),
-                kind,
-                status,
-                discount,
-                min_order_value,
-                usage_limit,
-                per_user_limit,
-                user_id: user_id.map(Into::into),
-                valid_from,
-                valid_until,
-                version: 1,
-            }
-        })
-        .collect()
-}
-
-fn generate_usage(params: &SeedParams, coupons: &[Coupon], rng: &mut ChaCha8Rng) -> Vec<SeedUsage> {
-    let usable: Vec<&Coupon> = coupons
-        .iter()
-        .filter(|c| {
-            c.status == CouponStatus::Active
-                && c.valid_from.is_none_or(|from| from <= params.now)
-                && c.usage_limit != Some(0)
-        })
-        .collect();
-    let mut rows = Vec::with_capacity(params.usage as usize);
-    if usable.is_empty() || params.users == 0 {
-        return rows;
-    }
-    let mut total: HashMap<i64, u32> = HashMap::new();
-    let mut by_user: HashMap<(i64, String), u32> = HashMap::new();
-    // Bounded attempts: limits can make the requested count unreachable on tiny data sets.
-    for _ in 0..params.usage.saturating_mul(20) {
-        if rows.len() == params.usage as usize {
-            break;
-        }
-        let coupon = usable[rng.random_range(0..usable.len())];
-        let user = coupon.user_id.as_deref().map_or_else(|| user_id(rng.random_range(0..params.users)), str::to_owned);
-        let used = total.get(&coupon.id).copied().unwrap_or(0);
-        let used_by_user = by_user.get(&(coupon.id, user.clone())).copied().unwrap_or(0);
-        if coupon.usage_limit.is_some_and(|limit| used >= limit)
-            || coupon.per_user_limit.is_some_and(|limit| used_by_user >= limit)
-        {
-            continue;
-        }
-        let order_value = coupon.min_order_value.get() + rng.random_range(0..50_000u64);
-        let order_value = Cents::new(order_value).expect("seed amounts are small");
-        total.insert(coupon.id, used + 1);
-        by_user.insert((coupon.id, user.clone()), used_by_user + 1);
-        rows.push(SeedUsage {
-            coupon_id: coupon.id,
-            user_id: user,
-            order_id: format!("seed-order-{:07}", rows.len() + 1),
-            order_value,
-            discount: discount_for(&coupon.discount, order_value),
-            used_at: params.now - Duration::minutes(rng.random_range(1..=30 * 24 * 60)),
-        });
-    }
-    rows
+/// Why seeding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    #[error("the database is not empty: pass --force to replace its data")]
+    NotEmpty,
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
 }
 
 /// Fills the database; refuses a non-empty one unless `force`, which replaces its data.
-pub async fn seed(pool: &PgPool, params: &SeedParams, force: bool) -> Result<SeedReport, Error> {
+pub async fn seed(pool: &PgPool, params: &SeedParams, force: bool) -> Result<SeedReport, SeedError> {
     let (coupons, usage) = generate(params);
     let mut tx = pool.begin().await?;
     let has_data: bool = sqlx::query_scalar(
@@ -198,9 +29,9 @@ pub async fn seed(pool: &PgPool, params: &SeedParams, force: bool) -> Result<See
     .await?;
     if has_data {
         if !force {
-            return Err(Error::NotEmpty);
+            return Err(SeedError::NotEmpty);
         }
-        sqlx::query("TRUNCATE users, coupons, coupon_usage, validation_logs RESTART IDENTITY")
+        sqlx::query("TRUNCATE users, coupons, coupon_usage, validation_logs, campaigns, code_batches, batch_codes, code_assignments RESTART IDENTITY")
             .execute(&mut *tx)
             .await?;
     }
@@ -230,7 +61,7 @@ async fn copy_rows<T>(
     statement: &'static str,
     rows: impl IntoIterator<Item = T>,
     write: fn(&mut String, T),
-) -> Result<u64, Error> {
+) -> Result<u64, sqlx::Error> {
     let mut copy = conn.copy_in_raw(statement).await?;
     let mut buf = String::with_capacity(CHUNK + 1024);
     for row in rows {
@@ -243,7 +74,7 @@ async fn copy_rows<T>(
     if !buf.is_empty() {
         copy.send(buf.as_bytes()).await?;
     }
-    Ok(copy.finish().await?)
+    copy.finish().await
 }
 
 /// COPY text format: tab-separated, `\N` for NULL. Generated values never contain tabs,
@@ -263,15 +94,19 @@ fn write_user(buf: &mut String, idx: u32) {
 }
 
 fn write_coupon(buf: &mut String, c: &Coupon) {
-    let (discount_type, value, cap) = match c.discount {
-        Discount::Percentage { hundredths, cap } => {
-            ("percentage", Cents::new(u64::from(hundredths)).expect("at most 10000"), cap)
-        }
-        Discount::Fixed(amount) => ("fixed", amount, None),
-    };
-    let _ = write!(buf, "{}\t{}\t{}\t{}\t{discount_type}\t{value}\t", c.id, c.code, c.kind.as_str(), c.status.as_str());
-    field(buf, cap);
-    let _ = write!(buf, "\t{}\t", c.min_order_value);
+    let (discount_type, value, cap) = c.discount.parts();
+    let _ = write!(
+        buf,
+        "{}\t{}\t{}\t{}\t{}\t{}\t",
+        c.id,
+        c.code,
+        c.kind.as_str(),
+        c.status.as_str(),
+        discount_type.as_str(),
+        money::numeric(value)
+    );
+    field(buf, cap.map(money::numeric_cents));
+    let _ = write!(buf, "\t{}\t", money::numeric_cents(c.min_order_value));
     field(buf, c.usage_limit);
     buf.push('\t');
     field(buf, c.per_user_limit);
@@ -291,84 +126,8 @@ fn write_usage(buf: &mut String, u: &SeedUsage) {
         u.coupon_id,
         u.user_id,
         u.order_id,
-        u.order_value,
-        u.discount,
+        money::numeric_cents(u.order_value),
+        money::numeric_cents(u.discount),
         u.used_at.to_rfc3339()
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::TimeZone;
-
-    use super::*;
-
-    fn params(rng_seed: u64) -> SeedParams {
-        SeedParams {
-            users: 10_000,
-            coupons: 1_000,
-            usage: 600,
-            rng_seed,
-            now: Utc.with_ymd_and_hms(2026, 11, 21, 0, 0, 0).unwrap(),
-        }
-    }
-
-    #[test]
-    fn same_seed_same_rows_other_seed_other_rows() {
-        assert_eq!(generate(&params(7)), generate(&params(7)));
-        assert_ne!(generate(&params(7)).0, generate(&params(8)).0);
-    }
-
-    #[test]
-    fn shares_and_windows_follow_the_reference_set() {
-        let p = params(1);
-        let (coupons, _) = generate(&p);
-        let count = |f: &dyn Fn(&Coupon) -> bool| coupons.iter().filter(|c| f(c)).count();
-        assert_eq!(count(&|c| c.kind == CouponKind::UserSpecific), 500);
-        assert_eq!(count(&|c| c.status == CouponStatus::Active), 600);
-        assert_eq!(count(&|c| c.status == CouponStatus::Expired), 250);
-        assert_eq!(count(&|c| c.status == CouponStatus::Inactive), 150);
-        for c in &coupons {
-            if c.status == CouponStatus::Expired {
-                assert!(c.valid_until.is_some_and(|until| until < p.now), "{c:?}");
-            }
-            if c.kind == CouponKind::UserSpecific {
-                assert!(c.user_id.is_some(), "{c:?}");
-            }
-            assert!(crate::domain::coupon::is_valid_code(&c.code));
-        }
-        let mut codes: Vec<_> = coupons.iter().map(|c| &c.code).collect();
-        codes.sort();
-        codes.dedup();
-        assert_eq!(codes.len(), coupons.len(), "codes are unique");
-        assert!(count(&|c| matches!(c.discount, Discount::Fixed(_))) > 200);
-        assert!(count(&|c| matches!(c.discount, Discount::Percentage { cap: Some(_), .. })) > 100);
-    }
-
-    #[test]
-    fn usage_is_on_active_coupons_and_respects_limits() {
-        let p = params(3);
-        let (coupons, usage) = generate(&p);
-        assert_eq!(usage.len(), 600);
-        let by_id: HashMap<i64, &Coupon> = coupons.iter().map(|c| (c.id, c)).collect();
-        let mut totals: HashMap<i64, u32> = HashMap::new();
-        let mut per_user: HashMap<(i64, &str), u32> = HashMap::new();
-        for u in &usage {
-            let coupon = by_id[&u.coupon_id];
-            assert_eq!(coupon.status, CouponStatus::Active);
-            assert!(u.order_value >= coupon.min_order_value);
-            assert_eq!(u.discount, discount_for(&coupon.discount, u.order_value));
-            if let Some(owner) = &coupon.user_id {
-                assert_eq!(u.user_id.as_str(), &**owner);
-            }
-            *totals.entry(u.coupon_id).or_default() += 1;
-            *per_user.entry((u.coupon_id, &u.user_id)).or_default() += 1;
-        }
-        for (id, n) in totals {
-            assert!(by_id[&id].usage_limit.is_none_or(|limit| n <= limit));
-        }
-        for ((id, _), n) in per_user {
-            assert!(by_id[&id].per_user_limit.is_none_or(|limit| n <= limit));
-        }
-    }
 }

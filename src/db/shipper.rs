@@ -1,79 +1,101 @@
-//! Ships the journal to PostgreSQL: redemptions, releases and spilled validation log rows,
-//! in batches, retried with backoff while PostgreSQL is away.
+//! Ships the journal to PostgreSQL: redemptions, holds, confirmations, releases and spilled
+//! validation log rows, in batches.
 //!
-//! Invariant: shipping a record twice changes nothing the second time. Redemptions are
-//! inserted `ON CONFLICT DO NOTHING` (their id is made by the service), a release only sets
-//! `released_at` where it is still NULL, and spilled log rows carry their journal position
-//! under a unique index. So the checkpoint may lag what PostgreSQL has (a crash between
-//! COMMIT and checkpoint) without anything being counted twice.
+//! Invariants:
+//! - Shipping an event twice, or an older event after a newer one, changes nothing: every
+//!   event carries its redemption's revision and a row only takes a newer one; spilled log
+//!   rows carry their journal position under a unique index.
+//! - Nothing is lost and nothing wedges. An error that may be PostgreSQL's (unreachable,
+//!   restarting, anything unknown) is retried with backoff, never skipped. Only a record
+//!   PostgreSQL refuses for good (bad data or a broken constraint, alone in its batch) is set
+//!   aside in `rejected.jsonl`, counted and shown, for an operator to retry.
 
-use std::io::Write as _;
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use rust_decimal::Decimal;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::db::is_transient;
-use crate::db::validation_log::ValidationLogRow;
-use crate::domain::money::Cents;
-use crate::journal::record::{Record, Redeemed, Released};
+use crate::backoff::Backoff;
+use crate::config::JournalSettings;
+use crate::db::health::DatabaseHealth;
+use crate::db::{is_refusal, money, validation_log};
+use crate::domain::event::{Confirmed, Event, Redeemed, Released, Validated};
+use crate::journal::rejected::Rejected;
 use crate::journal::{Entry, JournalError, JournalReader, Position};
 use crate::metrics::Metrics;
 
 /// Journal bytes read per batch.
 const BATCH_BYTES: usize = 4 << 20;
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// A failure that stops shipping.
-#[derive(Debug, thiserror::Error)]
-pub enum ShipError {
-    #[error(transparent)]
-    Journal(#[from] JournalError),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-}
 
 /// Follows the journal and writes it to PostgreSQL.
 #[derive(Debug)]
 pub struct Shipper {
     pool: PgPool,
     reader: JournalReader,
-    metrics: std::sync::Arc<Metrics>,
+    rejected: Arc<Rejected>,
+    metrics: Arc<Metrics>,
+    health: Arc<DatabaseHealth>,
+    settings: JournalSettings,
     position: Position,
 }
 
+/// What one shipment wrote.
+#[derive(Debug, Default)]
+struct Written {
+    uses: u64,
+    logs: u64,
+}
+
 impl Shipper {
-    pub fn new(pool: PgPool, reader: JournalReader, metrics: std::sync::Arc<Metrics>) -> Shipper {
+    pub fn new(
+        pool: PgPool,
+        reader: JournalReader,
+        rejected: Arc<Rejected>,
+        metrics: Arc<Metrics>,
+        health: Arc<DatabaseHealth>,
+        settings: JournalSettings,
+    ) -> Shipper {
         let position = reader.checkpoint();
-        Shipper { pool, reader, metrics, position }
+        Shipper { pool, reader, rejected, metrics, health, settings, position }
     }
 
-    /// Ships everything durable now, failing on the first database error. Used at start-up,
-    /// before the counters are loaded from PostgreSQL.
-    pub async fn ship_all(&mut self) -> Result<usize, ShipError> {
+    /// Ships everything durable now, retrying while PostgreSQL is away, until done or
+    /// `stop`. Used at start-up, before the ledger is loaded from PostgreSQL: loading first
+    /// would miss acknowledged uses. Returns how many records were handled.
+    pub async fn ship_all(&mut self, stop: &CancellationToken) -> Result<usize, JournalError> {
         let mut shipped = 0;
-        loop {
+        let mut backoff = Backoff::new(self.settings.ship_retry_min, self.settings.ship_retry_max);
+        while !stop.is_cancelled() {
             let (entries, next) = self.reader.read(self.position, BATCH_BYTES)?;
             if entries.is_empty() && next == self.position {
-                return Ok(shipped);
+                break;
             }
-            self.ship(&entries).await?;
-            shipped += entries.len();
-            self.advance(next, entries.len())?;
+            match self.deliver(&entries).await {
+                Ok(()) => {
+                    shipped += entries.len();
+                    self.advance(next, entries.len())?;
+                    backoff.reset();
+                }
+                Err(err) => self.wait_after(&err, entries.len(), &mut backoff, stop).await,
+            }
         }
+        Ok(shipped)
     }
 
-    /// Ships as records arrive until `stop`, then ships what is left for up to `grace`.
-    /// Whatever is still unshipped stays in the journal for the next start.
-    pub async fn run(mut self, stop: CancellationToken, grace: Duration) {
-        let mut delay = RETRY_MIN;
+    /// Ships as records arrive until `stop`, then ships what is left for up to the shutdown
+    /// timeout. Whatever is still unshipped stays in the journal for the next start.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(self.settings.ship_retry_min, self.settings.ship_retry_max);
         let mut deadline: Option<Instant> = None;
+        let give_up = CancellationToken::new();
         loop {
             if stop.is_cancelled() && deadline.is_none() {
-                deadline = Some(Instant::now() + grace);
+                deadline = Some(Instant::now() + self.settings.ship_shutdown_timeout);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return;
@@ -97,32 +119,30 @@ impl Shipper {
                 continue;
             }
             let started = Instant::now();
-            match self.ship(&entries).await {
+            match self.deliver(&entries).await {
                 Ok(()) => {
                     self.metrics.coupon_usage.flush_seconds.record(started.elapsed().as_secs_f64());
                     if let Err(err) = self.advance(next, entries.len()) {
                         tracing::error!(error = %err, "cannot write the journal checkpoint; shipping stopped");
                         return;
                     }
-                    delay = RETRY_MIN;
-                }
-                Err(ShipError::Database(err)) if is_transient(&err) => {
-                    tracing::warn!(error = %err, records = entries.len(), retry_in_ms = delay.as_millis() as u64, "journal shipping failed; retrying");
-                    tokio::select! {
-                        () = stop.cancelled() => {}
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(RETRY_MAX);
+                    backoff.reset();
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, records = entries.len(), "journal batch refused; shipping records one by one");
-                    self.ship_one_by_one(&entries).await;
-                    if let Err(err) = self.advance(next, entries.len()) {
-                        tracing::error!(error = %err, "cannot write the journal checkpoint; shipping stopped");
-                        return;
-                    }
+                    let during_shutdown = if deadline.is_some() { &give_up } else { &stop };
+                    self.wait_after(&err, entries.len(), &mut backoff, during_shutdown).await;
                 }
             }
+        }
+    }
+
+    async fn wait_after(&self, err: &sqlx::Error, records: usize, backoff: &mut Backoff, stop: &CancellationToken) {
+        self.health.report_failure("journal shipper", err);
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %err, records, retry_in_ms = delay.as_millis() as u64, "journal shipping failed; retrying");
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
         }
     }
 
@@ -132,159 +152,199 @@ impl Shipper {
         Ok(())
     }
 
-    /// A record PostgreSQL refuses for a reason other than being away (a coupon deleted
-    /// before its redemption shipped, say) must not block the rest: it goes to
-    /// `rejected.jsonl` beside the journal, loudly, instead of being lost.
-    async fn ship_one_by_one(&self, entries: &[Entry]) {
+    /// Writes `entries`, setting aside each one PostgreSQL refuses for good; `Err` (retry
+    /// later) for anything else.
+    async fn deliver(&self, entries: &[Entry]) -> Result<(), sqlx::Error> {
+        let mut events = Vec::with_capacity(entries.len());
+        let mut undecodable = Vec::new();
         for entry in entries {
-            if let Err(err) = self.ship(std::slice::from_ref(entry)).await {
-                tracing::error!(error = %err, position = ?entry.position, "journal record refused by PostgreSQL; kept in rejected.jsonl");
-                self.metrics.coupon_usage.dropped.increment(1);
-                let line = serde_json::to_string(&entry.record).unwrap_or_default();
-                let path = self.reader.dir().join("rejected.jsonl");
-                let written = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|mut file| writeln!(file, "{line}").and_then(|()| file.sync_data()));
-                if let Err(io) = written {
-                    tracing::error!(error = %io, record = %line, "cannot keep a refused journal record");
-                }
+            match Event::decode(&entry.payload) {
+                Ok(event) => events.push((entry.position, &entry.payload[..], event)),
+                Err(err) => undecodable.push((entry, err)),
             }
+        }
+        self.deliver_events(&events).await?;
+        // Only once the batch is through, so that a retry never sets a record aside twice.
+        for (entry, err) in undecodable {
+            self.set_aside(entry.position, &entry.payload, &format!("undecodable: {err}"));
+        }
+        Ok(())
+    }
+
+    /// Splits a refused batch in halves until the refused records are alone.
+    fn deliver_events<'a>(
+        &'a self,
+        events: &'a [(Position, &'a [u8], Event)],
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), sqlx::Error>> + Send + 'a>> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return Ok(());
+            }
+            match self.write(events).await {
+                Ok(written) => {
+                    self.metrics.coupon_usage.written.increment(written.uses);
+                    self.metrics.validation_logs.written.increment(written.logs);
+                    Ok(())
+                }
+                Err(err) if is_refusal(&err) && events.len() == 1 => {
+                    let (position, payload, _) = &events[0];
+                    self.set_aside(*position, payload, &err.to_string());
+                    Ok(())
+                }
+                Err(err) if is_refusal(&err) => {
+                    let (first, second) = events.split_at(events.len() / 2);
+                    self.deliver_events(first).await?;
+                    self.deliver_events(second).await
+                }
+                Err(err) => Err(err),
+            }
+        })
+    }
+
+    fn set_aside(&self, position: Position, payload: &[u8], reason: &str) {
+        tracing::error!(?position, reason, "journal record refused by PostgreSQL; set aside in rejected.jsonl");
+        self.metrics.journal_rejected.increment(1);
+        if let Err(err) = self.rejected.add(position, payload, reason) {
+            // Not kept: say so loudly, with the record, rather than stop every later one.
+            tracing::error!(error = %err, record = %String::from_utf8_lossy(payload), "cannot keep a refused journal record");
         }
     }
 
-    /// Writes a batch in one transaction: redemptions, then releases (a release always
-    /// follows its redemption in the journal), then spilled log rows.
-    async fn ship(&self, entries: &[Entry]) -> Result<(), ShipError> {
-        let mut redeemed = Vec::new();
-        let mut released = Vec::new();
-        let mut logs = Vec::new();
-        for entry in entries {
-            match &entry.record {
-                Record::Redeem(r) => redeemed.push(r),
-                Record::Release(r) => released.push(r),
-                Record::ValidationLog(row) => logs.push((entry.position, row)),
-            }
-        }
+    /// Writes the events in one transaction. An id appears at most once per wave, so that
+    /// one statement never meets the same row twice; waves run in journal order.
+    async fn write(&self, events: &[(Position, &[u8], Event)]) -> Result<Written, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let inserted = insert_redemptions(&mut tx, &redeemed).await?;
-        let updated = apply_releases(&mut tx, &released).await?;
-        let logged = insert_spilled_logs(&mut tx, &logs).await?;
-        tx.commit().await?;
-        self.metrics.coupon_usage.written.increment(inserted + updated);
-        self.metrics.validation_logs.written.increment(logged);
-        if inserted < redeemed.len() as u64 || updated < released.len() as u64 {
-            tracing::debug!(
-                redemptions = redeemed.len(),
-                inserted,
-                releases = released.len(),
-                updated,
-                "replayed journal records were already in PostgreSQL"
-            );
+        let mut written = Written::default();
+        let mut wave = Wave::default();
+        for (position, _, event) in events {
+            if event_id(event).is_some_and(|id| wave.ids.contains(&id)) {
+                wave.write(&mut tx, &mut written).await?;
+                wave = Wave::default();
+            }
+            wave.push(*position, event);
         }
+        wave.write(&mut tx, &mut written).await?;
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+fn event_id(event: &Event) -> Option<Uuid> {
+    match event {
+        Event::Redeemed(e) => Some(e.id),
+        Event::Confirmed(e) => Some(e.id),
+        Event::Released(e) => Some(e.id),
+        Event::Validated(_) => None,
+    }
+}
+
+/// Events that can be written together: at most one per redemption id.
+#[derive(Default)]
+struct Wave<'a> {
+    ids: HashSet<Uuid>,
+    redeemed: Vec<&'a Redeemed>,
+    confirmed: Vec<&'a Confirmed>,
+    released: Vec<&'a Released>,
+    logs: Vec<(Position, &'a Validated)>,
+}
+
+impl<'a> Wave<'a> {
+    fn push(&mut self, position: Position, event: &'a Event) {
+        if let Some(id) = event_id(event) {
+            self.ids.insert(id);
+        }
+        match event {
+            Event::Redeemed(e) => self.redeemed.push(e),
+            Event::Confirmed(e) => self.confirmed.push(e),
+            Event::Released(e) => self.released.push(e),
+            Event::Validated(e) => self.logs.push((position, e)),
+        }
+    }
+
+    async fn write(&self, conn: &mut PgConnection, written: &mut Written) -> Result<(), sqlx::Error> {
+        written.uses += insert_redemptions(conn, &self.redeemed).await?;
+        written.uses += confirm_holds(conn, &self.confirmed).await?;
+        written.uses += apply_releases(conn, &self.released).await?;
+        written.logs += validation_log::insert_spilled(conn, &self.logs).await?;
         Ok(())
     }
 }
 
-fn cents(amount: Cents) -> i64 {
-    i64::try_from(amount.get()).unwrap_or(i64::MAX)
+fn rev(rev: u32) -> i32 {
+    i32::try_from(rev).unwrap_or(i32::MAX)
 }
 
-async fn insert_redemptions(tx: &mut Transaction<'_, Postgres>, rows: &[&Redeemed]) -> Result<u64, sqlx::Error> {
+async fn insert_redemptions(conn: &mut PgConnection, rows: &[&Redeemed]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let revs: Vec<i32> = rows.iter().map(|r| rev(r.rev)).collect();
     let coupons: Vec<i64> = rows.iter().map(|r| r.coupon_id).collect();
+    let codes: Vec<Option<&str>> = rows.iter().map(|r| r.code.as_deref()).collect();
     let users: Vec<&str> = rows.iter().map(|r| r.user_id.as_str()).collect();
     let orders: Vec<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
-    let values: Vec<i64> = rows.iter().map(|r| cents(r.order_value)).collect();
-    let discounts: Vec<i64> = rows.iter().map(|r| cents(r.discount)).collect();
-    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.used_at).collect();
+    let values: Vec<Decimal> = rows.iter().map(|r| money::numeric_cents(r.order_value)).collect();
+    let discounts: Vec<Decimal> = rows.iter().map(|r| money::numeric_cents(r.discount)).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
+    let holds: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.hold_until).collect();
     let result = sqlx::query(
-        "INSERT INTO coupon_usage (id, coupon_id, user_id, order_id, order_value, discount_applied, used_at) \
-         SELECT id, cid, uid, oid, round(ov::numeric / 100, 2), round(disc::numeric / 100, 2), at \
-         FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::timestamptz[]) \
-         AS t(id, cid, uid, oid, ov, disc, at) \
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO coupon_usage (id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
+         used_at, hold_expires_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::text[], $5::text[], $6::text[], \
+         $7::numeric[], $8::numeric[], $9::timestamptz[], $10::timestamptz[]) \
+         ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, code = EXCLUDED.code, user_id = EXCLUDED.user_id, \
+         order_value = EXCLUDED.order_value, discount_applied = EXCLUDED.discount_applied, used_at = EXCLUDED.used_at, \
+         hold_expires_at = EXCLUDED.hold_expires_at, released_at = NULL \
+         WHERE coupon_usage.rev < EXCLUDED.rev",
     )
     .bind(ids)
+    .bind(revs)
     .bind(coupons)
+    .bind(codes)
     .bind(users)
     .bind(orders)
     .bind(values)
     .bind(discounts)
     .bind(times)
-    .execute(&mut **tx)
+    .bind(holds)
+    .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected())
 }
 
-async fn apply_releases(tx: &mut Transaction<'_, Postgres>, rows: &[&Released]) -> Result<u64, sqlx::Error> {
+async fn confirm_holds(conn: &mut PgConnection, rows: &[&Confirmed]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.released_at).collect();
+    let revs: Vec<i32> = rows.iter().map(|r| rev(r.rev)).collect();
     let result = sqlx::query(
-        "UPDATE coupon_usage u SET released_at = r.at \
-         FROM UNNEST($1::uuid[], $2::timestamptz[]) AS r(id, at) \
-         WHERE u.id = r.id AND u.released_at IS NULL",
+        "UPDATE coupon_usage u SET hold_expires_at = NULL, rev = r.rev \
+         FROM UNNEST($1::uuid[], $2::int4[]) AS r(id, rev) WHERE u.id = r.id AND u.rev < r.rev",
     )
     .bind(ids)
-    .bind(times)
-    .execute(&mut **tx)
+    .bind(revs)
+    .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected())
 }
 
-async fn insert_spilled_logs(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[(Position, &ValidationLogRow)],
-) -> Result<u64, sqlx::Error> {
+async fn apply_releases(conn: &mut PgConnection, rows: &[&Released]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let positions: Vec<i64> = rows.iter().map(|(p, _)| p.as_i64()).collect();
-    let codes: Vec<&str> = rows.iter().map(|(_, r)| r.coupon_code.as_str()).collect();
-    let coupon_ids: Vec<Option<i64>> = rows.iter().map(|(_, r)| r.coupon_id).collect();
-    let users: Vec<&str> = rows.iter().map(|(_, r)| r.user_id.as_str()).collect();
-    let orders: Vec<Option<&str>> = rows.iter().map(|(_, r)| r.order_id.as_deref()).collect();
-    let values: Vec<i64> = rows.iter().map(|(_, r)| cents(r.order_value)).collect();
-    let valid: Vec<bool> = rows.iter().map(|(_, r)| r.is_valid).collect();
-    let reasons: Vec<Option<&str>> = rows.iter().map(|(_, r)| r.reason.map(|x| x.as_str())).collect();
-    let discounts: Vec<i64> = rows.iter().map(|(_, r)| cents(r.discount)).collect();
-    let finals: Vec<i64> = rows.iter().map(|(_, r)| cents(r.final_amount)).collect();
-    let ips: Vec<Option<String>> = rows.iter().map(|(_, r)| r.ip_address.map(|ip| ip.to_string())).collect();
-    let agents: Vec<Option<&str>> = rows.iter().map(|(_, r)| r.user_agent.as_deref()).collect();
-    let micros: Vec<i64> = rows.iter().map(|(_, r)| i64::try_from(r.response_time_us).unwrap_or(i64::MAX)).collect();
-    let times: Vec<DateTime<Utc>> = rows.iter().map(|(_, r)| r.validated_at).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let revs: Vec<i32> = rows.iter().map(|r| rev(r.rev)).collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
     let result = sqlx::query(
-        "INSERT INTO validation_logs (journal_pos, coupon_code, coupon_id, user_id, order_id, order_value, is_valid, \
-         validation_reason, discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at) \
-         SELECT pos, code, cid, uid, oid, round(ov::numeric / 100, 2), ok, reason, round(disc::numeric / 100, 2), \
-         round(fin::numeric / 100, 2), ip::inet, ua, round(us::numeric / 1000, 3), at \
-         FROM UNNEST($1::int8[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[], $7::bool[], $8::text[], \
-         $9::int8[], $10::int8[], $11::text[], $12::text[], $13::int8[], $14::timestamptz[]) \
-         AS t(pos, code, cid, uid, oid, ov, ok, reason, disc, fin, ip, ua, us, at) \
-         ON CONFLICT (journal_pos) WHERE journal_pos IS NOT NULL DO NOTHING",
+        "UPDATE coupon_usage u SET released_at = r.at, rev = r.rev \
+         FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[]) AS r(id, rev, at) WHERE u.id = r.id AND u.rev < r.rev",
     )
-    .bind(positions)
-    .bind(codes)
-    .bind(coupon_ids)
-    .bind(users)
-    .bind(orders)
-    .bind(values)
-    .bind(valid)
-    .bind(reasons)
-    .bind(discounts)
-    .bind(finals)
-    .bind(ips)
-    .bind(agents)
-    .bind(micros)
+    .bind(ids)
+    .bind(revs)
     .bind(times)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
     Ok(result.rows_affected())
 }

@@ -3,49 +3,35 @@
 //! Invariant: a request only ever calls [`ValidationLog::record`], which never waits. While
 //! PostgreSQL is away the writer holds its batch and retries with backoff; the queue fills
 //! meanwhile and rows past its capacity spill into the journal (`db::shipper` writes them
-//! later); a row is dropped, and counted, only if the journal refuses it too.
+//! later). A row is dropped, and counted, only if the journal refuses it too, or if
+//! PostgreSQL refuses that single row for good (input checks make that impossible).
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::ValidationLogSettings;
-use crate::db::is_transient;
-use crate::domain::money::Cents;
+use crate::db::health::DatabaseHealth;
+use crate::db::{is_refusal, money};
+use crate::domain::event::{Event, Validated};
 use crate::domain::rules::Reason;
-use crate::journal::Journal;
-use crate::journal::record::Record;
+use crate::engine::ports::ValidationSink;
+use crate::journal::{Journal, Position};
 use crate::metrics::WriteBehindMetrics;
 
-/// One `validation_logs` row.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ValidationLogRow {
-    pub coupon_code: String,
-    pub coupon_id: Option<i64>,
-    pub user_id: String,
-    pub order_id: Option<String>,
-    pub order_value: Cents,
-    pub is_valid: bool,
-    pub reason: Option<Reason>,
-    pub discount: Cents,
-    pub final_amount: Cents,
-    pub ip_address: Option<IpAddr>,
-    pub user_agent: Option<String>,
-    pub response_time_us: u64,
-    pub validated_at: DateTime<Utc>,
-}
+/// The columns every encoder of a row writes, in order.
+const COLUMNS: &str = "coupon_code, coupon_id, user_id, order_id, order_value, is_valid, validation_reason, \
+     discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at";
 
 /// The request side of the queue: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
 pub struct ValidationLog {
-    tx: mpsc::Sender<ValidationLogRow>,
+    tx: mpsc::Sender<Validated>,
     queued: Arc<AtomicUsize>,
     spill: Spill,
 }
@@ -58,9 +44,9 @@ struct Spill {
 }
 
 impl Spill {
-    fn rows(&self, rows: impl IntoIterator<Item = ValidationLogRow>) {
+    fn rows(&self, rows: impl IntoIterator<Item = Validated>) {
         for row in rows {
-            if self.journal.append_nowait(&Record::ValidationLog(row)) {
+            if self.journal.append_nowait(&Event::Validated(row).encode()) {
                 self.metrics.spilled.increment(1);
             } else {
                 self.metrics.dropped.increment(1);
@@ -69,43 +55,40 @@ impl Spill {
     }
 }
 
-impl ValidationLog {
-    /// Starts the writer. It runs until `stop` is cancelled, then writes what is queued
-    /// (trying for at most `shutdown_timeout_ms`) and returns.
-    pub fn spawn(
-        pool: PgPool,
-        settings: &ValidationLogSettings,
-        metrics: WriteBehindMetrics,
-        journal: Journal,
-        stop: CancellationToken,
-    ) -> (ValidationLog, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(settings.queue_capacity);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let spill = Spill { journal, metrics: metrics.clone() };
-        let writer = Writer {
-            pool,
-            rx,
-            queued: queued.clone(),
-            spill: spill.clone(),
-            metrics,
-            batch_size: settings.batch_size,
-            flush_interval: settings.flush_interval(),
-            retry_min: Duration::from_millis(settings.retry_min_ms),
-            retry_max: Duration::from_millis(settings.retry_max_ms),
-            shutdown_timeout: Duration::from_millis(settings.shutdown_timeout_ms),
-        };
-        let handle = tokio::spawn(writer.run(stop));
-        (ValidationLog { tx, queued, spill }, handle)
-    }
-
+impl ValidationSink for ValidationLog {
     /// Queues a row; if the queue is full the row spills to the journal.
-    pub fn record(&self, row: ValidationLogRow) {
+    fn record(&self, row: Validated) {
         // Count before sending so the writer can never decrement below zero.
         self.queued.fetch_add(1, Ordering::Relaxed);
         if let Err(err) = self.tx.try_send(row) {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             self.spill.rows([err.into_inner()]);
         }
+    }
+}
+
+impl ValidationLog {
+    /// The queue, and the writer that drains it (see [`LogWriter::run`]).
+    pub fn new(
+        pool: PgPool,
+        settings: &ValidationLogSettings,
+        metrics: WriteBehindMetrics,
+        journal: Journal,
+        health: Arc<DatabaseHealth>,
+    ) -> (ValidationLog, LogWriter) {
+        let (tx, rx) = mpsc::channel(settings.queue_capacity);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let spill = Spill { journal, metrics: metrics.clone() };
+        let writer = LogWriter {
+            pool,
+            rx,
+            queued: queued.clone(),
+            spill: spill.clone(),
+            metrics,
+            health,
+            settings: settings.clone(),
+        };
+        (ValidationLog { tx, queued, spill }, writer)
     }
 
     /// Rows accepted and not yet written (queued or in the batch being written).
@@ -114,37 +97,44 @@ impl ValidationLog {
     }
 }
 
-struct Writer {
+/// Drains the queue into PostgreSQL.
+pub struct LogWriter {
     pool: PgPool,
-    rx: mpsc::Receiver<ValidationLogRow>,
+    rx: mpsc::Receiver<Validated>,
     queued: Arc<AtomicUsize>,
     spill: Spill,
     metrics: WriteBehindMetrics,
-    batch_size: usize,
-    flush_interval: Duration,
-    retry_min: Duration,
-    retry_max: Duration,
-    shutdown_timeout: Duration,
+    health: Arc<DatabaseHealth>,
+    settings: ValidationLogSettings,
 }
 
-impl Writer {
-    async fn run(mut self, stop: CancellationToken) {
-        let mut batch = Vec::with_capacity(self.batch_size);
+impl std::fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogWriter")
+    }
+}
+
+impl LogWriter {
+    /// Writes batches until `stop` is cancelled, then writes what is queued (trying for at
+    /// most the shutdown timeout, spilling the rest) and returns.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let batch_size = self.settings.batch_size;
+        let mut batch = Vec::with_capacity(batch_size);
         loop {
             let received = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
-                n = self.rx.recv_many(&mut batch, self.batch_size) => n,
+                n = self.rx.recv_many(&mut batch, batch_size) => n,
             };
             if received == 0 {
                 break;
             }
             // Fill the batch until it is full or the interval since its first row has passed.
             // Stop cuts the wait short: the drain below writes the partial batch.
-            let deadline = tokio::time::sleep(self.flush_interval);
+            let deadline = tokio::time::sleep(self.settings.flush_interval);
             tokio::pin!(deadline);
-            while batch.len() < self.batch_size {
-                let room = self.batch_size - batch.len();
+            while batch.len() < batch_size {
+                let room = batch_size - batch.len();
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => break,
@@ -160,23 +150,25 @@ impl Writer {
         self.drain(batch).await;
     }
 
-    /// Writes what is left after `stop`: no new rows are accepted, everything queued is tried.
-    async fn drain(&mut self, mut batch: Vec<ValidationLogRow>) {
+    /// Writes what is left after `stop`: no new rows are accepted, everything queued is tried
+    /// until the shutdown timeout, and what is still unwritten then spills to the journal.
+    async fn drain(&mut self, mut batch: Vec<Validated>) {
         self.rx.close();
         while let Ok(row) = self.rx.try_recv() {
             batch.push(row);
         }
         let give_up = CancellationToken::new();
-        let timer = {
-            let give_up = give_up.clone();
-            let timeout = self.shutdown_timeout;
-            tokio::spawn(async move {
-                tokio::time::sleep(timeout).await;
-                give_up.cancel();
-            })
-        };
-        for mut chunk in batch.chunks(self.batch_size).map(<[_]>::to_vec) {
-            self.write_until_done(&mut chunk, &give_up).await;
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        let mut rest = batch.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut chunk: Vec<Validated> = rest.by_ref().take(self.settings.batch_size).collect();
+            tokio::select! {
+                () = self.write_until_done(&mut chunk, &give_up) => {}
+                () = tokio::time::sleep_until(deadline) => give_up.cancel(),
+            }
+            if give_up.is_cancelled() {
+                chunk.extend(rest.by_ref());
+            }
             if !chunk.is_empty() {
                 self.forget(chunk.len());
                 tracing::warn!(
@@ -186,56 +178,58 @@ impl Writer {
                 self.spill.rows(chunk);
             }
         }
-        timer.abort();
-        let unwritten = self.queued.load(Ordering::Relaxed);
-        if unwritten > 0 {
-            tracing::warn!(rows = unwritten, "validation log queue not empty at exit");
-        }
     }
 
     /// Writes `batch`, retrying with backoff while PostgreSQL is unreachable, until it is
     /// written or `stop` fires. On return, `batch` holds what was not written.
-    async fn write_until_done(&mut self, batch: &mut Vec<ValidationLogRow>, stop: &CancellationToken) {
-        let mut delay = self.retry_min;
+    async fn write_until_done(&mut self, batch: &mut Vec<Validated>, stop: &CancellationToken) {
+        let mut backoff = Backoff::new(self.settings.retry_min, self.settings.retry_max);
         while !batch.is_empty() {
             let started = Instant::now();
-            match insert(&self.pool, batch).await {
-                Ok(()) => {
+            let written = async {
+                let mut conn = self.pool.acquire().await?;
+                copy_rows(&mut conn, Table::Log, batch.iter().map(|row| (None, row))).await
+            };
+            match written.await {
+                Ok(_) => {
                     self.metrics.flush_seconds.record(started.elapsed().as_secs_f64());
                     self.metrics.written.increment(batch.len() as u64);
                     self.forget(batch.len());
                     batch.clear();
                     return;
                 }
-                Err(err) if is_transient(&err) => {
-                    tracing::warn!(error = %err, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "validation log write failed; retrying");
-                }
-                Err(err) => {
+                Err(err) if is_refusal(&err) => {
                     tracing::error!(error = %err, rows = batch.len(), "validation log batch refused; writing rows one by one");
                     self.write_one_by_one(std::mem::take(batch)).await;
                     return;
                 }
+                Err(err) => {
+                    self.health.report_failure("validation log writer", &err);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, rows = batch.len(), retry_in_ms = delay.as_millis() as u64, "validation log write failed; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(self.retry_max);
         }
     }
 
-    /// Isolates rows PostgreSQL refuses (which input checks should make impossible) so one
-    /// bad row cannot hold the queue hostage.
-    async fn write_one_by_one(&mut self, rows: Vec<ValidationLogRow>) {
+    /// Isolates the rows PostgreSQL refuses, so one bad row cannot hold the queue hostage.
+    async fn write_one_by_one(&mut self, rows: Vec<Validated>) {
         for row in rows {
-            let single = std::slice::from_ref(&row);
-            match insert(&self.pool, single).await {
-                Ok(()) => self.metrics.written.increment(1),
-                Err(err) if is_transient(&err) => self.spill.rows([row]),
-                Err(err) => {
+            let written = async {
+                let mut conn = self.pool.acquire().await?;
+                copy_rows(&mut conn, Table::Log, [(None, &row)]).await
+            };
+            match written.await {
+                Ok(_) => self.metrics.written.increment(1),
+                Err(err) if is_refusal(&err) => {
                     tracing::error!(error = %err, "validation log row refused; dropped");
                     self.metrics.dropped.increment(1);
                 }
+                Err(_) => self.spill.rows([row]),
             }
             self.forget(1);
         }
@@ -246,31 +240,73 @@ impl Writer {
     }
 }
 
-/// One COPY of the batch: about four times the rows per second of a multi-row INSERT
-/// (TECH-NOTES §2), and rows here need no conflict handling.
-async fn insert(pool: &PgPool, rows: &[ValidationLogRow]) -> Result<(), sqlx::Error> {
-    let mut text = String::with_capacity(rows.len() * 160);
-    for row in rows {
+/// Inserts log rows that spilled into the journal, once each: COPY into a staging table,
+/// then insert what is not there yet (their journal position is unique).
+pub async fn insert_spilled(conn: &mut PgConnection, rows: &[(Position, &Validated)]) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // The log's column types without its constraints (its id is generated on insert).
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS spilled_logs ON COMMIT DELETE ROWS AS \
+         SELECT journal_pos, coupon_code, coupon_id, user_id, order_id, order_value, is_valid, validation_reason, \
+         discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at \
+         FROM validation_logs WITH NO DATA",
+    )
+    .execute(&mut *conn)
+    .await?;
+    copy_rows(conn, Table::Spilled, rows.iter().map(|(position, row)| (Some(position.as_i64()), *row))).await?;
+    let result = sqlx::query(
+        "INSERT INTO validation_logs (journal_pos, coupon_code, coupon_id, user_id, order_id, order_value, is_valid, \
+         validation_reason, discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at) \
+         SELECT journal_pos, coupon_code, coupon_id, user_id, order_id, order_value, is_valid, validation_reason, \
+         discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at FROM spilled_logs \
+         ON CONFLICT (journal_pos) WHERE journal_pos IS NOT NULL DO NOTHING",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("TRUNCATE spilled_logs").execute(&mut *conn).await?;
+    Ok(result.rows_affected())
+}
+
+/// Where [`copy_rows`] writes.
+#[derive(Debug, Clone, Copy)]
+enum Table {
+    /// `validation_logs` itself; rows carry no journal position.
+    Log,
+    /// The staging table of spilled rows; every row carries its journal position.
+    Spilled,
+}
+
+/// One COPY of `rows` into `table`: about four times the rows per second of a multi-row
+/// INSERT.
+async fn copy_rows<'a>(
+    conn: &mut PgConnection,
+    table: Table,
+    rows: impl IntoIterator<Item = (Option<i64>, &'a Validated)>,
+) -> Result<u64, sqlx::Error> {
+    let mut text = String::new();
+    for (position, row) in rows {
+        if let Some(position) = position {
+            use std::fmt::Write as _;
+            let _ = write!(text, "{position}\t");
+        }
         write_row(&mut text, row);
     }
-    let mut conn = pool.acquire().await?;
-    let mut copy = conn
-        .copy_in_raw(
-            "COPY validation_logs (coupon_code, coupon_id, user_id, order_id, order_value, is_valid, \
-             validation_reason, discount_applied, final_amount, ip_address, user_agent, response_time_ms, \
-             validated_at) FROM STDIN WITH (FORMAT text)",
-        )
-        .await?;
+    let statement = match table {
+        Table::Log => format!("COPY validation_logs ({COLUMNS}) FROM STDIN WITH (FORMAT text)"),
+        Table::Spilled => format!("COPY spilled_logs (journal_pos, {COLUMNS}) FROM STDIN WITH (FORMAT text)"),
+    };
+    let mut copy = conn.copy_in_raw(&statement).await?;
     if let Err(err) = copy.send(text.as_bytes()).await {
         let _ = copy.abort("send failed").await;
         return Err(err);
     }
-    copy.finish().await?;
-    Ok(())
+    copy.finish().await
 }
 
 /// One line of COPY text format: tab-separated, `\N` for NULL, text fields escaped.
-fn write_row(out: &mut String, row: &ValidationLogRow) {
+fn write_row(out: &mut String, row: &Validated) {
     use std::fmt::Write as _;
     escape(out, Some(&row.coupon_code));
     out.push('\t');
@@ -284,9 +320,10 @@ fn write_row(out: &mut String, row: &ValidationLogRow) {
     escape(out, Some(&row.user_id));
     out.push('\t');
     escape(out, row.order_id.as_deref());
-    let _ = write!(out, "\t{}\t{}\t", row.order_value, if row.is_valid { 't' } else { 'f' });
+    let valid = if row.reason.is_none() { 't' } else { 'f' };
+    let _ = write!(out, "\t{}\t{valid}\t", money::numeric_cents(row.order_value));
     escape(out, row.reason.map(Reason::as_str));
-    let _ = write!(out, "\t{}\t{}\t", row.discount, row.final_amount);
+    let _ = write!(out, "\t{}\t{}\t", money::numeric_cents(row.discount), money::numeric_cents(row.final_amount));
     match row.ip_address {
         Some(ip) => {
             let _ = write!(out, "{ip}");
@@ -323,19 +360,19 @@ fn escape(out: &mut String, value: Option<&str>) {
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
+    use chrono::{TimeZone, Utc};
 
     use super::*;
+    use crate::domain::money::Cents;
 
     #[test]
     fn copy_lines_escape_text_and_spell_nulls() {
-        let row = ValidationLogRow {
+        let row = Validated {
             coupon_code: "A\\B\tC".into(),
             coupon_id: None,
             user_id: "u\n1".into(),
             order_id: None,
             order_value: Cents::new(1250).unwrap(),
-            is_valid: false,
             reason: Some(Reason::CouponNotFound),
             discount: Cents::ZERO,
             final_amount: Cents::new(1250).unwrap(),
@@ -348,7 +385,7 @@ mod tests {
         write_row(&mut line, &row);
         assert_eq!(
             line,
-            "A\\\\B\\tC\t\\N\tu\\n1\t\\N\t12.5\tf\tCOUPON_NOT_FOUND\t0\t12.5\t127.0.0.1\tx\\ry\t1234.567\t2026-01-02T03:04:05.000000Z\n"
+            "A\\\\B\\tC\t\\N\tu\\n1\t\\N\t12.50\tf\tCOUPON_NOT_FOUND\t0.00\t12.50\t127.0.0.1\tx\\ry\t1234.567\t2026-01-02T03:04:05.000000Z\n"
         );
     }
 }

@@ -1,5 +1,9 @@
-//! The pure domain: coupons, money and the validation rules. No I/O, no async, no clock.
+//! The pure domain: coupons, campaigns, money, identities, the rules and the events they
+//! produce. No I/O, no async, no clock: `now` is always a parameter.
 
+pub mod campaign;
 pub mod coupon;
+pub mod event;
+pub mod identity;
 pub mod money;
 pub mod rules;

@@ -149,6 +149,11 @@ impl Cents {
     pub fn saturating_sub(self, other: Cents) -> Cents {
         Cents(self.0.saturating_sub(other.0))
     }
+
+    /// `self + other`, or `None` past [`MAX_CENTS`] (sums of discounts stay in u64 either way).
+    pub fn checked_add(self, other: Cents) -> Option<Cents> {
+        Cents::new(self.0.checked_add(other.0)?).ok()
+    }
 }
 
 impl TryFrom<u64> for Cents {
@@ -174,6 +179,40 @@ impl fmt::Display for Cents {
             m if m % 10 == 0 => write!(f, "{major}.{}", m / 10),
             m => write!(f, "{major}.{m:02}"),
         }
+    }
+}
+
+/// A share in hundredths of a percent: 100% is 10_000, 12.5% is 1_250. Always in (0, 100%].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent(u32);
+
+/// Hundredths of a percent in 100%.
+pub const FULL_PERCENT: u32 = 10_000;
+
+impl Percent {
+    /// A percentage from hundredths of a percent, refused outside (0, 100%].
+    pub fn from_hundredths(hundredths: u64) -> Option<Percent> {
+        u32::try_from(hundredths).ok().filter(|h| (1..=FULL_PERCENT).contains(h)).map(Percent)
+    }
+
+    /// Hundredths of a percent.
+    pub fn hundredths(self) -> u32 {
+        self.0
+    }
+
+    /// `amount × self`, rounded half-up to the cent.
+    pub fn of(self, amount: Cents) -> Cents {
+        let scaled = u128::from(amount.get()) * u128::from(self.0);
+        let full = u128::from(FULL_PERCENT);
+        // At most 100% of an amount that is itself within bounds, so this always fits.
+        Cents(u64::try_from((scaled + full / 2) / full).unwrap_or(amount.get()))
+    }
+}
+
+impl fmt::Display for Percent {
+    /// The shortest exact decimal: `10`, `12.5`, `0.01`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Cents(u64::from(self.0)).fmt(f)
     }
 }
 
@@ -279,5 +318,33 @@ mod tests {
             let amount = Cents::new(cents).unwrap();
             assert_eq!(Cents::parse_json_number(&amount.to_string()), Ok(amount));
         }
+    }
+
+    #[test]
+    fn percentages_round_half_up_and_stay_in_range() {
+        let pct = |h| Percent::from_hundredths(h).unwrap();
+        for (hundredths, order, expected) in [
+            (1000, 100_000, 10_000), // 10% of 1000.00
+            (1000, 0, 0),
+            (1000, 5, 1),       // 0.5 cent rounds up
+            (1000, 4, 0),       // 0.4 cent rounds down
+            (1000, 15, 2),      // 1.5 cents
+            (1000, 14, 1),      // 1.4 cents
+            (1250, 1_999, 250), // 12.5% of 19.99 = 2.49875
+            (3333, 100, 33),    // 33.33% of 1.00
+            (5000, 1, 1),       // half a cent rounds up
+            (10_000, 12_345, 12_345),
+            (1, 100_000, 10), // 0.01% of 1000.00
+            (1, 4_999, 0),
+            (1, 5_000, 1),
+            (10_000, MAX_CENTS, MAX_CENTS),
+        ] {
+            assert_eq!(pct(hundredths).of(Cents(order)), Cents(expected), "{hundredths} of {order}");
+        }
+        for bad in [0, 10_001, u64::MAX] {
+            assert_eq!(Percent::from_hundredths(bad), None, "{bad}");
+        }
+        assert_eq!(pct(1250).to_string(), "12.5");
+        assert_eq!(pct(10_000).to_string(), "100");
     }
 }

@@ -1,8 +1,9 @@
-//! The validation rules of API.md §3, in their documented order, and the discount maths.
+//! The validation rules of API.md §3 and §4, in their documented order.
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::coupon::{Coupon, CouponStatus, Discount, FULL_PERCENT};
+use crate::domain::campaign::Campaign;
+use crate::domain::coupon::{Coupon, Status};
 use crate::domain::money::Cents;
 
 /// Why a coupon does not apply. The order of the variants is the order of the checks.
@@ -17,12 +18,15 @@ pub enum Reason {
     MinOrderValueNotMet,
     UsageLimitReached,
     UserUsageLimitReached,
+    CampaignLimitReached,
+    CampaignUserLimitReached,
+    CampaignBudgetExhausted,
     OrderAlreadyRedeemed,
 }
 
 impl Reason {
     /// Every reason, in the order the rules check them.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 12] = [
         Reason::CouponNotFound,
         Reason::CouponInactive,
         Reason::CouponExpired,
@@ -31,6 +35,9 @@ impl Reason {
         Reason::MinOrderValueNotMet,
         Reason::UsageLimitReached,
         Reason::UserUsageLimitReached,
+        Reason::CampaignLimitReached,
+        Reason::CampaignUserLimitReached,
+        Reason::CampaignBudgetExhausted,
         Reason::OrderAlreadyRedeemed,
     ];
 
@@ -45,8 +52,16 @@ impl Reason {
             Reason::MinOrderValueNotMet => "MIN_ORDER_VALUE_NOT_MET",
             Reason::UsageLimitReached => "USAGE_LIMIT_REACHED",
             Reason::UserUsageLimitReached => "USER_USAGE_LIMIT_REACHED",
+            Reason::CampaignLimitReached => "CAMPAIGN_LIMIT_REACHED",
+            Reason::CampaignUserLimitReached => "CAMPAIGN_USER_LIMIT_REACHED",
+            Reason::CampaignBudgetExhausted => "CAMPAIGN_BUDGET_EXHAUSTED",
             Reason::OrderAlreadyRedeemed => "ORDER_ALREADY_REDEEMED",
         }
+    }
+
+    /// Parses the API's spelling.
+    pub fn parse(text: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == text)
     }
 
     /// Position in [`Reason::ALL`], for per-reason metric handles.
@@ -55,7 +70,7 @@ impl Reason {
     }
 }
 
-/// A validation request after input checks: every field well-formed.
+/// A request after input checks: every field well-formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt<'a> {
     pub user_id: &'a str,
@@ -63,16 +78,40 @@ pub struct Attempt<'a> {
     pub order_id: Option<&'a str>,
 }
 
-/// The live usage of one coupon, as far as the rules need to read it.
-///
-/// Implemented by the cache's lock-free counters; the rules never change it.
+/// What is being used: a coupon, its campaign, and, for a bulk code, the code's own terms.
+#[derive(Debug, Clone, Copy)]
+pub struct Offer<'a> {
+    pub coupon: &'a Coupon,
+    pub campaign: Option<&'a Campaign>,
+    pub code: Option<CodeTerms>,
+}
+
+/// The terms of one bulk code, beyond its batch's rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeTerms {
+    /// Live uses the code allows.
+    pub uses_limit: u32,
+    /// The code was handed to a user other than the caller.
+    pub assigned_elsewhere: bool,
+}
+
+/// The live usage an attempt is judged against, as far as the rules read it. An
+/// implementation is bound to the attempt's user and order; the rules never change it.
 pub trait Usage {
-    /// Live (unreleased) redemptions of the coupon.
+    /// Live uses of the bulk code (asked only for a code).
+    fn code_uses(&self) -> u32;
+    /// Live redemptions and holds of the coupon.
     fn total(&self) -> u32;
-    /// Live redemptions of the coupon by `user_id`.
-    fn by_user(&self, user_id: &str) -> u32;
-    /// Whether `order_id` holds a live redemption of the coupon.
-    fn has_order(&self, order_id: &str) -> bool;
+    /// Those of the caller.
+    fn by_user(&self) -> u32;
+    /// Live redemptions and holds of the whole campaign that took a campaign use.
+    fn campaign_total(&self) -> u32;
+    /// Those of the caller.
+    fn campaign_by_user(&self) -> u32;
+    /// The sum of their discounts.
+    fn campaign_spent(&self) -> Cents;
+    /// Whether the attempt's order already holds a redemption of the coupon.
+    fn has_order(&self) -> bool;
 }
 
 /// What the rules decided.
@@ -82,91 +121,118 @@ pub enum Decision {
     Rejected(Reason),
 }
 
-/// Applies the rules of API.md §3 to a found coupon; `now` is the caller's clock.
-pub fn validate(coupon: &Coupon, usage: &impl Usage, attempt: &Attempt<'_>, now: DateTime<Utc>) -> Decision {
-    match first_failure(coupon, usage, attempt, now) {
+/// Applies the rules to an offer; `now` is the caller's clock.
+pub fn validate(offer: &Offer<'_>, usage: &impl Usage, attempt: &Attempt<'_>, now: DateTime<Utc>) -> Decision {
+    let discount = offer.coupon.discount.amount_for(attempt.order_value);
+    match first_failure(offer, usage, attempt, discount, now) {
         Some(reason) => Decision::Rejected(reason),
-        None => {
-            let discount = discount_for(&coupon.discount, attempt.order_value);
-            Decision::Valid { discount, final_amount: attempt.order_value.saturating_sub(discount) }
-        }
+        None => Decision::Valid { discount, final_amount: attempt.order_value.saturating_sub(discount) },
     }
 }
 
-fn first_failure(coupon: &Coupon, usage: &impl Usage, attempt: &Attempt<'_>, now: DateTime<Utc>) -> Option<Reason> {
-    match coupon.status {
-        CouponStatus::Inactive => return Some(Reason::CouponInactive),
-        CouponStatus::Expired => return Some(Reason::CouponExpired),
-        CouponStatus::Active => {}
+/// Whether a use with this discount counts against its campaign: a discount of 0 never takes
+/// a campaign use or budget (API.md §4).
+pub fn takes_campaign_use(discount: Cents) -> bool {
+    discount > Cents::ZERO
+}
+
+fn first_failure(
+    offer: &Offer<'_>,
+    usage: &impl Usage,
+    attempt: &Attempt<'_>,
+    discount: Cents,
+    now: DateTime<Utc>,
+) -> Option<Reason> {
+    let (coupon, campaign) = (offer.coupon, offer.campaign);
+    let statuses = || std::iter::once(coupon.status).chain(campaign.map(|c| c.status));
+    if statuses().any(|s| s == Status::Inactive) {
+        return Some(Reason::CouponInactive);
     }
-    if coupon.valid_until.is_some_and(|until| now >= until) {
+    if statuses().any(|s| s == Status::Expired) {
         return Some(Reason::CouponExpired);
     }
-    if coupon.valid_from.is_some_and(|from| now < from) {
+    let untils = std::iter::once(coupon.valid_until).chain(campaign.map(|c| c.valid_until)).flatten();
+    if untils.into_iter().any(|until| now >= until) {
+        return Some(Reason::CouponExpired);
+    }
+    let froms = std::iter::once(coupon.valid_from).chain(campaign.map(|c| c.valid_from)).flatten();
+    if froms.into_iter().any(|from| now < from) {
         return Some(Reason::CouponNotYetValid);
     }
-    if coupon.user_id.as_deref().is_some_and(|owner| owner != attempt.user_id) {
+    let assigned_elsewhere = offer.code.is_some_and(|code| code.assigned_elsewhere);
+    if assigned_elsewhere || coupon.user_id.as_deref().is_some_and(|owner| owner != attempt.user_id) {
         return Some(Reason::CouponNotForUser);
     }
     if attempt.order_value < coupon.min_order_value {
         return Some(Reason::MinOrderValueNotMet);
     }
-    if coupon.usage_limit.is_some_and(|limit| usage.total() >= limit) {
+    let code_used_up = offer.code.is_some_and(|code| usage.code_uses() >= code.uses_limit);
+    if code_used_up || coupon.usage_limit.is_some_and(|limit| usage.total() >= limit) {
         return Some(Reason::UsageLimitReached);
     }
-    if coupon.per_user_limit.is_some_and(|limit| usage.by_user(attempt.user_id) >= limit) {
+    if coupon.per_user_limit.is_some_and(|limit| usage.by_user() >= limit) {
         return Some(Reason::UserUsageLimitReached);
     }
-    if attempt.order_id.is_some_and(|order| usage.has_order(order)) {
+    if let Some(campaign) = campaign
+        && takes_campaign_use(discount)
+    {
+        if campaign.usage_limit.is_some_and(|limit| usage.campaign_total() >= limit) {
+            return Some(Reason::CampaignLimitReached);
+        }
+        if campaign.per_user_limit.is_some_and(|limit| usage.campaign_by_user() >= limit) {
+            return Some(Reason::CampaignUserLimitReached);
+        }
+        let spent = usage.campaign_spent().get().saturating_add(discount.get());
+        if campaign.budget.is_some_and(|budget| spent > budget.get()) {
+            return Some(Reason::CampaignBudgetExhausted);
+        }
+    }
+    if attempt.order_id.is_some() && usage.has_order() {
         return Some(Reason::OrderAlreadyRedeemed);
     }
     None
 }
 
-/// The discount a coupon gives on an order: percentage rounded half-up to the cent then
-/// capped, fixed never above the order.
-pub fn discount_for(discount: &Discount, order_value: Cents) -> Cents {
-    match *discount {
-        Discount::Percentage { hundredths, cap } => {
-            let scaled = u128::from(order_value.get()) * u128::from(hundredths);
-            let full = u128::from(FULL_PERCENT);
-            let rounded = (scaled + full / 2) / full;
-            // At most 100% of an amount that is itself within bounds, so this always fits.
-            let amount = Cents::new(u64::try_from(rounded).unwrap_or(u64::MAX)).unwrap_or(order_value);
-            match cap {
-                Some(cap) => amount.min(cap),
-                None => amount,
-            }
-        }
-        Discount::Fixed(value) => value.min(order_value),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::{HashMap, HashSet};
-
     use chrono::TimeZone;
 
     use super::*;
-    use crate::domain::coupon::CouponKind;
+    use crate::domain::coupon::{CouponKind, Discount};
+    use crate::domain::money::Percent;
 
-    #[derive(Default)]
+    #[derive(Default, Clone, Copy)]
     struct FakeUsage {
+        code: u32,
         total: u32,
-        by_user: HashMap<&'static str, u32>,
-        orders: HashSet<&'static str>,
+        by_user: u32,
+        campaign_total: u32,
+        campaign_by_user: u32,
+        campaign_spent: u64,
+        order: bool,
     }
 
     impl Usage for FakeUsage {
+        fn code_uses(&self) -> u32 {
+            self.code
+        }
         fn total(&self) -> u32 {
             self.total
         }
-        fn by_user(&self, user_id: &str) -> u32 {
-            self.by_user.get(user_id).copied().unwrap_or(0)
+        fn by_user(&self) -> u32 {
+            self.by_user
         }
-        fn has_order(&self, order_id: &str) -> bool {
-            self.orders.contains(order_id)
+        fn campaign_total(&self) -> u32 {
+            self.campaign_total
+        }
+        fn campaign_by_user(&self) -> u32 {
+            self.campaign_by_user
+        }
+        fn campaign_spent(&self) -> Cents {
+            Cents::new(self.campaign_spent).unwrap()
+        }
+        fn has_order(&self) -> bool {
+            self.order
         }
     }
 
@@ -179,40 +245,38 @@ mod tests {
     }
 
     fn base() -> Coupon {
-        Coupon {
-            id: 1,
-            code: "SAVE10".into(),
-            kind: CouponKind::TimeSpecific,
-            status: CouponStatus::Active,
-            discount: Discount::Percentage { hundredths: 1000, cap: None },
-            min_order_value: Cents::ZERO,
-            usage_limit: None,
-            per_user_limit: None,
-            user_id: None,
-            valid_from: None,
-            valid_until: None,
-            version: 1,
-        }
+        let rate = Percent::from_hundredths(1000).unwrap();
+        Coupon::new(1, "SAVE10", CouponKind::TimeSpecific, Discount::Percentage { rate, cap: None })
     }
 
-    fn attempt(order_value: u64) -> Attempt<'static> {
-        Attempt { user_id: "user_0000001", order_value: cents(order_value), order_id: Some("ord-1") }
+    fn campaign() -> Campaign {
+        Campaign::new(7, "Spring")
     }
 
-    /// One row of the rules table: a coupon change, a usage, an attempt, the clock, the answer.
+    /// One row of the rules table: a coupon, a campaign, code terms, a usage, an attempt, the
+    /// clock, the answer.
     struct Case {
         name: &'static str,
         coupon: Coupon,
+        campaign: Option<Campaign>,
+        code: Option<CodeTerms>,
         usage: FakeUsage,
         attempt: Attempt<'static>,
-        now: DateTime<Utc>,
         expected: Option<Reason>,
     }
 
     fn case(name: &'static str, edit: impl FnOnce(&mut Coupon)) -> Case {
         let mut coupon = base();
         edit(&mut coupon);
-        Case { name, coupon, usage: FakeUsage::default(), attempt: attempt(100_000), now: at(12), expected: None }
+        Case {
+            name,
+            coupon,
+            campaign: None,
+            code: None,
+            usage: FakeUsage::default(),
+            attempt: Attempt { user_id: "user_0000001", order_value: cents(100_000), order_id: Some("ord-1") },
+            expected: None,
+        }
     }
 
     impl Case {
@@ -220,8 +284,22 @@ mod tests {
             self.usage = usage;
             self
         }
-        fn attempt(mut self, attempt: Attempt<'static>) -> Case {
-            self.attempt = attempt;
+        fn campaign(mut self, edit: impl FnOnce(&mut Campaign)) -> Case {
+            let mut campaign = campaign();
+            edit(&mut campaign);
+            self.campaign = Some(campaign);
+            self
+        }
+        fn code(mut self, uses_limit: u32, assigned_elsewhere: bool) -> Case {
+            self.code = Some(CodeTerms { uses_limit, assigned_elsewhere });
+            self
+        }
+        fn order_value(mut self, cents_value: u64) -> Case {
+            self.attempt.order_value = cents(cents_value);
+            self
+        }
+        fn no_order(mut self) -> Case {
+            self.attempt.order_id = None;
             self
         }
         fn expect(mut self, reason: Reason) -> Case {
@@ -230,8 +308,8 @@ mod tests {
         }
     }
 
-    fn used(total: u32, by_user: u32, order: Option<&'static str>) -> FakeUsage {
-        FakeUsage { total, by_user: HashMap::from([("user_0000001", by_user)]), orders: order.into_iter().collect() }
+    fn used(total: u32, by_user: u32) -> FakeUsage {
+        FakeUsage { total, by_user, ..FakeUsage::default() }
     }
 
     #[test]
@@ -239,10 +317,10 @@ mod tests {
         use Reason::*;
         let cases = vec![
             case("plain active coupon", |_| {}),
-            case("inactive", |c| c.status = CouponStatus::Inactive).expect(CouponInactive),
-            case("status expired, window open", |c| c.status = CouponStatus::Expired).expect(CouponExpired),
+            case("inactive", |c| c.status = Status::Inactive).expect(CouponInactive),
+            case("status expired, window open", |c| c.status = Status::Expired).expect(CouponExpired),
             case("inactive wins over expired window", |c| {
-                c.status = CouponStatus::Inactive;
+                c.status = Status::Inactive;
                 c.valid_until = Some(at(1));
             })
             .expect(CouponInactive),
@@ -253,7 +331,7 @@ mod tests {
             case("before valid_from", |c| c.valid_from = Some(at(13))).expect(CouponNotYetValid),
             case("expired wins over not yet valid", |c| {
                 c.valid_from = Some(at(13));
-                c.status = CouponStatus::Expired;
+                c.status = Status::Expired;
             })
             .expect(CouponExpired),
             case("for this user", |c| c.user_id = Some("user_0000001".into())),
@@ -266,41 +344,106 @@ mod tests {
             .expect(CouponNotForUser),
             case("order equal to minimum", |c| c.min_order_value = cents(100_000)),
             case("order one cent below minimum", |c| c.min_order_value = cents(100_001)).expect(MinOrderValueNotMet),
-            case("limit minus one used", |c| c.usage_limit = Some(5)).usage(used(4, 0, None)),
-            case("limit used", |c| c.usage_limit = Some(5)).usage(used(5, 0, None)).expect(UsageLimitReached),
+            case("limit minus one used", |c| c.usage_limit = Some(5)).usage(used(4, 0)),
+            case("limit used", |c| c.usage_limit = Some(5)).usage(used(5, 0)).expect(UsageLimitReached),
             case("limit zero", |c| c.usage_limit = Some(0)).expect(UsageLimitReached),
-            case("no limit, many uses", |_| {}).usage(used(1_000_000, 1_000, None)),
+            case("no limit, many uses", |_| {}).usage(used(1_000_000, 1_000)),
             case("minimum wins over limit", |c| {
                 c.usage_limit = Some(0);
                 c.min_order_value = cents(200_000);
             })
             .expect(MinOrderValueNotMet),
-            case("per-user limit minus one", |c| c.per_user_limit = Some(2)).usage(used(1, 1, None)),
-            case("per-user limit used", |c| c.per_user_limit = Some(2))
-                .usage(used(2, 2, None))
-                .expect(UserUsageLimitReached),
+            case("per-user limit minus one", |c| c.per_user_limit = Some(2)).usage(used(1, 1)),
+            case("per-user limit used", |c| c.per_user_limit = Some(2)).usage(used(2, 2)).expect(UserUsageLimitReached),
             case("total limit wins over per-user", |c| {
                 c.usage_limit = Some(2);
                 c.per_user_limit = Some(2);
             })
-            .usage(used(2, 2, None))
+            .usage(used(2, 2))
             .expect(UsageLimitReached),
-            case("another user's uses don't count", |c| c.per_user_limit = Some(1)).usage(FakeUsage {
-                total: 3,
-                by_user: HashMap::from([("user_0000002", 3)]),
-                ..FakeUsage::default()
-            }),
-            case("order already redeemed", |_| {}).usage(used(1, 0, Some("ord-1"))).expect(OrderAlreadyRedeemed),
-            case("another order redeemed", |_| {}).usage(used(1, 0, Some("ord-2"))),
-            case("no order id given", |_| {})
-                .usage(used(1, 0, Some("ord-1")))
-                .attempt(Attempt { order_id: None, ..attempt(100_000) }),
+            case("another user's uses don't count", |c| c.per_user_limit = Some(1)).usage(used(3, 0)),
+            case("order already redeemed", |_| {})
+                .usage(FakeUsage { order: true, ..FakeUsage::default() })
+                .expect(OrderAlreadyRedeemed),
+            case("no order id given", |_| {}).usage(FakeUsage { order: true, ..FakeUsage::default() }).no_order(),
             case("per-user limit wins over order", |c| c.per_user_limit = Some(1))
-                .usage(used(1, 1, Some("ord-1")))
+                .usage(FakeUsage { total: 1, by_user: 1, order: true, ..FakeUsage::default() })
                 .expect(UserUsageLimitReached),
+            // Bulk codes.
+            case("unused code", |_| {}).code(1, false),
+            case("used-up code", |_| {})
+                .code(1, false)
+                .usage(FakeUsage { code: 1, ..FakeUsage::default() })
+                .expect(UsageLimitReached),
+            case("code with uses left", |_| {}).code(3, false).usage(FakeUsage { code: 2, ..FakeUsage::default() }),
+            case("code handed to someone else", |_| {}).code(1, true).expect(CouponNotForUser),
+            case("assignment wins over minimum", |c| c.min_order_value = cents(1_000_000))
+                .code(1, true)
+                .expect(CouponNotForUser),
+            // Campaigns.
+            case("active campaign", |_| {}).campaign(|_| {}),
+            case("inactive campaign", |_| {}).campaign(|k| k.status = Status::Inactive).expect(CouponInactive),
+            case("expired campaign", |_| {}).campaign(|k| k.status = Status::Expired).expect(CouponExpired),
+            case("campaign window over", |_| {}).campaign(|k| k.valid_until = Some(at(12))).expect(CouponExpired),
+            case("campaign not started", |_| {}).campaign(|k| k.valid_from = Some(at(13))).expect(CouponNotYetValid),
+            case("inactive coupon wins over expired campaign", |c| c.status = Status::Inactive)
+                .campaign(|k| k.status = Status::Expired)
+                .expect(CouponInactive),
+            case("inactive campaign wins over expired coupon", |c| c.status = Status::Expired)
+                .campaign(|k| k.status = Status::Inactive)
+                .expect(CouponInactive),
+            case("campaign cap minus one", |_| {})
+                .campaign(|k| k.usage_limit = Some(3))
+                .usage(FakeUsage { campaign_total: 2, ..FakeUsage::default() }),
+            case("campaign cap reached", |_| {})
+                .campaign(|k| k.usage_limit = Some(3))
+                .usage(FakeUsage { campaign_total: 3, ..FakeUsage::default() })
+                .expect(CampaignLimitReached),
+            case("user limit wins over campaign cap", |c| c.per_user_limit = Some(1))
+                .campaign(|k| k.usage_limit = Some(0))
+                .usage(used(1, 1))
+                .expect(UserUsageLimitReached),
+            case("campaign per-user reached", |_| {})
+                .campaign(|k| k.per_user_limit = Some(1))
+                .usage(FakeUsage { campaign_by_user: 1, ..FakeUsage::default() })
+                .expect(CampaignUserLimitReached),
+            case("campaign cap wins over campaign per-user", |_| {})
+                .campaign(|k| {
+                    k.usage_limit = Some(1);
+                    k.per_user_limit = Some(1);
+                })
+                .usage(FakeUsage { campaign_total: 1, campaign_by_user: 1, ..FakeUsage::default() })
+                .expect(CampaignLimitReached),
+            // 10% of 1000.00 is 100.00.
+            case("budget exactly enough", |_| {})
+                .campaign(|k| k.budget = Some(cents(50_000)))
+                .usage(FakeUsage { campaign_spent: 40_000, ..FakeUsage::default() }),
+            case("budget one cent short", |_| {})
+                .campaign(|k| k.budget = Some(cents(50_000)))
+                .usage(FakeUsage { campaign_spent: 40_001, ..FakeUsage::default() })
+                .expect(CampaignBudgetExhausted),
+            case("zero budget", |_| {}).campaign(|k| k.budget = Some(Cents::ZERO)).expect(CampaignBudgetExhausted),
+            case("a zero discount takes no campaign use or budget", |_| {})
+                .campaign(|k| {
+                    k.usage_limit = Some(0);
+                    k.budget = Some(Cents::ZERO);
+                })
+                .order_value(0),
+            case("per-user campaign limit wins over budget", |_| {})
+                .campaign(|k| {
+                    k.per_user_limit = Some(1);
+                    k.budget = Some(Cents::ZERO);
+                })
+                .usage(FakeUsage { campaign_by_user: 1, ..FakeUsage::default() })
+                .expect(CampaignUserLimitReached),
+            case("budget wins over order", |_| {})
+                .campaign(|k| k.budget = Some(Cents::ZERO))
+                .usage(FakeUsage { order: true, ..FakeUsage::default() })
+                .expect(CampaignBudgetExhausted),
         ];
         for case in cases {
-            let decision = validate(&case.coupon, &case.usage, &case.attempt, case.now);
+            let offer = Offer { coupon: &case.coupon, campaign: case.campaign.as_ref(), code: case.code };
+            let decision = validate(&offer, &case.usage, &case.attempt, at(12));
             let got = match decision {
                 Decision::Valid { .. } => None,
                 Decision::Rejected(reason) => Some(reason),
@@ -310,42 +453,12 @@ mod tests {
     }
 
     #[test]
-    fn discount_maths() {
-        let pct = |hundredths, cap: Option<u64>| Discount::Percentage { hundredths, cap: cap.map(cents) };
-        for (discount, order, expected) in [
-            (pct(1000, None), 100_000, 10_000),       // 10% of 1000.00
-            (pct(1000, None), 0, 0),                  // nothing off nothing
-            (pct(1000, None), 5, 1),                  // 0.5 cent rounds up
-            (pct(1000, None), 4, 0),                  // 0.4 cent rounds down
-            (pct(1000, None), 15, 2),                 // 1.5 cents rounds up
-            (pct(1000, None), 14, 1),                 // 1.4 cents rounds down
-            (pct(1250, None), 1_999, 250),            // 12.5% of 19.99 = 2.49875
-            (pct(3333, None), 100, 33),               // 33.33% of 1.00
-            (pct(5000, None), 1, 1),                  // half a cent rounds up
-            (pct(10_000, None), 12_345, 12_345),      // 100%
-            (pct(1, None), 100_000, 10),              // 0.01% of 1000.00
-            (pct(1, None), 4_999, 0),                 // 0.4999 cents
-            (pct(1, None), 5_000, 1),                 // 0.5 cents
-            (pct(2000, Some(5_000)), 100_000, 5_000), // 200.00 capped at 50.00
-            (pct(2000, Some(5_000)), 25_000, 5_000),  // exactly at the cap
-            (pct(2000, Some(5_000)), 20_000, 4_000),  // under the cap
-            (pct(2000, Some(0)), 20_000, 0),          // a zero cap
-            (pct(10_000, None), crate::domain::money::MAX_CENTS, crate::domain::money::MAX_CENTS),
-            (Discount::Fixed(cents(1_000)), 100_000, 1_000),
-            (Discount::Fixed(cents(1_000)), 1_000, 1_000), // equal to the order
-            (Discount::Fixed(cents(1_000)), 999, 999),     // never above the order
-            (Discount::Fixed(cents(1_000)), 0, 0),
-            (Discount::Fixed(Cents::ZERO), 500, 0),
-        ] {
-            assert_eq!(discount_for(&discount, cents(order)), cents(expected), "{discount:?} on {order}");
-        }
-    }
-
-    #[test]
     fn valid_decision_carries_discount_and_final_amount() {
         let mut coupon = base();
         coupon.discount = Discount::Fixed(cents(2_500));
-        let decision = validate(&coupon, &FakeUsage::default(), &attempt(10_000), at(12));
+        let offer = Offer { coupon: &coupon, campaign: None, code: None };
+        let attempt = Attempt { user_id: "u", order_value: cents(10_000), order_id: None };
+        let decision = validate(&offer, &FakeUsage::default(), &attempt, at(12));
         assert_eq!(decision, Decision::Valid { discount: cents(2_500), final_amount: cents(7_500) });
     }
 
@@ -354,6 +467,7 @@ mod tests {
         for (idx, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), idx);
             assert!(reason.as_str().chars().all(|c| c.is_ascii_uppercase() || c == '_'));
+            assert_eq!(Reason::parse(reason.as_str()), Some(*reason));
         }
     }
 }

@@ -1,25 +1,22 @@
 //! Admin coupon bodies: camelCase JSON to a patch over a domain [`Coupon`], exactly checked.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use crate::domain::coupon::{Coupon, CouponError, CouponKind, CouponStatus, Discount, normalize_code};
+use crate::domain::coupon::{Coupon, CouponError, CouponKind, Discount, DiscountType, Status, normalize_code};
 use crate::domain::money::Cents;
 use crate::http::error::ApiError;
-use crate::http::request::{MAX_ID_LEN, check_text, optional_string, parse_object};
+use crate::http::request::{Fields, id, optional_string, parse_object};
 
 /// The fields of an admin create or patch. Outer `None`: not given; inner `None`: JSON null.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct CouponPatch {
     pub code: Option<String>,
     pub kind: Option<CouponKind>,
-    pub status: Option<CouponStatus>,
+    pub status: Option<Status>,
     pub discount_type: Option<DiscountType>,
-    /// Cents for a fixed discount, hundredths of a percent for a percentage.
-    pub discount_value: Option<Cents>,
+    /// In hundredths: of a percent for a percentage, of the currency for a fixed amount.
+    pub discount_value: Option<u64>,
     pub max_discount: Option<Option<Cents>>,
     pub min_order_value: Option<Cents>,
     pub usage_limit: Option<Option<u32>>,
@@ -27,16 +24,11 @@ pub struct CouponPatch {
     pub user_id: Option<Option<String>>,
     pub valid_from: Option<Option<DateTime<Utc>>>,
     pub valid_until: Option<Option<DateTime<Utc>>>,
+    /// The campaign's name.
+    pub campaign: Option<Option<String>>,
 }
 
-/// The two kinds of discount, apart from their amounts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiscountType {
-    Percentage,
-    Fixed,
-}
-
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "code",
     "type",
     "status",
@@ -49,16 +41,15 @@ const FIELDS: [&str; 12] = [
     "userId",
     "validFrom",
     "validUntil",
+    "campaign",
 ];
 
 impl CouponPatch {
-    /// Parses a body; unknown fields are refused so that a typo never silently does nothing.
+    /// Parses a body; unknown and duplicated fields are refused.
     pub fn parse(body: &[u8]) -> Result<CouponPatch, ApiError> {
-        let fields: HashMap<Cow<'_, str>, &RawValue> = parse_object(body)?;
-        if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_ref())) {
-            return Err(ApiError::InvalidJson { message: format!("unknown field {unknown:?}") });
-        }
-        let get = |name: &str| fields.get(name).copied();
+        let fields: Fields<'_> = parse_object(body)?;
+        fields.only(&FIELDS)?;
+        let get = |name: &str| fields.get(name);
         Ok(CouponPatch {
             code: not_null(get("code"), "code", |raw| {
                 let code = optional_string(Some(raw), "code")?.unwrap_or_default();
@@ -67,76 +58,63 @@ impl CouponPatch {
             kind: not_null(get("type"), "type", |raw| {
                 keyword(raw, "type", CouponKind::parse, "user_specific or time_specific")
             })?,
-            status: not_null(get("status"), "status", |raw| {
-                keyword(raw, "status", CouponStatus::parse, "active, inactive or expired")
-            })?,
+            status: not_null(get("status"), "status", |raw| status(raw, "status"))?,
             discount_type: not_null(get("discountType"), "discountType", |raw| {
                 keyword(raw, "discountType", DiscountType::parse, "percentage or fixed")
             })?,
-            discount_value: not_null(get("discountValue"), "discountValue", |raw| money(raw, "discountValue"))?,
+            discount_value: not_null(get("discountValue"), "discountValue", |raw| {
+                money(raw, "discountValue").map(Cents::get)
+            })?,
             max_discount: nullable(get("maxDiscount"), |raw| money(raw, "maxDiscount"))?,
             min_order_value: not_null(get("minOrderValue"), "minOrderValue", |raw| money(raw, "minOrderValue"))?,
             usage_limit: nullable(get("usageLimit"), |raw| limit(raw, "usageLimit"))?,
             per_user_limit: nullable(get("perUserLimit"), |raw| limit(raw, "perUserLimit"))?,
-            user_id: nullable(get("userId"), |raw| {
-                let user = optional_string(Some(raw), "userId")?.unwrap_or_default();
-                check_text(&user, "userId", MAX_ID_LEN)?;
-                Ok(user.into_owned())
-            })?,
+            user_id: nullable(get("userId"), |raw| Ok(id(Some(raw), "userId")?.unwrap_or_default().into_owned()))?,
             valid_from: nullable(get("validFrom"), |raw| timestamp(raw, "validFrom"))?,
             valid_until: nullable(get("validUntil"), |raw| timestamp(raw, "validUntil"))?,
+            campaign: nullable(get("campaign"), |raw| {
+                Ok(optional_string(Some(raw), "campaign")?.unwrap_or_default().into_owned())
+            })?,
         })
     }
 
     /// A new coupon from a create body: `code`, `type`, `discountType` and `discountValue`
     /// are required; `status` defaults to active, `minOrderValue` to 0, the rest to null.
+    /// The campaign, named by `campaign`, is resolved by the caller.
     pub fn into_new_coupon(self) -> Result<Coupon, ApiError> {
         let code = self.code.clone().ok_or(ApiError::MissingField { field: "code" })?;
         let kind = self.kind.ok_or(ApiError::MissingField { field: "type" })?;
         let discount_type = self.discount_type.ok_or(ApiError::MissingField { field: "discountType" })?;
         let discount_value = self.discount_value.ok_or(ApiError::MissingField { field: "discountValue" })?;
-        let base = Coupon {
-            id: 0,
-            code: code.into(),
-            kind,
-            status: CouponStatus::Active,
-            discount: build_discount(discount_type, discount_value, None)?,
-            min_order_value: Cents::ZERO,
-            usage_limit: None,
-            per_user_limit: None,
-            user_id: None,
-            valid_from: None,
-            valid_until: None,
-            version: 0,
-        };
+        let discount = Discount::from_parts(discount_type, discount_value, None).map_err(coupon_error)?;
+        let base = Coupon { version: 0, ..Coupon::new(0, &code, kind, discount) };
         self.apply_to(&base)
     }
 
-    /// `coupon` with the given fields changed, checked as the schema would.
-    pub fn apply_to(self, coupon: &Coupon) -> Result<Coupon, ApiError> {
-        let (current_type, current_value, current_cap) = match coupon.discount {
-            Discount::Percentage { hundredths, cap } => {
-                (DiscountType::Percentage, Cents::new(u64::from(hundredths)).unwrap_or(Cents::ZERO), cap)
-            }
-            Discount::Fixed(amount) => (DiscountType::Fixed, amount, None),
-        };
-        let discount = build_discount(
+    /// `coupon` with the given fields changed, checked as the schema would. The campaign
+    /// is left as it is: the caller resolves `campaign` to an id.
+    pub fn apply_to(&self, coupon: &Coupon) -> Result<Coupon, ApiError> {
+        let (current_type, current_value, current_cap) = coupon.discount.parts();
+        let discount = Discount::from_parts(
             self.discount_type.unwrap_or(current_type),
             self.discount_value.unwrap_or(current_value),
             self.max_discount.unwrap_or(current_cap),
-        )?;
+        )
+        .map_err(coupon_error)?;
         let next = Coupon {
             id: coupon.id,
-            code: self.code.map_or_else(|| coupon.code.clone(), Into::into),
+            code: self.code.clone().map_or_else(|| coupon.code.clone(), Into::into),
             kind: self.kind.unwrap_or(coupon.kind),
             status: self.status.unwrap_or(coupon.status),
             discount,
             min_order_value: self.min_order_value.unwrap_or(coupon.min_order_value),
             usage_limit: self.usage_limit.unwrap_or(coupon.usage_limit),
             per_user_limit: self.per_user_limit.unwrap_or(coupon.per_user_limit),
-            user_id: self.user_id.map_or_else(|| coupon.user_id.clone(), |u| u.map(Into::into)),
+            user_id: self.user_id.clone().map_or_else(|| coupon.user_id.clone(), |u| u.map(Into::into)),
             valid_from: self.valid_from.unwrap_or(coupon.valid_from),
             valid_until: self.valid_until.unwrap_or(coupon.valid_until),
+            campaign_id: coupon.campaign_id,
+            batch_id: coupon.batch_id,
             version: coupon.version,
         };
         next.check().map_err(coupon_error)?;
@@ -144,41 +122,19 @@ impl CouponPatch {
     }
 }
 
-impl DiscountType {
-    fn parse(text: &str) -> Option<DiscountType> {
-        match text {
-            "percentage" => Some(DiscountType::Percentage),
-            "fixed" => Some(DiscountType::Fixed),
-            _ => None,
-        }
-    }
-}
-
-fn build_discount(kind: DiscountType, value: Cents, cap: Option<Cents>) -> Result<Discount, ApiError> {
-    match kind {
-        // A percentage's "cents" are hundredths of a percent: 12.5 → 1250.
-        DiscountType::Percentage => {
-            Ok(Discount::Percentage { hundredths: u32::try_from(value.get()).unwrap_or(u32::MAX), cap })
-        }
-        DiscountType::Fixed if cap.is_some() => Err(coupon_error(CouponError::CapOnFixedDiscount)),
-        DiscountType::Fixed => Ok(Discount::Fixed(value)),
-    }
-}
-
 /// The JSON field each impossible-coupon error is about.
-fn coupon_error(err: CouponError) -> ApiError {
+pub(crate) fn coupon_error(err: CouponError) -> ApiError {
     let field = match err {
         CouponError::InvalidCode => "code",
-        CouponError::PercentageOutOfRange => "discountValue",
+        CouponError::PercentageOutOfRange | CouponError::AmountOutOfRange => "discountValue",
         CouponError::CapOnFixedDiscount => "maxDiscount",
         CouponError::EmptyValidityWindow => "validUntil",
         CouponError::UserSpecificWithoutUser => "userId",
-        CouponError::Money(_) => "discountValue",
     };
     ApiError::InvalidField { field, problem: err.to_string() }
 }
 
-fn not_null<T>(
+pub(crate) fn not_null<T>(
     raw: Option<&RawValue>,
     field: &'static str,
     parse: impl FnOnce(&RawValue) -> Result<T, ApiError>,
@@ -190,7 +146,7 @@ fn not_null<T>(
     }
 }
 
-fn nullable<T>(
+pub(crate) fn nullable<T>(
     raw: Option<&RawValue>,
     parse: impl FnOnce(&RawValue) -> Result<T, ApiError>,
 ) -> Result<Option<Option<T>>, ApiError> {
@@ -211,17 +167,21 @@ fn keyword<T>(
     parse(&text).ok_or_else(|| ApiError::InvalidField { field, problem: format!("must be {expected}") })
 }
 
-fn money(raw: &RawValue, field: &'static str) -> Result<Cents, ApiError> {
+pub(crate) fn status(raw: &RawValue, field: &'static str) -> Result<Status, ApiError> {
+    keyword(raw, field, Status::parse, "active, inactive or expired")
+}
+
+pub(crate) fn money(raw: &RawValue, field: &'static str) -> Result<Cents, ApiError> {
     Cents::parse_json_number(raw.get()).map_err(|err| ApiError::InvalidField { field, problem: err.to_string() })
 }
 
-fn limit(raw: &RawValue, field: &'static str) -> Result<u32, ApiError> {
+pub(crate) fn limit(raw: &RawValue, field: &'static str) -> Result<u32, ApiError> {
     let problem = || ApiError::InvalidField { field, problem: "must be a whole number from 0 to 2147483647".into() };
     let value: u64 = raw.get().parse().map_err(|_| problem())?;
     u32::try_from(value).ok().filter(|v| i32::try_from(*v).is_ok()).ok_or_else(problem)
 }
 
-fn timestamp(raw: &RawValue, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
+pub(crate) fn timestamp(raw: &RawValue, field: &'static str) -> Result<DateTime<Utc>, ApiError> {
     let text = optional_string(Some(raw), field)?.unwrap_or_default();
     DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(|_| ApiError::InvalidField {
         field,
@@ -232,6 +192,7 @@ fn timestamp(raw: &RawValue, field: &'static str) -> Result<DateTime<Utc>, ApiEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::money::Percent;
 
     fn create(body: &str) -> Result<Coupon, ApiError> {
         CouponPatch::parse(body.as_bytes())?.into_new_coupon()
@@ -245,8 +206,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&*coupon.code, "SUMMER25");
-        assert_eq!(coupon.status, CouponStatus::Active);
-        assert_eq!(coupon.discount, Discount::Percentage { hundredths: 1250, cap: Some(Cents::new(5000).unwrap()) });
+        assert_eq!(coupon.status, Status::Active);
+        let rate = Percent::from_hundredths(1250).unwrap();
+        assert_eq!(coupon.discount, Discount::Percentage { rate, cap: Some(Cents::new(5000).unwrap()) });
         assert_eq!(coupon.min_order_value, Cents::ZERO);
         assert_eq!(coupon.valid_until.unwrap().to_rfc3339(), "2026-01-31T23:00:00+00:00");
     }
@@ -274,6 +236,7 @@ mod tests {
                 Some("validUntil"),
             ),
             (format!(r#"{{{base},"discountValue":5,"colour":"red"}}"#), "INVALID_JSON", None),
+            (format!(r#"{{{base},"discountValue":5,"discountValue":6}}"#), "INVALID_JSON", None),
             (
                 r#"{"code":"X","type":"user_specific","discountType":"fixed","discountValue":5}"#.into(),
                 "INVALID_FIELD",
@@ -312,13 +275,11 @@ mod tests {
                 .unwrap();
         let patched =
             CouponPatch::parse(br#"{"status":"inactive","usageLimit":null}"#).unwrap().apply_to(&coupon).unwrap();
-        assert_eq!(patched.status, CouponStatus::Inactive);
+        assert_eq!(patched.status, Status::Inactive);
         assert_eq!(patched.usage_limit, None);
         assert_eq!((patched.discount, &*patched.code), (coupon.discount, "A"));
         let to_percent = CouponPatch::parse(br#"{"discountType":"percentage","discountValue":100}"#).unwrap();
-        assert_eq!(
-            to_percent.apply_to(&coupon).unwrap().discount,
-            Discount::Percentage { hundredths: 10_000, cap: None }
-        );
+        let full = Percent::from_hundredths(10_000).unwrap();
+        assert_eq!(to_percent.apply_to(&coupon).unwrap().discount, Discount::Percentage { rate: full, cap: None });
     }
 }

@@ -1,9 +1,13 @@
-//! Every refusal the HTTP layer can give, and the one place it becomes status + JSON.
+//! Every refusal the HTTP layer can give, and the one place it becomes status, headers and
+//! the JSON error body.
 
 use hyper::StatusCode;
+use hyper::header::{ALLOW, CONNECTION, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde::Serialize;
 
-/// A request refused before it reached the rules (or a failure of the service itself).
+use crate::http::response::{self, HttpResponse};
+
+/// A request refused before or beside the rules, or a failure of the service itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -14,6 +18,8 @@ pub enum ApiError {
     InvalidField { field: &'static str, problem: String },
     #[error("request body must be at most {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("no route for this path")]
     NotFound,
     #[error("method not allowed; use {allow}")]
@@ -24,16 +30,22 @@ pub enum ApiError {
     BadBody,
     #[error("missing or wrong bearer token")]
     Unauthorized,
-    #[error("no coupon has code {code}")]
-    CouponNotFound { code: String },
+    #[error("no {what} has {key} {value}")]
+    Missing { what: &'static str, key: &'static str, value: String },
     #[error("{message}")]
     Conflict { message: String },
+    #[error("the database refused the change")]
+    Refused,
     #[error("the database is unavailable; retry shortly")]
     DatabaseUnavailable,
     #[error("the local journal cannot take writes; retry shortly")]
     JournalUnavailable,
+    #[error("a concurrent request for the same order is still in progress; retry shortly")]
+    Busy,
     #[error("too many lookups of unknown coupons; retry after {retry_after_secs} s")]
     TooManyFailedLookups { retry_after_secs: u64 },
+    #[error("this user holds too many uses already; retry after one is confirmed, cancelled or expired")]
+    TooManyHolds,
     #[error("the service is at capacity; retry shortly")]
     Overloaded,
     #[error("the request took too long; retry shortly")]
@@ -62,19 +74,21 @@ impl ApiError {
             ApiError::InvalidJson { .. }
             | ApiError::MissingField { .. }
             | ApiError::InvalidField { .. }
-            | ApiError::BadBody => StatusCode::BAD_REQUEST,
+            | ApiError::BadBody
+            | ApiError::Refused => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::NotFound | ApiError::Missing { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::TooManyFailedLookups { .. } | ApiError::TooManyHolds => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady
             | ApiError::DatabaseUnavailable
             | ApiError::JournalUnavailable
+            | ApiError::Busy
             | ApiError::Overloaded
             | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::TooManyFailedLookups { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::CouponNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -86,29 +100,57 @@ impl ApiError {
             ApiError::MissingField { .. } => "MISSING_FIELD",
             ApiError::InvalidField { .. } => "INVALID_FIELD",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            ApiError::BodyTimeout => "BODY_TIMEOUT",
             ApiError::NotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::NotReady => "NOT_READY",
             ApiError::BadBody => "BAD_BODY",
             ApiError::Unauthorized => "UNAUTHORIZED",
-            ApiError::CouponNotFound { .. } => "COUPON_NOT_FOUND",
+            ApiError::Missing { what: "coupon", .. } => "COUPON_NOT_FOUND",
+            ApiError::Missing { what: "campaign", .. } => "CAMPAIGN_NOT_FOUND",
+            ApiError::Missing { what: "batch", .. } => "BATCH_NOT_FOUND",
+            ApiError::Missing { .. } => "NOT_FOUND",
             ApiError::Conflict { .. } => "CONFLICT",
+            ApiError::Refused => "REFUSED",
             ApiError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             ApiError::JournalUnavailable => "JOURNAL_UNAVAILABLE",
+            ApiError::Busy => "BUSY",
             ApiError::TooManyFailedLookups { .. } => "TOO_MANY_FAILED_LOOKUPS",
+            ApiError::TooManyHolds => "TOO_MANY_HOLDS",
             ApiError::Overloaded => "OVERLOADED",
             ApiError::Timeout => "TIMEOUT",
             ApiError::Internal => "INTERNAL",
         }
     }
 
-    /// `{"error": {"code", "message", "field"?}}`.
-    pub fn body(&self) -> Vec<u8> {
+    /// The JSON error response: `{"error": {"code", "message", "field"?}}` and the headers
+    /// the status calls for.
+    pub fn response(&self) -> HttpResponse {
         let field = match self {
             ApiError::MissingField { field } | ApiError::InvalidField { field, .. } => Some(*field),
             _ => None,
         };
         let body = Body { error: Detail { code: self.code(), message: self.to_string(), field } };
-        serde_json::to_vec(&body).expect("plain structs serialise")
+        let mut response = response::json(self.status(), &body);
+        let headers = response.headers_mut();
+        match self {
+            ApiError::MethodNotAllowed { allow } => {
+                headers.insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TooManyFailedLookups { retry_after_secs } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::BodyTimeout => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE || *self == ApiError::TooManyHolds => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
     }
 }

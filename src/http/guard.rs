@@ -14,6 +14,8 @@ use hyper::HeaderMap;
 use moka::sync::Cache;
 
 use crate::config::ProtectionSettings;
+use crate::http::error::ApiError;
+use crate::metrics::Metrics;
 
 /// Keys kept at most, per cache; the least used go first past this.
 const MAX_KEYS: u64 = 1_000_000;
@@ -95,16 +97,27 @@ impl<K: std::hash::Hash + Eq + Send + Sync + 'static> Budget<K> {
 }
 
 impl LookupGuard {
-    pub fn new(settings: &ProtectionSettings) -> anyhow::Result<LookupGuard> {
-        let window = Duration::from_secs(settings.window_secs);
+    pub fn new(settings: &ProtectionSettings) -> LookupGuard {
+        let window = settings.window;
         let blocked = Arc::new(AtomicUsize::new(0));
-        Ok(LookupGuard {
+        LookupGuard {
             users: Budget::new(settings.failed_lookups_per_user, window, &blocked),
             ips: Budget::new(settings.failed_lookups_per_ip, window, &blocked),
             window,
             blocked,
-            trusted_proxies: settings.trusted_proxies()?,
-        })
+            trusted_proxies: settings.trusted_proxies.clone(),
+        }
+    }
+
+    /// Refuses a lookup by a user or IP that has used up its failed lookups (429), and
+    /// counts the refusal.
+    pub fn admit(&self, user_id: &str, ip: IpAddr, metrics: &Metrics) -> Result<(), ApiError> {
+        let Some(blocked) = self.check(user_id, ip) else { return Ok(()) };
+        match blocked.scope {
+            Scope::User => metrics.refused_by_user.increment(1),
+            Scope::Ip => metrics.refused_by_ip.increment(1),
+        }
+        Err(ApiError::TooManyFailedLookups { retry_after_secs: blocked.retry_after.as_secs_f64().ceil() as u64 })
     }
 
     /// Before a lookup: whether this user or IP has used up its failures.
@@ -161,14 +174,14 @@ mod tests {
 
     use super::*;
 
-    fn guard(per_user: u32, per_ip: u32, trusted: &str) -> LookupGuard {
+    fn guard(per_user: u32, per_ip: u32, trusted: &[&str]) -> LookupGuard {
         LookupGuard::new(&ProtectionSettings {
             failed_lookups_per_user: per_user,
             failed_lookups_per_ip: per_ip,
-            window_secs: 60,
-            trusted_proxies: trusted.into(),
+            window: Duration::from_secs(60),
+            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            max_active_holds_per_user: 3,
         })
-        .unwrap()
     }
 
     fn ip(text: &str) -> IpAddr {
@@ -177,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_user_is_blocked_after_the_budget_and_others_are_not() {
-        let guard = guard(3, 0, "");
+        let guard = guard(3, 0, &[]);
         let here = ip("192.0.2.1");
         for _ in 0..2 {
             guard.record_failure("u1", here);
@@ -192,12 +205,12 @@ mod tests {
 
     #[test]
     fn the_ip_budget_is_off_unless_configured() {
-        let off = guard(0, 0, "");
+        let off = guard(0, 0, &[]);
         for n in 0..100 {
             off.record_failure(&format!("u{n}"), ip("192.0.2.1"));
         }
         assert_eq!(off.check("u1", ip("192.0.2.1")), None);
-        let on = guard(0, 5, "");
+        let on = guard(0, 5, &[]);
         for n in 0..5 {
             on.record_failure(&format!("u{n}"), ip("192.0.2.1"));
         }
@@ -207,7 +220,7 @@ mod tests {
 
     #[test]
     fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
-        let guard = guard(1, 1, "10.0.0.1, 10.0.0.2");
+        let guard = guard(1, 1, &["10.0.0.1", "10.0.0.2"]);
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 198.51.100.4, 10.0.0.2"));
         assert_eq!(guard.client_ip(ip("10.0.0.1"), &headers), ip("198.51.100.4"), "the nearest untrusted hop");
@@ -220,14 +233,5 @@ mod tests {
         assert_eq!(guard.client_ip(ip("10.0.0.1"), &headers), ip("198.51.100.4"), "client junk on the left is ignored");
         headers.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
         assert_eq!(guard.client_ip(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
-        assert!(
-            LookupGuard::new(&ProtectionSettings {
-                failed_lookups_per_user: 1,
-                failed_lookups_per_ip: 0,
-                window_secs: 60,
-                trusted_proxies: "nonsense".into()
-            })
-            .is_err()
-        );
     }
 }

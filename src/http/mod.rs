@@ -1,70 +1,80 @@
-//! The HTTP edge: hyper 1.x on a plain accept loop, our own router, graceful shutdown.
+//! The HTTP edge: hyper 1.x on a plain accept loop, the route table, graceful shutdown. It
+//! parses, calls the engine (or `db/` for admin reads and writes) and renders; no business
+//! rule lives here.
 
-pub mod admin;
 pub mod coupon_input;
 pub mod error;
 pub mod guard;
-pub mod redemption;
+pub mod handlers;
 pub mod request;
 pub mod response;
-pub mod router;
+pub mod routes;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::time::Sleep;
 
-use crate::cache::Cache;
-use crate::config::HttpSettings;
-use crate::config::Secret;
+use crate::config::{HoldSettings, HttpSettings, Secret};
 use crate::db::health::DatabaseHealth;
 use crate::db::listener::ListenerStatus;
 use crate::db::validation_log::ValidationLog;
-use crate::journal::Journal;
+use crate::engine::Engine;
+use crate::journal::rejected::Rejected;
 use crate::metrics::Metrics;
 
 /// What request handlers need; shared by every connection.
 #[derive(Debug)]
 pub struct State {
-    pub cache: Arc<Cache>,
-    pub validation_log: ValidationLog,
+    pub engine: Arc<Engine>,
     pub metrics: Arc<Metrics>,
-    pub database: Arc<DatabaseHealth>,
-    pub listener: Arc<ListenerStatus>,
-    pub journal: Journal,
-    /// For the admin routes only; the request path never touches it.
+    /// The background parts `/health` and the admin stats report on.
+    pub ops: Operations,
+    /// For the admin routes only; the public routes never touch it.
     pub pool: sqlx::PgPool,
     pub admin_token: Secret,
-    pub started: Instant,
+    pub api_token: Secret,
     /// Requests being handled; `try_acquire` failing means overload (503 at once).
     pub in_flight: tokio::sync::Semaphore,
     pub guard: guard::LookupGuard,
-    pub admin_timeout: Duration,
+    pub http: HttpSettings,
+    pub hold: HoldSettings,
+}
+
+/// The background parts of the service, as far as requests report on them.
+#[derive(Debug)]
+pub struct Operations {
+    pub database: Arc<DatabaseHealth>,
+    pub listener: Arc<ListenerStatus>,
+    pub validation_log: ValidationLog,
+    pub rejected: Arc<Rejected>,
+    pub started: Instant,
 }
 
 /// What a connection past `max_connections` is told before it is closed.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-retry-after: 1\r\nconnection: close\r\ncontent-length: 85\r\n\r\n\
+retry-after: 1\r\nx-content-type-options: nosniff\r\nconnection: close\r\ncontent-length: 85\r\n\r\n\
 {\"error\":{\"code\":\"OVERLOADED\",\"message\":\"the service is at capacity; retry shortly\"}}";
 
 /// Accepts connections until `shutdown` resolves, then lets in-flight requests finish for
-/// at most `shutdown_timeout_ms` and returns.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<State>,
-    settings: &HttpSettings,
-    shutdown: impl Future<Output = ()>,
-) {
+/// at most the shutdown timeout and returns.
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Future<Output = ()>) {
+    let settings = state.http.clone();
     let mut builder = hyper::server::conn::http1::Builder::new();
-    // Without a timer hyper silently disables the header timeout (TECH-NOTES §3).
+    // Without a timer hyper silently disables the header timeout.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(settings.header_read_timeout_ms))
+        .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes)
         .keep_alive(true);
     let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
@@ -82,9 +92,10 @@ pub async fn serve(
                     let state = state.clone();
                     let service = service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(router::handle(&state, req, peer.ip()).await) }
+                        async move { Ok::<_, Infallible>(routes::handle(&state, req, peer.ip()).await) }
                     });
-                    let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    let io = TokioIo::new(WriteDeadline::new(stream, settings.response_write_timeout));
+                    let connection = graceful.watch(builder.serve_connection(io, service));
                     tokio::spawn(async move {
                         if let Err(err) = connection.await {
                             tracing::debug!(error = %err, "connection ended with an error");
@@ -102,12 +113,8 @@ pub async fn serve(
         }
     }
     drop(listener);
-    let timeout = Duration::from_millis(settings.shutdown_timeout_ms);
-    if tokio::time::timeout(timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(
-            timeout_ms = settings.shutdown_timeout_ms,
-            "connections still open after the shutdown timeout; closing them"
-        );
+    if tokio::time::timeout(settings.shutdown_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout = ?settings.shutdown_timeout, "connections still open after the shutdown timeout; closing them");
     }
 }
 
@@ -116,4 +123,59 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVER_CAPACITY)).await;
     let _ = stream.shutdown().await;
+}
+
+/// A stream whose writes fail once one has waited longer than `timeout`: a client that
+/// stops reading its response cannot hold the connection (and its slot) for ever.
+struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    fn new(inner: S, timeout: Duration) -> WriteDeadline<S> {
+        WriteDeadline { inner, timeout, waiting: None }
+    }
+
+    /// Called when a write could not proceed: fails it once the deadline has passed.
+    fn overdue(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        let waiting = self.waiting.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        waiting.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending if self.overdue(cx) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.waiting = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending if self.overdue(cx) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.waiting = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -1,32 +1,51 @@
-//! Request bodies: JSON text to checked domain input, with a precise error for every refusal.
+//! Request bodies: JSON text to checked input, with a precise error for every refusal.
+//! Fields are kept raw while parsing so each gets its own error; unknown fields are ignored,
+//! duplicated ones refused.
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::domain::coupon::normalize_code;
+use crate::domain::coupon::{MAX_CODE_LEN, normalize_code};
+use crate::domain::identity::{self, IdError};
 use crate::domain::money::{Cents, MoneyError};
 use crate::http::error::ApiError;
 
-/// Longest accepted code, after trimming.
-pub const MAX_CODE_LEN: usize = 64;
-/// Longest accepted user or order id.
-pub const MAX_ID_LEN: usize = 128;
-
 /// A checked `POST /api/coupons/validate` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidateRequest<'a> {
+pub struct ValidateBody<'a> {
     /// Normalised: trimmed and upper-cased.
     pub code: Cow<'a, str>,
+    /// Trimmed.
     pub user_id: Cow<'a, str>,
     pub order_value: Cents,
+    /// Trimmed.
     pub order_id: Option<Cow<'a, str>>,
 }
 
-/// Fields are kept raw so each gets its own error; unknown fields are ignored.
+/// A checked redeem or hold body: the validate fields with `orderId` required.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UseBody<'a> {
+    pub code: Cow<'a, str>,
+    pub user_id: Cow<'a, str>,
+    pub order_id: Cow<'a, str>,
+    pub order_value: Cents,
+    /// `ttlSeconds` of a hold, a whole number within `1..=max` when given.
+    pub ttl_seconds: Option<u64>,
+}
+
+/// A checked `POST /api/coupons/release` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseBody<'a> {
+    pub code: Cow<'a, str>,
+    pub order_id: Cow<'a, str>,
+    /// When given, it must be the redeemer's.
+    pub user_id: Option<Cow<'a, str>>,
+}
+
 #[derive(Deserialize)]
-struct RawValidate<'a> {
+struct RawBody<'a> {
     #[serde(borrow)]
     code: Option<&'a RawValue>,
     #[serde(borrow, rename = "userId")]
@@ -35,66 +54,44 @@ struct RawValidate<'a> {
     order_value: Option<&'a RawValue>,
     #[serde(borrow, rename = "orderId")]
     order_id: Option<&'a RawValue>,
+    #[serde(borrow, rename = "ttlSeconds")]
+    ttl_seconds: Option<&'a RawValue>,
 }
 
-impl<'a> ValidateRequest<'a> {
-    /// Parses and checks a body.
-    pub fn parse(body: &'a [u8]) -> Result<ValidateRequest<'a>, ApiError> {
-        let raw: RawValidate<'a> = parse_object(body)?;
-        let code = normalized_code(required_string(raw.code, "code")?);
-        check_text(&code, "code", MAX_CODE_LEN)?;
-        let user_id = required_string(raw.user_id, "userId")?;
-        check_text(&user_id, "userId", MAX_ID_LEN)?;
-        let order_value = money(raw.order_value, "orderValue")?;
-        let order_id = optional_string(raw.order_id, "orderId")?;
-        if let Some(order_id) = &order_id {
-            check_text(order_id, "orderId", MAX_ID_LEN)?;
-        }
-        Ok(ValidateRequest { code, user_id, order_value, order_id })
-    }
-
-    /// Parses a redeem body: the validate fields with `orderId` required.
-    pub fn parse_redeem(body: &'a [u8]) -> Result<ValidateRequest<'a>, ApiError> {
-        let request = ValidateRequest::parse(body)?;
-        if request.order_id.is_none() {
-            return Err(ApiError::MissingField { field: "orderId" });
-        }
-        Ok(request)
+impl<'a> ValidateBody<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<ValidateBody<'a>, ApiError> {
+        let raw: RawBody<'a> = parse_object(body)?;
+        Ok(ValidateBody {
+            code: code(raw.code)?,
+            user_id: id(raw.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?,
+            order_value: money(raw.order_value, "orderValue")?,
+            order_id: id(raw.order_id, "orderId")?,
+        })
     }
 }
 
-/// A checked `POST /api/coupons/release` body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReleaseRequest<'a> {
-    /// Normalised: trimmed and upper-cased.
-    pub code: Cow<'a, str>,
-    pub order_id: Cow<'a, str>,
-}
-
-#[derive(Deserialize)]
-struct RawRelease<'a> {
-    #[serde(borrow)]
-    code: Option<&'a RawValue>,
-    #[serde(borrow, rename = "orderId")]
-    order_id: Option<&'a RawValue>,
-}
-
-impl<'a> ReleaseRequest<'a> {
-    /// Parses and checks a body.
-    pub fn parse(body: &'a [u8]) -> Result<ReleaseRequest<'a>, ApiError> {
-        let raw: RawRelease<'a> = parse_object(body)?;
-        let code = normalized_code(required_string(raw.code, "code")?);
-        check_text(&code, "code", MAX_CODE_LEN)?;
-        let order_id = required_string(raw.order_id, "orderId")?;
-        check_text(&order_id, "orderId", MAX_ID_LEN)?;
-        Ok(ReleaseRequest { code, order_id })
+impl<'a> UseBody<'a> {
+    /// Parses a redeem or hold body; `max_ttl_seconds` bounds `ttlSeconds`.
+    pub fn parse(body: &'a [u8], max_ttl_seconds: u64) -> Result<UseBody<'a>, ApiError> {
+        let raw: RawBody<'a> = parse_object(body)?;
+        Ok(UseBody {
+            code: code(raw.code)?,
+            user_id: id(raw.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?,
+            order_value: money(raw.order_value, "orderValue")?,
+            order_id: id(raw.order_id, "orderId")?.ok_or(ApiError::MissingField { field: "orderId" })?,
+            ttl_seconds: ttl(raw.ttl_seconds, max_ttl_seconds)?,
+        })
     }
 }
 
-fn normalized_code(code: Cow<'_, str>) -> Cow<'_, str> {
-    match code {
-        Cow::Borrowed(code) => normalize_code(code),
-        Cow::Owned(code) => Cow::Owned(normalize_code(&code).into_owned()),
+impl<'a> ReleaseBody<'a> {
+    pub fn parse(body: &'a [u8]) -> Result<ReleaseBody<'a>, ApiError> {
+        let raw: RawBody<'a> = parse_object(body)?;
+        Ok(ReleaseBody {
+            code: code(raw.code)?,
+            order_id: id(raw.order_id, "orderId")?.ok_or(ApiError::MissingField { field: "orderId" })?,
+            user_id: id(raw.user_id, "userId")?,
+        })
     }
 }
 
@@ -107,8 +104,47 @@ pub(crate) fn parse_object<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, 
     serde_json::from_slice(body).map_err(|err| ApiError::InvalidJson { message: format!("invalid JSON: {err}") })
 }
 
-fn required_string<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, str>, ApiError> {
-    optional_string(raw, field)?.ok_or(ApiError::MissingField { field })
+/// The fields of a JSON object in order, raw; a key given twice is refused, as the derived
+/// parsers of the public bodies refuse it.
+#[derive(Debug)]
+pub(crate) struct Fields<'a>(pub(crate) Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Fields<'a>, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Fields<'de>, M::Error> {
+                let mut fields: Vec<(Cow<'de, str>, &'de RawValue)> = Vec::new();
+                while let Some((key, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    if fields.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                    fields.push((key, value));
+                }
+                Ok(Fields(fields))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+impl<'a> Fields<'a> {
+    /// The raw value of `name`, if given.
+    pub(crate) fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+
+    /// Refuses a field not in `known`, so that a typo never silently does nothing.
+    pub(crate) fn only(&self, known: &[&str]) -> Result<(), ApiError> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_ref())) {
+            Some((unknown, _)) => Err(ApiError::InvalidJson { message: format!("unknown field {unknown:?}") }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A string field; JSON `null` counts as absent.
@@ -132,17 +168,36 @@ pub(crate) fn optional_string<'a>(
     serde_json::from_str::<String>(text).map(|s| Some(Cow::Owned(s))).map_err(|_| invalid())
 }
 
-pub(crate) fn check_text(value: &str, field: &'static str, max_len: usize) -> Result<(), ApiError> {
-    let problem = if value.is_empty() {
-        "must not be empty".to_owned()
-    } else if value.chars().count() > max_len {
-        format!("must be at most {max_len} characters")
-    } else if value.chars().any(char::is_control) {
-        "must not contain control characters".to_owned()
-    } else {
-        return Ok(());
+fn code(raw: Option<&RawValue>) -> Result<Cow<'_, str>, ApiError> {
+    let text = optional_string(raw, "code")?.ok_or(ApiError::MissingField { field: "code" })?;
+    let normalized = match text {
+        Cow::Borrowed(code) => normalize_code(code),
+        Cow::Owned(code) => Cow::Owned(normalize_code(&code).into_owned()),
     };
-    Err(ApiError::InvalidField { field, problem })
+    identity::check_text(&normalized, MAX_CODE_LEN).map_err(|err| id_error("code", err, MAX_CODE_LEN))?;
+    Ok(normalized)
+}
+
+/// A user or order id: trimmed and checked (`domain::identity`).
+pub(crate) fn id<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Option<Cow<'a, str>>, ApiError> {
+    let Some(text) = optional_string(raw, field)? else { return Ok(None) };
+    let trimmed = match text {
+        Cow::Borrowed(text) => {
+            Cow::Borrowed(identity::normalize_id(text).map_err(|e| id_error(field, e, identity::MAX_ID_LEN))?)
+        }
+        Cow::Owned(text) => {
+            Cow::Owned(identity::normalize_id(&text).map_err(|e| id_error(field, e, identity::MAX_ID_LEN))?.to_owned())
+        }
+    };
+    Ok(Some(trimmed))
+}
+
+fn id_error(field: &'static str, err: IdError, max: usize) -> ApiError {
+    let problem = match err {
+        IdError::TooLong => format!("must be at most {max} characters"),
+        other => other.to_string(),
+    };
+    ApiError::InvalidField { field, problem }
 }
 
 fn money(raw: Option<&RawValue>, field: &'static str) -> Result<Cents, ApiError> {
@@ -154,17 +209,28 @@ fn money(raw: Option<&RawValue>, field: &'static str) -> Result<Cents, ApiError>
         .map_err(|err: MoneyError| ApiError::InvalidField { field, problem: err.to_string() })
 }
 
+fn ttl(raw: Option<&RawValue>, max: u64) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = raw.filter(|r| r.get() != "null") else { return Ok(None) };
+    let invalid =
+        || ApiError::InvalidField { field: "ttlSeconds", problem: format!("must be a whole number from 1 to {max}") };
+    let seconds: u64 = raw.get().parse().map_err(|_| invalid())?;
+    if !(1..=max).contains(&seconds) {
+        return Err(invalid());
+    }
+    Ok(Some(seconds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ok(body: &str) -> ValidateRequest<'_> {
-        ValidateRequest::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e:?}"))
+    fn ok(body: &str) -> ValidateBody<'_> {
+        ValidateBody::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e:?}"))
     }
 
     #[test]
     fn accepts_well_formed_bodies() {
-        let req = ok(r#"{"code":" save10 ","userId":"user_0000001","orderValue":1000,"orderId":"ord-1"}"#);
+        let req = ok(r#"{"code":" save10 ","userId":" user_0000001 ","orderValue":1000,"orderId":"ord-1 "}"#);
         assert_eq!(req.code, "SAVE10");
         assert_eq!(req.user_id, "user_0000001");
         assert_eq!(req.order_value, Cents::new(100_000).unwrap());
@@ -172,27 +238,54 @@ mod tests {
         let req = ok(r#"{"code":"SAVE10","userId":"u","orderValue":12.5,"orderId":null,"extra":[1,2]}"#);
         assert_eq!(req.order_value, Cents::new(1250).unwrap());
         assert_eq!(req.order_id, None);
-        let req = ok(r#"{"code":"SAV\u0045","userId":"u\u00e9","orderValue":0}"#);
+        let req = ok(r#"{"code":"SAV\u0045","userId":"u\u00e9 ","orderValue":0}"#);
         assert_eq!(req.code, "SAVE");
         assert_eq!(req.user_id, "ué");
     }
 
     #[test]
     fn redeem_needs_an_order_and_release_needs_code_and_order() {
-        let redeem = ValidateRequest::parse_redeem(br#"{"code":"a","userId":"u","orderValue":1}"#);
+        let redeem = UseBody::parse(br#"{"code":"a","userId":"u","orderValue":1}"#, 3600);
         assert_eq!(redeem, Err(ApiError::MissingField { field: "orderId" }));
-        let release = ReleaseRequest::parse(br#"{"code":" a ","orderId":"o-1"}"#).unwrap();
-        assert_eq!((release.code.as_ref(), release.order_id.as_ref()), ("A", "o-1"));
+        let release = ReleaseBody::parse(br#"{"code":" a ","orderId":"o-1","userId":" u "}"#).unwrap();
+        assert_eq!(
+            (release.code.as_ref(), release.order_id.as_ref(), release.user_id.as_deref()),
+            ("A", "o-1", Some("u"))
+        );
         for (body, field) in [
             (r#"{"orderId":"o"}"#, "code"),
             (r#"{"code":"A"}"#, "orderId"),
             (r#"{"code":"A","orderId":""}"#, "orderId"),
+            (r#"{"code":"A","orderId":"  "}"#, "orderId"),
+            (r#"{"code":"A","orderId":"o","userId":"\u0007"}"#, "userId"),
         ] {
-            let err = ReleaseRequest::parse(body.as_bytes()).unwrap_err();
+            let err = ReleaseBody::parse(body.as_bytes()).unwrap_err();
             assert!(
                 matches!(err, ApiError::MissingField { field: f } | ApiError::InvalidField { field: f, .. } if f == field),
                 "{body}: {err:?}"
             );
+        }
+    }
+
+    #[test]
+    fn object_fields_refuse_duplicates() {
+        let fields: Fields<'_> = parse_object(br#"{"a":1,"b":"x"}"#).unwrap();
+        assert_eq!(fields.get("b").map(|v| v.get()), Some("\"x\""));
+        assert!(fields.only(&["a"]).is_err());
+        let twice = parse_object::<Fields<'_>>(br#"{"a":1,"a":2}"#).unwrap_err();
+        assert!(matches!(twice, ApiError::InvalidJson { message } if message.contains("duplicate")));
+    }
+
+    #[test]
+    fn hold_ttls() {
+        let body =
+            |ttl: &str| format!(r#"{{"code":"A","userId":"u","orderValue":1,"orderId":"o","ttlSeconds":{ttl}}}"#);
+        for (ttl, expected) in [("1", Some(1)), ("3600", Some(3600)), ("null", None)] {
+            assert_eq!(UseBody::parse(body(ttl).as_bytes(), 3600).unwrap().ttl_seconds, expected, "{ttl}");
+        }
+        for ttl in ["0", "-1", "1.5", "3601", "\"60\"", "1e2", "true"] {
+            let err = UseBody::parse(body(ttl).as_bytes(), 3600).unwrap_err();
+            assert!(matches!(err, ApiError::InvalidField { field: "ttlSeconds", .. }), "{ttl}: {err:?}");
         }
     }
 
@@ -221,6 +314,7 @@ mod tests {
             (r#"{"code":"A\u0000B","userId":"u","orderValue":1}"#, "INVALID_FIELD", Some("code")),
             (r#"{"code":7,"userId":"u","orderValue":1}"#, "INVALID_FIELD", Some("code")),
             (r#"{"code":"A","userId":"","orderValue":1}"#, "INVALID_FIELD", Some("userId")),
+            (r#"{"code":"A","userId":" ","orderValue":1}"#, "INVALID_FIELD", Some("userId")),
             (r#"{"code":"A","userId":42,"orderValue":1}"#, "INVALID_FIELD", Some("userId")),
             (&long_user, "INVALID_FIELD", Some("userId")),
             (r#"{"code":"A","userId":"u","orderValue":"100"}"#, "INVALID_FIELD", Some("orderValue")),
@@ -235,7 +329,7 @@ mod tests {
             (r#"{"code":"A","userId":"u","orderValue":1,"orderId":5}"#, "INVALID_FIELD", Some("orderId")),
         ];
         for (body, code, field) in cases {
-            let err = ValidateRequest::parse(body.as_bytes()).expect_err(&body[..body.len().min(80)]);
+            let err = ValidateBody::parse(body.as_bytes()).expect_err(&body[..body.len().min(80)]);
             assert_eq!(err.code(), code, "{}: {err}", &body[..body.len().min(80)]);
             let got_field = match &err {
                 ApiError::MissingField { field } | ApiError::InvalidField { field, .. } => Some(*field),

@@ -1,13 +1,15 @@
-//! The local durable journal: redemptions, releases and spilled validation log rows are
-//! appended and fsync'd (one fsync per group of concurrent appends) before anyone hears yes.
+//! The local durable journal: opaque records appended and fsync'd (one fsync per group of
+//! concurrent appends) before anyone hears yes. What the records mean is the caller's
+//! business (`domain::event`); the journal only frames, syncs and reads them back.
 //!
-//! On disk, `DATA_DIR/journal/` holds numbered segment files of CRC-framed JSON records
-//! ([`frame`]) and a `checkpoint`: the position up to which every record is confirmed in
-//! PostgreSQL. Invariant: a record before the checkpoint is in PostgreSQL; a record after it
-//! may or may not be, so shipping it again must be harmless (and is: see `db::shipper`).
+//! On disk, `DATA_DIR/journal/` holds numbered segment files of CRC-framed records
+//! ([`frame`]) and a `checkpoint`: the position up to which the reader has confirmed every
+//! record as handled (shipped to PostgreSQL, or set aside). A record after the checkpoint may
+//! have been handled already (a crash between handling and checkpoint), so handling must be
+//! idempotent.
 
 pub mod frame;
-pub mod record;
+pub mod rejected;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -19,7 +21,6 @@ use std::time::Instant;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::journal::frame::Tail;
-use crate::journal::record::Record;
 use crate::metrics::JournalMetrics;
 
 /// A new segment is started once the current one passes this size.
@@ -37,9 +38,11 @@ pub enum JournalError {
         "journal segment {segment} is damaged at byte {offset}; it is not the last segment, so this is not a torn write: inspect {dir}"
     )]
     Corrupt { segment: u64, offset: u64, dir: PathBuf },
-    #[error("journal record at segment {segment} byte {offset} cannot be decoded: {reason}")]
-    Undecodable { segment: u64, offset: u64, reason: String },
-    #[error("the journal writer has stopped after an I/O error")]
+    #[error("journal checkpoint in {dir} cannot be read: {text:?}")]
+    BadCheckpoint { dir: PathBuf, text: String },
+    #[error("the journal could not write this record; retry shortly")]
+    WriteFailed,
+    #[error("the journal writer has stopped after an I/O error it could not undo")]
     Stopped,
 }
 
@@ -59,7 +62,7 @@ impl Position {
 
 struct Append {
     frame: Vec<u8>,
-    ack: Option<oneshot::Sender<Result<(), ()>>>,
+    ack: Option<oneshot::Sender<Result<(), JournalError>>>,
 }
 
 /// State shared by the writer, the appenders and the reader.
@@ -68,9 +71,12 @@ struct Shared {
     dir: PathBuf,
     /// End of the last fsync'd write.
     durable: Mutex<Position>,
-    /// Records appended and not yet confirmed in PostgreSQL.
+    /// Records appended and not yet confirmed by the reader.
     pending: AtomicI64,
-    failed: AtomicBool,
+    /// The last write failed (and was cut back off); cleared by the next good write.
+    failing: AtomicBool,
+    /// A failed write could not be cut back off: nothing more is accepted.
+    stopped: AtomicBool,
     appended: Notify,
 }
 
@@ -126,7 +132,8 @@ impl Journal {
             dir: dir.to_owned(),
             durable: Mutex::new(Position { segment: next, offset: 0 }),
             pending: AtomicI64::new(pending),
-            failed: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             appended: Notify::new(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -139,35 +146,41 @@ impl Journal {
     }
 
     /// Appends a record and returns once it is on disk (fsync'd).
-    pub async fn append(&self, record: &Record) -> Result<(), JournalError> {
-        if self.shared.failed.load(Ordering::Acquire) {
+    pub async fn append(&self, payload: &[u8]) -> Result<(), JournalError> {
+        if self.shared.stopped.load(Ordering::Acquire) {
             return Err(JournalError::Stopped);
         }
         let (ack, done) = oneshot::channel();
-        let append = Append { frame: record.to_frame(), ack: Some(ack) };
+        let append = Append { frame: framed(payload), ack: Some(ack) };
         self.tx.send(append).await.map_err(|_| JournalError::Stopped)?;
         match done.await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(JournalError::Stopped),
+            Ok(result) => result,
+            Err(_) => Err(JournalError::Stopped),
         }
     }
 
     /// Appends a record without waiting for it, in the next group commit. False if the
     /// journal is full or stopped.
-    pub fn append_nowait(&self, record: &Record) -> bool {
-        !self.shared.failed.load(Ordering::Acquire)
-            && self.tx.try_send(Append { frame: record.to_frame(), ack: None }).is_ok()
+    pub fn append_nowait(&self, payload: &[u8]) -> bool {
+        !self.shared.stopped.load(Ordering::Acquire)
+            && self.tx.try_send(Append { frame: framed(payload), ack: None }).is_ok()
     }
 
-    /// Records appended and not yet confirmed in PostgreSQL.
+    /// Records appended and not yet confirmed by the reader.
     pub fn backlog(&self) -> u64 {
         u64::try_from(self.shared.pending.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
-    /// Whether the writer is still accepting records.
+    /// Whether the last write succeeded and the writer is accepting records.
     pub fn is_healthy(&self) -> bool {
-        !self.shared.failed.load(Ordering::Acquire)
+        !self.shared.stopped.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Acquire)
     }
+}
+
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + frame::HEADER_LEN);
+    frame::encode(payload, &mut out);
+    out
 }
 
 /// Owns the current segment file; runs on its own thread because write and fsync block.
@@ -198,21 +211,35 @@ impl Writer {
                 buf.extend_from_slice(&append.frame);
             }
             let written = self.write(&buf, batch.len());
-            if let Err(err) = &written {
-                tracing::error!(error = %err, "journal write failed; refusing further appends");
-                self.shared.failed.store(true, Ordering::Release);
+            match &written {
+                Ok(()) => self.shared.failing.store(false, Ordering::Release),
+                Err(Failure::CutBack(err)) => {
+                    // Nothing of the batch is on disk: its appenders hear no, the next batch
+                    // tries again (a full disk or a passing EIO need not stop the service).
+                    tracing::error!(error = %err, records = batch.len(), "journal write failed; the batch was refused");
+                    self.shared.failing.store(true, Ordering::Release);
+                }
+                Err(Failure::Stuck(err)) => {
+                    tracing::error!(error = %err, "journal write failed and could not be undone; refusing further appends");
+                    self.shared.stopped.store(true, Ordering::Release);
+                }
             }
             for append in batch.drain(..) {
                 if let Some(ack) = append.ack {
-                    let _ = ack.send(written.as_ref().map(|_| ()).map_err(|_| ()));
+                    let result = match &written {
+                        Ok(()) => Ok(()),
+                        Err(Failure::CutBack(_)) => Err(JournalError::WriteFailed),
+                        Err(Failure::Stuck(_)) => Err(JournalError::Stopped),
+                    };
+                    let _ = ack.send(result);
                 }
             }
-            if self.shared.failed.load(Ordering::Acquire) {
+            if self.shared.stopped.load(Ordering::Acquire) {
                 // Refuse everything still queued, then stop.
                 self.rx.close();
                 while let Ok(append) = self.rx.try_recv() {
                     if let Some(ack) = append.ack {
-                        let _ = ack.send(Err(()));
+                        let _ = ack.send(Err(JournalError::Stopped));
                     }
                 }
                 return;
@@ -220,19 +247,24 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, buf: &[u8], n_records: usize) -> Result<(), JournalError> {
+    fn write(&mut self, buf: &[u8], n_records: usize) -> Result<(), Failure> {
         if self.len > 0 && self.len + buf.len() as u64 > SEGMENT_BYTES {
+            // A segment that cannot be created leaves the current one as it is.
+            let file = create_segment(&self.shared.dir, self.segment + 1).map_err(Failure::CutBack)?;
             self.segment += 1;
-            self.file = create_segment(&self.shared.dir, self.segment)?;
+            self.file = file;
             self.len = 0;
         }
         let started = Instant::now();
-        let path = || segment_path(&self.shared.dir, self.segment);
+        let path = segment_path(&self.shared.dir, self.segment);
         if let Err(source) = self.file.write_all(buf).and_then(|()| self.file.sync_data()) {
-            // Take back whatever part of the batch reached the file, so no half-frame is
-            // followed by later frames; if even that fails, the writer stops.
-            let _ = self.file.set_len(self.len).and_then(|()| self.file.sync_data());
-            return Err(io_error(&path(), source));
+            // Take back whatever part of the batch reached the file, so that no half-frame
+            // is ever followed by later frames; if even that fails, the writer stops.
+            let err = io_error(&path, source);
+            return match self.file.set_len(self.len).and_then(|()| self.file.sync_data()) {
+                Ok(()) => Err(Failure::CutBack(err)),
+                Err(_) => Err(Failure::Stuck(err)),
+            };
         }
         self.metrics.fsync_seconds.record(started.elapsed().as_secs_f64());
         self.metrics.bytes.increment(buf.len() as u64);
@@ -244,11 +276,19 @@ impl Writer {
     }
 }
 
+/// How a write failed.
+enum Failure {
+    /// Nothing of the batch remains in the file.
+    CutBack(JournalError),
+    /// The file may hold part of the batch.
+    Stuck(JournalError),
+}
+
 /// A record read back, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub position: Position,
-    pub record: Record,
+    pub payload: Vec<u8>,
 }
 
 impl JournalReader {
@@ -281,13 +321,8 @@ impl JournalReader {
             let (frames, consumed, _) = frame::scan(&bytes);
             for found in frames {
                 let position = Position { segment, offset: start + found.offset as u64 };
-                let record = Record::from_payload(found.payload).map_err(|err| JournalError::Undecodable {
-                    segment,
-                    offset: position.offset,
-                    reason: err.to_string(),
-                })?;
                 budget = budget.saturating_sub(found.payload.len() + frame::HEADER_LEN);
-                entries.push(Entry { position, record });
+                entries.push(Entry { position, payload: found.payload.to_vec() });
             }
             at = Position { segment, offset: start + consumed as u64 };
             if budget == 0 || (at.offset < end) {
@@ -297,7 +332,7 @@ impl JournalReader {
         Ok((entries, at))
     }
 
-    /// Records that `n` more records are in PostgreSQL and shipping resumes at `next`:
+    /// Records that `n` more records are handled and reading resumes at `next`:
     /// persists the checkpoint, then deletes the segments wholly before it.
     pub fn confirm(&mut self, next: Position, n: usize) -> Result<(), JournalError> {
         write_checkpoint(&self.shared.dir, next)?;
@@ -313,16 +348,6 @@ impl JournalReader {
     /// Waits until something new is durable (or a moment has passed).
     pub async fn appended(&self) {
         self.shared.appended.notified().await;
-    }
-
-    /// The journal's directory.
-    pub fn dir(&self) -> &Path {
-        &self.shared.dir
-    }
-
-    /// The position just after the last durable record.
-    pub fn durable_end(&self) -> Position {
-        *self.shared.durable.lock().expect("journal position")
     }
 }
 
@@ -363,9 +388,7 @@ fn read_checkpoint(dir: &Path) -> Result<Position, JournalError> {
             let mut parts = text.split_whitespace().map(str::parse::<u64>);
             match (parts.next(), parts.next()) {
                 (Some(Ok(segment)), Some(Ok(offset))) => Ok(Position { segment, offset }),
-                _ => {
-                    Err(JournalError::Undecodable { segment: 0, offset: 0, reason: format!("bad checkpoint {text:?}") })
-                }
+                _ => Err(JournalError::BadCheckpoint { dir: dir.to_owned(), text }),
             }
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Position::default()),
@@ -390,24 +413,17 @@ fn io_error(path: &Path, source: io::Error) -> JournalError {
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
     use uuid::Uuid;
 
     use super::*;
-    use crate::journal::record::Released;
     use crate::metrics::Metrics;
 
-    fn record(n: u32) -> Record {
-        Record::Release(Released {
-            id: Uuid::new_v4(),
-            coupon_id: i64::from(n),
-            order_id: format!("o-{n}"),
-            released_at: Utc::now(),
-        })
+    fn record(n: u32) -> Vec<u8> {
+        format!("record {n}").into_bytes()
     }
 
     fn open(dir: &Path) -> Result<(Journal, JournalReader), JournalError> {
-        Journal::open(dir, Metrics::new().journal)
+        Journal::open(dir, Metrics::new(&[]).journal)
     }
 
     fn temp() -> PathBuf {
@@ -419,14 +435,14 @@ mod tests {
     #[tokio::test]
     async fn survives_a_torn_tail_and_resumes_from_the_checkpoint() {
         let dir = temp();
-        let written: Vec<Record> = (0..3).map(record).collect();
+        let written: Vec<Vec<u8>> = (0..3).map(record).collect();
         let (journal, reader) = open(&dir).unwrap();
         for r in &written {
             journal.append(r).await.unwrap();
         }
         assert_eq!(journal.backlog(), 3);
         let (entries, end) = reader.read(reader.checkpoint(), 1 << 20).unwrap();
-        assert_eq!(entries.iter().map(|e| &e.record).collect::<Vec<_>>(), written.iter().collect::<Vec<_>>());
+        assert_eq!(entries.iter().map(|e| &e.payload).collect::<Vec<_>>(), written.iter().collect::<Vec<_>>());
         drop((journal, reader));
 
         // A crash mid-write: half a frame at the end of the last segment.

@@ -47,9 +47,9 @@ async fn postgres_stopped_mid_run_loses_nothing() {
     let app = TestApp::spawn_with(
         &cluster.url,
         &[
-            ("COUPON__DATABASE__HEALTH_INTERVAL_MS", "100"),
-            ("COUPON__DATABASE__CONNECT_TIMEOUT_MS", "500"),
-            ("COUPON__VALIDATION_LOG__RETRY_MAX_MS", "200"),
+            ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
+            ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
+            ("COUPON__VALIDATION_LOG__RETRY_MAX", "200ms"),
             // Small enough that the outage overflows it into the journal.
             ("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "50"),
         ],
@@ -125,7 +125,7 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     setup.close().await;
     let data_dir = std::env::temp_dir().join(format!("coupon-engine-kill-{}", uuid::Uuid::new_v4().simple()));
     let data_dir = data_dir.display().to_string();
-    let env = [("DATA_DIR", data_dir.as_str()), ("COUPON__DATABASE__CONNECT_TIMEOUT_MS", "500")];
+    let env = [("DATA_DIR", data_dir.as_str()), ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms")];
     let server = ServeProcess::start(&cluster.url, &env);
     let client = TestClient::new(server.addr);
     client.wait_ready().await;
@@ -168,5 +168,76 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     assert_eq!((status, body["reason"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("USAGE_LIMIT_REACHED")));
     assert!(server.terminate().success());
     check.close().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_postgres_refuses_is_set_aside_and_start_up_goes_on() {
+    let db = crate::helpers::TestDb::new().await;
+    let doomed = insert_coupon(&db.pool, "DOOMED", &[]).await;
+    insert_coupon(&db.pool, "KEPT", &[]).await;
+    let proxy = crate::helpers::PgProxy::start(&db.url).await;
+    let data_dir = std::env::temp_dir().join(format!("coupon-engine-aside-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir = data_dir.display().to_string();
+    let env = [
+        ("DATA_DIR", data_dir.as_str()),
+        ("ADMIN_TOKEN", "t0ken"),
+        ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
+        ("COUPON__JOURNAL__SHIP_SHUTDOWN_TIMEOUT", "200ms"),
+        ("COUPON__VALIDATION_LOG__SHUTDOWN_TIMEOUT", "200ms"),
+    ];
+    let app = TestApp::spawn_with(&proxy.url, &env).await;
+    // Journalled while PostgreSQL is away, so nothing ships before the coupon is deleted.
+    proxy.cut();
+    for (code, order) in [("DOOMED", "o-1"), ("KEPT", "o-2"), ("KEPT", "o-3")] {
+        assert_eq!(redeem(&app.client, code, "u", order).await.0, StatusCode::CREATED);
+    }
+    app.stop().await.unwrap();
+    sqlx::query("DELETE FROM coupons WHERE id = $1").bind(doomed).execute(&db.pool).await.unwrap();
+    proxy.restore();
+
+    // The next start ships what it can, sets the refused record aside, and becomes ready.
+    let app = TestApp::spawn_with(&proxy.url, &env).await;
+    let orders: Vec<String> =
+        sqlx::query_scalar("SELECT order_id FROM coupon_usage ORDER BY order_id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(orders, ["o-2", "o-3"], "every other record shipped");
+    let health = app.client.get("/health").await.json();
+    assert_eq!(
+        (health["status"].clone(), health["rejectedRecords"].clone()),
+        (json!("degraded"), json!(1)),
+        "{health}"
+    );
+    let admin = |path: &'static str, method: hyper::Method| {
+        let client = app.client.clone();
+        async move { client.request_with(method, path, "", &[("authorization", "Bearer t0ken")]).await.json() }
+    };
+    assert_eq!(admin("/admin/cache/stats", hyper::Method::GET).await["rejectedRecords"], 1);
+    let listed = admin("/admin/journal/rejected", hyper::Method::GET).await;
+    let record = &listed["records"][0];
+    assert!(record["reason"].as_str().unwrap().contains("foreign key"), "{listed}");
+    assert!(record["record"].as_str().unwrap().contains("o-1"), "{listed}");
+    let metrics = app.client.get("/metrics").await.text;
+    assert_eq!(metric(&metrics, "journal_records_set_aside"), 1.0);
+    assert_eq!(metric(&metrics, "journal_records_set_aside_total"), 1.0);
+
+    // The operator restores the coupon and retries: the redemption ships after all.
+    sqlx::query("INSERT INTO coupons (id, code, type, discount_type, discount_value) VALUES ($1, 'DOOMED', 'time_specific', 'percentage', 10)")
+        .bind(doomed)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(admin("/admin/journal/rejected/retry", hyper::Method::POST).await["requeued"], 1);
+    eventually(CATCH_UP, "the retried record shipped", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM coupon_usage WHERE order_id = 'o-1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    eventually(CATCH_UP, "healthy again", || async { app.client.get("/health").await.json()["status"] == "healthy" })
+        .await;
+    app.stop().await.unwrap();
+    db.drop_db().await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }

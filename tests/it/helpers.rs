@@ -81,7 +81,7 @@ pub fn settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
         ("DATABASE_URL".to_owned(), db_url.to_owned()),
         ("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
         ("DATA_DIR".to_owned(), temp_dir().display().to_string()),
-        ("COUPON__VALIDATION_LOG__FLUSH_INTERVAL_MS".to_owned(), "20".to_owned()),
+        ("COUPON__VALIDATION_LOG__FLUSH_INTERVAL".to_owned(), "20ms".to_owned()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Settings::load_from(None, vars).expect("test settings are valid")
@@ -98,7 +98,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: TestClient,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: JoinHandle<anyhow::Result<()>>,
+    handle: JoinHandle<Result<(), coupon_engine::app::StartError>>,
 }
 
 impl TestApp {
@@ -122,7 +122,7 @@ impl TestApp {
     }
 
     /// Shuts down as SIGTERM would, and returns what `run` returned.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> Result<(), coupon_engine::app::StartError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -354,6 +354,8 @@ pub struct PgProxy {
 #[derive(Default)]
 struct ProxyState {
     up: bool,
+    /// New connections are accepted and never answered: a database that hangs.
+    stalled: bool,
     connections: Vec<tokio::task::AbortHandle>,
 }
 
@@ -365,7 +367,7 @@ impl PgProxy {
         let upstream = upstream.to_owned();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let url = format!("{prefix}@{}/{path}", listener.local_addr().expect("proxy addr"));
-        let state = Arc::new(Mutex::new(ProxyState { up: true, connections: Vec::new() }));
+        let state = Arc::new(Mutex::new(ProxyState { up: true, stalled: false, connections: Vec::new() }));
         tokio::spawn({
             let state = state.clone();
             async move {
@@ -375,7 +377,13 @@ impl PgProxy {
                         continue;
                     }
                     let upstream = upstream.clone();
+                    let stalled = state.lock().expect("proxy state").stalled;
                     let task = tokio::spawn(async move {
+                        if stalled {
+                            // Held open, never answered, until the test restores the proxy.
+                            let _held = &inbound;
+                            std::future::pending::<()>().await;
+                        }
                         if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
@@ -396,9 +404,23 @@ impl PgProxy {
         }
     }
 
-    /// Accepts connections again.
+    /// Drops every open connection and holds new ones without ever answering.
+    pub fn stall(&self) {
+        let mut state = self.state.lock().expect("proxy state");
+        state.stalled = true;
+        for connection in state.connections.drain(..) {
+            connection.abort();
+        }
+    }
+
+    /// Accepts and forwards connections again.
     pub fn restore(&self) {
-        self.state.lock().expect("proxy state").up = true;
+        let mut state = self.state.lock().expect("proxy state");
+        state.up = true;
+        state.stalled = false;
+        for connection in state.connections.drain(..) {
+            connection.abort();
+        }
     }
 }
 

@@ -25,16 +25,44 @@ async fn still_serving(app: &TestApp) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_the_in_flight_bound_the_answer_is_503_at_once() {
+async fn a_slow_body_holds_no_slot_and_past_the_in_flight_bound_the_answer_is_503_at_once() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
-    let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__MAX_IN_FLIGHT", "1")]).await;
-    // A request whose body never finishes holds the only place.
+    let proxy = PgProxy::start(&db.url).await;
+    let app = TestApp::spawn_with(
+        &proxy.url,
+        &[
+            ("COUPON__HTTP__MAX_IN_FLIGHT", "1"),
+            ("COUPON__HTTP__BODY_READ_TIMEOUT", "1s"),
+            ("COUPON__HTTP__ADMIN_TIMEOUT", "3s"),
+            ("ADMIN_TOKEN", "t0ken"),
+        ],
+    )
+    .await;
+    // A body that never finishes does not take the only place: others are served meanwhile,
+    // and the slow client gets 408 and a closed connection.
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
     let head = post(VALID);
     slow.write_all(&head.as_bytes()[..head.len() - 10]).await.unwrap();
+    for _ in 0..20 {
+        still_serving(&app).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await.expect("closed").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("BODY_TIMEOUT"), "{answer}");
+
+    // A request stuck in its handler does hold it: an admin call on a database that hangs.
+    proxy.stall();
+    let stuck = {
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            client.request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t0ken")]).await
+        })
+    };
     let body = json!({"code": "TEN", "userId": "u", "orderValue": 100});
-    eventually(Duration::from_secs(5), "the slow request to hold the only place", || async {
+    eventually(Duration::from_secs(3), "the stuck request to hold the only place", || async {
         app.client.post("/api/coupons/validate", &body).await.status == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
@@ -42,12 +70,18 @@ async fn past_the_in_flight_bound_the_answer_is_503_at_once() {
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text);
     assert_eq!(refused.headers["retry-after"], "1");
     assert_eq!(refused.json()["error"]["code"], "OVERLOADED");
-    // Finishing the slow request frees the place.
-    slow.write_all(&head.as_bytes()[head.len() - 10..]).await.unwrap();
-    let mut answer = vec![0; 1024];
-    let n = slow.read(&mut answer).await.unwrap();
-    assert!(String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 200"));
+    let timed_out = stuck.await.unwrap();
+    assert_eq!(
+        (timed_out.status, timed_out.json()["error"]["code"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("TIMEOUT"))
+    );
+    proxy.restore();
     still_serving(&app).await;
+    let metrics = app.client.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"http_requests_total{route="/api/coupons/validate",status="503"}"#),
+        "the overload is counted on its route: {metrics}"
+    );
     app.stop().await.unwrap();
     db.drop_db().await;
 }
@@ -82,7 +116,7 @@ async fn connections_past_the_limit_are_told_503_and_closed() {
 async fn hostile_bytes_get_a_4xx_or_a_closed_connection() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
-    let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__HEADER_READ_TIMEOUT_MS", "300")]).await;
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__HEADER_READ_TIMEOUT", "300ms")]).await;
     let wait = Duration::from_secs(3);
 
     let huge_header = format!("GET /health HTTP/1.1\r\nhost: t\r\nx-junk: {}\r\n\r\n", "a".repeat(20_000));
@@ -157,7 +191,7 @@ async fn admin_calls_on_a_hung_database_time_out_instead_of_hanging() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
     let proxy = PgProxy::start(&db.url).await;
-    let app = TestApp::spawn_with(&proxy.url, &[("ADMIN_TOKEN", "t"), ("COUPON__HTTP__ADMIN_TIMEOUT_MS", "300")]).await;
+    let app = TestApp::spawn_with(&proxy.url, &[("ADMIN_TOKEN", "t"), ("COUPON__HTTP__ADMIN_TIMEOUT", "300ms")]).await;
     proxy.cut();
     let reload =
         app.client.request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t")]).await;
@@ -181,7 +215,7 @@ async fn a_user_guessing_codes_is_stopped_and_others_are_not() {
     insert_coupon(&db.pool, "TEN", &[]).await;
     let app = TestApp::spawn_with(
         &db.url,
-        &[("COUPON__PROTECTION__FAILED_LOOKUPS_PER_USER", "5"), ("COUPON__PROTECTION__WINDOW_SECS", "2")],
+        &[("COUPON__PROTECTION__FAILED_LOOKUPS_PER_USER", "5"), ("COUPON__PROTECTION__WINDOW", "2s")],
     )
     .await;
     // Valid lookups never count.

@@ -12,7 +12,7 @@ fn unreachable_database_or_bad_config_exit_non_zero_with_one_line() {
         (
             vec![
                 ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nothing"),
-                ("COUPON__DATABASE__CONNECT_TIMEOUT_MS", "500"),
+                ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
             ],
             "cannot connect to the database",
         ),
@@ -53,7 +53,7 @@ async fn sigterm_writes_every_queued_log_row_then_exits_zero() {
     // A batch that never fills and an interval that never passes: only shutdown writes.
     let server = ServeProcess::start(
         &db.url,
-        &[("COUPON__VALIDATION_LOG__FLUSH_INTERVAL_MS", "600000"), ("COUPON__VALIDATION_LOG__BATCH_SIZE", "100000")],
+        &[("COUPON__VALIDATION_LOG__FLUSH_INTERVAL", "600000ms"), ("COUPON__VALIDATION_LOG__BATCH_SIZE", "100000")],
     );
     let client = TestClient::new(server.addr);
     client.wait_ready().await;

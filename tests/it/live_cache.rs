@@ -115,10 +115,10 @@ async fn an_outage_degrades_health_and_a_change_made_during_it_is_served_after()
     let app = TestApp::spawn_with(
         &proxy.url,
         &[
-            ("COUPON__DATABASE__HEALTH_INTERVAL_MS", "100"),
-            ("COUPON__DATABASE__CONNECT_TIMEOUT_MS", "500"),
-            ("COUPON__LISTENER__HEARTBEAT_MS", "200"),
-            ("COUPON__LISTENER__RETRY_MAX_MS", "200"),
+            ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
+            ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
+            ("COUPON__LISTENER__HEARTBEAT", "200ms"),
+            ("COUPON__LISTENER__RETRY_MAX", "200ms"),
         ],
     )
     .await;

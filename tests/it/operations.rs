@@ -122,3 +122,25 @@ fn metric_names_are_found_in_expressions() {
     let expr = r#"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{route="/a_b"}[5m]))) > journal_backlog_records"#;
     assert_eq!(metric_names(expr), vec!["http_request_duration_seconds", "journal_backlog_records"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_the_database_is_down_within_a_second() {
+    let db = TestDb::new().await;
+    let proxy = crate::helpers::PgProxy::start(&db.url).await;
+    let app = TestApp::spawn_with(&proxy.url, &[("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms")]).await;
+    assert_eq!(app.client.get("/health").await.json()["database"], "up");
+    proxy.cut();
+    let cut = std::time::Instant::now();
+    crate::helpers::eventually(std::time::Duration::from_secs(1), "/health to say down", || async {
+        app.client.get("/health").await.json()["database"] == "down"
+    })
+    .await;
+    println!("down after {:?}", cut.elapsed());
+    proxy.restore();
+    crate::helpers::eventually(std::time::Duration::from_secs(5), "/health to say up again", || async {
+        app.client.get("/health").await.json()["database"] == "up"
+    })
+    .await;
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}

@@ -90,9 +90,9 @@ async fn an_outage_delays_rows_but_loses_none() {
     let app = TestApp::spawn_with(
         &proxy.url,
         &[
-            ("COUPON__DATABASE__HEALTH_INTERVAL_MS", "100"),
-            ("COUPON__DATABASE__CONNECT_TIMEOUT_MS", "500"),
-            ("COUPON__VALIDATION_LOG__RETRY_MAX_MS", "200"),
+            ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
+            ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
+            ("COUPON__VALIDATION_LOG__RETRY_MAX", "200ms"),
         ],
     )
     .await;

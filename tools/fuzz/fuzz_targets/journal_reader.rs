@@ -1,9 +1,9 @@
 //! The journal reader on arbitrary bytes (a damaged disk): never a panic, never a frame
-//! whose checksum fails, and records decode or are refused, never misread.
+//! whose checksum fails, and events decode or are refused, never misread.
 #![no_main]
 
 use coupon_engine::journal::frame::{self, HEADER_LEN, Tail};
-use coupon_engine::journal::record::Record;
+use coupon_engine::domain::event::Event;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,11 +17,12 @@ fuzz_target!(|data: &[u8]| {
         let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
         assert_eq!(crc32fast::hash(found.payload), crc);
         expected_offset = found.offset + HEADER_LEN + found.payload.len();
-        if let Ok(record) = Record::from_payload(found.payload) {
-            // What decodes must encode back to a frame that scans to the same record.
-            let again = record.to_frame();
+        if let Ok(event) = Event::decode(found.payload) {
+            // What decodes must encode back to a frame that scans to the same event.
+            let mut again = Vec::new();
+            frame::encode(&event.encode(), &mut again);
             let (reframed, _, _) = frame::scan(&again);
-            assert_eq!(Record::from_payload(reframed[0].payload).ok(), Some(record));
+            assert_eq!(Event::decode(reframed[0].payload).ok(), Some(event));
         }
     }
     assert_eq!(expected_offset, end);

@@ -2,7 +2,9 @@
 //! accepted request always meets the input rules.
 #![no_main]
 
-use coupon_engine::http::request::{MAX_CODE_LEN, MAX_ID_LEN, ReleaseRequest, ValidateRequest};
+use coupon_engine::domain::coupon::MAX_CODE_LEN;
+use coupon_engine::domain::identity::MAX_ID_LEN;
+use coupon_engine::http::request::{ReleaseBody, UseBody, ValidateBody};
 use libfuzzer_sys::fuzz_target;
 
 fn well_formed(text: &str, max: usize) -> bool {
@@ -10,18 +12,20 @@ fn well_formed(text: &str, max: usize) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(request) = ValidateRequest::parse(data) {
+    if let Ok(request) = ValidateBody::parse(data) {
         assert!(well_formed(&request.code, MAX_CODE_LEN));
         assert_eq!(request.code.trim(), request.code);
         assert!(!request.code.bytes().any(|b| b.is_ascii_lowercase()));
         assert!(well_formed(&request.user_id, MAX_ID_LEN));
+        assert_eq!(request.user_id.trim(), request.user_id);
         assert!(request.order_id.as_deref().is_none_or(|o| well_formed(o, MAX_ID_LEN)));
         assert!(request.order_value.get() <= coupon_engine::domain::money::MAX_CENTS);
     }
-    if let Ok(request) = ValidateRequest::parse_redeem(data) {
-        assert!(request.order_id.is_some());
+    if let Ok(request) = UseBody::parse(data, 3600) {
+        assert!(well_formed(&request.order_id, MAX_ID_LEN));
+        assert!(request.ttl_seconds.is_none_or(|ttl| (1..=3600).contains(&ttl)));
     }
-    if let Ok(request) = ReleaseRequest::parse(data) {
+    if let Ok(request) = ReleaseBody::parse(data) {
         assert!(well_formed(&request.code, MAX_CODE_LEN) && well_formed(&request.order_id, MAX_ID_LEN));
     }
 });

@@ -16,7 +16,7 @@ use crate::client::ServiceClient;
 use crate::load::{self, Phase, PhaseResult, Shape};
 use crate::mix::{Mix, REDEEM_CODE};
 
-fn verdict(ok: bool, text: &str) -> bool {
+pub(crate) fn verdict(ok: bool, text: &str) -> bool {
     println!("{} {text}", if ok { "PASS" } else { "FAIL" });
     ok
 }
@@ -439,7 +439,7 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Polls `check` until it yields, or fails after `within`.
-async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub(crate) async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

@@ -8,6 +8,7 @@ mod load;
 mod mix;
 mod propagation;
 mod report;
+mod scale;
 mod stats;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -84,6 +85,8 @@ enum Command {
     Slowloris(drills::SlowlorisArgs),
     /// Time from COMMIT of a coupon change to the first validate answer that reflects it.
     Propagation(propagation::Args),
+    /// A scratch database with a million coupons: start-up time, memory, a 100,000-row change.
+    Scale(scale::ScaleArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::Crash(args)) => {
                 drills::crash(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
             }
+            Some(Command::Scale(args)) => scale::scale(need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::Propagation(args)) => {
                 propagation::run(&cli.url, need_db(cli.database_url.as_deref())?, args).await?;
                 Ok(true)

@@ -1,0 +1,204 @@
+//! What happened, as the journal keeps it and `db/` writes it: redemptions and holds, their
+//! confirmation and release, and validations. JSON, self-describing, a few hundred bytes.
+//!
+//! Every event of one redemption carries a revision, higher than the one before, so that
+//! applying an event twice, or an older one after a newer one, changes nothing.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::coupon::CouponId;
+use crate::domain::money::Cents;
+use crate::domain::rules::Reason;
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A use taken: a redemption, or a hold when `hold_until` is set.
+    #[serde(alias = "redeem")]
+    Redeemed(Redeemed),
+    /// A hold turned into a redemption.
+    Confirmed(Confirmed),
+    /// A use given back.
+    #[serde(alias = "release")]
+    Released(Released),
+    /// A validation answered (a `validation_logs` row).
+    #[serde(alias = "validation_log")]
+    Validated(Validated),
+}
+
+/// A use of a coupon taken by an order: one `coupon_usage` row, keyed by `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redeemed {
+    pub id: Uuid,
+    #[serde(default = "first_rev")]
+    pub rev: u32,
+    pub coupon_id: CouponId,
+    /// The bulk code used, for a code of a batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    pub user_id: String,
+    pub order_id: String,
+    pub order_value: Cents,
+    pub discount: Cents,
+    #[serde(alias = "used_at")]
+    pub at: DateTime<Utc>,
+    /// Set for a hold: when it gives its use back by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_until: Option<DateTime<Utc>>,
+    /// The instance (and its epoch) whose quota leases paid for this use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funded_by: Option<Funding>,
+}
+
+/// Who paid for a use out of their leased quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Funding {
+    pub instance: String,
+    pub epoch: i64,
+}
+
+/// A hold became a redemption.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmed {
+    pub id: Uuid,
+    pub rev: u32,
+    pub at: DateTime<Utc>,
+}
+
+/// Why a use was given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseCause {
+    /// `POST /api/coupons/release`: an order cancelled, or a hold given up.
+    Cancelled,
+    /// A hold reached its deadline.
+    Expired,
+}
+
+/// A use given back: sets `released_at` on the row with this `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    pub id: Uuid,
+    /// Journals written before revisions existed hold a redemption and then its release.
+    #[serde(default = "second_rev")]
+    pub rev: u32,
+    pub coupon_id: CouponId,
+    #[serde(alias = "released_at")]
+    pub at: DateTime<Utc>,
+    #[serde(default = "cancelled")]
+    pub cause: ReleaseCause,
+}
+
+/// One validation, as `validation_logs` keeps it. Made on every validate, so its text is
+/// kept inline (no allocation) up to 24 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validated {
+    pub coupon_code: CompactString,
+    pub coupon_id: Option<CouponId>,
+    pub user_id: CompactString,
+    pub order_id: Option<CompactString>,
+    pub order_value: Cents,
+    pub reason: Option<Reason>,
+    pub discount: Cents,
+    pub final_amount: Cents,
+    pub ip_address: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    pub response_time_us: u64,
+    pub validated_at: DateTime<Utc>,
+}
+
+fn first_rev() -> u32 {
+    1
+}
+
+fn second_rev() -> u32 {
+    2
+}
+
+fn cancelled() -> ReleaseCause {
+    ReleaseCause::Cancelled
+}
+
+impl Event {
+    /// The event as journal payload bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("events serialise")
+    }
+
+    /// Decodes journal payload bytes.
+    pub fn decode(payload: &[u8]) -> Result<Event, serde_json::Error> {
+        serde_json::from_slice(payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let at = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let cents = |n| Cents::new(n).unwrap();
+        for event in [
+            Event::Redeemed(Redeemed {
+                id: Uuid::from_u128(1),
+                rev: 1,
+                coupon_id: 7,
+                code: Some("BF26-ABCDEFGH".into()),
+                user_id: "u".into(),
+                order_id: "o".into(),
+                order_value: cents(1000),
+                discount: cents(100),
+                at,
+                hold_until: Some(at),
+                funded_by: Some(Funding { instance: "i-1".into(), epoch: 3 }),
+            }),
+            Event::Confirmed(Confirmed { id: Uuid::from_u128(1), rev: 2, at }),
+            Event::Released(Released {
+                id: Uuid::from_u128(1),
+                rev: 3,
+                coupon_id: 7,
+                at,
+                cause: ReleaseCause::Expired,
+            }),
+            Event::Validated(Validated {
+                coupon_code: "X".into(),
+                coupon_id: None,
+                user_id: "u".into(),
+                order_id: None,
+                order_value: cents(5),
+                reason: Some(Reason::CouponNotFound),
+                discount: Cents::ZERO,
+                final_amount: cents(5),
+                ip_address: Some("::1".parse().unwrap()),
+                user_agent: None,
+                response_time_us: 12,
+                validated_at: at,
+            }),
+        ] {
+            assert_eq!(Event::decode(&event.encode()).unwrap(), event);
+        }
+    }
+
+    #[test]
+    fn reads_records_of_the_previous_journal_format() {
+        let redeem = br#"{"type":"redeem","id":"00000000-0000-0000-0000-000000000001","coupon_id":3,
+            "user_id":"u","order_id":"o","order_value":1000,"discount":100,"used_at":"2026-11-21T10:00:00Z"}"#;
+        let Event::Redeemed(redeemed) = Event::decode(redeem).unwrap() else { panic!("a redemption") };
+        assert_eq!((redeemed.rev, redeemed.coupon_id, redeemed.hold_until), (1, 3, None));
+        let release = br#"{"type":"release","id":"00000000-0000-0000-0000-000000000001","coupon_id":3,
+            "order_id":"o","released_at":"2026-11-21T10:00:01Z"}"#;
+        let Event::Released(released) = Event::decode(release).unwrap() else { panic!("a release") };
+        assert_eq!((released.rev, released.cause), (2, ReleaseCause::Cancelled));
+        let log = br#"{"type":"validation_log","coupon_code":"X","coupon_id":null,"user_id":"u","order_id":null,
+            "order_value":5,"is_valid":false,"reason":"COUPON_NOT_FOUND","discount":0,"final_amount":5,
+            "ip_address":"127.0.0.1","user_agent":null,"response_time_us":3,"validated_at":"2026-11-21T10:00:00Z"}"#;
+        assert!(matches!(Event::decode(log).unwrap(), Event::Validated(v) if v.reason == Some(Reason::CouponNotFound)));
+    }
+}

@@ -1,0 +1,66 @@
+//! The engine's clock, passed in so that deadlines can be tested on a paused clock.
+
+use std::fmt::Debug;
+
+use chrono::{DateTime, Utc};
+
+/// Wall-clock time as the engine sees it.
+pub trait Clock: Send + Sync + Debug {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Wall-clock time that moves with tokio's clock, so `tokio::time::pause` and `advance`
+/// move it too (tests only; a long-running process would drift from the system's clock).
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    wall: DateTime<Utc>,
+    at: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Starts at `wall` now.
+    pub fn starting_at(wall: DateTime<Utc>) -> TokioClock {
+        TokioClock { wall, at: tokio::time::Instant::now() }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let elapsed = chrono::Duration::from_std(self.at.elapsed()).unwrap_or(chrono::Duration::MAX);
+        self.wall + elapsed
+    }
+}
+
+/// A clock that moves only when told to (tests).
+#[derive(Debug)]
+pub struct ManualClock {
+    now: std::sync::Mutex<DateTime<Utc>>,
+}
+
+impl ManualClock {
+    pub fn new(now: DateTime<Utc>) -> ManualClock {
+        ManualClock { now: std::sync::Mutex::new(now) }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut now = self.now.lock().expect("clock");
+        *now += chrono::Duration::from_std(by).expect("a test duration");
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.lock().expect("clock")
+    }
+}

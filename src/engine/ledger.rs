@@ -1,0 +1,408 @@
+//! The ledger of uses: who redeemed or holds what, and the counts the limits are checked
+//! against. It is the authority for this instance; PostgreSQL lags it by the journal.
+//!
+//! It costs nothing until used: a coupon nobody redeemed has no entry here at all. Ids are
+//! kept as 64-bit keyed hashes, never as text (PostgreSQL keeps the text), so a remembered
+//! redemption costs the same ~100 bytes whatever the length of its order and user ids.
+//!
+//! Locks: every map is split into shards behind short `std` mutexes (no `.await` is ever
+//! held across one); a check-and-change of one count happens under its shard's lock.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::num::NonZeroI64;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::domain::coupon::{BatchId, CampaignId, CouponId};
+use crate::domain::money::Cents;
+
+/// Shards per map; a power of two.
+const SHARDS: usize = 64;
+
+/// A user or order id as the ledger knows it: a keyed hash of its text.
+pub type IdKey = u64;
+/// One redemption per order and coupon: the coupon (a batch's rule for a bulk code) and the
+/// order.
+pub type OrderKey = (CouponId, IdKey);
+
+/// What a count is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tally {
+    /// Live uses of a coupon (a batch's rule counts every code of the batch).
+    Coupon(CouponId),
+    /// Live uses of one bulk code.
+    Code(BatchId, u32),
+    /// Live uses, and their discounts, of a campaign.
+    Campaign(CampaignId),
+    /// A user's live uses of a coupon.
+    UserCoupon(CouponId, IdKey),
+    /// A user's live uses in a campaign.
+    UserCampaign(CampaignId, IdKey),
+    /// A user's live holds, across every coupon.
+    UserHolds(IdKey),
+}
+
+/// A count: live uses and, for a campaign, the sum of their discounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Count {
+    pub live: u32,
+    pub spent: u64,
+}
+
+/// What one [`Ledger::take`] adds, and the bounds it must stay within.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Take {
+    pub uses: u32,
+    pub limit: Option<u32>,
+    pub spent: Cents,
+    pub budget: Option<Cents>,
+}
+
+impl Take {
+    /// One use, within `limit`.
+    pub fn one(limit: Option<u32>) -> Take {
+        Take { uses: 1, limit, spent: Cents::ZERO, budget: None }
+    }
+
+    /// Money only, within `budget`.
+    pub fn money(spent: Cents, budget: Option<Cents>) -> Take {
+        Take { uses: 0, limit: None, spent, budget }
+    }
+}
+
+/// Where a redemption is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotState {
+    /// Its uses are taken; the journal append that makes it a redemption (or a hold) is in
+    /// flight.
+    Taking { hold: bool },
+    /// A durable hold, given back by itself at the deadline (ms since the epoch).
+    Held { until: i64 },
+    /// A durable redemption.
+    Live,
+    /// A confirmation or release is in flight; the uses are still taken.
+    Changing,
+    /// Given back at `at` (ms since the epoch). A released redemption keeps its order id
+    /// spent; a released hold does not.
+    Released { at: i64, order_spent: bool },
+}
+
+/// One redemption or hold, as the ledger remembers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub id: Uuid,
+    /// Bumped by every event of this redemption (see `domain::event`).
+    pub rev: u32,
+    pub user: IdKey,
+    pub order_value: Cents,
+    pub discount: Cents,
+    /// The bulk code used, as (batch, position) ([`code_slot`]).
+    pub code: Option<(u32, u32)>,
+    /// The campaign whose use and budget this took (none for a zero discount).
+    pub campaign: Option<NonZeroI64>,
+    pub state: SlotState,
+}
+
+/// A bulk code as a slot keeps it: batch ids are counted from 1 and stay far below 2^32.
+pub fn code_slot((batch, index): (BatchId, u32)) -> (u32, u32) {
+    (u32::try_from(batch).expect("batch ids stay below 2^32"), index)
+}
+
+impl Slot {
+    /// The bulk code used, as the ledger's tallies name it.
+    pub fn code(&self) -> Option<(BatchId, u32)> {
+        self.code.map(|(batch, index)| (BatchId::from(batch), index))
+    }
+
+    /// The campaign whose use this took.
+    pub fn campaign(&self) -> Option<CampaignId> {
+        self.campaign.map(NonZeroI64::get)
+    }
+}
+
+impl Slot {
+    /// Whether the slot's uses are taken (it counts against the limits).
+    pub fn counts(&self) -> bool {
+        !matches!(self.state, SlotState::Released { .. })
+    }
+
+    /// Whether a journal append about it is in flight.
+    pub fn is_settling(&self) -> bool {
+        matches!(self.state, SlotState::Taking { .. } | SlotState::Changing)
+    }
+
+    /// Whether it is or was a hold (not confirmed).
+    pub fn is_hold(&self) -> bool {
+        matches!(self.state, SlotState::Held { .. } | SlotState::Taking { hold: true })
+    }
+}
+
+/// A map split over shards.
+#[derive(Debug)]
+struct Shards<K, V> {
+    shards: Box<[Mutex<HashMap<K, V, ahash::RandomState>>]>,
+    hasher: ahash::RandomState,
+}
+
+impl<K: Hash + Eq, V> Shards<K, V> {
+    fn new() -> Shards<K, V> {
+        Shards { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), hasher: ahash::RandomState::new() }
+    }
+
+    fn index(&self, key: &K) -> usize {
+        (self.hasher.hash_one(key) >> 58) as usize % SHARDS
+    }
+
+    /// Runs `f` on the map holding `key`, under its lock.
+    fn with<R>(&self, key: &K, f: impl FnOnce(&mut HashMap<K, V, ahash::RandomState>) -> R) -> R {
+        f(&mut self.shards[self.index(key)].lock().expect("ledger shard"))
+    }
+
+    fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().expect("ledger shard").len()).sum()
+    }
+}
+
+/// Every use this instance knows of.
+#[derive(Debug)]
+pub struct Ledger {
+    keys: ahash::RandomState,
+    tallies: Shards<Tally, Count>,
+    orders: Shards<OrderKey, Slot>,
+    /// One per order shard: woken whenever a slot of that shard stops settling.
+    settled: Box<[Notify]>,
+}
+
+impl Default for Ledger {
+    fn default() -> Ledger {
+        Ledger {
+            keys: ahash::RandomState::new(),
+            tallies: Shards::new(),
+            orders: Shards::new(),
+            settled: (0..SHARDS).map(|_| Notify::new()).collect(),
+        }
+    }
+}
+
+impl Ledger {
+    /// The key of a user or order id (already normalised).
+    pub fn id_key(&self, id: &str) -> IdKey {
+        self.keys.hash_one(id)
+    }
+
+    /// The count of `tally`.
+    pub fn count(&self, tally: Tally) -> Count {
+        self.tallies.with(&tally, |map| map.get(&tally).copied().unwrap_or_default())
+    }
+
+    /// Adds `take.uses` uses and `take.spent` to `tally` if that keeps the uses within
+    /// `take.limit` and the sum within `take.budget`; in one step, so two racers cannot both
+    /// pass.
+    pub fn take(&self, tally: Tally, take: Take) -> bool {
+        self.tallies.with(&tally, |map| {
+            let count = map.entry(tally).or_default();
+            let live = count.live.saturating_add(take.uses);
+            let spent = count.spent.saturating_add(take.spent.get());
+            let over_limit = take.uses > 0 && take.limit.is_some_and(|limit| live > limit);
+            let over_budget = take.spent > Cents::ZERO && take.budget.is_some_and(|budget| spent > budget.get());
+            if over_limit || over_budget {
+                if *count == Count::default() {
+                    map.remove(&tally);
+                }
+                return false;
+            }
+            *count = Count { live, spent };
+            true
+        })
+    }
+
+    /// Gives back `uses` uses and `spent` of `tally`.
+    pub fn give_back(&self, tally: Tally, uses: u32, spent: Cents) {
+        self.tallies.with(&tally, |map| {
+            if let Some(count) = map.get_mut(&tally) {
+                count.live = count.live.saturating_sub(uses);
+                count.spent = count.spent.saturating_sub(spent.get());
+                if *count == Count::default() {
+                    map.remove(&tally);
+                }
+            }
+        });
+    }
+
+    /// The slot of `key`, if any.
+    pub fn slot(&self, key: OrderKey) -> Option<Slot> {
+        self.orders.with(&key, |map| map.get(&key).copied())
+    }
+
+    /// Whether `key` holds a slot that spends its order id: a live or held use, or a released
+    /// redemption.
+    pub fn order_taken(&self, key: OrderKey) -> bool {
+        self.slot(key).is_some_and(|slot| !matches!(slot.state, SlotState::Released { order_spent: false, .. }))
+    }
+
+    /// Changes the slot of `key` under its shard's lock: `f` gets the slot (or `None`) and
+    /// returns what to store (`None` removes it) and a result. Waiters are woken when a slot
+    /// stops settling.
+    pub fn update<R>(&self, key: OrderKey, f: impl FnOnce(Option<Slot>) -> (Option<Slot>, R)) -> R {
+        let (was_settling, now_settling, result) = self.orders.with(&key, |map| {
+            let current = map.get(&key).copied();
+            let (next, result) = f(current);
+            let was = current.is_some_and(|s| s.is_settling());
+            let now = next.is_some_and(|s| s.is_settling());
+            match next {
+                Some(slot) => {
+                    map.insert(key, slot);
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+            (was, now, result)
+        });
+        if was_settling && !now_settling {
+            self.settled[self.orders.index(&key)].notify_waiters();
+        }
+        result
+    }
+
+    /// The slot of `key` once it is not settling, waiting at most `within` (`Err` on timeout).
+    pub async fn settled(&self, key: OrderKey, within: Duration) -> Result<Option<Slot>, ()> {
+        let notify = &self.settled[self.orders.index(&key)];
+        let wait = async {
+            loop {
+                let woken = notify.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                match self.slot(key) {
+                    Some(slot) if slot.is_settling() => woken.await,
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(within, wait).await.map_err(|_| ())
+    }
+
+    /// Removes the slots `f` says to forget (released ones past their retention); returns
+    /// their keys.
+    pub fn forget(&self, mut f: impl FnMut(&Slot) -> bool) -> Vec<OrderKey> {
+        let mut forgotten = Vec::new();
+        for shard in self.orders.shards.iter() {
+            shard.lock().expect("ledger shard").retain(|key, slot| {
+                let forget = f(slot);
+                if forget {
+                    forgotten.push(*key);
+                }
+                !forget
+            });
+        }
+        forgotten
+    }
+
+    /// Number of remembered redemptions and holds (released ones included).
+    pub fn remembered(&self) -> usize {
+        self.orders.len()
+    }
+
+    /// Number of coupons with a live use.
+    pub fn coupons_in_use(&self) -> usize {
+        self.tallies
+            .shards
+            .iter()
+            .map(|s| s.lock().expect("ledger shard").keys().filter(|t| matches!(t, Tally::Coupon(_))).count())
+            .sum()
+    }
+
+    /// Number of counts held.
+    pub fn tally_count(&self) -> usize {
+        self.tallies.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn cents(n: u64) -> Cents {
+        Cents::new(n).unwrap()
+    }
+
+    #[test]
+    fn takes_within_limits_and_budgets_and_forgets_zero_counts() {
+        let ledger = Ledger::default();
+        let tally = Tally::Campaign(1);
+        let both = |spent| Take { uses: 1, limit: Some(2), spent: cents(spent), budget: Some(cents(500)) };
+        assert!(ledger.take(tally, both(300)));
+        assert!(!ledger.take(tally, both(300)), "600 > 500");
+        assert!(ledger.take(tally, both(200)), "exactly the budget");
+        assert!(!ledger.take(tally, Take::one(Some(2))), "the cap");
+        assert!(ledger.take(tally, Take::money(Cents::ZERO, Some(cents(500)))), "nothing more is within any budget");
+        assert_eq!(ledger.count(tally), Count { live: 2, spent: 500 });
+        ledger.give_back(tally, 1, cents(300));
+        ledger.give_back(tally, 1, cents(200));
+        assert_eq!(ledger.count(tally), Count::default());
+        assert_eq!(ledger.tally_count(), 0, "a count back at zero costs nothing");
+        assert!(!ledger.take(Tally::Coupon(1), Take::one(Some(0))));
+        assert_eq!(ledger.tally_count(), 0, "a refused take leaves nothing behind");
+    }
+
+    #[test]
+    fn a_remembered_redemption_is_small_whatever_its_ids() {
+        // Key and slot, before the map's own overhead (a control byte and spare capacity).
+        // Within 256 bytes even right after the map doubled (load 7/16): 96 × 16/7 + 1 < 256.
+        let entry = std::mem::size_of::<(OrderKey, Slot)>();
+        assert!(entry <= 96, "{entry} bytes");
+        let ledger = Ledger::default();
+        let (short, long) = (ledger.id_key("o"), ledger.id_key(&"o".repeat(128)));
+        assert_ne!(short, long);
+        assert_eq!(std::mem::size_of_val(&short), 8);
+    }
+
+    #[test]
+    fn concurrent_takes_never_pass_a_limit() {
+        for _ in 0..20 {
+            let ledger = Arc::new(Ledger::default());
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let ledger = ledger.clone();
+                    std::thread::spawn(move || {
+                        (0..100).filter(|_| ledger.take(Tally::Coupon(7), Take::one(Some(50)))).count()
+                    })
+                })
+                .collect();
+            let won: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(won, 50);
+            assert_eq!(ledger.count(Tally::Coupon(7)).live, 50);
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_when_a_slot_settles() {
+        let ledger = Arc::new(Ledger::default());
+        let key = (1, ledger.id_key("o"));
+        let slot = Slot {
+            id: Uuid::nil(),
+            rev: 1,
+            user: 9,
+            order_value: cents(1),
+            discount: Cents::ZERO,
+            code: None,
+            campaign: None,
+            state: SlotState::Taking { hold: false },
+        };
+        ledger.update(key, |_| (Some(slot), ()));
+        assert_eq!(ledger.settled(key, Duration::from_millis(20)).await, Err(()));
+        let waiter = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.settled(key, Duration::from_secs(5)).await }
+        });
+        tokio::task::yield_now().await;
+        ledger.update(key, |s| (s.map(|s| Slot { state: SlotState::Live, ..s }), ()));
+        assert_eq!(waiter.await.unwrap().unwrap().map(|s| s.state), Some(SlotState::Live));
+    }
+}

@@ -1,0 +1,817 @@
+//! The engine: every use case of the service on typed inputs and outcomes, with no HTTP and
+//! no SQL. It owns the catalog (definitions), the ledger (uses) and the journal handle
+//! (durability); HTTP handlers parse, call it and render, and benches and tests call it
+//! directly.
+//!
+//! Invariant: an answer that takes or gives back a use (a redemption, a hold, a
+//! confirmation, a release, an expiry) is given only once its event is on disk in the
+//! journal; until then the ledger marks the slot as settling and a concurrent request for the
+//! same order waits for it.
+
+pub mod catalog;
+pub mod clock;
+pub mod codes;
+pub mod holds;
+pub mod ledger;
+pub mod limits;
+pub mod ports;
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::coupon::{CampaignId, CouponId, normalize_code};
+use crate::domain::event::{Confirmed, Event, ReleaseCause, Released, Validated};
+use crate::domain::identity::redemption_id;
+use crate::domain::money::Cents;
+use crate::domain::rules::{self, Attempt, CodeTerms, Decision, Offer, Reason, Usage};
+use crate::engine::catalog::{Catalog, CatalogStore, Found};
+use crate::engine::clock::Clock;
+use crate::engine::holds::Deadlines;
+use crate::engine::ledger::{IdKey, Ledger, OrderKey, Slot, SlotState, Tally, code_slot};
+use crate::engine::limits::{
+    CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce, Refusal,
+    Use, UserHolds,
+};
+use crate::engine::ports::ValidationSink;
+use crate::journal::{Journal, JournalError};
+use crate::metrics::Metrics;
+
+/// Expiries handled together, each its own journal append in one group commit.
+const EXPIRY_BATCH: usize = 10_000;
+
+/// How the engine behaves.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// How long a request waits for a concurrent request of the same order to settle.
+    pub settle_timeout: Duration,
+    /// Live holds one user may have across every coupon.
+    pub max_active_holds_per_user: u32,
+}
+
+/// A failure of the service itself (the answer is a 503, not a refusal).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("a concurrent request for the same order did not settle in time")]
+    Busy,
+}
+
+/// A validate request, well-formed.
+#[derive(Debug, Clone, Copy)]
+pub struct ValidateRequest<'a> {
+    /// As the client sent it; normalised here.
+    pub code: &'a str,
+    pub user_id: &'a str,
+    pub order_value: Cents,
+    pub order_id: Option<&'a str>,
+}
+
+/// What the validation log keeps about the caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+    /// When the request arrived, for its response time.
+    pub started: Instant,
+}
+
+/// The answer to a validate request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validation<'a> {
+    /// Normalised.
+    pub code: Cow<'a, str>,
+    pub coupon_id: Option<CouponId>,
+    pub decision: Decision,
+}
+
+/// A redeem or hold request, well-formed.
+#[derive(Debug, Clone, Copy)]
+pub struct UseRequest<'a> {
+    pub code: &'a str,
+    pub user_id: &'a str,
+    pub order_id: &'a str,
+    pub order_value: Cents,
+}
+
+/// A release request, well-formed.
+#[derive(Debug, Clone, Copy)]
+pub struct ReleaseRequest<'a> {
+    pub code: &'a str,
+    pub order_id: &'a str,
+    /// When given, it must be the redeemer's.
+    pub user_id: Option<&'a str>,
+}
+
+/// A use taken, as the client is told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: Uuid,
+    /// Normalised.
+    pub code: String,
+    pub discount: Cents,
+    pub final_amount: Cents,
+    /// For a hold.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// What became of a hold this order had: confirmed by this redemption, or expired first.
+    pub hold: Option<HoldFate>,
+}
+
+/// What became of a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldFate {
+    Confirmed,
+    Cancelled,
+    Expired,
+}
+
+impl HoldFate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldFate::Confirmed => "confirmed",
+            HoldFate::Cancelled => "cancelled",
+            HoldFate::Expired => "expired",
+        }
+    }
+}
+
+/// Why a use was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// A rule refused (422).
+    Rule(Reason),
+    /// The order holds this coupon already, as another user or as a redemption (409).
+    OrderTaken,
+    /// The same order again with another order value (409).
+    IdempotencyMismatch,
+    /// The user holds too many uses already (429).
+    TooManyHolds,
+}
+
+impl Refused {
+    /// The API's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Rule(reason) => reason.as_str(),
+            Refused::OrderTaken => Reason::OrderAlreadyRedeemed.as_str(),
+            Refused::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
+            Refused::TooManyHolds => "TOO_MANY_HOLDS",
+        }
+    }
+}
+
+/// The answer to a redeem or a hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UseOutcome {
+    /// A new redemption or hold (201).
+    Taken(Receipt),
+    /// The same order by the same user again: the same redemption or hold (200).
+    Replayed(Receipt),
+    /// A redeem turned the order's hold into the redemption (201).
+    Confirmed(Receipt),
+    Refused(Refused),
+}
+
+impl UseOutcome {
+    /// The metric label.
+    fn label(&self) -> &'static str {
+        match self {
+            UseOutcome::Taken(_) => "redeemed",
+            UseOutcome::Replayed(_) => "replayed",
+            UseOutcome::Confirmed(_) => "confirmed",
+            UseOutcome::Refused(refused) => refused.as_str(),
+        }
+    }
+}
+
+/// The answer to a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Given back now; for a hold, how it ended.
+    Released {
+        hold: Option<HoldFate>,
+    },
+    /// Given back before.
+    AlreadyReleased,
+    NotFound,
+}
+
+/// Whether a use is a redemption or a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UseKind {
+    Redeem,
+    Hold { ttl: Duration },
+}
+
+/// A use read back from PostgreSQL at start-up.
+#[derive(Debug, Clone)]
+pub struct StoredUse {
+    pub id: Uuid,
+    pub rev: u32,
+    pub coupon_id: CouponId,
+    pub code: Option<String>,
+    pub user_id: String,
+    pub order_id: String,
+    pub order_value: Cents,
+    pub discount: Cents,
+    pub hold_until: Option<DateTime<Utc>>,
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+/// The service's core; shared behind an `Arc`.
+#[derive(Debug)]
+pub struct Engine {
+    catalog: CatalogStore,
+    ledger: Ledger,
+    journal: Journal,
+    validations: Arc<dyn ValidationSink>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    deadlines: Deadlines,
+    live_holds: AtomicI64,
+    settings: EngineSettings,
+}
+
+impl Engine {
+    pub fn new(
+        journal: Journal,
+        validations: Arc<dyn ValidationSink>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        settings: EngineSettings,
+    ) -> Engine {
+        Engine {
+            catalog: CatalogStore::default(),
+            ledger: Ledger::default(),
+            journal,
+            validations,
+            clock,
+            metrics,
+            deadlines: Deadlines::default(),
+            live_holds: AtomicI64::new(0),
+            settings,
+        }
+    }
+
+    /// The definitions.
+    pub fn catalog(&self) -> &CatalogStore {
+        &self.catalog
+    }
+
+    /// The uses.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The journal handle.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The engine's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Live holds.
+    pub fn live_holds(&self) -> i64 {
+        self.live_holds.load(Ordering::Relaxed)
+    }
+
+    /// Validates a request (read-only) and logs it.
+    pub fn validate<'a>(&self, req: &ValidateRequest<'a>, caller: &Caller) -> Validation<'a> {
+        let code = normalize_code(req.code);
+        let catalog = self.catalog.load();
+        let attempt = Attempt { user_id: req.user_id, order_value: req.order_value, order_id: req.order_id };
+        let now = self.clock.now();
+        let (coupon_id, decision) = match catalog.find(&code) {
+            None => (None, Decision::Rejected(Reason::CouponNotFound)),
+            Some(found) => {
+                let offer = offer(&catalog, found, req.user_id);
+                let view = self.view(&offer, found, req.user_id, req.order_id);
+                (Some(found.coupon().id), rules::validate(&offer, &view, &attempt, now))
+            }
+        };
+        let (reason, discount, final_amount) = match decision {
+            Decision::Valid { discount, final_amount } => (None, discount, final_amount),
+            Decision::Rejected(reason) => (Some(reason), Cents::ZERO, req.order_value),
+        };
+        self.metrics.validations.inc(reason.map_or("valid", Reason::as_str));
+        self.validations.record(Validated {
+            coupon_code: code.as_ref().into(),
+            coupon_id,
+            user_id: req.user_id.into(),
+            order_id: req.order_id.map(Into::into),
+            order_value: req.order_value,
+            reason,
+            discount,
+            final_amount,
+            ip_address: caller.ip,
+            user_agent: caller.user_agent.clone(),
+            response_time_us: u64::try_from(caller.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            validated_at: now,
+        });
+        Validation { code, coupon_id, decision }
+    }
+
+    /// Redeems: takes one use for the order, durably, within every limit; replays answer
+    /// the same; a live hold of the same order and user is confirmed.
+    pub async fn redeem(&self, req: &UseRequest<'_>) -> Result<UseOutcome, EngineError> {
+        let outcome = self.take_use(req, UseKind::Redeem).await?;
+        self.metrics.redemptions.inc(outcome.label());
+        Ok(outcome)
+    }
+
+    /// Holds: takes one use for the order until `ttl` passes, durably, within every limit.
+    pub async fn hold(&self, req: &UseRequest<'_>, ttl: Duration) -> Result<UseOutcome, EngineError> {
+        let outcome = self.take_use(req, UseKind::Hold { ttl }).await?;
+        self.metrics.holds.inc(match &outcome {
+            UseOutcome::Taken(_) => "held",
+            other => other.label(),
+        });
+        Ok(outcome)
+    }
+
+    async fn take_use(&self, req: &UseRequest<'_>, kind: UseKind) -> Result<UseOutcome, EngineError> {
+        let code = normalize_code(req.code);
+        let user = self.ledger.id_key(req.user_id);
+        let waited_until = Instant::now() + self.settings.settle_timeout;
+        let mut hold_fate = None;
+        loop {
+            let catalog = self.catalog.load_full();
+            let Some(found) = catalog.find(&code) else {
+                return Ok(UseOutcome::Refused(Refused::Rule(Reason::CouponNotFound)));
+            };
+            let coupon = found.coupon();
+            let key = (coupon.id, self.ledger.id_key(req.order_id));
+            let now = self.clock.now();
+            if let Some(slot) = self.ledger.slot(key) {
+                let receipt = |expires_at| Receipt {
+                    id: slot.id,
+                    code: code.to_string(),
+                    discount: slot.discount,
+                    final_amount: slot.order_value.saturating_sub(slot.discount),
+                    expires_at,
+                    hold: None,
+                };
+                match slot.state {
+                    SlotState::Taking { .. } | SlotState::Changing => {
+                        self.wait_settled(key, waited_until).await?;
+                        continue;
+                    }
+                    SlotState::Held { until } if until <= now.timestamp_millis() => {
+                        self.expire(key, until).await?;
+                        hold_fate = Some(HoldFate::Expired);
+                        continue;
+                    }
+                    _ if slot.user != user => return Ok(UseOutcome::Refused(Refused::OrderTaken)),
+                    SlotState::Held { until } => {
+                        if slot.order_value != req.order_value {
+                            return Ok(UseOutcome::Refused(Refused::IdempotencyMismatch));
+                        }
+                        match kind {
+                            UseKind::Hold { .. } => return Ok(UseOutcome::Replayed(receipt(millis(until)))),
+                            UseKind::Redeem => match self.confirm(key, slot, until).await? {
+                                true => {
+                                    let receipt = Receipt { hold: Some(HoldFate::Confirmed), ..receipt(None) };
+                                    return Ok(UseOutcome::Confirmed(receipt));
+                                }
+                                false => continue,
+                            },
+                        }
+                    }
+                    SlotState::Live => {
+                        return Ok(UseOutcome::Refused(match kind {
+                            UseKind::Hold { .. } => Refused::OrderTaken,
+                            UseKind::Redeem if slot.order_value != req.order_value => Refused::IdempotencyMismatch,
+                            UseKind::Redeem => return Ok(UseOutcome::Replayed(receipt(None))),
+                        }));
+                    }
+                    SlotState::Released { order_spent: true, .. } => {
+                        return Ok(UseOutcome::Refused(Refused::OrderTaken));
+                    }
+                    SlotState::Released { order_spent: false, .. } => {}
+                }
+            }
+            match self.take_fresh(&catalog, found, key, user, req, kind, now).await? {
+                Some(UseOutcome::Taken(receipt)) => {
+                    return Ok(UseOutcome::Taken(Receipt { hold: hold_fate, code: code.to_string(), ..receipt }));
+                }
+                Some(outcome) => return Ok(outcome),
+                // A concurrent request claimed the order first: answer as its replay.
+                None => continue,
+            }
+        }
+    }
+
+    /// Applies the rules and takes every limit for a new use of `key`; `None` if another
+    /// request claimed the order meanwhile.
+    #[allow(clippy::too_many_arguments, reason = "one call site; the parts of one request")]
+    async fn take_fresh(
+        &self,
+        catalog: &Catalog,
+        found: Found<'_>,
+        key: OrderKey,
+        user: IdKey,
+        req: &UseRequest<'_>,
+        kind: UseKind,
+        now: DateTime<Utc>,
+    ) -> Result<Option<UseOutcome>, EngineError> {
+        let coupon = found.coupon();
+        let offer = offer(catalog, found, req.user_id);
+        // The order is not checked here: claiming it is the first limit below.
+        let view = self.view(&offer, found, req.user_id, None);
+        let attempt = Attempt { user_id: req.user_id, order_value: req.order_value, order_id: None };
+        let discount = match rules::validate(&offer, &view, &attempt, now) {
+            Decision::Valid { discount, .. } => discount,
+            Decision::Rejected(reason) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
+        };
+        let campaign = offer.campaign.filter(|_| rules::takes_campaign_use(discount));
+        let code = match found {
+            Found::Code { code, .. } => Some((code.batch, code.index)),
+            Found::Coupon(_) => None,
+        };
+        let hold_until = match kind {
+            UseKind::Hold { ttl } => Some(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)),
+            UseKind::Redeem => None,
+        };
+        let id = redemption_id(coupon.id, req.order_id);
+        let slot = Slot {
+            id,
+            rev: 1,
+            user,
+            order_value: req.order_value,
+            discount,
+            code: code.map(code_slot),
+            campaign: campaign.and_then(|c| std::num::NonZeroI64::new(c.id)),
+            state: SlotState::Taking { hold: hold_until.is_some() },
+        };
+        let limits = Limits {
+            order: OrderOnce { slot },
+            holds: UserHolds(Some(self.settings.max_active_holds_per_user)),
+            code: CodeUses(offer.code.map(|c| c.uses_limit)),
+            total: CouponTotal(coupon.usage_limit),
+            per_user: CouponPerUser(coupon.per_user_limit),
+            campaign: CampaignCap(campaign.and_then(|c| c.usage_limit)),
+            campaign_user: CampaignPerUser(campaign.and_then(|c| c.per_user_limit)),
+            budget: CampaignBudget(campaign.and_then(|c| c.budget)),
+        };
+        let u =
+            Use { key, user, coupon: coupon.id, code, campaign: slot.campaign(), discount, hold: hold_until.is_some() };
+        match limits::take(&limits.chain(), &self.ledger, &u) {
+            Ok(()) => {}
+            Err(Refusal::OrderTaken(_)) => return Ok(None),
+            Err(Refusal::Rule(reason)) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
+            Err(Refusal::TooManyHolds) => return Ok(Some(UseOutcome::Refused(Refused::TooManyHolds))),
+        }
+        let rev = self.ledger.slot(key).map_or(1, |s| s.rev);
+        let event = Event::Redeemed(crate::domain::event::Redeemed {
+            id,
+            rev,
+            coupon_id: coupon.id,
+            code: matches!(found, Found::Code { .. }).then(|| normalize_code(req.code).into_owned()),
+            user_id: req.user_id.to_owned(),
+            order_id: req.order_id.to_owned(),
+            order_value: req.order_value,
+            discount,
+            at: now,
+            hold_until,
+            funded_by: None,
+        });
+        if let Err(err) = self.journal.append(&event.encode()).await {
+            limits::give_back(&limits.chain(), &self.ledger, &u);
+            return Err(err.into());
+        }
+        let state = match hold_until {
+            Some(until) => SlotState::Held { until: until.timestamp_millis() },
+            None => SlotState::Live,
+        };
+        self.ledger.update(key, |current| (current.map(|s| Slot { state, ..s }), ()));
+        if let Some(until) = hold_until {
+            self.live_holds.fetch_add(1, Ordering::Relaxed);
+            self.deadlines.push(until.timestamp_millis(), key);
+        }
+        Ok(Some(UseOutcome::Taken(Receipt {
+            id,
+            code: String::new(),
+            discount,
+            final_amount: req.order_value.saturating_sub(discount),
+            expires_at: hold_until,
+            hold: None,
+        })))
+    }
+
+    /// Turns the hold of `key` into a redemption; false if it is no longer that hold (it
+    /// expired or was cancelled meanwhile: the caller looks again).
+    async fn confirm(&self, key: OrderKey, held: Slot, until: i64) -> Result<bool, EngineError> {
+        let now = self.clock.now();
+        let claimed = self.ledger.update(key, |current| match current {
+            Some(slot)
+                if slot.rev == held.rev
+                    && slot.state == (SlotState::Held { until })
+                    && now.timestamp_millis() < until =>
+            {
+                (Some(Slot { state: SlotState::Changing, ..slot }), true)
+            }
+            other => (other, false),
+        });
+        if !claimed {
+            return Ok(false);
+        }
+        let rev = held.rev + 1;
+        let event = Event::Confirmed(Confirmed { id: held.id, rev, at: now });
+        if let Err(err) = self.journal.append(&event.encode()).await {
+            self.ledger.update(key, |current| (current.map(|s| Slot { state: SlotState::Held { until }, ..s }), ()));
+            return Err(err.into());
+        }
+        self.ledger.update(key, |current| (current.map(|s| Slot { rev, state: SlotState::Live, ..s }), ()));
+        limits::give_back(&limits::hold_only(), &self.ledger, &Use::of_slot(key, key.0, &held));
+        self.live_holds.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.holds.inc("confirmed");
+        Ok(true)
+    }
+
+    /// Releases the use of an order: a redemption (the order id stays spent) or a hold.
+    pub async fn release(&self, req: &ReleaseRequest<'_>) -> Result<ReleaseOutcome, EngineError> {
+        let outcome = self.release_inner(req).await?;
+        self.metrics.releases.inc(match outcome {
+            ReleaseOutcome::Released { .. } => "released",
+            ReleaseOutcome::AlreadyReleased => "repeated",
+            ReleaseOutcome::NotFound => "not_found",
+        });
+        Ok(outcome)
+    }
+
+    async fn release_inner(&self, req: &ReleaseRequest<'_>) -> Result<ReleaseOutcome, EngineError> {
+        let code = normalize_code(req.code);
+        let Some(coupon_id) = self.catalog.load().find(&code).map(|found| found.coupon().id) else {
+            return Ok(ReleaseOutcome::NotFound);
+        };
+        let key = (coupon_id, self.ledger.id_key(req.order_id));
+        let user = req.user_id.map(|u| self.ledger.id_key(u));
+        let waited_until = Instant::now() + self.settings.settle_timeout;
+        loop {
+            let Some(slot) = self.ledger.slot(key) else { return Ok(ReleaseOutcome::NotFound) };
+            if user.is_some_and(|user| user != slot.user) {
+                return Ok(ReleaseOutcome::NotFound);
+            }
+            let now = self.clock.now();
+            match slot.state {
+                SlotState::Taking { .. } | SlotState::Changing => self.wait_settled(key, waited_until).await?,
+                SlotState::Released { .. } => return Ok(ReleaseOutcome::AlreadyReleased),
+                SlotState::Held { until } if until <= now.timestamp_millis() => {
+                    if self.expire(key, until).await? {
+                        return Ok(ReleaseOutcome::Released { hold: Some(HoldFate::Expired) });
+                    }
+                }
+                SlotState::Held { .. } | SlotState::Live => {
+                    if self.give_back(key, slot, ReleaseCause::Cancelled).await? {
+                        let hold = slot.is_hold().then_some(HoldFate::Cancelled);
+                        return Ok(ReleaseOutcome::Released { hold });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Gives back the hold of `key` if it is still the one due at `until`; true if this
+    /// call expired it.
+    pub async fn expire(&self, key: OrderKey, until: i64) -> Result<bool, EngineError> {
+        let Some(slot) = self.ledger.slot(key) else { return Ok(false) };
+        if slot.state != (SlotState::Held { until }) || self.clock.now().timestamp_millis() < until {
+            return Ok(false);
+        }
+        self.give_back(key, slot, ReleaseCause::Expired).await
+    }
+
+    /// Journals the release of `slot` and gives its uses back; false if the slot changed
+    /// before it could be claimed.
+    async fn give_back(&self, key: OrderKey, slot: Slot, cause: ReleaseCause) -> Result<bool, EngineError> {
+        let claimed = self.ledger.update(key, |current| match current {
+            Some(now) if now == slot => (Some(Slot { state: SlotState::Changing, ..now }), true),
+            other => (other, false),
+        });
+        if !claimed {
+            return Ok(false);
+        }
+        let now = self.clock.now();
+        let rev = slot.rev + 1;
+        let event = Event::Released(Released { id: slot.id, rev, coupon_id: key.0, at: now, cause });
+        if let Err(err) = self.journal.append(&event.encode()).await {
+            self.ledger.update(key, |current| (current.map(|s| Slot { state: slot.state, ..s }), ()));
+            return Err(err.into());
+        }
+        let was_hold = slot.is_hold();
+        let released = SlotState::Released { at: now.timestamp_millis(), order_spent: !was_hold };
+        self.ledger.update(key, |current| (current.map(|s| Slot { rev, state: released, ..s }), ()));
+        limits::give_back(&limits::counting(), &self.ledger, &Use::of_slot(key, key.0, &slot));
+        if was_hold {
+            self.live_holds.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.holds.inc(match cause {
+                ReleaseCause::Cancelled => "cancelled",
+                ReleaseCause::Expired => "expired",
+            });
+        }
+        Ok(true)
+    }
+
+    async fn wait_settled(&self, key: OrderKey, until: Instant) -> Result<(), EngineError> {
+        let left = until.saturating_duration_since(Instant::now());
+        self.ledger.settled(key, left).await.map(drop).map_err(|()| EngineError::Busy)
+    }
+
+    /// Gives back every hold whose deadline has passed; returns how many. Used at start-up,
+    /// before serving, and by [`Engine::run_deadlines`].
+    pub async fn expire_due(&self) -> usize {
+        let mut expired = 0;
+        loop {
+            let now = self.clock.now().timestamp_millis();
+            let due = self.deadlines.due(now, EXPIRY_BATCH);
+            if due.is_empty() {
+                return expired;
+            }
+            let results = join_all(due.iter().map(|(until, key)| self.expire(*key, *until))).await;
+            for ((until, key), result) in due.into_iter().zip(results) {
+                match result {
+                    Ok(true) => expired += 1,
+                    Ok(false) => {}
+                    Err(err) => {
+                        // Not given back: try again shortly rather than lose the deadline.
+                        tracing::warn!(error = %err, "a hold could not be expired; retrying");
+                        self.deadlines.push(until.max(now + 1_000), key);
+                        return expired;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Expires holds as their deadlines pass, until `stop`.
+    pub async fn run_deadlines(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            self.expire_due().await;
+            let now = self.clock.now().timestamp_millis();
+            let wait = self.deadlines.next().map_or(Duration::from_secs(3600), |next| {
+                Duration::from_millis(u64::try_from(next - now).unwrap_or(0).max(1))
+            });
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+                () = self.deadlines.earlier_added() => {}
+            }
+        }
+    }
+
+    /// Loads the uses stored in PostgreSQL (after the catalog, before serving): each counts
+    /// against the limits as it did when taken; holds get their deadlines back.
+    pub fn load_uses(&self, uses: impl IntoIterator<Item = StoredUse>) -> usize {
+        let catalog = self.catalog.load();
+        let mut loaded = 0;
+        for stored in uses {
+            let key = (stored.coupon_id, self.ledger.id_key(&stored.order_id));
+            let code = stored.code.as_deref().and_then(|code| match catalog.find(code) {
+                Some(Found::Code { code, .. }) => Some((code.batch, code.index)),
+                _ => None,
+            });
+            let campaign = catalog
+                .coupon_by_id(stored.coupon_id)
+                .and_then(|c| c.campaign_id)
+                .filter(|_| rules::takes_campaign_use(stored.discount));
+            let state = match (stored.released_at, stored.hold_until) {
+                (Some(at), hold) => SlotState::Released { at: at.timestamp_millis(), order_spent: hold.is_none() },
+                (None, Some(until)) => SlotState::Held { until: until.timestamp_millis() },
+                (None, None) => SlotState::Live,
+            };
+            let slot = Slot {
+                id: stored.id,
+                rev: stored.rev,
+                user: self.ledger.id_key(&stored.user_id),
+                order_value: stored.order_value,
+                discount: stored.discount,
+                code: code.map(code_slot),
+                campaign: campaign.and_then(std::num::NonZeroI64::new),
+                state,
+            };
+            let inserted = self.ledger.update(key, |current| match current {
+                Some(existing) => (Some(existing), false),
+                None => (Some(slot), true),
+            });
+            if !inserted {
+                continue;
+            }
+            loaded += 1;
+            if slot.counts() {
+                let u = Use::of_slot(key, stored.coupon_id, &slot);
+                // Without caps every limit takes; the order's claim is the slot just stored.
+                let _ = limits::take(&limits::counting(), &self.ledger, &u);
+            }
+            if let SlotState::Held { until } = state {
+                self.live_holds.fetch_add(1, Ordering::Relaxed);
+                self.deadlines.push(until, key);
+            }
+        }
+        loaded
+    }
+
+    fn view<'a>(
+        &'a self,
+        offer: &Offer<'_>,
+        found: Found<'_>,
+        user_id: &'a str,
+        order_id: Option<&'a str>,
+    ) -> LedgerView<'a> {
+        LedgerView {
+            ledger: &self.ledger,
+            coupon: offer.coupon.id,
+            code: match found {
+                Found::Code { code, .. } => Some((code.batch, code.index)),
+                Found::Coupon(_) => None,
+            },
+            campaign: offer.campaign.map(|c| c.id),
+            user_id,
+            order_id,
+            user: OnceCell::new(),
+        }
+    }
+}
+
+/// The definitions a use of `found` is judged by.
+fn offer<'a>(catalog: &'a Catalog, found: Found<'a>, user_id: &str) -> Offer<'a> {
+    let coupon = found.coupon();
+    let campaign = coupon.campaign_id.and_then(|id| catalog.campaign(id)).map(|c| &**c);
+    let code = match found {
+        Found::Code { code, .. } => Some(CodeTerms {
+            uses_limit: code.uses_per_code,
+            assigned_elsewhere: catalog
+                .codes()
+                .batch(code.batch)
+                .is_some_and(|b| b.assigned_elsewhere(code.index, user_id)),
+        }),
+        Found::Coupon(_) => None,
+    };
+    Offer { coupon, campaign, code }
+}
+
+fn millis(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+/// The ledger's counts for one offer and one attempt, computed as the rules ask for them.
+struct LedgerView<'a> {
+    ledger: &'a Ledger,
+    coupon: CouponId,
+    code: Option<(i64, u32)>,
+    campaign: Option<CampaignId>,
+    user_id: &'a str,
+    order_id: Option<&'a str>,
+    user: OnceCell<IdKey>,
+}
+
+impl LedgerView<'_> {
+    fn user(&self) -> IdKey {
+        *self.user.get_or_init(|| self.ledger.id_key(self.user_id))
+    }
+}
+
+impl Usage for LedgerView<'_> {
+    fn code_uses(&self) -> u32 {
+        self.code.map_or(0, |(batch, index)| self.ledger.count(Tally::Code(batch, index)).live)
+    }
+
+    fn total(&self) -> u32 {
+        self.ledger.count(Tally::Coupon(self.coupon)).live
+    }
+
+    fn by_user(&self) -> u32 {
+        self.ledger.count(Tally::UserCoupon(self.coupon, self.user())).live
+    }
+
+    fn campaign_total(&self) -> u32 {
+        self.campaign.map_or(0, |id| self.ledger.count(Tally::Campaign(id)).live)
+    }
+
+    fn campaign_by_user(&self) -> u32 {
+        self.campaign.map_or(0, |id| self.ledger.count(Tally::UserCampaign(id, self.user())).live)
+    }
+
+    fn campaign_spent(&self) -> Cents {
+        let spent = self.campaign.map_or(0, |id| self.ledger.count(Tally::Campaign(id)).spent);
+        Cents::new(spent).unwrap_or(Cents::ZERO)
+    }
+
+    fn has_order(&self) -> bool {
+        self.order_id.is_some_and(|order| self.ledger.order_taken((self.coupon, self.ledger.id_key(order))))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,463 @@
+//! The engine's use cases without HTTP or PostgreSQL: a real journal in a temporary
+//! directory, a clock the test moves.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::domain::campaign::Campaign;
+use crate::domain::coupon::{Coupon, CouponKind, Discount, Status};
+use crate::domain::event::Event;
+use crate::engine::clock::ManualClock;
+use crate::engine::ports::NoValidationLog;
+use crate::journal::JournalReader;
+
+struct Fixture {
+    engine: Arc<Engine>,
+    clock: Arc<ManualClock>,
+    reader: JournalReader,
+    dir: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Fixture {
+    async fn new(coupons: Vec<Coupon>, campaigns: Vec<Campaign>) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("engine-test-{}", Uuid::new_v4().simple()));
+        let metrics = Arc::new(Metrics::new(&[]));
+        let (journal, reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
+        let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
+        let settings = EngineSettings { settle_timeout: Duration::from_secs(5), max_active_holds_per_user: 3 };
+        let engine = Arc::new(Engine::new(journal, Arc::new(NoValidationLog), clock.clone(), metrics, settings));
+        engine.catalog().publisher().await.replace_all(coupons, campaigns, Vec::new());
+        engine.catalog().set_ready();
+        Fixture { engine, clock, reader, dir }
+    }
+
+    /// Every event in the journal, in order.
+    fn events(&self) -> Vec<Event> {
+        let (entries, _) = self.reader.read(self.reader.checkpoint(), 64 << 20).unwrap();
+        entries.iter().map(|e| Event::decode(&e.payload).unwrap()).collect()
+    }
+
+    async fn redeem(&self, code: &str, user: &str, order: &str, value: u64) -> UseOutcome {
+        let req = UseRequest { code, user_id: user, order_id: order, order_value: cents(value) };
+        self.engine.redeem(&req).await.unwrap()
+    }
+
+    async fn hold(&self, code: &str, user: &str, order: &str, ttl: u64) -> UseOutcome {
+        let req = UseRequest { code, user_id: user, order_id: order, order_value: cents(10_000) };
+        self.engine.hold(&req, Duration::from_secs(ttl)).await.unwrap()
+    }
+
+    async fn release(&self, code: &str, order: &str, user: Option<&str>) -> ReleaseOutcome {
+        self.engine.release(&ReleaseRequest { code, order_id: order, user_id: user }).await.unwrap()
+    }
+
+    fn validate(&self, code: &str, user: &str, order: Option<&str>) -> Decision {
+        let req = ValidateRequest { code, user_id: user, order_value: cents(10_000), order_id: order };
+        let caller = Caller { ip: None, user_agent: None, started: Instant::now() };
+        self.engine.validate(&req, &caller).decision
+    }
+}
+
+fn cents(n: u64) -> Cents {
+    Cents::new(n).unwrap()
+}
+
+fn coupon(id: CouponId, code: &str, edit: impl FnOnce(&mut Coupon)) -> Coupon {
+    let mut coupon = Coupon::new(id, code, CouponKind::TimeSpecific, Discount::Fixed(cents(1_000)));
+    edit(&mut coupon);
+    coupon
+}
+
+fn campaign(id: CampaignId, edit: impl FnOnce(&mut Campaign)) -> Campaign {
+    let mut campaign = Campaign::new(id, &format!("campaign-{id}"));
+    edit(&mut campaign);
+    campaign
+}
+
+fn receipt(outcome: &UseOutcome) -> &Receipt {
+    match outcome {
+        UseOutcome::Taken(r) | UseOutcome::Replayed(r) | UseOutcome::Confirmed(r) => r,
+        UseOutcome::Refused(refused) => panic!("refused: {refused:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_redemption_replays_and_refuses_others_and_other_amounts() {
+    let f = Fixture::new(vec![coupon(1, "TEN", |_| {})], vec![]).await;
+    let first = f.redeem("ten", "u1", "o-1", 10_000).await;
+    assert!(matches!(first, UseOutcome::Taken(_)), "{first:?}");
+    let id = receipt(&first).id;
+    assert_eq!(id, redemption_id(1, "o-1"), "ids are deterministic");
+    assert_eq!((receipt(&first).discount, receipt(&first).final_amount), (cents(1_000), cents(9_000)));
+    let again = f.redeem("TEN", "u1", "o-1", 10_000).await;
+    assert!(matches!(&again, UseOutcome::Replayed(r) if r.id == id), "{again:?}");
+    assert_eq!(f.redeem("TEN", "u2", "o-1", 10_000).await, UseOutcome::Refused(Refused::OrderTaken));
+    assert_eq!(f.redeem("TEN", "u1", "o-1", 20_000).await, UseOutcome::Refused(Refused::IdempotencyMismatch));
+    assert_eq!(f.validate("TEN", "u9", Some("o-1")), Decision::Rejected(Reason::OrderAlreadyRedeemed));
+    assert_eq!(f.redeem("NOPE", "u1", "o-2", 1).await, UseOutcome::Refused(Refused::Rule(Reason::CouponNotFound)));
+    let redeemed = f.events().into_iter().filter(|e| matches!(e, Event::Redeemed(_))).count();
+    assert_eq!(redeemed, 1, "one event for one redemption");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_buyers_for_fifty_uses() {
+    let f = Fixture::new(vec![coupon(1, "FIFTY", |c| c.usage_limit = Some(50))], vec![]).await;
+    let tasks: Vec<_> = (0..300)
+        .map(|n| {
+            let engine = f.engine.clone();
+            tokio::spawn(async move {
+                let (user, order) = (format!("buyer-{n}"), format!("order-{n}"));
+                let req = UseRequest { code: "FIFTY", user_id: &user, order_id: &order, order_value: cents(5_000) };
+                engine.redeem(&req).await.unwrap()
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            UseOutcome::Taken(_) => taken += 1,
+            outcome => assert_eq!(outcome, UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached))),
+        }
+    }
+    assert_eq!(taken, 50);
+    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 50);
+    assert_eq!(f.events().len(), 50, "only taken uses reach the journal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_order_twenty_times_at_once_is_one_redemption() {
+    let f = Fixture::new(vec![coupon(1, "ONCE", |c| c.usage_limit = Some(5))], vec![]).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let engine = f.engine.clone();
+            tokio::spawn(async move {
+                let req = UseRequest { code: "ONCE", user_id: "u", order_id: "o", order_value: cents(5_000) };
+                engine.redeem(&req).await.unwrap()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, UseOutcome::Taken(_))).count(), 1);
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, UseOutcome::Replayed(_))).count(), 19);
+    assert_eq!(outcomes.iter().map(|o| receipt(o).id).collect::<HashSet<_>>().len(), 1);
+    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_user_in_forty_tabs_against_a_per_user_limit() {
+    let f = Fixture::new(vec![coupon(1, "TWICE", |c| c.per_user_limit = Some(2))], vec![]).await;
+    let tasks: Vec<_> = (0..40)
+        .map(|n| {
+            let engine = f.engine.clone();
+            tokio::spawn(async move {
+                let order = format!("tab-{n}");
+                let req = UseRequest { code: "TWICE", user_id: "same", order_id: &order, order_value: cents(5_000) };
+                engine.redeem(&req).await.unwrap()
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for task in tasks {
+        if matches!(task.await.unwrap(), UseOutcome::Taken(_)) {
+            taken += 1;
+        }
+    }
+    assert_eq!(taken, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn releases_race_redeems_and_give_back_exactly_once() {
+    let f = Fixture::new(vec![coupon(1, "SOLO", |c| c.usage_limit = Some(1))], vec![]).await;
+    assert!(matches!(f.redeem("SOLO", "u1", "o-1", 5_000).await, UseOutcome::Taken(_)));
+    assert_eq!(f.release("SOLO", "o-1", Some("u2")).await, ReleaseOutcome::NotFound, "someone else's order");
+    assert_eq!(f.release("SOLO", "o-9", None).await, ReleaseOutcome::NotFound);
+    // Twenty releases of the order and twenty buyers for the freed use, all at once.
+    let releases: Vec<_> = (0..20)
+        .map(|_| {
+            let engine = f.engine.clone();
+            tokio::spawn(async move {
+                engine.release(&ReleaseRequest { code: "SOLO", order_id: "o-1", user_id: Some("u1") }).await.unwrap()
+            })
+        })
+        .collect();
+    let buyers: Vec<_> = (0..20)
+        .map(|n| {
+            let engine = f.engine.clone();
+            tokio::spawn(async move {
+                let order = format!("later-{n}");
+                let req = UseRequest { code: "SOLO", user_id: "buyer", order_id: &order, order_value: cents(5_000) };
+                engine.redeem(&req).await.unwrap()
+            })
+        })
+        .collect();
+    let mut released = 0;
+    for task in releases {
+        match task.await.unwrap() {
+            ReleaseOutcome::Released { hold: None } => released += 1,
+            outcome => assert_eq!(outcome, ReleaseOutcome::AlreadyReleased),
+        }
+    }
+    assert_eq!(released, 1);
+    let mut taken = 0;
+    for task in buyers {
+        if matches!(task.await.unwrap(), UseOutcome::Taken(_)) {
+            taken += 1;
+        }
+    }
+    assert!(taken <= 1, "one use came back, at most one buyer got it");
+    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, taken);
+    if taken == 0 {
+        assert!(matches!(f.redeem("SOLO", "late", "late-1", 5_000).await, UseOutcome::Taken(_)));
+    }
+    // A released order id stays spent.
+    assert_eq!(f.redeem("SOLO", "u1", "o-1", 5_000).await, UseOutcome::Refused(Refused::OrderTaken));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_budget_and_cap_hold_under_concurrency_across_codes() {
+    // Three coupons share a campaign of 10 uses and 55.00; each use discounts 10.00 (and one
+    // coupon 0, which takes neither).
+    let coupons = vec![
+        coupon(1, "A", |c| c.campaign_id = Some(7)),
+        coupon(2, "B", |c| c.campaign_id = Some(7)),
+        coupon(3, "FREE", |c| {
+            c.campaign_id = Some(7);
+            c.discount = Discount::Fixed(Cents::ZERO);
+        }),
+    ];
+    let campaigns = vec![campaign(7, |k| {
+        k.usage_limit = Some(10);
+        k.budget = Some(cents(5_500));
+        k.per_user_limit = Some(2);
+    })];
+    let f = Fixture::new(coupons, campaigns).await;
+    let tasks: Vec<_> = (0..120)
+        .map(|n| {
+            let engine = f.engine.clone();
+            tokio::spawn(async move {
+                let code = ["A", "B", "FREE"][n % 3];
+                let (user, order) = (format!("u{}", n % 40), format!("o{n}"));
+                let req = UseRequest { code, user_id: &user, order_id: &order, order_value: cents(5_000) };
+                (code, engine.redeem(&req).await.unwrap())
+            })
+        })
+        .collect();
+    let mut paid = 0;
+    let mut free = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            ("FREE", outcome) => {
+                assert!(matches!(outcome, UseOutcome::Taken(_)), "a zero discount takes no campaign use: {outcome:?}");
+                free += 1;
+            }
+            (_, UseOutcome::Taken(_)) => paid += 1,
+            (_, UseOutcome::Refused(Refused::Rule(reason))) => assert!(
+                matches!(reason, Reason::CampaignBudgetExhausted | Reason::CampaignUserLimitReached),
+                "{reason:?}"
+            ),
+            (_, outcome) => panic!("{outcome:?}"),
+        }
+    }
+    assert_eq!(paid, 5, "55.00 of budget is five whole discounts of 10.00, never a sixth cut short");
+    assert_eq!(free, 40);
+    assert_eq!(f.engine.ledger().count(Tally::Campaign(7)), ledger::Count { live: 5, spent: 5_000 });
+    // A release gives back exactly the discount it took.
+    let holder = f
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Redeemed(r) if r.discount == cents(1_000) => Some(r),
+            _ => None,
+        })
+        .unwrap();
+    let code = if holder.coupon_id == 1 { "A" } else { "B" };
+    assert!(matches!(f.release(code, &holder.order_id, None).await, ReleaseOutcome::Released { .. }));
+    assert_eq!(f.engine.ledger().count(Tally::Campaign(7)), ledger::Count { live: 4, spent: 4_000 });
+}
+
+#[tokio::test]
+async fn a_hold_is_confirmed_cancelled_or_expired_and_the_answer_says_which() {
+    let f = Fixture::new(vec![coupon(1, "ONE", |c| c.usage_limit = Some(1))], vec![]).await;
+    // Held: the use is taken; another buyer is refused; a replay answers the same hold.
+    let held = f.hold("ONE", "u1", "o-1", 60).await;
+    assert!(matches!(&held, UseOutcome::Taken(r) if r.expires_at.is_some()), "{held:?}");
+    assert_eq!(
+        f.redeem("ONE", "u2", "o-2", 10_000).await,
+        UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached))
+    );
+    assert!(matches!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Replayed(_)));
+    assert_eq!(f.hold("ONE", "u2", "o-1", 60).await, UseOutcome::Refused(Refused::OrderTaken));
+    assert_eq!(f.engine.live_holds(), 1);
+    // Confirmed by the redemption, even once the coupon is deactivated: the hold guaranteed it.
+    let inactive = coupon(1, "ONE", |c| {
+        c.usage_limit = Some(1);
+        c.status = Status::Inactive;
+        c.version = 2;
+    });
+    f.engine
+        .catalog()
+        .publisher()
+        .await
+        .apply_coupons(catalog::CouponChanges { upserts: vec![inactive], deleted: vec![] });
+    let confirmed = f.redeem("ONE", "u1", "o-1", 10_000).await;
+    assert!(matches!(&confirmed, UseOutcome::Confirmed(r) if r.hold == Some(HoldFate::Confirmed)), "{confirmed:?}");
+    assert_eq!(receipt(&confirmed).id, receipt(&held).id);
+    assert_eq!((f.engine.live_holds(), f.engine.ledger().count(Tally::Coupon(1)).live), (0, 1));
+    assert!(matches!(f.redeem("ONE", "u1", "o-1", 10_000).await, UseOutcome::Replayed(_)));
+    assert_eq!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Refused(Refused::OrderTaken), "already redeemed");
+
+    let f = Fixture::new(vec![coupon(1, "ONE", |c| c.usage_limit = Some(1))], vec![]).await;
+    f.hold("ONE", "u1", "o-1", 60).await;
+    // Cancelled: the use comes back, and the order may hold or redeem again.
+    assert_eq!(f.release("ONE", "o-1", None).await, ReleaseOutcome::Released { hold: Some(HoldFate::Cancelled) });
+    assert_eq!(f.release("ONE", "o-1", None).await, ReleaseOutcome::AlreadyReleased);
+    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 0);
+    assert!(matches!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Taken(_)));
+
+    // Expired: at the deadline the use comes back by itself...
+    f.clock.advance(Duration::from_secs(59));
+    assert_eq!(f.engine.expire_due().await, 0);
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(f.engine.expire_due().await, 1);
+    assert_eq!((f.engine.live_holds(), f.engine.ledger().count(Tally::Coupon(1)).live), (0, 0));
+    // ...and a redeem applies the rules afresh, saying the hold had expired.
+    let fresh = f.redeem("ONE", "u1", "o-1", 10_000).await;
+    assert!(matches!(&fresh, UseOutcome::Taken(r) if r.hold.is_none()), "{fresh:?}");
+    let revs: Vec<(String, u32)> = f
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Redeemed(r) => Some(("redeemed".to_owned(), r.rev)),
+            Event::Released(r) => Some((format!("released {:?}", r.cause), r.rev)),
+            Event::Confirmed(r) => Some(("confirmed".to_owned(), r.rev)),
+            Event::Validated(_) => None,
+        })
+        .collect();
+    let expected =
+        [("redeemed", 1), ("released Cancelled", 2), ("redeemed", 3), ("released Expired", 4), ("redeemed", 5)];
+    assert_eq!(
+        revs,
+        expected.map(|(e, r)| (e.to_owned(), r)).to_vec(),
+        "every event of one order has a higher revision"
+    );
+}
+
+#[tokio::test]
+async fn at_the_deadline_the_first_to_act_wins() {
+    let f = Fixture::new(vec![coupon(1, "ONE", |_| {})], vec![]).await;
+    f.hold("ONE", "u1", "o-1", 10).await;
+    f.clock.advance(Duration::from_secs(10));
+    // The deadline has passed but the expiry has not run: the redeem expires the hold itself
+    // and takes a fresh use, and says so.
+    let redeemed = f.redeem("ONE", "u1", "o-1", 10_000).await;
+    assert!(matches!(&redeemed, UseOutcome::Taken(r) if r.hold == Some(HoldFate::Expired)), "{redeemed:?}");
+    assert_eq!(f.engine.expire_due().await, 0, "nothing left to expire");
+    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
+    // A cancel that arrives after the deadline says the hold had expired.
+    f.hold("ONE", "u1", "o-2", 10).await;
+    f.clock.advance(Duration::from_secs(11));
+    assert_eq!(f.release("ONE", "o-2", None).await, ReleaseOutcome::Released { hold: Some(HoldFate::Expired) });
+    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
+}
+
+#[tokio::test]
+async fn holds_are_capped_per_user() {
+    let coupons = (1..=5).map(|n| coupon(n, &format!("C{n}"), |_| {})).collect();
+    let f = Fixture::new(coupons, vec![]).await;
+    for n in 1..=3 {
+        assert!(matches!(f.hold(&format!("C{n}"), "hoarder", &format!("o{n}"), 60).await, UseOutcome::Taken(_)));
+    }
+    assert_eq!(f.hold("C4", "hoarder", "o4", 60).await, UseOutcome::Refused(Refused::TooManyHolds));
+    assert!(matches!(f.hold("C4", "someone", "o4", 60).await, UseOutcome::Taken(_)));
+    assert!(
+        matches!(f.redeem("C5", "hoarder", "o5", 10_000).await, UseOutcome::Taken(_)),
+        "redemptions are not capped"
+    );
+    f.release("C1", "o1", None).await;
+    assert!(matches!(f.hold("C4", "hoarder", "o6", 60).await, UseOutcome::Taken(_)), "a released hold frees a place");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_deadline_task_expires_holds_on_a_paused_clock() {
+    let dir = std::env::temp_dir().join(format!("engine-test-{}", Uuid::new_v4().simple()));
+    let metrics = Arc::new(Metrics::new(&[]));
+    let (journal, _reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
+    let clock = Arc::new(clock::TokioClock::starting_at(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
+    let settings = EngineSettings { settle_timeout: Duration::from_secs(5), max_active_holds_per_user: 3 };
+    let engine = Arc::new(Engine::new(journal, Arc::new(NoValidationLog), clock, metrics, settings));
+    engine.catalog().publisher().await.replace_all(vec![coupon(1, "ONE", |_| {})], vec![], Vec::new());
+    // The holds are taken before the task starts: while a request waits for the journal's
+    // thread, a paused clock jumps to the next timer.
+    let created = tokio::time::Instant::now();
+    for (order, ttl) in [("late", 900), ("early", 30)] {
+        let req = UseRequest { code: "ONE", user_id: "u", order_id: order, order_value: cents(1_000) };
+        assert!(matches!(engine.hold(&req, Duration::from_secs(ttl)).await.unwrap(), UseOutcome::Taken(_)));
+    }
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(engine.clone().run_deadlines(stop.clone()));
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert_eq!(engine.live_holds(), 2, "nothing expires before its deadline");
+    // Polled on the paused clock, which runs ahead while an expiry waits for the journal's
+    // thread: the times below are bounds, not exact.
+    let until = |live: i64| {
+        let engine = engine.clone();
+        async move {
+            while engine.live_holds() != live {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tokio::time::Instant::now()
+        }
+    };
+    let first = until(1).await;
+    assert!(first - created < Duration::from_secs(600), "the early hold expired long before the late one's deadline");
+    let second = until(0).await;
+    assert!(second - created >= Duration::from_secs(900), "the late hold expired no sooner than its own deadline");
+    stop.cancel();
+    task.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn stored_uses_count_again_and_expired_holds_are_given_back_at_load() {
+    let f = Fixture::new(vec![coupon(1, "TWO", |c| c.usage_limit = Some(2))], vec![]).await;
+    let now = f.engine.now();
+    let stored = |order: &str, hold_until, released_at| StoredUse {
+        id: redemption_id(1, order),
+        rev: 1,
+        coupon_id: 1,
+        code: None,
+        user_id: "u".into(),
+        order_id: order.into(),
+        order_value: cents(5_000),
+        discount: cents(1_000),
+        hold_until,
+        released_at,
+    };
+    let loaded = f.engine.load_uses([
+        stored("live", None, None),
+        stored("live", None, None),
+        stored("held", Some(now + chrono::Duration::seconds(60)), None),
+        stored("lapsed", Some(now - chrono::Duration::seconds(1)), None),
+        stored("released", None, Some(now)),
+    ]);
+    assert_eq!(loaded, 4, "a duplicate row counts once");
+    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 3);
+    assert_eq!(f.engine.expire_due().await, 1, "the hold that lapsed while the service was down");
+    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 2);
+    assert_eq!(f.redeem("TWO", "u", "released", 5_000).await, UseOutcome::Refused(Refused::OrderTaken));
+    assert_eq!(f.redeem("TWO", "v", "new", 5_000).await, UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached)));
+}

@@ -1,0 +1,5 @@
+//! Route handlers, by audience: the public coupon routes, operations, and the admin API.
+
+pub mod admin;
+pub mod ops;
+pub mod public;

@@ -1,0 +1,89 @@
+//! `/health`, `/health/ready`, `/metrics` and `/openapi.json`.
+
+use chrono::Utc;
+use hyper::StatusCode;
+use hyper::header::HeaderValue;
+use serde::Serialize;
+
+use crate::db::listener::ListenerState;
+use crate::http::State;
+use crate::http::error::ApiError;
+use crate::http::response::{self, HttpResponse, rfc3339};
+use crate::http::routes::{Call, OPENAPI};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HealthResponse {
+    status: &'static str,
+    validation_log_queue_size: usize,
+    database: &'static str,
+    listener: &'static str,
+    journal: &'static str,
+    /// Journal records PostgreSQL refused for good, waiting for an operator.
+    rejected_records: u64,
+    coupons: usize,
+    uptime: f64,
+    timestamp: String,
+}
+
+/// `GET /health`: `degraded` while anything needs attention; validations keep answering.
+pub async fn health(state: &State, _call: Call) -> Result<HttpResponse, ApiError> {
+    let ops = &state.ops;
+    let database_up = ops.database.is_up();
+    let listener = ops.listener.state();
+    let journal_ok = state.engine.journal().is_healthy();
+    let rejected = ops.rejected.len();
+    let healthy = database_up && listener == ListenerState::Listening && journal_ok && rejected == 0;
+    let body = HealthResponse {
+        status: if healthy { "healthy" } else { "degraded" },
+        validation_log_queue_size: ops.validation_log.queue_size(),
+        database: if database_up { "up" } else { "down" },
+        listener: listener.as_str(),
+        journal: if journal_ok { "ok" } else { "failing" },
+        rejected_records: rejected,
+        coupons: state.engine.catalog().load().coupon_count(),
+        uptime: (ops.started.elapsed().as_millis() as f64) / 1000.0,
+        timestamp: rfc3339(Utc::now()),
+    };
+    Ok(response::json(StatusCode::OK, &body))
+}
+
+#[derive(Serialize)]
+struct ReadyResponse {
+    ready: bool,
+}
+
+/// `GET /health/ready`: 200 once the catalog and the ledger are loaded, 503 before.
+pub async fn ready(state: &State, _call: Call) -> Result<HttpResponse, ApiError> {
+    let ready = state.engine.catalog().is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok(response::json(status, &ReadyResponse { ready }))
+}
+
+/// `GET /metrics`: gauges that describe state are set now, at scrape time.
+pub async fn metrics(state: &State, _call: Call) -> Result<HttpResponse, ApiError> {
+    let metrics = &state.metrics;
+    let engine = &state.engine;
+    let catalog = engine.catalog();
+    metrics.cache_coupons.set(catalog.load().coupon_count() as f64);
+    metrics.validation_logs.queue_depth.set(state.ops.validation_log.queue_size() as f64);
+    let backlog = engine.journal().backlog() as f64;
+    metrics.coupon_usage.queue_depth.set(backlog);
+    metrics.journal_backlog.set(backlog);
+    metrics.journal_rejected_pending.set(state.ops.rejected.len() as f64);
+    metrics.live_holds.set(engine.live_holds() as f64);
+    if let Some(last) = catalog.last_reload_at() {
+        metrics.cache_age.set((Utc::now() - last).num_milliseconds() as f64 / 1000.0);
+    }
+    let (size, idle) = (state.pool.size(), state.pool.num_idle() as u32);
+    metrics.pool_idle.set(f64::from(idle));
+    metrics.pool_in_use.set(f64::from(size.saturating_sub(idle)));
+    metrics.pool_max.set(f64::from(state.pool.options().get_max_connections()));
+    let text = metrics.render();
+    Ok(response::with_body(StatusCode::OK, HeaderValue::from_static("text/plain; version=0.0.4"), text.into()))
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi(_state: &State, _call: Call) -> Result<HttpResponse, ApiError> {
+    Ok(response::with_body(StatusCode::OK, HeaderValue::from_static("application/json"), OPENAPI.clone()))
+}

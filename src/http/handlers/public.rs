@@ -1,0 +1,246 @@
+//! `validate`, `redeem`, `hold` and `release`: parse, ask the engine, render its outcome.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+use hyper::header::{HeaderValue, USER_AGENT};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::money::Cents;
+use crate::domain::rules::{Decision, Reason};
+use crate::engine::{
+    Caller, EngineError, Receipt, ReleaseOutcome, ReleaseRequest, UseOutcome, UseRequest, ValidateRequest,
+};
+use crate::http::State;
+use crate::http::error::ApiError;
+use crate::http::request::{ReleaseBody, UseBody, ValidateBody};
+use crate::http::response::{self, HttpResponse, money, rfc3339};
+use crate::http::routes::Call;
+
+/// Longest `User-Agent` kept in the validation log.
+const MAX_USER_AGENT_LEN: usize = 512;
+
+/// The body of a validate answer: `{"valid", "code", "reason", "discount", "finalAmount"}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateResponse<'a> {
+    pub valid: bool,
+    pub code: &'a str,
+    #[serde(serialize_with = "reason")]
+    pub reason: Option<Reason>,
+    #[serde(serialize_with = "money")]
+    pub discount: Cents,
+    #[serde(serialize_with = "money")]
+    pub final_amount: Cents,
+}
+
+impl<'a> ValidateResponse<'a> {
+    /// The answer for `decision` on an order of `order_value`: a rejection discounts nothing.
+    pub fn new(code: &'a str, order_value: Cents, decision: Decision) -> ValidateResponse<'a> {
+        let (reason, discount, final_amount) = match decision {
+            Decision::Valid { discount, final_amount } => (None, discount, final_amount),
+            Decision::Rejected(reason) => (Some(reason), Cents::ZERO, order_value),
+        };
+        ValidateResponse { valid: reason.is_none(), code, reason, discount, final_amount }
+    }
+}
+
+fn reason<S: serde::Serializer>(reason: &Option<Reason>, serializer: S) -> Result<S::Ok, S::Error> {
+    reason.map(Reason::as_str).serialize(serializer)
+}
+
+/// `POST /api/coupons/validate`.
+pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+    let input = ValidateBody::parse(&call.body)?;
+    state.guard.admit(&input.user_id, call.client_ip, &state.metrics)?;
+    let caller = Caller {
+        ip: Some(call.client_ip),
+        user_agent: call.headers.get(USER_AGENT).and_then(user_agent),
+        started: call.started,
+    };
+    let request = ValidateRequest {
+        code: &input.code,
+        user_id: &input.user_id,
+        order_value: input.order_value,
+        order_id: input.order_id.as_deref(),
+    };
+    let validation = state.engine.validate(&request, &caller);
+    if validation.decision == Decision::Rejected(Reason::CouponNotFound) {
+        state.guard.record_failure(&input.user_id, call.client_ip);
+    }
+    let body = ValidateResponse::new(&validation.code, input.order_value, validation.decision);
+    Ok(response::json(StatusCode::OK, &body))
+}
+
+/// A use taken or refused: `{"redeemed"|"held": bool, ...}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UseAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redeemed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    held: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redemption_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_money")]
+    discount: Option<Cents>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_money")]
+    final_amount: Option<Cents>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+    /// What became of the order's hold, when it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+/// Which route a use came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Redeem,
+    Hold,
+}
+
+fn taken(kind: Kind, status: StatusCode, receipt: &Receipt) -> HttpResponse {
+    let body = UseAnswer {
+        redeemed: (kind == Kind::Redeem).then_some(true),
+        held: (kind == Kind::Hold).then_some(true),
+        redemption_id: (kind == Kind::Redeem).then_some(receipt.id),
+        hold_id: (kind == Kind::Hold).then_some(receipt.id),
+        code: Some(&receipt.code),
+        discount: Some(receipt.discount),
+        final_amount: Some(receipt.final_amount),
+        expires_at: receipt.expires_at.map(rfc3339),
+        hold: receipt.hold.map(|fate| fate.as_str()),
+        reason: None,
+    };
+    response::json(status, &body)
+}
+
+fn refused(kind: Kind, status: StatusCode, reason: &'static str) -> HttpResponse {
+    let body = UseAnswer {
+        redeemed: (kind == Kind::Redeem).then_some(false),
+        held: (kind == Kind::Hold).then_some(false),
+        redemption_id: None,
+        hold_id: None,
+        code: None,
+        discount: None,
+        final_amount: None,
+        expires_at: None,
+        hold: None,
+        reason: Some(reason),
+    };
+    response::json(status, &body)
+}
+
+/// The one mapping of a use's outcome to a status and body.
+fn render(kind: Kind, outcome: &UseOutcome) -> Result<HttpResponse, ApiError> {
+    use crate::engine::Refused;
+    Ok(match outcome {
+        UseOutcome::Taken(receipt) | UseOutcome::Confirmed(receipt) => taken(kind, StatusCode::CREATED, receipt),
+        UseOutcome::Replayed(receipt) => taken(kind, StatusCode::OK, receipt),
+        UseOutcome::Refused(Refused::Rule(reason)) => refused(kind, StatusCode::UNPROCESSABLE_ENTITY, reason.as_str()),
+        UseOutcome::Refused(refusal @ (Refused::OrderTaken | Refused::IdempotencyMismatch)) => {
+            refused(kind, StatusCode::CONFLICT, refusal.as_str())
+        }
+        UseOutcome::Refused(Refused::TooManyHolds) => return Err(ApiError::TooManyHolds),
+    })
+}
+
+/// A failure of the service itself.
+fn unavailable(err: EngineError) -> ApiError {
+    match err {
+        EngineError::Journal(err) => {
+            tracing::error!(error = %err, "journal append failed; refused");
+            ApiError::JournalUnavailable
+        }
+        EngineError::Busy => ApiError::Busy,
+    }
+}
+
+/// `POST /api/coupons/redeem`.
+pub async fn redeem(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+    take(state, call, Kind::Redeem).await
+}
+
+/// `POST /api/coupons/hold`.
+pub async fn hold(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+    take(state, call, Kind::Hold).await
+}
+
+async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, ApiError> {
+    let input = UseBody::parse(&call.body, state.hold.max_ttl_secs)?;
+    if kind == Kind::Redeem && input.ttl_seconds.is_some() {
+        return Err(ApiError::InvalidField { field: "ttlSeconds", problem: "only applies to a hold".into() });
+    }
+    state.guard.admit(&input.user_id, call.client_ip, &state.metrics)?;
+    let request = UseRequest {
+        code: &input.code,
+        user_id: &input.user_id,
+        order_id: &input.order_id,
+        order_value: input.order_value,
+    };
+    let outcome = match kind {
+        Kind::Redeem => state.engine.redeem(&request).await,
+        Kind::Hold => {
+            let ttl = Duration::from_secs(input.ttl_seconds.unwrap_or(state.hold.default_ttl_secs));
+            state.engine.hold(&request, ttl).await
+        }
+    }
+    .map_err(unavailable)?;
+    if outcome == UseOutcome::Refused(crate::engine::Refused::Rule(Reason::CouponNotFound)) {
+        state.guard.record_failure(&input.user_id, call.client_ip);
+    }
+    render(kind, &outcome)
+}
+
+#[derive(Serialize)]
+struct ReleaseAnswer {
+    released: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+/// `POST /api/coupons/release`.
+pub async fn release(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+    let input = ReleaseBody::parse(&call.body)?;
+    let request = ReleaseRequest { code: &input.code, order_id: &input.order_id, user_id: input.user_id.as_deref() };
+    let outcome = state.engine.release(&request).await.map_err(unavailable)?;
+    let (status, body) = match outcome {
+        ReleaseOutcome::Released { hold } => {
+            (StatusCode::OK, ReleaseAnswer { released: true, hold: hold.map(|f| f.as_str()), reason: None })
+        }
+        ReleaseOutcome::AlreadyReleased => (StatusCode::OK, ReleaseAnswer { released: true, hold: None, reason: None }),
+        ReleaseOutcome::NotFound => {
+            (StatusCode::NOT_FOUND, ReleaseAnswer { released: false, hold: None, reason: Some("REDEMPTION_NOT_FOUND") })
+        }
+    };
+    Ok(response::json(status, &body))
+}
+
+/// The header's visible-ASCII text, cut to a sane length.
+fn user_agent(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    Some(text[..text.len().min(MAX_USER_AGENT_LEN)].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_agents_are_cut_and_non_ascii_ignored() {
+        let long = "a".repeat(2000);
+        assert_eq!(user_agent(&HeaderValue::from_str(&long).unwrap()).map(|s| s.len()), Some(MAX_USER_AGENT_LEN));
+        assert_eq!(user_agent(&HeaderValue::from_static("curl/8")), Some("curl/8".into()));
+        assert_eq!(user_agent(&HeaderValue::from_bytes(b"caf\xe9").unwrap()), None);
+    }
+}

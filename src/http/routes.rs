@@ -1,0 +1,407 @@
+//! The route table, and answering one request through it.
+//!
+//! Each route is written once, in [`ROUTES`]: its path template (also its metric label),
+//! its methods and their handlers, who may call it, whether it waits for the catalog, and
+//! its OpenAPI path item. The served OpenAPI document, the `Allow` header and the metric
+//! labels all come from this table.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Body;
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
+use hyper::{HeaderMap, Method, Request};
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::http::State;
+use crate::http::error::ApiError;
+use crate::http::handlers::{admin, ops, public};
+use crate::http::response::HttpResponse;
+
+/// Largest request body accepted (API.md: bodies over 16 KiB get 413).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// What a handler returns.
+pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<HttpResponse, ApiError>> + Send + 'a>>;
+/// A handler: the state and the request, read and checked as far as the table says.
+pub type Handler = for<'a> fn(&'a State, Call) -> Answer<'a>;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone.
+    Open,
+    /// The shop's backend: `Authorization: Bearer $API_TOKEN` when API_TOKEN is set.
+    Backend,
+    /// `Authorization: Bearer $ADMIN_TOKEN`; nobody when it is unset.
+    Admin,
+}
+
+/// One route.
+pub struct Route {
+    pub template: &'static str,
+    pub methods: &'static [(Method, Handler)],
+    pub access: Access,
+    /// Answers 503 until the start-up load is done.
+    pub needs_ready: bool,
+    /// The OpenAPI path item.
+    pub openapi: &'static str,
+}
+
+/// A request as a handler gets it.
+#[derive(Debug)]
+pub struct Call {
+    /// The path's `{…}` segments, percent-decoded, in order.
+    pub params: Vec<String>,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub client_ip: IpAddr,
+    /// The caller presented the API token (or none is configured): a trusted backend.
+    pub backend: bool,
+    pub started: Instant,
+}
+
+macro_rules! handler {
+    ($f:path) => {{
+        fn boxed(state: &State, call: Call) -> Answer<'_> {
+            Box::pin($f(state, call))
+        }
+        boxed as Handler
+    }};
+}
+
+/// Every route the service answers.
+pub static ROUTES: &[Route] = &[
+    Route {
+        template: "/api/coupons/validate",
+        methods: &[(Method::POST, handler!(public::validate))],
+        access: Access::Open,
+        needs_ready: true,
+        openapi: include_str!("openapi/validate.json"),
+    },
+    Route {
+        template: "/api/coupons/redeem",
+        methods: &[(Method::POST, handler!(public::redeem))],
+        access: Access::Backend,
+        needs_ready: true,
+        openapi: include_str!("openapi/redeem.json"),
+    },
+    Route {
+        template: "/api/coupons/release",
+        methods: &[(Method::POST, handler!(public::release))],
+        access: Access::Backend,
+        needs_ready: true,
+        openapi: include_str!("openapi/release.json"),
+    },
+    Route {
+        template: "/health",
+        methods: &[(Method::GET, handler!(ops::health))],
+        access: Access::Open,
+        needs_ready: false,
+        openapi: include_str!("openapi/health.json"),
+    },
+    Route {
+        template: "/health/ready",
+        methods: &[(Method::GET, handler!(ops::ready))],
+        access: Access::Open,
+        needs_ready: false,
+        openapi: include_str!("openapi/ready.json"),
+    },
+    Route {
+        template: "/metrics",
+        methods: &[(Method::GET, handler!(ops::metrics))],
+        access: Access::Open,
+        needs_ready: false,
+        openapi: include_str!("openapi/metrics.json"),
+    },
+    Route {
+        template: "/openapi.json",
+        methods: &[(Method::GET, handler!(ops::openapi))],
+        access: Access::Open,
+        needs_ready: false,
+        openapi: include_str!("openapi/openapi.json"),
+    },
+    Route {
+        template: "/admin/cache/reload",
+        methods: &[(Method::POST, handler!(admin::reload))],
+        access: Access::Admin,
+        needs_ready: false,
+        openapi: include_str!("openapi/admin_reload.json"),
+    },
+    Route {
+        template: "/admin/cache/stats",
+        methods: &[(Method::GET, handler!(admin::stats))],
+        access: Access::Admin,
+        needs_ready: false,
+        openapi: include_str!("openapi/admin_stats.json"),
+    },
+    Route {
+        template: "/admin/coupons",
+        methods: &[(Method::POST, handler!(admin::create_coupon))],
+        access: Access::Admin,
+        needs_ready: false,
+        openapi: include_str!("openapi/admin_coupons.json"),
+    },
+    Route {
+        template: "/admin/coupons/{code}",
+        methods: &[(Method::GET, handler!(admin::read_coupon)), (Method::PATCH, handler!(admin::patch_coupon))],
+        access: Access::Admin,
+        needs_ready: false,
+        openapi: include_str!("openapi/admin_coupon.json"),
+    },
+    Route {
+        template: "/admin/coupons/{code}/stats",
+        methods: &[(Method::GET, handler!(admin::coupon_stats))],
+        access: Access::Admin,
+        needs_ready: false,
+        openapi: include_str!("openapi/admin_coupon_stats.json"),
+    },
+    Route {
+        template: "/admin/validations/recent",
+        methods: &[(Method::GET, handler!(admin::recent))],
+        access: Access::Admin,
+        needs_ready: false,
+        openapi: include_str!("openapi/admin_recent.json"),
+    },
+    Route {
+        template: "/admin/journal/rejected",
+        methods: &[(Method::GET, handler!(admin::rejected))],
+        access: Access::Admin,
+        needs_ready: false,
+        openapi: include_str!("openapi/admin_rejected.json"),
+    },
+    Route {
+        template: "/admin/journal/rejected/retry",
+        methods: &[(Method::POST, handler!(admin::retry_rejected))],
+        access: Access::Admin,
+        needs_ready: false,
+        openapi: include_str!("openapi/admin_rejected_retry.json"),
+    },
+];
+
+/// The metric label of every route, in table order.
+pub fn labels() -> Vec<&'static str> {
+    ROUTES.iter().map(|r| r.template).collect()
+}
+
+/// The methods of each route, as the `Allow` header says them.
+static ALLOW: LazyLock<Vec<String>> = LazyLock::new(|| {
+    ROUTES.iter().map(|r| r.methods.iter().map(|(m, _)| m.as_str()).collect::<Vec<_>>().join(", ")).collect()
+});
+
+/// The OpenAPI 3.1 document: the shared parts and every route's path item.
+pub static OPENAPI: LazyLock<Bytes> = LazyLock::new(|| {
+    let mut doc: serde_json::Value =
+        serde_json::from_str(include_str!("openapi/base.json")).expect("base.json is JSON");
+    let paths = ROUTES
+        .iter()
+        .map(|r| (r.template.to_owned(), serde_json::from_str(r.openapi).expect("a path item is JSON")))
+        .collect::<serde_json::Map<_, _>>();
+    doc["paths"] = serde_json::Value::Object(paths);
+    Bytes::from(serde_json::to_vec(&doc).expect("JSON serialises"))
+});
+
+/// The route of a path and its parameters; `Err` when a parameter is not a valid segment.
+fn match_path(path: &str) -> Option<(usize, Result<Vec<String>, ApiError>)> {
+    let segments: Vec<&str> = path.split('/').collect();
+    ROUTES.iter().enumerate().find_map(|(idx, route)| {
+        let template: Vec<&str> = route.template.split('/').collect();
+        if template.len() != segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (pattern, segment) in template.iter().zip(&segments) {
+            if pattern.starts_with('{') {
+                if segment.is_empty() {
+                    return None;
+                }
+                params.push(*segment);
+            } else if pattern != segment {
+                return None;
+            }
+        }
+        Some((idx, params.into_iter().map(decode_segment).collect()))
+    })
+}
+
+/// A path segment, percent-decoded; a `%00`, a control character or invalid UTF-8 is a 400.
+fn decode_segment(segment: &str) -> Result<String, ApiError> {
+    let invalid = || ApiError::InvalidField { field: "path", problem: "has an invalid segment".into() };
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8().map_err(|_| invalid())?;
+    if decoded.chars().any(char::is_control) {
+        return Err(invalid());
+    }
+    Ok(decoded.into_owned())
+}
+
+/// Answers one request and records its metrics.
+pub async fn handle<B>(state: &State, req: Request<B>, peer: IpAddr) -> HttpResponse
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let (route, result) = dispatch(state, req, peer, started).await;
+    let mut response = result.unwrap_or_else(|err| err.response());
+    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    let route = route.unwrap_or_else(|| state.metrics.unmatched());
+    state.metrics.record_request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn dispatch<B>(
+    state: &State,
+    req: Request<B>,
+    peer: IpAddr,
+    started: Instant,
+) -> (Option<usize>, Result<HttpResponse, ApiError>)
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let Some((idx, params)) = match_path(req.uri().path()) else {
+        return (None, Err(ApiError::NotFound));
+    };
+    (Some(idx), answer(state, idx, params, req, peer, started).await)
+}
+
+async fn answer<B>(
+    state: &State,
+    idx: usize,
+    params: Result<Vec<String>, ApiError>,
+    req: Request<B>,
+    peer: IpAddr,
+    started: Instant,
+) -> Result<HttpResponse, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let route = &ROUTES[idx];
+    let Some((_, handler)) = route.methods.iter().find(|(method, _)| method == req.method()) else {
+        return Err(ApiError::MethodNotAllowed { allow: &ALLOW[idx] });
+    };
+    let params = params?;
+    let headers = req.headers();
+    let backend = state.api_token.is_empty() || bearer_is(headers, &state.api_token);
+    match route.access {
+        Access::Open => {}
+        Access::Backend if backend => {}
+        Access::Admin if !state.admin_token.is_empty() && bearer_is(headers, &state.admin_token) => {}
+        Access::Backend | Access::Admin => return Err(ApiError::Unauthorized),
+    }
+    if route.needs_ready && !state.engine.catalog().is_ready() {
+        return Err(ApiError::NotReady);
+    }
+    let client_ip = state.guard.client_ip(peer, headers);
+    let query = req.uri().query().map(str::to_owned);
+    let (parts, body) = req.into_parts();
+    // The body is read before a request slot is taken, within its own deadline, so a slow
+    // client never holds a slot.
+    let body = match tokio::time::timeout(state.http.body_read_timeout, read_body(&parts.headers, body)).await {
+        Ok(body) => body?,
+        Err(_) => return Err(ApiError::BodyTimeout),
+    };
+    // Past the bound, answer at once rather than queue: a queue only turns overload into
+    // timeouts for everyone.
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        return Err(ApiError::Overloaded);
+    };
+    let call = Call { params, query, headers: parts.headers, body, client_ip, backend, started };
+    match route.access {
+        Access::Admin => {
+            tokio::time::timeout(state.http.admin_timeout, handler(state, call)).await.unwrap_or(Err(ApiError::Timeout))
+        }
+        Access::Open | Access::Backend => handler(state, call).await,
+    }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`; compared in constant time
+/// for equal lengths (the length itself is not a secret worth hiding).
+fn bearer_is(headers: &HeaderMap, token: &Secret) -> bool {
+    let Some(given) = headers.get(AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    bool::from(given.ct_eq(token.expose().as_bytes()))
+}
+
+/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] without reading it all.
+async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large = ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES };
+    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        return Err(too_large);
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Err(_) => Err(ApiError::BadBody),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_their_routes_and_parameters() {
+        let route_of = |path: &str| match_path(path).map(|(idx, params)| (ROUTES[idx].template, params.ok()));
+        for (path, expected) in [
+            ("/api/coupons/validate", Some(("/api/coupons/validate", Some(vec![])))),
+            ("/admin/coupons", Some(("/admin/coupons", Some(vec![])))),
+            ("/admin/coupons/SAVE10", Some(("/admin/coupons/{code}", Some(vec!["SAVE10".to_owned()])))),
+            (
+                "/admin/coupons/50%25OFF%21/stats",
+                Some(("/admin/coupons/{code}/stats", Some(vec!["50%OFF!".to_owned()]))),
+            ),
+            ("/admin/coupons/A%00B", Some(("/admin/coupons/{code}", None))),
+            ("/admin/coupons/%FF", Some(("/admin/coupons/{code}", None))),
+            ("/admin/coupons/", None),
+            ("/admin/coupons//stats", None),
+            ("/admin/coupons/A/B", None),
+            ("/admin/coupons/A/stats/x", None),
+            ("/api/coupons/validate/", None),
+        ] {
+            assert_eq!(route_of(path), expected, "{path}");
+        }
+    }
+
+    #[test]
+    fn the_openapi_document_is_the_table() {
+        let doc: serde_json::Value = serde_json::from_slice(&OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), ROUTES.len(), "one path item per route");
+        for (idx, route) in ROUTES.iter().enumerate() {
+            let item = paths[route.template].as_object().unwrap();
+            let mut documented: Vec<String> =
+                item.keys().filter(|k| *k != "parameters").map(|m| m.to_uppercase()).collect();
+            let mut allowed: Vec<String> = ALLOW[idx].split(", ").map(str::to_owned).collect();
+            documented.sort();
+            allowed.sort();
+            assert_eq!(documented, allowed, "{}", route.template);
+            for (method, operation) in item.iter().filter(|(k, _)| *k != "parameters") {
+                let secured = operation.get("security").is_some();
+                assert_eq!(secured, route.access == Access::Admin, "{method} {}: security", route.template);
+                assert!(operation["responses"].is_object(), "{method} {}", route.template);
+            }
+        }
+        // Every schema a path refers to exists.
+        let text = String::from_utf8(OPENAPI.to_vec()).unwrap();
+        for reference in text.split("\"#/components/schemas/").skip(1) {
+            let name = reference.split('"').next().unwrap();
+            assert!(doc["components"]["schemas"].get(name).is_some(), "missing schema {name}");
+        }
+    }
+}
