@@ -17,9 +17,11 @@ use crate::config::Settings;
 use crate::db::health::DatabaseHealth;
 use crate::db::listener::{ListenerStatus, Refresher};
 use crate::db::shipper::Shipper;
+use crate::db::usage::Archive;
 use crate::db::validation_log::{LogWriter, ValidationLog};
 use crate::db::{self, usage};
 use crate::engine::clock::SystemClock;
+use crate::engine::ports::Ports;
 use crate::engine::{Engine, EngineSettings};
 use crate::http::guard::LookupGuard;
 use crate::http::{self, Operations, State, routes};
@@ -65,7 +67,8 @@ impl App {
     /// Connects to PostgreSQL, binds the listen address and opens the journal. Fails, with
     /// a reason, if any of it is impossible. Starts no task (the journal's writer thread
     /// aside, which only waits for appends).
-    pub async fn build(settings: Settings) -> Result<App, StartError> {
+    pub async fn build(mut settings: Settings) -> Result<App, StartError> {
+        settings.http.max_connections = connections_within_descriptors(settings.http.max_connections);
         let addr = settings.http.addr;
         let pool = db::connect(&settings.database).await.map_err(StartError::Connect)?;
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
@@ -85,14 +88,18 @@ impl App {
             journal.clone(),
             database.clone(),
         );
+        let ports =
+            Ports { validations: Arc::new(validation_log.clone()), archive: Arc::new(Archive::new(pool.clone())) };
         let engine = Arc::new(Engine::new(
             journal,
-            Arc::new(validation_log.clone()),
+            ports,
             Arc::new(SystemClock),
             metrics.clone(),
             EngineSettings {
                 settle_timeout: settings.ledger.settle_timeout,
                 max_active_holds_per_user: settings.protection.max_active_holds_per_user,
+                released_retention: settings.ledger.released_retention,
+                forgotten_capacity: settings.ledger.forgotten_capacity,
             },
         ));
         let shipper = Shipper::new(
@@ -110,6 +117,7 @@ impl App {
                 database,
                 listener: ListenerStatus::new(),
                 validation_log,
+                shipping: shipper.status(),
                 rejected,
                 started: Instant::now(),
             },
@@ -121,6 +129,12 @@ impl App {
             http: settings.http.clone(),
             hold: settings.hold.clone(),
         });
+        if settings.api.token.is_empty() {
+            tracing::warn!(
+                "API_TOKEN is not set: every caller may redeem and release as the shop's backend would; \
+                 set it wherever shoppers can reach this service"
+            );
+        }
         Ok(App { settings, listener, pool, state, shipper, log_writer })
     }
 
@@ -177,6 +191,7 @@ impl App {
             Ok(following) => {
                 background.tasks.spawn(refresher.run(following, background.stop.clone(), background.tasks.clone()));
                 background.tasks.spawn(state.engine.clone().run_deadlines(background.stop.clone()));
+                background.tasks.spawn(state.engine.clone().run_forgetting(background.stop.clone()));
                 Some(tokio::spawn(shipper.run(ship_stage.clone())))
             }
             Err(err) => {
@@ -213,6 +228,34 @@ impl Stage {
         self.tasks.close();
         self.tasks.wait().await;
     }
+}
+
+/// Descriptors kept for everything but client connections: the pool, the listener, journal
+/// segments, the set-aside file, logs.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// Raises the soft limit of open files to the hard limit, and returns `wanted` or, if the
+/// descriptors cannot carry that many connections, as many as they can: a connection past
+/// the cap is told 503 and closed, where one past the descriptors would hang in the backlog.
+fn connections_within_descriptors(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
+    };
+    let usable = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX).max(1);
+    if wanted > usable {
+        tracing::warn!(
+            wanted,
+            usable,
+            open_files_limit = limit,
+            "http.max_connections lowered to fit the open-files limit"
+        );
+        return usable;
+    }
+    wanted
 }
 
 /// Binds with a listen backlog sized for bursts of new connections: with the default, 500

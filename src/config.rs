@@ -12,6 +12,9 @@ use serde::{Deserialize, Deserializer};
 /// The defaults, compiled in so the binary runs from any directory.
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
+/// Shortest bearer token accepted: anything shorter could be guessed.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
 /// Environment variables whose names API.md fixes, and the setting each overrides.
 const FIXED_ENV: [(&str, &str); 6] = [
     ("DATABASE_URL", "database.url"),
@@ -133,6 +136,11 @@ pub struct LedgerSettings {
     /// How long a request waits for a concurrent request of the same order to settle.
     #[serde(with = "humantime_serde")]
     pub settle_timeout: Duration,
+    /// How long a released redemption is remembered in memory.
+    #[serde(with = "humantime_serde")]
+    pub released_retention: Duration,
+    /// Forgotten orders the filter is sized for.
+    pub forgotten_capacity: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,7 +152,10 @@ pub struct HoldSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProtectionSettings {
     pub failed_lookups_per_user: u32,
-    pub failed_lookups_per_ip: u32,
+    /// Failed lookups per address of anonymous callers (when API_TOKEN is set).
+    pub failed_lookups_per_address: u32,
+    /// Failed admin authentications per address before its admin calls get 429.
+    pub failed_admin_auths_per_address: u32,
     #[serde(with = "humantime_serde")]
     pub window: Duration,
     #[serde(deserialize_with = "addresses")]
@@ -320,6 +331,11 @@ impl Settings {
         if self.storage.data_dir.as_os_str().is_empty() {
             return invalid("DATA_DIR must not be empty");
         }
+        for (name, token) in [("ADMIN_TOKEN", &self.admin.token), ("API_TOKEN", &self.api.token)] {
+            if !token.is_empty() && token.expose().chars().count() < MIN_TOKEN_CHARS {
+                return invalid(&format!("{name} must be at least {MIN_TOKEN_CHARS} characters"));
+            }
+        }
         Ok(())
     }
 }
@@ -376,6 +392,8 @@ mod tests {
             (vec![("COUPON__HTTP__BODY_READ_TIMEOUT", "0s")], "body_read_timeout"),
             (vec![("COUPON__PROTECTION__TRUSTED_PROXIES", "10.0.0.1,proxy")], "proxy"),
             (vec![("COUPON__HOLD__DEFAULT_TTL_SECS", "7200")], "default_ttl_secs"),
+            (vec![("ADMIN_TOKEN", "short")], "ADMIN_TOKEN must be at least 16"),
+            (vec![("API_TOKEN", "fifteen-chars!!")], "API_TOKEN must be at least 16"),
         ] {
             let err = load(&vars).expect_err("should be refused");
             let text = err.to_string();

@@ -85,9 +85,11 @@ pub struct Metrics {
     pub pool_idle: Gauge,
     pub pool_in_use: Gauge,
     pub pool_max: Gauge,
-    pub refused_by_user: Counter,
-    pub refused_by_ip: Counter,
+    pub refused_lookups: Outcomes,
     pub journal_rejected: Counter,
+    pub archive_lookups: Counter,
+    pub ledger_remembered: Gauge,
+    pub ledger_forgotten: Gauge,
     pub journal_rejected_pending: Gauge,
     process: ProcessMetrics,
 }
@@ -156,8 +158,17 @@ impl Metrics {
         );
         reg.describe_gauge("journal_records_set_aside", "Set-aside journal records waiting for an operator");
         reg.describe_counter(
+            "ledger_archive_lookups_total",
+            "Orders looked up in PostgreSQL because the forgotten-order filter said maybe",
+        );
+        reg.describe_gauge(
+            "ledger_remembered_redemptions",
+            "Redemptions and holds the ledger remembers, released ones included",
+        );
+        reg.describe_gauge("ledger_forgotten_orders", "Released redemptions forgotten into the filter since start");
+        reg.describe_counter(
             "coupon_lookups_refused_total",
-            "Lookups refused (429) after too many unknown codes, by scope",
+            "Lookups refused (429) after too many unknown codes or orders, by scope: user, user_address, address",
         );
         reg.describe_histogram(
             "journal_fsync_duration_seconds",
@@ -178,6 +189,9 @@ impl Metrics {
             holds,
             live_holds: reg.gauge("coupon_holds_live", &[]),
             journal_rejected: reg.counter("journal_records_set_aside_total", &[]),
+            archive_lookups: reg.counter("ledger_archive_lookups_total", &[]),
+            ledger_remembered: reg.gauge("ledger_remembered_redemptions", &[]),
+            ledger_forgotten: reg.gauge("ledger_forgotten_orders", &[]),
             journal_rejected_pending: reg.gauge("journal_records_set_aside", &[]),
             coupon_usage,
             journal: JournalMetrics {
@@ -189,8 +203,7 @@ impl Metrics {
             pool_idle: reg.gauge("db_pool_connections", &[("state", "idle")]),
             pool_in_use: reg.gauge("db_pool_connections", &[("state", "in_use")]),
             pool_max: reg.gauge("db_pool_max_connections", &[]),
-            refused_by_user: reg.counter("coupon_lookups_refused_total", &[("scope", "user")]),
-            refused_by_ip: reg.counter("coupon_lookups_refused_total", &[("scope", "ip")]),
+            refused_lookups: reg.labelled("coupon_lookups_refused_total", "scope", ["user", "user_address", "address"]),
             process: ProcessMetrics {
                 cpu_seconds: reg.counter("process_cpu_seconds_total", &[]),
                 resident_bytes: reg.gauge("process_resident_memory_bytes", &[]),
@@ -326,9 +339,16 @@ impl Registrar<'_> {
     }
 
     fn outcomes(&self, name: &'static str, labels: impl IntoIterator<Item = &'static str>) -> Outcomes {
-        Outcomes {
-            counters: labels.into_iter().map(|label| (label, self.counter(name, &[("outcome", label)]))).collect(),
-        }
+        self.labelled(name, "outcome", labels)
+    }
+
+    fn labelled(
+        &self,
+        name: &'static str,
+        key: &'static str,
+        labels: impl IntoIterator<Item = &'static str>,
+    ) -> Outcomes {
+        Outcomes { counters: labels.into_iter().map(|label| (label, self.counter(name, &[(key, label)]))).collect() }
     }
 
     fn write_behind(&self, table: &'static str) -> WriteBehindMetrics {

@@ -1,12 +1,11 @@
 //! What the benches share: an engine over generated coupons, with no database.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use coupon_engine::domain::coupon::Coupon;
 use coupon_engine::engine::clock::SystemClock;
-use coupon_engine::engine::ports::NoValidationLog;
+use coupon_engine::engine::ports::Ports;
 use coupon_engine::engine::{Engine, EngineSettings};
 use coupon_engine::journal::Journal;
 use coupon_engine::metrics::Metrics;
@@ -24,8 +23,8 @@ pub(crate) fn engine_with(coupons: Vec<Coupon>) -> Engine {
     let dir = std::env::temp_dir().join(format!("bench-journal-{}", uuid::Uuid::new_v4().simple()));
     let metrics = Arc::new(Metrics::new(&[]));
     let (journal, _reader) = Journal::open(&dir, metrics.journal.clone()).expect("journal");
-    let settings = EngineSettings { settle_timeout: Duration::from_secs(5), max_active_holds_per_user: 3 };
-    let engine = Engine::new(journal, Arc::new(NoValidationLog), Arc::new(SystemClock), metrics, settings);
+    let settings = EngineSettings::standard();
+    let engine = Engine::new(journal, Ports::none(), Arc::new(SystemClock), metrics, settings);
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     runtime.block_on(async { engine.catalog().publisher().await.replace_all(coupons, Vec::new(), Vec::new()) });
     let _ = std::fs::remove_dir_all(&dir);

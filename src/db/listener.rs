@@ -22,7 +22,7 @@ use crate::db::health::DatabaseHealth;
 use crate::db::{Error, catalog};
 use crate::domain::coupon::{BatchId, CampaignId, CouponId};
 use crate::engine::Engine;
-use crate::engine::catalog::CouponChanges;
+use crate::engine::catalog::{CouponChanges, Publisher};
 use crate::metrics::Metrics;
 
 /// The channel the triggers notify.
@@ -112,6 +112,7 @@ pub async fn reload(pool: &PgPool, engine: &Engine, metrics: &Metrics) -> Result
     }
     let n = coupons.len();
     publisher.replace_all(coupons, campaigns, batches);
+    count_new_user_limits(engine, &publisher);
     metrics.cache_reloads.increment(1);
     metrics.cache_coupons.set(n as f64);
     Ok(ReloadReport { coupons: n, duration: started.elapsed() })
@@ -318,11 +319,21 @@ impl Refresher {
                 }
                 publisher.replace_batches(batches);
             }
+            count_new_user_limits(&self.engine, &publisher);
             self.metrics.cache_coupons.set(publisher.current().coupon_count() as f64);
         }
         self.status.notifications.fetch_add(changes.changes, Ordering::Relaxed);
         self.metrics.notifications_applied.increment(changes.changes);
         Ok(())
+    }
+}
+
+/// Back-fills the per-user counts a publish made necessary, before the next publish.
+fn count_new_user_limits(engine: &Engine, publisher: &Publisher<'_>) {
+    if publisher.added_user_limits() {
+        let started = Instant::now();
+        let counted = engine.count_new_user_limits();
+        tracing::info!(counted, elapsed_ms = started.elapsed().as_millis() as u64, "per-user counts back-filled");
     }
 }
 

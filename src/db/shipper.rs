@@ -12,6 +12,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -32,11 +33,26 @@ use crate::metrics::Metrics;
 /// Journal bytes read per batch.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Whether the shipper is making progress, for `/health`.
+#[derive(Debug, Default)]
+pub struct ShippingStatus {
+    stalled: AtomicBool,
+}
+
+impl ShippingStatus {
+    /// The shipper cannot read its journal or write its checkpoint (a full disk, no file
+    /// descriptors): it retries, and says so here.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+}
+
 /// Follows the journal and writes it to PostgreSQL.
 #[derive(Debug)]
 pub struct Shipper {
     pool: PgPool,
     reader: JournalReader,
+    status: Arc<ShippingStatus>,
     rejected: Arc<Rejected>,
     metrics: Arc<Metrics>,
     health: Arc<DatabaseHealth>,
@@ -61,7 +77,13 @@ impl Shipper {
         settings: JournalSettings,
     ) -> Shipper {
         let position = reader.checkpoint();
-        Shipper { pool, reader, rejected, metrics, health, settings, position }
+        let status = Arc::default();
+        Shipper { pool, reader, status, rejected, metrics, health, settings, position }
+    }
+
+    /// Whether it is making progress.
+    pub fn status(&self) -> Arc<ShippingStatus> {
+        self.status.clone()
     }
 
     /// Ships everything durable now, retrying while PostgreSQL is away, until done or
@@ -103,8 +125,8 @@ impl Shipper {
             let (entries, next) = match self.reader.read(self.position, BATCH_BYTES) {
                 Ok(read) => read,
                 Err(err) => {
-                    tracing::error!(error = %err, "cannot read the journal; shipping stopped");
-                    return;
+                    self.stalled(&err, &mut backoff, if deadline.is_some() { &give_up } else { &stop }).await;
+                    continue;
                 }
             };
             if entries.is_empty() && next == self.position {
@@ -122,10 +144,12 @@ impl Shipper {
             match self.deliver(&entries).await {
                 Ok(()) => {
                     self.metrics.coupon_usage.flush_seconds.record(started.elapsed().as_secs_f64());
+                    // Shipping again after a failed checkpoint is harmless (idempotent).
                     if let Err(err) = self.advance(next, entries.len()) {
-                        tracing::error!(error = %err, "cannot write the journal checkpoint; shipping stopped");
-                        return;
+                        self.stalled(&err, &mut backoff, if deadline.is_some() { &give_up } else { &stop }).await;
+                        continue;
                     }
+                    self.status.stalled.store(false, Ordering::Relaxed);
                     backoff.reset();
                 }
                 Err(err) => {
@@ -133,6 +157,16 @@ impl Shipper {
                     self.wait_after(&err, entries.len(), &mut backoff, during_shutdown).await;
                 }
             }
+        }
+    }
+
+    async fn stalled(&self, err: &JournalError, backoff: &mut Backoff, stop: &CancellationToken) {
+        self.status.stalled.store(true, Ordering::Relaxed);
+        let delay = backoff.next_delay();
+        tracing::error!(error = %err, retry_in_ms = delay.as_millis() as u64, "journal shipping stalled on local I/O; retrying");
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
         }
     }
 

@@ -7,7 +7,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db::{Error, money};
+use crate::domain::coupon::CouponId;
 use crate::engine::StoredUse;
+use crate::engine::ports::{ArchiveAnswer, ArchiveError, ArchivedOrder, UsageArchive};
 
 #[derive(Debug, sqlx::FromRow)]
 struct UsageRow {
@@ -52,4 +54,38 @@ pub async fn all_uses(pool: &PgPool) -> Result<Vec<StoredUse>, Error> {
         });
     }
     Ok(uses)
+}
+
+/// `coupon_usage` as the engine's archive of forgotten orders.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    pool: PgPool,
+}
+
+impl Archive {
+    pub fn new(pool: PgPool) -> Archive {
+        Archive { pool }
+    }
+}
+
+impl UsageArchive for Archive {
+    fn order<'a>(&'a self, coupon_id: CouponId, order_id: &'a str) -> ArchiveAnswer<'a> {
+        Box::pin(async move {
+            let row: Option<(String, i32, bool, bool)> = sqlx::query_as(
+                "SELECT user_id, rev, released_at IS NOT NULL, hold_expires_at IS NOT NULL FROM coupon_usage \
+                 WHERE coupon_id = $1 AND order_id = $2",
+            )
+            .bind(coupon_id)
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|err| ArchiveError(err.to_string()))?;
+            Ok(row.map(|(user_id, rev, released, hold)| ArchivedOrder {
+                user_id,
+                rev: u32::try_from(rev).unwrap_or(0),
+                released,
+                hold,
+            }))
+        })
+    }
 }

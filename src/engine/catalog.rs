@@ -236,6 +236,9 @@ pub struct CatalogStore {
 pub struct Publisher<'a> {
     store: &'a CatalogStore,
     _lock: tokio::sync::MutexGuard<'a, ()>,
+    /// Set when a publish gave an existing coupon or campaign a per-user limit it lacked:
+    /// the ledger must then count the uses taken without one ([`Publisher::added_user_limits`]).
+    added_user_limits: AtomicBool,
 }
 
 impl Default for CatalogStore {
@@ -264,7 +267,7 @@ impl CatalogStore {
 
     /// Waits for the right to publish.
     pub async fn publisher(&self) -> Publisher<'_> {
-        Publisher { store: self, _lock: self.writer.lock().await }
+        Publisher { store: self, _lock: self.writer.lock().await, added_user_limits: AtomicBool::new(false) }
     }
 
     /// Whether the start-up load has finished.
@@ -328,9 +331,28 @@ impl Publisher<'_> {
         self.store.current.load_full()
     }
 
+    /// Whether a publish through this publisher gave an existing coupon or campaign a
+    /// per-user limit it did not have.
+    pub fn added_user_limits(&self) -> bool {
+        self.added_user_limits.load(Ordering::Relaxed)
+    }
+
+    fn note_user_limits(&self, added: bool) {
+        if added {
+            self.added_user_limits.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Replaces every definition at once.
     pub fn replace_all(&self, coupons: Vec<Coupon>, campaigns: Vec<Campaign>, batches: Vec<Arc<BatchCodes>>) {
-        let hasher = self.store.current.load().hasher.clone();
+        let old = self.current();
+        self.note_user_limits(
+            coupons.iter().any(|c| adds_user_limit(old.coupon_by_id(c.id).map(|o| o.per_user_limit), c.per_user_limit))
+                || campaigns
+                    .iter()
+                    .any(|c| adds_user_limit(old.campaign(c.id).map(|o| o.per_user_limit), c.per_user_limit)),
+        );
+        let hasher = old.hasher.clone();
         let mut empty = Catalog::empty(hasher.clone());
         empty.campaigns = Arc::new(campaigns.into_iter().map(|c| (c.id, Arc::new(c))).collect());
         empty.codes = Arc::new(CodeIndex::build(batches, |code| hasher.hash_one(code)));
@@ -343,7 +365,14 @@ impl Publisher<'_> {
     /// Publishes the current state of the coupons with the changed ids; returns how many
     /// changed.
     pub fn apply_coupons(&self, changes: CouponChanges) -> usize {
-        let (catalog, changed) = self.current().with_coupon_changes(changes);
+        let current = self.current();
+        self.note_user_limits(
+            changes
+                .upserts
+                .iter()
+                .any(|c| adds_user_limit(current.coupon_by_id(c.id).map(|o| o.per_user_limit), c.per_user_limit)),
+        );
+        let (catalog, changed) = current.with_coupon_changes(changes);
         if changed > 0 {
             self.store.store(catalog);
         }
@@ -361,9 +390,11 @@ impl Publisher<'_> {
             }
         }
         for campaign in fetched {
-            if campaigns.get(&campaign.id).is_some_and(|c| c.version > campaign.version || **c == campaign) {
+            let cached = campaigns.get(&campaign.id);
+            if cached.is_some_and(|c| c.version > campaign.version || **c == campaign) {
                 continue;
             }
+            self.note_user_limits(adds_user_limit(cached.map(|c| c.per_user_limit), campaign.per_user_limit));
             campaigns.insert(campaign.id, Arc::new(campaign));
             changed += 1;
         }
@@ -381,6 +412,12 @@ impl Publisher<'_> {
         next.codes = Arc::new(CodeIndex::build(batches, |code| hasher.hash_one(code)));
         self.store.store(next);
     }
+}
+
+/// Whether a definition that was `before` (`None`: not known) now has a per-user limit it
+/// lacked. A definition not known before has no uses: ids are never reused.
+fn adds_user_limit(before: Option<Option<u32>>, after: Option<u32>) -> bool {
+    matches!(before, Some(None)) && after.is_some()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::num::NonZeroI64;
+use std::num::{NonZeroI64, NonZeroU32};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -101,21 +101,33 @@ pub struct Slot {
     pub order_value: Cents,
     pub discount: Cents,
     /// The bulk code used, as (batch, position) ([`code_slot`]).
-    pub code: Option<(u32, u32)>,
+    pub code: Option<(NonZeroU32, u32)>,
     /// The campaign whose use and budget this took (none for a zero discount).
     pub campaign: Option<NonZeroI64>,
+    /// Which per-user counts it took.
+    pub counted: Counted,
     pub state: SlotState,
 }
 
+/// The per-user counts a use took. They are kept only where a per-user limit exists (a
+/// count nobody checks would cost every redemption a map entry); a limit set later is
+/// back-filled from the slots ([`Ledger::count_users`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counted {
+    pub coupon_user: bool,
+    pub campaign_user: bool,
+}
+
 /// A bulk code as a slot keeps it: batch ids are counted from 1 and stay far below 2^32.
-pub fn code_slot((batch, index): (BatchId, u32)) -> (u32, u32) {
-    (u32::try_from(batch).expect("batch ids stay below 2^32"), index)
+pub fn code_slot((batch, index): (BatchId, u32)) -> (NonZeroU32, u32) {
+    let batch = u32::try_from(batch).ok().and_then(NonZeroU32::new).expect("batch ids are in 1..2^32");
+    (batch, index)
 }
 
 impl Slot {
     /// The bulk code used, as the ledger's tallies name it.
     pub fn code(&self) -> Option<(BatchId, u32)> {
-        self.code.map(|(batch, index)| (BatchId::from(batch), index))
+        self.code.map(|(batch, index)| (BatchId::from(batch.get()), index))
     }
 
     /// The campaign whose use this took.
@@ -307,6 +319,46 @@ impl Ledger {
         self.orders.len()
     }
 
+    /// Takes the per-user counts the slots have not taken but now need (a per-user limit set
+    /// after they were taken): `needs(coupon, campaign)` says which. Returns how many slots
+    /// were counted.
+    pub fn count_users(&self, needs: impl Fn(CouponId, Option<CampaignId>) -> Counted) -> usize {
+        let mut counted = 0;
+        for shard in self.orders.shards.iter() {
+            // Lock order: an order shard, then tally shards; nothing takes them the other way.
+            for ((coupon, _), slot) in shard.lock().expect("ledger shard").iter_mut() {
+                if slot.counts() && self.count_user(*coupon, slot, needs(*coupon, slot.campaign())) {
+                    counted += 1;
+                }
+            }
+        }
+        counted
+    }
+
+    /// Takes what `slot` now needs of `needed` and has not taken; true if it took any.
+    fn count_user(&self, coupon: CouponId, slot: &mut Slot, needed: Counted) -> bool {
+        let mut took = false;
+        if needed.coupon_user && !slot.counted.coupon_user {
+            self.take(Tally::UserCoupon(coupon, slot.user), Take::one(None));
+            slot.counted.coupon_user = true;
+            took = true;
+        }
+        if let Some(campaign) = slot.campaign().filter(|_| needed.campaign_user && !slot.counted.campaign_user) {
+            self.take(Tally::UserCampaign(campaign, slot.user), Take::one(None));
+            slot.counted.campaign_user = true;
+            took = true;
+        }
+        took
+    }
+
+    /// [`Ledger::count_users`] for one slot.
+    pub fn count_user_of(&self, key: OrderKey, needed: Counted) {
+        let mut shard = self.orders.shards[self.orders.index(&key)].lock().expect("ledger shard");
+        if let Some(slot) = shard.get_mut(&key).filter(|s| s.counts()) {
+            self.count_user(key.0, slot, needed);
+        }
+    }
+
     /// Number of coupons with a live use.
     pub fn coupons_in_use(&self) -> usize {
         self.tallies
@@ -393,6 +445,7 @@ mod tests {
             discount: Cents::ZERO,
             code: None,
             campaign: None,
+            counted: Counted::default(),
             state: SlotState::Taking { hold: false },
         };
         ledger.update(key, |_| (Some(slot), ()));

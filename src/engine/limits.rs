@@ -6,7 +6,7 @@
 use crate::domain::coupon::{BatchId, CampaignId, CouponId};
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
-use crate::engine::ledger::{IdKey, Ledger, OrderKey, Slot, SlotState, Take, Tally};
+use crate::engine::ledger::{Counted, IdKey, Ledger, OrderKey, Slot, SlotState, Take, Tally};
 
 /// What one use takes: who, of what, for how much.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +19,8 @@ pub struct Use {
     pub campaign: Option<CampaignId>,
     pub discount: Cents,
     pub hold: bool,
+    /// Which per-user counts it takes (only where a per-user limit exists).
+    pub counted: Counted,
 }
 
 impl Use {
@@ -32,6 +34,7 @@ impl Use {
             campaign: slot.campaign(),
             discount: slot.discount,
             hold: slot.is_hold(),
+            counted: slot.counted,
         }
     }
 }
@@ -167,12 +170,17 @@ pub struct CouponPerUser(pub Option<u32>);
 
 impl Limit for CouponPerUser {
     fn take(&self, ledger: &Ledger, u: &Use) -> Result<(), Refusal> {
+        if !u.counted.coupon_user {
+            return Ok(());
+        }
         let taken = ledger.take(Tally::UserCoupon(u.coupon, u.user), Take::one(self.0));
         refuse_unless(taken, Reason::UserUsageLimitReached)
     }
 
     fn give_back(&self, ledger: &Ledger, u: &Use) {
-        ledger.give_back(Tally::UserCoupon(u.coupon, u.user), 1, Cents::ZERO);
+        if u.counted.coupon_user {
+            ledger.give_back(Tally::UserCoupon(u.coupon, u.user), 1, Cents::ZERO);
+        }
     }
 }
 
@@ -203,7 +211,7 @@ pub struct CampaignPerUser(pub Option<u32>);
 
 impl Limit for CampaignPerUser {
     fn take(&self, ledger: &Ledger, u: &Use) -> Result<(), Refusal> {
-        match u.campaign {
+        match u.campaign.filter(|_| u.counted.campaign_user) {
             Some(id) => refuse_unless(
                 ledger.take(Tally::UserCampaign(id, u.user), Take::one(self.0)),
                 Reason::CampaignUserLimitReached,
@@ -213,7 +221,7 @@ impl Limit for CampaignPerUser {
     }
 
     fn give_back(&self, ledger: &Ledger, u: &Use) {
-        if let Some(id) = u.campaign {
+        if let Some(id) = u.campaign.filter(|_| u.counted.campaign_user) {
             ledger.give_back(Tally::UserCampaign(id, u.user), 1, Cents::ZERO);
         }
     }
@@ -315,6 +323,7 @@ mod tests {
             discount: cents(discount),
             code: None,
             campaign: std::num::NonZeroI64::new(3),
+            counted: Counted { coupon_user: true, campaign_user: true },
             state: SlotState::Taking { hold: false },
         }
     }
@@ -328,6 +337,7 @@ mod tests {
             campaign: Some(3),
             discount: cents(discount),
             hold: false,
+            counted: Counted { coupon_user: true, campaign_user: true },
         }
     }
 

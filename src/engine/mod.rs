@@ -11,6 +11,7 @@
 pub mod catalog;
 pub mod clock;
 pub mod codes;
+pub mod forgotten;
 pub mod holds;
 pub mod ledger;
 pub mod limits;
@@ -35,13 +36,14 @@ use crate::domain::money::Cents;
 use crate::domain::rules::{self, Attempt, CodeTerms, Decision, Offer, Reason, Usage};
 use crate::engine::catalog::{Catalog, CatalogStore, Found};
 use crate::engine::clock::Clock;
+use crate::engine::forgotten::Forgotten;
 use crate::engine::holds::Deadlines;
-use crate::engine::ledger::{IdKey, Ledger, OrderKey, Slot, SlotState, Tally, code_slot};
+use crate::engine::ledger::{Counted, IdKey, Ledger, OrderKey, Slot, SlotState, Tally, code_slot};
 use crate::engine::limits::{
     CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce, Refusal,
     Use, UserHolds,
 };
-use crate::engine::ports::ValidationSink;
+use crate::engine::ports::{ArchiveError, Ports};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
 
@@ -55,6 +57,23 @@ pub struct EngineSettings {
     pub settle_timeout: Duration,
     /// Live holds one user may have across every coupon.
     pub max_active_holds_per_user: u32,
+    /// How long a released redemption is remembered before only the forgotten-order filter
+    /// (and PostgreSQL) knows of it.
+    pub released_retention: Duration,
+    /// Orders the filter is sized for (1% false positives there; more beyond, never wrong).
+    pub forgotten_capacity: u64,
+}
+
+impl EngineSettings {
+    /// The defaults of `config/default.toml` (tests, benches).
+    pub fn standard() -> EngineSettings {
+        EngineSettings {
+            settle_timeout: Duration::from_secs(5),
+            max_active_holds_per_user: 3,
+            released_retention: Duration::from_secs(3600),
+            forgotten_capacity: 10_000_000,
+        }
+    }
 }
 
 /// A failure of the service itself (the answer is a 503, not a refusal).
@@ -64,6 +83,8 @@ pub enum EngineError {
     Journal(#[from] JournalError),
     #[error("a concurrent request for the same order did not settle in time")]
     Busy,
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
 }
 
 /// A validate request, well-formed.
@@ -232,8 +253,9 @@ pub struct StoredUse {
 pub struct Engine {
     catalog: CatalogStore,
     ledger: Ledger,
+    forgotten: Forgotten,
     journal: Journal,
-    validations: Arc<dyn ValidationSink>,
+    ports: Ports,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     deadlines: Deadlines,
@@ -244,7 +266,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         journal: Journal,
-        validations: Arc<dyn ValidationSink>,
+        ports: Ports,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         settings: EngineSettings,
@@ -252,8 +274,9 @@ impl Engine {
         Engine {
             catalog: CatalogStore::default(),
             ledger: Ledger::default(),
+            forgotten: Forgotten::with_capacity(settings.forgotten_capacity),
             journal,
-            validations,
+            ports,
             clock,
             metrics,
             deadlines: Deadlines::default(),
@@ -287,6 +310,11 @@ impl Engine {
         self.live_holds.load(Ordering::Relaxed)
     }
 
+    /// The filter of forgotten orders.
+    pub fn forgotten(&self) -> &Forgotten {
+        &self.forgotten
+    }
+
     /// Validates a request (read-only) and logs it.
     pub fn validate<'a>(&self, req: &ValidateRequest<'a>, caller: &Caller) -> Validation<'a> {
         let code = normalize_code(req.code);
@@ -306,7 +334,7 @@ impl Engine {
             Decision::Rejected(reason) => (Some(reason), Cents::ZERO, req.order_value),
         };
         self.metrics.validations.inc(reason.map_or("valid", Reason::as_str));
-        self.validations.record(Validated {
+        self.ports.validations.record(Validated {
             coupon_code: code.as_ref().into(),
             coupon_id,
             user_id: req.user_id.into(),
@@ -402,7 +430,12 @@ impl Engine {
                     SlotState::Released { order_spent: false, .. } => {}
                 }
             }
-            match self.take_fresh(&catalog, found, key, user, req, kind, now).await? {
+            let prior_rev = match self.archived(key, req.order_id).await? {
+                Archived::Unknown => 0,
+                Archived::FreeAfter(rev) => rev,
+                Archived::Spent => return Ok(UseOutcome::Refused(Refused::OrderTaken)),
+            };
+            match self.take_fresh(&catalog, found, key, user, req, kind, now, prior_rev).await? {
                 Some(UseOutcome::Taken(receipt)) => {
                     return Ok(UseOutcome::Taken(Receipt { hold: hold_fate, code: code.to_string(), ..receipt }));
                 }
@@ -425,6 +458,7 @@ impl Engine {
         req: &UseRequest<'_>,
         kind: UseKind,
         now: DateTime<Utc>,
+        prior_rev: u32,
     ) -> Result<Option<UseOutcome>, EngineError> {
         let coupon = found.coupon();
         let offer = offer(catalog, found, req.user_id);
@@ -447,12 +481,16 @@ impl Engine {
         let id = redemption_id(coupon.id, req.order_id);
         let slot = Slot {
             id,
-            rev: 1,
+            rev: prior_rev + 1,
             user,
             order_value: req.order_value,
             discount,
             code: code.map(code_slot),
             campaign: campaign.and_then(|c| std::num::NonZeroI64::new(c.id)),
+            counted: Counted {
+                coupon_user: coupon.per_user_limit.is_some(),
+                campaign_user: campaign.is_some_and(|c| c.per_user_limit.is_some()),
+            },
             state: SlotState::Taking { hold: hold_until.is_some() },
         };
         let limits = Limits {
@@ -465,14 +503,16 @@ impl Engine {
             campaign_user: CampaignPerUser(campaign.and_then(|c| c.per_user_limit)),
             budget: CampaignBudget(campaign.and_then(|c| c.budget)),
         };
-        let u =
-            Use { key, user, coupon: coupon.id, code, campaign: slot.campaign(), discount, hold: hold_until.is_some() };
+        let u = Use::of_slot(key, coupon.id, &slot);
         match limits::take(&limits.chain(), &self.ledger, &u) {
             Ok(()) => {}
             Err(Refusal::OrderTaken(_)) => return Ok(None),
             Err(Refusal::Rule(reason)) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
             Err(Refusal::TooManyHolds) => return Ok(Some(UseOutcome::Refused(Refused::TooManyHolds))),
         }
+        // A per-user limit published since `catalog` was read may not have seen this use in
+        // its back-fill: count it as the definitions now say.
+        self.ledger.count_user_of(key, counted(&self.catalog.load(), coupon.id, u.campaign));
         let rev = self.ledger.slot(key).map_or(1, |s| s.rev);
         let event = Event::Redeemed(crate::domain::event::Redeemed {
             id,
@@ -488,6 +528,8 @@ impl Engine {
             funded_by: None,
         });
         if let Err(err) = self.journal.append(&event.encode()).await {
+            // Give back what the slot counts now: a back-fill may have added to it.
+            let u = self.ledger.slot(key).map_or(u, |now| Use::of_slot(key, coupon.id, &now));
             limits::give_back(&limits.chain(), &self.ledger, &u);
             return Err(err.into());
         }
@@ -560,7 +602,9 @@ impl Engine {
         let user = req.user_id.map(|u| self.ledger.id_key(u));
         let waited_until = Instant::now() + self.settings.settle_timeout;
         loop {
-            let Some(slot) = self.ledger.slot(key) else { return Ok(ReleaseOutcome::NotFound) };
+            let Some(slot) = self.ledger.slot(key) else {
+                return self.release_forgotten(key, req).await;
+            };
             if user.is_some_and(|user| user != slot.user) {
                 return Ok(ReleaseOutcome::NotFound);
             }
@@ -581,6 +625,68 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// What the archive says of an order the ledger does not remember: asked only when the
+    /// forgotten-order filter says it may have been released and forgotten.
+    async fn archived(&self, key: OrderKey, order_id: &str) -> Result<Archived, EngineError> {
+        if !self.forgotten.may_contain(key) || self.ledger.slot(key).is_some() {
+            return Ok(Archived::Unknown);
+        }
+        self.metrics.archive_lookups.increment(1);
+        Ok(match self.ports.archive.order(key.0, order_id).await? {
+            None => Archived::Unknown,
+            Some(order) if order.hold && order.released => Archived::FreeAfter(order.rev),
+            Some(_) => Archived::Spent,
+        })
+    }
+
+    /// A release of an order the ledger does not remember: released before, or never used.
+    async fn release_forgotten(&self, key: OrderKey, req: &ReleaseRequest<'_>) -> Result<ReleaseOutcome, EngineError> {
+        if !self.forgotten.may_contain(key) {
+            return Ok(ReleaseOutcome::NotFound);
+        }
+        self.metrics.archive_lookups.increment(1);
+        Ok(match self.ports.archive.order(key.0, req.order_id).await? {
+            Some(order) if order.released && req.user_id.is_none_or(|u| u == order.user_id) => {
+                ReleaseOutcome::AlreadyReleased
+            }
+            _ => ReleaseOutcome::NotFound,
+        })
+    }
+
+    /// Forgets the released redemptions and holds older than the retention: their slots
+    /// leave the ledger and their keys go into the forgotten-order filter. Returns how many.
+    pub fn forget_released(&self) -> usize {
+        let cutoff = self.released_cutoff();
+        let forgotten = self.ledger.forget(|slot| matches!(slot.state, SlotState::Released { at, .. } if at < cutoff));
+        for key in &forgotten {
+            self.forgotten.insert(*key);
+        }
+        forgotten.len()
+    }
+
+    /// Forgets released redemptions as they pass the retention, until `stop`.
+    pub async fn run_forgetting(self: Arc<Self>, stop: CancellationToken) {
+        let every = (self.settings.released_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut interval = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => {
+                    let n = self.forget_released();
+                    if n > 0 {
+                        tracing::debug!(forgotten = n, "released redemptions forgotten");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Released before this (ms since the epoch): forgotten.
+    fn released_cutoff(&self) -> i64 {
+        let retention = chrono::Duration::from_std(self.settings.released_retention).unwrap_or(chrono::Duration::MAX);
+        (self.clock.now() - retention).timestamp_millis()
     }
 
     /// Gives back the hold of `key` if it is still the one due at `until`; true if this
@@ -675,9 +781,14 @@ impl Engine {
     /// against the limits as it did when taken; holds get their deadlines back.
     pub fn load_uses(&self, uses: impl IntoIterator<Item = StoredUse>) -> usize {
         let catalog = self.catalog.load();
+        let cutoff = self.released_cutoff();
         let mut loaded = 0;
         for stored in uses {
             let key = (stored.coupon_id, self.ledger.id_key(&stored.order_id));
+            if stored.released_at.is_some_and(|at| at.timestamp_millis() < cutoff) {
+                self.forgotten.insert(key);
+                continue;
+            }
             let code = stored.code.as_deref().and_then(|code| match catalog.find(code) {
                 Some(Found::Code { code, .. }) => Some((code.batch, code.index)),
                 _ => None,
@@ -699,6 +810,7 @@ impl Engine {
                 discount: stored.discount,
                 code: code.map(code_slot),
                 campaign: campaign.and_then(std::num::NonZeroI64::new),
+                counted: counted(&catalog, stored.coupon_id, campaign),
                 state,
             };
             let inserted = self.ledger.update(key, |current| match current {
@@ -720,6 +832,14 @@ impl Engine {
             }
         }
         loaded
+    }
+
+    /// Counts the uses taken before their coupon or campaign had a per-user limit; call after
+    /// publishing one ([`crate::engine::catalog::Publisher::added_user_limits`]). Returns how
+    /// many uses it counted.
+    pub fn count_new_user_limits(&self) -> usize {
+        let catalog = self.catalog.load_full();
+        self.ledger.count_users(|coupon, campaign| counted(&catalog, coupon, campaign))
     }
 
     fn view<'a>(
@@ -744,7 +864,25 @@ impl Engine {
     }
 }
 
+/// What the archive said of a forgotten order.
+enum Archived {
+    /// Nothing: a new order.
+    Unknown,
+    /// A released hold, at this revision: the order is free again.
+    FreeAfter(u32),
+    /// A redemption: the order is spent.
+    Spent,
+}
+
 /// The definitions a use of `found` is judged by.
+/// The per-user counts a use of `coupon` under `campaign` takes, as `catalog` defines them.
+fn counted(catalog: &Catalog, coupon: CouponId, campaign: Option<CampaignId>) -> Counted {
+    Counted {
+        coupon_user: catalog.coupon_by_id(coupon).is_some_and(|c| c.per_user_limit.is_some()),
+        campaign_user: campaign.and_then(|id| catalog.campaign(id)).is_some_and(|c| c.per_user_limit.is_some()),
+    }
+}
+
 fn offer<'a>(catalog: &'a Catalog, found: Found<'a>, user_id: &str) -> Offer<'a> {
     let coupon = found.coupon();
     let campaign = coupon.campaign_id.and_then(|id| catalog.campaign(id)).map(|c| &**c);

@@ -13,7 +13,7 @@ use crate::domain::campaign::Campaign;
 use crate::domain::coupon::{Coupon, CouponKind, Discount, Status};
 use crate::domain::event::Event;
 use crate::engine::clock::ManualClock;
-use crate::engine::ports::NoValidationLog;
+use crate::engine::ports::Ports;
 use crate::journal::JournalReader;
 
 struct Fixture {
@@ -35,8 +35,8 @@ impl Fixture {
         let metrics = Arc::new(Metrics::new(&[]));
         let (journal, reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
-        let settings = EngineSettings { settle_timeout: Duration::from_secs(5), max_active_holds_per_user: 3 };
-        let engine = Arc::new(Engine::new(journal, Arc::new(NoValidationLog), clock.clone(), metrics, settings));
+        let settings = EngineSettings::standard();
+        let engine = Arc::new(Engine::new(journal, Ports::none(), clock.clone(), metrics, settings));
         engine.catalog().publisher().await.replace_all(coupons, campaigns, Vec::new());
         engine.catalog().set_ready();
         Fixture { engine, clock, reader, dir }
@@ -177,6 +177,70 @@ async fn one_user_in_forty_tabs_against_a_per_user_limit() {
         }
     }
     assert_eq!(taken, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_per_user_limit_set_later_counts_the_uses_before_it() {
+    let f = Fixture::new(
+        vec![coupon(1, "OPEN", |c| c.campaign_id = Some(7)), coupon(2, "OTHER", |c| c.campaign_id = Some(7))],
+        vec![campaign(7, |_| {})],
+    )
+    .await;
+    assert!(matches!(f.redeem("OPEN", "u1", "o-1", 5_000).await, UseOutcome::Taken(_)));
+    assert!(matches!(f.redeem("OTHER", "u1", "o-2", 5_000).await, UseOutcome::Taken(_)));
+    // Without a per-user limit, nobody's uses are counted per user.
+    assert_eq!(f.engine.ledger().count(Tally::UserCoupon(1, f.engine.ledger().id_key("u1"))).live, 0);
+
+    // Redemptions race the publish of limits: each use is counted once, whichever side of
+    // the publish it falls on.
+    let racers: Vec<_> = (0..16)
+        .map(|n| {
+            let engine = f.engine.clone();
+            tokio::spawn(async move {
+                let order = format!("race-{n}");
+                let req = UseRequest { code: "OPEN", user_id: "racer", order_id: &order, order_value: cents(5_000) };
+                engine.redeem(&req).await.unwrap()
+            })
+        })
+        .collect();
+    let limited = coupon(1, "OPEN", |c| {
+        c.campaign_id = Some(7);
+        c.per_user_limit = Some(1);
+        c.version = 2;
+    });
+    let capped = campaign(7, |k| {
+        k.per_user_limit = Some(2);
+        k.version = 2;
+    });
+    {
+        let publisher = f.engine.catalog().publisher().await;
+        publisher.apply_campaigns(&[7], vec![capped]);
+        publisher.apply_coupons(catalog::CouponChanges { upserts: vec![limited], deleted: vec![] });
+        assert!(publisher.added_user_limits());
+        f.engine.count_new_user_limits();
+    }
+    let mut racer_uses = 0;
+    for racer in racers {
+        racer_uses += u32::from(matches!(racer.await.unwrap(), UseOutcome::Taken(_)));
+    }
+    let ledger = f.engine.ledger();
+    let racer = ledger.id_key("racer");
+    assert_eq!(ledger.count(Tally::UserCoupon(1, racer)).live, racer_uses, "every racing use counted once");
+    assert_eq!(ledger.count(Tally::UserCampaign(7, racer)).live, racer_uses);
+    assert_eq!(
+        f.redeem("OPEN", "u1", "o-3", 5_000).await,
+        UseOutcome::Refused(Refused::Rule(Reason::UserUsageLimitReached)),
+        "the use before the limit counts against it"
+    );
+    assert_eq!(
+        f.redeem("OTHER", "u1", "o-4", 5_000).await,
+        UseOutcome::Refused(Refused::Rule(Reason::CampaignUserLimitReached)),
+        "both uses before the campaign's limit count against it"
+    );
+    // Released, a use gives back the counts the back-fill gave it.
+    assert!(matches!(f.release("OPEN", "o-1", None).await, ReleaseOutcome::Released { .. }));
+    assert_eq!(ledger.count(Tally::UserCoupon(1, ledger.id_key("u1"))).live, 0);
+    assert_eq!(ledger.count(Tally::UserCampaign(7, ledger.id_key("u1"))).live, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -397,8 +461,8 @@ async fn the_deadline_task_expires_holds_on_a_paused_clock() {
     let metrics = Arc::new(Metrics::new(&[]));
     let (journal, _reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
     let clock = Arc::new(clock::TokioClock::starting_at(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
-    let settings = EngineSettings { settle_timeout: Duration::from_secs(5), max_active_holds_per_user: 3 };
-    let engine = Arc::new(Engine::new(journal, Arc::new(NoValidationLog), clock, metrics, settings));
+    let settings = EngineSettings::standard();
+    let engine = Arc::new(Engine::new(journal, Ports::none(), clock, metrics, settings));
     engine.catalog().publisher().await.replace_all(vec![coupon(1, "ONE", |_| {})], vec![], Vec::new());
     // The holds are taken before the task starts: while a request waits for the journal's
     // thread, a paused clock jumps to the next timer.

@@ -20,6 +20,8 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("the request body did not arrive in time")]
     BodyTimeout,
+    #[error("a request body must be JSON: Content-Type: application/json")]
+    UnsupportedMediaType,
     #[error("no route for this path")]
     NotFound,
     #[error("method not allowed; use {allow}")]
@@ -78,6 +80,7 @@ impl ApiError {
             | ApiError::Refused => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound | ApiError::Missing { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -101,6 +104,7 @@ impl ApiError {
             ApiError::InvalidField { .. } => "INVALID_FIELD",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::BodyTimeout => "BODY_TIMEOUT",
+            ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::NotFound => "NOT_FOUND",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::NotReady => "NOT_READY",

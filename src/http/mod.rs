@@ -28,6 +28,7 @@ use tokio::time::Sleep;
 use crate::config::{HoldSettings, HttpSettings, Secret};
 use crate::db::health::DatabaseHealth;
 use crate::db::listener::ListenerStatus;
+use crate::db::shipper::ShippingStatus;
 use crate::db::validation_log::ValidationLog;
 use crate::engine::Engine;
 use crate::journal::rejected::Rejected;
@@ -57,6 +58,7 @@ pub struct Operations {
     pub database: Arc<DatabaseHealth>,
     pub listener: Arc<ListenerStatus>,
     pub validation_log: ValidationLog,
+    pub shipping: Arc<ShippingStatus>,
     pub rejected: Arc<Rejected>,
     pub started: Instant,
 }

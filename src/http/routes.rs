@@ -202,11 +202,45 @@ pub static OPENAPI: LazyLock<Bytes> = LazyLock::new(|| {
         serde_json::from_str(include_str!("openapi/base.json")).expect("base.json is JSON");
     let paths = ROUTES
         .iter()
-        .map(|r| (r.template.to_owned(), serde_json::from_str(r.openapi).expect("a path item is JSON")))
+        .map(|r| {
+            let mut item: serde_json::Value = serde_json::from_str(r.openapi).expect("a path item is JSON");
+            let item_fields = item.as_object_mut().expect("a path item is an object");
+            for (_, operation) in item_fields.iter_mut().filter(|(k, _)| *k != "parameters") {
+                add_shared_responses(r, operation);
+            }
+            (r.template.to_owned(), item)
+        })
         .collect::<serde_json::Map<_, _>>();
     doc["paths"] = serde_json::Value::Object(paths);
     Bytes::from(serde_json::to_vec(&doc).expect("JSON serialises"))
 });
+
+/// What every operation of its kind answers, from how [`handle`] treats it: a path
+/// parameter brings `400` (an invalid segment), a body `408` and `415`, a backend route `401`
+/// when API_TOKEN is set, an admin route `429` after failed authentications.
+fn add_shared_responses(route: &Route, operation: &mut serde_json::Value) {
+    let shared = |name: &str| serde_json::json!({ "$ref": format!("#/components/responses/{name}") });
+    let mut add = Vec::new();
+    if route.template.contains('{') {
+        add.push(("400", shared("InvalidPath")));
+    }
+    if operation.get("requestBody").is_some() {
+        add.extend([("408", shared("RequestTimeout")), ("415", shared("UnsupportedMediaType"))]);
+    }
+    match route.access {
+        Access::Open => {}
+        Access::Backend => {
+            add.push(("401", shared("Unauthorized")));
+            // Optional: without API_TOKEN set, no token is needed.
+            operation["security"] = serde_json::json!([{}, { "apiToken": [] }]);
+        }
+        Access::Admin => add.push(("429", shared("TooManyFailedAuths"))),
+    }
+    let responses = operation["responses"].as_object_mut().expect("an operation lists its responses");
+    for (status, response) in add {
+        responses.entry(status).or_insert(response);
+    }
+}
 
 /// The route of a path and its parameters; `Err` when a parameter is not a valid segment.
 fn match_path(path: &str) -> Option<(usize, Result<Vec<String>, ApiError>)> {
@@ -290,17 +324,26 @@ where
     };
     let params = params?;
     let headers = req.headers();
+    let client_ip = state.guard.client_ip(peer, headers);
     let backend = state.api_token.is_empty() || bearer_is(headers, &state.api_token);
     match route.access {
         Access::Open => {}
         Access::Backend if backend => {}
-        Access::Admin if !state.admin_token.is_empty() && bearer_is(headers, &state.admin_token) => {}
-        Access::Backend | Access::Admin => return Err(ApiError::Unauthorized),
+        Access::Backend => return Err(ApiError::Unauthorized),
+        Access::Admin => {
+            state.guard.admit_admin(client_ip)?;
+            if state.admin_token.is_empty() || !bearer_is(headers, &state.admin_token) {
+                state.guard.record_admin_failure(client_ip);
+                return Err(ApiError::Unauthorized);
+            }
+        }
+    }
+    if *req.method() == Method::POST && !json_or_nothing(headers) {
+        return Err(ApiError::UnsupportedMediaType);
     }
     if route.needs_ready && !state.engine.catalog().is_ready() {
         return Err(ApiError::NotReady);
     }
-    let client_ip = state.guard.client_ip(peer, headers);
     let query = req.uri().query().map(str::to_owned);
     let (parts, body) = req.into_parts();
     // The body is read before a request slot is taken, within its own deadline, so a slow
@@ -320,6 +363,23 @@ where
             tokio::time::timeout(state.http.admin_timeout, handler(state, call)).await.unwrap_or(Err(ApiError::Timeout))
         }
         Access::Open | Access::Backend => handler(state, call).await,
+    }
+}
+
+/// Whether a POST's body is JSON (`application/json`, any parameters) or there is none (no
+/// `Content-Type`, no declared length): a form or `text/plain` post from another site is
+/// refused before it is read.
+fn json_or_nothing(headers: &HeaderMap) -> bool {
+    match headers.get(hyper::header::CONTENT_TYPE) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json")),
+        None => {
+            headers.get(CONTENT_LENGTH).is_none_or(|len| len == "0")
+                && headers.get(hyper::header::TRANSFER_ENCODING).is_none()
+        }
     }
 }
 
@@ -392,16 +452,33 @@ mod tests {
             allowed.sort();
             assert_eq!(documented, allowed, "{}", route.template);
             for (method, operation) in item.iter().filter(|(k, _)| *k != "parameters") {
-                let secured = operation.get("security").is_some();
-                assert_eq!(secured, route.access == Access::Admin, "{method} {}: security", route.template);
-                assert!(operation["responses"].is_object(), "{method} {}", route.template);
+                let security = operation.get("security").map(ToString::to_string);
+                let expected = match route.access {
+                    Access::Open => None,
+                    Access::Backend => Some(r#"[{},{"apiToken":[]}]"#.to_owned()),
+                    Access::Admin => Some(r#"[{"bearer":[]}]"#.to_owned()),
+                };
+                assert_eq!(security, expected, "{method} {}: security", route.template);
+                let responses = operation["responses"].as_object().unwrap();
+                if route.access != Access::Open {
+                    assert!(responses.contains_key("401"), "{method} {}: 401", route.template);
+                }
+                if operation.get("requestBody").is_some() {
+                    assert!(
+                        responses.contains_key("408") && responses.contains_key("415"),
+                        "{method} {}",
+                        route.template
+                    );
+                }
             }
         }
-        // Every schema a path refers to exists.
+        // Every schema and response a path refers to exists.
         let text = String::from_utf8(OPENAPI.to_vec()).unwrap();
-        for reference in text.split("\"#/components/schemas/").skip(1) {
-            let name = reference.split('"').next().unwrap();
-            assert!(doc["components"]["schemas"].get(name).is_some(), "missing schema {name}");
+        for kind in ["schemas", "responses"] {
+            for reference in text.split(&format!("\"#/components/{kind}/")).skip(1) {
+                let name = reference.split('"').next().unwrap();
+                assert!(doc["components"][kind].get(name).is_some(), "missing {kind} {name}");
+            }
         }
     }
 }

@@ -29,7 +29,7 @@ const ADMIN_ROUTES: [(Method, &str); 7] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_configured_token_every_admin_call_is_401() {
     let db = TestDb::new().await;
-    let app = TestApp::spawn(&db).await;
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__PROTECTION__FAILED_ADMIN_AUTHS_PER_ADDRESS", "0")]).await;
     for (method, path) in ADMIN_ROUTES {
         for auth in [None, Some("Bearer "), Some("Bearer anything")] {
             let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
@@ -46,7 +46,11 @@ async fn without_a_configured_token_every_admin_call_is_401() {
 async fn wrong_tokens_are_401_and_the_right_one_works() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
-    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN)]).await;
+    let app = TestApp::spawn_with(
+        &db.url,
+        &[("ADMIN_TOKEN", TOKEN), ("COUPON__PROTECTION__FAILED_ADMIN_AUTHS_PER_ADDRESS", "0")],
+    )
+    .await;
     let wrong = [
         "",
         "Bearer",

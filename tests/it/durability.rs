@@ -181,7 +181,7 @@ async fn a_record_postgres_refuses_is_set_aside_and_start_up_goes_on() {
     let data_dir = data_dir.display().to_string();
     let env = [
         ("DATA_DIR", data_dir.as_str()),
-        ("ADMIN_TOKEN", "t0ken"),
+        ("ADMIN_TOKEN", "t0ken-t0ken-t0ken"),
         ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
         ("COUPON__JOURNAL__SHIP_SHUTDOWN_TIMEOUT", "200ms"),
         ("COUPON__VALIDATION_LOG__SHUTDOWN_TIMEOUT", "200ms"),
@@ -209,7 +209,7 @@ async fn a_record_postgres_refuses_is_set_aside_and_start_up_goes_on() {
     );
     let admin = |path: &'static str, method: hyper::Method| {
         let client = app.client.clone();
-        async move { client.request_with(method, path, "", &[("authorization", "Bearer t0ken")]).await.json() }
+        async move { client.request_with(method, path, "", &[("authorization", "Bearer t0ken-t0ken-t0ken")]).await.json() }
     };
     assert_eq!(admin("/admin/cache/stats", hyper::Method::GET).await["rejectedRecords"], 1);
     let listed = admin("/admin/journal/rejected", hyper::Method::GET).await;

@@ -167,11 +167,16 @@ impl TestClient {
         body: impl Into<Bytes>,
         headers: &[(&str, &str)],
     ) -> TestResponse {
+        let body = body.into();
         let mut builder = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        // A JSON body says so, unless the test says otherwise.
+        if !body.is_empty() && !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+            builder = builder.header("content-type", "application/json");
+        }
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let req = builder.body(Full::new(body.into())).expect("valid request");
+        let req = builder.body(Full::new(body)).expect("valid request");
         let response = self.inner.request(req).await.expect("request succeeds");
         let status = response.status();
         let headers = response.headers().clone();

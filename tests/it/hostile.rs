@@ -35,7 +35,7 @@ async fn a_slow_body_holds_no_slot_and_past_the_in_flight_bound_the_answer_is_50
             ("COUPON__HTTP__MAX_IN_FLIGHT", "1"),
             ("COUPON__HTTP__BODY_READ_TIMEOUT", "1s"),
             ("COUPON__HTTP__ADMIN_TIMEOUT", "3s"),
-            ("ADMIN_TOKEN", "t0ken"),
+            ("ADMIN_TOKEN", "t0ken-t0ken-t0ken"),
         ],
     )
     .await;
@@ -58,7 +58,9 @@ async fn a_slow_body_holds_no_slot_and_past_the_in_flight_bound_the_answer_is_50
     let stuck = {
         let client = app.client.clone();
         tokio::spawn(async move {
-            client.request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t0ken")]).await
+            client
+                .request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t0ken-t0ken-t0ken")])
+                .await
         })
     };
     let body = json!({"code": "TEN", "userId": "u", "orderValue": 100});
@@ -191,10 +193,16 @@ async fn admin_calls_on_a_hung_database_time_out_instead_of_hanging() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
     let proxy = PgProxy::start(&db.url).await;
-    let app = TestApp::spawn_with(&proxy.url, &[("ADMIN_TOKEN", "t"), ("COUPON__HTTP__ADMIN_TIMEOUT", "300ms")]).await;
+    let app = TestApp::spawn_with(
+        &proxy.url,
+        &[("ADMIN_TOKEN", "t-t-t-t-t-t-t-t-t"), ("COUPON__HTTP__ADMIN_TIMEOUT", "300ms")],
+    )
+    .await;
     proxy.cut();
-    let reload =
-        app.client.request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t")]).await;
+    let reload = app
+        .client
+        .request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t-t-t-t-t-t-t-t-t")])
+        .await;
     assert_eq!(reload.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reload.text);
     assert!(["TIMEOUT", "DATABASE_UNAVAILABLE"].contains(&reload.json()["error"]["code"].as_str().unwrap()));
     assert_eq!(reload.headers["retry-after"], "1");
@@ -248,14 +256,16 @@ async fn a_user_guessing_codes_is_stopped_and_others_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ip_budget_follows_forwarded_addresses_from_trusted_proxies_only() {
+async fn the_address_budget_follows_forwarded_addresses_from_trusted_proxies_only() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
+    // Anonymous callers (no API token) are budgeted per address.
     let app = TestApp::spawn_with(
         &db.url,
         &[
+            ("API_TOKEN", "api-token-api-token"),
             ("COUPON__PROTECTION__FAILED_LOOKUPS_PER_USER", "0"),
-            ("COUPON__PROTECTION__FAILED_LOOKUPS_PER_IP", "3"),
+            ("COUPON__PROTECTION__FAILED_LOOKUPS_PER_ADDRESS", "3"),
             ("COUPON__PROTECTION__TRUSTED_PROXIES", "127.0.0.1"),
         ],
     )

@@ -38,6 +38,8 @@ async fn start_up_loads_and_reports_counts() {
     let server = ServeProcess::start(&db.url, &[]);
     let loaded = server.wait_for_log("cache loaded", Duration::from_secs(10));
     assert_eq!((loaded["coupons"].as_u64(), loaded["redemptions"].as_u64()), (Some(40), Some(25)), "{loaded}");
+    let warnings = server.log_lines().into_iter().filter(|l| l.contains("API_TOKEN is not set")).count();
+    assert_eq!(warnings, 1, "one warning without API_TOKEN");
     assert!(loaded["elapsed_ms"].is_u64(), "{loaded}");
     let client = TestClient::new(server.addr);
     client.wait_ready().await;
@@ -68,4 +70,14 @@ async fn sigterm_writes_every_queued_log_row_then_exits_zero() {
     let written: i64 = sqlx::query_scalar("SELECT count(*) FROM validation_logs").fetch_one(&db.pool).await.unwrap();
     assert_eq!(written, 300);
     db.drop_db().await;
+}
+
+#[test]
+fn short_tokens_are_refused_at_start() {
+    for name in ["ADMIN_TOKEN", "API_TOKEN"] {
+        let output = binary(&["serve"], &[(name, "too-short")]).output().expect("run coupon-engine");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("{name} must be at least 16 characters")), "{stderr}");
+    }
 }

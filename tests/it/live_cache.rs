@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use hyper::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -77,10 +78,44 @@ async fn changes_by_a_plain_sql_client_are_served() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_user_limit_added_by_sql_counts_the_uses_before_it() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "LATER", &[]).await;
+    let token = "live-cache-admin-token";
+    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", token)]).await;
+    let client = &app.client;
+    let redeem = |order: &str| json!({"code": "LATER", "userId": "carol", "orderId": order, "orderValue": 100});
+    for order in ["o-1", "o-2"] {
+        assert_eq!(client.post("/api/coupons/redeem", &redeem(order)).await.status, 201);
+    }
+    execute(&db.pool, "UPDATE coupons SET per_user_limit = 2 WHERE code = 'LATER'").await;
+    let what = "the two uses before the limit count against it";
+    eventually(DEADLINE, what, || async {
+        let body = json!({"code": "LATER", "userId": "carol", "orderValue": 100});
+        client.validate(body).await["reason"] == json!("USER_USAGE_LIMIT_REACHED")
+    })
+    .await;
+    let third = client.post("/api/coupons/redeem", &redeem("o-3")).await;
+    assert_eq!(third.status, 422);
+    assert_eq!(third.json()["reason"], json!("USER_USAGE_LIMIT_REACHED"));
+    // A full reload keeps them counted, once.
+    let auth = format!("Bearer {token}");
+    let reload = client.request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", &auth)]).await;
+    assert_eq!(reload.status, 200);
+    let released = client.post("/api/coupons/release", &json!({"code": "LATER", "orderId": "o-1"})).await;
+    assert_eq!(released.status, 200);
+    assert_eq!(client.post("/api/coupons/redeem", &redeem("o-4")).await.status, 201, "one use given back");
+    let fifth = client.post("/api/coupons/redeem", &redeem("o-5")).await;
+    assert_eq!(fifth.json()["reason"], json!("USER_USAGE_LIMIT_REACHED"));
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_listener_reconnects_and_misses_nothing() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "GAP", &[]).await;
-    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", "t0ken")]).await;
+    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", "t0ken-t0ken-t0ken")]).await;
     // Kill the listener's backend and change the coupon before it can reconnect.
     execute(
         &db.pool,
@@ -92,7 +127,7 @@ async fn a_killed_listener_reconnects_and_misses_nothing() {
     wait_for_reason(&app.client, "GAP", json!("COUPON_INACTIVE")).await;
     let stats = app
         .client
-        .request_with(hyper::Method::GET, "/admin/cache/stats", "", &[("authorization", "Bearer t0ken")])
+        .request_with(hyper::Method::GET, "/admin/cache/stats", "", &[("authorization", "Bearer t0ken-t0ken-t0ken")])
         .await
         .json();
     assert!(stats["listener"]["reconnects"].as_u64() >= Some(1), "{stats}");
@@ -146,7 +181,7 @@ async fn reloads_under_load_fail_no_request_and_keep_live_counters() {
     let capped = insert_coupon(&db.pool, "CAPPED", &[("usage_limit", "2")]).await;
     insert_usage(&db.pool, capped, "a", "o-1").await;
     insert_usage(&db.pool, capped, "b", "o-2").await;
-    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", "t0ken")]).await;
+    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", "t0ken-t0ken-t0ken")]).await;
     let load: Vec<_> = (0..8)
         .map(|worker| {
             let client = app.client.clone();
@@ -162,7 +197,12 @@ async fn reloads_under_load_fail_no_request_and_keep_live_counters() {
     for _ in 0..20 {
         let reload = app
             .client
-            .request_with(hyper::Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t0ken")])
+            .request_with(
+                hyper::Method::POST,
+                "/admin/cache/reload",
+                "",
+                &[("authorization", "Bearer t0ken-t0ken-t0ken")],
+            )
             .await;
         assert_eq!(reload.status, 200, "{}", reload.text);
         assert_eq!(reload.json()["coupons"], 2);
@@ -174,7 +214,7 @@ async fn reloads_under_load_fail_no_request_and_keep_live_counters() {
     execute(&db.pool, "DELETE FROM coupon_usage").await;
     let reload = app
         .client
-        .request_with(hyper::Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t0ken")])
+        .request_with(hyper::Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t0ken-t0ken-t0ken")])
         .await;
     assert_eq!(reload.status, 200);
     assert_eq!(reason_of(&app.client, "CAPPED").await, json!("USAGE_LIMIT_REACHED"));

@@ -14,5 +14,6 @@ mod live_cache;
 mod operations;
 mod redeem;
 mod seed;
+mod trust;
 mod validate;
 mod validation_log;

@@ -19,6 +19,7 @@ struct HealthResponse {
     database: &'static str,
     listener: &'static str,
     journal: &'static str,
+    shipping: &'static str,
     /// Journal records PostgreSQL refused for good, waiting for an operator.
     rejected_records: u64,
     coupons: usize,
@@ -33,13 +34,15 @@ pub async fn health(state: &State, _call: Call) -> Result<HttpResponse, ApiError
     let listener = ops.listener.state();
     let journal_ok = state.engine.journal().is_healthy();
     let rejected = ops.rejected.len();
-    let healthy = database_up && listener == ListenerState::Listening && journal_ok && rejected == 0;
+    let shipping_ok = !ops.shipping.is_stalled();
+    let healthy = database_up && listener == ListenerState::Listening && journal_ok && shipping_ok && rejected == 0;
     let body = HealthResponse {
         status: if healthy { "healthy" } else { "degraded" },
         validation_log_queue_size: ops.validation_log.queue_size(),
         database: if database_up { "up" } else { "down" },
         listener: listener.as_str(),
         journal: if journal_ok { "ok" } else { "failing" },
+        shipping: if shipping_ok { "ok" } else { "stalled" },
         rejected_records: rejected,
         coupons: state.engine.catalog().load().coupon_count(),
         uptime: (ops.started.elapsed().as_millis() as f64) / 1000.0,
@@ -72,6 +75,8 @@ pub async fn metrics(state: &State, _call: Call) -> Result<HttpResponse, ApiErro
     metrics.journal_backlog.set(backlog);
     metrics.journal_rejected_pending.set(state.ops.rejected.len() as f64);
     metrics.live_holds.set(engine.live_holds() as f64);
+    metrics.ledger_remembered.set(engine.ledger().remembered() as f64);
+    metrics.ledger_forgotten.set(engine.forgotten().len() as f64);
     if let Some(last) = catalog.last_reload_at() {
         metrics.cache_age.set((Utc::now() - last).num_milliseconds() as f64 / 1000.0);
     }

@@ -53,7 +53,7 @@ fn reason<S: serde::Serializer>(reason: &Option<Reason>, serializer: S) -> Resul
 /// `POST /api/coupons/validate`.
 pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let input = ValidateBody::parse(&call.body)?;
-    state.guard.admit(&input.user_id, call.client_ip, &state.metrics)?;
+    state.guard.admit(&input.user_id, call.client_ip, call.backend, &state.metrics)?;
     let caller = Caller {
         ip: Some(call.client_ip),
         user_agent: call.headers.get(USER_AGENT).and_then(user_agent),
@@ -67,7 +67,7 @@ pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiErro
     };
     let validation = state.engine.validate(&request, &caller);
     if validation.decision == Decision::Rejected(Reason::CouponNotFound) {
-        state.guard.record_failure(&input.user_id, call.client_ip);
+        state.guard.record_failure(&input.user_id, call.client_ip, call.backend);
     }
     let body = ValidateResponse::new(&validation.code, input.order_value, validation.decision);
     Ok(response::json(StatusCode::OK, &body))
@@ -161,6 +161,10 @@ fn unavailable(err: EngineError) -> ApiError {
             ApiError::JournalUnavailable
         }
         EngineError::Busy => ApiError::Busy,
+        EngineError::Archive(err) => {
+            tracing::warn!(error = %err, "a forgotten order could not be looked up");
+            ApiError::DatabaseUnavailable
+        }
     }
 }
 
@@ -179,7 +183,7 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
     if kind == Kind::Redeem && input.ttl_seconds.is_some() {
         return Err(ApiError::InvalidField { field: "ttlSeconds", problem: "only applies to a hold".into() });
     }
-    state.guard.admit(&input.user_id, call.client_ip, &state.metrics)?;
+    state.guard.admit(&input.user_id, call.client_ip, call.backend, &state.metrics)?;
     let request = UseRequest {
         code: &input.code,
         user_id: &input.user_id,
@@ -195,7 +199,7 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
     }
     .map_err(unavailable)?;
     if outcome == UseOutcome::Refused(crate::engine::Refused::Rule(Reason::CouponNotFound)) {
-        state.guard.record_failure(&input.user_id, call.client_ip);
+        state.guard.record_failure(&input.user_id, call.client_ip, call.backend);
     }
     render(kind, &outcome)
 }
@@ -212,8 +216,15 @@ struct ReleaseAnswer {
 /// `POST /api/coupons/release`.
 pub async fn release(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let input = ReleaseBody::parse(&call.body)?;
+    // Guessing order ids to release is a lookup like guessing codes: the same budgets count
+    // it (by its userId; a release without one counts under the empty user).
+    let user = input.user_id.as_deref().unwrap_or_default();
+    state.guard.admit(user, call.client_ip, call.backend, &state.metrics)?;
     let request = ReleaseRequest { code: &input.code, order_id: &input.order_id, user_id: input.user_id.as_deref() };
     let outcome = state.engine.release(&request).await.map_err(unavailable)?;
+    if outcome == ReleaseOutcome::NotFound {
+        state.guard.record_failure(user, call.client_ip, call.backend);
+    }
     let (status, body) = match outcome {
         ReleaseOutcome::Released { hold } => {
             (StatusCode::OK, ReleaseAnswer { released: true, hold: hold.map(|f| f.as_str()), reason: None })

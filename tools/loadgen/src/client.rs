@@ -16,6 +16,8 @@ use serde_json::Value;
 pub(crate) struct ServiceClient {
     base: String,
     inner: Client<HttpConnector, Full<Bytes>>,
+    /// Sent as `Authorization: Bearer` on POSTs: the shop's backend, with `API_TOKEN`.
+    token: Option<String>,
 }
 
 impl ServiceClient {
@@ -23,16 +25,24 @@ impl ServiceClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let inner = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        ServiceClient { base: base.trim_end_matches('/').to_owned(), inner }
+        ServiceClient { base: base.trim_end_matches('/').to_owned(), inner, token: None }
+    }
+
+    /// The same service, called with the API token.
+    pub(crate) fn with_token(&self, token: &str) -> ServiceClient {
+        ServiceClient { token: Some(token.to_owned()), ..self.clone() }
     }
 
     /// POSTs a JSON body and returns the status and the parsed JSON answer.
     pub(crate) async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
         let response = self.inner.request(request).await.with_context(|| format!("POST {path}"))?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();

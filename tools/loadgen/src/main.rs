@@ -4,6 +4,7 @@
 mod client;
 mod conn;
 mod drills;
+mod hostile;
 mod load;
 mod mix;
 mod propagation;
@@ -87,6 +88,9 @@ enum Command {
     Propagation(propagation::Args),
     /// A scratch database with a million coupons: start-up time, memory, a 100,000-row change.
     Scale(scale::ScaleArgs),
+    /// Attacks of the hostile-client review (slow bodies, release guessing, a redeem/release
+    /// memory loop, userId rotation) against a service it starts with an API token.
+    Hostile(hostile::HostileArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +117,9 @@ fn main() -> anyhow::Result<()> {
                 drills::crash(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
             }
             Some(Command::Scale(args)) => scale::scale(need_db(cli.database_url.as_deref())?, args).await,
+            Some(Command::Hostile(args)) => {
+                hostile::hostile(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
+            }
             Some(Command::Propagation(args)) => {
                 propagation::run(&cli.url, need_db(cli.database_url.as_deref())?, args).await?;
                 Ok(true)

@@ -1,0 +1,81 @@
+//! Memory, not time: what one remembered redemption costs the ledger (with 128-character
+//! ids, budget ≤ 256 bytes), and what the failed-lookup guard holds at its cap (budget
+//! ≤ 64 MiB). Counts the heap bytes held, through a counting allocator (resident memory
+//! would hide the reuse of freed memory); `cargo bench --bench memory`.
+
+mod support;
+
+use std::alloc::System;
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use coupon_engine::config::ProtectionSettings;
+use coupon_engine::domain::identity::redemption_id;
+use coupon_engine::domain::money::Cents;
+use coupon_engine::engine::StoredUse;
+use coupon_engine::http::guard::{LookupGuard, MAX_BYTES};
+use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
+
+#[global_allocator]
+static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// Heap bytes the program holds.
+fn held() -> u64 {
+    // A reallocation counts its growth as allocated and its shrinking as deallocated.
+    let stats = ALLOCATOR.stats();
+    stats.bytes_allocated.saturating_sub(stats.bytes_deallocated) as u64
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` only smoke-runs a small size.
+    let full = std::env::args().any(|a| a == "--bench");
+    let redemptions: u64 = if full { 1_000_000 } else { 10_000 };
+    let engine = support::engine_with(support::coupons(100));
+    let long = |prefix: &str, n: u64| format!("{prefix}-{n:0>122}");
+    let uses: Vec<StoredUse> = (0..redemptions)
+        .map(|n| StoredUse {
+            id: redemption_id(1 + (n % 100) as i64, &long("order", n)),
+            rev: 1,
+            coupon_id: 1 + (n % 100) as i64,
+            code: None,
+            user_id: long("user", n),
+            order_id: long("order", n),
+            order_value: Cents::new(10_000).unwrap(),
+            discount: Cents::new(500).unwrap(),
+            hold_until: None,
+            released_at: None,
+        })
+        .collect();
+    let before = held();
+    let loaded = engine.load_uses(uses.iter().cloned());
+    let after = held();
+    drop(uses);
+    assert_eq!(loaded as u64, redemptions);
+    println!(
+        "ledger: {redemptions} redemptions with 128-character ids remembered: {} heap bytes each (budget ≤ 256)",
+        after.saturating_sub(before) / redemptions,
+    );
+
+    let guard = LookupGuard::new(&ProtectionSettings {
+        failed_lookups_per_user: 1_000,
+        failed_lookups_per_address: 1_000,
+        failed_admin_auths_per_address: 1_000,
+        window: Duration::from_secs(600),
+        trusted_proxies: Vec::new(),
+        max_active_holds_per_user: 3,
+    });
+    let attempts: u64 = if full { 1_000_000 } else { 10_000 };
+    let before = held();
+    for n in 0..attempts {
+        let address = IpAddr::V6(Ipv6Addr::from((u128::from(n) << 64) | 1));
+        guard.record_failure(&long("user", n), address, false);
+        guard.record_admin_failure(address);
+    }
+    let keys = guard.keys();
+    let after = held();
+    println!(
+        "guard: {attempts} anonymous failures, each a new user and address: {keys} keys held in {} MiB of heap (cap {} MiB)",
+        after.saturating_sub(before) >> 20,
+        MAX_BYTES >> 20
+    );
+}
