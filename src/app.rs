@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
+use crate::db::batch_jobs::BatchJobs;
+use crate::db::batches;
 use crate::db::health::DatabaseHealth;
 use crate::db::listener::{ListenerStatus, Refresher};
 use crate::db::shipper::Shipper;
@@ -128,6 +130,7 @@ impl App {
             guard: LookupGuard::new(&settings.protection),
             http: settings.http.clone(),
             hold: settings.hold.clone(),
+            batch_jobs: BatchJobs::default(),
         });
         if settings.api.token.is_empty() {
             tracing::warn!(
@@ -292,6 +295,11 @@ async fn start_up(
         tracing::info!(holds = expired, "holds that expired while the service was down given back");
     }
     engine.catalog().set_ready();
+    match batches::fail_interrupted(pool, None).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(batches = n, "batches of codes left running by a stopped instance marked failed"),
+        Err(err) => tracing::warn!(error = %err, "cannot look for interrupted batches of codes"),
+    }
     tracing::info!(
         coupons = engine.catalog().load().coupon_count(),
         bulk_codes = engine.catalog().load().codes().len(),

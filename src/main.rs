@@ -9,7 +9,7 @@ use chrono::{Datelike, TimeZone, Utc};
 use clap::{Parser, Subcommand};
 use coupon_engine::app::{App, shutdown_signal};
 use coupon_engine::config::Settings;
-use coupon_engine::db::seed::seed;
+use coupon_engine::db::seed::{seed, seed_campaign};
 use coupon_engine::seed::SeedParams;
 use coupon_engine::{db, telemetry};
 
@@ -39,6 +39,9 @@ enum Command {
         usage: u32,
         #[arg(long, default_value_t = 42)]
         rng_seed: u64,
+        /// Also add a campaign ("seed-campaign") with this many generated single-use codes.
+        #[arg(long, default_value_t = 0)]
+        campaign_codes: u32,
         /// Replace the data of a non-empty database.
         #[arg(long)]
         force: bool,
@@ -80,7 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!("migrations applied");
                 Ok(())
             }
-            Command::Seed { users, coupons, usage, rng_seed, force } => {
+            Command::Seed { users, coupons, usage, rng_seed, campaign_codes, force } => {
                 let pool = db::connect(&settings.database).await.context("cannot connect to the database")?;
                 let today = Utc::now();
                 let now = Utc
@@ -90,10 +93,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let params = SeedParams { users, coupons, usage, rng_seed, now };
                 let started = Instant::now();
                 let report = seed(&pool, &params, force).await?;
+                if campaign_codes > 0 {
+                    seed_campaign(&pool, campaign_codes).await?;
+                }
                 tracing::info!(
                     users = report.users,
                     coupons = report.coupons,
                     usage = report.usage,
+                    campaign_codes,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "seeded"
                 );

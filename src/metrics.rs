@@ -91,7 +91,21 @@ pub struct Metrics {
     pub ledger_remembered: Gauge,
     pub ledger_forgotten: Gauge,
     pub journal_rejected_pending: Gauge,
+    pub campaigns: CampaignMetrics,
     process: ProcessMetrics,
+}
+
+/// Campaigns, aggregated (a label per campaign would grow without bound).
+pub struct CampaignMetrics {
+    pub count: Gauge,
+    /// Live uses across every campaign.
+    pub uses: Gauge,
+    /// Discounts taken by those uses, in currency units.
+    pub spent: Gauge,
+    /// Campaigns whose cap or budget is used up.
+    pub exhausted: Gauge,
+    /// Bulk codes loaded.
+    pub bulk_codes: Gauge,
 }
 
 impl Metrics {
@@ -113,6 +127,14 @@ impl Metrics {
             "Time to answer, by route template and status",
         );
         reg.describe_gauge("cache_age_seconds", "Seconds since the catalog was last reloaded in full");
+        reg.describe_gauge("coupon_campaigns", "Campaigns in the catalog");
+        reg.describe_gauge(
+            "coupon_campaign_uses_live",
+            "Live uses across every campaign, as this instance counts them",
+        );
+        reg.describe_gauge("coupon_campaign_spent", "Discounts taken by those uses, in currency units");
+        reg.describe_gauge("coupon_campaigns_exhausted", "Campaigns whose usage limit or budget is used up");
+        reg.describe_gauge("coupon_bulk_codes", "Bulk codes loaded");
         reg.describe_gauge("db_pool_connections", "Pool connections by state");
         reg.describe_gauge("db_pool_max_connections", "Pool size limit");
         reg.describe_counter("process_cpu_seconds_total", "CPU time used by the process, user and system");
@@ -193,6 +215,13 @@ impl Metrics {
             ledger_remembered: reg.gauge("ledger_remembered_redemptions", &[]),
             ledger_forgotten: reg.gauge("ledger_forgotten_orders", &[]),
             journal_rejected_pending: reg.gauge("journal_records_set_aside", &[]),
+            campaigns: CampaignMetrics {
+                count: reg.gauge("coupon_campaigns", &[]),
+                uses: reg.gauge("coupon_campaign_uses_live", &[]),
+                spent: reg.gauge("coupon_campaign_spent", &[]),
+                exhausted: reg.gauge("coupon_campaigns_exhausted", &[]),
+                bulk_codes: reg.gauge("coupon_bulk_codes", &[]),
+            },
             coupon_usage,
             journal: JournalMetrics {
                 fsync_seconds: reg.histogram("journal_fsync_duration_seconds", &[]),

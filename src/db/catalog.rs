@@ -159,16 +159,28 @@ pub async fn batch_codes(pool: &PgPool, batch: &BatchRow) -> Result<Arc<BatchCod
         partial.drain(..complete);
     }
     drop(chunks);
+    drop(conn);
     let codes = builder.build();
-    let assigned: Vec<(i32, String)> =
-        sqlx::query_as("SELECT position, assigned_to FROM batch_codes WHERE batch_id = $1 AND assigned_to IS NOT NULL")
-            .bind(batch.id)
-            .fetch_all(&mut *conn)
-            .await?;
-    for (position, user) in assigned {
-        codes.assign(u32::try_from(position).map_err(|_| bad("a position is negative"))?, &user);
-    }
+    load_assignments(pool, &codes).await?;
     Ok(Arc::new(codes))
+}
+
+/// Reads which codes of a loaded batch were handed to whom.
+pub async fn load_assignments(pool: &PgPool, codes: &BatchCodes) -> Result<(), Error> {
+    let mut rows = sqlx::query_as::<_, (i32, String)>(
+        "SELECT position, assigned_to FROM batch_codes WHERE batch_id = $1 AND assigned_to IS NOT NULL",
+    )
+    .bind(codes.id)
+    .fetch(pool);
+    while let Some((position, user)) = rows.try_next().await? {
+        let position = u32::try_from(position).map_err(|_| Error::BadRow {
+            what: "batch",
+            id: codes.id,
+            problem: "a position is negative".into(),
+        })?;
+        codes.assign(position, &user);
+    }
+    Ok(())
 }
 
 /// Every finished batch with its codes.

@@ -1,7 +1,7 @@
 //! Admin writes of coupon definitions. They reach every instance's catalog through the same
 //! NOTIFY path as any other SQL client's writes.
 
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgExecutor, PgPool, Postgres};
 
 use crate::db::{Error, catalog, money};
 use crate::domain::coupon::{Coupon, CouponId};
@@ -28,7 +28,7 @@ impl From<sqlx::Error> for WriteError {
 }
 
 /// Inserts a checked coupon; returns it with the id and version the database gave it.
-pub async fn insert(pool: &PgPool, coupon: &Coupon) -> Result<Coupon, WriteError> {
+pub async fn insert<'e>(executor: impl PgExecutor<'e>, coupon: &Coupon) -> Result<Coupon, WriteError> {
     let (id, version): (CouponId, i64) = bind_coupon(
         sqlx::query_as(
             "INSERT INTO coupons (code, type, status, discount_type, discount_value, max_discount, min_order_value, \
@@ -37,7 +37,7 @@ pub async fn insert(pool: &PgPool, coupon: &Coupon) -> Result<Coupon, WriteError
         ),
         coupon,
     )
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await
     .map_err(|err| refusal(err, coupon))?;
     Ok(Coupon { id, version, ..coupon.clone() })

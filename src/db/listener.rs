@@ -5,7 +5,7 @@
 //! either in the load or in a later notification, possibly both; applying re-reads rows by
 //! id, so both is harmless.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::config::{ListenerSettings, Secret};
 use crate::db::health::DatabaseHealth;
-use crate::db::{Error, catalog};
+use crate::db::{Error, batches, catalog};
 use crate::domain::coupon::{BatchId, CampaignId, CouponId};
 use crate::engine::Engine;
 use crate::engine::catalog::{CouponChanges, Publisher};
@@ -106,7 +106,11 @@ pub async fn reload(pool: &PgPool, engine: &Engine, metrics: &Metrics) -> Result
     let mut batches = Vec::new();
     for batch in catalog::done_batches(pool).await? {
         match current.codes().batch(batch.id) {
-            Some(loaded) => batches.push(loaded.clone()),
+            Some(loaded) => {
+                // Assignments made while notifications were not followed.
+                catalog::load_assignments(pool, loaded).await?;
+                batches.push(loaded.clone());
+            }
             None => batches.push(catalog::batch_codes(pool, &batch).await?),
         }
     }
@@ -150,6 +154,9 @@ struct Payload {
     group: Option<String>,
     #[serde(default)]
     parts: Option<u32>,
+    /// The batch of an assignment (whose `ids` are positions).
+    #[serde(default)]
+    batch: Option<BatchId>,
 }
 
 /// What a run of notifications asks for.
@@ -158,6 +165,8 @@ struct Changes {
     coupons: BTreeSet<CouponId>,
     campaigns: BTreeSet<CampaignId>,
     batches: BTreeSet<BatchId>,
+    /// Codes handed to users: positions by batch.
+    assignments: BTreeMap<BatchId, BTreeSet<i32>>,
     reload: bool,
     /// Change notifications, heartbeats excluded.
     changes: u64,
@@ -185,6 +194,13 @@ impl Changes {
                     None | Some("coupon") => self.coupons.extend(p.ids),
                     Some("campaign") => self.campaigns.extend(p.ids),
                     Some("batch") => self.batches.extend(p.ids),
+                    Some("assignment") => match p.batch {
+                        Some(batch) => {
+                            let positions = p.ids.into_iter().filter_map(|id| i32::try_from(id).ok());
+                            self.assignments.entry(batch).or_default().extend(positions);
+                        }
+                        None => self.reload = true,
+                    },
                     Some(_) => self.reload = true,
                 }
             }
@@ -320,6 +336,12 @@ impl Refresher {
                 publisher.replace_batches(batches);
             }
             count_new_user_limits(&self.engine, &publisher);
+            for (batch, positions) in &changes.assignments {
+                let positions: Vec<i32> = positions.iter().copied().collect();
+                for (position, user) in batches::assignments(&self.pool, *batch, &positions).await? {
+                    self.engine.assign_code(*batch, position as u32, &user);
+                }
+            }
             self.metrics.cache_coupons.set(publisher.current().coupon_count() as f64);
         }
         self.status.notifications.fetch_add(changes.changes, Ordering::Relaxed);
@@ -383,6 +405,8 @@ mod tests {
             r#"{"op" : "delete", "ids" : [1]}"#,
             r#"{"entity" : "campaign", "op" : "insert", "ids" : [7]}"#,
             r#"{"entity" : "batch", "op" : "done", "ids" : [2]}"#,
+            r#"{"entity" : "assignment", "op" : "assign", "batch" : 2, "ids" : [40]}"#,
+            r#"{"entity" : "assignment", "op" : "assign", "batch" : 2, "ids" : [41]}"#,
         ] {
             changes.add(payload);
         }
@@ -390,14 +414,19 @@ mod tests {
             coupons: [1, 3].into(),
             campaigns: [7].into(),
             batches: [2].into(),
+            assignments: [(2, [40, 41].into())].into(),
             reload: false,
-            changes: 4,
+            changes: 6,
             incomplete: HashMap::new(),
         };
         assert_eq!(changes, expected);
-        for payload in
-            [r#"{"op" : "bulk", "count" : 900}"#, "not json", r#"{"ids": [1]}"#, r#"{"entity":"x","op":"y"}"#]
-        {
+        for payload in [
+            r#"{"op" : "bulk", "count" : 900}"#,
+            "not json",
+            r#"{"ids": [1]}"#,
+            r#"{"entity":"x","op":"y"}"#,
+            r#"{"entity":"assignment","op":"assign","ids":[1]}"#,
+        ] {
             let mut changes = Changes::default();
             changes.add(payload);
             assert!(changes.reload, "{payload}");

@@ -5,6 +5,9 @@
 //! the request path reaches `db/` only through the engine's ports (a queue that never
 //! waits).
 
+pub mod batch_jobs;
+pub mod batches;
+pub mod campaigns;
 pub mod catalog;
 pub mod coupons;
 pub mod health;

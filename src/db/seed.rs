@@ -4,8 +4,14 @@ use std::fmt::Write as _;
 
 use sqlx::{PgConnection, PgPool};
 
-use crate::db::money;
-use crate::domain::coupon::Coupon;
+use std::sync::atomic::AtomicU64;
+
+use crate::db::batches::{self, Outcome, Source};
+use crate::db::{campaigns, money};
+use crate::domain::batch::GenerateSpec;
+use crate::domain::campaign::Campaign;
+use crate::domain::coupon::{Coupon, CouponKind, Discount};
+use crate::domain::money::Cents;
 use crate::seed::{SeedParams, SeedReport, SeedUsage, generate};
 
 /// Why seeding failed.
@@ -15,6 +21,27 @@ pub enum SeedError {
     NotEmpty,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("the seed campaign: {0}")]
+    Campaign(String),
+}
+
+/// The campaign `seed --campaign-codes` adds, and the prefix of its codes.
+pub const SEED_CAMPAIGN: &str = "seed-campaign";
+pub const SEED_CODE_PREFIX: &str = "SEED-";
+
+/// Adds a campaign with one batch of `count` generated single-use codes (5.00 off each), the
+/// way `POST /admin/campaigns/{name}/batches` makes them.
+pub async fn seed_campaign(pool: &PgPool, count: u32) -> Result<(), SeedError> {
+    let failed = |err: &dyn std::fmt::Display| SeedError::Campaign(err.to_string());
+    let campaign = campaigns::insert(pool, &Campaign::new(0, SEED_CAMPAIGN)).await.map_err(|e| failed(&e))?;
+    let spec = GenerateSpec::new(u64::from(count), SEED_CODE_PREFIX, None).map_err(|e| failed(&e))?;
+    let rule = Coupon::new(0, "~BATCH", CouponKind::TimeSpecific, Discount::Fixed(Cents::new(500).expect("5.00")));
+    let source = Source::Generated(spec);
+    let claimed = batches::claim(pool, campaign.id, &rule, 1, &source).await.map_err(|e| failed(&e))?;
+    match claimed.write(&source, &AtomicU64::new(0)).await.map_err(|e| failed(&e))? {
+        Outcome::Done => Ok(()),
+        Outcome::Duplicates(codes) => Err(failed(&format!("codes exist already: {}", codes.join(", ")))),
+    }
 }
 
 /// Fills the database; refuses a non-empty one unless `force`, which replaces its data.
@@ -31,7 +58,16 @@ pub async fn seed(pool: &PgPool, params: &SeedParams, force: bool) -> Result<See
         if !force {
             return Err(SeedError::NotEmpty);
         }
-        sqlx::query("TRUNCATE users, coupons, coupon_usage, validation_logs, campaigns, code_batches, batch_codes, code_assignments RESTART IDENTITY")
+        // Batch ids restart: their partitions go too.
+        sqlx::raw_sql(
+            "DO $$ DECLARE p regclass; BEGIN \
+               FOR p IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = 'batch_codes'::regclass LOOP \
+                 EXECUTE format('DROP TABLE %s', p); \
+               END LOOP; END $$",
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("TRUNCATE users, coupons, coupon_usage, validation_logs, campaigns, code_batches, code_assignments RESTART IDENTITY")
             .execute(&mut *tx)
             .await?;
     }

@@ -1,6 +1,7 @@
 //! The pure domain: coupons, campaigns, money, identities, the rules and the events they
 //! produce. No I/O, no async, no clock: `now` is always a parameter.
 
+pub mod batch;
 pub mod campaign;
 pub mod coupon;
 pub mod event;

@@ -42,8 +42,8 @@ enum Indexed {
 pub enum Found<'a> {
     /// A coupon with that code.
     Coupon(&'a Coupon),
-    /// A bulk code, with the rule of its batch.
-    Code { rule: &'a Coupon, code: CodeRef },
+    /// A bulk code, with its batch and the batch's rule.
+    Code { rule: &'a Coupon, code: CodeRef, batch: &'a BatchCodes },
 }
 
 impl<'a> Found<'a> {
@@ -90,13 +90,15 @@ impl Catalog {
     /// code, although the database keeps the two apart.
     pub fn find(&self, code: &str) -> Option<Found<'_>> {
         let hash = self.hasher.hash_one(code);
-        let shard = &self.by_code[shard_of(hash)];
-        if let Some(coupon) = shard.find(hash, |c| &*c.code == code) {
-            return Some(Found::Coupon(coupon));
+        if !self.codes.in_generated_shape(code) {
+            let shard = &self.by_code[shard_of(hash)];
+            if let Some(coupon) = shard.find(hash, |c| &*c.code == code) {
+                return Some(Found::Coupon(coupon));
+            }
         }
-        let code = self.codes.find(code, hash)?;
+        let (code, batch) = self.codes.find(code, hash)?;
         let rule = self.coupon_by_id(code.rule)?;
-        Some(Found::Code { rule, code })
+        Some(Found::Code { rule, code, batch })
     }
 
     /// The coupon with this id (batch rules included).

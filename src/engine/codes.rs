@@ -6,6 +6,7 @@
 //! about 6 bytes of table; its uses live in the ledger and only once it is used.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::domain::coupon::{BatchId, CouponId};
@@ -34,6 +35,8 @@ pub struct BatchCodes {
     store: Store,
     /// Codes handed to a user (`assign-next`); only such codes have an entry.
     assigned: RwLock<HashMap<u32, Box<str>, ahash::RandomState>>,
+    /// Whether `assigned` has an entry: validations of a batch nobody assigns from skip its lock.
+    any_assigned: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -118,6 +121,7 @@ impl BatchBuilder {
             uses_per_code: self.uses_per_code,
             store,
             assigned: RwLock::default(),
+            any_assigned: AtomicBool::new(false),
         }
     }
 }
@@ -170,13 +174,22 @@ impl BatchCodes {
 
     /// Whether code `index` was handed to someone other than `user_id`.
     pub fn assigned_elsewhere(&self, index: u32, user_id: &str) -> bool {
-        let assigned = self.assigned.read().expect("assignments");
-        !assigned.is_empty() && assigned.get(&index).is_some_and(|owner| &**owner != user_id)
+        self.any_assigned.load(Ordering::Acquire)
+            && self.assigned.read().expect("assignments").get(&index).is_some_and(|owner| &**owner != user_id)
     }
 
     /// Records that code `index` was handed to `user_id`.
     pub fn assign(&self, index: u32, user_id: &str) {
         self.assigned.write().expect("assignments").insert(index, user_id.into());
+        self.any_assigned.store(true, Ordering::Release);
+    }
+
+    /// The shape every code of a generated batch has: its prefix and its whole length.
+    fn shape(&self) -> Option<(&str, usize)> {
+        match &self.store {
+            Store::Fixed { prefix, width, .. } => Some((prefix, prefix.len() + width)),
+            Store::Varied { .. } => None,
+        }
     }
 
     /// Heap bytes held for the codes (not counting assignments).
@@ -197,6 +210,10 @@ pub struct CodeIndex {
     bases: Vec<u32>,
     /// Open addressing, linear probing: 0 is empty, else a global position + 1.
     table: Box<[u32]>,
+    /// The prefixes of generated batches, by the whole length of their codes. PostgreSQL
+    /// reserves these shapes (no coupon may take one), so a code of such a shape is looked
+    /// up here only.
+    prefixes_by_length: Box<[Vec<Box<str>>]>,
     total: usize,
 }
 
@@ -223,11 +240,25 @@ impl CodeIndex {
             }
             base += batch.len() as u32;
         }
-        CodeIndex { batches, bases, table, total }
+        let mut prefixes_by_length: Vec<Vec<Box<str>>> = Vec::new();
+        for (prefix, length) in batches.iter().filter_map(|b| b.shape()) {
+            if prefixes_by_length.len() <= length {
+                prefixes_by_length.resize(length + 1, Vec::new());
+            }
+            if !prefixes_by_length[length].iter().any(|p| **p == *prefix) {
+                prefixes_by_length[length].push(prefix.into());
+            }
+        }
+        CodeIndex { batches, bases, table, prefixes_by_length: prefixes_by_length.into_boxed_slice(), total }
     }
 
-    /// The code, if it is a bulk code; `hash` is its catalog hash.
-    pub fn find(&self, code: &str, hash: u64) -> Option<CodeRef> {
+    /// Whether `code` has the shape of a generated batch's codes, which no coupon may have.
+    pub fn in_generated_shape(&self, code: &str) -> bool {
+        self.prefixes_by_length.get(code.len()).is_some_and(|prefixes| prefixes.iter().any(|p| code.starts_with(&**p)))
+    }
+
+    /// The code and its batch, if it is a bulk code; `hash` is its catalog hash.
+    pub fn find(&self, code: &str, hash: u64) -> Option<(CodeRef, &BatchCodes)> {
         if self.table.is_empty() {
             return None;
         }
@@ -243,7 +274,8 @@ impl CodeIndex {
             let batch = &self.batches[batch_idx];
             let index = position - self.bases[batch_idx];
             if batch.is(index as usize, code) {
-                return Some(CodeRef { batch: batch.id, rule: batch.rule, index, uses_per_code: batch.uses_per_code });
+                let found = CodeRef { batch: batch.id, rule: batch.rule, index, uses_per_code: batch.uses_per_code };
+                return Some((found, batch));
             }
             slot = (slot + 1) & mask;
         }
@@ -307,11 +339,14 @@ mod tests {
             ("LONGER-CODE-1", 2, 1),
             ("BF-AAAC", 2, 2),
         ] {
-            let found = index.find(code, hash(code)).unwrap_or_else(|| panic!("{code}"));
+            let (found, _) = index.find(code, hash(code)).unwrap_or_else(|| panic!("{code}"));
             assert_eq!((found.batch, found.rule, found.index), (batch, 100 + batch, position), "{code}");
         }
         for missing in ["BF-AAAD", "BF-AAA", "BF-AAAAA", "", "Y", "LONGER-CODE-2"] {
-            assert_eq!(index.find(missing, hash(missing)), None, "{missing}");
+            assert!(index.find(missing, hash(missing)).is_none(), "{missing}");
+        }
+        for (code, reserved) in [("BF-QQQQ", true), ("BF-QQQ", false), ("BG-QQQQ", false), ("LONGER-CODE-1", false)] {
+            assert_eq!(index.in_generated_shape(code), reserved, "{code}");
         }
         let mut text = String::new();
         generated.write_code(2, &mut text);
@@ -325,7 +360,7 @@ mod tests {
         let mixed = batch(1, Some(("P-", 2)), &["P-AB", "P-CD", "Q-EF", "P-GHI"]);
         let index = CodeIndex::build(vec![mixed], &hash);
         for (position, code) in ["P-AB", "P-CD", "Q-EF", "P-GHI"].into_iter().enumerate() {
-            assert_eq!(index.find(code, hash(code)).map(|c| c.index), Some(position as u32), "{code}");
+            assert_eq!(index.find(code, hash(code)).map(|(c, _)| c.index), Some(position as u32), "{code}");
         }
     }
 
@@ -337,9 +372,11 @@ mod tests {
         let refs: Vec<&str> = codes.iter().map(String::as_str).collect();
         let index = CodeIndex::build(vec![batch(1, Some(("C", 5)), &refs)], poor);
         assert!(
-            refs.iter().enumerate().all(|(n, code)| index.find(code, poor(code)).map(|c| c.index) == Some(n as u32))
+            refs.iter()
+                .enumerate()
+                .all(|(n, code)| index.find(code, poor(code)).map(|(c, _)| c.index) == Some(n as u32))
         );
-        assert_eq!(index.find("C99999", poor("C99999")), None);
+        assert!(index.find("C99999", poor("C99999")).is_none());
     }
 
     #[test]
@@ -357,6 +394,6 @@ mod tests {
     fn an_empty_index_finds_nothing() {
         let index = CodeIndex::build(Vec::new(), hasher());
         assert!(index.is_empty());
-        assert_eq!(index.find("A", 1), None);
+        assert!(index.find("A", 1).is_none());
     }
 }

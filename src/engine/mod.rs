@@ -29,16 +29,17 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::domain::coupon::{CampaignId, CouponId, normalize_code};
+use crate::domain::coupon::{BatchId, CampaignId, CouponId, normalize_code};
 use crate::domain::event::{Confirmed, Event, ReleaseCause, Released, Validated};
 use crate::domain::identity::redemption_id;
 use crate::domain::money::Cents;
 use crate::domain::rules::{self, Attempt, CodeTerms, Decision, Offer, Reason, Usage};
 use crate::engine::catalog::{Catalog, CatalogStore, Found};
 use crate::engine::clock::Clock;
+use crate::engine::codes::BatchCodes;
 use crate::engine::forgotten::Forgotten;
 use crate::engine::holds::Deadlines;
-use crate::engine::ledger::{Counted, IdKey, Ledger, OrderKey, Slot, SlotState, Tally, code_slot};
+use crate::engine::ledger::{Count, Counted, IdKey, Ledger, OrderKey, Slot, SlotState, Tally, code_slot};
 use crate::engine::limits::{
     CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce, Refusal,
     Use, UserHolds,
@@ -834,6 +835,46 @@ impl Engine {
         loaded
     }
 
+    /// Live uses and discounts of a campaign, as this instance counts them.
+    pub fn campaign_usage(&self, campaign: CampaignId) -> Count {
+        self.ledger.count(Tally::Campaign(campaign))
+    }
+
+    /// The batches of bulk codes of `campaign` in the current catalog, in id order.
+    pub fn campaign_batches(&self, campaign: CampaignId) -> Vec<Arc<BatchCodes>> {
+        let catalog = self.catalog.load();
+        let mut batches: Vec<Arc<BatchCodes>> = catalog
+            .codes()
+            .batches()
+            .iter()
+            .filter(|b| catalog.coupon_by_id(b.rule).is_some_and(|rule| rule.campaign_id == Some(campaign)))
+            .cloned()
+            .collect();
+        batches.sort_by_key(|b| b.id);
+        batches
+    }
+
+    /// Live uses of code `index` of `batch`.
+    pub fn code_uses(&self, batch: BatchId, index: u32) -> u32 {
+        self.ledger.count(Tally::Code(batch, index)).live
+    }
+
+    /// Whether code `index` of `batch` may be handed to a user (unassigned and unused); `None`
+    /// while the batch is not loaded here.
+    pub fn code_is_free(&self, batch: BatchId, index: u32) -> Option<bool> {
+        let catalog = self.catalog.load();
+        let codes = catalog.codes().batch(batch)?;
+        Some((index as usize) < codes.len() && codes.assigned_to(index).is_none() && self.code_uses(batch, index) == 0)
+    }
+
+    /// Records that code `index` of `batch` was handed to `user_id` (by this instance, or by
+    /// another one, as a notification says): from now on only that user may use it.
+    pub fn assign_code(&self, batch: BatchId, index: u32, user_id: &str) {
+        if let Some(codes) = self.catalog.load().codes().batch(batch) {
+            codes.assign(index, user_id);
+        }
+    }
+
     /// Counts the uses taken before their coupon or campaign had a per-user limit; call after
     /// publishing one ([`crate::engine::catalog::Publisher::added_user_limits`]). Returns how
     /// many uses it counted.
@@ -860,6 +901,7 @@ impl Engine {
             user_id,
             order_id,
             user: OnceCell::new(),
+            campaign_count: OnceCell::new(),
         }
     }
 }
@@ -874,7 +916,6 @@ enum Archived {
     Spent,
 }
 
-/// The definitions a use of `found` is judged by.
 /// The per-user counts a use of `coupon` under `campaign` takes, as `catalog` defines them.
 fn counted(catalog: &Catalog, coupon: CouponId, campaign: Option<CampaignId>) -> Counted {
     Counted {
@@ -887,12 +928,9 @@ fn offer<'a>(catalog: &'a Catalog, found: Found<'a>, user_id: &str) -> Offer<'a>
     let coupon = found.coupon();
     let campaign = coupon.campaign_id.and_then(|id| catalog.campaign(id)).map(|c| &**c);
     let code = match found {
-        Found::Code { code, .. } => Some(CodeTerms {
+        Found::Code { code, batch, .. } => Some(CodeTerms {
             uses_limit: code.uses_per_code,
-            assigned_elsewhere: catalog
-                .codes()
-                .batch(code.batch)
-                .is_some_and(|b| b.assigned_elsewhere(code.index, user_id)),
+            assigned_elsewhere: batch.assigned_elsewhere(code.index, user_id),
         }),
         Found::Coupon(_) => None,
     };
@@ -912,11 +950,19 @@ struct LedgerView<'a> {
     user_id: &'a str,
     order_id: Option<&'a str>,
     user: OnceCell<IdKey>,
+    /// Read once for both the cap and the budget.
+    campaign_count: OnceCell<Count>,
 }
 
 impl LedgerView<'_> {
     fn user(&self) -> IdKey {
         *self.user.get_or_init(|| self.ledger.id_key(self.user_id))
+    }
+
+    fn campaign_count(&self) -> Count {
+        *self
+            .campaign_count
+            .get_or_init(|| self.campaign.map_or_else(Count::default, |id| self.ledger.count(Tally::Campaign(id))))
     }
 }
 
@@ -934,7 +980,7 @@ impl Usage for LedgerView<'_> {
     }
 
     fn campaign_total(&self) -> u32 {
-        self.campaign.map_or(0, |id| self.ledger.count(Tally::Campaign(id)).live)
+        self.campaign_count().live
     }
 
     fn campaign_by_user(&self) -> u32 {
@@ -942,8 +988,7 @@ impl Usage for LedgerView<'_> {
     }
 
     fn campaign_spent(&self) -> Cents {
-        let spent = self.campaign.map_or(0, |id| self.ledger.count(Tally::Campaign(id)).spent);
-        Cents::new(spent).unwrap_or(Cents::ZERO)
+        Cents::new(self.campaign_count().spent).unwrap_or(Cents::ZERO)
     }
 
     fn has_order(&self) -> bool {

@@ -455,6 +455,22 @@ async fn holds_are_capped_per_user() {
     assert!(matches!(f.hold("C4", "hoarder", "o6", 60).await, UseOutcome::Taken(_)), "a released hold frees a place");
 }
 
+/// Lets the deadline task run until `live` holds remain, in real time (at most 10 s) and
+/// without moving the paused clock: the loop yields (a yield never auto-advances a paused
+/// clock), so while an expiry waits for the journal's thread, virtual time stands still and
+/// only `tokio::time::advance` moves it.
+async fn settle(engine: &Engine, live: i64) {
+    let started = std::time::Instant::now();
+    // A few rounds even when already there, so that a due expiry gets the chance to run.
+    let mut rounds = 0;
+    while rounds < 20 || engine.live_holds() != live {
+        assert!(started.elapsed() < Duration::from_secs(10), "{} live holds, expected {live}", engine.live_holds());
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(1));
+        rounds += 1;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_deadline_task_expires_holds_on_a_paused_clock() {
     let dir = std::env::temp_dir().join(format!("engine-test-{}", Uuid::new_v4().simple()));
@@ -473,23 +489,20 @@ async fn the_deadline_task_expires_holds_on_a_paused_clock() {
     }
     let stop = CancellationToken::new();
     let task = tokio::spawn(engine.clone().run_deadlines(stop.clone()));
-    tokio::time::sleep(Duration::from_secs(29)).await;
+    let elapsed = || tokio::time::Instant::now() - created;
+    settle(&engine, 2).await;
+    tokio::time::advance(Duration::from_secs(29)).await;
+    settle(&engine, 2).await;
     assert_eq!(engine.live_holds(), 2, "nothing expires before its deadline");
-    // Polled on the paused clock, which runs ahead while an expiry waits for the journal's
-    // thread: the times below are bounds, not exact.
-    let until = |live: i64| {
-        let engine = engine.clone();
-        async move {
-            while engine.live_holds() != live {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            tokio::time::Instant::now()
-        }
-    };
-    let first = until(1).await;
-    assert!(first - created < Duration::from_secs(600), "the early hold expired long before the late one's deadline");
-    let second = until(0).await;
-    assert!(second - created >= Duration::from_secs(900), "the late hold expired no sooner than its own deadline");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle(&engine, 1).await;
+    assert_eq!(elapsed(), Duration::from_secs(31), "the early hold expired at its deadline");
+    tokio::time::advance(Duration::from_secs(868)).await;
+    settle(&engine, 1).await;
+    assert_eq!(engine.live_holds(), 1, "the late hold outlives the early one's deadline");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    settle(&engine, 0).await;
+    assert_eq!(elapsed(), Duration::from_secs(901), "the late hold expired at its own deadline");
     stop.cancel();
     task.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

@@ -36,6 +36,12 @@ pub enum ApiError {
     Missing { what: &'static str, key: &'static str, value: String },
     #[error("{message}")]
     Conflict { message: String },
+    #[error("{count} of the codes already exist", count = codes.len())]
+    DuplicateCodes { codes: Vec<String> },
+    #[error("{field} would be below what is already used ({used})")]
+    BelowUsage { field: &'static str, used: String },
+    #[error("no unassigned, unused code is left in this campaign")]
+    PoolExhausted,
     #[error("the database refused the change")]
     Refused,
     #[error("the database is unavailable; retry shortly")]
@@ -67,6 +73,9 @@ struct Detail<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// The codes that already exist (up to 100), for an import refused for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicates: Option<&'a [String]>,
 }
 
 impl ApiError {
@@ -84,7 +93,10 @@ impl ApiError {
             ApiError::NotFound | ApiError::Missing { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Conflict { .. }
+            | ApiError::DuplicateCodes { .. }
+            | ApiError::BelowUsage { .. }
+            | ApiError::PoolExhausted => StatusCode::CONFLICT,
             ApiError::TooManyFailedLookups { .. } | ApiError::TooManyHolds => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady
             | ApiError::DatabaseUnavailable
@@ -115,6 +127,9 @@ impl ApiError {
             ApiError::Missing { what: "batch", .. } => "BATCH_NOT_FOUND",
             ApiError::Missing { .. } => "NOT_FOUND",
             ApiError::Conflict { .. } => "CONFLICT",
+            ApiError::DuplicateCodes { .. } => "DUPLICATE_CODES",
+            ApiError::BelowUsage { .. } => "BELOW_CURRENT_USAGE",
+            ApiError::PoolExhausted => "POOL_EXHAUSTED",
             ApiError::Refused => "REFUSED",
             ApiError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             ApiError::JournalUnavailable => "JOURNAL_UNAVAILABLE",
@@ -131,10 +146,16 @@ impl ApiError {
     /// the status calls for.
     pub fn response(&self) -> HttpResponse {
         let field = match self {
-            ApiError::MissingField { field } | ApiError::InvalidField { field, .. } => Some(*field),
+            ApiError::MissingField { field }
+            | ApiError::InvalidField { field, .. }
+            | ApiError::BelowUsage { field, .. } => Some(*field),
             _ => None,
         };
-        let body = Body { error: Detail { code: self.code(), message: self.to_string(), field } };
+        let duplicates = match self {
+            ApiError::DuplicateCodes { codes } => Some(codes.as_slice()),
+            _ => None,
+        };
+        let body = Body { error: Detail { code: self.code(), message: self.to_string(), field, duplicates } };
         let mut response = response::json(self.status(), &body);
         let headers = response.headers_mut();
         match self {

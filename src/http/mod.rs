@@ -2,6 +2,7 @@
 //! parses, calls the engine (or `db/` for admin reads and writes) and renders; no business
 //! rule lives here.
 
+pub mod campaign_input;
 pub mod coupon_input;
 pub mod error;
 pub mod guard;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::time::Sleep;
 
 use crate::config::{HoldSettings, HttpSettings, Secret};
+use crate::db::batch_jobs::BatchJobs;
 use crate::db::health::DatabaseHealth;
 use crate::db::listener::ListenerStatus;
 use crate::db::shipper::ShippingStatus;
@@ -50,6 +52,8 @@ pub struct State {
     pub guard: guard::LookupGuard,
     pub http: HttpSettings,
     pub hold: HoldSettings,
+    /// Batches of bulk codes this instance is writing.
+    pub batch_jobs: BatchJobs,
 }
 
 /// The background parts of the service, as far as requests report on them.

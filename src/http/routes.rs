@@ -21,11 +21,13 @@ use subtle::ConstantTimeEq;
 use crate::config::Secret;
 use crate::http::State;
 use crate::http::error::ApiError;
-use crate::http::handlers::{admin, ops, public};
+use crate::http::handlers::{admin, campaigns, ops, public};
 use crate::http::response::HttpResponse;
 
 /// Largest request body accepted (API.md: bodies over 16 KiB get 413).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// The largest body of an import of bulk codes (about 4 million codes).
+pub const MAX_IMPORT_BODY_BYTES: usize = 64 << 20;
 
 /// What a handler returns.
 pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<HttpResponse, ApiError>> + Send + 'a>>;
@@ -50,6 +52,8 @@ pub struct Route {
     pub access: Access,
     /// Answers 503 until the start-up load is done.
     pub needs_ready: bool,
+    /// The largest body it reads.
+    pub max_body: usize,
     /// The OpenAPI path item.
     pub openapi: &'static str,
 }
@@ -84,6 +88,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(public::validate))],
         access: Access::Open,
         needs_ready: true,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/validate.json"),
     },
     Route {
@@ -91,6 +96,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(public::redeem))],
         access: Access::Backend,
         needs_ready: true,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/redeem.json"),
     },
     Route {
@@ -98,6 +104,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(public::release))],
         access: Access::Backend,
         needs_ready: true,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/release.json"),
     },
     Route {
@@ -105,6 +112,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(ops::health))],
         access: Access::Open,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/health.json"),
     },
     Route {
@@ -112,6 +120,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(ops::ready))],
         access: Access::Open,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/ready.json"),
     },
     Route {
@@ -119,6 +128,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(ops::metrics))],
         access: Access::Open,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/metrics.json"),
     },
     Route {
@@ -126,6 +136,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(ops::openapi))],
         access: Access::Open,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/openapi.json"),
     },
     Route {
@@ -133,6 +144,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(admin::reload))],
         access: Access::Admin,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_reload.json"),
     },
     Route {
@@ -140,6 +152,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::stats))],
         access: Access::Admin,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_stats.json"),
     },
     Route {
@@ -147,6 +160,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(admin::create_coupon))],
         access: Access::Admin,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_coupons.json"),
     },
     Route {
@@ -154,6 +168,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::read_coupon)), (Method::PATCH, handler!(admin::patch_coupon))],
         access: Access::Admin,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_coupon.json"),
     },
     Route {
@@ -161,6 +176,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::coupon_stats))],
         access: Access::Admin,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_coupon_stats.json"),
     },
     Route {
@@ -168,6 +184,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::recent))],
         access: Access::Admin,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_recent.json"),
     },
     Route {
@@ -175,6 +192,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::rejected))],
         access: Access::Admin,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_rejected.json"),
     },
     Route {
@@ -182,7 +200,59 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(admin::retry_rejected))],
         access: Access::Admin,
         needs_ready: false,
+        max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_rejected_retry.json"),
+    },
+    Route {
+        template: "/admin/campaigns",
+        methods: &[(Method::POST, handler!(campaigns::create_campaign))],
+        access: Access::Admin,
+        needs_ready: false,
+        max_body: MAX_BODY_BYTES,
+        openapi: include_str!("openapi/admin_campaigns.json"),
+    },
+    Route {
+        template: "/admin/campaigns/{name}",
+        methods: &[
+            (Method::GET, handler!(campaigns::read_campaign)),
+            (Method::PATCH, handler!(campaigns::patch_campaign)),
+        ],
+        access: Access::Admin,
+        needs_ready: false,
+        max_body: MAX_BODY_BYTES,
+        openapi: include_str!("openapi/admin_campaign.json"),
+    },
+    Route {
+        template: "/admin/campaigns/{name}/batches",
+        methods: &[(Method::POST, handler!(campaigns::create_batch))],
+        access: Access::Admin,
+        needs_ready: true,
+        max_body: MAX_IMPORT_BODY_BYTES,
+        openapi: include_str!("openapi/admin_batches.json"),
+    },
+    Route {
+        template: "/admin/batches/{id}",
+        methods: &[(Method::GET, handler!(campaigns::read_batch))],
+        access: Access::Admin,
+        needs_ready: false,
+        max_body: MAX_BODY_BYTES,
+        openapi: include_str!("openapi/admin_batch.json"),
+    },
+    Route {
+        template: "/admin/campaigns/{name}/codes",
+        methods: &[(Method::GET, handler!(campaigns::export_codes))],
+        access: Access::Admin,
+        needs_ready: true,
+        max_body: MAX_BODY_BYTES,
+        openapi: include_str!("openapi/admin_codes.json"),
+    },
+    Route {
+        template: "/admin/campaigns/{name}/codes/assign",
+        methods: &[(Method::POST, handler!(campaigns::assign_code))],
+        access: Access::Admin,
+        needs_ready: true,
+        max_body: MAX_BODY_BYTES,
+        openapi: include_str!("openapi/admin_assign.json"),
     },
 ];
 
@@ -348,7 +418,8 @@ where
     let (parts, body) = req.into_parts();
     // The body is read before a request slot is taken, within its own deadline, so a slow
     // client never holds a slot.
-    let body = match tokio::time::timeout(state.http.body_read_timeout, read_body(&parts.headers, body)).await {
+    let read = read_body(&parts.headers, body, route.max_body);
+    let body = match tokio::time::timeout(state.http.body_read_timeout, read).await {
         Ok(body) => body?,
         Err(_) => return Err(ApiError::BodyTimeout),
     };
@@ -392,18 +463,18 @@ fn bearer_is(headers: &HeaderMap, token: &Secret) -> bool {
     bool::from(given.ct_eq(token.expose().as_bytes()))
 }
 
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`] without reading it all.
-async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, ApiError>
+/// Reads the whole body, refusing more than `limit` bytes without reading it all.
+async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let too_large = ApiError::PayloadTooLarge { limit: MAX_BODY_BYTES };
+    let too_large = ApiError::PayloadTooLarge { limit };
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large);
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large),
         Err(_) => Err(ApiError::BadBody),
@@ -472,6 +543,15 @@ mod tests {
                 }
             }
         }
+        // The reasons are the rules' reasons, in their order.
+        let reasons: Vec<&str> = doc["components"]["schemas"]["Reason"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        let expected: Vec<&str> = crate::domain::rules::Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(reasons, expected);
         // Every schema and response a path refers to exists.
         let text = String::from_utf8(OPENAPI.to_vec()).unwrap();
         for kind in ["schemas", "responses"] {

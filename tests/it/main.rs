@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod admin;
+mod campaigns;
 mod durability;
 mod helpers;
 mod hostile;

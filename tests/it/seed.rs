@@ -53,3 +53,20 @@ async fn seeds_deterministically_and_refuses_to_overwrite() {
     first.drop_db().await;
     second.drop_db().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_codes_are_seeded_as_a_generated_batch() {
+    let db = TestDb::new().await;
+    let output = seed(&db, &["--campaign-codes", "5000"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (status, produced, codes, shaped): (String, i32, i64, i64) = sqlx::query_as(
+        "SELECT b.status, b.produced, (SELECT count(*) FROM batch_codes), \
+         (SELECT count(*) FROM batch_codes WHERE code ~ '^SEED-[2-9A-HJ-NP-Z]{9}$') \
+         FROM code_batches b JOIN campaigns c ON c.id = b.campaign_id WHERE c.name = 'seed-campaign'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), produced, codes, shaped), ("done", 5000, 5000, 5000));
+    db.drop_db().await;
+}

@@ -24,7 +24,7 @@ use crate::http::routes::Call;
 
 /// How long an admin write waits for its NOTIFY to reach this instance's catalog, so that
 /// the next request here sees the change.
-const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CACHE_SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default and largest `limit` of the recent validations.
 const RECENT_DEFAULT: i64 = 50;
 const RECENT_MAX: i64 = 1000;

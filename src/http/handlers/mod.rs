@@ -1,5 +1,6 @@
 //! Route handlers, by audience: the public coupon routes, operations, and the admin API.
 
 pub mod admin;
+pub mod campaigns;
 pub mod ops;
 pub mod public;

@@ -77,6 +77,23 @@ pub async fn metrics(state: &State, _call: Call) -> Result<HttpResponse, ApiErro
     metrics.live_holds.set(engine.live_holds() as f64);
     metrics.ledger_remembered.set(engine.ledger().remembered() as f64);
     metrics.ledger_forgotten.set(engine.forgotten().len() as f64);
+    let current = catalog.load();
+    let (mut uses, mut spent, mut exhausted) = (0u64, 0u64, 0u64);
+    for campaign in current.campaigns() {
+        let usage = engine.campaign_usage(campaign.id);
+        uses += u64::from(usage.live);
+        spent += usage.spent;
+        let capped = campaign.usage_limit.is_some_and(|limit| usage.live >= limit);
+        let broke = campaign.budget.is_some_and(|budget| usage.spent >= budget.get());
+        exhausted += u64::from(capped || broke);
+    }
+    let campaigns = &metrics.campaigns;
+    campaigns.count.set(current.campaigns().count() as f64);
+    campaigns.uses.set(uses as f64);
+    campaigns.spent.set(spent as f64 / 100.0);
+    campaigns.exhausted.set(exhausted as f64);
+    campaigns.bulk_codes.set(current.codes().len() as f64);
+    drop(current);
     if let Some(last) = catalog.last_reload_at() {
         metrics.cache_age.set((Utc::now() - last).num_milliseconds() as f64 / 1000.0);
     }

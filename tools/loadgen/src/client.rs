@@ -16,7 +16,8 @@ use serde_json::Value;
 pub(crate) struct ServiceClient {
     base: String,
     inner: Client<HttpConnector, Full<Bytes>>,
-    /// Sent as `Authorization: Bearer` on POSTs: the shop's backend, with `API_TOKEN`.
+    /// Sent as `Authorization: Bearer` on every request: the shop's backend (`API_TOKEN`) or
+    /// an admin (`ADMIN_TOKEN`).
     token: Option<String>,
 }
 
@@ -63,8 +64,13 @@ impl ServiceClient {
         value.with_context(|| format!("no {name} on /metrics"))
     }
 
-    async fn get_text(&self, path: &str) -> anyhow::Result<String> {
-        let request = Request::builder().uri(format!("{}{path}", self.base)).body(Full::new(Bytes::new()))?;
+    /// GETs `path` and returns the answer's text, whatever the status.
+    pub(crate) async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let mut request = Request::builder().uri(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::new()))?;
         let response = self.inner.request(request).await.with_context(|| format!("GET {path}"))?;
         let bytes = response.into_body().collect().await?.to_bytes();
         Ok(String::from_utf8_lossy(&bytes).into_owned())

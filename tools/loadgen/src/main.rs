@@ -1,7 +1,9 @@
 //! `loadgen`: the reference benchmark, open-loop phases, and drills against a running
 //! coupon-engine. Traffic goes to loopback addresses only, and every run stops by itself.
 
+mod campaign_race;
 mod client;
+mod codes;
 mod conn;
 mod drills;
 mod hostile;
@@ -10,6 +12,7 @@ mod mix;
 mod propagation;
 mod report;
 mod scale;
+mod scratch;
 mod stats;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -88,6 +91,12 @@ enum Command {
     Propagation(propagation::Args),
     /// A scratch database with a million coupons: start-up time, memory, a 100,000-row change.
     Scale(scale::ScaleArgs),
+    /// Bulk-code budgets on a scratch database: 1M and 10M codes generated and usable, memory
+    /// a code, the CSV export, start-up with every code.
+    Codes(codes::CodesArgs),
+    /// Many buyers over many single-use codes of one campaign with a small cap, budget and
+    /// per-customer limit: winners, used, spent and rows must be exact (runs its own service).
+    CampaignRace(campaign_race::CampaignRaceArgs),
     /// Attacks of the hostile-client review (slow bodies, release guessing, a redeem/release
     /// memory loop, userId rotation) against a service it starts with an API token.
     Hostile(hostile::HostileArgs),
@@ -117,6 +126,10 @@ fn main() -> anyhow::Result<()> {
                 drills::crash(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
             }
             Some(Command::Scale(args)) => scale::scale(need_db(cli.database_url.as_deref())?, args).await,
+            Some(Command::CampaignRace(args)) => {
+                campaign_race::campaign_race(need_db(cli.database_url.as_deref())?, args).await
+            }
+            Some(Command::Codes(args)) => codes::codes(need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::Hostile(args)) => {
                 hostile::hostile(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
             }

@@ -1,5 +1,6 @@
 //! Request mixes built from the seeded database: valid, expired, inactive, wrong-user,
-//! below-minimum and unknown codes, and redeems; shuffled reproducibly by seed.
+//! below-minimum and unknown codes, unused single-use codes of campaigns, and redeems;
+//! shuffled reproducibly by seed.
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -23,6 +24,8 @@ pub(crate) enum Kind {
     WrongUser,
     BelowMinimum,
     Unknown,
+    /// An unused, unassigned bulk code of an active campaign (`seed --campaign-codes`).
+    CampaignCode,
     Redeem,
 }
 
@@ -35,6 +38,7 @@ impl Kind {
             Kind::WrongUser => "wrong-user",
             Kind::BelowMinimum => "below-minimum",
             Kind::Unknown => "unknown",
+            Kind::CampaignCode => "campaign-code",
             Kind::Redeem => "redeem",
         }
     }
@@ -42,7 +46,7 @@ impl Kind {
     /// A fragment every correct answer to this kind contains.
     fn expected(self) -> &'static [u8] {
         match self {
-            Kind::Valid => br#""valid":true"#,
+            Kind::Valid | Kind::CampaignCode => br#""valid":true"#,
             Kind::Expired => b"COUPON_EXPIRED",
             Kind::Inactive => b"COUPON_INACTIVE",
             Kind::WrongUser => b"COUPON_NOT_FOR_USER",
@@ -80,26 +84,45 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
             (Kind::WrongUser, 10),
             (Kind::BelowMinimum, 10),
             (Kind::Unknown, 10),
+            (Kind::CampaignCode, 10),
         ],
         "valid" => vec![(Kind::Valid, 1)],
+        "campaign" => vec![(Kind::CampaignCode, 1)],
         "redeem" => vec![(Kind::Redeem, 1)],
         "checkout" => {
-            vec![(Kind::Valid, 60), (Kind::Expired, 5), (Kind::Unknown, 5), (Kind::WrongUser, 5), (Kind::Redeem, 25)]
+            vec![
+                (Kind::Valid, 55),
+                (Kind::CampaignCode, 5),
+                (Kind::Expired, 5),
+                (Kind::Unknown, 5),
+                (Kind::WrongUser, 5),
+                (Kind::Redeem, 25),
+            ]
         }
-        other => bail!("unknown mix {other:?}: use validate, valid, redeem or checkout"),
+        other => bail!("unknown mix {other:?}: use validate, valid, campaign, redeem or checkout"),
     })
 }
 
 impl Mix {
     /// Builds the named mix from the coupons in `database_url`.
     pub(crate) async fn build(database_url: &str, name: &str, seed: u64) -> anyhow::Result<Mix> {
-        let weights = weights(name)?;
+        let mut weights = weights(name)?;
         let mut db = PgConnection::connect(database_url).await.context("connect to DATABASE_URL to build the mix")?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut by_kind = Vec::new();
-        for (kind, _) in &weights {
-            by_kind.push(prepare(&mut db, *kind, &mut rng).await?);
+        let mut kept = Vec::new();
+        for (kind, weight) in weights.drain(..) {
+            let prepared = prepare(&mut db, kind, &mut rng).await?;
+            if prepared.is_empty() && kind == Kind::CampaignCode && name != "campaign" {
+                eprintln!(
+                    "loadgen: no unused campaign code in the database (seed --campaign-codes N adds some): none in the mix"
+                );
+                continue;
+            }
+            by_kind.push(prepared);
+            kept.push((kind, weight));
         }
+        let weights = kept;
         let total: u32 = weights.iter().map(|(_, w)| w).sum();
         let n = (PER_KIND * weights.len()).max(1000);
         let mut requests = Vec::with_capacity(n);
@@ -160,16 +183,17 @@ fn order_value(cents: i64) -> String {
 }
 
 async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Prepared>> {
-    const IN_WINDOW: &str =
-        "(valid_from IS NULL OR valid_from <= now()) AND (valid_until IS NULL OR valid_until > now())";
+    // A batch's rule is a coupon row too, but its code is not one a customer can type.
+    const IN_WINDOW: &str = "batch_id IS NULL \
+        AND (valid_from IS NULL OR valid_from <= now()) AND (valid_until IS NULL OR valid_until > now())";
     let other_user = |rng: &mut ChaCha8Rng| format!("user_{:07}", rng.random_range(0..1_000_000));
     let rows: Vec<(String, Option<String>, i64)> = match kind {
         Kind::Valid => fetch(db, &format!(
             "SELECT code, user_id, (min_order_value * 100)::bigint FROM coupons c WHERE status = 'active' AND {IN_WINDOW} \
              AND usage_limit IS NULL AND per_user_limit IS NULL ORDER BY id LIMIT 2000"
         )).await?,
-        Kind::Expired => fetch(db, "SELECT code, user_id, 0::bigint FROM coupons WHERE status = 'expired' ORDER BY id LIMIT 2000").await?,
-        Kind::Inactive => fetch(db, "SELECT code, user_id, 0::bigint FROM coupons WHERE status = 'inactive' ORDER BY id LIMIT 2000").await?,
+        Kind::Expired => fetch(db, "SELECT code, user_id, 0::bigint FROM coupons WHERE status = 'expired' AND batch_id IS NULL ORDER BY id LIMIT 2000").await?,
+        Kind::Inactive => fetch(db, "SELECT code, user_id, 0::bigint FROM coupons WHERE status = 'inactive' AND batch_id IS NULL ORDER BY id LIMIT 2000").await?,
         Kind::WrongUser => fetch(db, &format!(
             "SELECT code, user_id, 0::bigint FROM coupons WHERE status = 'active' AND {IN_WINDOW} AND user_id IS NOT NULL ORDER BY id LIMIT 2000"
         )).await?,
@@ -178,6 +202,26 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
              AND min_order_value >= 1 ORDER BY id LIMIT 2000"
         )).await?,
         Kind::Unknown => (0..PER_KIND).map(|n| (format!("LOADGEN-UNKNOWN-{n:05}"), None, 0)).collect(),
+        Kind::CampaignCode => {
+            let rows = fetch(
+                db,
+                "SELECT b.code, NULL::text, (r.min_order_value * 100)::bigint FROM code_batches cb \
+                 JOIN coupons r ON r.id = cb.rule_id JOIN campaigns c ON c.id = cb.campaign_id \
+                 JOIN LATERAL (SELECT code FROM batch_codes WHERE batch_id = cb.id AND assigned_to IS NULL \
+                               ORDER BY position LIMIT 2000) b ON true \
+                 WHERE cb.status = 'done' AND r.status = 'active' AND c.status = 'active' \
+                   AND (r.valid_from IS NULL OR r.valid_from <= now()) AND (r.valid_until IS NULL OR r.valid_until > now()) \
+                   AND (c.valid_from IS NULL OR c.valid_from <= now()) AND (c.valid_until IS NULL OR c.valid_until > now()) \
+                   AND c.usage_limit IS NULL AND c.budget IS NULL AND c.per_user_limit IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM coupon_usage u WHERE u.coupon_id = r.id AND u.code = b.code) \
+                 ORDER BY cb.id LIMIT 2000"
+            )
+            .await?;
+            if rows.is_empty() {
+                return Ok(Vec::new());
+            }
+            rows
+        }
         Kind::Redeem => {
             sqlx::query(
                 "INSERT INTO coupons (code, type, discount_type, discount_value) \
@@ -197,7 +241,7 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
         .take(PER_KIND)
         .map(|(code, owner, min_cents)| {
             let mut request = match kind {
-                Kind::Valid => validate_body(
+                Kind::Valid | Kind::CampaignCode => validate_body(
                     &code,
                     &owner.unwrap_or_else(|| other_user(rng)),
                     min_cents.max(100) + rng.random_range(0..50_000),

@@ -3,11 +3,8 @@
 //! resident memory, and how long a statement changing 100,000 coupons takes to be served
 //! (without a full reload). The scratch database is dropped at the end.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,6 +12,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
 use crate::client::ServiceClient;
+use crate::scratch::{Scratch, Service};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ScaleArgs {
@@ -36,86 +34,11 @@ pub(crate) struct ScaleArgs {
     max_change_secs: f64,
 }
 
-/// The scratch database; dropped when this goes out of scope.
-struct Scratch {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Scratch {
-    async fn create(database_url: &str) -> anyhow::Result<Scratch> {
-        let (base, _) = database_url.rsplit_once('/').context("DATABASE_URL has no database name")?;
-        let admin_url = format!("{base}/postgres");
-        let name = format!("loadgen_scale_{}", std::process::id());
-        let mut admin = PgConnection::connect(&admin_url).await.context("connect to the server's postgres database")?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-            .execute(&mut admin)
-            .await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
-        Ok(Scratch { url: format!("{base}/{name}"), admin_url, name })
-    }
-
-    async fn drop_now(self) {
-        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-                .execute(&mut admin)
-                .await;
-        }
-    }
-}
-
-/// The service process, its address and its JSON log lines.
-struct Service {
-    child: Child,
-    addr: SocketAddr,
-    lines: Arc<Mutex<Vec<serde_json::Value>>>,
-}
-
-impl Service {
-    fn start(bin: &PathBuf, url: &str, data_dir: &std::path::Path) -> anyhow::Result<Service> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .env("DATABASE_URL", url)
-            .env("HTTP_ADDR", addr.to_string())
-            .env("DATA_DIR", data_dir)
-            .env("COUPON__LOG__FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let stderr = child.stderr.take().context("piped stderr")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        std::thread::spawn({
-            let lines = lines.clone();
-            move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(value) = serde_json::from_str(&line) {
-                        lines.lock().expect("log lines").push(value);
-                    }
-                }
-            }
-        });
-        Ok(Service { child, addr, lines })
-    }
-
-    fn log(&self, message: &str) -> Option<serde_json::Value> {
-        self.lines.lock().expect("log lines").iter().find(|l| l["message"] == message).cloned()
-    }
-
-    fn stop(mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-    }
-}
-
 pub(crate) async fn scale(database_url: &str, args: ScaleArgs) -> anyhow::Result<bool> {
     if !args.service_bin.exists() {
         bail!("{} not found: build it with cargo build --release", args.service_bin.display());
     }
-    let scratch = Scratch::create(database_url).await?;
+    let scratch = Scratch::create(database_url, "scale").await?;
     let outcome = run(&scratch, &args).await;
     scratch.drop_now().await;
     outcome
@@ -147,7 +70,7 @@ async fn run(scratch: &Scratch, args: &ScaleArgs) -> anyhow::Result<bool> {
     println!("scale: {} coupon rows written in {:.1} s", args.coupons, filled.elapsed().as_secs_f64());
 
     let data_dir = std::env::temp_dir().join(format!("loadgen-scale-{}", std::process::id()));
-    let service = Service::start(&args.service_bin, &scratch.url, &data_dir)?;
+    let service = Service::start(&args.service_bin, &scratch.url, &data_dir, &[])?;
     let outcome = measure(&service, &mut db, args).await;
     service.stop();
     let _ = std::fs::remove_dir_all(&data_dir);
