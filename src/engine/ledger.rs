@@ -44,6 +44,8 @@ pub enum Tally {
     UserCampaign(CampaignId, IdKey),
     /// A user's live holds, across every coupon.
     UserHolds(IdKey),
+    /// A coupon's live holds (a batch's rule counts every code of the batch).
+    CouponHolds(CouponId),
 }
 
 /// A count: live uses and, for a campaign, the sum of their discounts.
@@ -86,9 +88,26 @@ pub enum SlotState {
     Live,
     /// A confirmation or release is in flight; the uses are still taken.
     Changing,
-    /// Given back at `at` (ms since the epoch). A released redemption keeps its order id
-    /// spent; a released hold does not.
-    Released { at: i64, order_spent: bool },
+    /// Given back at `at` (ms since the epoch).
+    Released { at: i64, ended: Ended },
+}
+
+/// What a released slot was, and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A released redemption: its order id stays spent.
+    Redemption,
+    /// A hold cancelled by a release: the order is free again.
+    CancelledHold,
+    /// A hold that reached its deadline: the order is free again.
+    ExpiredHold,
+}
+
+impl Ended {
+    /// Whether the order may not take this coupon again.
+    pub fn order_spent(self) -> bool {
+        self == Ended::Redemption
+    }
 }
 
 /// One redemption or hold, as the ledger remembers it.
@@ -253,7 +272,8 @@ impl Ledger {
     /// Whether `key` holds a slot that spends its order id: a live or held use, or a released
     /// redemption.
     pub fn order_taken(&self, key: OrderKey) -> bool {
-        self.slot(key).is_some_and(|slot| !matches!(slot.state, SlotState::Released { order_spent: false, .. }))
+        self.slot(key)
+            .is_some_and(|slot| !matches!(slot.state, SlotState::Released { ended, .. } if !ended.order_spent()))
     }
 
     /// Changes the slot of `key` under its shard's lock: `f` gets the slot (or `None`) and

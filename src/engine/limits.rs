@@ -6,7 +6,7 @@
 use crate::domain::coupon::{BatchId, CampaignId, CouponId};
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
-use crate::engine::ledger::{Counted, IdKey, Ledger, OrderKey, Slot, SlotState, Take, Tally};
+use crate::engine::ledger::{Counted, Ended, IdKey, Ledger, OrderKey, Slot, SlotState, Take, Tally};
 
 /// What one use takes: who, of what, for how much.
 #[derive(Debug, Clone, Copy)]
@@ -86,7 +86,7 @@ pub struct OrderOnce {
 impl Limit for OrderOnce {
     fn take(&self, ledger: &Ledger, u: &Use) -> Result<(), Refusal> {
         ledger.update(u.key, |current| match current {
-            Some(slot) if !matches!(slot.state, SlotState::Released { order_spent: false, .. }) => {
+            Some(slot) if !matches!(slot.state, SlotState::Released { ended, .. } if !ended.order_spent()) => {
                 (Some(slot), Err(Refusal::OrderTaken(slot)))
             }
             Some(released) => {
@@ -102,7 +102,7 @@ impl Limit for OrderOnce {
         ledger.update(u.key, |current| match current {
             Some(slot) if matches!(slot.state, SlotState::Taking { .. }) && slot.rev == 1 => (None, ()),
             Some(slot) if matches!(slot.state, SlotState::Taking { .. }) => {
-                let released = SlotState::Released { at: 0, order_spent: false };
+                let released = SlotState::Released { at: 0, ended: Ended::CancelledHold };
                 (Some(Slot { rev: slot.rev - 1, state: released, ..slot }), ())
             }
             other => (other, ()),
@@ -110,21 +110,27 @@ impl Limit for OrderOnce {
     }
 }
 
-/// At most so many live holds per user, across every coupon (anti-hoarding).
+/// At most so many live holds per user, across every coupon (anti-hoarding); a coupon's
+/// live holds are counted with them, for the admin read.
 #[derive(Debug)]
 pub struct UserHolds(pub Option<u32>);
 
 impl Limit for UserHolds {
     fn take(&self, ledger: &Ledger, u: &Use) -> Result<(), Refusal> {
-        if !u.hold || ledger.take(Tally::UserHolds(u.user), Take::one(self.0)) {
+        if !u.hold {
             return Ok(());
         }
-        Err(Refusal::TooManyHolds)
+        if !ledger.take(Tally::UserHolds(u.user), Take::one(self.0)) {
+            return Err(Refusal::TooManyHolds);
+        }
+        ledger.take(Tally::CouponHolds(u.coupon), Take::one(None));
+        Ok(())
     }
 
     fn give_back(&self, ledger: &Ledger, u: &Use) {
         if u.hold {
             ledger.give_back(Tally::UserHolds(u.user), 1, Cents::ZERO);
+            ledger.give_back(Tally::CouponHolds(u.coupon), 1, Cents::ZERO);
         }
     }
 }
@@ -413,6 +419,11 @@ mod tests {
         assert_eq!(UserHolds(Some(3)).take(&ledger, &fourth), Err(Refusal::TooManyHolds));
         let other_user = Use { hold: true, user: 8, ..fourth };
         assert_eq!(UserHolds(Some(3)).take(&ledger, &other_user), Ok(()));
+        assert_eq!(
+            ledger.count(Tally::CouponHolds(fourth.coupon)).live,
+            4,
+            "the coupon counts the holds of both users"
+        );
         let redemption = Use { hold: false, ..fourth };
         assert_eq!(UserHolds(Some(3)).take(&ledger, &redemption), Ok(()), "redemptions are not holds");
     }
@@ -421,13 +432,16 @@ mod tests {
     fn a_released_hold_frees_its_order_and_a_refusal_restores_it() {
         let ledger = Ledger::default();
         let u = a_use(&ledger, "o-1", 7, 0);
-        let released = Slot { rev: 3, state: SlotState::Released { at: 5, order_spent: false }, ..slot(7, 0) };
+        let released = Slot { rev: 3, state: SlotState::Released { at: 5, ended: Ended::CancelledHold }, ..slot(7, 0) };
         ledger.update(u.key, |_| (Some(released), ()));
         let limits = limits(7, 0, [None, Some(0), None, None, None], None);
         assert_eq!(take(&limits.chain(), &ledger, &u), Err(Refusal::Rule(Reason::UsageLimitReached)));
         let restored = ledger.slot(u.key).unwrap();
-        assert_eq!((restored.rev, matches!(restored.state, SlotState::Released { order_spent: false, .. })), (3, true));
-        let spent = Slot { state: SlotState::Released { at: 5, order_spent: true }, ..released };
+        assert_eq!(
+            (restored.rev, matches!(restored.state, SlotState::Released { ended: Ended::CancelledHold, .. })),
+            (3, true)
+        );
+        let spent = Slot { state: SlotState::Released { at: 5, ended: Ended::Redemption }, ..released };
         ledger.update(u.key, |_| (Some(spent), ()));
         assert!(matches!(take(&limits.chain(), &ledger, &u), Err(Refusal::OrderTaken(_))));
     }

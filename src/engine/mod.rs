@@ -39,7 +39,7 @@ use crate::engine::clock::Clock;
 use crate::engine::codes::BatchCodes;
 use crate::engine::forgotten::Forgotten;
 use crate::engine::holds::Deadlines;
-use crate::engine::ledger::{Count, Counted, IdKey, Ledger, OrderKey, Slot, SlotState, Tally, code_slot};
+use crate::engine::ledger::{Count, Counted, Ended, IdKey, Ledger, OrderKey, Slot, SlotState, Tally, code_slot};
 use crate::engine::limits::{
     CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce, Refusal,
     Use, UserHolds,
@@ -425,10 +425,14 @@ impl Engine {
                             UseKind::Redeem => return Ok(UseOutcome::Replayed(receipt(None))),
                         }));
                     }
-                    SlotState::Released { order_spent: true, .. } => {
+                    SlotState::Released { ended: Ended::Redemption, .. } => {
                         return Ok(UseOutcome::Refused(Refused::OrderTaken));
                     }
-                    SlotState::Released { order_spent: false, .. } => {}
+                    // The deadline won the race with this confirmation: the answer says so.
+                    SlotState::Released { ended: Ended::ExpiredHold, .. } => {
+                        hold_fate.get_or_insert(HoldFate::Expired);
+                    }
+                    SlotState::Released { ended: Ended::CancelledHold, .. } => {}
                 }
             }
             let prior_rev = match self.archived(key, req.order_id).await? {
@@ -475,8 +479,13 @@ impl Engine {
             Found::Code { code, .. } => Some((code.batch, code.index)),
             Found::Coupon(_) => None,
         };
+        // Whole milliseconds, the deadlines' unit: the deadline the client, the journal and
+        // PostgreSQL see is exactly the one the expiry keeps, never a fraction later.
         let hold_until = match kind {
-            UseKind::Hold { ttl } => Some(now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX)),
+            UseKind::Hold { ttl } => {
+                let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+                Some(millis(until.timestamp_millis()).unwrap_or(until))
+            }
             UseKind::Redeem => None,
         };
         let id = redemption_id(coupon.id, req.order_id);
@@ -718,7 +727,12 @@ impl Engine {
             return Err(err.into());
         }
         let was_hold = slot.is_hold();
-        let released = SlotState::Released { at: now.timestamp_millis(), order_spent: !was_hold };
+        let ended = match (was_hold, cause) {
+            (false, _) => Ended::Redemption,
+            (true, ReleaseCause::Cancelled) => Ended::CancelledHold,
+            (true, ReleaseCause::Expired) => Ended::ExpiredHold,
+        };
+        let released = SlotState::Released { at: now.timestamp_millis(), ended };
         self.ledger.update(key, |current| (current.map(|s| Slot { rev, state: released, ..s }), ()));
         limits::give_back(&limits::counting(), &self.ledger, &Use::of_slot(key, key.0, &slot));
         if was_hold {
@@ -799,7 +813,11 @@ impl Engine {
                 .and_then(|c| c.campaign_id)
                 .filter(|_| rules::takes_campaign_use(stored.discount));
             let state = match (stored.released_at, stored.hold_until) {
-                (Some(at), hold) => SlotState::Released { at: at.timestamp_millis(), order_spent: hold.is_none() },
+                (Some(at), None) => SlotState::Released { at: at.timestamp_millis(), ended: Ended::Redemption },
+                (Some(at), Some(until)) => {
+                    let ended = if at >= until { Ended::ExpiredHold } else { Ended::CancelledHold };
+                    SlotState::Released { at: at.timestamp_millis(), ended }
+                }
                 (None, Some(until)) => SlotState::Held { until: until.timestamp_millis() },
                 (None, None) => SlotState::Live,
             };

@@ -100,6 +100,14 @@ pub static ROUTES: &[Route] = &[
         openapi: include_str!("openapi/redeem.json"),
     },
     Route {
+        template: "/api/coupons/hold",
+        methods: &[(Method::POST, handler!(public::hold))],
+        access: Access::Backend,
+        needs_ready: true,
+        max_body: MAX_BODY_BYTES,
+        openapi: include_str!("openapi/hold.json"),
+    },
+    Route {
         template: "/api/coupons/release",
         methods: &[(Method::POST, handler!(public::release))],
         access: Access::Backend,

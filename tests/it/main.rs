@@ -8,6 +8,7 @@ mod admin;
 mod campaigns;
 mod durability;
 mod helpers;
+mod holds;
 mod hostile;
 mod input;
 mod lifecycle;

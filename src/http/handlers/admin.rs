@@ -142,6 +142,8 @@ struct CouponView<'a> {
 struct UsageView {
     /// Live redemptions and holds, as this instance counts them.
     total: u32,
+    /// Of which live holds.
+    holds: u32,
 }
 
 fn view<'a>(state: &State, coupon: &'a Coupon) -> CouponView<'a> {
@@ -166,7 +168,10 @@ fn view<'a>(state: &State, coupon: &'a Coupon) -> CouponView<'a> {
         valid_until: coupon.valid_until.map(rfc3339),
         campaign,
         version: coupon.version,
-        usage: UsageView { total: state.engine.ledger().count(Tally::Coupon(coupon.id)).live },
+        usage: UsageView {
+            total: state.engine.ledger().count(Tally::Coupon(coupon.id)).live,
+            holds: state.engine.ledger().count(Tally::CouponHolds(coupon.id)).live,
+        },
         cached: cached_version.is_some_and(|v| v >= coupon.version),
     }
 }

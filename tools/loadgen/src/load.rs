@@ -98,14 +98,36 @@ pub(crate) async fn run_phase(addr: SocketAddr, mix: Arc<Mix>, phase: Phase, off
                     let (path, body, kind) = mix.request(offset + n);
                     let answer = conn.post(path, body).await;
                     let latency = due.elapsed();
-                    match answer {
+                    let follow_up = match answer {
                         Ok((status, body)) => {
                             stats.record(due - started, latency, Some(status), Mix::is_expected(kind, status, &body));
                             if status == 201 {
                                 stats.acknowledge(&body);
                             }
+                            if status == 201 { mix.follow_up(offset + n, kind) } else { None }
                         }
-                        Err(_) => stats.record(due - started, latency, None, false),
+                        Err(_) => {
+                            stats.record(due - started, latency, None, false);
+                            None
+                        }
+                    };
+                    // A checkout's confirmation: measured from when it was sent.
+                    if let Some((path, body, kind)) = follow_up {
+                        let sent = Instant::now();
+                        match conn.post(path, body).await {
+                            Ok((status, body)) => {
+                                stats.record(
+                                    due - started,
+                                    sent.elapsed(),
+                                    Some(status),
+                                    Mix::is_expected(kind, status, &body),
+                                );
+                                if status == 201 {
+                                    stats.acknowledge(&body);
+                                }
+                            }
+                            Err(_) => stats.record(due - started, sent.elapsed(), None, false),
+                        }
                     }
                 }
             })

@@ -6,6 +6,7 @@ mod client;
 mod codes;
 mod conn;
 mod drills;
+mod holds;
 mod hostile;
 mod load;
 mod mix;
@@ -97,6 +98,9 @@ enum Command {
     /// Many buyers over many single-use codes of one campaign with a small cap, budget and
     /// per-customer limit: winners, used, spent and rows must be exact (runs its own service).
     CampaignRace(campaign_race::CampaignRaceArgs),
+    /// Checkout holds: hold throughput and p99, 100,000 holds expiring in one second given back
+    /// while validations keep their p99, nothing lost or counted twice (runs its own service).
+    Holds(holds::HoldsArgs),
     /// Attacks of the hostile-client review (slow bodies, release guessing, a redeem/release
     /// memory loop, userId rotation) against a service it starts with an API token.
     Hostile(hostile::HostileArgs),
@@ -129,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             Some(Command::CampaignRace(args)) => {
                 campaign_race::campaign_race(need_db(cli.database_url.as_deref())?, args).await
             }
+            Some(Command::Holds(args)) => holds::holds(need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::Codes(args)) => codes::codes(need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::Hostile(args)) => {
                 hostile::hostile(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await

@@ -12,6 +12,12 @@ use sqlx::{Connection, PgConnection};
 
 /// The coupon redeems go to: unlimited, created by the load generator if missing.
 pub(crate) const REDEEM_CODE: &str = "LOADGEN-REDEEM";
+/// The coupon checkout holds go to, likewise.
+pub(crate) const HOLD_CODE: &str = "LOADGEN-HOLD";
+/// How long a checkout hold lasts: abandoned ones expire during longer runs.
+const HOLD_TTL_SECS: u64 = 60;
+/// One checkout hold in this many is abandoned; the others are confirmed by a redeem.
+const ABANDON_ONE_IN: u64 = 4;
 /// Requests prepared per kind; the run cycles through them.
 const PER_KIND: usize = 500;
 
@@ -27,6 +33,10 @@ pub(crate) enum Kind {
     /// An unused, unassigned bulk code of an active campaign (`seed --campaign-codes`).
     CampaignCode,
     Redeem,
+    /// A checkout: a hold, then (most of the time) its confirmation, a redeem of the same order.
+    Hold,
+    /// The redeem that confirms a checkout's hold.
+    Confirm,
 }
 
 impl Kind {
@@ -40,6 +50,8 @@ impl Kind {
             Kind::Unknown => "unknown",
             Kind::CampaignCode => "campaign-code",
             Kind::Redeem => "redeem",
+            Kind::Hold => "hold",
+            Kind::Confirm => "confirm",
         }
     }
 
@@ -53,6 +65,8 @@ impl Kind {
             Kind::BelowMinimum => b"MIN_ORDER_VALUE_NOT_MET",
             Kind::Unknown => b"COUPON_NOT_FOUND",
             Kind::Redeem => br#""redeemed":true"#,
+            Kind::Hold => br#""held":true"#,
+            Kind::Confirm => br#""hold":"confirmed""#,
         }
     }
 }
@@ -96,7 +110,8 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
                 (Kind::Expired, 5),
                 (Kind::Unknown, 5),
                 (Kind::WrongUser, 5),
-                (Kind::Redeem, 25),
+                (Kind::Redeem, 15),
+                (Kind::Hold, 10),
             ]
         }
         other => bail!("unknown mix {other:?}: use validate, valid, campaign, redeem or checkout"),
@@ -158,15 +173,40 @@ impl Mix {
             Bytes::from(body)
         };
         match prepared.kind {
+            Kind::Hold => {
+                let body = format!(
+                    r#"{}{},"ttlSeconds":{HOLD_TTL_SECS}}}"#,
+                    String::from_utf8_lossy(&prepared.body),
+                    self.checkout_ids(n)
+                );
+                ("/api/coupons/hold", Bytes::from(body), Kind::Hold)
+            }
             Kind::Redeem => ("/api/coupons/redeem", unique(), Kind::Redeem),
             Kind::Unknown => ("/api/coupons/validate", unique(), Kind::Unknown),
             kind => ("/api/coupons/validate", prepared.body.clone(), kind),
         }
     }
 
+    /// What to send once request `n` (of `kind`) got a 201: a checkout's confirmation, unless
+    /// this checkout is one of those abandoned.
+    pub(crate) fn follow_up(&self, n: u64, kind: Kind) -> Option<(&'static str, Bytes, Kind)> {
+        if kind != Kind::Hold || n.is_multiple_of(ABANDON_ONE_IN) {
+            return None;
+        }
+        let prepared = &self.requests[(n % self.requests.len() as u64) as usize];
+        let body = format!("{}{}}}", String::from_utf8_lossy(&prepared.body), self.checkout_ids(n));
+        Some(("/api/coupons/redeem", Bytes::from(body), Kind::Confirm))
+    }
+
+    /// The user and order of checkout `n`: new for each (a user may hold only a few at once).
+    fn checkout_ids(&self, n: u64) -> String {
+        format!(r#""userId":"lg-{run}-{n}","orderId":"lg-{run}-{n}""#, run = self.run_id)
+    }
+
     /// Whether an answer is the one this kind must get.
     pub(crate) fn is_expected(kind: Kind, status: u16, body: &[u8]) -> bool {
-        let status_ok = if kind == Kind::Redeem { status == 201 } else { status == 200 };
+        let status_ok =
+            if matches!(kind, Kind::Redeem | Kind::Hold | Kind::Confirm) { status == 201 } else { status == 200 };
         status_ok && body.windows(kind.expected().len()).any(|w| w == kind.expected())
     }
 }
@@ -232,6 +272,16 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
             .await?;
             vec![(REDEEM_CODE.to_owned(), None, 0)]
         }
+        Kind::Hold | Kind::Confirm => {
+            sqlx::query(
+                "INSERT INTO coupons (code, type, discount_type, discount_value) \
+                 VALUES ($1, 'time_specific', 'percentage', 10) ON CONFLICT (code) DO NOTHING",
+            )
+            .bind(HOLD_CODE)
+            .execute(&mut *db)
+            .await?;
+            vec![(HOLD_CODE.to_owned(), None, 0)]
+        }
     };
     if rows.is_empty() {
         bail!("the database has no coupon for a {:?} request: seed it first (coupon-engine seed)", kind.name());
@@ -262,6 +312,10 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
                 }
                 Kind::Unknown => {
                     Prepared { kind, body: Bytes::from(format!(r#"{{"code":"{code}","orderValue":100,"userId":""#)) }
+                }
+                // The ids (and, for the hold, its ttl) are added per checkout.
+                Kind::Hold | Kind::Confirm => {
+                    Prepared { kind, body: Bytes::from(format!(r#"{{"code":"{code}","orderValue":100,"#)) }
                 }
                 _ => validate_body(&code, &owner.unwrap_or_else(|| other_user(rng)), 10_000),
             };
@@ -294,6 +348,30 @@ mod tests {
         assert_eq!(order_value(100_000), "1000");
         assert_eq!(order_value(1999), "19.99");
         assert_eq!(order_value(5), "0.05");
+    }
+
+    #[test]
+    fn checkouts_hold_then_mostly_confirm_the_same_order() {
+        let mix = Mix {
+            requests: vec![Prepared {
+                kind: Kind::Hold,
+                body: Bytes::from_static(br#"{"code":"H","orderValue":100,"#),
+            }],
+            run_id: "r".into(),
+        };
+        let (path, hold, kind) = mix.request(5);
+        assert_eq!((path, kind), ("/api/coupons/hold", Kind::Hold));
+        let hold: serde_json::Value = serde_json::from_slice(&hold).unwrap();
+        assert_eq!(hold["ttlSeconds"], HOLD_TTL_SECS);
+        let (path, confirm, kind) = mix.follow_up(5, Kind::Hold).expect("confirmed");
+        assert_eq!((path, kind), ("/api/coupons/redeem", Kind::Confirm));
+        let confirm: serde_json::Value = serde_json::from_slice(&confirm).unwrap();
+        assert_eq!((&confirm["orderId"], &confirm["userId"]), (&hold["orderId"], &hold["userId"]));
+        assert!(confirm.get("ttlSeconds").is_none());
+        assert!(mix.follow_up(4, Kind::Hold).is_none(), "one in four abandoned");
+        assert!(mix.follow_up(5, Kind::Redeem).is_none());
+        assert!(Mix::is_expected(Kind::Confirm, 201, br#"{"redeemed":true,"hold":"confirmed"}"#));
+        assert!(!Mix::is_expected(Kind::Confirm, 201, br#"{"redeemed":true,"hold":"expired"}"#));
     }
 
     #[test]

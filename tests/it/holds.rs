@@ -1,0 +1,336 @@
+//! Checkout holds (API.md §5): hold → confirm, hold → cancel, hold → expire (for real, on the
+//! service's clock), the race at the deadline, limits and budgets counted with holds,
+//! restarts and SIGKILL with holds live and expired.
+
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+const TOKEN: &str = "holds-admin-token-0123456789";
+
+async fn hold(client: &TestClient, code: &str, user: &str, order: &str, ttl: Option<u64>) -> (StatusCode, Value) {
+    let mut body = json!({"code": code, "userId": user, "orderId": order, "orderValue": 100});
+    if let Some(ttl) = ttl {
+        body["ttlSeconds"] = json!(ttl);
+    }
+    let answer = client.post("/api/coupons/hold", &body).await;
+    (answer.status, answer.json())
+}
+
+async fn redeem(client: &TestClient, code: &str, user: &str, order: &str) -> (StatusCode, Value) {
+    let answer = client
+        .post("/api/coupons/redeem", &json!({"code": code, "userId": user, "orderId": order, "orderValue": 100}))
+        .await;
+    (answer.status, answer.json())
+}
+
+async fn release(client: &TestClient, code: &str, order: &str) -> (StatusCode, Value) {
+    let answer = client.post("/api/coupons/release", &json!({"code": code, "orderId": order})).await;
+    (answer.status, answer.json())
+}
+
+/// The coupon's rows in `coupon_usage`: (order, live, still a hold).
+async fn rows(pool: &PgPool, code: &str) -> Vec<(String, bool, bool)> {
+    sqlx::query_as(
+        "SELECT u.order_id, u.released_at IS NULL, u.hold_expires_at IS NOT NULL FROM coupon_usage u \
+         JOIN coupons c ON c.id = u.coupon_id WHERE c.code = $1 ORDER BY u.order_id",
+    )
+    .bind(code)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+async fn metric(client: &TestClient, series: &str) -> f64 {
+    let text = client.get("/metrics").await.text;
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_confirm_and_cancel_answer_as_the_contract_says() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "ONE", &[("usage_limit", "1"), ("discount_type", "'fixed'"), ("discount_value", "7")])
+        .await;
+    insert_coupon(&db.pool, "CANCEL", &[("usage_limit", "1")]).await;
+    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN)]).await;
+    let client = &app.client;
+
+    let (status, held) = hold(client, "one", "ann", "o-1", Some(600)).await;
+    assert_eq!(status, StatusCode::CREATED, "{held}");
+    assert_eq!(
+        (held["held"].clone(), held["code"].clone(), held["discount"].clone()),
+        (json!(true), json!("ONE"), json!(7))
+    );
+    assert_eq!(held["finalAmount"], 93);
+    let expires: chrono::DateTime<chrono::Utc> = held["expiresAt"].as_str().unwrap().parse().unwrap();
+    let ttl = expires - chrono::Utc::now();
+    assert!(ttl > chrono::Duration::seconds(590) && ttl <= chrono::Duration::seconds(600), "{ttl}");
+    assert_eq!(hold(client, "ONE", "ann", "o-1", Some(600)).await, (StatusCode::OK, held.clone()), "a replay");
+    let (status, other) = hold(client, "ONE", "bob", "o-1", None).await;
+    assert_eq!(
+        (status, other["held"].clone(), other["reason"].clone()),
+        (StatusCode::CONFLICT, json!(false), json!("ORDER_ALREADY_REDEEMED"))
+    );
+    // The hold takes the only use: nobody else gets it, by hold or by redeem.
+    let (status, full) = redeem(client, "ONE", "bob", "o-2").await;
+    assert_eq!((status, full["reason"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("USAGE_LIMIT_REACHED")));
+    let (status, full) = hold(client, "ONE", "bob", "o-2", None).await;
+    assert_eq!((status, full["reason"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("USAGE_LIMIT_REACHED")));
+    let read = client
+        .request_with(Method::GET, "/admin/coupons/ONE", "", &[("authorization", &format!("Bearer {TOKEN}"))])
+        .await;
+    assert_eq!(read.json()["usage"], json!({"total": 1, "holds": 1}));
+    assert_eq!(metric(client, "coupon_holds_live").await, 1.0);
+
+    // The hold guaranteed the use: confirmed even though the coupon was deactivated meanwhile.
+    sqlx::query("UPDATE coupons SET status = 'inactive' WHERE code = 'ONE'").execute(&db.pool).await.unwrap();
+    eventually(Duration::from_secs(5), "the deactivation to be served", || async {
+        client.validate(json!({"code": "ONE", "userId": "zed", "orderValue": 100})).await["reason"] == "COUPON_INACTIVE"
+    })
+    .await;
+    let (status, confirmed) = redeem(client, "ONE", "ann", "o-1").await;
+    assert_eq!(status, StatusCode::CREATED, "{confirmed}");
+    assert_eq!((confirmed["hold"].clone(), confirmed["discount"].clone()), (json!("confirmed"), json!(7)));
+    assert_eq!(confirmed["redemptionId"], held["holdId"], "the hold became the redemption");
+    let (status, again) = hold(client, "ONE", "ann", "o-1", None).await;
+    assert_eq!((status, again["reason"].clone()), (StatusCode::CONFLICT, json!("ORDER_ALREADY_REDEEMED")));
+
+    // Cancel: the use comes back; a release of another order is 404.
+    assert_eq!(hold(client, "CANCEL", "cat", "c-1", None).await.0, StatusCode::CREATED);
+    assert_eq!(release(client, "CANCEL", "c-other").await.0, StatusCode::NOT_FOUND);
+    let (status, cancelled) = release(client, "CANCEL", "c-1").await;
+    assert_eq!(
+        (status, cancelled["released"].clone(), cancelled["hold"].clone()),
+        (StatusCode::OK, json!(true), json!("cancelled"))
+    );
+    assert_eq!(
+        redeem(client, "CANCEL", "dan", "c-2").await.0,
+        StatusCode::CREATED,
+        "the cancelled hold's use came back"
+    );
+    assert_eq!(
+        hold(client, "CANCEL", "cat", "c-1", None).await.1["reason"],
+        "USAGE_LIMIT_REACHED",
+        "its order is free again, the use is not"
+    );
+
+    eventually(Duration::from_secs(10), "the holds to reach PostgreSQL", || async {
+        rows(&db.pool, "ONE").await == [("o-1".into(), true, false)]
+            && rows(&db.pool, "CANCEL").await == [("c-1".into(), false, true), ("c-2".into(), true, false)]
+    })
+    .await;
+    for (outcome, n) in [("held", 2.0), ("confirmed", 1.0), ("cancelled", 1.0)] {
+        assert_eq!(metric(client, &format!("coupon_holds_total{{outcome=\"{outcome}\"}}")).await, n, "{outcome}");
+    }
+    assert_eq!(metric(client, "coupon_holds_live").await, 0.0);
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_holds_are_refused() {
+    let db = TestDb::new().await;
+    for n in 1..=5 {
+        insert_coupon(&db.pool, &format!("C{n}"), &[]).await;
+    }
+    let app = TestApp::spawn(&db).await;
+    let client = &app.client;
+    for ttl in [json!(0), json!(-5), json!(1.5), json!(3601), json!("60")] {
+        let body = json!({"code": "C1", "userId": "u", "orderId": "o", "orderValue": 100, "ttlSeconds": ttl});
+        let answer = client.post("/api/coupons/hold", &body).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "ttlSeconds {ttl}");
+        assert_eq!(answer.json()["error"]["field"], "ttlSeconds", "ttlSeconds {ttl}");
+    }
+    // Anti-hoarding: three live holds per user across coupons, then 429 with Retry-After.
+    for n in 1..=3 {
+        assert_eq!(hold(client, &format!("C{n}"), "hoarder", &format!("h-{n}"), None).await.0, StatusCode::CREATED);
+    }
+    let answer = client
+        .post("/api/coupons/hold", &json!({"code": "C4", "userId": "hoarder", "orderId": "h-4", "orderValue": 100}))
+        .await;
+    assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(answer.json()["error"]["code"], "TOO_MANY_HOLDS");
+    assert!(answer.headers.contains_key("retry-after"));
+    assert_eq!(redeem(client, "C4", "hoarder", "h-4").await.0, StatusCode::CREATED, "redemptions are not capped");
+    assert_eq!(redeem(client, "C1", "hoarder", "h-1").await.1["hold"], "confirmed");
+    assert_eq!(
+        hold(client, "C5", "hoarder", "h-5", None).await.0,
+        StatusCode::CREATED,
+        "a confirmed hold frees a place"
+    );
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_count_against_campaign_caps_and_budgets() {
+    let db = TestDb::new().await;
+    let campaign: i64 = sqlx::query_scalar(
+        "INSERT INTO campaigns (name, usage_limit, budget) VALUES ('spring', 3, 15.00) RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let campaign = campaign.to_string();
+    for code in ["SEVEN-A", "SEVEN-B", "SEVEN-C"] {
+        insert_coupon(
+            &db.pool,
+            code,
+            &[("discount_type", "'fixed'"), ("discount_value", "7"), ("campaign_id", &campaign)],
+        )
+        .await;
+    }
+    let app = TestApp::spawn(&db).await;
+    let client = &app.client;
+    assert_eq!(hold(client, "SEVEN-A", "u1", "o1", None).await.0, StatusCode::CREATED);
+    assert_eq!(hold(client, "SEVEN-B", "u2", "o2", None).await.0, StatusCode::CREATED);
+    // 14.00 of 15.00 held: a third 7.00 would overspend, by hold or by redeem.
+    assert_eq!(hold(client, "SEVEN-C", "u3", "o3", None).await.1["reason"], "CAMPAIGN_BUDGET_EXHAUSTED");
+    assert_eq!(redeem(client, "SEVEN-C", "u3", "o3").await.1["reason"], "CAMPAIGN_BUDGET_EXHAUSTED");
+    assert_eq!(release(client, "SEVEN-A", "o1").await.0, StatusCode::OK);
+    assert_eq!(redeem(client, "SEVEN-C", "u3", "o3").await.0, StatusCode::CREATED, "the cancelled hold gave back 7.00");
+    assert_eq!(redeem(client, "SEVEN-B", "u2", "o2").await.1["hold"], "confirmed");
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_expires_by_itself_and_redeem_then_applies_the_rules_afresh() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "BRIEF", &[("usage_limit", "1")]).await;
+    let app = TestApp::spawn(&db).await;
+    let client = &app.client;
+    let (status, held) = hold(client, "BRIEF", "ann", "o-1", Some(1)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let expires: chrono::DateTime<chrono::Utc> = held["expiresAt"].as_str().unwrap().parse().unwrap();
+    // Within a second of its deadline the use is back, and PostgreSQL hears of it.
+    eventually(Duration::from_secs(3), "the hold to expire", || async {
+        client.validate(json!({"code": "BRIEF", "userId": "bob", "orderValue": 100})).await["valid"] == true
+    })
+    .await;
+    let late = chrono::Utc::now() - expires;
+    assert!(late < chrono::Duration::milliseconds(1_500), "given back {late} after its deadline");
+    assert_eq!(redeem(client, "BRIEF", "bob", "o-2").await.0, StatusCode::CREATED);
+    let (status, after) = redeem(client, "BRIEF", "ann", "o-1").await;
+    assert_eq!((status, after["reason"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("USAGE_LIMIT_REACHED")));
+    eventually(Duration::from_secs(10), "the expiry to reach PostgreSQL", || async {
+        rows(&db.pool, "BRIEF").await == [("o-1".into(), false, true), ("o-2".into(), true, false)]
+    })
+    .await;
+    assert_eq!(metric(client, "coupon_holds_total{outcome=\"expired\"}").await, 1.0);
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+/// Forty holds confirmed right at their deadline while forty other buyers race for the uses
+/// the expiring holds give back: each hold is confirmed or expired, never both, and the
+/// limit is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_and_expiry_race_at_the_deadline_and_exactly_one_wins() {
+    const N: usize = 40;
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "RACE", &[("usage_limit", &N.to_string())]).await;
+    let app = TestApp::spawn(&db).await;
+    let client = &app.client;
+    let mut deadline = None;
+    for n in 0..N {
+        let (status, held) = hold(client, "RACE", &format!("holder-{n}"), &format!("h-{n}"), Some(2)).await;
+        assert_eq!(status, StatusCode::CREATED);
+        deadline.get_or_insert(held["expiresAt"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap());
+    }
+    // Aim at the first deadline, spread over ±60 ms.
+    let wait = (deadline.unwrap() - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait.saturating_sub(Duration::from_millis(60))).await;
+    let racers: Vec<_> = (0..2 * N)
+        .map(|n| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis((n as u64 * 3) % 120)).await;
+                let (user, order) = if n < N {
+                    (format!("holder-{n}"), format!("h-{n}"))
+                } else {
+                    (format!("buyer-{n}"), format!("b-{n}"))
+                };
+                (n < N, redeem(&client, "RACE", &user, &order).await)
+            })
+        })
+        .collect();
+    let (mut confirmed, mut expired_then_won, mut buyers_won) = (0, 0, 0);
+    for racer in racers {
+        let (is_holder, (status, body)) = racer.await.unwrap();
+        match (is_holder, status, body["hold"].as_str()) {
+            (true, StatusCode::CREATED, Some("confirmed")) => confirmed += 1,
+            (true, StatusCode::CREATED, Some("expired")) => expired_then_won += 1,
+            (false, StatusCode::CREATED, None) => buyers_won += 1,
+            (_, StatusCode::UNPROCESSABLE_ENTITY, None) => assert_eq!(body["reason"], "USAGE_LIMIT_REACHED"),
+            other => panic!("unexpected answer {other:?} {body}"),
+        }
+    }
+    assert_eq!(confirmed + expired_then_won + buyers_won, N, "exactly the limit");
+    let expired = metric(client, "coupon_holds_total{outcome=\"expired\"}").await;
+    assert_eq!(metric(client, "coupon_holds_total{outcome=\"confirmed\"}").await, confirmed as f64);
+    assert_eq!(confirmed as f64 + expired, N as f64, "every hold confirmed or expired, once");
+    assert_eq!(metric(client, "coupon_holds_live").await, 0.0);
+    eventually(Duration::from_secs(10), "the uses to reach PostgreSQL", || async {
+        let rows = rows(&db.pool, "RACE").await;
+        rows.iter().filter(|(_, live, _)| *live).count() == N && rows.iter().all(|(_, live, held)| !(*live && *held))
+    })
+    .await;
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_survive_sigkill_and_one_that_lapsed_meanwhile_is_given_back_before_serving() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TWO", &[("usage_limit", "2")]).await;
+    let data_dir = std::env::temp_dir().join(format!("coupon-engine-holds-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir = data_dir.display().to_string();
+    let env = [("DATA_DIR", data_dir.as_str())];
+    let server = ServeProcess::start(&db.url, &env);
+    let client = TestClient::new(server.addr);
+    client.wait_ready().await;
+    assert_eq!(hold(&client, "TWO", "long", "o-long", Some(3600)).await.0, StatusCode::CREATED);
+    assert_eq!(hold(&client, "TWO", "short", "o-short", Some(2)).await.0, StatusCode::CREATED);
+    assert_eq!(redeem(&client, "TWO", "third", "o-3").await.1["reason"], "USAGE_LIMIT_REACHED");
+    let mut child = server.child;
+    signal(&child, "KILL");
+    child.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let server = ServeProcess::start(&db.url, &env);
+    let client = TestClient::new(server.addr);
+    client.wait_ready().await;
+    // The first answer after ready already counts the live hold and not the lapsed one.
+    let (status, body) = redeem(&client, "TWO", "third", "o-3").await;
+    assert_eq!(status, StatusCode::CREATED, "the lapsed hold was given back at start-up: {body}");
+    assert_eq!(
+        redeem(&client, "TWO", "fourth", "o-4").await.1["reason"],
+        "USAGE_LIMIT_REACHED",
+        "the live hold still counts"
+    );
+    assert_eq!(redeem(&client, "TWO", "long", "o-long").await.1["hold"], "confirmed");
+    assert_eq!(redeem(&client, "TWO", "short", "o-short").await.1["reason"], "USAGE_LIMIT_REACHED");
+    eventually(Duration::from_secs(10), "PostgreSQL to agree", || async {
+        rows(&db.pool, "TWO").await
+            == [("o-3".into(), true, false), ("o-long".into(), true, false), ("o-short".into(), false, true)]
+    })
+    .await;
+
+    // A clean restart keeps a live hold too.
+    assert_eq!(release(&client, "TWO", "o-3").await.0, StatusCode::OK);
+    assert_eq!(hold(&client, "TWO", "again", "o-5", Some(3600)).await.0, StatusCode::CREATED);
+    assert!(server.terminate().success());
+    let server = ServeProcess::start(&db.url, &env);
+    let client = TestClient::new(server.addr);
+    client.wait_ready().await;
+    assert_eq!(redeem(&client, "TWO", "sixth", "o-6").await.1["reason"], "USAGE_LIMIT_REACHED");
+    assert_eq!(redeem(&client, "TWO", "again", "o-5").await.1["hold"], "confirmed");
+    assert!(server.terminate().success());
+    let _ = std::fs::remove_dir_all(&data_dir);
+    db.drop_db().await;
+}
