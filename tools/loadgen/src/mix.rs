@@ -262,25 +262,16 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
             }
             rows
         }
-        Kind::Redeem => {
+        Kind::Redeem | Kind::Hold | Kind::Confirm => {
+            let code = if kind == Kind::Redeem { REDEEM_CODE } else { HOLD_CODE };
             sqlx::query(
                 "INSERT INTO coupons (code, type, discount_type, discount_value) \
                  VALUES ($1, 'time_specific', 'percentage', 10) ON CONFLICT (code) DO NOTHING",
             )
-            .bind(REDEEM_CODE)
+            .bind(code)
             .execute(&mut *db)
             .await?;
-            vec![(REDEEM_CODE.to_owned(), None, 0)]
-        }
-        Kind::Hold | Kind::Confirm => {
-            sqlx::query(
-                "INSERT INTO coupons (code, type, discount_type, discount_value) \
-                 VALUES ($1, 'time_specific', 'percentage', 10) ON CONFLICT (code) DO NOTHING",
-            )
-            .bind(HOLD_CODE)
-            .execute(&mut *db)
-            .await?;
-            vec![(HOLD_CODE.to_owned(), None, 0)]
+            vec![(code.to_owned(), None, 0)]
         }
     };
     if rows.is_empty() {
