@@ -177,6 +177,12 @@ impl App {
             background.stop.clone(),
         ));
         background.tasks.spawn(run_metrics_upkeep(state.metrics.clone(), background.stop.clone()));
+        background.tasks.spawn(db::log_retention::run(
+            pool.clone(),
+            settings.validation_log.retention_days,
+            state.ops.database.clone(),
+            background.stop.clone(),
+        ));
         let refresher = Refresher {
             pool: pool.clone(),
             url: settings.database.url.clone(),

@@ -108,6 +108,8 @@ pub struct ListenerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ValidationLogSettings {
+    /// Days of validations kept; older days' partitions are dropped.
+    pub retention_days: u32,
     pub queue_capacity: usize,
     pub batch_size: usize,
     #[serde(with = "humantime_serde")]
@@ -314,6 +316,9 @@ impl Settings {
         let log = &self.validation_log;
         if log.queue_capacity == 0 || log.batch_size == 0 {
             return invalid("validation_log.queue_capacity and batch_size must be positive");
+        }
+        if log.retention_days == 0 {
+            return invalid("validation_log.retention_days must be at least 1");
         }
         if log.retry_min > log.retry_max || self.listener.retry_min > self.listener.retry_max {
             return invalid("a retry_min must be at most its retry_max");

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod health;
 pub mod listener;
+pub mod log_retention;
 pub mod logs;
 pub mod money;
 pub mod seed;

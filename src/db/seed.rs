@@ -50,7 +50,7 @@ pub async fn seed(pool: &PgPool, params: &SeedParams, force: bool) -> Result<See
     let mut tx = pool.begin().await?;
     let has_data: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM coupons) \
-         OR EXISTS (SELECT 1 FROM coupon_usage) OR EXISTS (SELECT 1 FROM validation_logs)",
+         OR EXISTS (SELECT 1 FROM coupon_usage) OR EXISTS (SELECT 1 FROM validation_log)",
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -67,7 +67,8 @@ pub async fn seed(pool: &PgPool, params: &SeedParams, force: bool) -> Result<See
         )
         .execute(&mut *tx)
         .await?;
-        sqlx::query("TRUNCATE users, coupons, coupon_usage, validation_logs, campaigns, code_batches, code_assignments RESTART IDENTITY")
+        sqlx::query("TRUNCATE users, coupons, coupon_usage, validation_log, validation_counts, validation_log_spilled, campaigns, \
+             code_batches, code_assignments RESTART IDENTITY")
             .execute(&mut *tx)
             .await?;
     }

@@ -1,4 +1,9 @@
-//! Write-behind for `validation_logs`: a bounded queue drained in batches, off the request path.
+//! Write-behind for the validation log: a bounded queue drained in batches, off the request path.
+//!
+//! Each batch is one transaction: the rows by COPY into `validation_log` (narrow, daily
+//! partitions, no B-tree), and the batch's per-code, per-hour counts added to
+//! `validation_counts`, so the statistics always agree with the rows. Partitions for the
+//! days a batch needs are created on the way if missing (after a long downtime, say).
 //!
 //! Invariant: a request only ever calls [`ValidationLog::record`], which never waits. While
 //! PostgreSQL is away the writer holds its batch and retries with backoff; the queue fills
@@ -6,9 +11,12 @@
 //! later). A row is dropped, and counted, only if the journal refuses it too, or if
 //! PostgreSQL refuses that single row for good (input checks make that impossible).
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+use chrono::{DateTime, DurationRound, NaiveDate, Utc};
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
@@ -17,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::config::ValidationLogSettings;
 use crate::db::health::DatabaseHealth;
-use crate::db::{is_refusal, money};
+use crate::db::is_refusal;
 use crate::domain::event::{Event, Validated};
 use crate::domain::rules::Reason;
 use crate::engine::ports::ValidationSink;
@@ -25,8 +33,8 @@ use crate::journal::{Journal, Position};
 use crate::metrics::WriteBehindMetrics;
 
 /// The columns every encoder of a row writes, in order.
-const COLUMNS: &str = "coupon_code, coupon_id, user_id, order_id, order_value, is_valid, validation_reason, \
-     discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at";
+const COLUMNS: &str = "validated_at, coupon_id, order_value, discount, final_amount, response_time_us, reason, \
+     ip_address, coupon_code, user_id, order_id, user_agent";
 
 /// The request side of the queue: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
@@ -87,6 +95,7 @@ impl ValidationLog {
             metrics,
             health,
             settings: settings.clone(),
+            days: Days::default(),
         };
         (ValidationLog { tx, queued, spill }, writer)
     }
@@ -106,6 +115,7 @@ pub struct LogWriter {
     metrics: WriteBehindMetrics,
     health: Arc<DatabaseHealth>,
     settings: ValidationLogSettings,
+    days: Days,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -188,7 +198,7 @@ impl LogWriter {
             let started = Instant::now();
             let written = async {
                 let mut conn = self.pool.acquire().await?;
-                copy_rows(&mut conn, Table::Log, batch.iter().map(|row| (None, row))).await
+                write_batch(&mut conn, &mut self.days, batch).await
             };
             match written.await {
                 Ok(_) => {
@@ -221,7 +231,7 @@ impl LogWriter {
         for row in rows {
             let written = async {
                 let mut conn = self.pool.acquire().await?;
-                copy_rows(&mut conn, Table::Log, [(None, &row)]).await
+                write_batch(&mut conn, &mut self.days, std::slice::from_ref(&row)).await
             };
             match written.await {
                 Ok(_) => self.metrics.written.increment(1),
@@ -240,41 +250,123 @@ impl LogWriter {
     }
 }
 
-/// Inserts log rows that spilled into the journal, once each: COPY into a staging table,
-/// then insert what is not there yet (their journal position is unique).
+/// The UTC days this process knows have their partitions.
+#[derive(Debug, Default)]
+struct Days(BTreeSet<NaiveDate>);
+
+impl Days {
+    /// Creates the partitions of the days of `times` this process has not seen yet.
+    async fn ensure(
+        &mut self,
+        conn: &mut PgConnection,
+        times: impl Iterator<Item = DateTime<Utc>>,
+    ) -> Result<(), sqlx::Error> {
+        let missing: BTreeSet<NaiveDate> = times.map(|t| t.date_naive()).filter(|d| !self.0.contains(d)).collect();
+        if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+            sqlx::query("SELECT validation_log_add_days($1, $2)").bind(first).bind(last).execute(&mut *conn).await?;
+            self.0.extend(missing);
+        }
+        Ok(())
+    }
+}
+
+/// Writes `rows` and their counts in one transaction. A day's partition dropped behind this
+/// process's back (by hand) is created again, once.
+async fn write_batch(conn: &mut PgConnection, days: &mut Days, rows: &[Validated]) -> Result<u64, sqlx::Error> {
+    match try_write_batch(conn, days, rows).await {
+        Err(err) if is_missing_partition(&err) => {
+            days.0.clear();
+            try_write_batch(conn, days, rows).await
+        }
+        other => other,
+    }
+}
+
+async fn try_write_batch(conn: &mut PgConnection, days: &mut Days, rows: &[Validated]) -> Result<u64, sqlx::Error> {
+    days.ensure(conn, rows.iter().map(|r| r.validated_at)).await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let written = copy_rows(&mut tx, Table::Log, rows.iter().map(|row| (None, row))).await?;
+    add_counts(&mut tx, rows.iter()).await?;
+    tx.commit().await?;
+    Ok(written)
+}
+
+/// "no partition of relation … found for row" (SQLSTATE 23514).
+fn is_missing_partition(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .is_some_and(|e| e.code().as_deref() == Some("23514") && e.message().contains("no partition"))
+}
+
+/// Adds the rows' validations to `validation_counts`, one upsert per code, hour and outcome.
+async fn add_counts<'a>(conn: &mut PgConnection, rows: impl Iterator<Item = &'a Validated>) -> Result<(), sqlx::Error> {
+    let mut counts: HashMap<(DateTime<Utc>, &str, i16), i64> = HashMap::new();
+    for row in rows {
+        let hour = row.validated_at.duration_trunc(chrono::Duration::hours(1)).unwrap_or(row.validated_at);
+        *counts.entry((hour, &row.coupon_code, reason_code(row.reason).unwrap_or(0))).or_default() += 1;
+    }
+    let (mut hours, mut codes, mut reasons, mut ns) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for ((hour, code, reason), n) in counts {
+        hours.push(hour);
+        codes.push(code);
+        reasons.push(reason);
+        ns.push(n);
+    }
+    sqlx::query(
+        "INSERT INTO validation_counts (hour, coupon_code, reason, count) \
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::smallint[], $4::bigint[]) \
+         ON CONFLICT (coupon_code, hour, reason) DO UPDATE SET count = validation_counts.count + EXCLUDED.count",
+    )
+    .bind(hours)
+    .bind(codes)
+    .bind(reasons)
+    .bind(ns)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A reason's code in `validation_reasons`: its position in [`Reason::ALL`] + 1.
+pub fn reason_code(reason: Option<Reason>) -> Option<i16> {
+    reason.map(|r| i16::try_from(r.index() + 1).expect("a dozen reasons"))
+}
+
+/// Inserts log rows that spilled into the journal, once each (their journal positions are
+/// remembered in `validation_log_spilled`), with their counts. Runs in the caller's
+/// transaction.
 pub async fn insert_spilled(conn: &mut PgConnection, rows: &[(Position, &Validated)]) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    // The log's column types without its constraints (its id is generated on insert).
-    sqlx::query(
-        "CREATE TEMP TABLE IF NOT EXISTS spilled_logs ON COMMIT DELETE ROWS AS \
-         SELECT journal_pos, coupon_code, coupon_id, user_id, order_id, order_value, is_valid, validation_reason, \
-         discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at \
-         FROM validation_logs WITH NO DATA",
-    )
-    .execute(&mut *conn)
-    .await?;
-    copy_rows(conn, Table::Spilled, rows.iter().map(|(position, row)| (Some(position.as_i64()), *row))).await?;
-    let result = sqlx::query(
-        "INSERT INTO validation_logs (journal_pos, coupon_code, coupon_id, user_id, order_id, order_value, is_valid, \
-         validation_reason, discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at) \
-         SELECT journal_pos, coupon_code, coupon_id, user_id, order_id, order_value, is_valid, validation_reason, \
-         discount_applied, final_amount, ip_address, user_agent, response_time_ms, validated_at FROM spilled_logs \
-         ON CONFLICT (journal_pos) WHERE journal_pos IS NOT NULL DO NOTHING",
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("TRUNCATE spilled_logs").execute(&mut *conn).await?;
-    Ok(result.rows_affected())
+    let fresh: Vec<i64> = {
+        let positions: Vec<i64> = rows.iter().map(|(p, _)| p.as_i64()).collect();
+        let days: Vec<NaiveDate> = rows.iter().map(|(_, r)| r.validated_at.date_naive()).collect();
+        sqlx::query_scalar(
+            "INSERT INTO validation_log_spilled (journal_pos, day) SELECT * FROM UNNEST($1::bigint[], $2::date[]) \
+             ON CONFLICT DO NOTHING RETURNING journal_pos",
+        )
+        .bind(positions)
+        .bind(days)
+        .fetch_all(&mut *conn)
+        .await?
+    };
+    let fresh: std::collections::HashSet<i64> = fresh.into_iter().collect();
+    let rows: Vec<&(Position, &Validated)> = rows.iter().filter(|(p, _)| fresh.contains(&p.as_i64())).collect();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    Days::default().ensure(conn, rows.iter().map(|(_, r)| r.validated_at)).await?;
+    let written =
+        copy_rows(conn, Table::Spilled, rows.iter().map(|(position, row)| (Some(position.as_i64()), *row))).await?;
+    add_counts(conn, rows.iter().map(|(_, row)| *row)).await?;
+    Ok(written)
 }
 
 /// Where [`copy_rows`] writes.
 #[derive(Debug, Clone, Copy)]
 enum Table {
-    /// `validation_logs` itself; rows carry no journal position.
+    /// Rows written from the queue: no journal position.
     Log,
-    /// The staging table of spilled rows; every row carries its journal position.
+    /// Rows that spilled into the journal: each carries its position.
     Spilled,
 }
 
@@ -294,8 +386,8 @@ async fn copy_rows<'a>(
         write_row(&mut text, row);
     }
     let statement = match table {
-        Table::Log => format!("COPY validation_logs ({COLUMNS}) FROM STDIN WITH (FORMAT text)"),
-        Table::Spilled => format!("COPY spilled_logs (journal_pos, {COLUMNS}) FROM STDIN WITH (FORMAT text)"),
+        Table::Log => format!("COPY validation_log ({COLUMNS}) FROM STDIN WITH (FORMAT text)"),
+        Table::Spilled => format!("COPY validation_log (journal_pos, {COLUMNS}) FROM STDIN WITH (FORMAT text)"),
     };
     let mut copy = conn.copy_in_raw(&statement).await?;
     if let Err(err) = copy.send(text.as_bytes()).await {
@@ -308,37 +400,44 @@ async fn copy_rows<'a>(
 /// One line of COPY text format: tab-separated, `\N` for NULL, text fields escaped.
 fn write_row(out: &mut String, row: &Validated) {
     use std::fmt::Write as _;
-    escape(out, Some(&row.coupon_code));
-    out.push('\t');
+    let null = |out: &mut String| out.push_str("\\N");
+    let _ = write!(out, "{}\t", row.validated_at.format("%Y-%m-%d %H:%M:%S%.6f+00"));
     match row.coupon_id {
         Some(id) => {
             let _ = write!(out, "{id}");
         }
-        None => out.push_str("\\N"),
+        None => null(out),
+    }
+    let _ = write!(
+        out,
+        "\t{}\t{}\t{}\t{}\t",
+        row.order_value.get(),
+        row.discount.get(),
+        row.final_amount.get(),
+        i32::try_from(row.response_time_us).unwrap_or(i32::MAX)
+    );
+    match reason_code(row.reason) {
+        Some(code) => {
+            let _ = write!(out, "{code}");
+        }
+        None => null(out),
     }
     out.push('\t');
-    escape(out, Some(&row.user_id));
-    out.push('\t');
-    escape(out, row.order_id.as_deref());
-    let valid = if row.reason.is_none() { 't' } else { 'f' };
-    let _ = write!(out, "\t{}\t{valid}\t", money::numeric_cents(row.order_value));
-    escape(out, row.reason.map(Reason::as_str));
-    let _ = write!(out, "\t{}\t{}\t", money::numeric_cents(row.discount), money::numeric_cents(row.final_amount));
     match row.ip_address {
         Some(ip) => {
             let _ = write!(out, "{ip}");
         }
-        None => out.push_str("\\N"),
+        None => null(out),
     }
     out.push('\t');
+    escape(out, Some(&row.coupon_code));
+    out.push('\t');
+    escape(out, Some(&row.user_id));
+    out.push('\t');
+    escape(out, row.order_id.as_deref());
+    out.push('\t');
     escape(out, row.user_agent.as_deref());
-    let _ = writeln!(
-        out,
-        "\t{}.{:03}\t{}",
-        row.response_time_us / 1000,
-        row.response_time_us % 1000,
-        row.validated_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-    );
+    out.push('\n');
 }
 
 /// A text field for COPY: backslash, tab, newline and carriage return escaped; `None` is NULL.
@@ -385,7 +484,7 @@ mod tests {
         write_row(&mut line, &row);
         assert_eq!(
             line,
-            "A\\\\B\\tC\t\\N\tu\\n1\t\\N\t12.50\tf\tCOUPON_NOT_FOUND\t0.00\t12.50\t127.0.0.1\tx\\ry\t1234.567\t2026-01-02T03:04:05.000000Z\n"
+            "2026-01-02 03:04:05.000000+00\t\\N\t1250\t0\t1250\t1234567\t1\t127.0.0.1\tA\\\\B\\tC\tu\\n1\t\\N\tx\\ry\n"
         );
     }
 }

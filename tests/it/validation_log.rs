@@ -125,3 +125,92 @@ async fn an_outage_delays_rows_but_loses_none() {
     app.stop().await.unwrap();
     db.drop_db().await;
 }
+
+/// The partitions of the log and of its counts, by day (YYYYMMDD).
+async fn partition_days(pool: &PgPool, table: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT right(c.relname, 8) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = $1 ORDER BY 1",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_days_leave_as_whole_partitions_and_days_ahead_are_ready() {
+    use chrono::{Days, NaiveDate};
+    let db = TestDb::new().await;
+    let today: NaiveDate = chrono::Utc::now().date_naive();
+    let day = |n: i64| {
+        let d = if n < 0 { today - Days::new(n.unsigned_abs()) } else { today + Days::new(n as u64) };
+        d.format("%Y%m%d").to_string()
+    };
+    // Forty days of rows, three a day, and their counts.
+    sqlx::query("SELECT validation_log_add_days($1, $2)")
+        .bind(today - Days::new(39))
+        .bind(today)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO validation_log (validated_at, order_value, discount, final_amount, response_time_us, coupon_code, user_id) \
+         SELECT $1::date + make_interval(days => -d, hours => h), 100, 0, 100, 1, 'OLD', 'u' \
+         FROM generate_series(0, 39) d, generate_series(1, 3) h",
+    )
+    .bind(today)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let kept = coupon_engine::db::log_retention::keep(&db.pool, today, 30).await.unwrap();
+    assert_eq!(kept.dropped, 9, "the nine days before today and the thirty before it");
+    let logged = partition_days(&db.pool, "validation_log").await;
+    assert_eq!((logged.first().cloned(), logged.last().cloned()), (Some(day(-30)), Some(day(3))));
+    assert_eq!(partition_days(&db.pool, "validation_counts").await, logged);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM validation_logs").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(rows, 31 * 3, "the kept days' rows, untouched");
+    // Again: nothing to do.
+    let again = coupon_engine::db::log_retention::keep(&db.pool, today, 30).await.unwrap();
+    assert_eq!((again.created, again.dropped), (0, 0));
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_long_downtime_the_writer_makes_the_day_it_needs() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    // As if the service had been down for longer than the days made ahead: no partition at all.
+    sqlx::query("SELECT validation_log_drop_before('3000-01-01')").execute(&db.pool).await.unwrap();
+    assert!(partition_days(&db.pool, "validation_log").await.is_empty());
+    let app = TestApp::spawn(&db).await;
+    app.client.validate(json!({"code": "TEN", "userId": "u", "orderValue": 100})).await;
+    eventually(Duration::from_secs(10), "the row to be logged", || async { log_count(&db.pool).await == 1 }).await;
+    let today = chrono::Utc::now().date_naive().format("%Y%m%d").to_string();
+    assert!(partition_days(&db.pool, "validation_log").await.contains(&today));
+    // Dropped by hand behind the writer's back, the day comes back on the next write.
+    sqlx::query("SELECT validation_log_drop_before('3000-01-01')").execute(&db.pool).await.unwrap();
+    app.client.validate(json!({"code": "TEN", "userId": "u", "orderValue": 100})).await;
+    eventually(Duration::from_secs(10), "the next row to be logged", || async { log_count(&db.pool).await == 1 }).await;
+    let stats: (i64, i64) = sqlx::query_as("SELECT count(*), coalesce(sum(count), 0)::bigint FROM validation_counts")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stats.1, 1, "the counts were written with the row");
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reason_codes_in_the_database_are_the_engine_reasons() {
+    use coupon_engine::domain::rules::Reason;
+    let db = TestDb::new().await;
+    let stored: Vec<(i16, String)> =
+        sqlx::query_as("SELECT code, name FROM validation_reasons ORDER BY code").fetch_all(&db.pool).await.unwrap();
+    let engine: Vec<(i16, String)> = Reason::ALL
+        .iter()
+        .map(|r| (coupon_engine::db::validation_log::reason_code(Some(*r)).unwrap(), r.as_str().to_owned()))
+        .collect();
+    assert_eq!(stored, engine);
+    db.drop_db().await;
+}

@@ -9,6 +9,7 @@ mod drills;
 mod holds;
 mod hostile;
 mod load;
+mod log_scale;
 mod mix;
 mod propagation;
 mod report;
@@ -101,6 +102,9 @@ enum Command {
     /// Checkout holds: hold throughput and p99, 100,000 holds expiring in one second given back
     /// while validations keep their p99, nothing lost or counted twice (runs its own service).
     Holds(holds::HoldsArgs),
+    /// The validation log at 100,000,000 rows on a scratch database: the admin statistics and
+    /// recent reads must answer in under 100 ms.
+    LogScale(log_scale::LogScaleArgs),
     /// Attacks of the hostile-client review (slow bodies, release guessing, a redeem/release
     /// memory loop, userId rotation) against a service it starts with an API token.
     Hostile(hostile::HostileArgs),
@@ -134,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 campaign_race::campaign_race(need_db(cli.database_url.as_deref())?, args).await
             }
             Some(Command::Holds(args)) => holds::holds(need_db(cli.database_url.as_deref())?, args).await,
+            Some(Command::LogScale(args)) => log_scale::log_scale(need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::Codes(args)) => codes::codes(need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::Hostile(args)) => {
                 hostile::hostile(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
