@@ -75,14 +75,16 @@ async fn race(service: &Service, database_url: &str, args: &CampaignRaceArgs) ->
     .await?;
     let name = format!("loadgen-race-{}", chrono::Utc::now().timestamp_micros());
     let money = |cents: u64| format!("{}.{:02}", cents / 100, cents % 100);
+    // The exact decimal text as a JSON number: no float in between.
+    let amount = |cents: u64| serde_json::from_str::<Value>(&money(cents));
     let campaign = json!({"name": name, "usageLimit": args.cap, "perUserLimit": 1,
-        "budget": money(args.budget_cents).parse::<f64>()?});
+        "budget": amount(args.budget_cents)?});
     let (status, answer) = admin.post_json("/admin/campaigns", &campaign).await?;
     anyhow::ensure!(status == StatusCode::CREATED, "create campaign: {status} {answer}");
     // A generated batch reserves its shape (prefix and length): each run takes a new prefix.
     let prefix = format!("RACE{:X}-", chrono::Utc::now().timestamp_micros());
     let batch = json!({"count": args.buyers, "prefix": prefix, "length": 12, "discountType": "fixed",
-        "discountValue": money(args.discount_cents).parse::<f64>()?});
+        "discountValue": amount(args.discount_cents)?});
     let (status, answer) = admin.post_json(&format!("/admin/campaigns/{name}/batches"), &batch).await?;
     anyhow::ensure!(status == StatusCode::CREATED, "create batch: {status} {answer}");
     let export = admin.get_text(&format!("/admin/campaigns/{name}/codes?state=unused")).await?;

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 
 use crate::conn::Conn;
-use crate::mix::Mix;
+use crate::mix::{Kind, Mix};
 use crate::stats::Stats;
 
 /// How requests arrive.
@@ -97,37 +98,12 @@ pub(crate) async fn run_phase(addr: SocketAddr, mix: Arc<Mix>, phase: Phase, off
                     tokio::time::sleep_until(due.into()).await;
                     let (path, body, kind) = mix.request(offset + n);
                     let answer = conn.post(path, body).await;
-                    let latency = due.elapsed();
-                    let follow_up = match answer {
-                        Ok((status, body)) => {
-                            stats.record(due - started, latency, Some(status), Mix::is_expected(kind, status, &body));
-                            if status == 201 {
-                                stats.acknowledge(&body);
-                            }
-                            if status == 201 { mix.follow_up(offset + n, kind) } else { None }
-                        }
-                        Err(_) => {
-                            stats.record(due - started, latency, None, false);
-                            None
-                        }
-                    };
+                    let created = record(&mut stats, due - started, due.elapsed(), kind, answer);
                     // A checkout's confirmation: measured from when it was sent.
-                    if let Some((path, body, kind)) = follow_up {
+                    if let Some((path, body, kind)) = mix.follow_up(offset + n, kind).filter(|_| created) {
                         let sent = Instant::now();
-                        match conn.post(path, body).await {
-                            Ok((status, body)) => {
-                                stats.record(
-                                    due - started,
-                                    sent.elapsed(),
-                                    Some(status),
-                                    Mix::is_expected(kind, status, &body),
-                                );
-                                if status == 201 {
-                                    stats.acknowledge(&body);
-                                }
-                            }
-                            Err(_) => stats.record(due - started, sent.elapsed(), None, false),
-                        }
+                        let answer = conn.post(path, body).await;
+                        record(&mut stats, due - started, sent.elapsed(), kind, answer);
                     }
                 }
             })
@@ -140,6 +116,29 @@ pub(crate) async fn run_phase(addr: SocketAddr, mix: Arc<Mix>, phase: Phase, off
         }
     }
     PhaseResult { phase, stats, elapsed: started.elapsed() }
+}
+
+/// Records one answer (keeping the redemption id of a 201); true if it was a 201.
+fn record(
+    stats: &mut Stats,
+    at: Duration,
+    latency: Duration,
+    kind: Kind,
+    answer: anyhow::Result<(u16, Bytes)>,
+) -> bool {
+    match answer {
+        Ok((status, body)) => {
+            stats.record(at, latency, Some(status), Mix::is_expected(kind, status, &body));
+            if status == 201 {
+                stats.acknowledge(&body);
+            }
+            status == 201
+        }
+        Err(_) => {
+            stats.record(at, latency, None, false);
+            false
+        }
+    }
 }
 
 #[cfg(test)]
