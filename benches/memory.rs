@@ -44,6 +44,7 @@ fn main() {
             discount: Cents::new(500).unwrap(),
             hold_until: None,
             released_at: None,
+            made_by: None,
         })
         .collect();
     let before = held();

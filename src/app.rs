@@ -13,9 +13,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
+use crate::config::{DatabaseSettings, Settings};
 use crate::db::batch_jobs::BatchJobs;
 use crate::db::batches;
+use crate::db::cluster::{self, Feed, InstanceLock, PgCluster};
 use crate::db::health::DatabaseHealth;
 use crate::db::listener::{ListenerStatus, Refresher};
 use crate::db::shipper::Shipper;
@@ -23,6 +24,9 @@ use crate::db::usage::Archive;
 use crate::db::validation_log::{LogWriter, ValidationLog};
 use crate::db::{self, usage};
 use crate::engine::clock::SystemClock;
+use crate::engine::cluster::Cluster;
+use crate::engine::leases::Leases;
+use crate::engine::ports::ClusterPort;
 use crate::engine::ports::Ports;
 use crate::engine::{Engine, EngineSettings};
 use crate::http::guard::LookupGuard;
@@ -48,6 +52,12 @@ pub enum StartError {
     LoadCatalog(#[source] db::Error),
     #[error("cannot load coupon usage (has `coupon-engine migrate` run?): {0}")]
     LoadUsage(#[source] db::Error),
+    #[error("cannot keep this instance's id in {dir}: {source}")]
+    InstanceId { dir: PathBuf, source: io::Error },
+    #[error("instance id {0} is in use by another live instance (INSTANCE_ID must be unique)")]
+    InstanceInUse(String),
+    #[error("cannot register this instance in the database: {0}")]
+    Register(#[source] db::Error),
     #[error("stopped before the start-up load finished")]
     Interrupted,
     #[error("the {0} task panicked")]
@@ -63,6 +73,8 @@ pub struct App {
     state: Arc<State>,
     shipper: Shipper,
     log_writer: LogWriter,
+    instance: String,
+    instance_lock: InstanceLock,
 }
 
 impl App {
@@ -73,6 +85,13 @@ impl App {
         settings.http.max_connections = connections_within_descriptors(settings.http.max_connections);
         let addr = settings.http.addr;
         let pool = db::connect(&settings.database).await.map_err(StartError::Connect)?;
+        let data_dir = settings.storage.data_dir.clone();
+        let instance = cluster::instance_id(&settings.cluster.instance_id, &data_dir)
+            .map_err(|source| StartError::InstanceId { dir: data_dir, source })?;
+        let instance_lock = InstanceLock::take(settings.database.url.expose(), &instance)
+            .await
+            .map_err(StartError::Connect)?
+            .ok_or_else(|| StartError::InstanceInUse(instance.clone()))?;
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let metrics = Arc::new(Metrics::new(&routes::labels()));
         let dir = settings.storage.data_dir.join("journal");
@@ -111,6 +130,7 @@ impl App {
             metrics.clone(),
             database.clone(),
             settings.journal.clone(),
+            instance.clone(),
         );
         let state = Arc::new(State {
             engine,
@@ -138,7 +158,7 @@ impl App {
                  set it wherever shoppers can reach this service"
             );
         }
-        Ok(App { settings, listener, pool, state, shipper, log_writer })
+        Ok(App { settings, listener, pool, state, shipper, log_writer, instance, instance_lock })
     }
 
     /// The address actually bound (useful with port 0).
@@ -149,7 +169,7 @@ impl App {
     /// Serves until `shutdown` resolves, then stops in order. Errors if the start-up load
     /// fails (the server then stops too).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
-        let App { settings, listener, pool, state, mut shipper, log_writer } = self;
+        let App { settings, listener, pool, state, mut shipper, log_writer, instance, instance_lock } = self;
         // The stages of shutdown, in order: HTTP drains, then the background tasks stop,
         // then the log writer writes (or spills) what is queued, then the shipper ships
         // what it can, then the pool closes.
@@ -193,11 +213,15 @@ impl App {
             settings: settings.listener.clone(),
         };
         let loaded = tokio::select! {
-            loaded = start_up(&pool, &state, &refresher, &mut shipper, &http) => loaded,
+            loaded = start_up(&pool, &state, &refresher, &mut shipper, &http, &instance, &settings) => loaded,
             () = http.cancelled() => Err(StartError::Interrupted),
         };
         let shipping = match loaded {
-            Ok(following) => {
+            Ok((following, feed)) => {
+                background.tasks.spawn(feed.run(background.stop.clone()));
+                if let Some(cluster) = state.engine.cluster() {
+                    background.tasks.spawn(cluster.leases.clone().run_upkeep(background.stop.clone()));
+                }
                 background.tasks.spawn(refresher.run(following, background.stop.clone(), background.tasks.clone()));
                 background.tasks.spawn(state.engine.clone().run_deadlines(background.stop.clone()));
                 background.tasks.spawn(state.engine.clone().run_forgetting(background.stop.clone()));
@@ -219,6 +243,19 @@ impl App {
         if let Some(shipping) = shipping {
             shipping.await.map_err(|_| StartError::Panicked("journal shipper"))?;
         }
+        // Every use this instance sold is in PostgreSQL only once its journal is empty; only
+        // then can its leases go back whole. Otherwise the next start settles them.
+        if let Some(cluster) = state.engine.cluster() {
+            if state.engine.journal().backlog() == 0 {
+                match db::cluster::stop(&pool, &instance, cluster.epoch).await {
+                    Ok(units) => tracing::info!(units, "quota leases given back"),
+                    Err(err) => tracing::warn!(error = %err, "cannot give back quota leases; the next start will"),
+                }
+            } else {
+                tracing::warn!("journal not wholly shipped; quota leases stay held until the next start");
+            }
+        }
+        instance_lock.release().await;
         pool.close().await;
         Ok(())
     }
@@ -286,13 +323,35 @@ async fn start_up(
     refresher: &Refresher,
     shipper: &mut Shipper,
     stop: &CancellationToken,
-) -> Result<crate::db::listener::Following, StartError> {
+    instance: &str,
+    settings: &Settings,
+) -> Result<(crate::db::listener::Following, Feed), StartError> {
     let started = Instant::now();
     let shipped = shipper.ship_all(stop).await.map_err(StartError::Ship)?;
     if shipped > 0 {
         tracing::info!(records = shipped, "journal replayed into the database");
     }
+    // Every use the previous run sold is in PostgreSQL now: what its leases still hold was
+    // never sold, and goes back.
+    let epoch = cluster::begin_epoch(pool, instance).await.map_err(StartError::Register)?;
+    let settled = cluster::settle(pool, instance, epoch - 1).await.map_err(StartError::Register)?;
+    if settled > 0 {
+        tracing::info!(units = settled, "quota leases of the previous run given back");
+    }
+    let lease_pool = db::connect(&DatabaseSettings { max_connections: 2, ..settings.database.clone() })
+        .await
+        .map_err(StartError::Register)?;
+    let port: Arc<dyn ClusterPort> = Arc::new(PgCluster::new(pool.clone(), lease_pool, instance.to_owned(), epoch));
+    state.engine.join_cluster(Cluster {
+        leases: Leases::new(port.clone(), settings.cluster.leases()),
+        port,
+        instance: instance.to_owned(),
+        epoch,
+    });
     let following = refresher.listen_and_reload().await.map_err(StartError::LoadCatalog)?;
+    let feed = Feed::start_here(pool.clone(), state.engine.clone(), settings.cluster.feed_interval)
+        .await
+        .map_err(StartError::LoadUsage)?;
     let uses = usage::all_uses(pool).await.map_err(StartError::LoadUsage)?;
     let engine = &state.engine;
     let loaded = engine.load_uses(uses);
@@ -310,10 +369,12 @@ async fn start_up(
         coupons = engine.catalog().load().coupon_count(),
         bulk_codes = engine.catalog().load().codes().len(),
         redemptions = loaded,
+        instance,
+        epoch,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "cache loaded"
     );
-    Ok(following)
+    Ok((following, feed))
 }
 
 /// Histogram samples accumulate until upkeep drains them.

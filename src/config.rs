@@ -170,6 +170,29 @@ pub struct ClusterSettings {
     /// This instance's stable identity (INSTANCE_ID); empty: one generated once and kept in
     /// DATA_DIR.
     pub instance_id: String,
+    #[serde(with = "humantime_serde")]
+    pub lease_target: Duration,
+    #[serde(with = "humantime_serde")]
+    pub lease_refill_at: Duration,
+    #[serde(with = "humantime_serde")]
+    pub claim_wait: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_return: Duration,
+    #[serde(with = "humantime_serde")]
+    pub feed_interval: Duration,
+}
+
+impl ClusterSettings {
+    /// How this instance's leases are sized and kept.
+    pub fn leases(&self) -> crate::engine::leases::LeaseSettings {
+        crate::engine::leases::LeaseSettings {
+            target: self.lease_target,
+            refill_at: self.lease_refill_at,
+            claim_wait: self.claim_wait,
+            idle_return: self.idle_return,
+            ..crate::engine::leases::LeaseSettings::standard()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

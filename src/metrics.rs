@@ -92,7 +92,27 @@ pub struct Metrics {
     pub ledger_forgotten: Gauge,
     pub journal_rejected_pending: Gauge,
     pub campaigns: CampaignMetrics,
+    pub quota: QuotaMetrics,
     process: ProcessMetrics,
+}
+
+/// Several instances: how often a use waited on PostgreSQL, what the leases did.
+pub struct QuotaMetrics {
+    /// Uses that waited on PostgreSQL, by why: a lease ran out (`lease`), a limit only
+    /// PostgreSQL counts (`claim`), another instance's use changed (`change`).
+    pub waits: Outcomes,
+    /// Lease grants and returns, by result (set from the leases' own counts when scraped).
+    pub grants: Counter,
+    pub empty_grants: Counter,
+    pub failed_grants: Counter,
+    pub returns: Counter,
+    pub units_held: Gauge,
+    /// Orders redeemed by two users on two instances at once; the later one lost.
+    pub order_conflicts: Counter,
+    /// Units counted without a lease to pay for them (a written-off instance came back).
+    pub overrun: Counter,
+    /// Uses of other instances merged into this ledger.
+    pub merged: Counter,
 }
 
 /// Campaigns, aggregated (a label per campaign would grow without bound).
@@ -207,7 +227,26 @@ impl Metrics {
         let holds = reg
             .outcomes("coupon_holds_total", use_outcomes(&["held", "replayed", "confirmed", "cancelled", "expired"]));
         let releases = reg.outcomes("coupon_releases_total", ["released", "repeated", "not_found"]);
+        reg.describe_counter("quota_waits_total", "Uses that waited on PostgreSQL, by why (lease, claim, change)");
+        reg.describe_counter("quota_grants_total", "Quota lease grants, by result (granted, empty, failed)");
+        reg.describe_counter("quota_returns_total", "Quota lease returns");
+        reg.describe_gauge("quota_units_held", "Quota units this instance holds unspent");
+        reg.describe_counter("order_conflicts_total", "Orders redeemed by two users on two instances at once");
+        reg.describe_counter("quota_overrun_total", "Units counted without a lease to pay for them");
+        reg.describe_counter("usage_merged_total", "Uses of other instances merged into this instance's ledger");
+        let quota = QuotaMetrics {
+            waits: reg.labelled("quota_waits_total", "reason", ["lease", "claim", "change"]),
+            grants: reg.counter("quota_grants_total", &[("result", "granted")]),
+            empty_grants: reg.counter("quota_grants_total", &[("result", "empty")]),
+            failed_grants: reg.counter("quota_grants_total", &[("result", "failed")]),
+            returns: reg.counter("quota_returns_total", &[]),
+            units_held: reg.gauge("quota_units_held", &[]),
+            order_conflicts: reg.counter("order_conflicts_total", &[]),
+            overrun: reg.counter("quota_overrun_total", &[]),
+            merged: reg.counter("usage_merged_total", &[]),
+        };
         Metrics {
+            quota,
             holds,
             live_holds: reg.gauge("coupon_holds_live", &[]),
             journal_rejected: reg.counter("journal_records_set_aside_total", &[]),

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::JournalSettings;
 use crate::db::health::DatabaseHealth;
-use crate::db::{is_refusal, money, validation_log};
+use crate::db::{is_refusal, money, quota, validation_log};
 use crate::domain::event::{Confirmed, Event, Redeemed, Released, Validated};
 use crate::journal::rejected::Rejected;
 use crate::journal::{Entry, JournalError, JournalReader, Position};
@@ -58,6 +58,8 @@ pub struct Shipper {
     health: Arc<DatabaseHealth>,
     settings: JournalSettings,
     position: Position,
+    /// This instance's id: the maker of the rows it ships.
+    instance: String,
 }
 
 /// What one shipment wrote.
@@ -65,6 +67,8 @@ pub struct Shipper {
 struct Written {
     uses: u64,
     logs: u64,
+    conflicts: u64,
+    overrun: u64,
 }
 
 impl Shipper {
@@ -75,10 +79,11 @@ impl Shipper {
         metrics: Arc<Metrics>,
         health: Arc<DatabaseHealth>,
         settings: JournalSettings,
+        instance: String,
     ) -> Shipper {
         let position = reader.checkpoint();
         let status = Arc::default();
-        Shipper { pool, reader, status, rejected, metrics, health, settings, position }
+        Shipper { pool, reader, status, rejected, metrics, health, settings, position, instance }
     }
 
     /// Whether it is making progress.
@@ -249,16 +254,18 @@ impl Shipper {
     async fn write(&self, events: &[(Position, &[u8], Event)]) -> Result<Written, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut written = Written::default();
-        let mut wave = Wave::default();
+        let mut wave = Wave { instance: &self.instance, ..Wave::default() };
         for (position, _, event) in events {
             if event_id(event).is_some_and(|id| wave.ids.contains(&id)) {
                 wave.write(&mut tx, &mut written).await?;
-                wave = Wave::default();
+                wave = Wave { instance: &self.instance, ..Wave::default() };
             }
             wave.push(*position, event);
         }
         wave.write(&mut tx, &mut written).await?;
         tx.commit().await?;
+        self.metrics.quota.order_conflicts.increment(written.conflicts);
+        self.metrics.quota.overrun.increment(written.overrun);
         Ok(written)
     }
 }
@@ -275,6 +282,7 @@ fn event_id(event: &Event) -> Option<Uuid> {
 /// Events that can be written together: at most one per redemption id.
 #[derive(Default)]
 struct Wave<'a> {
+    instance: &'a str,
     ids: HashSet<Uuid>,
     redeemed: Vec<&'a Redeemed>,
     confirmed: Vec<&'a Confirmed>,
@@ -296,10 +304,74 @@ impl<'a> Wave<'a> {
     }
 
     async fn write(&self, conn: &mut PgConnection, written: &mut Written) -> Result<(), sqlx::Error> {
-        written.uses += insert_redemptions(conn, &self.redeemed).await?;
+        let ids: Vec<Uuid> = self
+            .redeemed
+            .iter()
+            .map(|r| r.id)
+            .chain(self.confirmed.iter().map(|c| c.id))
+            .chain(self.released.iter().map(|r| r.id))
+            .collect();
+        let before = quota::rows_before(conn, &ids).await?;
+        let inserted = insert_redemptions(conn, &self.redeemed, self.instance).await?;
+        written.uses += inserted.len() as u64;
         written.uses += confirm_holds(conn, &self.confirmed).await?;
-        written.uses += apply_releases(conn, &self.released).await?;
+        let released = apply_releases(conn, &self.released).await?;
+        written.uses += released.len() as u64;
         written.logs += validation_log::insert_spilled(conn, &self.logs).await?;
+        // A row another instance committed while this batch waited on it was not seen
+        // before: read it now, to tell a replay from another user's order.
+        let unseen: Vec<Uuid> = self
+            .redeemed
+            .iter()
+            .map(|r| r.id)
+            .filter(|id| !inserted.contains(id) && !before.contains_key(id))
+            .collect();
+        let before = quota::also(conn, before, &unseen).await?;
+        let mut effects = quota::Effects::default();
+        let mut confirm_found = Vec::new();
+        for r in &self.redeemed {
+            let old = before.get(&r.id);
+            if inserted.contains(&r.id) {
+                if let Some(old) = old.filter(|o| o.live) {
+                    effects.row(old.coupon_id, old.campaign_id, old.cents, -1);
+                }
+                effects.row(r.coupon_id, r.campaign, r.discount.get(), 1);
+                if let Some(funding) = &r.funded_by {
+                    effects.spend(r.coupon_id, r.campaign, funding);
+                }
+            } else {
+                // Not this use's row (a replay made on another instance too, or another
+                // user's order): what its lease paid goes back.
+                if let Some(funding) = &r.funded_by {
+                    effects.refund(r.coupon_id, r.campaign, funding);
+                }
+                match old {
+                    Some(old) if old.user_id != r.user_id => {
+                        quota::record_conflict(conn, r, &old.user_id, self.instance).await?;
+                        written.conflicts += 1;
+                    }
+                    // The order's hold (made on another instance) was redeemed here before
+                    // this instance knew of it: the redemption acknowledged here stands.
+                    Some(old) if old.hold && r.hold_until.is_none() => confirm_found.push(r.id),
+                    _ => {}
+                }
+            }
+        }
+        for r in &self.released {
+            if let Some(old) = before.get(&r.id).filter(|o| o.live && released.contains(&r.id)) {
+                effects.row(old.coupon_id, old.campaign_id, old.cents, -1);
+            }
+        }
+        if !confirm_found.is_empty() {
+            sqlx::query(
+                "UPDATE coupon_usage SET hold_expires_at = NULL, rev = rev + 1 \
+                 WHERE id = ANY($1) AND released_at IS NULL AND hold_expires_at IS NOT NULL",
+            )
+            .bind(&confirm_found)
+            .execute(&mut *conn)
+            .await?;
+        }
+        written.overrun += effects.apply(conn).await?;
         Ok(())
     }
 }
@@ -308,9 +380,14 @@ fn rev(rev: u32) -> i32 {
     i32::try_from(rev).unwrap_or(i32::MAX)
 }
 
-async fn insert_redemptions(conn: &mut PgConnection, rows: &[&Redeemed]) -> Result<u64, sqlx::Error> {
+/// Inserts (or moves on to a newer revision) the rows of `rows`; answers the ids written.
+async fn insert_redemptions(
+    conn: &mut PgConnection,
+    rows: &[&Redeemed],
+    instance: &str,
+) -> Result<HashSet<Uuid>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(HashSet::new());
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let revs: Vec<i32> = rows.iter().map(|r| rev(r.rev)).collect();
@@ -322,15 +399,17 @@ async fn insert_redemptions(conn: &mut PgConnection, rows: &[&Redeemed]) -> Resu
     let discounts: Vec<Decimal> = rows.iter().map(|r| money::numeric_cents(r.discount)).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
     let holds: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.hold_until).collect();
-    let result = sqlx::query(
+    let campaigns: Vec<Option<i64>> = rows.iter().map(|r| r.campaign).collect();
+    let written: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO coupon_usage (id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
-         used_at, hold_expires_at) \
-         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::text[], $5::text[], $6::text[], \
-         $7::numeric[], $8::numeric[], $9::timestamptz[], $10::timestamptz[]) \
+         used_at, hold_expires_at, campaign_id, instance_id) \
+         SELECT *, $12 FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::text[], $5::text[], $6::text[], \
+         $7::numeric[], $8::numeric[], $9::timestamptz[], $10::timestamptz[], $11::int8[]) \
          ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, code = EXCLUDED.code, user_id = EXCLUDED.user_id, \
          order_value = EXCLUDED.order_value, discount_applied = EXCLUDED.discount_applied, used_at = EXCLUDED.used_at, \
-         hold_expires_at = EXCLUDED.hold_expires_at, released_at = NULL \
-         WHERE coupon_usage.rev < EXCLUDED.rev",
+         hold_expires_at = EXCLUDED.hold_expires_at, campaign_id = EXCLUDED.campaign_id, \
+         instance_id = EXCLUDED.instance_id, released_at = NULL \
+         WHERE coupon_usage.rev < EXCLUDED.rev RETURNING id",
     )
     .bind(ids)
     .bind(revs)
@@ -342,9 +421,11 @@ async fn insert_redemptions(conn: &mut PgConnection, rows: &[&Redeemed]) -> Resu
     .bind(discounts)
     .bind(times)
     .bind(holds)
-    .execute(&mut *conn)
+    .bind(campaigns)
+    .bind(instance)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(result.rows_affected())
+    Ok(written.into_iter().collect())
 }
 
 async fn confirm_holds(conn: &mut PgConnection, rows: &[&Confirmed]) -> Result<u64, sqlx::Error> {
@@ -364,21 +445,23 @@ async fn confirm_holds(conn: &mut PgConnection, rows: &[&Confirmed]) -> Result<u
     Ok(result.rows_affected())
 }
 
-async fn apply_releases(conn: &mut PgConnection, rows: &[&Released]) -> Result<u64, sqlx::Error> {
+/// Releases the rows of `rows` that are at an older revision; answers the ids released.
+async fn apply_releases(conn: &mut PgConnection, rows: &[&Released]) -> Result<HashSet<Uuid>, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(HashSet::new());
     }
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let revs: Vec<i32> = rows.iter().map(|r| rev(r.rev)).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
-    let result = sqlx::query(
+    let released: Vec<Uuid> = sqlx::query_scalar(
         "UPDATE coupon_usage u SET released_at = r.at, rev = r.rev \
-         FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[]) AS r(id, rev, at) WHERE u.id = r.id AND u.rev < r.rev",
+         FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[]) AS r(id, rev, at) WHERE u.id = r.id AND u.rev < r.rev \
+         RETURNING u.id",
     )
     .bind(ids)
     .bind(revs)
     .bind(times)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(result.rows_affected())
+    Ok(released.into_iter().collect())
 }

@@ -23,6 +23,7 @@ struct UsageRow {
     discount_applied: Decimal,
     hold_expires_at: Option<DateTime<Utc>>,
     released_at: Option<DateTime<Utc>>,
+    instance_id: Option<String>,
 }
 
 /// Every use, streamed: live ones count against the limits, released ones keep their order
@@ -30,7 +31,7 @@ struct UsageRow {
 pub async fn all_uses(pool: &PgPool) -> Result<Vec<StoredUse>, Error> {
     let mut rows = sqlx::query_as::<_, UsageRow>(
         "SELECT id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, hold_expires_at, \
-         released_at FROM coupon_usage",
+         released_at, instance_id FROM coupon_usage",
     )
     .fetch(pool);
     let mut uses = Vec::new();
@@ -51,6 +52,7 @@ pub async fn all_uses(pool: &PgPool) -> Result<Vec<StoredUse>, Error> {
             discount: money::cents(row.discount_applied).ok_or_else(|| bad("discount_applied out of range"))?,
             hold_until: row.hold_expires_at,
             released_at: row.released_at,
+            made_by: row.instance_id,
         });
     }
     Ok(uses)

@@ -11,7 +11,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::coupon::CouponId;
+use crate::domain::coupon::{CampaignId, CouponId};
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 
@@ -51,7 +51,10 @@ pub struct Redeemed {
     /// Set for a hold: when it gives its use back by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_until: Option<DateTime<Utc>>,
-    /// The instance (and its epoch) whose quota leases paid for this use.
+    /// The campaign whose use and budget it took (none for a zero discount).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<CampaignId>,
+    /// The instance (and its epoch) whose quota leases paid for this use, and how much.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub funded_by: Option<Funding>,
 }
@@ -61,6 +64,26 @@ pub struct Redeemed {
 pub struct Funding {
     pub instance: String,
     pub epoch: i64,
+    #[serde(flatten)]
+    pub spent: Spent,
+}
+
+/// The lease units one use spent: of its coupon's uses, its campaign's uses and its
+/// campaign's budget (cents).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    #[serde(default)]
+    pub coupon: u64,
+    #[serde(default)]
+    pub campaign: u64,
+    #[serde(default)]
+    pub cents: u64,
+}
+
+impl Spent {
+    pub fn is_empty(&self) -> bool {
+        *self == Spent::default()
+    }
 }
 
 /// A hold became a redemption.
@@ -157,7 +180,12 @@ mod tests {
                 discount: cents(100),
                 at,
                 hold_until: Some(at),
-                funded_by: Some(Funding { instance: "i-1".into(), epoch: 3 }),
+                campaign: Some(4),
+                funded_by: Some(Funding {
+                    instance: "i-1".into(),
+                    epoch: 3,
+                    spent: Spent { coupon: 1, campaign: 1, cents: 100 },
+                }),
             }),
             Event::Confirmed(Confirmed { id: Uuid::from_u128(1), rev: 2, at }),
             Event::Released(Released {

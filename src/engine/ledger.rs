@@ -92,6 +92,25 @@ pub enum SlotState {
     Released { at: i64, ended: Ended },
 }
 
+impl SlotState {
+    /// A hold's deadline.
+    pub fn deadline(self) -> Option<i64> {
+        match self {
+            SlotState::Held { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// Whether two states say the same of a use (a release's instant aside).
+    pub fn same_kind(self, other: SlotState) -> bool {
+        match (self, other) {
+            (SlotState::Held { until: a }, SlotState::Held { until: b }) => a == b,
+            (SlotState::Live, SlotState::Live) | (SlotState::Released { .. }, SlotState::Released { .. }) => true,
+            _ => false,
+        }
+    }
+}
+
 /// What a released slot was, and how it ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -125,6 +144,8 @@ pub struct Slot {
     pub campaign: Option<NonZeroI64>,
     /// Which per-user counts it took.
     pub counted: Counted,
+    /// Made by another instance: changed only through PostgreSQL, never from the journal.
+    pub foreign: bool,
     pub state: SlotState,
 }
 
@@ -466,6 +487,7 @@ mod tests {
             code: None,
             campaign: None,
             counted: Counted::default(),
+            foreign: false,
             state: SlotState::Taking { hold: false },
         };
         ledger.update(key, |_| (Some(slot), ()));

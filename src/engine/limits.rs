@@ -330,6 +330,7 @@ mod tests {
             code: None,
             campaign: std::num::NonZeroI64::new(3),
             counted: Counted { coupon_user: true, campaign_user: true },
+            foreign: false,
             state: SlotState::Taking { hold: false },
         }
     }

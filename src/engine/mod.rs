@@ -10,9 +10,11 @@
 
 pub mod catalog;
 pub mod clock;
+pub mod cluster;
 pub mod codes;
 pub mod forgotten;
 pub mod holds;
+pub mod leases;
 pub mod ledger;
 pub mod limits;
 pub mod ports;
@@ -44,7 +46,7 @@ use crate::engine::limits::{
     CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce, Refusal,
     Use, UserHolds,
 };
-use crate::engine::ports::{ArchiveError, Ports};
+use crate::engine::ports::{ArchiveError, ClaimOutcome, Ports};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
 
@@ -86,6 +88,8 @@ pub enum EngineError {
     Busy,
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    #[error(transparent)]
+    Cluster(#[from] crate::engine::ports::PortError),
 }
 
 /// A validate request, well-formed.
@@ -177,6 +181,9 @@ pub enum Refused {
     IdempotencyMismatch,
     /// The user holds too many uses already (429).
     TooManyHolds,
+    /// The units this use needs cannot be had now: held by other instances, in doubt after
+    /// a crash, or PostgreSQL unreachable (503, never a false limit).
+    QuotaUnavailable,
 }
 
 impl Refused {
@@ -187,6 +194,7 @@ impl Refused {
             Refused::OrderTaken => Reason::OrderAlreadyRedeemed.as_str(),
             Refused::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
             Refused::TooManyHolds => "TOO_MANY_HOLDS",
+            Refused::QuotaUnavailable => "QUOTA_UNAVAILABLE",
         }
     }
 }
@@ -247,6 +255,8 @@ pub struct StoredUse {
     pub discount: Cents,
     pub hold_until: Option<DateTime<Utc>>,
     pub released_at: Option<DateTime<Utc>>,
+    /// The instance that made it (none before instances were named).
+    pub made_by: Option<String>,
 }
 
 /// The service's core; shared behind an `Arc`.
@@ -262,6 +272,7 @@ pub struct Engine {
     deadlines: Deadlines,
     live_holds: AtomicI64,
     settings: EngineSettings,
+    cluster: std::sync::OnceLock<cluster::Cluster>,
 }
 
 impl Engine {
@@ -283,6 +294,7 @@ impl Engine {
             deadlines: Deadlines::default(),
             live_holds: AtomicI64::new(0),
             settings,
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -398,7 +410,13 @@ impl Engine {
                         continue;
                     }
                     SlotState::Held { until } if until <= now.timestamp_millis() => {
-                        self.expire(key, until).await?;
+                        if slot.foreign {
+                            if self.change_foreign(key, slot, true).await.is_err() {
+                                return Ok(UseOutcome::Refused(Refused::QuotaUnavailable));
+                            }
+                        } else {
+                            self.expire(key, until).await?;
+                        }
                         hold_fate = Some(HoldFate::Expired);
                         continue;
                     }
@@ -409,6 +427,14 @@ impl Engine {
                         }
                         match kind {
                             UseKind::Hold { .. } => return Ok(UseOutcome::Replayed(receipt(millis(until)))),
+                            UseKind::Redeem if slot.foreign => match self.change_foreign(key, slot, false).await {
+                                Ok(true) => {
+                                    let receipt = Receipt { hold: Some(HoldFate::Confirmed), ..receipt(None) };
+                                    return Ok(UseOutcome::Confirmed(receipt));
+                                }
+                                Ok(false) => continue,
+                                Err(_) => return Ok(UseOutcome::Refused(Refused::QuotaUnavailable)),
+                            },
                             UseKind::Redeem => match self.confirm(key, slot, until).await? {
                                 true => {
                                     let receipt = Receipt { hold: Some(HoldFate::Confirmed), ..receipt(None) };
@@ -501,17 +527,22 @@ impl Engine {
                 coupon_user: coupon.per_user_limit.is_some(),
                 campaign_user: campaign.is_some_and(|c| c.per_user_limit.is_some()),
             },
+            foreign: false,
             state: SlotState::Taking { hold: hold_until.is_some() },
         };
+        // In a cluster the totals are the leases' (below): this ledger counts the uses it
+        // knows of, and the per-user counts stay a first, local check.
+        let cluster = self.cluster.get();
+        let local = |cap| if cluster.is_some() { None } else { cap };
         let limits = Limits {
             order: OrderOnce { slot },
             holds: UserHolds(Some(self.settings.max_active_holds_per_user)),
             code: CodeUses(offer.code.map(|c| c.uses_limit)),
-            total: CouponTotal(coupon.usage_limit),
+            total: CouponTotal(local(coupon.usage_limit)),
             per_user: CouponPerUser(coupon.per_user_limit),
-            campaign: CampaignCap(campaign.and_then(|c| c.usage_limit)),
+            campaign: CampaignCap(local(campaign.and_then(|c| c.usage_limit))),
             campaign_user: CampaignPerUser(campaign.and_then(|c| c.per_user_limit)),
-            budget: CampaignBudget(campaign.and_then(|c| c.budget)),
+            budget: CampaignBudget(campaign.and_then(|c| c.budget).filter(|_| cluster.is_none())),
         };
         let u = Use::of_slot(key, coupon.id, &slot);
         match limits::take(&limits.chain(), &self.ledger, &u) {
@@ -523,43 +554,152 @@ impl Engine {
         // A per-user limit published since `catalog` was read may not have seen this use in
         // its back-fill: count it as the definitions now say.
         self.ledger.count_user_of(key, counted(&self.catalog.load(), coupon.id, u.campaign));
-        let rev = self.ledger.slot(key).map_or(1, |s| s.rev);
+        let mut rev = self.ledger.slot(key).map_or(1, |s| s.rev);
+        let give_back_all = |u: Use| {
+            // Give back what the slot counts now: a back-fill may have added to it.
+            let u = self.ledger.slot(key).map_or(u, |now| Use::of_slot(key, coupon.id, &now));
+            limits::give_back(&limits.chain(), &self.ledger, &u);
+        };
+        let code_text = matches!(found, Found::Code { .. }).then(|| normalize_code(req.code).into_owned());
+        let mut funded_by = None;
+        let totals = match cluster {
+            Some(_) => {
+                cluster::totals(coupon, campaign.map(|c| (c.id, c.usage_limit.is_some(), c.budget.is_some())), discount)
+            }
+            None => Vec::new(),
+        };
+        if let Some(cluster) = cluster {
+            let spent = match self.spend_leases(cluster, &totals).await {
+                Ok((spent, _)) => spent,
+                Err(short) => {
+                    give_back_all(u);
+                    return Ok(Some(UseOutcome::Refused(match short {
+                        cluster::Short::Limit(reason) => Refused::Rule(reason),
+                        cluster::Short::Unavailable => Refused::QuotaUnavailable,
+                    })));
+                }
+            };
+            let code_limit = offer.code.map(|c| c.uses_limit);
+            let claimed = coupon.per_user_limit.is_some()
+                || campaign.is_some_and(|c| c.per_user_limit.is_some())
+                || code_limit.is_some()
+                || hold_until.is_some();
+            if claimed {
+                let claim = crate::engine::ports::ClaimRequest {
+                    id,
+                    rev,
+                    coupon_id: coupon.id,
+                    code: code_text.as_deref(),
+                    user_id: req.user_id,
+                    order_id: req.order_id,
+                    order_value: req.order_value,
+                    discount,
+                    at: now,
+                    hold_until,
+                    campaign: campaign.map(|c| c.id),
+                    user_limit: coupon.per_user_limit,
+                    campaign_user_limit: campaign.and_then(|c| c.per_user_limit),
+                    code_limit,
+                    max_holds: Some(self.settings.max_active_holds_per_user),
+                    spent,
+                };
+                self.metrics.quota.waits.inc("claim");
+                let mut outcome = cluster.port.claim(&claim).await;
+                // PostgreSQL counts only what it has: a release or confirmation of this
+                // instance's own, still in its journal, may be what makes room.
+                if matches!(outcome, Ok(ClaimOutcome::Refused(_) | ClaimOutcome::TooManyHolds))
+                    && self.journal.backlog() > 0
+                {
+                    self.journal.wait_shipped(self.settings.settle_timeout).await;
+                    outcome = cluster.port.claim(&claim).await;
+                    tracing::debug!(?outcome, "claim asked again once this instance's journal was shipped");
+                }
+                let refused = match outcome {
+                    Ok(ClaimOutcome::Taken { rev: stored }) => {
+                        rev = stored;
+                        None
+                    }
+                    Ok(ClaimOutcome::Exists(row)) => {
+                        cluster::put_back(cluster, &totals);
+                        give_back_all(u);
+                        self.remember_row(key, req, &row);
+                        // The order's row as PostgreSQL has it answers, as a replay would.
+                        return Ok(None);
+                    }
+                    Ok(ClaimOutcome::Refused(reason)) => Some(Refused::Rule(reason)),
+                    Ok(ClaimOutcome::TooManyHolds) => Some(Refused::TooManyHolds),
+                    Ok(ClaimOutcome::Fenced) => Some(Refused::QuotaUnavailable),
+                    Err(err) => {
+                        tracing::debug!(error = %err, "a claim could not be made");
+                        Some(Refused::QuotaUnavailable)
+                    }
+                };
+                if let Some(refused) = refused {
+                    cluster::put_back(cluster, &totals);
+                    give_back_all(u);
+                    return Ok(Some(UseOutcome::Refused(refused)));
+                }
+                return Ok(Some(self.settle_taken(key, id, rev, discount, req, hold_until)));
+            }
+            if !spent.is_empty() {
+                funded_by = Some(crate::domain::event::Funding {
+                    instance: cluster.instance.clone(),
+                    epoch: cluster.epoch,
+                    spent,
+                });
+            }
+        }
         let event = Event::Redeemed(crate::domain::event::Redeemed {
             id,
             rev,
             coupon_id: coupon.id,
-            code: matches!(found, Found::Code { .. }).then(|| normalize_code(req.code).into_owned()),
+            code: code_text,
             user_id: req.user_id.to_owned(),
             order_id: req.order_id.to_owned(),
             order_value: req.order_value,
             discount,
             at: now,
             hold_until,
-            funded_by: None,
+            campaign: campaign.map(|c| c.id),
+            funded_by,
         });
         if let Err(err) = self.journal.append(&event.encode()).await {
-            // Give back what the slot counts now: a back-fill may have added to it.
-            let u = self.ledger.slot(key).map_or(u, |now| Use::of_slot(key, coupon.id, &now));
-            limits::give_back(&limits.chain(), &self.ledger, &u);
+            if let Some(cluster) = cluster {
+                cluster::put_back(cluster, &totals);
+            }
+            give_back_all(u);
             return Err(err.into());
         }
+        Ok(Some(self.settle_taken(key, id, rev, discount, req, hold_until)))
+    }
+
+    /// Marks a use taken durably (journalled, or written by PostgreSQL) and answers it.
+    fn settle_taken(
+        &self,
+        key: OrderKey,
+        id: Uuid,
+        rev: u32,
+        discount: Cents,
+        req: &UseRequest<'_>,
+        hold_until: Option<DateTime<Utc>>,
+    ) -> UseOutcome {
         let state = match hold_until {
             Some(until) => SlotState::Held { until: until.timestamp_millis() },
             None => SlotState::Live,
         };
-        self.ledger.update(key, |current| (current.map(|s| Slot { state, ..s }), ()));
+        self.ledger.update(key, |current| (current.map(|s| Slot { rev, state, ..s }), ()));
         if let Some(until) = hold_until {
             self.live_holds.fetch_add(1, Ordering::Relaxed);
             self.deadlines.push(until.timestamp_millis(), key);
         }
-        Ok(Some(UseOutcome::Taken(Receipt {
+        UseOutcome::Taken(Receipt {
             id,
             code: String::new(),
             discount,
             final_amount: req.order_value.saturating_sub(discount),
             expires_at: hold_until,
             hold: None,
-        })))
+        })
     }
 
     /// Turns the hold of `key` into a redemption; false if it is no longer that hold (it
@@ -622,9 +762,15 @@ impl Engine {
             match slot.state {
                 SlotState::Taking { .. } | SlotState::Changing => self.wait_settled(key, waited_until).await?,
                 SlotState::Released { .. } => return Ok(ReleaseOutcome::AlreadyReleased),
-                SlotState::Held { until } if until <= now.timestamp_millis() => {
+                SlotState::Held { until } if until <= now.timestamp_millis() && !slot.foreign => {
                     if self.expire(key, until).await? {
                         return Ok(ReleaseOutcome::Released { hold: Some(HoldFate::Expired) });
+                    }
+                }
+                SlotState::Held { .. } | SlotState::Live if slot.foreign => {
+                    if self.change_foreign(key, slot, true).await? {
+                        let hold = slot.is_hold().then_some(HoldFate::Cancelled);
+                        return Ok(ReleaseOutcome::Released { hold });
                     }
                 }
                 SlotState::Held { .. } | SlotState::Live => {
@@ -701,10 +847,17 @@ impl Engine {
 
     /// Gives back the hold of `key` if it is still the one due at `until`; true if this
     /// call expired it.
-    pub async fn expire(&self, key: OrderKey, until: i64) -> Result<bool, EngineError> {
+    pub async fn expire(&self, key: OrderKey, due: i64) -> Result<bool, EngineError> {
         let Some(slot) = self.ledger.slot(key) else { return Ok(false) };
-        if slot.state != (SlotState::Held { until }) || self.clock.now().timestamp_millis() < until {
+        let SlotState::Held { until } = slot.state else { return Ok(false) };
+        // Another instance's hold is its own to expire; from here only if it has not, a
+        // grace later (it may be down), and through PostgreSQL.
+        let ready = if slot.foreign { until + cluster::FOREIGN_GRACE_MS } else { until };
+        if due < until || self.clock.now().timestamp_millis() < ready {
             return Ok(false);
+        }
+        if slot.foreign {
+            return self.change_foreign(key, slot, true).await.map_err(EngineError::Cluster);
         }
         self.give_back(key, slot, ReleaseCause::Expired).await
     }
@@ -796,6 +949,7 @@ impl Engine {
     /// against the limits as it did when taken; holds get their deadlines back.
     pub fn load_uses(&self, uses: impl IntoIterator<Item = StoredUse>) -> usize {
         let catalog = self.catalog.load();
+        let me = self.cluster.get().map(|c| c.instance.as_str());
         let cutoff = self.released_cutoff();
         let mut loaded = 0;
         for stored in uses {
@@ -804,34 +958,8 @@ impl Engine {
                 self.forgotten.insert(key);
                 continue;
             }
-            let code = stored.code.as_deref().and_then(|code| match catalog.find(code) {
-                Some(Found::Code { code, .. }) => Some((code.batch, code.index)),
-                _ => None,
-            });
-            let campaign = catalog
-                .coupon_by_id(stored.coupon_id)
-                .and_then(|c| c.campaign_id)
-                .filter(|_| rules::takes_campaign_use(stored.discount));
-            let state = match (stored.released_at, stored.hold_until) {
-                (Some(at), None) => SlotState::Released { at: at.timestamp_millis(), ended: Ended::Redemption },
-                (Some(at), Some(until)) => {
-                    let ended = if at >= until { Ended::ExpiredHold } else { Ended::CancelledHold };
-                    SlotState::Released { at: at.timestamp_millis(), ended }
-                }
-                (None, Some(until)) => SlotState::Held { until: until.timestamp_millis() },
-                (None, None) => SlotState::Live,
-            };
-            let slot = Slot {
-                id: stored.id,
-                rev: stored.rev,
-                user: self.ledger.id_key(&stored.user_id),
-                order_value: stored.order_value,
-                discount: stored.discount,
-                code: code.map(code_slot),
-                campaign: campaign.and_then(std::num::NonZeroI64::new),
-                counted: counted(&catalog, stored.coupon_id, campaign),
-                state,
-            };
+            let Some(slot) = self.stored_slot(&catalog, &stored, me) else { continue };
+            let state = slot.state;
             let inserted = self.ledger.update(key, |current| match current {
                 Some(existing) => (Some(existing), false),
                 None => (Some(slot), true),
@@ -846,8 +974,12 @@ impl Engine {
                 let _ = limits::take(&limits::counting(), &self.ledger, &u);
             }
             if let SlotState::Held { until } = state {
-                self.live_holds.fetch_add(1, Ordering::Relaxed);
-                self.deadlines.push(until, key);
+                if slot.foreign {
+                    self.deadlines.push(until + cluster::FOREIGN_GRACE_MS, key);
+                } else {
+                    self.live_holds.fetch_add(1, Ordering::Relaxed);
+                    self.deadlines.push(until, key);
+                }
             }
         }
         loaded
@@ -935,7 +1067,7 @@ enum Archived {
 }
 
 /// The per-user counts a use of `coupon` under `campaign` takes, as `catalog` defines them.
-fn counted(catalog: &Catalog, coupon: CouponId, campaign: Option<CampaignId>) -> Counted {
+pub(crate) fn counted(catalog: &Catalog, coupon: CouponId, campaign: Option<CampaignId>) -> Counted {
     Counted {
         coupon_user: catalog.coupon_by_id(coupon).is_some_and(|c| c.per_user_limit.is_some()),
         campaign_user: campaign.and_then(|id| catalog.campaign(id)).is_some_and(|c| c.per_user_limit.is_some()),

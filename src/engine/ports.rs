@@ -67,3 +67,100 @@ impl UsageArchive for NoArchive {
         Box::pin(std::future::ready(Ok(None)))
     }
 }
+
+/// PostgreSQL could not be asked (unreachable, or it failed): the caller answers 503.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the cluster's database is unavailable: {0}")]
+pub struct PortError(pub String);
+
+/// An answer of the [`ClusterPort`].
+pub type PortAnswer<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, PortError>> + Send + 'a>>;
+
+/// What a lease grant said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Units added to this instance's lease.
+    pub granted: u64,
+    /// Units still free after it.
+    pub free: u64,
+    /// Units other instances' leases hold (unspent, or spent and not yet shipped).
+    pub held_elsewhere: u64,
+    /// This instance's epoch is no longer the live one: it must not spend.
+    pub fenced: bool,
+}
+
+/// A use PostgreSQL decides (per-user limits, a bulk code's uses, a user's live holds): the
+/// row to insert, the limits to check against the live rows, the lease units it spends.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest<'a> {
+    pub id: uuid::Uuid,
+    pub rev: u32,
+    pub coupon_id: crate::domain::coupon::CouponId,
+    pub code: Option<&'a str>,
+    pub user_id: &'a str,
+    pub order_id: &'a str,
+    pub order_value: crate::domain::money::Cents,
+    pub discount: crate::domain::money::Cents,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub hold_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub campaign: Option<crate::domain::coupon::CampaignId>,
+    pub user_limit: Option<u32>,
+    pub campaign_user_limit: Option<u32>,
+    pub code_limit: Option<u32>,
+    pub max_holds: Option<u32>,
+    pub spent: crate::domain::event::Spent,
+}
+
+/// What a change found: `None` if the row does not exist.
+pub type ChangeAnswer = Option<Changed>;
+
+/// What PostgreSQL decided of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The row is in, at this revision.
+    Taken {
+        rev: u32,
+    },
+    /// The order already has a row (a replay, another user's, or a spent order).
+    Exists(StoredRow),
+    /// A limit counted in PostgreSQL is reached.
+    Refused(crate::domain::rules::Reason),
+    TooManyHolds,
+    /// This instance's epoch is no longer live.
+    Fenced,
+}
+
+/// A `coupon_usage` row as a claim or a change found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRow {
+    pub rev: u32,
+    pub user_id: String,
+    pub order_value: crate::domain::money::Cents,
+    pub discount: crate::domain::money::Cents,
+    pub hold_until: Option<chrono::DateTime<chrono::Utc>>,
+    pub released: bool,
+}
+
+/// What a change of another instance's use found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    /// Whether this call changed it (else the row had moved on).
+    pub changed: bool,
+    pub rev: u32,
+    pub hold: bool,
+    pub released: bool,
+}
+
+/// What the engine needs from PostgreSQL when several instances share it: lease grants
+/// and returns for totals, claims for the limits only PostgreSQL can count, and changes of
+/// uses another instance made. Never called on the validate path.
+pub trait ClusterPort: Send + Sync + Debug {
+    /// Asks for up to `want` units of `scope` (at least `need` if that many are free).
+    fn grant(&self, scope: crate::engine::leases::Scope, want: u64, need: u64) -> PortAnswer<'_, Grant>;
+    /// Gives back up to `units` of this instance's lease of `scope`; answers how many went.
+    fn give_back(&self, scope: crate::engine::leases::Scope, units: u64) -> PortAnswer<'_, u64>;
+    /// Inserts the row of a use if PostgreSQL's counts allow it.
+    fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome>;
+    /// Confirms (a hold) or releases the use `id` if it is still at revision `rev`.
+    fn change(&self, id: uuid::Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer>;
+}

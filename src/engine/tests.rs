@@ -523,6 +523,7 @@ async fn stored_uses_count_again_and_expired_holds_are_given_back_at_load() {
         discount: cents(1_000),
         hold_until,
         released_at,
+        made_by: None,
     };
     let loaded = f.engine.load_uses([
         stored("live", None, None),

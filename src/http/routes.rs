@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Secret;
 use crate::http::State;
 use crate::http::error::ApiError;
-use crate::http::handlers::{admin, campaigns, ops, public};
+use crate::http::handlers::{admin, campaigns, instances, ops, public};
 use crate::http::response::HttpResponse;
 
 /// Largest request body accepted (API.md: bodies over 16 KiB get 413).
@@ -202,6 +202,22 @@ pub static ROUTES: &[Route] = &[
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_rejected.json"),
+    },
+    Route {
+        template: "/admin/instances/{id}/write-off",
+        methods: &[(Method::POST, handler!(instances::write_off))],
+        access: Access::Admin,
+        needs_ready: false,
+        max_body: MAX_BODY_BYTES,
+        openapi: include_str!("openapi/admin_write_off.json"),
+    },
+    Route {
+        template: "/admin/orders/conflicts",
+        methods: &[(Method::GET, handler!(instances::order_conflicts))],
+        access: Access::Admin,
+        needs_ready: false,
+        max_body: MAX_BODY_BYTES,
+        openapi: include_str!("openapi/admin_order_conflicts.json"),
     },
     Route {
         template: "/admin/journal/rejected/retry",

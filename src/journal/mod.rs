@@ -78,6 +78,9 @@ struct Shared {
     /// A failed write could not be cut back off: nothing more is accepted.
     stopped: AtomicBool,
     appended: Notify,
+    /// Where the reader's checkpoint is, and a wake-up each time it moves.
+    shipped: Mutex<Position>,
+    shipped_moved: Notify,
 }
 
 /// The append side: cheap to clone, shared by request handlers.
@@ -135,6 +138,8 @@ impl Journal {
             failing: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             appended: Notify::new(),
+            shipped: Mutex::new(checkpoint),
+            shipped_moved: Notify::new(),
         });
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = Writer { shared: shared.clone(), rx, file, segment: next, len: 0, metrics };
@@ -169,6 +174,23 @@ impl Journal {
     /// Records appended and not yet confirmed by the reader.
     pub fn backlog(&self) -> u64 {
         u64::try_from(self.shared.pending.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    /// Waits (at most `within`) until everything durable now has been confirmed by the reader.
+    pub async fn wait_shipped(&self, within: std::time::Duration) {
+        let target = *self.shared.durable.lock().expect("journal position");
+        let wait = async {
+            loop {
+                let moved = self.shared.shipped_moved.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                if *self.shared.shipped.lock().expect("journal position") >= target || self.backlog() == 0 {
+                    return;
+                }
+                moved.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, wait).await;
     }
 
     /// Whether the last write succeeded and the writer is accepting records.
@@ -338,6 +360,8 @@ impl JournalReader {
         write_checkpoint(&self.shared.dir, next)?;
         self.checkpoint = next;
         self.shared.pending.fetch_sub(n as i64, Ordering::Relaxed);
+        *self.shared.shipped.lock().expect("journal position") = next;
+        self.shared.shipped_moved.notify_waiters();
         for segment in list_segments(&self.shared.dir)?.into_iter().filter(|s| *s < next.segment) {
             let path = segment_path(&self.shared.dir, segment);
             fs::remove_file(&path).map_err(|source| io_error(&path, source))?;

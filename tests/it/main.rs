@@ -6,6 +6,7 @@
 
 mod admin;
 mod campaigns;
+mod cluster;
 mod durability;
 mod helpers;
 mod holds;

@@ -45,7 +45,7 @@ pub async fn reload(state: &State, _call: Call) -> Result<HttpResponse, ApiError
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct StatsResponse {
+struct StatsResponse<'a> {
     coupons: usize,
     coupons_with_usage: usize,
     campaigns: usize,
@@ -57,6 +57,23 @@ struct StatsResponse {
     queues: QueueStats,
     ledger: LedgerStats,
     rejected_records: u64,
+    instance: Option<InstanceStats<'a>>,
+}
+
+/// This instance among several: who it is, and how often a use waited on PostgreSQL.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InstanceStats<'a> {
+    id: &'a str,
+    epoch: i64,
+    /// Uses taken from a lease in memory, and after waiting for a grant.
+    lease_takes_local: u64,
+    lease_takes_waited: u64,
+    grants: u64,
+    empty_grants: u64,
+    failed_grants: u64,
+    units_returned: u64,
+    units_held: u64,
 }
 
 #[derive(Serialize)]
@@ -105,6 +122,21 @@ pub async fn stats(state: &State, _call: Call) -> Result<HttpResponse, ApiError>
         queues: QueueStats { validation_logs: ops.validation_log.queue_size(), journal: engine.journal().backlog() },
         ledger: LedgerStats { remembered: engine.ledger().remembered(), live_holds: engine.live_holds() },
         rejected_records: ops.rejected.len(),
+        instance: engine.cluster().map(|cluster| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let stats = cluster.leases.stats();
+            InstanceStats {
+                id: &cluster.instance,
+                epoch: cluster.epoch,
+                lease_takes_local: stats.local.load(Relaxed),
+                lease_takes_waited: stats.waited.load(Relaxed),
+                grants: stats.grants.load(Relaxed),
+                empty_grants: stats.empty_grants.load(Relaxed),
+                failed_grants: stats.failed_grants.load(Relaxed),
+                units_returned: stats.units_returned.load(Relaxed),
+                units_held: cluster.leases.held(),
+            }
+        }),
     };
     Ok(response::json(StatusCode::OK, &body))
 }
@@ -275,13 +307,13 @@ struct RecentResponse<'a> {
 
 /// `GET /admin/validations/recent?limit=N`: newest first; rows still queued are not shown.
 pub async fn recent(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
-    let limit = recent_limit(call.query.as_deref())?;
+    let limit = limit_param(call.query.as_deref())?;
     let rows = logs::recent_validations(&state.pool, limit).await.map_err(database_error)?;
     let validations = rows.iter().map(recent_view).collect::<Result<_, _>>()?;
     Ok(response::json(StatusCode::OK, &RecentResponse { validations }))
 }
 
-fn recent_limit(query: Option<&str>) -> Result<i64, ApiError> {
+pub(crate) fn limit_param(query: Option<&str>) -> Result<i64, ApiError> {
     let invalid =
         || ApiError::InvalidField { field: "limit", problem: format!("must be a whole number from 1 to {RECENT_MAX}") };
     let mut limit = RECENT_DEFAULT;
@@ -399,10 +431,10 @@ mod tests {
     #[test]
     fn recent_limits() {
         for (query, expected) in [(None, Some(50)), (Some("limit=1"), Some(1)), (Some("x=1&limit=1000"), Some(1000))] {
-            assert_eq!(recent_limit(query).ok(), expected, "{query:?}");
+            assert_eq!(limit_param(query).ok(), expected, "{query:?}");
         }
         for query in ["limit=0", "limit=1001", "limit=-1", "limit=ten", "limit="] {
-            assert!(recent_limit(Some(query)).is_err(), "{query}");
+            assert!(limit_param(Some(query)).is_err(), "{query}");
         }
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod admin;
 pub mod campaigns;
+pub mod instances;
 pub mod ops;
 pub mod public;

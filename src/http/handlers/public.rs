@@ -150,6 +150,11 @@ fn render(kind: Kind, outcome: &UseOutcome) -> Result<HttpResponse, ApiError> {
             refused(kind, StatusCode::CONFLICT, refusal.as_str())
         }
         UseOutcome::Refused(Refused::TooManyHolds) => return Err(ApiError::TooManyHolds),
+        UseOutcome::Refused(refusal @ Refused::QuotaUnavailable) => {
+            let mut response = refused(kind, StatusCode::SERVICE_UNAVAILABLE, refusal.as_str());
+            response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+            response
+        }
     })
 }
 
@@ -163,6 +168,10 @@ fn unavailable(err: EngineError) -> ApiError {
         EngineError::Busy => ApiError::Busy,
         EngineError::Archive(err) => {
             tracing::warn!(error = %err, "a forgotten order could not be looked up");
+            ApiError::DatabaseUnavailable
+        }
+        EngineError::Cluster(err) => {
+            tracing::warn!(error = %err, "another instance's use could not be changed");
             ApiError::DatabaseUnavailable
         }
     }

@@ -42,7 +42,7 @@ pub(crate) async fn scenarios(addr: SocketAddr, database_url: &str, args: Scenar
     let mut all_ok = true;
     for (name, concurrency) in [("light", 10), ("moderate", 50), ("heavy", 200), ("stress", 500)] {
         let phase = Phase { name: name.into(), shape: Shape::Closed { requests: args.requests, concurrency } };
-        let result = load::run_phase(addr, mix.clone(), phase, 0).await;
+        let result = load::run_phase(vec![addr], mix.clone(), phase, 0).await;
         let s = &result.stats;
         let error_rate = s.failed as f64 / s.total().max(1) as f64;
         // The reference's bar: p95 under 100 ms and under 1% errors; ours adds no wrong answer.
@@ -170,12 +170,12 @@ pub(crate) async fn budget(addr: SocketAddr, database_url: &str, args: BudgetArg
         // Warm both up (connections, caches, CPU frequency) before measuring.
         let warm = Shape::Closed { requests: args.requests / 10, concurrency: args.concurrency };
         for target in [args.baseline_addr, addr] {
-            load::run_phase(target, mix.clone(), Phase { name: "warm-up".into(), shape: warm }, 0).await;
+            load::run_phase(vec![target], mix.clone(), Phase { name: "warm-up".into(), shape: warm }, 0).await;
         }
         let (mut base_runs, mut service_runs) = (Vec::new(), Vec::new());
         for round in 0..args.rounds {
-            let base = load::run_phase(args.baseline_addr, mix.clone(), Phase { name: format!("baseline-{round}"), shape }, 0).await;
-            let service = load::run_phase(addr, mix.clone(), Phase { name: format!("service-{round}"), shape }, 0).await;
+            let base = load::run_phase(vec![args.baseline_addr], mix.clone(), Phase { name: format!("baseline-{round}"), shape }, 0).await;
+            let service = load::run_phase(vec![addr], mix.clone(), Phase { name: format!("service-{round}"), shape }, 0).await;
             println!(
                 "round {round}: baseline {:>8.0} req/s p99 {:>6.2} ms | coupon-engine {:>8.0} req/s p99 {:>6.2} ms ({} wrong, {} failed)",
                 base.throughput(),
@@ -250,7 +250,7 @@ pub(crate) async fn db_outage(
         shape: Shape::Open { rate: args.rate, duration: Duration::from_secs(total), concurrency: 200 },
     };
     let logs_before = count_logs(database_url).await?;
-    let load = tokio::spawn(load::run_phase(addr, mix, phase, 0));
+    let load = tokio::spawn(load::run_phase(vec![addr], mix, phase, 0));
     tokio::time::sleep(Duration::from_secs(args.before)).await;
     tools_pg("stop")?;
     println!("db-outage: PostgreSQL stopped at {} s", args.before);
@@ -347,7 +347,7 @@ pub(crate) async fn crash(url: &str, addr: SocketAddr, database_url: &str, args:
         name: "crash".into(),
         shape: Shape::Open { rate: args.rate, duration: Duration::from_secs(args.seconds), concurrency: 100 },
     };
-    let load = tokio::spawn(load::run_phase(addr, mix, phase, 0));
+    let load = tokio::spawn(load::run_phase(vec![addr], mix, phase, 0));
     tokio::time::sleep(Duration::from_millis(args.seconds * 500)).await;
     let killed = Command::new("kill").arg("-KILL").arg(service.id().to_string()).status()?;
     let _ = service.wait();
@@ -497,7 +497,7 @@ pub(crate) async fn slowloris(addr: SocketAddr, database_url: &str, args: Slowlo
 
     let mix = Arc::new(Mix::build(database_url, "validate", args.seed).await?);
     let shape = Shape::Closed { requests: args.requests, concurrency: args.concurrency };
-    let without = load::run_phase(addr, mix.clone(), Phase { name: "without".into(), shape }, 0).await;
+    let without = load::run_phase(vec![addr], mix.clone(), Phase { name: "without".into(), shape }, 0).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (connected, reopened) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let sockets: Vec<_> = (0..args.sockets)
@@ -531,7 +531,7 @@ pub(crate) async fn slowloris(addr: SocketAddr, database_url: &str, args: Slowlo
     })
     .await;
     let with =
-        load::run_phase(addr, mix, Phase { name: format!("with {} slow sockets", args.sockets), shape }, 0).await;
+        load::run_phase(vec![addr], mix, Phase { name: format!("with {} slow sockets", args.sockets), shape }, 0).await;
     stop.store(true, Ordering::Relaxed);
     for socket in sockets {
         socket.abort();

@@ -181,7 +181,7 @@ async fn slow_bodies(target: &Target, sockets: usize) -> anyhow::Result<bool> {
     let heads = started.load(Ordering::Relaxed);
     let mix = Arc::new(Mix::build(&target.database_url, "valid", 42).await?);
     let shape = Shape::Closed { requests: 20_000, concurrency: 50 };
-    let normal = load::run_phase(target.addr, mix, Phase { name: "normal".into(), shape }, 0).await;
+    let normal = load::run_phase(vec![target.addr], mix, Phase { name: "normal".into(), shape }, 0).await;
     for trickle in trickles {
         let _ = trickle.await;
     }

@@ -67,7 +67,8 @@ pub(crate) fn parse_phase(spec: &str, default_concurrency: usize) -> anyhow::Res
 }
 
 /// A request the workers share a counter of.
-pub(crate) async fn run_phase(addr: SocketAddr, mix: Arc<Mix>, phase: Phase, offset: u64) -> PhaseResult {
+/// Connections are spread over `targets` in turn (several instances without a balancer).
+pub(crate) async fn run_phase(targets: Vec<SocketAddr>, mix: Arc<Mix>, phase: Phase, offset: u64) -> PhaseResult {
     let (concurrency, limit, rate, duration) = match phase.shape {
         Shape::Closed { requests, concurrency } => (concurrency, requests, None, None),
         Shape::Open { rate, duration, concurrency } => {
@@ -77,7 +78,8 @@ pub(crate) async fn run_phase(addr: SocketAddr, mix: Arc<Mix>, phase: Phase, off
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|worker| {
+            let addr = targets[worker % targets.len()];
             let (mix, next) = (mix.clone(), next.clone());
             tokio::spawn(async move {
                 let mut conn = Conn::new(addr);

@@ -3,6 +3,7 @@
 
 mod campaign_race;
 mod client;
+mod cluster_race;
 mod codes;
 mod conn;
 mod drills;
@@ -31,7 +32,8 @@ use crate::mix::Mix;
 #[derive(Debug, Parser)]
 #[command(version, about = "Load generator and drills for coupon-engine (loopback only)")]
 struct Cli {
-    /// Base URL of the service; must be a loopback address.
+    /// Base URL of the service; must be a loopback address. The benchmark also takes several,
+    /// comma-separated (instances without a balancer): connections are spread over them.
     #[arg(long, default_value = "http://127.0.0.1:8080", global = true)]
     url: String,
     /// PostgreSQL the service uses: request mixes are built from its coupons.
@@ -81,6 +83,9 @@ enum Command {
     Scenarios(drills::ScenarioArgs),
     /// N buyers at once against a coupon with a usage limit: winners must equal the limit.
     Race(drills::RaceArgs),
+    /// Several instances (tools/cluster up): rounds of 300 buyers for 50 uses through the
+    /// balancer, then one user racing a one-use coupon on every instance.
+    ClusterRace(cluster_race::ClusterRaceArgs),
     /// Validate throughput and p99 against a bare hyper server, same load, same run.
     Budget(drills::BudgetArgs),
     /// Stops PostgreSQL (tools/pg) under load: success before/during/after, catch-up, rows lost.
@@ -114,14 +119,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let passed = runtime.block_on(async move {
-        let addr = loopback_addr(&cli.url)?;
+        let targets = cli.url.split(',').map(loopback_addr).collect::<anyhow::Result<Vec<_>>>()?;
+        let addr = targets[0];
         match cli.command {
-            None => bench(&cli.url, addr, cli.database_url.as_deref(), cli.bench).await,
+            None => bench(&cli.url, &targets, cli.database_url.as_deref(), cli.bench).await,
             Some(Command::Scenarios(args)) => {
                 drills::scenarios(addr, need_db(cli.database_url.as_deref())?, args).await
             }
             Some(Command::Race(args)) => {
                 drills::race(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
+            }
+            Some(Command::ClusterRace(args)) => {
+                cluster_race::cluster_race(&cli.url, need_db(cli.database_url.as_deref())?, args).await
             }
             Some(Command::Budget(args)) => drills::budget(addr, need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::DbOutage(args)) => {
@@ -174,7 +183,7 @@ fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-async fn bench(url: &str, addr: SocketAddr, database_url: Option<&str>, args: BenchArgs) -> anyhow::Result<bool> {
+async fn bench(url: &str, targets: &[SocketAddr], database_url: Option<&str>, args: BenchArgs) -> anyhow::Result<bool> {
     let mix = Arc::new(Mix::build(need_db(database_url)?, &args.mix, args.seed).await?);
     let phases: Vec<Phase> = if !args.phases.is_empty() {
         args.phases.iter().map(|spec| load::parse_phase(spec, args.concurrency)).collect::<Result<_, _>>()?
@@ -196,7 +205,7 @@ async fn bench(url: &str, addr: SocketAddr, database_url: Option<&str>, args: Be
     let mut results: Vec<PhaseResult> = Vec::new();
     let mut offset = 0;
     for phase in phases {
-        let result = load::run_phase(addr, mix.clone(), phase, offset).await;
+        let result = load::run_phase(targets.to_vec(), mix.clone(), phase, offset).await;
         offset += result.stats.total();
         print!("{}", report::results_block(&result));
         results.push(result);

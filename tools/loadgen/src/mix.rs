@@ -14,6 +14,8 @@ use sqlx::{Connection, PgConnection};
 pub(crate) const REDEEM_CODE: &str = "LOADGEN-REDEEM";
 /// The coupon checkout holds go to, likewise.
 pub(crate) const HOLD_CODE: &str = "LOADGEN-HOLD";
+/// The usage limit of the coupon of the `limited-redeem` mix.
+pub(crate) const LIMITED_USES: u32 = 100_000;
 /// How long a checkout hold lasts: abandoned ones expire during longer runs.
 const HOLD_TTL_SECS: u64 = 60;
 /// One checkout hold in this many is abandoned; the others are confirmed by a redeem.
@@ -33,6 +35,12 @@ pub(crate) enum Kind {
     /// An unused, unassigned bulk code of an active campaign (`seed --campaign-codes`).
     CampaignCode,
     Redeem,
+    /// A redeem of a coupon with a usage limit of [`LIMITED_USES`] (a new one per run): its
+    /// uses come from quota leases.
+    LimitedRedeem,
+    /// A redeem of a coupon with a per-user limit of 1, by a new user each time: PostgreSQL
+    /// decides each one.
+    PerUserRedeem,
     /// A checkout: a hold, then (most of the time) its confirmation, a redeem of the same order.
     Hold,
     /// The redeem that confirms a checkout's hold.
@@ -50,6 +58,8 @@ impl Kind {
             Kind::Unknown => "unknown",
             Kind::CampaignCode => "campaign-code",
             Kind::Redeem => "redeem",
+            Kind::LimitedRedeem => "limited-redeem",
+            Kind::PerUserRedeem => "per-user-redeem",
             Kind::Hold => "hold",
             Kind::Confirm => "confirm",
         }
@@ -64,7 +74,8 @@ impl Kind {
             Kind::WrongUser => b"COUPON_NOT_FOR_USER",
             Kind::BelowMinimum => b"MIN_ORDER_VALUE_NOT_MET",
             Kind::Unknown => b"COUPON_NOT_FOUND",
-            Kind::Redeem => br#""redeemed":true"#,
+            Kind::Redeem | Kind::PerUserRedeem => br#""redeemed":true"#,
+            Kind::LimitedRedeem => br#""redeemed""#,
             Kind::Hold => br#""held":true"#,
             Kind::Confirm => br#""hold":"confirmed""#,
         }
@@ -103,6 +114,8 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
         "valid" => vec![(Kind::Valid, 1)],
         "campaign" => vec![(Kind::CampaignCode, 1)],
         "redeem" => vec![(Kind::Redeem, 1)],
+        "limited-redeem" => vec![(Kind::LimitedRedeem, 1)],
+        "per-user-redeem" => vec![(Kind::PerUserRedeem, 1)],
         "checkout" => {
             vec![
                 (Kind::Valid, 55),
@@ -114,7 +127,9 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
                 (Kind::Hold, 10),
             ]
         }
-        other => bail!("unknown mix {other:?}: use validate, valid, campaign, redeem or checkout"),
+        other => bail!(
+            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem or checkout"
+        ),
     })
 }
 
@@ -181,7 +196,11 @@ impl Mix {
                 );
                 ("/api/coupons/hold", Bytes::from(body), Kind::Hold)
             }
-            Kind::Redeem => ("/api/coupons/redeem", unique(), Kind::Redeem),
+            Kind::PerUserRedeem => {
+                let body = format!("{}{}}}", String::from_utf8_lossy(&prepared.body), self.checkout_ids(n));
+                ("/api/coupons/redeem", Bytes::from(body), Kind::PerUserRedeem)
+            }
+            kind @ (Kind::Redeem | Kind::LimitedRedeem) => ("/api/coupons/redeem", unique(), kind),
             Kind::Unknown => ("/api/coupons/validate", unique(), Kind::Unknown),
             kind => ("/api/coupons/validate", prepared.body.clone(), kind),
         }
@@ -205,8 +224,16 @@ impl Mix {
 
     /// Whether an answer is the one this kind must get.
     pub(crate) fn is_expected(kind: Kind, status: u16, body: &[u8]) -> bool {
-        let status_ok =
-            if matches!(kind, Kind::Redeem | Kind::Hold | Kind::Confirm) { status == 201 } else { status == 200 };
+        let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        if kind == Kind::LimitedRedeem {
+            // Sold out once the limit is reached: that is a right answer too.
+            return status == 201 || (status == 422 && contains(b"USAGE_LIMIT_REACHED"));
+        }
+        let status_ok = if matches!(kind, Kind::Redeem | Kind::PerUserRedeem | Kind::Hold | Kind::Confirm) {
+            status == 201
+        } else {
+            status == 200
+        };
         status_ok && body.windows(kind.expected().len()).any(|w| w == kind.expected())
     }
 }
@@ -273,6 +300,26 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
             .await?;
             vec![(code.to_owned(), None, 0)]
         }
+        Kind::LimitedRedeem | Kind::PerUserRedeem => {
+            // A fresh coupon per run, so that every run starts with its whole limit.
+            let code = format!(
+                "LOADGEN-{}-{:x}",
+                if kind == Kind::LimitedRedeem { "LIMITED" } else { "PER-USER" },
+                chrono::Utc::now().timestamp_micros()
+            );
+            let (usage_limit, per_user_limit) =
+                if kind == Kind::LimitedRedeem { (Some(i64::from(LIMITED_USES)), None) } else { (None, Some(1i64)) };
+            sqlx::query(
+                "INSERT INTO coupons (code, type, discount_type, discount_value, usage_limit, per_user_limit) \
+                 VALUES ($1, 'time_specific', 'percentage', 10, $2, $3)",
+            )
+            .bind(&code)
+            .bind(usage_limit)
+            .bind(per_user_limit)
+            .execute(&mut *db)
+            .await?;
+            vec![(code, None, 0)]
+        }
     };
     if rows.is_empty() {
         bail!("the database has no coupon for a {:?} request: seed it first (coupon-engine seed)", kind.name());
@@ -296,7 +343,7 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
                     validate_body(&code, &user, 10_000)
                 }
                 Kind::BelowMinimum => validate_body(&code, &owner.unwrap_or_else(|| other_user(rng)), min_cents - 1),
-                Kind::Redeem => {
+                Kind::Redeem | Kind::LimitedRedeem => {
                     let head =
                         format!(r#"{{"code":"{code}","userId":"{}","orderValue":100,"orderId":""#, other_user(rng));
                     Prepared { kind, body: Bytes::from(head) }
@@ -305,7 +352,7 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
                     Prepared { kind, body: Bytes::from(format!(r#"{{"code":"{code}","orderValue":100,"userId":""#)) }
                 }
                 // The ids (and, for the hold, its ttl) are added per checkout.
-                Kind::Hold | Kind::Confirm => {
+                Kind::Hold | Kind::Confirm | Kind::PerUserRedeem => {
                     Prepared { kind, body: Bytes::from(format!(r#"{{"code":"{code}","orderValue":100,"#)) }
                 }
                 _ => validate_body(&code, &owner.unwrap_or_else(|| other_user(rng)), 10_000),

@@ -1,0 +1,474 @@
+//! Several instances on one database: this instance's identity and epoch, the port the
+//! engine asks for leases, claims and changes, and the feed that brings the other
+//! instances' uses into the ledger.
+//!
+//! Invariants:
+//! - One live process per instance id: the id's session advisory lock is held on a
+//!   connection of its own for the life of the process; a second start is refused.
+//! - A lease is settled only once every use it paid for is in PostgreSQL: at a clean stop
+//!   after the journal is wholly shipped, at a restart after the old journal is shipped, or
+//!   by an operator's write-off (the journal is lost). No clock decides it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use rust_decimal::Decimal;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::{Error, money};
+use crate::domain::rules::Reason;
+use crate::engine::leases::Scope;
+use crate::engine::ports::{
+    ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, PortAnswer, PortError, StoredRow,
+};
+use crate::engine::{Engine, StoredUse};
+
+/// The file in `DATA_DIR` that keeps a generated instance id.
+const ID_FILE: &str = "instance_id";
+
+/// This instance's id: `INSTANCE_ID` if set, else the one kept in `DATA_DIR` (generated and
+/// kept there on first start).
+pub fn instance_id(configured: &str, data_dir: &Path) -> std::io::Result<String> {
+    if !configured.is_empty() {
+        return Ok(configured.to_owned());
+    }
+    let path = data_dir.join(ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Ok(_) | Err(_) => {
+            std::fs::create_dir_all(data_dir)?;
+            let id = format!("i-{}", &Uuid::new_v4().simple().to_string()[..12]);
+            let tmp = data_dir.join(format!("{ID_FILE}.tmp"));
+            std::fs::write(&tmp, &id)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(id)
+        }
+    }
+}
+
+/// The lock that makes an instance id one process's: held as long as its connection lives.
+#[derive(Debug)]
+pub struct InstanceLock {
+    conn: PgConnection,
+}
+
+fn lock_key(id: &str) -> String {
+    format!("coupon-engine instance {id}")
+}
+
+impl InstanceLock {
+    /// Takes the id's lock; `Ok(None)` if another live process holds it.
+    pub async fn take(url: &str, id: &str) -> Result<Option<InstanceLock>, Error> {
+        let mut conn = PgConnection::connect(url).await?;
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(lock_key(id))
+            .fetch_one(&mut conn)
+            .await?;
+        Ok(taken.then_some(InstanceLock { conn }))
+    }
+
+    /// Lets the lock go (at the end of a clean stop).
+    pub async fn release(self) {
+        let _ = self.conn.close().await;
+    }
+}
+
+/// Starts a new epoch of `id` (creating it on first start) and answers it.
+pub async fn begin_epoch(pool: &PgPool, id: &str) -> Result<i64, Error> {
+    let epoch = sqlx::query_scalar(
+        "INSERT INTO quota_instances (instance_id) VALUES ($1) \
+         ON CONFLICT (instance_id) DO UPDATE SET epoch = quota_instances.epoch + 1, state = 'live', \
+         started_at = now(), stopped_at = NULL RETURNING epoch",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    Ok(epoch)
+}
+
+/// Gives back everything the leases of `id` hold for epochs up to `epoch`; answers the
+/// units.
+pub async fn settle(pool: &PgPool, id: &str, epoch: i64) -> Result<i64, Error> {
+    Ok(sqlx::query_scalar("SELECT quota_settle($1, $2)").bind(id).bind(epoch).fetch_one(pool).await?)
+}
+
+/// A clean stop: every use is shipped, so the leases go back whole.
+pub async fn stop(pool: &PgPool, id: &str, epoch: i64) -> Result<i64, Error> {
+    let mut tx = pool.begin().await?;
+    let units: i64 = sqlx::query_scalar("SELECT quota_settle($1, $2)").bind(id).bind(epoch).fetch_one(&mut *tx).await?;
+    sqlx::query(
+        "UPDATE quota_instances SET state = 'stopped', stopped_at = now() WHERE instance_id = $1 AND epoch = $2",
+    )
+    .bind(id)
+    .bind(epoch)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(units)
+}
+
+/// What a write-off did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOff {
+    /// Its leases went back: so many units.
+    Done {
+        units: i64,
+        epoch: i64,
+    },
+    NotFound,
+    /// The instance is running (its lock is held): it still spends its leases.
+    Live,
+}
+
+/// Writes off instance `id` whose journal is lost: its unspent and unshipped units go back
+/// and its epoch is fenced. If it ever comes back with its journal, the uses it ships are
+/// counted anyway (`quota_overrun_total`).
+pub async fn write_off(pool: &PgPool, id: &str) -> Result<WriteOff, Error> {
+    let mut conn = pool.acquire().await?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+        .bind(lock_key(id))
+        .fetch_one(&mut *conn)
+        .await?;
+    if !free {
+        return Ok(WriteOff::Live);
+    }
+    let result = async {
+        let mut tx = (*conn).begin().await?;
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE quota_instances SET state = 'written_off', epoch = epoch + 1, stopped_at = now() \
+             WHERE instance_id = $1 RETURNING epoch",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(epoch) = epoch else { return Ok::<_, sqlx::Error>(WriteOff::NotFound) };
+        let units: i64 =
+            sqlx::query_scalar("SELECT quota_settle($1, $2)").bind(id).bind(epoch).fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(WriteOff::Done { units, epoch })
+    }
+    .await;
+    let _ =
+        sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(lock_key(id)).execute(&mut *conn).await;
+    Ok(result?)
+}
+
+/// The engine's [`ClusterPort`] on PostgreSQL. Grants and returns have connections of
+/// their own: a refill must never queue behind a crowd of claims.
+#[derive(Debug)]
+pub struct PgCluster {
+    pool: PgPool,
+    leases: PgPool,
+    instance: String,
+    epoch: i64,
+}
+
+impl PgCluster {
+    pub fn new(pool: PgPool, leases: PgPool, instance: String, epoch: i64) -> PgCluster {
+        PgCluster { pool, leases, instance, epoch }
+    }
+}
+
+fn port_error(err: sqlx::Error) -> PortError {
+    PortError(err.to_string())
+}
+
+fn units(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[derive(sqlx::FromRow)]
+struct GrantRow {
+    granted: i64,
+    free: i64,
+    held_elsewhere: i64,
+    fenced: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    outcome: String,
+    rev: i32,
+    user_id: Option<String>,
+    order_value: Option<Decimal>,
+    discount: Option<Decimal>,
+    hold_until: Option<DateTime<Utc>>,
+    released: Option<bool>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ChangeRow {
+    changed: bool,
+    rev: i32,
+    hold_until: Option<DateTime<Utc>>,
+    released: bool,
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl ClusterPort for PgCluster {
+    fn grant(&self, scope: Scope, want: u64, need: u64) -> PortAnswer<'_, Grant> {
+        Box::pin(async move {
+            let row: GrantRow =
+                sqlx::query_as("SELECT granted, free, held_elsewhere, fenced FROM quota_grant($1, $2, $3, $4, $5, $6)")
+                    .bind(scope.kind())
+                    .bind(scope.id())
+                    .bind(&self.instance)
+                    .bind(self.epoch)
+                    .bind(units(want))
+                    .bind(units(need))
+                    .fetch_one(&self.leases)
+                    .await
+                    .map_err(port_error)?;
+            Ok(Grant {
+                granted: count(row.granted),
+                free: count(row.free),
+                held_elsewhere: count(row.held_elsewhere),
+                fenced: row.fenced,
+            })
+        })
+    }
+
+    fn give_back(&self, scope: Scope, n: u64) -> PortAnswer<'_, u64> {
+        Box::pin(async move {
+            let returned: i64 = sqlx::query_scalar("SELECT quota_return($1, $2, $3, $4, $5)")
+                .bind(scope.kind())
+                .bind(scope.id())
+                .bind(&self.instance)
+                .bind(self.epoch)
+                .bind(units(n))
+                .fetch_one(&self.leases)
+                .await
+                .map_err(port_error)?;
+            Ok(count(returned))
+        })
+    }
+
+    fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome> {
+        let limit = |n: Option<u32>| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        Box::pin(async move {
+            let row: ClaimRow = sqlx::query_as(
+                "SELECT outcome, rev, user_id, order_value, discount, hold_until, released FROM claim_use(\
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            )
+            .bind(req.id)
+            .bind(i32::try_from(req.rev).unwrap_or(i32::MAX))
+            .bind(req.coupon_id)
+            .bind(req.code)
+            .bind(req.user_id)
+            .bind(req.order_id)
+            .bind(money::numeric_cents(req.order_value))
+            .bind(money::numeric_cents(req.discount))
+            .bind(req.at)
+            .bind(req.hold_until)
+            .bind(req.campaign)
+            .bind(limit(req.user_limit))
+            .bind(limit(req.campaign_user_limit))
+            .bind(limit(req.code_limit))
+            .bind(limit(req.max_holds))
+            .bind(&self.instance)
+            .bind(self.epoch)
+            .bind(units(req.spent.coupon))
+            .bind(units(req.spent.campaign))
+            .bind(units(req.spent.cents))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(port_error)?;
+            let rev = u32::try_from(row.rev).unwrap_or(0);
+            Ok(match row.outcome.as_str() {
+                "taken" => ClaimOutcome::Taken { rev },
+                "exists" => ClaimOutcome::Exists(StoredRow {
+                    rev,
+                    user_id: row.user_id.unwrap_or_default(),
+                    order_value: row.order_value.and_then(money::cents).unwrap_or(crate::domain::money::Cents::ZERO),
+                    discount: row.discount.and_then(money::cents).unwrap_or(crate::domain::money::Cents::ZERO),
+                    hold_until: row.hold_until,
+                    released: row.released.unwrap_or(false),
+                }),
+                "user_limit" => ClaimOutcome::Refused(Reason::UserUsageLimitReached),
+                "campaign_user_limit" => ClaimOutcome::Refused(Reason::CampaignUserLimitReached),
+                "code_limit" => ClaimOutcome::Refused(Reason::UsageLimitReached),
+                "too_many_holds" => ClaimOutcome::TooManyHolds,
+                _ => ClaimOutcome::Fenced,
+            })
+        })
+    }
+
+    fn change(&self, id: Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer> {
+        Box::pin(async move {
+            let row: Option<ChangeRow> =
+                sqlx::query_as("SELECT changed, rev, hold_until, released FROM change_use($1, $2, $3, now())")
+                    .bind(id)
+                    .bind(i32::try_from(rev).unwrap_or(i32::MAX))
+                    .bind(release)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(port_error)?;
+            Ok(row.map(|row| Changed {
+                changed: row.changed,
+                rev: u32::try_from(row.rev).unwrap_or(0),
+                hold: row.hold_until.is_some(),
+                released: row.released,
+            }))
+        })
+    }
+}
+
+/// How long a missing change number is looked for again (a transaction that took it and
+/// had not committed yet) before it is taken for a rollback.
+const GAP_PATIENCE: Duration = Duration::from_secs(3);
+/// At most so many missing numbers are looked for at once.
+const MAX_GAPS: usize = 10_000;
+/// Rows read per poll.
+const FEED_BATCH: i64 = 20_000;
+
+#[derive(sqlx::FromRow)]
+struct FeedRow {
+    seq: i64,
+    id: Uuid,
+    rev: i32,
+    coupon_id: i64,
+    code: Option<String>,
+    user_id: String,
+    order_id: String,
+    order_value: Decimal,
+    discount_applied: Decimal,
+    hold_expires_at: Option<DateTime<Utc>>,
+    released_at: Option<DateTime<Utc>>,
+    instance_id: Option<String>,
+}
+
+/// Follows `coupon_usage` by its change sequence and merges every instance's uses into the
+/// ledger; follows `quotas` for reclaims asked of this instance.
+#[derive(Debug)]
+pub struct Feed {
+    pool: PgPool,
+    engine: Arc<Engine>,
+    interval: Duration,
+    after: i64,
+    gaps: BTreeMap<i64, Instant>,
+    reclaims_after: i64,
+}
+
+impl Feed {
+    /// A feed that starts after what PostgreSQL holds now; call before loading the ledger,
+    /// so that a use committed meanwhile is in the load or in the feed (both is harmless).
+    pub async fn start_here(pool: PgPool, engine: Arc<Engine>, interval: Duration) -> Result<Feed, Error> {
+        let (after, reclaims_after): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce((SELECT max(seq) FROM coupon_usage), 0), \
+             coalesce((SELECT max(reclaim_seq) FROM quotas), 0)",
+        )
+        .fetch_one(&pool)
+        .await?;
+        Ok(Feed { pool, engine, interval, after, gaps: BTreeMap::new(), reclaims_after })
+    }
+
+    /// Polls until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut interval = tokio::time::interval(self.interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => {
+                    if let Err(err) = self.poll().await {
+                        tracing::debug!(error = %err, "usage feed poll failed; retrying");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One poll: the rows changed since the last, and any reclaims.
+    pub async fn poll(&mut self) -> Result<usize, Error> {
+        let gaps: Vec<i64> = self.gaps.keys().copied().collect();
+        let rows: Vec<FeedRow> = sqlx::query_as(
+            "SELECT seq, id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
+             hold_expires_at, released_at, instance_id FROM coupon_usage \
+             WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3",
+        )
+        .bind(self.after)
+        .bind(&gaps)
+        .bind(FEED_BATCH)
+        .fetch(&self.pool)
+        .try_collect()
+        .await?;
+        let now = Instant::now();
+        let mut uses = Vec::with_capacity(rows.len());
+        for row in rows {
+            self.gaps.remove(&row.seq);
+            if row.seq > self.after {
+                for missing in (self.after + 1)..row.seq {
+                    if self.gaps.len() < MAX_GAPS {
+                        self.gaps.insert(missing, now);
+                    }
+                }
+                self.after = row.seq;
+            }
+            let (Some(order_value), Some(discount)) =
+                (money::cents(row.order_value), money::cents(row.discount_applied))
+            else {
+                continue;
+            };
+            uses.push(StoredUse {
+                id: row.id,
+                rev: u32::try_from(row.rev).unwrap_or(0),
+                coupon_id: row.coupon_id,
+                code: row.code,
+                user_id: row.user_id,
+                order_id: row.order_id,
+                order_value,
+                discount,
+                hold_until: row.hold_expires_at,
+                released_at: row.released_at,
+                made_by: row.instance_id,
+            });
+        }
+        self.gaps.retain(|_, seen| now.duration_since(*seen) < GAP_PATIENCE);
+        let merged = self.engine.merge_uses(uses);
+        let reclaims: Vec<(i16, i64, i64)> =
+            sqlx::query_as("SELECT kind, scope_id, reclaim_seq FROM quotas WHERE reclaim_seq > $1")
+                .bind(self.reclaims_after)
+                .fetch_all(&self.pool)
+                .await?;
+        if let Some(cluster) = self.engine.cluster() {
+            for (_, _, seq) in &reclaims {
+                self.reclaims_after = self.reclaims_after.max(*seq);
+            }
+            cluster.leases.reclaim(reclaims.iter().filter_map(|(kind, id, _)| Scope::from_row(*kind, *id)));
+        }
+        Ok(merged)
+    }
+}
+
+/// Orders redeemed by two users on two instances at once, as admins see them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrderConflict {
+    pub redemption_id: Uuid,
+    pub coupon_id: i64,
+    pub order_id: String,
+    pub kept_user: String,
+    pub lost_user: String,
+    pub instance_id: String,
+    pub detected_at: DateTime<Utc>,
+}
+
+/// The latest order conflicts, newest first.
+pub async fn order_conflicts(pool: &PgPool, limit: i64) -> Result<Vec<OrderConflict>, Error> {
+    Ok(sqlx::query_as(
+        "SELECT usage_id AS redemption_id, coupon_id, order_id, kept_user, lost_user, instance_id, detected_at \
+         FROM order_conflicts ORDER BY id DESC LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

@@ -1,0 +1,291 @@
+//! The engine among several instances on one database: totals spent from quota leases,
+//! the limits only PostgreSQL can count decided by a claim, uses another instance made
+//! changed through PostgreSQL, and the others' uses merged into the ledger as they ship.
+//!
+//! Without a cluster (benches, the engine's own tests) every limit is this instance's
+//! ledger alone, as it was for one instance.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::domain::coupon::{CampaignId, Coupon};
+use crate::domain::event::Spent;
+use crate::domain::money::Cents;
+use crate::domain::rules::Reason;
+use crate::engine::leases::{Leases, Scope, Shortage};
+use crate::engine::ledger::{Ended, OrderKey, Slot, SlotState};
+use crate::engine::limits::{self, Use};
+use crate::engine::ports::{ClusterPort, PortError, StoredRow};
+use crate::engine::{Engine, StoredUse, counted};
+
+/// This instance's place in the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub leases: Arc<Leases>,
+    pub port: Arc<dyn ClusterPort>,
+    pub instance: String,
+    pub epoch: i64,
+}
+
+/// Why a clustered use could not be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Short {
+    /// A total is reached (the reason says which).
+    Limit(Reason),
+    /// PostgreSQL could not be asked, or the units are held elsewhere or in doubt.
+    Unavailable,
+}
+
+/// The totals a use of `coupon` draws on, with the units of each.
+pub(crate) fn totals(
+    coupon: &Coupon,
+    campaign: Option<(CampaignId, bool, bool)>,
+    discount: Cents,
+) -> Vec<(Scope, u64)> {
+    let mut scopes = Vec::with_capacity(3);
+    if coupon.usage_limit.is_some() {
+        scopes.push((Scope::CouponUses(coupon.id), 1));
+    }
+    if let Some((id, capped, budgeted)) = campaign {
+        if capped {
+            scopes.push((Scope::CampaignUses(id), 1));
+        }
+        if budgeted && discount > Cents::ZERO {
+            scopes.push((Scope::CampaignCents(id), discount.get()));
+        }
+    }
+    scopes
+}
+
+fn shortage_reason(scope: Scope) -> Reason {
+    match scope {
+        Scope::CouponUses(_) => Reason::UsageLimitReached,
+        Scope::CampaignUses(_) => Reason::CampaignLimitReached,
+        Scope::CampaignCents(_) => Reason::CampaignBudgetExhausted,
+    }
+}
+
+impl Engine {
+    /// Joins a cluster: from now on totals come from leases and the port decides the rest.
+    /// Call once, before the ledger is loaded.
+    pub fn join_cluster(&self, cluster: Cluster) {
+        if self.cluster.set(cluster).is_err() {
+            tracing::error!("joined a cluster twice; keeping the first");
+        }
+    }
+
+    /// This instance's place in the cluster, once joined.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.get()
+    }
+
+    /// Takes the lease units of `totals`, in order; on a shortage, puts back the earlier
+    /// ones. A limit that looks reached is asked again once this instance's own journal is
+    /// shipped: a release of its own may be what would free a unit.
+    pub(crate) async fn spend_leases(
+        &self,
+        cluster: &Cluster,
+        totals: &[(Scope, u64)],
+    ) -> Result<(Spent, bool), Short> {
+        let mut spent = Spent::default();
+        let mut waited = false;
+        for (idx, &(scope, units)) in totals.iter().enumerate() {
+            let mut taken = cluster.leases.take(scope, units).await;
+            if taken == Err(Shortage::Exhausted) && self.journal.backlog() > 0 {
+                self.journal.wait_shipped(self.settings.settle_timeout).await;
+                cluster.leases.forget_exhausted(scope);
+                taken = cluster.leases.take(scope, units).await;
+            }
+            match taken {
+                Ok(w) => {
+                    waited |= w;
+                    match scope {
+                        Scope::CouponUses(_) => spent.coupon = units,
+                        Scope::CampaignUses(_) => spent.campaign = units,
+                        Scope::CampaignCents(_) => spent.cents = units,
+                    }
+                }
+                Err(shortage) => {
+                    put_back(cluster, &totals[..idx]);
+                    return Err(match shortage {
+                        Shortage::Exhausted => Short::Limit(shortage_reason(scope)),
+                        Shortage::Unavailable => Short::Unavailable,
+                    });
+                }
+            }
+        }
+        if waited {
+            self.metrics.quota.waits.inc("lease");
+        }
+        Ok((spent, waited))
+    }
+
+    /// Changes a use another instance made, through PostgreSQL: a release (`release`), or a
+    /// hold confirmed. True if this call changed it; otherwise the slot now says what the
+    /// row is, for the caller to look again.
+    pub(crate) async fn change_foreign(&self, key: OrderKey, slot: Slot, release: bool) -> Result<bool, PortError> {
+        let Some(cluster) = self.cluster.get() else {
+            return Err(PortError("not in a cluster".into()));
+        };
+        let claimed = self.ledger.update(key, |current| match current {
+            Some(now) if now == slot => (Some(Slot { state: SlotState::Changing, ..now }), true),
+            other => (other, false),
+        });
+        if !claimed {
+            return Ok(false);
+        }
+        self.metrics.quota.waits.inc("change");
+        let answer = cluster.port.change(slot.id, slot.rev, release).await;
+        let now = self.clock.now().timestamp_millis();
+        let restore = |state| self.ledger.update(key, |current| (current.map(|s| Slot { state, ..s }), ()));
+        let changed = match answer {
+            Err(err) => {
+                restore(slot.state);
+                return Err(err);
+            }
+            Ok(None) => {
+                restore(slot.state);
+                return Ok(false);
+            }
+            Ok(Some(changed)) => changed,
+        };
+        let state = if changed.released {
+            let ended = if !slot.is_hold() {
+                Ended::Redemption
+            } else if slot.state.deadline().is_some_and(|until| until <= now) {
+                Ended::ExpiredHold
+            } else {
+                Ended::CancelledHold
+            };
+            SlotState::Released { at: now, ended }
+        } else if changed.hold {
+            slot.state
+        } else {
+            SlotState::Live
+        };
+        self.ledger.update(key, |current| (current.map(|s| Slot { rev: changed.rev, state, ..s }), ()));
+        let u = Use::of_slot(key, key.0, &slot);
+        match state {
+            SlotState::Released { .. } => limits::give_back(&limits::counting(), &self.ledger, &u),
+            SlotState::Live if slot.is_hold() => limits::give_back(&limits::hold_only(), &self.ledger, &u),
+            _ => {}
+        }
+        Ok(changed.changed)
+    }
+
+    /// Merges uses that reached PostgreSQL (from any instance) into the ledger: a newer
+    /// revision than the one remembered replaces it, counts moving with it; a slot settling
+    /// here is left to its request. Returns how many slots changed.
+    pub fn merge_uses(&self, uses: impl IntoIterator<Item = StoredUse>) -> usize {
+        let catalog = self.catalog.load();
+        let me = self.cluster.get().map(|c| c.instance.as_str());
+        let mut merged = 0;
+        for stored in uses {
+            let key = (stored.coupon_id, self.ledger.id_key(&stored.order_id));
+            let Some(slot) = self.stored_slot(&catalog, &stored, me) else { continue };
+            let replaced = self.ledger.update(key, |current| match current {
+                None if !slot.counts()
+                    && !matches!(slot.state, SlotState::Released { ended: Ended::Redemption, .. }) =>
+                {
+                    (None, None)
+                }
+                None => (Some(slot), Some(None)),
+                Some(local) if local.is_settling() || local.rev > slot.rev => (Some(local), None),
+                Some(local)
+                    if local.rev == slot.rev && local.user == slot.user && local.state.same_kind(slot.state) =>
+                {
+                    (Some(local), None)
+                }
+                Some(local) => (Some(slot), Some(Some(local))),
+            });
+            let Some(previous) = replaced else { continue };
+            merged += 1;
+            self.metrics.quota.merged.increment(1);
+            if let Some(old) = previous {
+                if old.counts() {
+                    limits::give_back(&limits::counting(), &self.ledger, &Use::of_slot(key, key.0, &old));
+                }
+                if !old.foreign && old.is_hold() && !matches!(old.state, SlotState::Released { .. }) {
+                    self.live_holds.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            if slot.counts() {
+                let _ = limits::take(&limits::counting(), &self.ledger, &Use::of_slot(key, key.0, &slot));
+            }
+            if let SlotState::Held { until } = slot.state {
+                let grace = if slot.foreign { FOREIGN_GRACE_MS } else { 0 };
+                self.deadlines.push(until + grace, key);
+            }
+        }
+        merged
+    }
+
+    /// The slot a stored use is, as this instance remembers it.
+    pub(crate) fn stored_slot(
+        &self,
+        catalog: &crate::engine::catalog::Catalog,
+        stored: &StoredUse,
+        me: Option<&str>,
+    ) -> Option<Slot> {
+        use crate::engine::catalog::Found;
+        use crate::engine::ledger::code_slot;
+        let code = stored.code.as_deref().and_then(|code| match catalog.find(code) {
+            Some(Found::Code { code, .. }) => Some((code.batch, code.index)),
+            _ => None,
+        });
+        let campaign = catalog
+            .coupon_by_id(stored.coupon_id)
+            .and_then(|c| c.campaign_id)
+            .filter(|_| crate::domain::rules::takes_campaign_use(stored.discount));
+        let state = match (stored.released_at, stored.hold_until) {
+            (Some(at), None) => SlotState::Released { at: at.timestamp_millis(), ended: Ended::Redemption },
+            (Some(at), Some(until)) => {
+                let ended = if at >= until { Ended::ExpiredHold } else { Ended::CancelledHold };
+                SlotState::Released { at: at.timestamp_millis(), ended }
+            }
+            (None, Some(until)) => SlotState::Held { until: until.timestamp_millis() },
+            (None, None) => SlotState::Live,
+        };
+        Some(Slot {
+            id: stored.id,
+            rev: stored.rev,
+            user: self.ledger.id_key(&stored.user_id),
+            order_value: stored.order_value,
+            discount: stored.discount,
+            code: code.map(code_slot),
+            campaign: campaign.and_then(std::num::NonZeroI64::new),
+            counted: counted(catalog, stored.coupon_id, campaign),
+            foreign: me.is_some() && stored.made_by.as_deref() != me,
+            state,
+        })
+    }
+
+    /// A claim found the order's row: remember it as PostgreSQL has it.
+    pub(crate) fn remember_row(&self, key: OrderKey, req: &crate::engine::UseRequest<'_>, row: &StoredRow) {
+        let released_at = row.released.then(|| self.clock.now());
+        self.merge_uses([StoredUse {
+            id: crate::domain::identity::redemption_id(key.0, req.order_id),
+            rev: row.rev,
+            coupon_id: key.0,
+            code: None,
+            user_id: row.user_id.clone(),
+            order_id: req.order_id.to_owned(),
+            order_value: row.order_value,
+            discount: row.discount,
+            hold_until: row.hold_until,
+            released_at,
+            made_by: None,
+        }]);
+    }
+}
+
+/// How long after its deadline another instance's hold is expired from here, through
+/// PostgreSQL, if its own instance has not expired it by then (it may be down).
+pub(crate) const FOREIGN_GRACE_MS: i64 = 1_000;
+
+/// Puts back lease units taken for a use that did not happen.
+pub(crate) fn put_back(cluster: &Cluster, totals: &[(Scope, u64)]) {
+    for &(scope, units) in totals {
+        cluster.leases.put_back(scope, units);
+    }
+}

@@ -1,0 +1,607 @@
+//! Quota leases: the blocks of a limited total (a coupon's uses, a campaign's uses or budget)
+//! this instance took from PostgreSQL and spends from memory, so that a limited redeem
+//! waits on the database only when its block runs out.
+//!
+//! Invariant: a unit is spent here only if PostgreSQL granted it to this instance's lease
+//! and it was not spent or given back before; PostgreSQL's `quota_grant` never grants past
+//! the limit. So the limit holds across every instance, whatever the routing, the crashes
+//! or the clocks: a unit in doubt is unavailable, never granted twice.
+//!
+//! Sizing: a grant asks for what the scope's recent rate spends in `target` (at least what
+//! the waiting requests need); a refill starts in the background when less than `refill_at`
+//! of stock is left; PostgreSQL halves the free units among the holders, so blocks shrink
+//! geometrically near the end. Units idle for `idle_return`, asked back by another instance
+//! (a reclaim), or far beyond the rate, go back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::coupon::{CampaignId, CouponId};
+use crate::engine::ports::{ClusterPort, Grant};
+
+/// A limited total that instances lease blocks of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// A coupon's `usage_limit`, in uses.
+    CouponUses(CouponId),
+    /// A campaign's `usage_limit`, in uses.
+    CampaignUses(CampaignId),
+    /// A campaign's `budget`, in cents.
+    CampaignCents(CampaignId),
+}
+
+impl Scope {
+    /// The `quotas.kind` of PostgreSQL.
+    pub fn kind(self) -> i16 {
+        match self {
+            Scope::CouponUses(_) => 1,
+            Scope::CampaignUses(_) => 2,
+            Scope::CampaignCents(_) => 3,
+        }
+    }
+
+    /// The coupon or campaign.
+    pub fn id(self) -> i64 {
+        match self {
+            Scope::CouponUses(id) | Scope::CampaignUses(id) | Scope::CampaignCents(id) => id,
+        }
+    }
+
+    /// The scope of a `quotas` row.
+    pub fn from_row(kind: i16, id: i64) -> Option<Scope> {
+        match kind {
+            1 => Some(Scope::CouponUses(id)),
+            2 => Some(Scope::CampaignUses(id)),
+            3 => Some(Scope::CampaignCents(id)),
+            _ => None,
+        }
+    }
+}
+
+/// Why units could not be taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shortage {
+    /// Nothing is free and no other instance holds any: the limit is reached.
+    Exhausted,
+    /// Units may exist but cannot be had now (held by other instances, in doubt after a
+    /// crash, or PostgreSQL unreachable): retry shortly.
+    Unavailable,
+}
+
+/// How leases are sized and kept.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// A grant asks for what the recent rate spends in this long.
+    pub target: Duration,
+    /// A refill starts when less than this long of stock is left.
+    pub refill_at: Duration,
+    /// How long a request waits for units before it is answered `Unavailable`.
+    pub claim_wait: Duration,
+    /// Units not spent for this long go back.
+    pub idle_return: Duration,
+    /// After a grant found the limit reached, refusals are answered locally for this long.
+    pub exhausted_for: Duration,
+}
+
+impl LeaseSettings {
+    /// The defaults of `config/default.toml`.
+    pub fn standard() -> LeaseSettings {
+        LeaseSettings {
+            target: Duration::from_secs(5),
+            refill_at: Duration::from_secs(1),
+            claim_wait: Duration::from_secs(1),
+            idle_return: Duration::from_secs(2),
+            exhausted_for: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Counts for `/metrics` and the admin statistics.
+#[derive(Debug, Default)]
+pub struct LeaseStats {
+    /// Takes that found their units in memory.
+    pub local: AtomicU64,
+    /// Takes that waited for a grant.
+    pub waited: AtomicU64,
+    pub grants: AtomicU64,
+    pub empty_grants: AtomicU64,
+    pub failed_grants: AtomicU64,
+    pub returns: AtomicU64,
+    pub units_returned: AtomicU64,
+}
+
+/// What one grant round said, for the requests waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Granted,
+    Exhausted,
+    HeldElsewhere,
+    Failed,
+}
+
+#[derive(Debug)]
+struct State {
+    available: u64,
+    /// Units the waiting requests need.
+    waiting: u64,
+    in_flight: bool,
+    /// Completed grant rounds, and what the last said.
+    rounds: u64,
+    verdict: Verdict,
+    exhausted_until: Option<Instant>,
+    /// Units spent since the rate was last updated, and the rate (units a second).
+    spent: u64,
+    rate: f64,
+    last_spend: Instant,
+    /// Another instance asked for units back.
+    reclaim: bool,
+    /// When the last grant round ended.
+    answered: Instant,
+}
+
+#[derive(Debug)]
+struct ScopeLease {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+/// Every lease of this instance.
+#[derive(Debug)]
+pub struct Leases {
+    port: Arc<dyn ClusterPort>,
+    scopes: Mutex<HashMap<Scope, Arc<ScopeLease>>>,
+    settings: LeaseSettings,
+    stats: LeaseStats,
+}
+
+/// How often upkeep runs.
+const UPKEEP_EVERY: Duration = Duration::from_millis(100);
+/// After "other instances hold the rest", how long before asking again.
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(50);
+/// What a first grant asks for, in multiples of the request, before any rate is known.
+const FIRST_BLOCK: u64 = 8;
+
+impl Leases {
+    pub fn new(port: Arc<dyn ClusterPort>, settings: LeaseSettings) -> Arc<Leases> {
+        Arc::new(Leases { port, scopes: Mutex::default(), settings, stats: LeaseStats::default() })
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> &LeaseStats {
+        &self.stats
+    }
+
+    /// Units held unspent in memory, across every scope.
+    pub fn held(&self) -> u64 {
+        let scopes: Vec<_> = self.scopes.lock().expect("leases").values().cloned().collect();
+        scopes.iter().map(|s| s.state.lock().expect("lease").available).sum()
+    }
+
+    /// Units of `scope` held unspent in memory.
+    pub fn available(&self, scope: Scope) -> u64 {
+        self.existing(scope).map_or(0, |s| s.state.lock().expect("lease").available)
+    }
+
+    fn existing(&self, scope: Scope) -> Option<Arc<ScopeLease>> {
+        self.scopes.lock().expect("leases").get(&scope).cloned()
+    }
+
+    fn lease(&self, scope: Scope) -> Arc<ScopeLease> {
+        self.scopes
+            .lock()
+            .expect("leases")
+            .entry(scope)
+            .or_insert_with(|| {
+                Arc::new(ScopeLease {
+                    state: Mutex::new(State {
+                        available: 0,
+                        waiting: 0,
+                        in_flight: false,
+                        rounds: 0,
+                        verdict: Verdict::Granted,
+                        exhausted_until: None,
+                        spent: 0,
+                        rate: 0.0,
+                        last_spend: Instant::now(),
+                        reclaim: false,
+                        answered: Instant::now(),
+                    }),
+                    changed: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// Takes `units` of `scope`: from memory when there are enough, else after a grant.
+    /// Returns whether it waited for PostgreSQL.
+    pub async fn take(self: &Arc<Self>, scope: Scope, units: u64) -> Result<bool, Shortage> {
+        if units == 0 {
+            return Ok(false);
+        }
+        let lease = self.lease(scope);
+        let deadline = Instant::now() + self.settings.claim_wait;
+        let mut waited = false;
+        let mut seen_round = None;
+        let mut waiting = false;
+        loop {
+            let notified = lease.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = lease.state.lock().expect("lease");
+                let now = Instant::now();
+                if st.available >= units {
+                    st.available -= units;
+                    st.spent += units;
+                    st.last_spend = now;
+                    if waiting {
+                        st.waiting = st.waiting.saturating_sub(units);
+                    }
+                    let low = (st.rate * self.settings.refill_at.as_secs_f64()).ceil().max(1.0) as u64;
+                    if st.available < low && !st.in_flight && st.exhausted_until.is_none_or(|t| t <= now) {
+                        self.start_grant(scope, &lease, &mut st, units);
+                    }
+                    let counter = if waited { &self.stats.waited } else { &self.stats.local };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    return Ok(waited);
+                }
+                let leave = |st: &mut State, shortage| {
+                    if waiting {
+                        st.waiting = st.waiting.saturating_sub(units);
+                    }
+                    Err(shortage)
+                };
+                if st.exhausted_until.is_some_and(|t| t > now) {
+                    return leave(&mut st, Shortage::Exhausted);
+                }
+                if seen_round.is_some_and(|r| st.rounds > r) {
+                    match st.verdict {
+                        Verdict::Exhausted => return leave(&mut st, Shortage::Exhausted),
+                        Verdict::Failed => return leave(&mut st, Shortage::Unavailable),
+                        Verdict::Granted | Verdict::HeldElsewhere => {}
+                    }
+                }
+                if now >= deadline {
+                    return leave(&mut st, Shortage::Unavailable);
+                }
+                if !waiting {
+                    st.waiting += units;
+                    waiting = true;
+                }
+                // After an answer that others hold the rest, give them a moment to hand it
+                // back before asking again.
+                let pause = st.verdict == Verdict::HeldElsewhere && st.answered.elapsed() < ASK_AGAIN_AFTER;
+                if !st.in_flight && !pause {
+                    self.start_grant(scope, &lease, &mut st, units);
+                }
+                seen_round = Some(st.rounds);
+            }
+            waited = true;
+            let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
+            let _ = tokio::time::timeout(left, notified).await;
+        }
+    }
+
+    fn start_grant(self: &Arc<Self>, scope: Scope, lease: &Arc<ScopeLease>, st: &mut State, units: u64) {
+        st.in_flight = true;
+        let need = st.waiting;
+        // Before a rate is known, a few uses' worth: the first requests need not all wait.
+        let by_rate = (st.rate * self.settings.target.as_secs_f64()).ceil() as u64;
+        let want = by_rate.max(need).max(FIRST_BLOCK * units);
+        let (leases, lease) = (self.clone(), lease.clone());
+        tokio::spawn(async move {
+            let answer = leases.port.grant(scope, want, need).await;
+            leases.finish_grant(&lease, answer);
+        });
+    }
+
+    fn finish_grant(&self, lease: &ScopeLease, answer: Result<Grant, crate::engine::ports::PortError>) {
+        let mut st = lease.state.lock().expect("lease");
+        st.in_flight = false;
+        st.rounds += 1;
+        st.answered = Instant::now();
+        st.verdict = match answer {
+            Ok(grant) if grant.fenced => {
+                tracing::error!("this instance's epoch is fenced: another start of the same INSTANCE_ID took over");
+                self.stats.failed_grants.fetch_add(1, Ordering::Relaxed);
+                Verdict::Failed
+            }
+            Ok(grant) if grant.granted > 0 => {
+                self.stats.grants.fetch_add(1, Ordering::Relaxed);
+                st.available += grant.granted;
+                st.exhausted_until = None;
+                Verdict::Granted
+            }
+            Ok(grant) if grant.held_elsewhere > 0 => {
+                self.stats.empty_grants.fetch_add(1, Ordering::Relaxed);
+                Verdict::HeldElsewhere
+            }
+            Ok(_) => {
+                self.stats.empty_grants.fetch_add(1, Ordering::Relaxed);
+                st.exhausted_until = Some(Instant::now() + self.settings.exhausted_for);
+                Verdict::Exhausted
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "a quota grant failed");
+                self.stats.failed_grants.fetch_add(1, Ordering::Relaxed);
+                Verdict::Failed
+            }
+        };
+        drop(st);
+        lease.changed.notify_waiters();
+    }
+
+    /// Puts back units taken and not spent (a refusal later in the chain).
+    pub fn put_back(&self, scope: Scope, units: u64) {
+        if units == 0 {
+            return;
+        }
+        let lease = self.lease(scope);
+        let mut st = lease.state.lock().expect("lease");
+        st.available += units;
+        st.spent = st.spent.saturating_sub(units);
+        drop(st);
+        lease.changed.notify_waiters();
+    }
+
+    /// Another instance found nothing free while this one holds units of these scopes.
+    pub fn reclaim(&self, scopes: impl IntoIterator<Item = Scope>) {
+        for scope in scopes {
+            if let Some(lease) = self.existing(scope) {
+                lease.state.lock().expect("lease").reclaim = true;
+            }
+        }
+    }
+
+    /// Forgets that the limit of `scope` was reached (it was raised, or uses came back).
+    pub fn forget_exhausted(&self, scope: Scope) {
+        if let Some(lease) = self.existing(scope) {
+            lease.state.lock().expect("lease").exhausted_until = None;
+        }
+    }
+
+    /// Updates rates and gives back what is idle, asked for, or far beyond the rate, until
+    /// `stop`.
+    pub async fn run_upkeep(self: Arc<Self>, stop: CancellationToken) {
+        let mut interval = tokio::time::interval(UPKEEP_EVERY);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => self.upkeep().await,
+            }
+        }
+    }
+
+    /// One round of upkeep.
+    pub async fn upkeep(&self) {
+        let scopes: Vec<(Scope, Arc<ScopeLease>)> =
+            self.scopes.lock().expect("leases").iter().map(|(s, l)| (*s, l.clone())).collect();
+        let tick = UPKEEP_EVERY.as_secs_f64();
+        for (scope, lease) in scopes {
+            let give = {
+                let mut st = lease.state.lock().expect("lease");
+                let instant_rate = st.spent as f64 / tick;
+                st.rate = 0.8 * st.rate + 0.2 * instant_rate;
+                st.spent = 0;
+                if st.in_flight || st.waiting > 0 || st.available == 0 {
+                    st.reclaim = false;
+                    0
+                } else if st.reclaim || st.last_spend.elapsed() >= self.settings.idle_return {
+                    st.reclaim = false;
+                    std::mem::take(&mut st.available)
+                } else {
+                    let keep = (2.0 * st.rate * self.settings.target.as_secs_f64()).ceil() as u64;
+                    let surplus = st.available.saturating_sub(keep.max(1));
+                    // Only a large surplus is worth a statement.
+                    if surplus > keep.max(16) {
+                        st.available -= surplus;
+                        surplus
+                    } else {
+                        0
+                    }
+                }
+            };
+            if give > 0 {
+                self.give_back(scope, &lease, give).await;
+            }
+        }
+    }
+
+    async fn give_back(&self, scope: Scope, lease: &ScopeLease, units: u64) {
+        match self.port.give_back(scope, units).await {
+            Ok(returned) => {
+                self.stats.returns.fetch_add(1, Ordering::Relaxed);
+                self.stats.units_returned.fetch_add(returned, Ordering::Relaxed);
+                if returned < units {
+                    // PostgreSQL holds fewer for this lease than memory did (it was settled
+                    // or written off): keep only what it still backs.
+                    tracing::warn!(?scope, units, returned, "a lease held fewer units than this instance thought");
+                }
+            }
+            Err(err) => {
+                // Still ours: keep them, to spend or give back later.
+                tracing::debug!(error = %err, "giving back quota units failed; keeping them");
+                lease.state.lock().expect("lease").available += units;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::engine::ports::{Changed, ClaimOutcome, ClaimRequest, PortAnswer, PortError};
+
+    /// PostgreSQL's `quota_grant` and `quota_return`, in memory, for several instances:
+    /// units granted and not given back are allocated (spent ones included); what the other
+    /// instances hold unspent is read from them.
+    #[derive(Debug, Default)]
+    struct Bank {
+        limit: u64,
+        allocated: Mutex<HashMap<usize, u64>>,
+        instances: Mutex<Vec<std::sync::Weak<Leases>>>,
+        up: std::sync::atomic::AtomicBool,
+    }
+
+    #[derive(Debug)]
+    struct Port {
+        bank: Arc<Bank>,
+        me: usize,
+    }
+
+    impl Bank {
+        fn total(&self) -> u64 {
+            self.allocated.lock().unwrap().values().sum()
+        }
+
+        fn unspent_elsewhere(&self, me: usize) -> u64 {
+            let instances = self.instances.lock().unwrap();
+            instances
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != me)
+                .filter_map(|(_, l)| l.upgrade())
+                .map(|l| l.available(SCOPE))
+                .sum()
+        }
+    }
+
+    impl ClusterPort for Port {
+        fn grant(&self, _scope: Scope, want: u64, need: u64) -> PortAnswer<'_, Grant> {
+            let answer = if !self.bank.up.load(Ordering::Relaxed) {
+                Err(PortError("down".into()))
+            } else {
+                let elsewhere = self.bank.unspent_elsewhere(self.me);
+                let mut allocated = self.bank.allocated.lock().unwrap();
+                let free = self.bank.limit - allocated.values().sum::<u64>();
+                let holders = u64::from(elsewhere > 0);
+                let k = want.min(free.div_ceil(2 * (holders + 1)).max(need)).min(free);
+                *allocated.entry(self.me).or_default() += k;
+                Ok(Grant { granted: k, free: free - k, held_elsewhere: elsewhere, fenced: false })
+            };
+            Box::pin(std::future::ready(answer))
+        }
+
+        fn give_back(&self, _scope: Scope, units: u64) -> PortAnswer<'_, u64> {
+            let mut allocated = self.bank.allocated.lock().unwrap();
+            let mine = allocated.entry(self.me).or_default();
+            let n = units.min(*mine);
+            *mine -= n;
+            Box::pin(std::future::ready(Ok(n)))
+        }
+
+        fn claim<'a>(&'a self, _req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome> {
+            unreachable!("not used by leases")
+        }
+
+        fn change(&self, _id: uuid::Uuid, _rev: u32, _release: bool) -> PortAnswer<'_, Option<Changed>> {
+            unreachable!("not used by leases")
+        }
+    }
+
+    fn fast() -> LeaseSettings {
+        LeaseSettings {
+            target: Duration::from_secs(5),
+            refill_at: Duration::from_secs(1),
+            claim_wait: Duration::from_millis(300),
+            idle_return: Duration::from_millis(100),
+            exhausted_for: Duration::from_millis(50),
+        }
+    }
+
+    fn bank(limit: u64) -> Arc<Bank> {
+        let bank = Arc::new(Bank { limit, ..Bank::default() });
+        bank.up.store(true, Ordering::Relaxed);
+        bank
+    }
+
+    fn instances(bank: &Arc<Bank>, n: usize) -> Vec<Arc<Leases>> {
+        let leases: Vec<_> = (0..n).map(|me| Leases::new(Arc::new(Port { bank: bank.clone(), me }), fast())).collect();
+        *bank.instances.lock().unwrap() = leases.iter().map(Arc::downgrade).collect();
+        leases
+    }
+
+    const SCOPE: Scope = Scope::CouponUses(1);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn many_instances_never_spend_more_than_the_limit_and_spend_all_of_it() {
+        for limit in [1, 2, 7, 50, 333] {
+            let bank = bank(limit);
+            let leases = instances(&bank, 3);
+            let mut buyers = Vec::new();
+            for i in 0..(limit as usize * 3 + 30) {
+                let leases = leases[i % 3].clone();
+                buyers.push(tokio::spawn(async move {
+                    // A buyer told "unavailable" retries, as a client does after Retry-After.
+                    for _ in 0..50 {
+                        match leases.take(SCOPE, 1).await {
+                            Ok(_) => return true,
+                            Err(Shortage::Exhausted) => return false,
+                            Err(Shortage::Unavailable) => {
+                                leases.upkeep().await;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                    panic!("a buyer was never answered");
+                }));
+            }
+            let mut won = 0;
+            for buyer in buyers {
+                won += u64::from(buyer.await.unwrap());
+            }
+            assert_eq!(won, limit, "limit {limit}");
+            assert_eq!(bank.total(), limit, "every granted unit was spent");
+        }
+    }
+
+    #[tokio::test]
+    async fn units_put_back_are_spent_again_and_idle_ones_go_back() {
+        let bank = bank(10);
+        let leases = instances(&bank, 1).pop().unwrap();
+        assert_eq!(leases.take(SCOPE, 1).await, Ok(true), "the first take waits for a grant");
+        let held = bank.total();
+        assert!(held >= 1);
+        leases.put_back(SCOPE, 1);
+        assert_eq!(leases.available(SCOPE), held);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        leases.upkeep().await;
+        assert_eq!(leases.available(SCOPE), 0, "idle units go back");
+        assert_eq!(bank.total(), 0);
+    }
+
+    #[tokio::test]
+    async fn while_the_database_is_away_only_units_held_are_spent() {
+        let bank = bank(100);
+        let leases = instances(&bank, 1).pop().unwrap();
+        leases.take(SCOPE, 1).await.unwrap();
+        let held = leases.available(SCOPE);
+        bank.up.store(false, Ordering::Relaxed);
+        for _ in 0..held {
+            leases.take(SCOPE, 1).await.unwrap();
+        }
+        assert_eq!(leases.take(SCOPE, 1).await, Err(Shortage::Unavailable));
+        bank.up.store(true, Ordering::Relaxed);
+        assert!(leases.take(SCOPE, 1).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_reached_limit_is_answered_without_asking_again() {
+        let bank = bank(1);
+        let leases = instances(&bank, 1).pop().unwrap();
+        leases.take(SCOPE, 1).await.unwrap();
+        assert_eq!(leases.take(SCOPE, 1).await, Err(Shortage::Exhausted));
+        let grants = leases.stats().empty_grants.load(Ordering::Relaxed);
+        assert_eq!(leases.take(SCOPE, 1).await, Err(Shortage::Exhausted));
+        assert_eq!(leases.stats().empty_grants.load(Ordering::Relaxed), grants, "answered from memory");
+    }
+}

@@ -1,0 +1,490 @@
+//! Several instances on one database (API.md §6): limits exact across instances under races,
+//! a killed instance that holds leases, PostgreSQL away for all of them, and uses seen and
+//! changed on every instance.
+
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{PgProxy, ServeProcess, TestApp, TestClient, TestDb, binary, eventually, insert_coupon, signal};
+
+const TOKEN: &str = "cluster-admin-token-0123456789";
+
+async fn instances(db: &TestDb, n: usize) -> Vec<TestApp> {
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        apps.push(TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN)]).await);
+    }
+    apps
+}
+
+fn redeem_body(code: &str, user: &str, order: &str) -> Value {
+    json!({"code": code, "userId": user, "orderId": order, "orderValue": 100})
+}
+
+/// Redeems like a shop's backend: a 503 is retried after its Retry-After (shortened here).
+async fn redeem_retrying(client: &TestClient, body: &Value) -> (StatusCode, Value) {
+    for _ in 0..100 {
+        let response = client.post("/api/coupons/redeem", body).await;
+        if response.status != StatusCode::SERVICE_UNAVAILABLE {
+            return (response.status, response.json());
+        }
+        assert!(response.headers.contains_key("retry-after"), "a 503 says when to retry");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("redeem never answered other than 503: {body}");
+}
+
+/// A small deterministic generator, so that a failing seed can be replayed.
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+async fn live_rows(db: &TestDb, coupon: i64) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM coupon_usage WHERE coupon_id = $1 AND released_at IS NULL")
+        .bind(coupon)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+async fn quota(db: &TestDb, kind: i16, scope: i64) -> (i64, i64) {
+    sqlx::query_as("SELECT used, held FROM quotas WHERE kind = $1 AND scope_id = $2")
+        .bind(kind)
+        .bind(scope)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_buyers_on_three_instances_get_exactly_fifty() {
+    let db = TestDb::new().await;
+    let apps = instances(&db, 3).await;
+    let mut seed = u64::from(std::process::id()) | 1;
+    for round in 0..3 {
+        let code = format!("FIFTY{round}");
+        let coupon = insert_coupon(&db.pool, &code, &[("usage_limit", "50")]).await;
+        // Every instance must know the coupon before the race starts.
+        for app in &apps {
+            eventually(Duration::from_secs(5), "the coupon everywhere", || async {
+                app.client.validate(json!({"code": code, "userId": "u", "orderValue": 100})).await["valid"] == true
+            })
+            .await;
+        }
+        let started = seed;
+        let buyers: Vec<_> = (0..300)
+            .map(|n| {
+                let client = apps[(next(&mut seed) % 3) as usize].client.clone();
+                let body = redeem_body(&code, &format!("buyer-{round}-{n}"), &format!("order-{round}-{n}"));
+                tokio::spawn(async move { redeem_retrying(&client, &body).await })
+            })
+            .collect();
+        let (mut won, mut refused) = (0, 0);
+        for buyer in buyers {
+            match buyer.await.unwrap() {
+                (StatusCode::CREATED, _) => won += 1,
+                (StatusCode::UNPROCESSABLE_ENTITY, body) => {
+                    assert_eq!(body["reason"], "USAGE_LIMIT_REACHED", "never another reason");
+                    refused += 1;
+                }
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+        assert_eq!((won, refused), (50, 250), "round {round}, seed {started}");
+        eventually(Duration::from_secs(10), "every redemption shipped", || async {
+            live_rows(&db, coupon).await == 50
+        })
+        .await;
+        let (used, held) = quota(&db, 1, coupon).await;
+        assert_eq!(used, 50);
+        assert_eq!(held, 0, "nothing is left in any lease when the limit is sold out");
+    }
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+    let held: i64 = sqlx::query_scalar("SELECT coalesce(sum(held), 0)::bigint FROM quota_leases")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(held, 0, "stopped instances hold nothing");
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_user_racing_a_one_use_coupon_on_every_instance_gets_it_once() {
+    let db = TestDb::new().await;
+    let apps = instances(&db, 3).await;
+    insert_coupon(&db.pool, "ONCE", &[("per_user_limit", "1")]).await;
+    for app in &apps {
+        eventually(Duration::from_secs(5), "the coupon everywhere", || async {
+            app.client.validate(json!({"code": "ONCE", "userId": "u", "orderValue": 100})).await["valid"] == true
+        })
+        .await;
+    }
+    let tries: Vec<_> = (0..30)
+        .map(|n| {
+            let client = apps[n % 3].client.clone();
+            let body = redeem_body("ONCE", "the-user", &format!("order-{n}"));
+            tokio::spawn(async move { (body.clone(), redeem_retrying(&client, &body).await) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for attempt in tries {
+        match attempt.await.unwrap() {
+            (body, (StatusCode::CREATED, answer)) => winners.push((body, answer)),
+            (_, (StatusCode::UNPROCESSABLE_ENTITY, answer)) => {
+                assert_eq!(answer["reason"], "USER_USAGE_LIMIT_REACHED");
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one use for the user");
+    // The winning order, retried on any instance, is the same redemption.
+    let (body, answer) = &winners[0];
+    for app in &apps {
+        let again = app.client.post("/api/coupons/redeem", body).await;
+        assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+        assert_eq!(again.json()["redemptionId"], answer["redemptionId"]);
+    }
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_use_on_one_instance_shows_on_the_others_and_is_released_anywhere() {
+    let db = TestDb::new().await;
+    let apps = instances(&db, 3).await;
+    let coupon = insert_coupon(&db.pool, "SOLO", &[("usage_limit", "1")]).await;
+    let check = json!({"code": "SOLO", "userId": "someone", "orderValue": 100});
+    for app in &apps {
+        eventually(Duration::from_secs(5), "the coupon everywhere", || async {
+            app.client.validate(check.clone()).await["valid"] == true
+        })
+        .await;
+    }
+    let first = apps[0].client.post("/api/coupons/redeem", &redeem_body("SOLO", "ann", "o-1")).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    for app in &apps[1..] {
+        eventually(Duration::from_secs(5), "the use seen on the other instances", || async {
+            app.client.validate(check.clone()).await["reason"] == "USAGE_LIMIT_REACHED"
+        })
+        .await;
+    }
+    // Another instance releases it: through PostgreSQL, since the use is not its own.
+    let released = apps[1].client.post("/api/coupons/release", &json!({"code": "SOLO", "orderId": "o-1"})).await;
+    assert_eq!((released.status, released.json()["released"].clone()), (StatusCode::OK, json!(true)));
+    for app in &apps {
+        eventually(Duration::from_secs(5), "the release seen everywhere", || async {
+            app.client.validate(check.clone()).await["valid"] == true
+        })
+        .await;
+    }
+    let again = apps[0].client.post("/api/coupons/release", &json!({"code": "SOLO", "orderId": "o-1"})).await;
+    assert_eq!(again.status, StatusCode::OK, "a repeated release, on the instance that made it");
+    let (status, _) = redeem_retrying(&apps[2].client, &redeem_body("SOLO", "bob", "o-2")).await;
+    assert_eq!(status, StatusCode::CREATED, "the use given back is sold again");
+    eventually(Duration::from_secs(5), "one live use", || async { live_rows(&db, coupon).await == 1 }).await;
+    assert_eq!(quota(&db, 1, coupon).await.0, 1);
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_made_on_one_instance_is_confirmed_on_another() {
+    let db = TestDb::new().await;
+    let apps = instances(&db, 2).await;
+    insert_coupon(&db.pool, "CART", &[("usage_limit", "5")]).await;
+    eventually(Duration::from_secs(5), "the coupon on both", || async {
+        let mut ok = true;
+        for app in &apps {
+            ok &= app.client.validate(json!({"code": "CART", "userId": "u", "orderValue": 100})).await["valid"] == true;
+        }
+        ok
+    })
+    .await;
+    let held = apps[0].client.post("/api/coupons/hold", &redeem_body("CART", "carol", "cart-1")).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.text);
+    let hold_id = held.json()["holdId"].clone();
+    // The hold is in PostgreSQL at once (holds are claims); the other instance learns of it.
+    let check = json!({"code": "CART", "userId": "carol", "orderValue": 100, "orderId": "cart-1"});
+    eventually(Duration::from_secs(5), "the hold seen on the other instance", || async {
+        apps[1].client.validate(check.clone()).await["reason"] == "ORDER_ALREADY_REDEEMED"
+    })
+    .await;
+    let confirmed = apps[1].client.post("/api/coupons/redeem", &redeem_body("CART", "carol", "cart-1")).await;
+    assert_eq!(confirmed.status, StatusCode::CREATED, "{}", confirmed.text);
+    assert_eq!(confirmed.json()["hold"], "confirmed");
+    assert_eq!(confirmed.json()["redemptionId"], hold_id);
+    eventually(Duration::from_secs(5), "a redemption now, in PostgreSQL", || async {
+        let row: (uuid::Uuid, bool, bool) = sqlx::query_as(
+            "SELECT id, hold_expires_at IS NULL, released_at IS NULL FROM coupon_usage WHERE order_id = 'cart-1'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(row.0.to_string(), hold_id.as_str().unwrap(), "one row, the hold's");
+        row.1 && row.2
+    })
+    .await;
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_order_retried_on_two_instances_is_one_redemption() {
+    let db = TestDb::new().await;
+    let apps = instances(&db, 2).await;
+    insert_coupon(&db.pool, "FREE", &[]).await;
+    for app in &apps {
+        eventually(Duration::from_secs(5), "the coupon everywhere", || async {
+            app.client.validate(json!({"code": "FREE", "userId": "u", "orderValue": 100})).await["valid"] == true
+        })
+        .await;
+    }
+    let body = redeem_body("FREE", "dave", "order-9");
+    let (a, b) = tokio::join!(
+        apps[0].client.post("/api/coupons/redeem", &body),
+        apps[1].client.post("/api/coupons/redeem", &body)
+    );
+    assert!(a.status.is_success() && b.status.is_success(), "{} {}", a.text, b.text);
+    assert_eq!(a.json()["redemptionId"], b.json()["redemptionId"]);
+    eventually(Duration::from_secs(5), "the row shipped", || async {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM coupon_usage WHERE order_id = 'order-9'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        rows == 1
+    })
+    .await;
+    let conflicts: i64 = sqlx::query_scalar("SELECT count(*) FROM order_conflicts").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(conflicts, 0, "the same user's retry is not a conflict");
+    // Two users on one order at once, on a coupon without claims: detected when shipped.
+    let (erin, frank) = (redeem_body("FREE", "erin", "order-10"), redeem_body("FREE", "frank", "order-10"));
+    let (a, b) = tokio::join!(
+        apps[0].client.post("/api/coupons/redeem", &erin),
+        apps[1].client.post("/api/coupons/redeem", &frank)
+    );
+    if a.status == StatusCode::CREATED && b.status == StatusCode::CREATED {
+        eventually(Duration::from_secs(5), "the conflict listed", || async {
+            let listed = apps[0]
+                .client
+                .request_with(
+                    Method::GET,
+                    "/admin/orders/conflicts",
+                    "",
+                    &[("authorization", &format!("Bearer {TOKEN}"))],
+                )
+                .await;
+            listed.status == StatusCode::OK && listed.json()["conflicts"].as_array().is_some_and(|c| c.len() == 1)
+        })
+        .await;
+    } else {
+        // One instance learned of the other's use first: the order was refused, as on one.
+        assert!([a.status, b.status].contains(&StatusCode::CONFLICT), "{} {}", a.text, b.text);
+    }
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+    db.drop_db().await;
+}
+
+fn data_dir(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("coupon-engine-cluster-{name}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_instance_strands_its_units_until_it_is_back_or_written_off() {
+    let db = TestDb::new().await;
+    let coupon = insert_coupon(&db.pool, "TWENTY", &[("usage_limit", "20")]).await;
+    let (dir_a, dir_b) = (data_dir("a"), data_dir("b"));
+    let env_a = [("INSTANCE_ID", "node-a"), ("DATA_DIR", dir_a.as_str()), ("ADMIN_TOKEN", TOKEN)];
+    let env_b = [("INSTANCE_ID", "node-b"), ("DATA_DIR", dir_b.as_str())];
+    let a = ServeProcess::start(&db.url, &env_a);
+    let mut b = ServeProcess::start(&db.url, &env_b);
+    let (client_a, client_b) = (TestClient::new(a.addr), TestClient::new(b.addr));
+    client_a.wait_ready().await;
+    client_b.wait_ready().await;
+    let mut sold = 0;
+    for n in 0..3 {
+        let (status, _) =
+            redeem_retrying(&client_b, &redeem_body("TWENTY", &format!("b-{n}"), &format!("b-{n}"))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        sold += 1;
+    }
+    let (_, held_by_b) = quota(&db, 1, coupon).await;
+    assert!(held_by_b > 0, "b holds a lease");
+    signal(&b.child, "KILL");
+    b.child.wait().unwrap();
+    // While b is down, a sells what is free and answers 503 (never a false 422) for b's units.
+    let mut unavailable = 0;
+    for n in 0..40 {
+        let response =
+            client_a.post("/api/coupons/redeem", &redeem_body("TWENTY", &format!("a-{n}"), &format!("a-{n}"))).await;
+        match response.status {
+            StatusCode::CREATED => sold += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(response.json()["reason"], "QUOTA_UNAVAILABLE");
+                unavailable += 1;
+                if unavailable >= 2 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other}: {}", response.text),
+        }
+    }
+    assert!(sold < 20, "b's unspent units are unavailable, not sold: {sold}");
+    assert!(unavailable > 0);
+    // b comes back with its DATA_DIR: it ships what it sold and gives back the rest.
+    let b = ServeProcess::start(&db.url, &env_b);
+    TestClient::new(b.addr).wait_ready().await;
+    let mut n = 100;
+    loop {
+        let (status, body) =
+            redeem_retrying(&client_a, &redeem_body("TWENTY", &format!("a-{n}"), &format!("a-{n}"))).await;
+        n += 1;
+        match status {
+            StatusCode::CREATED => sold += 1,
+            StatusCode::UNPROCESSABLE_ENTITY => {
+                assert_eq!(body["reason"], "USAGE_LIMIT_REACHED");
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(sold, 20, "exactly the limit once b is back");
+    eventually(Duration::from_secs(10), "every use shipped", || async { live_rows(&db, coupon).await == 20 }).await;
+
+    // Disk lost: b is killed holding units of a second coupon, and written off.
+    let second = insert_coupon(&db.pool, "TEN", &[("usage_limit", "10")]).await;
+    let client_b = TestClient::new(b.addr);
+    eventually(Duration::from_secs(5), "b knows TEN", || async {
+        client_b.validate(json!({"code": "TEN", "userId": "u", "orderValue": 100})).await["valid"] == true
+    })
+    .await;
+    let (status, _) = redeem_retrying(&client_b, &redeem_body("TEN", "x-0", "x-0")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut b = b;
+    eventually(Duration::from_secs(5), "b's use shipped", || async { live_rows(&db, second).await == 1 }).await;
+    signal(&b.child, "KILL");
+    b.child.wait().unwrap();
+    let auth = [("authorization", format!("Bearer {TOKEN}"))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // PostgreSQL lets the killed instance's lock go once it notices the session is gone.
+    let mut off = client_a.request_with(Method::POST, "/admin/instances/node-b/write-off", "", &auth).await;
+    for _ in 0..50 {
+        if off.status != StatusCode::CONFLICT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        off = client_a.request_with(Method::POST, "/admin/instances/node-b/write-off", "", &auth).await;
+    }
+    assert_eq!(off.status, StatusCode::OK, "{}", off.text);
+    assert!(off.json()["unitsReturned"].as_i64().unwrap() >= 0);
+    let live = client_a.request_with(Method::POST, "/admin/instances/node-a/write-off", "", &auth).await;
+    assert_eq!(live.status, StatusCode::CONFLICT, "a running instance is not written off");
+    let mut sold_ten = 1;
+    for n in 1..30 {
+        let (status, _) = redeem_retrying(&client_a, &redeem_body("TEN", &format!("x-{n}"), &format!("x-{n}"))).await;
+        if status == StatusCode::CREATED {
+            sold_ten += 1;
+        }
+    }
+    assert_eq!(sold_ten, 10, "everything b held is available again after the write-off");
+    assert!(a.terminate().success());
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_postgres_away_instances_sell_only_what_they_hold() {
+    let db = TestDb::new().await;
+    let coupon = insert_coupon(&db.pool, "OUTAGE", &[("usage_limit", "60")]).await;
+    let proxies = [PgProxy::start(&db.url).await, PgProxy::start(&db.url).await];
+    let mut apps = Vec::new();
+    for proxy in &proxies {
+        apps.push(TestApp::spawn_with(&proxy.url, &[]).await);
+    }
+    let mut sold = 0;
+    for (i, app) in apps.iter().enumerate() {
+        let (status, _) =
+            redeem_retrying(&app.client, &redeem_body("OUTAGE", &format!("pre-{i}"), &format!("pre-{i}"))).await;
+        assert_eq!(status, StatusCode::CREATED);
+        sold += 1;
+    }
+    let (used_before, held) = quota(&db, 1, coupon).await;
+    assert!(used_before + held <= 60);
+    for proxy in &proxies {
+        proxy.cut();
+    }
+    let mut during = 0;
+    for (i, app) in apps.iter().enumerate() {
+        for n in 0..100 {
+            let response = app
+                .client
+                .post("/api/coupons/redeem", &redeem_body("OUTAGE", &format!("o{i}-{n}"), &format!("o{i}-{n}")))
+                .await;
+            match response.status {
+                StatusCode::CREATED => during += 1,
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert_eq!(response.json()["reason"], "QUOTA_UNAVAILABLE");
+                    break;
+                }
+                other => panic!("unexpected {other}: {}", response.text),
+            }
+        }
+    }
+    assert!(during as i64 <= held, "sold {during} with PostgreSQL away, holding {held}");
+    sold += during;
+    for proxy in &proxies {
+        proxy.restore();
+    }
+    let mut n = 0;
+    loop {
+        let app = &apps[n % 2];
+        let (status, _) =
+            redeem_retrying(&app.client, &redeem_body("OUTAGE", &format!("post-{n}"), &format!("post-{n}"))).await;
+        n += 1;
+        match status {
+            StatusCode::CREATED => sold += 1,
+            StatusCode::UNPROCESSABLE_ENTITY => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(sold, 60, "exact after the outage");
+    eventually(Duration::from_secs(15), "nothing lost", || async { live_rows(&db, coupon).await == 60 }).await;
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+    db.drop_db().await;
+}
+
+#[test]
+fn a_second_instance_with_the_same_id_refuses_to_start() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(TestDb::new());
+    let first = ServeProcess::start(&db.url, &[("INSTANCE_ID", "twin")]);
+    let dir = data_dir("twin");
+    let output = binary(
+        &["serve"],
+        &[("DATABASE_URL", &db.url), ("HTTP_ADDR", "127.0.0.1:0"), ("DATA_DIR", &dir), ("INSTANCE_ID", "twin")],
+    )
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another live instance"), "{stderr}");
+    assert!(first.terminate().success());
+    runtime.block_on(db.drop_db());
+}
