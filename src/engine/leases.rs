@@ -144,6 +144,32 @@ struct State {
     answered: Instant,
 }
 
+/// A request among a lease's waiting ones: leaves the count when answered, or when dropped
+/// (its client went away), so that an abandoned wait never keeps units from going back.
+struct Waiting<'a> {
+    lease: &'a ScopeLease,
+    units: u64,
+    counted: bool,
+}
+
+impl Waiting<'_> {
+    /// Leaves the count, under the lock the caller holds.
+    fn leave(&mut self, st: &mut State) {
+        if std::mem::take(&mut self.counted) {
+            st.waiting = st.waiting.saturating_sub(self.units);
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            let mut st = self.lease.state.lock().expect("lease");
+            st.waiting = st.waiting.saturating_sub(self.units);
+        }
+    }
+}
+
 #[derive(Debug)]
 struct ScopeLease {
     state: Mutex<State>,
@@ -164,7 +190,7 @@ const UPKEEP_EVERY: Duration = Duration::from_millis(100);
 /// After "other instances hold the rest", how long before asking again.
 const ASK_AGAIN_AFTER: Duration = Duration::from_millis(50);
 /// What a first grant asks for, in multiples of the request, before any rate is known.
-const FIRST_BLOCK: u64 = 8;
+const FIRST_BLOCK: u64 = 256;
 
 impl Leases {
     pub fn new(port: Arc<dyn ClusterPort>, settings: LeaseSettings) -> Arc<Leases> {
@@ -227,7 +253,8 @@ impl Leases {
         let deadline = Instant::now() + self.settings.claim_wait;
         let mut waited = false;
         let mut seen_round = None;
-        let mut waiting = false;
+        // Counted among the waiting until answered, or until the request is dropped.
+        let mut guard = Waiting { lease: &lease, units, counted: false };
         loop {
             let notified = lease.changed.notified();
             tokio::pin!(notified);
@@ -239,9 +266,7 @@ impl Leases {
                     st.available -= units;
                     st.spent += units;
                     st.last_spend = now;
-                    if waiting {
-                        st.waiting = st.waiting.saturating_sub(units);
-                    }
+                    guard.leave(&mut st);
                     let low = (st.rate * self.settings.refill_at.as_secs_f64()).ceil().max(1.0) as u64;
                     if st.available < low && !st.in_flight && st.exhausted_until.is_none_or(|t| t <= now) {
                         self.start_grant(scope, &lease, &mut st, units);
@@ -250,10 +275,8 @@ impl Leases {
                     counter.fetch_add(1, Ordering::Relaxed);
                     return Ok(waited);
                 }
-                let leave = |st: &mut State, shortage| {
-                    if waiting {
-                        st.waiting = st.waiting.saturating_sub(units);
-                    }
+                let mut leave = |st: &mut State, shortage| {
+                    guard.leave(st);
                     Err(shortage)
                 };
                 if st.exhausted_until.is_some_and(|t| t > now) {
@@ -269,9 +292,9 @@ impl Leases {
                 if now >= deadline {
                     return leave(&mut st, Shortage::Unavailable);
                 }
-                if !waiting {
+                if !guard.counted {
                     st.waiting += units;
-                    waiting = true;
+                    guard.counted = true;
                 }
                 // After an answer that others hold the rest, give them a moment to hand it
                 // back before asking again.
@@ -386,14 +409,13 @@ impl Leases {
         for (scope, lease) in scopes {
             let give = {
                 let mut st = lease.state.lock().expect("lease");
+                // Quick to rise (a sale starts at full speed), slow to fall.
                 let instant_rate = st.spent as f64 / tick;
-                st.rate = 0.8 * st.rate + 0.2 * instant_rate;
+                st.rate = instant_rate.max(0.8 * st.rate + 0.2 * instant_rate);
                 st.spent = 0;
-                if st.in_flight || st.waiting > 0 || st.available == 0 {
-                    st.reclaim = false;
+                let give = if st.in_flight || st.waiting > 0 || st.available == 0 {
                     0
                 } else if st.reclaim || st.last_spend.elapsed() >= self.settings.idle_return {
-                    st.reclaim = false;
                     std::mem::take(&mut st.available)
                 } else {
                     let keep = (2.0 * st.rate * self.settings.target.as_secs_f64()).ceil() as u64;
@@ -405,7 +427,14 @@ impl Leases {
                     } else {
                         0
                     }
+                };
+                st.reclaim = false;
+                if give > 0 {
+                    // What goes back is free again: this instance's next request must ask,
+                    // not be told the limit is reached by what an earlier grant said.
+                    st.exhausted_until = None;
                 }
+                give
             };
             if give > 0 {
                 self.give_back(scope, &lease, give).await;

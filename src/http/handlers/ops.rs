@@ -77,6 +77,16 @@ pub async fn metrics(state: &State, _call: Call) -> Result<HttpResponse, ApiErro
     metrics.live_holds.set(engine.live_holds() as f64);
     metrics.ledger_remembered.set(engine.ledger().remembered() as f64);
     metrics.ledger_forgotten.set(engine.forgotten().len() as f64);
+    if let Some(cluster) = engine.cluster() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = cluster.leases.stats();
+        let quota = &metrics.quota;
+        quota.grants.absolute(stats.grants.load(Relaxed));
+        quota.empty_grants.absolute(stats.empty_grants.load(Relaxed));
+        quota.failed_grants.absolute(stats.failed_grants.load(Relaxed));
+        quota.returns.absolute(stats.returns.load(Relaxed));
+        quota.units_held.set(cluster.leases.held() as f64);
+    }
     let current = catalog.load();
     let (mut uses, mut spent, mut exhausted) = (0u64, 0u64, 0u64);
     for campaign in current.campaigns() {

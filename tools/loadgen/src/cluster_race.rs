@@ -109,7 +109,7 @@ pub(crate) async fn cluster_race(url: &str, database_url: &str, args: ClusterRac
     let stamp = chrono::Utc::now().timestamp_micros();
     for round in 0..args.rounds {
         let seed = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default().unsigned_abs() ^ round as u64;
-        let code = format!("LOADGEN-CLUSTER-{stamp:x}-{round}");
+        let code = format!("LOADGEN-CLUSTER-{stamp:X}-{round}");
         create(&mut db, &code, Some(i32::try_from(args.limit)?), None).await?;
         seen_everywhere(&instances, &code).await?;
         let mut order: Vec<usize> = (0..args.buyers).collect();
@@ -154,7 +154,7 @@ pub(crate) async fn cluster_race(url: &str, database_url: &str, args: ClusterRac
     }
 
     // One user, one use, racing on every instance at once.
-    let code = format!("LOADGEN-ONCE-{stamp:x}");
+    let code = format!("LOADGEN-ONCE-{stamp:X}");
     create(&mut db, &code, None, Some(1)).await?;
     seen_everywhere(&instances, &code).await?;
     let start = std::sync::Arc::new(tokio::sync::Barrier::new(args.user_orders));

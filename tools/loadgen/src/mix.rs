@@ -303,7 +303,7 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
         Kind::LimitedRedeem | Kind::PerUserRedeem => {
             // A fresh coupon per run, so that every run starts with its whole limit.
             let code = format!(
-                "LOADGEN-{}-{:x}",
+                "LOADGEN-{}-{:X}",
                 if kind == Kind::LimitedRedeem { "LIMITED" } else { "PER-USER" },
                 chrono::Utc::now().timestamp_micros()
             );
