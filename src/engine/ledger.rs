@@ -1,5 +1,7 @@
 //! The ledger of uses: who redeemed or holds what, and the counts the limits are checked
-//! against. It is the authority for this instance; PostgreSQL lags it by the journal.
+//! against: this instance's own uses as they happen (PostgreSQL lags them by the journal),
+//! the other instances' as they reach PostgreSQL. Alone, it is the authority for the limits;
+//! among instances the totals are the quota leases' (`engine::leases`).
 //!
 //! It costs nothing until used: a coupon nobody redeemed has no entry here at all. Ids are
 //! kept as 64-bit keyed hashes, never as text (PostgreSQL keeps the text), so a remembered
