@@ -3,6 +3,7 @@
 
 mod campaign_race;
 mod client;
+mod cluster_chaos;
 mod cluster_race;
 mod codes;
 mod conn;
@@ -86,6 +87,9 @@ enum Command {
     /// Several instances (tools/cluster up): rounds of 300 buyers for 50 uses through the
     /// balancer, then one user racing a one-use coupon on every instance.
     ClusterRace(cluster_race::ClusterRaceArgs),
+    /// Several instances (tools/cluster up): buyers on one limited coupon through the balancer
+    /// while an instance holding leases is SIGKILLed and restarted, then PostgreSQL is stopped.
+    ClusterChaos(cluster_chaos::ClusterChaosArgs),
     /// Validate throughput and p99 against a bare hyper server, same load, same run.
     Budget(drills::BudgetArgs),
     /// Stops PostgreSQL (tools/pg) under load: success before/during/after, catch-up, rows lost.
@@ -128,6 +132,9 @@ fn main() -> anyhow::Result<()> {
             }
             Some(Command::Race(args)) => {
                 drills::race(&cli.url, addr, need_db(cli.database_url.as_deref())?, args).await
+            }
+            Some(Command::ClusterChaos(args)) => {
+                cluster_chaos::cluster_chaos(&cli.url, need_db(cli.database_url.as_deref())?, args).await
             }
             Some(Command::ClusterRace(args)) => {
                 cluster_race::cluster_race(&cli.url, need_db(cli.database_url.as_deref())?, args).await
