@@ -90,8 +90,9 @@ impl Engine {
         let mut spent = Spent::default();
         let mut waited = false;
         for (idx, &(scope, units)) in totals.iter().enumerate() {
+            let unshipped = self.journal.backlog() > 0;
             let mut taken = cluster.leases.take(scope, units).await;
-            if taken == Err(Shortage::Exhausted) && self.journal.backlog() > 0 {
+            if taken == Err(Shortage::Exhausted) && unshipped {
                 self.journal.wait_shipped(self.settings.settle_timeout).await;
                 cluster.leases.forget_exhausted(scope);
                 taken = cluster.leases.take(scope, units).await;

@@ -604,12 +604,12 @@ impl Engine {
                     spent,
                 };
                 self.metrics.quota.waits.inc("claim");
-                let mut outcome = cluster.port.claim(&claim).await;
                 // PostgreSQL counts only what it has: a release or confirmation of this
-                // instance's own, still in its journal, may be what makes room.
-                if matches!(outcome, Ok(ClaimOutcome::Refused(_) | ClaimOutcome::TooManyHolds))
-                    && self.journal.backlog() > 0
-                {
+                // instance's own, still in its journal when the claim was made, may be what
+                // makes room (it may land while the claim runs, too late for its count).
+                let unshipped = self.journal.backlog() > 0;
+                let mut outcome = cluster.port.claim(&claim).await;
+                if matches!(outcome, Ok(ClaimOutcome::Refused(_) | ClaimOutcome::TooManyHolds)) && unshipped {
                     self.journal.wait_shipped(self.settings.settle_timeout).await;
                     outcome = cluster.port.claim(&claim).await;
                     tracing::debug!(?outcome, "claim asked again once this instance's journal was shipped");
