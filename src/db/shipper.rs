@@ -249,9 +249,20 @@ impl Shipper {
         }
     }
 
+    /// Writes the events in one transaction, again once if another instance's row for the
+    /// same order was being inserted at the same moment: `ON CONFLICT (id)` arbitrates only
+    /// the primary key, so the race can surface as a violation of the order's unique key,
+    /// which the second try (the row committed by then) meets as the conflict it is.
+    async fn write(&self, events: &[(Position, &[u8], Event)]) -> Result<Written, sqlx::Error> {
+        match self.write_once(events).await {
+            Err(err) if is_order_race(&err) => self.write_once(events).await,
+            other => other,
+        }
+    }
+
     /// Writes the events in one transaction. An id appears at most once per wave, so that
     /// one statement never meets the same row twice; waves run in journal order.
-    async fn write(&self, events: &[(Position, &[u8], Event)]) -> Result<Written, sqlx::Error> {
+    async fn write_once(&self, events: &[(Position, &[u8], Event)]) -> Result<Written, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut written = Written::default();
         let mut wave = Wave { instance: &self.instance, ..Wave::default() };
@@ -268,6 +279,11 @@ impl Shipper {
         self.metrics.quota.overrun.increment(written.overrun);
         Ok(written)
     }
+}
+
+/// A violation of `coupon_usage`'s `(coupon_id, order_id)` key.
+fn is_order_race(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.constraint() == Some("coupon_usage_order_unique"))
 }
 
 fn event_id(event: &Event) -> Option<Uuid> {
