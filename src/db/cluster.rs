@@ -21,13 +21,14 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::db::usage::{USAGE_COLUMNS, UsageRow};
 use crate::db::{Error, money};
 use crate::domain::rules::Reason;
+use crate::engine::Engine;
 use crate::engine::leases::Scope;
 use crate::engine::ports::{
     ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, PortAnswer, PortError, StoredRow,
 };
-use crate::engine::{Engine, StoredUse};
 
 /// The file in `DATA_DIR` that keeps a generated instance id.
 const ID_FILE: &str = "instance_id";
@@ -187,7 +188,6 @@ fn units(n: u64) -> i64 {
 #[derive(sqlx::FromRow)]
 struct GrantRow {
     granted: i64,
-    free: i64,
     held_elsewhere: i64,
     fenced: bool,
 }
@@ -229,12 +229,7 @@ impl ClusterPort for PgCluster {
                     .fetch_one(&self.leases)
                     .await
                     .map_err(port_error)?;
-            Ok(Grant {
-                granted: count(row.granted),
-                free: count(row.free),
-                held_elsewhere: count(row.held_elsewhere),
-                fenced: row.fenced,
-            })
+            Ok(Grant { granted: count(row.granted), held_elsewhere: count(row.held_elsewhere), fenced: row.fenced })
         })
     }
 
@@ -334,17 +329,8 @@ const FEED_BATCH: i64 = 20_000;
 #[derive(sqlx::FromRow)]
 struct FeedRow {
     seq: i64,
-    id: Uuid,
-    rev: i32,
-    coupon_id: i64,
-    code: Option<String>,
-    user_id: String,
-    order_id: String,
-    order_value: Decimal,
-    discount_applied: Decimal,
-    hold_expires_at: Option<DateTime<Utc>>,
-    released_at: Option<DateTime<Utc>>,
-    instance_id: Option<String>,
+    #[sqlx(flatten)]
+    row: UsageRow,
 }
 
 /// Follows `coupon_usage` by its change sequence and merges every instance's uses into the
@@ -391,47 +377,32 @@ impl Feed {
     /// One poll: the rows changed since the last, and any reclaims.
     pub async fn poll(&mut self) -> Result<usize, Error> {
         let gaps: Vec<i64> = self.gaps.keys().copied().collect();
-        let rows: Vec<FeedRow> = sqlx::query_as(
-            "SELECT seq, id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
-             hold_expires_at, released_at, instance_id FROM coupon_usage \
-             WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3",
-        )
-        .bind(self.after)
-        .bind(&gaps)
-        .bind(FEED_BATCH)
-        .fetch(&self.pool)
-        .try_collect()
-        .await?;
+        let sql = format!(
+            "SELECT seq, {USAGE_COLUMNS} FROM coupon_usage WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3"
+        );
+        let rows: Vec<FeedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(self.after)
+            .bind(&gaps)
+            .bind(FEED_BATCH)
+            .fetch(&self.pool)
+            .try_collect()
+            .await?;
         let now = Instant::now();
         let mut uses = Vec::with_capacity(rows.len());
-        for row in rows {
-            self.gaps.remove(&row.seq);
-            if row.seq > self.after {
-                for missing in (self.after + 1)..row.seq {
+        for FeedRow { seq, row } in rows {
+            self.gaps.remove(&seq);
+            if seq > self.after {
+                for missing in (self.after + 1)..seq {
                     if self.gaps.len() < MAX_GAPS {
                         self.gaps.insert(missing, now);
                     }
                 }
-                self.after = row.seq;
+                self.after = seq;
             }
-            let (Some(order_value), Some(discount)) =
-                (money::cents(row.order_value), money::cents(row.discount_applied))
-            else {
-                continue;
-            };
-            uses.push(StoredUse {
-                id: row.id,
-                rev: u32::try_from(row.rev).unwrap_or(0),
-                coupon_id: row.coupon_id,
-                code: row.code,
-                user_id: row.user_id,
-                order_id: row.order_id,
-                order_value,
-                discount,
-                hold_until: row.hold_expires_at,
-                released_at: row.released_at,
-                made_by: row.instance_id,
-            });
+            match row.into_use() {
+                Ok(stored) => uses.push(stored),
+                Err(err) => tracing::warn!(error = %err, "a use the feed brought cannot be served; skipped"),
+            }
         }
         self.gaps.retain(|_, seen| now.duration_since(*seen) < GAP_PATIENCE);
         let merged = self.engine.merge_uses(uses);

@@ -1,4 +1,5 @@
-//! Reads the uses stored in `coupon_usage` (redemptions and holds) at start-up.
+//! Reads the uses stored in `coupon_usage` (redemptions and holds): every one at start-up,
+//! and (through [`UsageRow`]) those the usage feed brings.
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -11,8 +12,13 @@ use crate::domain::coupon::CouponId;
 use crate::engine::StoredUse;
 use crate::engine::ports::{ArchiveAnswer, ArchiveError, ArchivedOrder, UsageArchive};
 
+/// The columns of a use, as [`UsageRow`] reads them.
+pub const USAGE_COLUMNS: &str = "id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
+     hold_expires_at, released_at, instance_id";
+
+/// A `coupon_usage` row.
 #[derive(Debug, sqlx::FromRow)]
-struct UsageRow {
+pub struct UsageRow {
     id: Uuid,
     rev: i32,
     coupon_id: i64,
@@ -26,34 +32,38 @@ struct UsageRow {
     instance_id: Option<String>,
 }
 
+impl UsageRow {
+    /// The use this row is; refused if a value cannot be served.
+    pub fn into_use(self) -> Result<StoredUse, Error> {
+        let bad = |problem: &str| Error::BadRow {
+            what: "coupon_usage row of coupon",
+            id: self.coupon_id,
+            problem: problem.into(),
+        };
+        Ok(StoredUse {
+            id: self.id,
+            rev: u32::try_from(self.rev).map_err(|_| bad("rev is negative"))?,
+            coupon_id: self.coupon_id,
+            order_value: money::cents(self.order_value).ok_or_else(|| bad("order_value out of range"))?,
+            discount: money::cents(self.discount_applied).ok_or_else(|| bad("discount_applied out of range"))?,
+            code: self.code,
+            user_id: self.user_id,
+            order_id: self.order_id,
+            hold_until: self.hold_expires_at,
+            released_at: self.released_at,
+            made_by: self.instance_id,
+        })
+    }
+}
+
 /// Every use, streamed: live ones count against the limits, released ones keep their order
 /// id spent (a redemption) or not (a hold), holds get their deadlines.
 pub async fn all_uses(pool: &PgPool) -> Result<Vec<StoredUse>, Error> {
-    let mut rows = sqlx::query_as::<_, UsageRow>(
-        "SELECT id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, hold_expires_at, \
-         released_at, instance_id FROM coupon_usage",
-    )
-    .fetch(pool);
+    let sql = format!("SELECT {USAGE_COLUMNS} FROM coupon_usage");
+    let mut rows = sqlx::query_as::<_, UsageRow>(sqlx::AssertSqlSafe(sql)).fetch(pool);
     let mut uses = Vec::new();
     while let Some(row) = rows.try_next().await? {
-        let bad = |problem: &str| Error::BadRow {
-            what: "coupon_usage row of coupon",
-            id: row.coupon_id,
-            problem: problem.into(),
-        };
-        uses.push(StoredUse {
-            id: row.id,
-            rev: u32::try_from(row.rev).map_err(|_| bad("rev is negative"))?,
-            coupon_id: row.coupon_id,
-            code: row.code,
-            user_id: row.user_id,
-            order_id: row.order_id,
-            order_value: money::cents(row.order_value).ok_or_else(|| bad("order_value out of range"))?,
-            discount: money::cents(row.discount_applied).ok_or_else(|| bad("discount_applied out of range"))?,
-            hold_until: row.hold_expires_at,
-            released_at: row.released_at,
-            made_by: row.instance_id,
-        });
+        uses.push(row.into_use()?);
     }
     Ok(uses)
 }

@@ -82,11 +82,7 @@ impl Engine {
     /// Takes the lease units of `totals`, in order; on a shortage, puts back the earlier
     /// ones. A limit that looks reached is asked again once this instance's own journal is
     /// shipped: a release of its own may be what would free a unit.
-    pub(crate) async fn spend_leases(
-        &self,
-        cluster: &Cluster,
-        totals: &[(Scope, u64)],
-    ) -> Result<(Spent, bool), Short> {
+    pub(crate) async fn spend_leases(&self, cluster: &Cluster, totals: &[(Scope, u64)]) -> Result<Spent, Short> {
         let mut spent = Spent::default();
         let mut waited = false;
         for (idx, &(scope, units)) in totals.iter().enumerate() {
@@ -118,7 +114,7 @@ impl Engine {
         if waited {
             self.metrics.quota.waits.inc("lease");
         }
-        Ok((spent, waited))
+        Ok(spent)
     }
 
     /// Changes a use another instance made, through PostgreSQL: a release (`release`), or a
@@ -183,7 +179,7 @@ impl Engine {
         let mut merged = 0;
         for stored in uses {
             let key = (stored.coupon_id, self.ledger.id_key(&stored.order_id));
-            let Some(slot) = self.stored_slot(&catalog, &stored, me) else { continue };
+            let slot = self.stored_slot(&catalog, &stored, me);
             let replaced = self.ledger.update(key, |current| match current {
                 None if !slot.counts()
                     && !matches!(slot.state, SlotState::Released { ended: Ended::Redemption, .. }) =>
@@ -227,7 +223,7 @@ impl Engine {
         catalog: &crate::engine::catalog::Catalog,
         stored: &StoredUse,
         me: Option<&str>,
-    ) -> Option<Slot> {
+    ) -> Slot {
         use crate::engine::catalog::Found;
         use crate::engine::ledger::code_slot;
         let code = stored.code.as_deref().and_then(|code| match catalog.find(code) {
@@ -247,7 +243,7 @@ impl Engine {
             (None, Some(until)) => SlotState::Held { until: until.timestamp_millis() },
             (None, None) => SlotState::Live,
         };
-        Some(Slot {
+        Slot {
             id: stored.id,
             rev: stored.rev,
             user: self.ledger.id_key(&stored.user_id),
@@ -258,7 +254,7 @@ impl Engine {
             counted: counted(catalog, stored.coupon_id, campaign),
             foreign: me.is_some() && stored.made_by.as_deref() != me,
             state,
-        })
+        }
     }
 
     /// A claim found the order's row: remember it as PostgreSQL has it.

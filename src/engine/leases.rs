@@ -13,7 +13,6 @@
 //! geometrically near the end. Units idle for `idle_return`, asked back by another instance
 //! (a reclaim), or far beyond the rate, go back.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -180,7 +179,8 @@ struct ScopeLease {
 #[derive(Debug)]
 pub struct Leases {
     port: Arc<dyn ClusterPort>,
-    scopes: Mutex<HashMap<Scope, Arc<ScopeLease>>>,
+    /// Sharded: a take looks its scope up without a lock every scope shares.
+    scopes: dashmap::DashMap<Scope, Arc<ScopeLease>>,
     settings: LeaseSettings,
     stats: LeaseStats,
 }
@@ -194,7 +194,7 @@ const FIRST_BLOCK: u64 = 256;
 
 impl Leases {
     pub fn new(port: Arc<dyn ClusterPort>, settings: LeaseSettings) -> Arc<Leases> {
-        Arc::new(Leases { port, scopes: Mutex::default(), settings, stats: LeaseStats::default() })
+        Arc::new(Leases { port, scopes: dashmap::DashMap::new(), settings, stats: LeaseStats::default() })
     }
 
     /// The counts so far.
@@ -204,7 +204,7 @@ impl Leases {
 
     /// Units held unspent in memory, across every scope.
     pub fn held(&self) -> u64 {
-        let scopes: Vec<_> = self.scopes.lock().expect("leases").values().cloned().collect();
+        let scopes: Vec<_> = self.scopes.iter().map(|entry| entry.value().clone()).collect();
         scopes.iter().map(|s| s.state.lock().expect("lease").available).sum()
     }
 
@@ -214,13 +214,14 @@ impl Leases {
     }
 
     fn existing(&self, scope: Scope) -> Option<Arc<ScopeLease>> {
-        self.scopes.lock().expect("leases").get(&scope).cloned()
+        self.scopes.get(&scope).map(|entry| entry.value().clone())
     }
 
     fn lease(&self, scope: Scope) -> Arc<ScopeLease> {
+        if let Some(lease) = self.existing(scope) {
+            return lease;
+        }
         self.scopes
-            .lock()
-            .expect("leases")
             .entry(scope)
             .or_insert_with(|| {
                 Arc::new(ScopeLease {
@@ -404,7 +405,7 @@ impl Leases {
     /// One round of upkeep.
     pub async fn upkeep(&self) {
         let scopes: Vec<(Scope, Arc<ScopeLease>)> =
-            self.scopes.lock().expect("leases").iter().map(|(s, l)| (*s, l.clone())).collect();
+            self.scopes.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
         let tick = UPKEEP_EVERY.as_secs_f64();
         for (scope, lease) in scopes {
             let give = {
@@ -515,7 +516,7 @@ mod tests {
                 let holders = u64::from(elsewhere > 0);
                 let k = want.min(free.div_ceil(2 * (holders + 1)).max(need)).min(free);
                 *allocated.entry(self.me).or_default() += k;
-                Ok(Grant { granted: k, free: free - k, held_elsewhere: elsewhere, fenced: false })
+                Ok(Grant { granted: k, held_elsewhere: elsewhere, fenced: false })
             };
             Box::pin(std::future::ready(answer))
         }

@@ -570,7 +570,7 @@ impl Engine {
         };
         if let Some(cluster) = cluster {
             let spent = match self.spend_leases(cluster, &totals).await {
-                Ok((spent, _)) => spent,
+                Ok(spent) => spent,
                 Err(short) => {
                     give_back_all(u);
                     return Ok(Some(UseOutcome::Refused(match short {
@@ -958,7 +958,7 @@ impl Engine {
                 self.forgotten.insert(key);
                 continue;
             }
-            let Some(slot) = self.stored_slot(&catalog, &stored, me) else { continue };
+            let slot = self.stored_slot(&catalog, &stored, me);
             let state = slot.state;
             let inserted = self.ledger.update(key, |current| match current {
                 Some(existing) => (Some(existing), false),

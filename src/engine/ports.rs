@@ -81,8 +81,6 @@ pub type PortAnswer<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = 
 pub struct Grant {
     /// Units added to this instance's lease.
     pub granted: u64,
-    /// Units still free after it.
-    pub free: u64,
     /// Units other instances' leases hold (unspent, or spent and not yet shipped).
     pub held_elsewhere: u64,
     /// This instance's epoch is no longer the live one: it must not spend.

@@ -19,6 +19,16 @@ async fn instances(db: &TestDb, n: usize) -> Vec<TestApp> {
     apps
 }
 
+/// Waits until every instance serves `code` (a new coupon reaches each by its notification).
+async fn served_everywhere(apps: &[TestApp], code: &str) {
+    for app in apps {
+        eventually(Duration::from_secs(5), "the coupon on every instance", || async {
+            app.client.validate(json!({"code": code, "userId": "u", "orderValue": 100})).await["valid"] == true
+        })
+        .await;
+    }
+}
+
 fn redeem_body(code: &str, user: &str, order: &str) -> Value {
     json!({"code": code, "userId": user, "orderId": order, "orderValue": 100})
 }
@@ -70,12 +80,7 @@ async fn three_hundred_buyers_on_three_instances_get_exactly_fifty() {
         let code = format!("FIFTY{round}");
         let coupon = insert_coupon(&db.pool, &code, &[("usage_limit", "50")]).await;
         // Every instance must know the coupon before the race starts.
-        for app in &apps {
-            eventually(Duration::from_secs(5), "the coupon everywhere", || async {
-                app.client.validate(json!({"code": code, "userId": "u", "orderValue": 100})).await["valid"] == true
-            })
-            .await;
-        }
+        served_everywhere(&apps, &code).await;
         let started = seed;
         let buyers: Vec<_> = (0..300)
             .map(|n| {
@@ -120,12 +125,7 @@ async fn one_user_racing_a_one_use_coupon_on_every_instance_gets_it_once() {
     let db = TestDb::new().await;
     let apps = instances(&db, 3).await;
     insert_coupon(&db.pool, "ONCE", &[("per_user_limit", "1")]).await;
-    for app in &apps {
-        eventually(Duration::from_secs(5), "the coupon everywhere", || async {
-            app.client.validate(json!({"code": "ONCE", "userId": "u", "orderValue": 100})).await["valid"] == true
-        })
-        .await;
-    }
+    served_everywhere(&apps, "ONCE").await;
     let tries: Vec<_> = (0..30)
         .map(|n| {
             let client = apps[n % 3].client.clone();
@@ -163,12 +163,7 @@ async fn a_use_on_one_instance_shows_on_the_others_and_is_released_anywhere() {
     let apps = instances(&db, 3).await;
     let coupon = insert_coupon(&db.pool, "SOLO", &[("usage_limit", "1")]).await;
     let check = json!({"code": "SOLO", "userId": "someone", "orderValue": 100});
-    for app in &apps {
-        eventually(Duration::from_secs(5), "the coupon everywhere", || async {
-            app.client.validate(check.clone()).await["valid"] == true
-        })
-        .await;
-    }
+    served_everywhere(&apps, "SOLO").await;
     let first = apps[0].client.post("/api/coupons/redeem", &redeem_body("SOLO", "ann", "o-1")).await;
     assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
     for app in &apps[1..] {
@@ -203,14 +198,7 @@ async fn a_hold_made_on_one_instance_is_confirmed_on_another() {
     let db = TestDb::new().await;
     let apps = instances(&db, 2).await;
     insert_coupon(&db.pool, "CART", &[("usage_limit", "5")]).await;
-    eventually(Duration::from_secs(5), "the coupon on both", || async {
-        let mut ok = true;
-        for app in &apps {
-            ok &= app.client.validate(json!({"code": "CART", "userId": "u", "orderValue": 100})).await["valid"] == true;
-        }
-        ok
-    })
-    .await;
+    served_everywhere(&apps, "CART").await;
     let held = apps[0].client.post("/api/coupons/hold", &redeem_body("CART", "carol", "cart-1")).await;
     assert_eq!(held.status, StatusCode::CREATED, "{}", held.text);
     let hold_id = held.json()["holdId"].clone();
@@ -246,12 +234,7 @@ async fn one_order_retried_on_two_instances_is_one_redemption() {
     let db = TestDb::new().await;
     let apps = instances(&db, 2).await;
     insert_coupon(&db.pool, "FREE", &[]).await;
-    for app in &apps {
-        eventually(Duration::from_secs(5), "the coupon everywhere", || async {
-            app.client.validate(json!({"code": "FREE", "userId": "u", "orderValue": 100})).await["valid"] == true
-        })
-        .await;
-    }
+    served_everywhere(&apps, "FREE").await;
     let body = redeem_body("FREE", "dave", "order-9");
     let (a, b) = tokio::join!(
         apps[0].client.post("/api/coupons/redeem", &body),
