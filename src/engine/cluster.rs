@@ -117,6 +117,18 @@ impl Engine {
         Ok(spent)
     }
 
+    /// A use of these totals came back: a sold-out verdict this instance remembers about
+    /// them no longer holds, and the next request asks PostgreSQL again.
+    pub(crate) fn uses_freed(&self, u: &Use) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.leases.forget_exhausted(Scope::CouponUses(u.coupon));
+            if let Some(campaign) = u.campaign {
+                cluster.leases.forget_exhausted(Scope::CampaignUses(campaign));
+                cluster.leases.forget_exhausted(Scope::CampaignCents(campaign));
+            }
+        }
+    }
+
     /// Changes a use another instance made, through PostgreSQL: a release (`release`), or a
     /// hold confirmed. True if this call changed it; otherwise the slot now says what the
     /// row is, for the caller to look again.
@@ -163,7 +175,10 @@ impl Engine {
         self.ledger.update(key, |current| (current.map(|s| Slot { rev: changed.rev, state, ..s }), ()));
         let u = Use::of_slot(key, key.0, &slot);
         match state {
-            SlotState::Released { .. } => limits::give_back(&limits::counting(), &self.ledger, &u),
+            SlotState::Released { .. } => {
+                limits::give_back(&limits::counting(), &self.ledger, &u);
+                self.uses_freed(&u);
+            }
             SlotState::Live if slot.is_hold() => limits::give_back(&limits::hold_only(), &self.ledger, &u),
             _ => {}
         }
@@ -200,7 +215,11 @@ impl Engine {
             self.metrics.quota.merged.increment(1);
             if let Some(old) = previous {
                 if old.counts() {
-                    limits::give_back(&limits::counting(), &self.ledger, &Use::of_slot(key, key.0, &old));
+                    let u = Use::of_slot(key, key.0, &old);
+                    limits::give_back(&limits::counting(), &self.ledger, &u);
+                    if !slot.counts() {
+                        self.uses_freed(&u);
+                    }
                 }
                 if !old.foreign && old.is_hold() && !matches!(old.state, SlotState::Released { .. }) {
                     self.live_holds.fetch_sub(1, Ordering::Relaxed);

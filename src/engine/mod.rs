@@ -887,7 +887,9 @@ impl Engine {
         };
         let released = SlotState::Released { at: now.timestamp_millis(), ended };
         self.ledger.update(key, |current| (current.map(|s| Slot { rev, state: released, ..s }), ()));
-        limits::give_back(&limits::counting(), &self.ledger, &Use::of_slot(key, key.0, &slot));
+        let u = Use::of_slot(key, key.0, &slot);
+        limits::give_back(&limits::counting(), &self.ledger, &u);
+        self.uses_freed(&u);
         if was_hold {
             self.live_holds.fetch_sub(1, Ordering::Relaxed);
             self.metrics.holds.inc(match cause {
