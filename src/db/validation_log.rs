@@ -14,9 +14,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, DurationRound, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
@@ -24,17 +24,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::ValidationLogSettings;
+pub use crate::db::copy_text::reason_code;
+use crate::db::copy_text::{COLUMNS, CopyText};
 use crate::db::health::DatabaseHealth;
 use crate::db::is_refusal;
 use crate::domain::event::{Event, Validated};
-use crate::domain::rules::Reason;
 use crate::engine::ports::ValidationSink;
 use crate::journal::{Journal, Position};
 use crate::metrics::WriteBehindMetrics;
 
-/// The columns every encoder of a row writes, in order.
-const COLUMNS: &str = "validated_at, coupon_id, order_value, discount, final_amount, response_time_us, reason, \
-     ip_address, coupon_code, user_id, order_id, user_agent";
+/// How often a batch being filled looks at the queue.
+const FILL_TICK: Duration = Duration::from_millis(5);
 
 /// The request side of the queue: cheap to clone, never blocks.
 #[derive(Debug, Clone)]
@@ -139,17 +139,22 @@ impl LogWriter {
             if received == 0 {
                 break;
             }
-            // Fill the batch until it is full or the interval since its first row has passed.
-            // Stop cuts the wait short: the drain below writes the partial batch.
-            let deadline = tokio::time::sleep(self.settings.flush_interval);
-            tokio::pin!(deadline);
-            while batch.len() < batch_size {
-                let room = batch_size - batch.len();
+            // Fill the batch until it is full or the interval since its first row has passed,
+            // looking at the queue every FILL_TICK rather than being woken by every row: a
+            // wake per validation cost a task switch per request and queued the writer
+            // ahead of requests on their worker. Stop cuts the wait short: the drain below
+            // writes the partial batch.
+            let deadline = tokio::time::Instant::now() + self.settings.flush_interval;
+            loop {
+                let open = self.take_ready(&mut batch, batch_size);
+                let now = tokio::time::Instant::now();
+                if !open || batch.len() >= batch_size || now >= deadline {
+                    break;
+                }
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => break,
-                    () = &mut deadline => break,
-                    n = self.rx.recv_many(&mut batch, room) => if n == 0 { break },
+                    () = tokio::time::sleep_until((now + FILL_TICK).min(deadline)) => {}
                 }
             }
             if stop.is_cancelled() {
@@ -158,6 +163,19 @@ impl LogWriter {
             self.write_until_done(&mut batch, &stop).await;
         }
         self.drain(batch).await;
+    }
+
+    /// Moves the rows already queued into `batch`, up to `batch_size`, without waiting;
+    /// false once the queue is closed.
+    fn take_ready(&mut self, batch: &mut Vec<Validated>, batch_size: usize) -> bool {
+        while batch.len() < batch_size {
+            match self.rx.try_recv() {
+                Ok(row) => batch.push(row),
+                Err(mpsc::error::TryRecvError::Empty) => return true,
+                Err(mpsc::error::TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
     }
 
     /// Writes what is left after `stop`: no new rows are accepted, everything queued is tried
@@ -255,16 +273,23 @@ impl LogWriter {
 struct Days(BTreeSet<NaiveDate>);
 
 impl Days {
-    /// Creates the partitions of the days of `times` this process has not seen yet.
+    /// Creates the partitions of the days from the first to the last of `times` that this
+    /// process has not seen yet.
     async fn ensure(
         &mut self,
         conn: &mut PgConnection,
         times: impl Iterator<Item = DateTime<Utc>>,
     ) -> Result<(), sqlx::Error> {
-        let missing: BTreeSet<NaiveDate> = times.map(|t| t.date_naive()).filter(|d| !self.0.contains(d)).collect();
+        let Some((first, last)) = times.fold(None, |span: Option<(DateTime<Utc>, DateTime<Utc>)>, t| {
+            Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))))
+        }) else {
+            return Ok(());
+        };
+        let days: Vec<NaiveDate> = first.date_naive().iter_days().take_while(|d| *d <= last.date_naive()).collect();
+        let missing: Vec<NaiveDate> = days.iter().copied().filter(|d| !self.0.contains(d)).collect();
         if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
             sqlx::query("SELECT validation_log_add_days($1, $2)").bind(first).bind(last).execute(&mut *conn).await?;
-            self.0.extend(missing);
+            self.0.extend(days);
         }
         Ok(())
     }
@@ -285,7 +310,7 @@ async fn write_batch(conn: &mut PgConnection, days: &mut Days, rows: &[Validated
 async fn try_write_batch(conn: &mut PgConnection, days: &mut Days, rows: &[Validated]) -> Result<u64, sqlx::Error> {
     days.ensure(conn, rows.iter().map(|r| r.validated_at)).await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let written = copy_rows(&mut tx, Table::Log, rows.iter().map(|row| (None, row))).await?;
+    let written = copy_rows(&mut tx, CopyRows::Log(rows)).await?;
     add_counts(&mut tx, rows.iter()).await?;
     tx.commit().await?;
     Ok(written)
@@ -297,37 +322,49 @@ fn is_missing_partition(err: &sqlx::Error) -> bool {
         .is_some_and(|e| e.code().as_deref() == Some("23514") && e.message().contains("no partition"))
 }
 
-/// Adds the rows' validations to `validation_counts`, one upsert per code, hour and outcome.
+/// Adds the rows' validations to `validation_counts`, one upsert per code, hour and outcome,
+/// with the newest validation of each (what the recent-validations read starts from).
 async fn add_counts<'a>(conn: &mut PgConnection, rows: impl Iterator<Item = &'a Validated>) -> Result<(), sqlx::Error> {
-    let mut counts: HashMap<(DateTime<Utc>, &str, i16), i64> = HashMap::new();
+    // Keyed by the hour's Unix second: chrono's truncation and SipHash cost more per row
+    // than the rest of the batch's work here.
+    let mut counts: HashMap<(i64, &str, i16), (i64, DateTime<Utc>), ahash::RandomState> = HashMap::default();
     for row in rows {
-        let hour = row.validated_at.duration_trunc(chrono::Duration::hours(1)).unwrap_or(row.validated_at);
-        *counts.entry((hour, &row.coupon_code, reason_code(row.reason).unwrap_or(0))).or_default() += 1;
+        let hour = row.validated_at.timestamp().div_euclid(3600) * 3600;
+        let (n, last) = counts
+            .entry((hour, &row.coupon_code, reason_code(row.reason).unwrap_or(0)))
+            .or_insert((0, row.validated_at));
+        *n += 1;
+        *last = (*last).max(row.validated_at);
     }
-    let (mut hours, mut codes, mut reasons, mut ns) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for ((hour, code, reason), n) in counts {
-        hours.push(hour);
+    let len = counts.len();
+    let (mut hours, mut codes, mut reasons, mut ns, mut lasts) = (
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+        Vec::with_capacity(len),
+    );
+    for ((hour, code, reason), (n, last)) in counts {
+        hours.push(DateTime::<Utc>::from_timestamp(hour, 0).expect("an hour of a valid time"));
         codes.push(code);
         reasons.push(reason);
         ns.push(n);
+        lasts.push(last);
     }
     sqlx::query(
-        "INSERT INTO validation_counts (hour, coupon_code, reason, count) \
-         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::smallint[], $4::bigint[]) \
-         ON CONFLICT (coupon_code, hour, reason) DO UPDATE SET count = validation_counts.count + EXCLUDED.count",
+        "INSERT INTO validation_counts (hour, coupon_code, reason, count, last_at) \
+         SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::smallint[], $4::bigint[], $5::timestamptz[]) \
+         ON CONFLICT (coupon_code, hour, reason) DO UPDATE SET count = validation_counts.count + EXCLUDED.count, \
+         last_at = greatest(validation_counts.last_at, EXCLUDED.last_at)",
     )
     .bind(hours)
     .bind(codes)
     .bind(reasons)
     .bind(ns)
+    .bind(lasts)
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// A reason's code in `validation_reasons`: its position in [`Reason::ALL`] + 1.
-pub fn reason_code(reason: Option<Reason>) -> Option<i16> {
-    reason.map(|r| i16::try_from(r.index() + 1).expect("a dozen reasons"))
 }
 
 /// Inserts log rows that spilled into the journal, once each (their journal positions are
@@ -355,136 +392,61 @@ pub async fn insert_spilled(conn: &mut PgConnection, rows: &[(Position, &Validat
         return Ok(0);
     }
     Days::default().ensure(conn, rows.iter().map(|(_, r)| r.validated_at)).await?;
-    let written =
-        copy_rows(conn, Table::Spilled, rows.iter().map(|(position, row)| (Some(position.as_i64()), *row))).await?;
+    let written = copy_rows(conn, CopyRows::Spilled(&rows)).await?;
     add_counts(conn, rows.iter().map(|(_, row)| *row)).await?;
     Ok(written)
 }
 
-/// Where [`copy_rows`] writes.
+/// What [`copy_rows`] writes.
 #[derive(Debug, Clone, Copy)]
-enum Table {
-    /// Rows written from the queue: no journal position.
-    Log,
+enum CopyRows<'a> {
+    /// Rows from the queue: no journal position.
+    Log(&'a [Validated]),
     /// Rows that spilled into the journal: each carries its position.
-    Spilled,
+    Spilled(&'a [&'a (Position, &'a Validated)]),
 }
+
+impl CopyRows<'_> {
+    fn len(self) -> usize {
+        match self {
+            CopyRows::Log(rows) => rows.len(),
+            CopyRows::Spilled(rows) => rows.len(),
+        }
+    }
+
+    fn write(self, idx: usize, text: &mut CopyText) {
+        match self {
+            CopyRows::Log(rows) => text.row(None, &rows[idx]),
+            CopyRows::Spilled(rows) => text.row(Some(rows[idx].0.as_i64()), rows[idx].1),
+        }
+    }
+}
+
+/// COPY text sent per message: formatting a whole batch at once held a runtime worker for
+/// milliseconds; in pieces of this size the writer yields between them.
+const COPY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// One COPY of `rows` into `table`: about four times the rows per second of a multi-row
 /// INSERT.
-async fn copy_rows<'a>(
-    conn: &mut PgConnection,
-    table: Table,
-    rows: impl IntoIterator<Item = (Option<i64>, &'a Validated)>,
-) -> Result<u64, sqlx::Error> {
-    let mut text = String::new();
-    for (position, row) in rows {
-        if let Some(position) = position {
-            use std::fmt::Write as _;
-            let _ = write!(text, "{position}\t");
-        }
-        write_row(&mut text, row);
-    }
-    let statement = match table {
-        Table::Log => format!("COPY validation_log ({COLUMNS}) FROM STDIN WITH (FORMAT text)"),
-        Table::Spilled => format!("COPY validation_log (journal_pos, {COLUMNS}) FROM STDIN WITH (FORMAT text)"),
+async fn copy_rows(conn: &mut PgConnection, rows: CopyRows<'_>) -> Result<u64, sqlx::Error> {
+    let statement = match rows {
+        CopyRows::Log(_) => format!("COPY validation_log ({COLUMNS}) FROM STDIN WITH (FORMAT text)"),
+        CopyRows::Spilled(_) => format!("COPY validation_log (journal_pos, {COLUMNS}) FROM STDIN WITH (FORMAT text)"),
     };
     let mut copy = conn.copy_in_raw(&statement).await?;
-    if let Err(err) = copy.send(text.as_bytes()).await {
-        let _ = copy.abort("send failed").await;
-        return Err(err);
+    let mut text = CopyText::default();
+    let mut next = 0;
+    while next < rows.len() {
+        while next < rows.len() && text.len() < COPY_CHUNK_BYTES {
+            rows.write(next, &mut text);
+            next += 1;
+        }
+        if let Err(err) = copy.send(text.as_bytes()).await {
+            let _ = copy.abort("send failed").await;
+            return Err(err);
+        }
+        text.clear();
+        tokio::task::yield_now().await;
     }
     copy.finish().await
-}
-
-/// One line of COPY text format: tab-separated, `\N` for NULL, text fields escaped.
-fn write_row(out: &mut String, row: &Validated) {
-    use std::fmt::Write as _;
-    let null = |out: &mut String| out.push_str("\\N");
-    let _ = write!(out, "{}\t", row.validated_at.format("%Y-%m-%d %H:%M:%S%.6f+00"));
-    match row.coupon_id {
-        Some(id) => {
-            let _ = write!(out, "{id}");
-        }
-        None => null(out),
-    }
-    let _ = write!(
-        out,
-        "\t{}\t{}\t{}\t{}\t",
-        row.order_value.get(),
-        row.discount.get(),
-        row.final_amount.get(),
-        i32::try_from(row.response_time_us).unwrap_or(i32::MAX)
-    );
-    match reason_code(row.reason) {
-        Some(code) => {
-            let _ = write!(out, "{code}");
-        }
-        None => null(out),
-    }
-    out.push('\t');
-    match row.ip_address {
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
-        None => null(out),
-    }
-    out.push('\t');
-    escape(out, Some(&row.coupon_code));
-    out.push('\t');
-    escape(out, Some(&row.user_id));
-    out.push('\t');
-    escape(out, row.order_id.as_deref());
-    out.push('\t');
-    escape(out, row.user_agent.as_deref());
-    out.push('\n');
-}
-
-/// A text field for COPY: backslash, tab, newline and carriage return escaped; `None` is NULL.
-fn escape(out: &mut String, value: Option<&str>) {
-    let Some(value) = value else {
-        out.push_str("\\N");
-        return;
-    };
-    for ch in value.chars() {
-        match ch {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            other => out.push(other),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::{TimeZone, Utc};
-
-    use super::*;
-    use crate::domain::money::Cents;
-
-    #[test]
-    fn copy_lines_escape_text_and_spell_nulls() {
-        let row = Validated {
-            coupon_code: "A\\B\tC".into(),
-            coupon_id: None,
-            user_id: "u\n1".into(),
-            order_id: None,
-            order_value: Cents::new(1250).unwrap(),
-            reason: Some(Reason::CouponNotFound),
-            discount: Cents::ZERO,
-            final_amount: Cents::new(1250).unwrap(),
-            ip_address: Some("127.0.0.1".parse().unwrap()),
-            user_agent: Some("x\ry".into()),
-            response_time_us: 1_234_567,
-            validated_at: Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
-        };
-        let mut line = String::new();
-        write_row(&mut line, &row);
-        assert_eq!(
-            line,
-            "2026-01-02 03:04:05.000000+00\t\\N\t1250\t0\t1250\t1234567\t1\t127.0.0.1\tA\\\\B\\tC\tu\\n1\t\\N\tx\\ry\n"
-        );
-    }
 }

@@ -131,7 +131,7 @@ pub struct Validated {
     pub discount: Cents,
     pub final_amount: Cents,
     pub ip_address: Option<IpAddr>,
-    pub user_agent: Option<String>,
+    pub user_agent: Option<CompactString>,
     pub response_time_us: u64,
     pub validated_at: DateTime<Utc>,
 }

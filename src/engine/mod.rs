@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use compact_str::CompactString;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -106,7 +107,7 @@ pub struct ValidateRequest<'a> {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub ip: Option<IpAddr>,
-    pub user_agent: Option<String>,
+    pub user_agent: Option<CompactString>,
     /// When the request arrived, for its response time.
     pub started: Instant,
 }

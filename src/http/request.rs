@@ -162,7 +162,7 @@ pub(crate) fn optional_string<'a>(
         return Err(invalid());
     }
     // Borrow when there are no escapes; otherwise decode into an owned string.
-    if !text.contains('\\') {
+    if !text.bytes().any(|b| b == b'\\') {
         return Ok(Some(Cow::Borrowed(&text[1..text.len() - 1])));
     }
     serde_json::from_str::<String>(text).map(|s| Some(Cow::Owned(s))).map_err(|_| invalid())

@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Body;
-use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 use hyper::{HeaderMap, Method, Request};
 use subtle::ConstantTimeEq;
 
@@ -337,25 +337,30 @@ fn add_shared_responses(route: &Route, operation: &mut serde_json::Value) {
 }
 
 /// The route of a path and its parameters; `Err` when a parameter is not a valid segment.
+/// A template without parameters is one comparison; the others are walked segment by
+/// segment without allocating: this runs on every request.
 fn match_path(path: &str) -> Option<(usize, Result<Vec<String>, ApiError>)> {
-    let segments: Vec<&str> = path.split('/').collect();
     ROUTES.iter().enumerate().find_map(|(idx, route)| {
-        let template: Vec<&str> = route.template.split('/').collect();
-        if template.len() != segments.len() {
-            return None;
+        if !route.template.contains('{') {
+            return (route.template == path).then(|| (idx, Ok(Vec::new())));
         }
-        let mut params = Vec::new();
-        for (pattern, segment) in template.iter().zip(&segments) {
-            if pattern.starts_with('{') {
-                if segment.is_empty() {
-                    return None;
-                }
-                params.push(*segment);
-            } else if pattern != segment {
-                return None;
+        let (mut template, mut segments) = (route.template.split('/'), path.split('/'));
+        loop {
+            match (template.next(), segments.next()) {
+                (None, None) => break,
+                (Some(pattern), Some(segment)) if pattern.starts_with('{') && !segment.is_empty() => {}
+                (Some(pattern), Some(segment)) if pattern == segment => {}
+                _ => return None,
             }
         }
-        Some((idx, params.into_iter().map(decode_segment).collect()))
+        let params = route
+            .template
+            .split('/')
+            .zip(path.split('/'))
+            .filter(|(pattern, _)| pattern.starts_with('{'))
+            .map(|(_, segment)| decode_segment(segment))
+            .collect();
+        Some((idx, params))
     })
 }
 
@@ -378,7 +383,7 @@ where
     let started = Instant::now();
     let (route, result) = dispatch(state, req, peer, started).await;
     let mut response = result.unwrap_or_else(|err| err.response());
-    response.headers_mut().insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    response.headers_mut().insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     let route = route.unwrap_or_else(|| state.metrics.unmatched());
     state.metrics.record_request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
     response

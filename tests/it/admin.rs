@@ -228,6 +228,70 @@ async fn validation_statistics_and_recent_log_come_from_the_database() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_validations_are_the_newest_across_idle_gaps_and_rows_added_by_hand() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN)]).await;
+    let client = &app.client;
+    // Three days ago, ten busy minutes, with counts from before `last_at` existed; two hours
+    // ago, three rows added by hand with no counts at all. Neither is near any anchor.
+    sqlx::raw_sql(
+        "SELECT validation_log_add_days((now() AT TIME ZONE 'UTC')::date - 4, (now() AT TIME ZONE 'UTC')::date); \
+         INSERT INTO validation_log (validated_at, order_value, discount, final_amount, response_time_us, coupon_code, user_id) \
+         SELECT now() - interval '3 days' + g * interval '2 seconds', 100, 0, 100, 10, 'OLD', 'u' || g \
+         FROM generate_series(1, 300) g; \
+         INSERT INTO validation_counts (hour, coupon_code, reason, count) \
+         SELECT date_trunc('hour', validated_at), coupon_code, 0, count(*) FROM validation_log GROUP BY 1, 2; \
+         INSERT INTO validation_log (validated_at, order_value, discount, final_amount, response_time_us, coupon_code, user_id) \
+         SELECT now() - interval '2 hours' + g * interval '1 second', 100, 0, 100, 10, 'BY-HAND', 'h' || g \
+         FROM generate_series(1, 3) g;",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let newest_by_sql = |limit: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM validation_logs ORDER BY validated_at DESC, id DESC LIMIT $1")
+                .bind(limit)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let ids = |answer: serde_json::Value| -> Vec<i64> {
+        answer["validations"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect()
+    };
+    let before = admin(client, Method::GET, "/admin/validations/recent?limit=100", None).await.json();
+    assert_eq!(ids(before.clone()), newest_by_sql(100).await);
+    assert_eq!(before["validations"][0]["couponCode"], "BY-HAND");
+    assert_eq!(before["validations"][3]["couponCode"], "OLD");
+
+    // Two live validations: their counts carry the newest time, far from every other row.
+    for user in ["live_1", "live_2"] {
+        client.validate(json!({"code": "TEN", "userId": user, "orderValue": 100})).await;
+    }
+    eventually(Duration::from_secs(5), "the live rows logged", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM validation_logs WHERE coupon_code = 'TEN'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            == 2
+    })
+    .await;
+    for limit in [1, 2, 5, 100, 303, 1000] {
+        let answer = admin(client, Method::GET, &format!("/admin/validations/recent?limit={limit}"), None).await.json();
+        assert_eq!(ids(answer), newest_by_sql(limit).await, "limit {limit}");
+    }
+    let after = admin(client, Method::GET, "/admin/validations/recent?limit=3", None).await.json();
+    let users: Vec<&str> =
+        after["validations"].as_array().unwrap().iter().map(|r| r["userId"].as_str().unwrap()).collect();
+    assert_eq!(users, ["live_2", "live_1", "h3"]);
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_never_reaches_the_logs() {
     let db = TestDb::new().await;
     let server = ServeProcess::start(&db.url, &[("ADMIN_TOKEN", TOKEN), ("COUPON__LOG__LEVEL", "trace")]);

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use compact_str::CompactString;
 use hyper::StatusCode;
 use hyper::header::{HeaderValue, USER_AGENT};
 use serde::Serialize;
@@ -247,9 +248,9 @@ pub async fn release(state: &State, call: Call) -> Result<HttpResponse, ApiError
 }
 
 /// The header's visible-ASCII text, cut to a sane length.
-fn user_agent(value: &HeaderValue) -> Option<String> {
+fn user_agent(value: &HeaderValue) -> Option<CompactString> {
     let text = value.to_str().ok()?;
-    Some(text[..text.len().min(MAX_USER_AGENT_LEN)].to_owned())
+    Some(text[..text.len().min(MAX_USER_AGENT_LEN)].into())
 }
 
 #[cfg(test)]

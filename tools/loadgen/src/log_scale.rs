@@ -100,8 +100,9 @@ async fn run(scratch: &Scratch, args: &LogScaleArgs) -> anyhow::Result<bool> {
     .await?;
     for part in &parts {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO validation_counts (hour, coupon_code, reason, count) \
-             SELECT date_trunc('hour', validated_at), coupon_code, coalesce(reason, 0), count(*) FROM {part} GROUP BY 1, 2, 3"
+            "INSERT INTO validation_counts (hour, coupon_code, reason, count, last_at) \
+             SELECT date_trunc('hour', validated_at), coupon_code, coalesce(reason, 0), count(*), max(validated_at) \
+             FROM {part} GROUP BY 1, 2, 3"
         )))
         .execute(&mut db)
         .await?;
