@@ -322,12 +322,15 @@ fn is_missing_partition(err: &sqlx::Error) -> bool {
         .is_some_and(|e| e.code().as_deref() == Some("23514") && e.message().contains("no partition"))
 }
 
+/// A count's hour (its Unix second), code and outcome.
+type CountKey<'a> = (i64, &'a str, i16);
+
 /// Adds the rows' validations to `validation_counts`, one upsert per code, hour and outcome,
 /// with the newest validation of each (what the recent-validations read starts from).
 async fn add_counts<'a>(conn: &mut PgConnection, rows: impl Iterator<Item = &'a Validated>) -> Result<(), sqlx::Error> {
     // Keyed by the hour's Unix second: chrono's truncation and SipHash cost more per row
     // than the rest of the batch's work here.
-    let mut counts: HashMap<(i64, &str, i16), (i64, DateTime<Utc>), ahash::RandomState> = HashMap::default();
+    let mut counts: HashMap<CountKey<'_>, (i64, DateTime<Utc>), ahash::RandomState> = HashMap::default();
     for row in rows {
         let hour = row.validated_at.timestamp().div_euclid(3600) * 3600;
         let (n, last) = counts

@@ -85,7 +85,7 @@ fn with(status: StatusCode, content_type: HeaderValue, body: ResponseBody) -> Ht
 /// and handing it over as a raw value, on every validate.
 pub fn money<S: Serializer>(amount: &Cents, serializer: S) -> Result<S::Ok, S::Error> {
     let cents = amount.get();
-    if cents % 100 == 0 {
+    if cents.is_multiple_of(100) {
         serializer.serialize_u64(cents / 100)
     } else {
         serializer.serialize_f64(cents as f64 / 100.0)
