@@ -409,7 +409,7 @@ async fn with_postgres_away_instances_sell_only_what_they_hold() {
     let (used_before, held) = quota(&db, 1, coupon).await;
     assert!(used_before + held <= 60);
     for proxy in &proxies {
-        proxy.cut();
+        proxy.cut().await;
     }
     let mut during = 0;
     for (i, app) in apps.iter().enumerate() {
@@ -431,7 +431,7 @@ async fn with_postgres_away_instances_sell_only_what_they_hold() {
     assert!(during as i64 <= held, "sold {during} with PostgreSQL away, holding {held}");
     sold += during;
     for proxy in &proxies {
-        proxy.restore();
+        proxy.restore().await;
     }
     let mut n = 0;
     loop {

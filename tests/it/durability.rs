@@ -227,13 +227,13 @@ async fn a_record_postgres_refuses_is_set_aside_and_start_up_goes_on() {
     ];
     let app = TestApp::spawn_with(&proxy.url, &env).await;
     // Journalled while PostgreSQL is away, so nothing ships before the coupon is deleted.
-    proxy.cut();
+    proxy.cut().await;
     for (code, order) in [("DOOMED", "o-1"), ("KEPT", "o-2"), ("KEPT", "o-3")] {
         assert_eq!(redeem(&app.client, code, "u", order).await.0, StatusCode::CREATED);
     }
     app.stop().await.unwrap();
     sqlx::query("DELETE FROM coupons WHERE id = $1").bind(doomed).execute(&db.pool).await.unwrap();
-    proxy.restore();
+    proxy.restore().await;
 
     // The next start ships what it can, sets the refused record aside, and becomes ready.
     let app = TestApp::spawn_with(&proxy.url, &env).await;

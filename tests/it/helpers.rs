@@ -361,7 +361,7 @@ struct ProxyState {
     up: bool,
     /// New connections are accepted and never answered: a database that hangs.
     stalled: bool,
-    connections: Vec<tokio::task::AbortHandle>,
+    connections: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl PgProxy {
@@ -393,7 +393,7 @@ impl PgProxy {
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
-                    state.lock().expect("proxy state").connections.push(task.abort_handle());
+                    state.lock().expect("proxy state").connections.push(task);
                 }
             }
         });
@@ -401,30 +401,35 @@ impl PgProxy {
     }
 
     /// Drops every open connection and refuses new ones.
-    pub fn cut(&self) {
-        let mut state = self.state.lock().expect("proxy state");
-        state.up = false;
-        for connection in state.connections.drain(..) {
-            connection.abort();
-        }
+    pub async fn cut(&self) {
+        self.switch(|state| state.up = false).await;
     }
 
     /// Drops every open connection and holds new ones without ever answering.
-    pub fn stall(&self) {
-        let mut state = self.state.lock().expect("proxy state");
-        state.stalled = true;
-        for connection in state.connections.drain(..) {
-            connection.abort();
-        }
+    pub async fn stall(&self) {
+        self.switch(|state| state.stalled = true).await;
     }
 
     /// Accepts and forwards connections again.
-    pub fn restore(&self) {
-        let mut state = self.state.lock().expect("proxy state");
-        state.up = true;
-        state.stalled = false;
-        for connection in state.connections.drain(..) {
+    pub async fn restore(&self) {
+        self.switch(|state| {
+            state.up = true;
+            state.stalled = false;
+        })
+        .await;
+    }
+
+    /// Changes what new connections meet and closes the open ones, returning once they are
+    /// closed: a query sent after it never reaches the database through an old connection.
+    async fn switch(&self, change: impl FnOnce(&mut ProxyState)) {
+        let open = {
+            let mut state = self.state.lock().expect("proxy state");
+            change(&mut state);
+            std::mem::take(&mut state.connections)
+        };
+        for connection in open {
             connection.abort();
+            let _ = connection.await;
         }
     }
 }

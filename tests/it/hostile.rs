@@ -54,7 +54,7 @@ async fn a_slow_body_holds_no_slot_and_past_the_in_flight_bound_the_answer_is_50
     assert!(answer.contains("BODY_TIMEOUT"), "{answer}");
 
     // A request stuck in its handler does hold it: an admin call on a database that hangs.
-    proxy.stall();
+    proxy.stall().await;
     let stuck = {
         let client = app.client.clone();
         tokio::spawn(async move {
@@ -63,11 +63,13 @@ async fn a_slow_body_holds_no_slot_and_past_the_in_flight_bound_the_answer_is_50
                 .await
         })
     };
+    // Nothing else is sent meanwhile: a validate arriving first would hold the only place
+    // and the reload would be the one refused.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if stuck.is_finished() {
+        panic!("the reload should hang on the stalled database: {}", stuck.await.unwrap().text);
+    }
     let body = json!({"code": "TEN", "userId": "u", "orderValue": 100});
-    eventually(Duration::from_secs(3), "the stuck request to hold the only place", || async {
-        app.client.post("/api/coupons/validate", &body).await.status == StatusCode::SERVICE_UNAVAILABLE
-    })
-    .await;
     let refused = app.client.post("/api/coupons/validate", &body).await;
     assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.text);
     assert_eq!(refused.headers["retry-after"], "1");
@@ -77,7 +79,7 @@ async fn a_slow_body_holds_no_slot_and_past_the_in_flight_bound_the_answer_is_50
         (timed_out.status, timed_out.json()["error"]["code"].clone()),
         (StatusCode::SERVICE_UNAVAILABLE, json!("TIMEOUT"))
     );
-    proxy.restore();
+    proxy.restore().await;
     still_serving(&app).await;
     let metrics = app.client.get("/metrics").await.text;
     assert!(
@@ -198,7 +200,7 @@ async fn admin_calls_on_a_hung_database_time_out_instead_of_hanging() {
         &[("ADMIN_TOKEN", "t-t-t-t-t-t-t-t-t"), ("COUPON__HTTP__ADMIN_TIMEOUT", "300ms")],
     )
     .await;
-    proxy.cut();
+    proxy.cut().await;
     let reload = app
         .client
         .request_with(Method::POST, "/admin/cache/reload", "", &[("authorization", "Bearer t-t-t-t-t-t-t-t-t")])
@@ -207,7 +209,7 @@ async fn admin_calls_on_a_hung_database_time_out_instead_of_hanging() {
     assert!(["TIMEOUT", "DATABASE_UNAVAILABLE"].contains(&reload.json()["error"]["code"].as_str().unwrap()));
     assert_eq!(reload.headers["retry-after"], "1");
     still_serving(&app).await;
-    proxy.restore();
+    proxy.restore().await;
     app.stop().await.unwrap();
     db.drop_db().await;
 }

@@ -158,7 +158,7 @@ async fn an_outage_degrades_health_and_a_change_made_during_it_is_served_after()
         ],
     )
     .await;
-    proxy.cut();
+    proxy.cut().await;
     eventually(DEADLINE, "degraded, listener down", || async {
         let health = app.client.get("/health").await.json();
         health["status"] == "degraded" && health["listener"] != "listening"
@@ -167,7 +167,7 @@ async fn an_outage_degrades_health_and_a_change_made_during_it_is_served_after()
     // The service cannot hear this; it must find it in the reload after reconnecting.
     execute(&db.pool, "UPDATE coupons SET status = 'expired' WHERE code = 'DARK'").await;
     assert_eq!(reason_of(&app.client, "DARK").await, Value::Null, "validations still answer from memory");
-    proxy.restore();
+    proxy.restore().await;
     wait_for_reason(&app.client, "DARK", json!("COUPON_EXPIRED")).await;
     eventually(DEADLINE, "healthy again", || async { app.client.get("/health").await.json()["status"] == "healthy" })
         .await;

@@ -129,14 +129,14 @@ async fn health_says_the_database_is_down_within_a_second() {
     let proxy = crate::helpers::PgProxy::start(&db.url).await;
     let app = TestApp::spawn_with(&proxy.url, &[("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms")]).await;
     assert_eq!(app.client.get("/health").await.json()["database"], "up");
-    proxy.cut();
+    proxy.cut().await;
     let cut = std::time::Instant::now();
     crate::helpers::eventually(std::time::Duration::from_secs(1), "/health to say down", || async {
         app.client.get("/health").await.json()["database"] == "down"
     })
     .await;
     println!("down after {:?}", cut.elapsed());
-    proxy.restore();
+    proxy.restore().await;
     crate::helpers::eventually(std::time::Duration::from_secs(5), "/health to say up again", || async {
         app.client.get("/health").await.json()["database"] == "up"
     })

@@ -97,7 +97,7 @@ async fn an_outage_delays_rows_but_loses_none() {
     )
     .await;
 
-    proxy.cut();
+    proxy.cut().await;
     eventually(Duration::from_secs(5), "health says degraded", || async {
         let health = app.client.get("/health").await.json();
         health["status"] == "degraded" && health["database"] == "down"
@@ -112,7 +112,7 @@ async fn an_outage_delays_rows_but_loses_none() {
     assert_eq!(health["validationLogQueueSize"], 200, "{health}");
     assert_eq!(log_count(&db.pool).await, 0);
 
-    proxy.restore();
+    proxy.restore().await;
     eventually(Duration::from_secs(10), "all 200 rows written", || async { log_count(&db.pool).await == 200 }).await;
     eventually(Duration::from_secs(5), "health says healthy", || async {
         let health = app.client.get("/health").await.json();
