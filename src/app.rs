@@ -379,7 +379,7 @@ async fn start_up(
 
 /// Histogram samples accumulate until upkeep drains them.
 async fn run_metrics_upkeep(metrics: Arc<Metrics>, stop: CancellationToken) {
-    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    let mut interval = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

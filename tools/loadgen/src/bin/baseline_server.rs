@@ -3,6 +3,8 @@
 //! no logging, no metrics.
 //!
 //! Run with `cargo run --release -p loadgen --bin baseline-server -- 127.0.0.1:8090`.
+//! `--work-ns N` adds N ns of busy CPU to every request: a calibrated stand-in for a
+//! server that does more per request, to see how throughput and the tail move with it.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -30,7 +32,7 @@ struct Body<'a> {
     order_id: Option<&'a str>,
 }
 
-async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(req: Request<hyper::body::Incoming>, work: Duration) -> Result<Response<Full<Bytes>>, Infallible> {
     let status = match Limited::new(req.into_body(), 16 * 1024).collect().await {
         Ok(body) => match serde_json::from_slice::<Body<'_>>(&body.to_bytes()) {
             Ok(_) => StatusCode::OK,
@@ -38,15 +40,45 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         },
         Err(_) => StatusCode::PAYLOAD_TOO_LARGE,
     };
+    busy_for(work);
     let mut response = Response::new(Full::new(Bytes::from_static(ANSWER)));
     *response.status_mut() = status;
     response.headers_mut().insert("content-type", "application/json".parse().expect("static header"));
     Ok(response)
 }
 
+/// Spins (never sleeps) for `work`: CPU spent, as real request work would spend it.
+fn busy_for(work: Duration) {
+    if work.is_zero() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    while started.elapsed() < work {
+        std::hint::spin_loop();
+    }
+}
+
+/// `[ADDR] [--work-ns N]`.
+fn parse_args() -> anyhow::Result<(String, Duration)> {
+    let mut addr = "127.0.0.1:8090".to_owned();
+    let mut work = Duration::ZERO;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--work-ns" {
+            let ns = args.next().ok_or_else(|| anyhow::anyhow!("--work-ns needs a number of nanoseconds"))?;
+            work = Duration::from_nanos(ns.parse().map_err(|_| anyhow::anyhow!("--work-ns: not a number: {ns}"))?);
+        } else if arg.starts_with('-') {
+            anyhow::bail!("unknown option {arg}; usage: baseline-server [ADDR] [--work-ns N]");
+        } else {
+            addr = arg;
+        }
+    }
+    Ok((addr, work))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8090".into());
+    let (addr, work) = parse_args()?;
     let listener = TcpListener::bind(&addr).await?;
     eprintln!("baseline-server listening on {}", listener.local_addr()?);
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -54,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
-        let connection = builder.serve_connection(TokioIo::new(stream), service_fn(answer));
+        let connection = builder.serve_connection(TokioIo::new(stream), service_fn(move |req| answer(req, work)));
         tokio::spawn(async move {
             let _ = connection.await;
         });
