@@ -203,6 +203,7 @@ impl App {
             state.ops.database.clone(),
             background.stop.clone(),
         ));
+        background.tasks.spawn(db::log_summary::run(pool.clone(), state.ops.database.clone(), background.stop.clone()));
         let refresher = Refresher {
             pool: pool.clone(),
             url: settings.database.url.clone(),

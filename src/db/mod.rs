@@ -15,6 +15,7 @@ pub mod coupons;
 pub mod health;
 pub mod listener;
 pub mod log_retention;
+pub mod log_summary;
 pub mod logs;
 pub mod money;
 pub mod quota;

@@ -1,9 +1,10 @@
 //! Write-behind for the validation log: a bounded queue drained in batches, off the request path.
 //!
-//! Each batch is one transaction: the rows by COPY into `validation_log` (narrow, daily
-//! partitions, no B-tree), and the batch's per-code, per-hour counts added to
-//! `validation_counts`, so the statistics always agree with the rows. Partitions for the
-//! days a batch needs are created on the way if missing (after a long downtime, say).
+//! Each batch is one transaction: the rows by COPY straight into their day's partition of
+//! `validation_log` (narrow, no B-tree; PostgreSQL routes no row), and the batch's per-code,
+//! per-hour counts added to `validation_counts`, so the statistics always agree with the
+//! rows. Partitions for the days a batch needs are created on the way if missing (after a
+//! long downtime, say).
 //!
 //! Invariant: a request only ever calls [`ValidationLog::record`], which never waits. While
 //! PostgreSQL is away the writer holds its batch and retries with backoff; the queue fills
@@ -11,7 +12,7 @@
 //! later). A row is dropped, and counted, only if the journal refuses it too, or if
 //! PostgreSQL refuses that single row for good (input checks make that impossible).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -268,13 +269,13 @@ impl LogWriter {
     }
 }
 
-/// The UTC days this process knows have their partitions.
+/// The UTC days this process knows have their partitions, with each partition's name.
 #[derive(Debug, Default)]
-struct Days(BTreeSet<NaiveDate>);
+struct Days(BTreeMap<NaiveDate, String>);
 
 impl Days {
     /// Creates the partitions of the days from the first to the last of `times` that this
-    /// process has not seen yet.
+    /// process has not seen yet, and learns their names.
     async fn ensure(
         &mut self,
         conn: &mut PgConnection,
@@ -285,13 +286,25 @@ impl Days {
         }) else {
             return Ok(());
         };
-        let days: Vec<NaiveDate> = first.date_naive().iter_days().take_while(|d| *d <= last.date_naive()).collect();
-        let missing: Vec<NaiveDate> = days.iter().copied().filter(|d| !self.0.contains(d)).collect();
-        if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
-            sqlx::query("SELECT validation_log_add_days($1, $2)").bind(first).bind(last).execute(&mut *conn).await?;
-            self.0.extend(days);
+        let (first, last) = (first.date_naive(), last.date_naive());
+        if first.iter_days().take_while(|d| *d <= last).all(|d| self.0.contains_key(&d)) {
+            return Ok(());
         }
+        sqlx::query("SELECT validation_log_add_days($1, $2)").bind(first).bind(last).execute(&mut *conn).await?;
+        let named: Vec<(NaiveDate, String)> = sqlx::query_as(
+            "SELECT day::date, validation_log_partition(day::date) FROM generate_series($1::date, $2::date, interval '1 day') AS day",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+        self.0.extend(named);
         Ok(())
+    }
+
+    /// The partition of `day`, which [`Days::ensure`] has made.
+    fn partition(&self, day: NaiveDate) -> &str {
+        self.0.get(&day).map(String::as_str).expect("Days::ensure covers every day of the batch")
     }
 }
 
@@ -310,16 +323,20 @@ async fn write_batch(conn: &mut PgConnection, days: &mut Days, rows: &[Validated
 async fn try_write_batch(conn: &mut PgConnection, days: &mut Days, rows: &[Validated]) -> Result<u64, sqlx::Error> {
     days.ensure(conn, rows.iter().map(|r| r.validated_at)).await?;
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let written = copy_rows(&mut tx, CopyRows::Log(rows)).await?;
+    let written = copy_rows(&mut tx, days, CopyRows::Log(rows)).await?;
     add_counts(&mut tx, rows.iter()).await?;
     tx.commit().await?;
     Ok(written)
 }
 
-/// "no partition of relation … found for row" (SQLSTATE 23514).
+/// A log partition that no longer exists (undefined_table, 42P01), or no partition of
+/// `validation_counts` for a row (check_violation 23514, "no partition of relation …").
 fn is_missing_partition(err: &sqlx::Error) -> bool {
-    err.as_database_error()
-        .is_some_and(|e| e.code().as_deref() == Some("23514") && e.message().contains("no partition"))
+    err.as_database_error().is_some_and(|e| match e.code().as_deref() {
+        Some("42P01") => true,
+        Some("23514") => e.message().contains("no partition"),
+        _ => false,
+    })
 }
 
 /// A count's hour (its Unix second), code and outcome.
@@ -394,8 +411,9 @@ pub async fn insert_spilled(conn: &mut PgConnection, rows: &[(Position, &Validat
     if rows.is_empty() {
         return Ok(0);
     }
-    Days::default().ensure(conn, rows.iter().map(|(_, r)| r.validated_at)).await?;
-    let written = copy_rows(conn, CopyRows::Spilled(&rows)).await?;
+    let mut days = Days::default();
+    days.ensure(conn, rows.iter().map(|(_, r)| r.validated_at)).await?;
+    let written = copy_rows(conn, &days, CopyRows::Spilled(&rows)).await?;
     add_counts(conn, rows.iter().map(|(_, row)| *row)).await?;
     Ok(written)
 }
@@ -423,18 +441,44 @@ impl CopyRows<'_> {
             CopyRows::Spilled(rows) => text.row(Some(rows[idx].0.as_i64()), rows[idx].1),
         }
     }
+
+    /// The runs of consecutive rows of one UTC day, each with its day.
+    fn days(self) -> Vec<(NaiveDate, Self)> {
+        let same_day = |a: &Validated, b: &Validated| a.validated_at.date_naive() == b.validated_at.date_naive();
+        match self {
+            CopyRows::Log(rows) => rows
+                .chunk_by(|a, b| same_day(a, b))
+                .map(|run| (run[0].validated_at.date_naive(), CopyRows::Log(run)))
+                .collect(),
+            CopyRows::Spilled(rows) => rows
+                .chunk_by(|a, b| same_day(a.1, b.1))
+                .map(|run| (run[0].1.validated_at.date_naive(), CopyRows::Spilled(run)))
+                .collect(),
+        }
+    }
 }
 
 /// COPY text sent per message: formatting a whole batch at once held a runtime worker for
 /// milliseconds; in pieces of this size the writer yields between them.
 const COPY_CHUNK_BYTES: usize = 64 * 1024;
 
-/// One COPY of `rows` into `table`: about four times the rows per second of a multi-row
-/// INSERT.
-async fn copy_rows(conn: &mut PgConnection, rows: CopyRows<'_>) -> Result<u64, sqlx::Error> {
+/// COPYs `rows` into their days' partitions, one COPY per run of rows of one day (a batch
+/// is in time order, so that is one COPY unless it spans midnight). Routing each row
+/// through `validation_log` cost PostgreSQL ~9% more CPU a row.
+async fn copy_rows(conn: &mut PgConnection, days: &Days, rows: CopyRows<'_>) -> Result<u64, sqlx::Error> {
+    let mut written = 0;
+    for (day, run) in rows.days() {
+        written += copy_day(conn, days.partition(day), run).await?;
+    }
+    Ok(written)
+}
+
+/// One COPY of `rows` into `partition`: about four times the rows per second of a
+/// multi-row INSERT.
+async fn copy_day(conn: &mut PgConnection, partition: &str, rows: CopyRows<'_>) -> Result<u64, sqlx::Error> {
     let statement = match rows {
-        CopyRows::Log(_) => format!("COPY validation_log ({COLUMNS}) FROM STDIN WITH (FORMAT text)"),
-        CopyRows::Spilled(_) => format!("COPY validation_log (journal_pos, {COLUMNS}) FROM STDIN WITH (FORMAT text)"),
+        CopyRows::Log(_) => format!("COPY \"{partition}\" ({COLUMNS}) FROM STDIN WITH (FORMAT text)"),
+        CopyRows::Spilled(_) => format!("COPY \"{partition}\" (journal_pos, {COLUMNS}) FROM STDIN WITH (FORMAT text)"),
     };
     let mut copy = conn.copy_in_raw(&statement).await?;
     let mut text = CopyText::default();

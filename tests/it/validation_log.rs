@@ -201,6 +201,164 @@ async fn after_a_long_downtime_the_writer_makes_the_day_it_needs() {
     db.drop_db().await;
 }
 
+/// Rows of two days, out of order, spilled into the journal (as in an outage that spans
+/// midnight) and shipped at the next start: each lands in its own day's partition, which
+/// the writer COPYs into directly, with its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_two_days_land_in_their_own_partitions() {
+    use coupon_engine::domain::event::{Event, Validated};
+    use coupon_engine::domain::money::Cents;
+    use coupon_engine::journal::Journal;
+    let db = TestDb::new().await;
+    let midnight = chrono::Utc::now().date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let row = |at: chrono::DateTime<chrono::Utc>| Validated {
+        coupon_code: "NIGHT".into(),
+        coupon_id: None,
+        user_id: "u".into(),
+        order_id: None,
+        order_value: Cents::new(100).unwrap(),
+        reason: None,
+        discount: Cents::ZERO,
+        final_amount: Cents::new(100).unwrap(),
+        ip_address: None,
+        user_agent: None,
+        response_time_us: 1,
+        validated_at: at,
+    };
+    let data_dir = std::env::temp_dir().join(format!("coupon-engine-test-{}", uuid::Uuid::new_v4().simple()));
+    {
+        let (journal, _reader) =
+            Journal::open(&data_dir.join("journal"), coupon_engine::metrics::Metrics::new(&[]).journal)
+                .expect("journal");
+        for at in [
+            midnight - chrono::Duration::microseconds(2),
+            midnight,
+            midnight - chrono::Duration::microseconds(1),
+            midnight + chrono::Duration::seconds(1),
+        ] {
+            journal.append(&Event::Validated(row(at)).encode()).await.expect("appended");
+        }
+    }
+    let app = TestApp::spawn_with(&db.url, &[("DATA_DIR", &data_dir.display().to_string())]).await;
+    let by_partition: Vec<(String, i64)> =
+        sqlx::query_as("SELECT tableoid::regclass::text, count(*) FROM validation_log GROUP BY 1 ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let day = |d: chrono::NaiveDate| format!("validation_log_{}", d.format("%Y%m%d"));
+    let today = midnight.date_naive();
+    assert_eq!(by_partition, vec![(day(today.pred_opt().unwrap()), 2), (day(today), 2)]);
+    let counted: Vec<(chrono::DateTime<chrono::Utc>, i64)> =
+        sqlx::query_as("SELECT hour, count FROM validation_counts WHERE coupon_code = 'NIGHT' ORDER BY hour")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(counted, vec![(midnight - chrono::Duration::hours(1), 2), (midnight, 2)]);
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+/// The log's partitions take no insert-driven autovacuum (an append-only log dropped whole
+/// after retention gains nothing from it) and no autosummarize (the service summarizes);
+/// the counts, updated in place, keep autovacuum's defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_partitions_take_no_insert_driven_vacuum() {
+    let db = TestDb::new().await;
+    let today = chrono::Utc::now().date_naive();
+    coupon_engine::db::log_retention::keep(&db.pool, today, 30).await.unwrap();
+    let options: Vec<(String, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT p.relname::text, c.reloptions::text[] FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname IN ('validation_log', 'validation_counts')",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(options.len() >= 2 * 4, "yesterday to three days ahead, for both tables: {options:?}");
+    for (parent, reloptions) in options {
+        let off = reloptions.is_some_and(|o| o.contains(&"autovacuum_vacuum_insert_threshold=-1".to_owned()));
+        assert_eq!(off, parent == "validation_log", "{parent}");
+    }
+    let summarized_by_autovacuum: Vec<Option<Vec<String>>> = sqlx::query_scalar(
+        "SELECT c.reloptions::text[] FROM pg_inherits i JOIN pg_class c ON c.oid = validation_log_brin(i.inhrelid) \
+         WHERE i.inhparent = 'validation_log'::regclass",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(!summarized_by_autovacuum.is_empty());
+    for reloptions in summarized_by_autovacuum {
+        assert!(reloptions.is_some_and(|o| o.contains(&"autosummarize=off".to_owned())), "the service summarizes");
+    }
+    db.drop_db().await;
+}
+
+/// Heap blocks a BRIN scan of the log reads for validations in `[from, to)`: 0 when every
+/// range is summarized and none holds such a time; an unsummarized range is always read.
+async fn blocks_read_for_window(
+    pool: &PgPool,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> i64 {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET enable_seqscan = off").execute(&mut *conn).await.unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT * FROM validation_log WHERE validated_at >= $1 AND validated_at < $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    assert!(plan.iter().any(|line| line.contains("Bitmap Index Scan")), "read through the BRIN index: {plan:?}");
+    plan.iter()
+        .filter_map(|line| line.trim().strip_prefix("Heap Blocks:"))
+        .flat_map(|counts| counts.split_whitespace())
+        .filter_map(|count| count.split_once('=').and_then(|(_, n)| n.parse::<i64>().ok()))
+        .sum()
+}
+
+/// The service summarizes the day's BRIN ranges as it fills (autosummarize is off): soon
+/// after rows arrive, a read for a time none of them has reads no heap block at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_ranges_are_summarized_as_the_day_fills() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn(&db).await;
+    // A window before the rows that is not empty: not in the day's first second.
+    if chrono::Utc::now().time() < chrono::NaiveTime::from_hms_opt(0, 0, 2).unwrap() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let before = chrono::Utc::now();
+    let midnight = before.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let started = chrono::Utc::now();
+    // Rows past the first range of 16 pages (about 70 rows fit on one), which a new BRIN
+    // index summarizes from the start: the ranges after it start unsummarized.
+    for n in 0..2000 {
+        app.client.validate(json!({"code": "TEN", "userId": format!("u{n}"), "orderValue": 100})).await;
+    }
+    eventually(Duration::from_secs(10), "the rows to be logged", || async { log_count(&db.pool).await == 2000 }).await;
+    assert!(
+        sqlx::query_scalar::<_, i64>("SELECT pg_relation_size(validation_log_partition($1::date)) / 8192")
+            .bind(started.date_naive())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            > 16,
+        "rows past the first range"
+    );
+    eventually(Duration::from_secs(10), "the new ranges to be summarized", || async {
+        blocks_read_for_window(&db.pool, midnight, before).await == 0
+    })
+    .await;
+    assert!(
+        blocks_read_for_window(&db.pool, started, started + chrono::Duration::hours(1)).await > 0,
+        "the rows are found"
+    );
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reason_codes_in_the_database_are_the_engine_reasons() {
     use coupon_engine::domain::rules::Reason;
