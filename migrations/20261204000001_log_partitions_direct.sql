@@ -21,19 +21,19 @@
 --    batch of up to 5,000 rows). The counts partitions are updated in place and keep the
 --    default.
 
-CREATE FUNCTION validation_log_partition(day DATE) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
+CREATE OR REPLACE FUNCTION validation_log_partition(day DATE) RETURNS TEXT LANGUAGE sql IMMUTABLE AS $$
     SELECT 'validation_log_' || to_char(day, 'YYYYMMDD')
 $$;
 
 -- The BRIN index of a log partition (each has the one `validation_log` declares).
-CREATE FUNCTION validation_log_brin(part REGCLASS) RETURNS REGCLASS LANGUAGE sql STABLE AS $$
+CREATE OR REPLACE FUNCTION validation_log_brin(part REGCLASS) RETURNS REGCLASS LANGUAGE sql STABLE AS $$
     SELECT i.indexrelid::regclass FROM pg_index i
     JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam
     WHERE i.indrelid = part AND a.amname = 'brin'
 $$;
 
 -- Makes a log partition as 1–3 above want it.
-CREATE FUNCTION validation_log_tune(part REGCLASS) RETURNS VOID LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION validation_log_tune(part REGCLASS) RETURNS VOID LANGUAGE plpgsql AS $$
 BEGIN
     EXECUTE format('ALTER TABLE %s SET (autovacuum_vacuum_insert_threshold = -1)', part);
     EXECUTE format('ALTER INDEX %s SET (autosummarize = off)', validation_log_brin(part));
@@ -68,7 +68,10 @@ END $$;
 -- to its end (a range already summarized costs a look-up; the last, partial one is
 -- summarized too, and inserts after that keep its summary up to date). Returns the
 -- partition's size in blocks, where the next call may start; 0 if the day has no partition.
-CREATE FUNCTION validation_log_summarize(day DATE, from_block BIGINT) RETURNS BIGINT LANGUAGE plpgsql AS $$
+-- A partition smaller than `from_block` (emptied, or dropped and made again) is started
+-- over. Another session summarizing it (another instance) or vacuuming it makes this call
+-- skip the day rather than wait: the next one, a second later, picks up from the same block.
+CREATE OR REPLACE FUNCTION validation_log_summarize(day DATE, from_block BIGINT) RETURNS BIGINT LANGUAGE plpgsql AS $$
 DECLARE
     part REGCLASS := to_regclass(validation_log_partition(day));
     brin REGCLASS;
@@ -78,11 +81,19 @@ BEGIN
     IF part IS NULL THEN
         RETURN 0;
     END IF;
+    BEGIN
+        EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE NOWAIT', part);
+    EXCEPTION WHEN lock_not_available THEN
+        RETURN from_block;
+    END;
     brin := validation_log_brin(part);
     SELECT coalesce((SELECT option_value::bigint FROM pg_options_to_table(c.reloptions)
                      WHERE option_name = 'pages_per_range'), 128)
         INTO per_range FROM pg_class c WHERE c.oid = brin;
     blocks := pg_relation_size(part) / current_setting('block_size')::bigint;
+    IF from_block > blocks THEN
+        from_block := 0;
+    END IF;
     PERFORM brin_summarize_range(brin, b)
         FROM generate_series(from_block - from_block % per_range, blocks - 1, per_range) AS b;
     RETURN blocks;

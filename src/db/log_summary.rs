@@ -6,7 +6,9 @@
 //! seconds; migration 20261204000001 says more), and the log's partitions take no
 //! insert-driven vacuum that would summarize them instead. Each pass starts where the last
 //! one ended, so it costs a look-up per range it has not seen; yesterday is kept up too, for
-//! the rows of its last second and for rows shipped late from the journal.
+//! the rows of its last second and for rows shipped late from the journal. A day another
+//! session is summarizing (another instance) or vacuuming is skipped for that pass, not
+//! waited for.
 
 use std::collections::HashMap;
 use std::sync::Arc;

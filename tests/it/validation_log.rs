@@ -334,10 +334,10 @@ async fn the_newest_ranges_are_summarized_as_the_day_fills() {
     let started = chrono::Utc::now();
     // Rows past the first range of 16 pages (about 70 rows fit on one), which a new BRIN
     // index summarizes from the start: the ranges after it start unsummarized.
-    for n in 0..2000 {
+    for n in 0..4000 {
         app.client.validate(json!({"code": "TEN", "userId": format!("u{n}"), "orderValue": 100})).await;
     }
-    eventually(Duration::from_secs(10), "the rows to be logged", || async { log_count(&db.pool).await == 2000 }).await;
+    eventually(Duration::from_secs(10), "the rows to be logged", || async { log_count(&db.pool).await == 4000 }).await;
     assert!(
         sqlx::query_scalar::<_, i64>("SELECT pg_relation_size(validation_log_partition($1::date)) / 8192")
             .bind(started.date_naive())
@@ -355,6 +355,24 @@ async fn the_newest_ranges_are_summarized_as_the_day_fills() {
         blocks_read_for_window(&db.pool, started, started + chrono::Duration::hours(1)).await > 0,
         "the rows are found"
     );
+    // Emptied behind the summarizer's back and filled again to less than before (its next
+    // block is now past the end), the day is summarized again from its start.
+    let truncate: String = sqlx::query_scalar("SELECT format('TRUNCATE %I', validation_log_partition($1::date))")
+        .bind(started.date_naive())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(truncate)).execute(&db.pool).await.unwrap();
+    let refilled = chrono::Utc::now();
+    for n in 0..2000 {
+        app.client.validate(json!({"code": "TEN", "userId": format!("v{n}"), "orderValue": 100})).await;
+    }
+    eventually(Duration::from_secs(10), "the new rows to be logged", || async { log_count(&db.pool).await == 2000 })
+        .await;
+    eventually(Duration::from_secs(10), "the refilled day to be summarized", || async {
+        blocks_read_for_window(&db.pool, midnight, refilled).await == 0
+    })
+    .await;
     app.stop().await.unwrap();
     db.drop_db().await;
 }
