@@ -26,7 +26,7 @@ use crate::db::is_transient;
 const EVERY: Duration = Duration::from_secs(1);
 
 /// Summarizes `day`'s new ranges from `from_block`; returns where the next pass starts.
-pub async fn summarize(pool: &PgPool, day: NaiveDate, from_block: i64) -> Result<i64, sqlx::Error> {
+async fn summarize(pool: &PgPool, day: NaiveDate, from_block: i64) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT validation_log_summarize($1, $2)").bind(day).bind(from_block).fetch_one(pool).await
 }
 
