@@ -16,8 +16,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{DatabaseSettings, Settings};
 use crate::db::batch_jobs::BatchJobs;
 use crate::db::batches;
-use crate::db::cluster::{self, Feed, InstanceLock, PgCluster};
+use crate::db::cluster::{self, Feed, PgCluster};
 use crate::db::health::DatabaseHealth;
+use crate::db::identity::{self, DataDirLock, Heartbeat, Identity, InstanceLock};
 use crate::db::listener::{ListenerStatus, Refresher};
 use crate::db::shipper::Shipper;
 use crate::db::usage::Archive;
@@ -28,6 +29,7 @@ use crate::engine::cluster::Cluster;
 use crate::engine::leases::Leases;
 use crate::engine::ports::ClusterPort;
 use crate::engine::ports::Ports;
+use crate::engine::standing::Standing;
 use crate::engine::{Engine, EngineSettings};
 use crate::http::guard::LookupGuard;
 use crate::http::{self, Operations, State, routes};
@@ -56,8 +58,17 @@ pub enum StartError {
     InstanceId { dir: PathBuf, source: io::Error },
     #[error("instance id {0} is in use by another live instance (INSTANCE_ID must be unique)")]
     InstanceInUse(String),
+    #[error(
+        "instance id {id} is live from another DATA_DIR (epoch {epoch}, data dir {dir}): stop that process, \
+         or write it off if its disk is lost"
+    )]
+    InstanceElsewhere { id: String, epoch: i64, dir: uuid::Uuid },
+    #[error("DATA_DIR {0} is in use by another process")]
+    DataDirInUse(PathBuf),
     #[error("cannot register this instance in the database: {0}")]
     Register(#[source] db::Error),
+    #[error("this instance's epoch was written off or taken over by another process with its id")]
+    Fenced,
     #[error("stopped before the start-up load finished")]
     Interrupted,
     #[error("the {0} task panicked")]
@@ -73,8 +84,11 @@ pub struct App {
     state: Arc<State>,
     shipper: Shipper,
     log_writer: LogWriter,
-    instance: String,
+    /// This instance's id and its DATA_DIR's.
+    identity: Identity,
     instance_lock: InstanceLock,
+    /// Held for the life of the process: one process per DATA_DIR.
+    data_dir_lock: DataDirLock,
 }
 
 impl App {
@@ -86,12 +100,15 @@ impl App {
         let addr = settings.http.addr;
         let pool = db::connect(&settings.database).await.map_err(StartError::Connect)?;
         let data_dir = settings.storage.data_dir.clone();
-        let instance = cluster::instance_id(&settings.cluster.instance_id, &data_dir)
+        let data_dir_lock = DataDirLock::take(&data_dir)
+            .map_err(|source| StartError::InstanceId { dir: data_dir.clone(), source })?
+            .ok_or_else(|| StartError::DataDirInUse(data_dir.clone()))?;
+        let identity = Identity::of(&settings.cluster.instance_id, &data_dir)
             .map_err(|source| StartError::InstanceId { dir: data_dir, source })?;
-        let instance_lock = InstanceLock::take(settings.database.url.expose(), &instance)
+        let instance_lock = InstanceLock::take(settings.database.url.expose(), &identity.instance)
             .await
             .map_err(StartError::Connect)?
-            .ok_or_else(|| StartError::InstanceInUse(instance.clone()))?;
+            .ok_or_else(|| StartError::InstanceInUse(identity.instance.clone()))?;
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let metrics = Arc::new(Metrics::new(&routes::labels()));
         let dir = settings.storage.data_dir.join("journal");
@@ -130,7 +147,7 @@ impl App {
             metrics.clone(),
             database.clone(),
             settings.journal.clone(),
-            instance.clone(),
+            identity.instance.clone(),
         );
         let state = Arc::new(State {
             engine,
@@ -158,7 +175,7 @@ impl App {
                  set it wherever shoppers can reach this service"
             );
         }
-        Ok(App { settings, listener, pool, state, shipper, log_writer, instance, instance_lock })
+        Ok(App { settings, listener, pool, state, shipper, log_writer, identity, instance_lock, data_dir_lock })
     }
 
     /// The address actually bound (useful with port 0).
@@ -169,7 +186,8 @@ impl App {
     /// Serves until `shutdown` resolves, then stops in order. Errors if the start-up load
     /// fails (the server then stops too).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
-        let App { settings, listener, pool, state, mut shipper, log_writer, instance, instance_lock } = self;
+        let App { settings, listener, pool, state, mut shipper, log_writer, identity, instance_lock, data_dir_lock } =
+            self;
         // The stages of shutdown, in order: HTTP drains, then the background tasks stop,
         // then the log writer writes (or spills) what is queued, then the shipper ships
         // what it can, then the pool closes.
@@ -214,11 +232,34 @@ impl App {
             settings: settings.listener.clone(),
         };
         let loaded = tokio::select! {
-            loaded = start_up(&pool, &state, &refresher, &mut shipper, &http, &instance, &settings) => loaded,
+            loaded = start_up(&pool, &state, &refresher, &mut shipper, &http, &identity, &settings) => loaded,
             () = http.cancelled() => Err(StartError::Interrupted),
         };
+        // The heartbeat outlives the background stage: the lock is let go only after the
+        // leases have gone back at the very end.
+        let heartbeat_stop = CancellationToken::new();
+        let fenced = CancellationToken::new();
         let shipping = match loaded {
             Ok((following, feed)) => {
+                let cluster = state.engine.cluster().expect("joined the cluster at start-up");
+                let heartbeat = Heartbeat {
+                    url: settings.database.url.expose().to_owned(),
+                    id: identity.instance.clone(),
+                    epoch: cluster.epoch,
+                    standing: cluster.standing.clone(),
+                    every: settings.cluster.heartbeat_every(),
+                };
+                let heartbeat = tokio::spawn(heartbeat.run(instance_lock, heartbeat_stop.clone(), fenced.clone()));
+                // A fenced instance stops as SIGTERM would: what it acknowledged is shipped.
+                tokio::spawn({
+                    let (fenced, http, stop) = (fenced.clone(), http.clone(), heartbeat_stop.clone());
+                    async move {
+                        tokio::select! {
+                            () = fenced.cancelled() => http.cancel(),
+                            () = stop.cancelled() => {}
+                        }
+                    }
+                });
                 background.tasks.spawn(feed.run(background.stop.clone()));
                 if let Some(cluster) = state.engine.cluster() {
                     background.tasks.spawn(cluster.leases.clone().run_upkeep(background.stop.clone()));
@@ -226,11 +267,12 @@ impl App {
                 background.tasks.spawn(refresher.run(following, background.stop.clone(), background.tasks.clone()));
                 background.tasks.spawn(state.engine.clone().run_deadlines(background.stop.clone()));
                 background.tasks.spawn(state.engine.clone().run_forgetting(background.stop.clone()));
-                Some(tokio::spawn(shipper.run(ship_stage.clone())))
+                Some((tokio::spawn(shipper.run(ship_stage.clone())), heartbeat))
             }
             Err(err) => {
                 http.cancel();
                 server.await.map_err(|_| StartError::Panicked("HTTP server"))?;
+                instance_lock.release().await;
                 return Err(err);
             }
         };
@@ -241,14 +283,19 @@ impl App {
         log_writer.await.map_err(|_| StartError::Panicked("validation log writer"))?;
         // Last, so that rows the log writer spilled into the journal get a chance too.
         ship_stage.cancel();
-        if let Some(shipping) = shipping {
-            shipping.await.map_err(|_| StartError::Panicked("journal shipper"))?;
-        }
+        let (shipping, heartbeat) = shipping.expect("serving only after a start-up load");
+        shipping.await.map_err(|_| StartError::Panicked("journal shipper"))?;
         // Every use this instance sold is in PostgreSQL only once its journal is empty; only
         // then can its leases go back whole. Otherwise the next start settles them.
+        heartbeat_stop.cancel();
+        let instance_lock = heartbeat.await.map_err(|_| StartError::Panicked("instance heartbeat"))?;
+        if fenced.is_cancelled() {
+            pool.close().await;
+            return Err(StartError::Fenced);
+        }
         if let Some(cluster) = state.engine.cluster() {
             if state.engine.journal().backlog() == 0 {
-                match db::cluster::stop(&pool, &instance, cluster.epoch).await {
+                match db::cluster::stop(&pool, &identity.instance, cluster.epoch).await {
                     Ok(units) => tracing::info!(units, "quota leases given back"),
                     Err(err) => tracing::warn!(error = %err, "cannot give back quota leases; the next start will"),
                 }
@@ -256,8 +303,11 @@ impl App {
                 tracing::warn!("journal not wholly shipped; quota leases stay held until the next start");
             }
         }
-        instance_lock.release().await;
+        if let Some(lock) = instance_lock {
+            lock.release().await;
+        }
         pool.close().await;
+        drop(data_dir_lock);
         Ok(())
     }
 }
@@ -324,7 +374,7 @@ async fn start_up(
     refresher: &Refresher,
     shipper: &mut Shipper,
     stop: &CancellationToken,
-    instance: &str,
+    identity: &Identity,
     settings: &Settings,
 ) -> Result<(crate::db::listener::Following, Feed), StartError> {
     let started = Instant::now();
@@ -332,9 +382,16 @@ async fn start_up(
     if shipped > 0 {
         tracing::info!(records = shipped, "journal replayed into the database");
     }
+    // The id's live epoch, if another DATA_DIR runs it, sells into a journal this process
+    // cannot ship: settling its leases here would hand out again what it sold.
+    if let Some((epoch, dir)) = db::identity::live_elsewhere(pool, identity).await.map_err(StartError::Register)? {
+        return Err(StartError::InstanceElsewhere { id: identity.instance.clone(), epoch, dir });
+    }
     // Every use the previous run sold is in PostgreSQL now: what its leases still hold was
     // never sold, and goes back.
-    let epoch = cluster::begin_epoch(pool, instance).await.map_err(StartError::Register)?;
+    let instance = identity.instance.as_str();
+    let epoch =
+        cluster::begin_epoch(pool, identity, settings.cluster.identity_timeout).await.map_err(StartError::Register)?;
     let settled = cluster::settle(pool, instance, epoch - 1).await.map_err(StartError::Register)?;
     if settled > 0 {
         tracing::info!(units = settled, "quota leases of the previous run given back");
@@ -348,6 +405,7 @@ async fn start_up(
         port,
         instance: instance.to_owned(),
         epoch,
+        standing: Arc::new(Standing::new(settings.cluster.spend_window())),
     });
     let following = refresher.listen_and_reload().await.map_err(StartError::LoadCatalog)?;
     let feed = Feed::start_here(pool.clone(), state.engine.clone(), settings.cluster.feed_interval)

@@ -180,9 +180,23 @@ pub struct ClusterSettings {
     pub idle_return: Duration,
     #[serde(with = "humantime_serde")]
     pub feed_interval: Duration,
+    /// How long an instance must be silent (no heartbeat) before a write-off may take its
+    /// units; it stops spending leases after half of it.
+    #[serde(with = "humantime_serde")]
+    pub identity_timeout: Duration,
 }
 
 impl ClusterSettings {
+    /// How long this instance spends leases after its last proof of identity.
+    pub fn spend_window(&self) -> Duration {
+        self.identity_timeout / 2
+    }
+
+    /// How often its identity is proved.
+    pub fn heartbeat_every(&self) -> Duration {
+        self.identity_timeout / 10
+    }
+
     /// How this instance's leases are sized and kept.
     pub fn leases(&self) -> crate::engine::leases::LeaseSettings {
         crate::engine::leases::LeaseSettings {
@@ -325,6 +339,9 @@ impl Settings {
             if value.is_zero() {
                 return invalid(&format!("{name} must be positive"));
             }
+        }
+        if self.cluster.identity_timeout < Duration::from_millis(200) {
+            return invalid("cluster.identity_timeout must be at least 200ms");
         }
         if http.max_header_bytes < 8192 {
             return invalid("http.max_header_bytes must be at least 8192");

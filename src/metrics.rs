@@ -113,6 +113,9 @@ pub struct QuotaMetrics {
     pub overrun: Counter,
     /// Uses of other instances merged into this ledger.
     pub merged: Counter,
+    /// Uses refused `503` because this instance could not prove it still holds its id
+    /// (`engine::standing`).
+    pub unproved: Counter,
 }
 
 /// Campaigns, aggregated (a label per campaign would grow without bound).
@@ -234,6 +237,10 @@ impl Metrics {
         reg.describe_counter("order_conflicts_total", "Orders redeemed by two users on two instances at once");
         reg.describe_counter("quota_overrun_total", "Units counted without a lease to pay for them");
         reg.describe_counter("usage_merged_total", "Uses of other instances merged into this instance's ledger");
+        reg.describe_counter(
+            "quota_unproved_total",
+            "Uses refused because this instance could not prove it still holds its id and epoch",
+        );
         let quota = QuotaMetrics {
             waits: reg.labelled("quota_waits_total", "reason", ["lease", "claim", "change"]),
             grants: reg.counter("quota_grants_total", &[("result", "granted")]),
@@ -244,6 +251,7 @@ impl Metrics {
             order_conflicts: reg.counter("order_conflicts_total", &[]),
             overrun: reg.counter("quota_overrun_total", &[]),
             merged: reg.counter("usage_merged_total", &[]),
+            unproved: reg.counter("quota_unproved_total", &[]),
         };
         Metrics {
             quota,

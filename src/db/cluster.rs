@@ -3,24 +3,25 @@
 //! instances' uses into the ledger.
 //!
 //! Invariants:
-//! - One live process per instance id: the id's session advisory lock is held on a
-//!   connection of its own for the life of the process; a second start is refused.
+//! - One live process per instance id (`db::identity`): the id's lock, proved by a
+//!   heartbeat; a second start is refused while the lock is held, and waits out a process
+//!   that lost it.
 //! - A lease is settled only once every use it paid for is in PostgreSQL: at a clean stop
 //!   after the journal is wholly shipped, at a restart after the old journal is shipped, or
-//!   by an operator's write-off (the journal is lost). No clock decides it.
+//!   by an operator's write-off (the journal is lost) once the instance is silent.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use rust_decimal::Decimal;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::db::identity::{self, Identity};
 use crate::db::usage::{USAGE_COLUMNS, UsageRow};
 use crate::db::{Error, money};
 use crate::domain::rules::Reason;
@@ -30,65 +31,19 @@ use crate::engine::ports::{
     ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, PortAnswer, PortError, StoredRow,
 };
 
-/// The file in `DATA_DIR` that keeps a generated instance id.
-const ID_FILE: &str = "instance_id";
-
-/// This instance's id: `INSTANCE_ID` if set, else the one kept in `DATA_DIR` (generated and
-/// kept there on first start).
-pub fn instance_id(configured: &str, data_dir: &Path) -> std::io::Result<String> {
-    if !configured.is_empty() {
-        return Ok(configured.to_owned());
-    }
-    let path = data_dir.join(ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
-        Ok(_) | Err(_) => {
-            std::fs::create_dir_all(data_dir)?;
-            let id = format!("i-{}", &Uuid::new_v4().simple().to_string()[..12]);
-            let tmp = data_dir.join(format!("{ID_FILE}.tmp"));
-            std::fs::write(&tmp, &id)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(id)
-        }
-    }
-}
-
-/// The lock that makes an instance id one process's: held as long as its connection lives.
-#[derive(Debug)]
-pub struct InstanceLock {
-    conn: PgConnection,
-}
-
-fn lock_key(id: &str) -> String {
-    format!("coupon-engine instance {id}")
-}
-
-impl InstanceLock {
-    /// Takes the id's lock; `Ok(None)` if another live process holds it.
-    pub async fn take(url: &str, id: &str) -> Result<Option<InstanceLock>, Error> {
-        let mut conn = PgConnection::connect(url).await?;
-        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(lock_key(id))
-            .fetch_one(&mut conn)
-            .await?;
-        Ok(taken.then_some(InstanceLock { conn }))
-    }
-
-    /// Lets the lock go (at the end of a clean stop).
-    pub async fn release(self) {
-        let _ = self.conn.close().await;
-    }
-}
-
-/// Starts a new epoch of `id` (creating it on first start) and answers it.
-pub async fn begin_epoch(pool: &PgPool, id: &str) -> Result<i64, Error> {
+/// Starts a new epoch of this instance from its `DATA_DIR`, silent after
+/// `identity_timeout` without a heartbeat (creating it on first start), and answers it.
+pub async fn begin_epoch(pool: &PgPool, identity: &Identity, identity_timeout: Duration) -> Result<i64, Error> {
     let epoch = sqlx::query_scalar(
-        "INSERT INTO quota_instances (instance_id) VALUES ($1) \
+        "INSERT INTO quota_instances (instance_id, data_dir_id, identity_timeout) \
+         VALUES ($1, $2, $3::float8 * interval '1 second') \
          ON CONFLICT (instance_id) DO UPDATE SET epoch = quota_instances.epoch + 1, state = 'live', \
-         started_at = now(), stopped_at = NULL RETURNING epoch",
+         started_at = now(), stopped_at = NULL, seen_at = now(), data_dir_id = $2, \
+         identity_timeout = EXCLUDED.identity_timeout RETURNING epoch",
     )
-    .bind(id)
+    .bind(&identity.instance)
+    .bind(identity.data_dir)
+    .bind(identity_timeout.as_secs_f64())
     .fetch_one(pool)
     .await?;
     Ok(epoch)
@@ -124,7 +79,8 @@ pub enum WriteOff {
         epoch: i64,
     },
     NotFound,
-    /// The instance is running (its lock is held): it still spends its leases.
+    /// The instance is running, or was moments ago (its lock is held, or its last stamp is
+    /// younger than its `identity_timeout`): it may still spend its leases.
     Live,
 }
 
@@ -133,11 +89,21 @@ pub enum WriteOff {
 /// counted anyway (`quota_overrun_total`).
 pub async fn write_off(pool: &PgPool, id: &str) -> Result<WriteOff, Error> {
     let mut conn = pool.acquire().await?;
-    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-        .bind(lock_key(id))
-        .fetch_one(&mut *conn)
-        .await?;
+    let free: bool = sqlx::query_scalar(identity::TRY_LOCK).bind(id).fetch_one(&mut *conn).await?;
     if !free {
+        return Ok(WriteOff::Live);
+    }
+    // Its lock is free, but it may only have lost it (a PostgreSQL restart, a cut link) and
+    // still spend its leases until its last stamp is old enough.
+    let silent: bool = match sqlx::query_scalar(identity::STAMP_IS_OLD).bind(id).fetch_one(&mut *conn).await {
+        Ok(silent) => silent,
+        Err(err) => {
+            let _ = sqlx::query(identity::UNLOCK).bind(id).execute(&mut *conn).await;
+            return Err(err.into());
+        }
+    };
+    if !silent {
+        let _ = sqlx::query(identity::UNLOCK).bind(id).execute(&mut *conn).await;
         return Ok(WriteOff::Live);
     }
     let result = async {
@@ -156,8 +122,7 @@ pub async fn write_off(pool: &PgPool, id: &str) -> Result<WriteOff, Error> {
         Ok(WriteOff::Done { units, epoch })
     }
     .await;
-    let _ =
-        sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(lock_key(id)).execute(&mut *conn).await;
+    let _ = sqlx::query(identity::UNLOCK).bind(id).execute(&mut *conn).await;
     Ok(result?)
 }
 

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod copy_text;
 pub mod coupons;
 pub mod health;
+pub mod identity;
 pub mod listener;
 pub mod log_retention;
 pub mod log_summary;

@@ -16,6 +16,7 @@ use crate::engine::leases::{Leases, Scope, Shortage};
 use crate::engine::ledger::{Ended, OrderKey, Slot, SlotState};
 use crate::engine::limits::{self, Use};
 use crate::engine::ports::{ClusterPort, PortError, StoredRow};
+use crate::engine::standing::Standing;
 use crate::engine::{Engine, StoredUse, counted};
 
 /// This instance's place in the cluster.
@@ -25,6 +26,8 @@ pub struct Cluster {
     pub port: Arc<dyn ClusterPort>,
     pub instance: String,
     pub epoch: i64,
+    /// Whether this process may still spend its leases (its identity's heartbeat says).
+    pub standing: Arc<Standing>,
 }
 
 /// Why a clustered use could not be taken.
@@ -84,6 +87,11 @@ impl Engine {
     /// shipped: a release of its own may be what would free a unit.
     pub(crate) async fn spend_leases(&self, cluster: &Cluster, totals: &[(Scope, u64)]) -> Result<Spent, Short> {
         let mut spent = Spent::default();
+        if !totals.is_empty() && !cluster.standing.may_spend() {
+            // Units another process may be given by now: not ours to sell until proved again.
+            self.metrics.quota.unproved.increment(1);
+            return Err(Short::Unavailable);
+        }
         let mut waited = false;
         for (idx, &(scope, units)) in totals.iter().enumerate() {
             let unshipped = self.journal.backlog() > 0;
@@ -129,10 +137,22 @@ impl Engine {
         }
     }
 
-    /// Changes a use another instance made, through PostgreSQL: a release (`release`), or a
-    /// hold confirmed. True if this call changed it; otherwise the slot now says what the
-    /// row is, for the caller to look again.
-    pub(crate) async fn change_foreign(&self, key: OrderKey, slot: Slot, release: bool) -> Result<bool, PortError> {
+    /// Whether a change of `slot` (a confirmation, a release, an expiry) is PostgreSQL's to
+    /// decide: a use another instance made, or, among several instances, any hold. A hold's
+    /// row is in PostgreSQL from its claim, and any instance may confirm, cancel or expire it
+    /// there; were its own instance to change it in its journal instead, the two could both
+    /// win (a confirmation acknowledged here, the same use expired and sold again there), and
+    /// no clock can order them. One compare-and-set on the row's revision does.
+    pub(crate) fn changed_in_postgres(&self, slot: &Slot) -> bool {
+        slot.foreign || (self.cluster.get().is_some() && slot.is_hold())
+    }
+
+    /// Changes a use through PostgreSQL, if the row is still at the slot's revision: a
+    /// release (`release`), or a hold confirmed. True if this call changed it; otherwise the
+    /// slot now says what the row is, for the caller to look again. An error leaves the slot
+    /// as it was: the change may or may not have committed, and the row's next revision,
+    /// read by a retry's compare-and-set or by the feed, says which.
+    pub(crate) async fn change_in_postgres(&self, key: OrderKey, slot: Slot, release: bool) -> Result<bool, PortError> {
         let Some(cluster) = self.cluster.get() else {
             return Err(PortError("not in a cluster".into()));
         };
@@ -173,6 +193,17 @@ impl Engine {
             SlotState::Live
         };
         self.ledger.update(key, |current| (current.map(|s| Slot { rev: changed.rev, state, ..s }), ()));
+        if !slot.foreign && slot.is_hold() && !matches!(state, SlotState::Held { .. }) {
+            // One of this instance's holds has ended (by this call or by another instance).
+            self.live_holds.fetch_sub(1, Ordering::Relaxed);
+            if changed.changed {
+                self.metrics.holds.inc(match state {
+                    SlotState::Live => "confirmed",
+                    SlotState::Released { ended: Ended::ExpiredHold, .. } => "expired",
+                    _ => "cancelled",
+                });
+            }
+        }
         let u = Use::of_slot(key, key.0, &slot);
         match state {
             SlotState::Released { .. } => {

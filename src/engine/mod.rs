@@ -18,6 +18,7 @@ pub mod leases;
 pub mod ledger;
 pub mod limits;
 pub mod ports;
+pub mod standing;
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
@@ -411,8 +412,8 @@ impl Engine {
                         continue;
                     }
                     SlotState::Held { until } if until <= now.timestamp_millis() => {
-                        if slot.foreign {
-                            if self.change_foreign(key, slot, true).await.is_err() {
+                        if self.changed_in_postgres(&slot) {
+                            if self.change_in_postgres(key, slot, true).await.is_err() {
                                 return Ok(UseOutcome::Refused(Refused::QuotaUnavailable));
                             }
                         } else {
@@ -428,14 +429,16 @@ impl Engine {
                         }
                         match kind {
                             UseKind::Hold { .. } => return Ok(UseOutcome::Replayed(receipt(millis(until)))),
-                            UseKind::Redeem if slot.foreign => match self.change_foreign(key, slot, false).await {
-                                Ok(true) => {
-                                    let receipt = Receipt { hold: Some(HoldFate::Confirmed), ..receipt(None) };
-                                    return Ok(UseOutcome::Confirmed(receipt));
+                            UseKind::Redeem if self.changed_in_postgres(&slot) => {
+                                match self.change_in_postgres(key, slot, false).await {
+                                    Ok(true) => {
+                                        let receipt = Receipt { hold: Some(HoldFate::Confirmed), ..receipt(None) };
+                                        return Ok(UseOutcome::Confirmed(receipt));
+                                    }
+                                    Ok(false) => continue,
+                                    Err(_) => return Ok(UseOutcome::Refused(Refused::QuotaUnavailable)),
                                 }
-                                Ok(false) => continue,
-                                Err(_) => return Ok(UseOutcome::Refused(Refused::QuotaUnavailable)),
-                            },
+                            }
                             UseKind::Redeem => match self.confirm(key, slot, until).await? {
                                 true => {
                                     let receipt = Receipt { hold: Some(HoldFate::Confirmed), ..receipt(None) };
@@ -763,15 +766,19 @@ impl Engine {
             match slot.state {
                 SlotState::Taking { .. } | SlotState::Changing => self.wait_settled(key, waited_until).await?,
                 SlotState::Released { .. } => return Ok(ReleaseOutcome::AlreadyReleased),
-                SlotState::Held { until } if until <= now.timestamp_millis() && !slot.foreign => {
-                    if self.expire(key, until).await? {
-                        return Ok(ReleaseOutcome::Released { hold: Some(HoldFate::Expired) });
+                SlotState::Held { .. } | SlotState::Live if self.changed_in_postgres(&slot) => {
+                    if self.change_in_postgres(key, slot, true).await? {
+                        let hold = match slot.state {
+                            SlotState::Held { until } if until <= now.timestamp_millis() => Some(HoldFate::Expired),
+                            SlotState::Held { .. } => Some(HoldFate::Cancelled),
+                            _ => None,
+                        };
+                        return Ok(ReleaseOutcome::Released { hold });
                     }
                 }
-                SlotState::Held { .. } | SlotState::Live if slot.foreign => {
-                    if self.change_foreign(key, slot, true).await? {
-                        let hold = slot.is_hold().then_some(HoldFate::Cancelled);
-                        return Ok(ReleaseOutcome::Released { hold });
+                SlotState::Held { until } if until <= now.timestamp_millis() => {
+                    if self.expire(key, until).await? {
+                        return Ok(ReleaseOutcome::Released { hold: Some(HoldFate::Expired) });
                     }
                 }
                 SlotState::Held { .. } | SlotState::Live => {
@@ -851,14 +858,16 @@ impl Engine {
     pub async fn expire(&self, key: OrderKey, due: i64) -> Result<bool, EngineError> {
         let Some(slot) = self.ledger.slot(key) else { return Ok(false) };
         let SlotState::Held { until } = slot.state else { return Ok(false) };
-        // Another instance's hold is its own to expire; from here only if it has not, a
-        // grace later (it may be down), and through PostgreSQL.
+        // Another instance's hold is tried from here only a grace after its deadline (its own
+        // instance is expected to expire it first, but may be down). Either way, among
+        // several instances a hold ends through PostgreSQL, where one compare-and-set decides
+        // between an expiry and a confirmation: the clocks only say when to try.
         let ready = if slot.foreign { until + cluster::FOREIGN_GRACE_MS } else { until };
         if due < until || self.clock.now().timestamp_millis() < ready {
             return Ok(false);
         }
-        if slot.foreign {
-            return self.change_foreign(key, slot, true).await.map_err(EngineError::Cluster);
+        if self.changed_in_postgres(&slot) {
+            return self.change_in_postgres(key, slot, true).await.map_err(EngineError::Cluster);
         }
         self.give_back(key, slot, ReleaseCause::Expired).await
     }

@@ -294,7 +294,8 @@ async fn a_killed_instance_strands_its_units_until_it_is_back_or_written_off() {
     let coupon = insert_coupon(&db.pool, "TWENTY", &[("usage_limit", "20")]).await;
     let (dir_a, dir_b) = (data_dir("a"), data_dir("b"));
     let env_a = [("INSTANCE_ID", "node-a"), ("DATA_DIR", dir_a.as_str()), ("ADMIN_TOKEN", TOKEN)];
-    let env_b = [("INSTANCE_ID", "node-b"), ("DATA_DIR", dir_b.as_str())];
+    // A write-off waits until b has been silent this long.
+    let env_b = [("INSTANCE_ID", "node-b"), ("DATA_DIR", dir_b.as_str()), ("COUPON__CLUSTER__IDENTITY_TIMEOUT", "1s")];
     let a = ServeProcess::start(&db.url, &env_a);
     let mut b = ServeProcess::start(&db.url, &env_b);
     let (client_a, client_b) = (TestClient::new(a.addr), TestClient::new(b.addr));
@@ -365,9 +366,10 @@ async fn a_killed_instance_strands_its_units_until_it_is_back_or_written_off() {
     b.child.wait().unwrap();
     let auth = [("authorization", format!("Bearer {TOKEN}"))];
     let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    // PostgreSQL lets the killed instance's lock go once it notices the session is gone.
+    // PostgreSQL lets the killed instance's lock go once it notices the session is gone, and
+    // the write-off waits until b has been silent for its identity timeout.
     let mut off = client_a.request_with(Method::POST, "/admin/instances/node-b/write-off", "", &auth).await;
-    for _ in 0..50 {
+    for _ in 0..100 {
         if off.status != StatusCode::CONFLICT {
             break;
         }

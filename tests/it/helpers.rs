@@ -121,6 +121,16 @@ impl TestApp {
         TestApp { addr, client, shutdown: Some(tx), handle }
     }
 
+    /// Waits until the service stops by itself (within `within`), and returns what `run`
+    /// returned.
+    pub async fn stopped_by_itself(self, within: Duration) -> Result<(), coupon_engine::app::StartError> {
+        // The shutdown sender stays alive while waiting: dropping it would stop the service.
+        let TestApp { handle, shutdown, .. } = self;
+        let result = tokio::time::timeout(within, handle).await.expect("the service stopped by itself");
+        drop(shutdown);
+        result.expect("app task panicked")
+    }
+
     /// Shuts down as SIGTERM would, and returns what `run` returned.
     pub async fn stop(mut self) -> Result<(), coupon_engine::app::StartError> {
         if let Some(tx) = self.shutdown.take() {

@@ -222,3 +222,95 @@ async fn reloads_under_load_fail_no_request_and_keep_live_counters() {
     app.stop().await.unwrap();
     db.drop_db().await;
 }
+
+/// A 100,000-row change by plain SQL commits in seconds (the code check was once quadratic:
+/// 10,000 rows took 19.8 s, 100,000 never finished) and every instance serves it at once.
+/// The statement timeout turns a return of the quadratic plan into a failure instead of a
+/// test that hangs; how long serving took is printed, for the README's figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_row_update_commits_in_seconds_and_is_served() {
+    const ROWS: usize = 100_000;
+    let db = TestDb::new().await;
+    execute(
+        &db.pool,
+        "INSERT INTO coupons (code, type, discount_type, discount_value, usage_limit) \
+         SELECT 'MASS-' || g, 'time_specific', 'percentage', 10, CASE WHEN g % 3 = 0 THEN 100 END \
+         FROM generate_series(1, 100000) g",
+    )
+    .await;
+    // Polling a renamed code until it is served counts as failed lookups: not limited here.
+    let unlimited =
+        [("COUPON__PROTECTION__FAILED_LOOKUPS_PER_USER", "0"), ("COUPON__PROTECTION__FAILED_LOOKUPS_PER_ADDRESS", "0")];
+    let app = TestApp::spawn_with(&db.url, &unlimited).await;
+    let client = &app.client;
+    assert_eq!(client.get("/health").await.json()["coupons"], ROWS);
+
+    let timed = |sql: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::raw_sql("SET LOCAL statement_timeout = '60s'").execute(&mut *tx).await.unwrap();
+            let done = sqlx::raw_sql(sql).execute(&mut *tx).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            tx.commit().await.unwrap();
+            assert_eq!(done.rows_affected(), ROWS as u64, "{sql}");
+            started.elapsed()
+        }
+    };
+    let served = |code: &'static str, reason: Value| async move {
+        let started = std::time::Instant::now();
+        wait_for_reason(client, code, reason).await;
+        started.elapsed()
+    };
+
+    // No code changes: the code check is not even called.
+    let committed = timed("UPDATE coupons SET status = 'inactive'").await;
+    let seen = served("MASS-100000", json!("COUPON_INACTIVE")).await;
+    for code in ["MASS-1", "MASS-50000", "MASS-99999"] {
+        assert_eq!(reason_of(client, code).await, json!("COUPON_INACTIVE"), "{code}");
+    }
+    println!("100,000 rows, no code changed: committed in {committed:?}, served {seen:?} after");
+
+    // Every code changes: one index probe a row.
+    let committed = timed("UPDATE coupons SET code = code || 'Z', status = 'active'").await;
+    let seen = served("MASS-100000Z", Value::Null).await;
+    for code in ["MASS-1Z", "MASS-50000Z"] {
+        assert_eq!(reason_of(client, code).await, Value::Null, "{code}");
+    }
+    assert_eq!(reason_of(client, "MASS-1").await, json!("COUPON_NOT_FOUND"));
+    println!("100,000 rows, every code changed: committed in {committed:?}, served {seen:?} after");
+    assert_eq!(client.get("/health").await.json()["coupons"], ROWS);
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}
+
+/// A coupon's code may not become a bulk code, by any SQL client: one of an imported batch,
+/// or one in the shape a generated batch reserved. Other renames pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coupon_renamed_by_sql_to_a_bulk_code_is_refused() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "PLAIN", &[]).await;
+    execute(
+        &db.pool,
+        "INSERT INTO campaigns (id, name) VALUES (1, 'c'); \
+         INSERT INTO code_batches (campaign_id, kind, prefix, length, requested, status) \
+             VALUES (1, 'generated', 'GEN-', 8, 10, 'done'); \
+         INSERT INTO code_batches (campaign_id, kind, requested, status) VALUES (1, 'imported', 1, 'done'); \
+         CREATE TABLE imported_codes PARTITION OF batch_codes FOR VALUES IN (2); \
+         INSERT INTO batch_codes (code, batch_id, position) VALUES ('IMPORTED-1', 2, 0)",
+    )
+    .await;
+    for taken in ["GEN-ABCDEFGH", "IMPORTED-1"] {
+        let sql = format!("UPDATE coupons SET code = '{taken}' WHERE code = 'PLAIN'");
+        let err = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&db.pool).await.expect_err(taken);
+        let err = err.as_database_error().expect("a database error");
+        assert_eq!(err.code().as_deref(), Some("23505"), "{taken}: {err}");
+        assert_eq!(err.constraint(), Some("coupons_code_key"), "{taken}");
+    }
+    // Not the shape (one character longer), and an update that leaves the code alone.
+    execute(&db.pool, "UPDATE coupons SET code = 'GEN-ABCDEFGHI' WHERE code = 'PLAIN'").await;
+    execute(&db.pool, "UPDATE coupons SET discount_value = 20").await;
+    let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM coupons").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(codes, ["GEN-ABCDEFGHI"]);
+    db.drop_db().await;
+}

@@ -7,6 +7,7 @@
 mod admin;
 mod campaigns;
 mod cluster;
+mod cut_off;
 mod durability;
 mod helpers;
 mod holds;

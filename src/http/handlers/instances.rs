@@ -30,7 +30,10 @@ pub async fn write_off(state: &State, call: Call) -> Result<HttpResponse, ApiErr
         }
         WriteOff::NotFound => Err(ApiError::Missing { what: "instance", key: "id", value: id.to_owned() }),
         WriteOff::Live => Err(ApiError::Conflict {
-            message: format!("instance {id} is running; stop it (or let it stop) before writing it off"),
+            message: format!(
+                "instance {id} is running, or was moments ago; stop it (or let it stop) and retry once it has \
+                 been silent for its identity timeout"
+            ),
         }),
     }
 }

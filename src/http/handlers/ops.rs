@@ -6,6 +6,7 @@ use hyper::header::HeaderValue;
 use serde::Serialize;
 
 use crate::db::listener::ListenerState;
+use crate::engine::standing::StandingState;
 use crate::http::State;
 use crate::http::error::ApiError;
 use crate::http::response::{self, HttpResponse, rfc3339};
@@ -20,6 +21,8 @@ struct HealthResponse {
     listener: &'static str,
     journal: &'static str,
     shipping: &'static str,
+    /// Whether this instance may spend its quota leases (`engine::standing`).
+    instance: &'static str,
     /// Journal records PostgreSQL refused for good, waiting for an operator.
     rejected_records: u64,
     coupons: usize,
@@ -35,7 +38,13 @@ pub async fn health(state: &State, _call: Call) -> Result<HttpResponse, ApiError
     let journal_ok = state.engine.journal().is_healthy();
     let rejected = ops.rejected.len();
     let shipping_ok = !ops.shipping.is_stalled();
-    let healthy = database_up && listener == ListenerState::Listening && journal_ok && shipping_ok && rejected == 0;
+    let standing = state.engine.cluster().map_or(StandingState::Live, |cluster| cluster.standing.state());
+    let healthy = database_up
+        && listener == ListenerState::Listening
+        && journal_ok
+        && shipping_ok
+        && rejected == 0
+        && standing == StandingState::Live;
     let body = HealthResponse {
         status: if healthy { "healthy" } else { "degraded" },
         validation_log_queue_size: ops.validation_log.queue_size(),
@@ -43,6 +52,7 @@ pub async fn health(state: &State, _call: Call) -> Result<HttpResponse, ApiError
         listener: listener.as_str(),
         journal: if journal_ok { "ok" } else { "failing" },
         shipping: if shipping_ok { "ok" } else { "stalled" },
+        instance: standing.as_str(),
         rejected_records: rejected,
         coupons: state.engine.catalog().load().coupon_count(),
         uptime: (ops.started.elapsed().as_millis() as f64) / 1000.0,

@@ -172,7 +172,7 @@ fn unavailable(err: EngineError) -> ApiError {
             ApiError::DatabaseUnavailable
         }
         EngineError::Cluster(err) => {
-            tracing::warn!(error = %err, "another instance's use could not be changed");
+            tracing::warn!(error = %err, "a use could not be changed through PostgreSQL");
             ApiError::DatabaseUnavailable
         }
     }
