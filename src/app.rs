@@ -18,7 +18,7 @@ use crate::db::batch_jobs::BatchJobs;
 use crate::db::batches;
 use crate::db::cluster::{self, Feed, PgCluster};
 use crate::db::health::DatabaseHealth;
-use crate::db::identity::{self, DataDirLock, Heartbeat, Identity, InstanceLock};
+use crate::db::identity::{DataDirLock, Heartbeat, Identity, InstanceLock};
 use crate::db::listener::{ListenerStatus, Refresher};
 use crate::db::shipper::Shipper;
 use crate::db::usage::Archive;

@@ -198,14 +198,15 @@ impl ClusterPort for PgCluster {
         })
     }
 
-    fn give_back(&self, scope: Scope, n: u64) -> PortAnswer<'_, u64> {
+    fn give_back(&self, scope: Scope, n: u64, seq: u64) -> PortAnswer<'_, u64> {
         Box::pin(async move {
-            let returned: i64 = sqlx::query_scalar("SELECT quota_return($1, $2, $3, $4, $5)")
+            let returned: i64 = sqlx::query_scalar("SELECT quota_return($1, $2, $3, $4, $5, $6)")
                 .bind(scope.kind())
                 .bind(scope.id())
                 .bind(&self.instance)
                 .bind(self.epoch)
                 .bind(units(n))
+                .bind(units(seq))
                 .fetch_one(&self.leases)
                 .await
                 .map_err(port_error)?;

@@ -12,6 +12,10 @@
 //! of stock is left; PostgreSQL halves the free units among the holders, so blocks shrink
 //! geometrically near the end. Units idle for `idle_return`, asked back by another instance
 //! (a reclaim), or far beyond the rate, go back.
+//!
+//! A return is in doubt when its statement fails: it may have committed with its answer
+//! lost. Its units are then neither sold nor returned again as new units: they wait aside,
+//! and the same return (by its number) is asked again until PostgreSQL answers for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -139,6 +143,10 @@ struct State {
     last_spend: Instant,
     /// Another instance asked for units back.
     reclaim: bool,
+    /// A return sent and not yet answered for: its units are out of `available`.
+    returning: Option<Return>,
+    /// The number of the last return made of this lease.
+    returns_made: u64,
     /// When the last grant round ended.
     answered: Instant,
 }
@@ -167,6 +175,13 @@ impl Drop for Waiting<'_> {
             st.waiting = st.waiting.saturating_sub(self.units);
         }
     }
+}
+
+/// A return of units, numbered one after the other per lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Return {
+    seq: u64,
+    units: u64,
 }
 
 #[derive(Debug)]
@@ -236,6 +251,8 @@ impl Leases {
                         rate: 0.0,
                         last_spend: Instant::now(),
                         reclaim: false,
+                        returning: None,
+                        returns_made: 0,
                         answered: Instant::now(),
                     }),
                     changed: Notify::new(),
@@ -408,13 +425,13 @@ impl Leases {
             self.scopes.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
         let tick = UPKEEP_EVERY.as_secs_f64();
         for (scope, lease) in scopes {
-            let give = {
+            let ret = {
                 let mut st = lease.state.lock().expect("lease");
                 // Quick to rise (a sale starts at full speed), slow to fall.
                 let instant_rate = st.spent as f64 / tick;
                 st.rate = instant_rate.max(0.8 * st.rate + 0.2 * instant_rate);
                 st.spent = 0;
-                let give = if st.in_flight || st.waiting > 0 || st.available == 0 {
+                let give = if st.returning.is_some() || st.in_flight || st.waiting > 0 || st.available == 0 {
                     0
                 } else if st.reclaim || st.last_spend.elapsed() >= self.settings.idle_return {
                     std::mem::take(&mut st.available)
@@ -434,30 +451,43 @@ impl Leases {
                     // What goes back is free again: this instance's next request must ask,
                     // not be told the limit is reached by what an earlier grant said.
                     st.exhausted_until = None;
+                    st.returns_made += 1;
+                    st.returning = Some(Return { seq: st.returns_made, units: give });
                 }
-                give
+                // A return in doubt is asked again, as it was.
+                st.returning
             };
-            if give > 0 {
-                self.give_back(scope, &lease, give).await;
+            if let Some(ret) = ret {
+                self.give_back(scope, &lease, ret).await;
             }
         }
     }
 
-    async fn give_back(&self, scope: Scope, lease: &ScopeLease, units: u64) {
-        match self.port.give_back(scope, units).await {
+    async fn give_back(&self, scope: Scope, lease: &ScopeLease, ret: Return) {
+        match self.port.give_back(scope, ret.units, ret.seq).await {
             Ok(returned) => {
+                let mut st = lease.state.lock().expect("lease");
+                if st.returning == Some(ret) {
+                    st.returning = None;
+                }
+                drop(st);
                 self.stats.returns.fetch_add(1, Ordering::Relaxed);
                 self.stats.units_returned.fetch_add(returned, Ordering::Relaxed);
-                if returned < units {
+                if returned < ret.units {
                     // PostgreSQL holds fewer for this lease than memory did (it was settled
                     // or written off): keep only what it still backs.
-                    tracing::warn!(?scope, units, returned, "a lease held fewer units than this instance thought");
+                    tracing::warn!(
+                        ?scope,
+                        units = ret.units,
+                        returned,
+                        "a lease held fewer units than this instance thought"
+                    );
                 }
             }
             Err(err) => {
-                // Still ours: keep them, to spend or give back later.
-                tracing::debug!(error = %err, "giving back quota units failed; keeping them");
-                lease.state.lock().expect("lease").available += units;
+                // Perhaps committed, its answer lost: the units stay aside, unsold, and the
+                // same return is asked again by the next upkeep.
+                tracing::debug!(error = %err, seq = ret.seq, "a return of quota units is in doubt; asking again");
             }
         }
     }
@@ -480,6 +510,10 @@ mod tests {
         allocated: Mutex<HashMap<usize, u64>>,
         instances: Mutex<Vec<std::sync::Weak<Leases>>>,
         up: std::sync::atomic::AtomicBool,
+        /// Returns commit, and their answers are lost.
+        lose_return_answers: std::sync::atomic::AtomicBool,
+        /// The last return applied, per instance: (number, units).
+        returned: Mutex<HashMap<usize, (u64, u64)>>,
     }
 
     #[derive(Debug)]
@@ -521,12 +555,25 @@ mod tests {
             Box::pin(std::future::ready(answer))
         }
 
-        fn give_back(&self, _scope: Scope, units: u64) -> PortAnswer<'_, u64> {
-            let mut allocated = self.bank.allocated.lock().unwrap();
-            let mine = allocated.entry(self.me).or_default();
-            let n = units.min(*mine);
-            *mine -= n;
-            Box::pin(std::future::ready(Ok(n)))
+        fn give_back(&self, _scope: Scope, units: u64, seq: u64) -> PortAnswer<'_, u64> {
+            let mut returned = self.bank.returned.lock().unwrap();
+            let last = returned.entry(self.me).or_default();
+            let n = if last.0 >= seq {
+                last.1
+            } else {
+                let mut allocated = self.bank.allocated.lock().unwrap();
+                let mine = allocated.entry(self.me).or_default();
+                let n = units.min(*mine);
+                *mine -= n;
+                *last = (seq, n);
+                n
+            };
+            let answer = if self.bank.lose_return_answers.load(Ordering::Relaxed) {
+                Err(PortError("connection lost after commit".into()))
+            } else {
+                Ok(n)
+            };
+            Box::pin(std::future::ready(answer))
         }
 
         fn claim<'a>(&'a self, _req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome> {
@@ -622,6 +669,36 @@ mod tests {
         assert_eq!(leases.take(SCOPE, 1).await, Err(Shortage::Unavailable));
         bank.up.store(true, Ordering::Relaxed);
         assert!(leases.take(SCOPE, 1).await.is_ok());
+    }
+
+    /// CI once sold 61 of 60: a return committed, its answer was lost to a cut, and the
+    /// instance kept the units as its own while PostgreSQL had freed them for the others.
+    #[tokio::test]
+    async fn a_return_whose_answer_was_lost_is_neither_sold_nor_returned_twice() {
+        let bank = bank(10);
+        let leases = instances(&bank, 2);
+        let (a, b) = (&leases[0], &leases[1]);
+        a.take(SCOPE, 1).await.unwrap();
+        let held = a.available(SCOPE);
+        assert!(held > 0, "a holds the rest of its first block");
+        bank.lose_return_answers.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        a.upkeep().await;
+        assert_eq!(bank.total(), 1, "the return committed");
+        assert_eq!(a.available(SCOPE), 0, "units in doubt are not for sale");
+        // b gets what went back; a can sell nothing of it.
+        for _ in 0..9 {
+            b.take(SCOPE, 1).await.unwrap();
+        }
+        assert!(a.take(SCOPE, 1).await.is_err());
+        a.upkeep().await;
+        assert_eq!(bank.returned.lock().unwrap()[&0], (1, held), "asked again as return 1, not applied twice");
+        bank.lose_return_answers.store(false, Ordering::Relaxed);
+        a.upkeep().await;
+        assert_eq!(a.stats().units_returned.load(Ordering::Relaxed), held, "answered once it could be");
+        assert_eq!(bank.total(), 10, "never more allocated than the limit");
+        assert_eq!(a.take(SCOPE, 1).await, Err(Shortage::Exhausted));
+        assert_eq!(b.take(SCOPE, 1).await, Err(Shortage::Exhausted));
     }
 
     #[tokio::test]

@@ -155,8 +155,10 @@ pub struct Changed {
 pub trait ClusterPort: Send + Sync + Debug {
     /// Asks for up to `want` units of `scope` (at least `need` if that many are free).
     fn grant(&self, scope: crate::engine::leases::Scope, want: u64, need: u64) -> PortAnswer<'_, Grant>;
-    /// Gives back up to `units` of this instance's lease of `scope`; answers how many went.
-    fn give_back(&self, scope: crate::engine::leases::Scope, units: u64) -> PortAnswer<'_, u64>;
+    /// Gives back up to `units` of this instance's lease of `scope`, as its return number
+    /// `seq` (one after the other per scope); answers how many went. Asked again with the same
+    /// number (its answer was lost), it answers what the first call did, never applying twice.
+    fn give_back(&self, scope: crate::engine::leases::Scope, units: u64, seq: u64) -> PortAnswer<'_, u64>;
     /// Inserts the row of a use if PostgreSQL's counts allow it.
     fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome>;
     /// Confirms (a hold) or releases the use `id` if it is still at revision `rev`.

@@ -473,3 +473,23 @@ fn a_second_instance_with_the_same_id_refuses_to_start() {
     assert!(first.terminate().success());
     runtime.block_on(db.drop_db());
 }
+
+/// A return asked again under its number (its first answer lost) answers what the first did
+/// and gives nothing back twice; the next number applies.
+#[tokio::test]
+async fn a_lease_return_asked_again_is_applied_once() {
+    let db = TestDb::new().await;
+    let coupon = insert_coupon(&db.pool, "TEN", &[("usage_limit", "10")]).await;
+    let sql = |q: &'static str| sqlx::query_scalar::<_, i64>(q).bind(coupon);
+    sqlx::query("INSERT INTO quota_instances (instance_id) VALUES ('node-r')").execute(&db.pool).await.unwrap();
+    let granted = sql("SELECT granted FROM quota_grant(1::smallint, $1, 'node-r', 1, 8, 1)").fetch_one(&db.pool).await;
+    assert_eq!(granted.unwrap(), 5, "half the free units");
+    let give = "SELECT quota_return(1::smallint, $1, 'node-r', 1, 3, 1)";
+    assert_eq!(sql(give).fetch_one(&db.pool).await.unwrap(), 3);
+    assert_eq!(sql(give).fetch_one(&db.pool).await.unwrap(), 3, "the same answer again");
+    assert_eq!(quota(&db, 1, coupon).await, (0, 2), "returned once");
+    let next = "SELECT quota_return(1::smallint, $1, 'node-r', 1, 5, 2)";
+    assert_eq!(sql(next).fetch_one(&db.pool).await.unwrap(), 2, "no more than the lease holds");
+    assert_eq!(quota(&db, 1, coupon).await, (0, 0));
+    db.drop_db().await;
+}
