@@ -8,7 +8,9 @@ ALTER TABLE quota_leases
     ADD COLUMN return_seq BIGINT NOT NULL DEFAULT 0,
     ADD COLUMN return_units BIGINT NOT NULL DEFAULT 0;
 
-DROP FUNCTION quota_return(SMALLINT, BIGINT, TEXT, BIGINT, BIGINT);
+-- The shipper's refund of what a use that did not land took happens inside its transaction,
+-- with no answer to lose: it keeps the unnumbered form, under a name of its own.
+ALTER FUNCTION quota_return(SMALLINT, BIGINT, TEXT, BIGINT, BIGINT) RENAME TO quota_refund;
 
 -- Gives back up to p_units of a lease as its return number p_seq; answers how many went
 -- (for a number already applied, how many went then).

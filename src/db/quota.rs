@@ -151,7 +151,7 @@ impl Effects {
             }
         }
         for ((scope, instance, epoch), units) in &self.refunds {
-            sqlx::query("SELECT quota_return($1, $2, $3, $4, $5)")
+            sqlx::query("SELECT quota_refund($1, $2, $3, $4, $5)")
                 .bind(scope.kind())
                 .bind(scope.id())
                 .bind(instance)
