@@ -17,7 +17,7 @@ use crate::domain::batch::{GenerateSpec, MAX_LISTED_DUPLICATES};
 use crate::domain::coupon::{BatchId, CampaignId, Coupon};
 
 /// The first key of a batch's advisory lock (the second is its id).
-const BATCH_LOCK: i32 = 72_015;
+pub const BATCH_LOCK: i32 = 72_015;
 /// Bytes of COPY text sent at a time.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -324,11 +324,17 @@ pub async fn status(pool: &PgPool, id: BatchId) -> Result<Option<Status>, Error>
 
 /// Marks failed the running batches (all, or `only` one) whose claiming connection is gone:
 /// their advisory lock is free. Returns how many.
+///
+/// The rows are locked first: a second marker at the same moment waits for the first to
+/// commit and then finds the batch failed, where its try of the advisory lock (held by the
+/// first marker's transaction) would have taken a dead writer's batch for a live one.
 pub async fn fail_interrupted(pool: &PgPool, only: Option<BatchId>) -> Result<u64, Error> {
     let done = sqlx::query(
         "UPDATE code_batches SET status = 'failed', produced = 0, finished_at = now(), \
          error = 'interrupted: the instance writing it stopped before it was done' \
-         WHERE status = 'running' AND ($1::bigint IS NULL OR id = $1) AND pg_try_advisory_xact_lock($2, id::int)",
+         WHERE id IN (SELECT id FROM code_batches WHERE status = 'running' AND ($1::bigint IS NULL OR id = $1) \
+                      FOR UPDATE) \
+           AND status = 'running' AND pg_try_advisory_xact_lock($2, id::int)",
     )
     .bind(only)
     .bind(BATCH_LOCK)

@@ -471,3 +471,42 @@ async fn batches_survive_a_restart_and_an_interrupted_one_is_marked_failed() {
     app.stop().await.unwrap();
     db.drop_db().await;
 }
+
+/// Two markers of an interrupted batch at once (start-up's and a `GET /admin/batches/{id}`,
+/// say): the second waits for the first and reads the batch failed. It once tried the
+/// batch's lock while the first marker's transaction held it, took the dead writer's batch
+/// for a live one, and read it `running`.
+#[tokio::test]
+async fn a_batch_marked_failed_by_two_at_once_reads_failed() {
+    let db = TestDb::new().await;
+    let campaign: i64 =
+        sqlx::query_scalar("INSERT INTO campaigns (name) VALUES ('c') RETURNING id").fetch_one(&db.pool).await.unwrap();
+    let orphan: i64 = sqlx::query_scalar(
+        "INSERT INTO code_batches (campaign_id, kind, prefix, length, requested) VALUES ($1, 'generated', 'O-', 8, 10) RETURNING id",
+    )
+    .bind(campaign)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    // The first marker, mid-transaction: it holds the batch's lock and has marked the row.
+    let mut first = db.pool.begin().await.unwrap();
+    let marked = sqlx::query(
+        "UPDATE code_batches SET status = 'failed', error = 'interrupted: by the first marker' \
+         WHERE id = $1 AND pg_try_advisory_xact_lock($2, id::int)",
+    )
+    .bind(orphan)
+    .bind(coupon_engine::db::batches::BATCH_LOCK)
+    .execute(&mut *first)
+    .await
+    .unwrap();
+    assert_eq!(marked.rows_affected(), 1);
+    let second = tokio::spawn({
+        let pool = db.pool.clone();
+        async move { coupon_engine::db::batches::status(&pool, orphan).await.unwrap().unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    first.commit().await.unwrap();
+    let seen = second.await.unwrap();
+    assert_eq!(seen.status, "failed", "{seen:?}");
+    db.drop_db().await;
+}
