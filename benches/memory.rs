@@ -42,6 +42,7 @@ fn main() {
             order_id: long("order", n),
             order_value: Cents::new(10_000).unwrap(),
             discount: Cents::new(500).unwrap(),
+            used_at: None,
             hold_until: None,
             released_at: None,
             made_by: None,

@@ -147,7 +147,8 @@ impl App {
             metrics.clone(),
             database.clone(),
             settings.journal.clone(),
-            identity.instance.clone(),
+            &identity,
+            engine.clone(),
         );
         let state = Arc::new(State {
             engine,
@@ -266,6 +267,7 @@ impl App {
                 }
                 background.tasks.spawn(refresher.run(following, background.stop.clone(), background.tasks.clone()));
                 background.tasks.spawn(state.engine.clone().run_deadlines(background.stop.clone()));
+                background.tasks.spawn(state.engine.clone().run_doubts(background.stop.clone()));
                 background.tasks.spawn(state.engine.clone().run_forgetting(background.stop.clone()));
                 Some((tokio::spawn(shipper.run(ship_stage.clone())), heartbeat))
             }

@@ -25,4 +25,6 @@ pub mod http;
 pub mod journal;
 pub mod metrics;
 pub mod seed;
+#[cfg(test)]
+mod sim;
 pub mod telemetry;

@@ -181,19 +181,21 @@ fn count(n: i64) -> u64 {
 }
 
 impl ClusterPort for PgCluster {
-    fn grant(&self, scope: Scope, want: u64, need: u64) -> PortAnswer<'_, Grant> {
+    fn grant(&self, scope: Scope, want: u64, need: u64, seq: u64) -> PortAnswer<'_, Grant> {
         Box::pin(async move {
-            let row: GrantRow =
-                sqlx::query_as("SELECT granted, free, held_elsewhere, fenced FROM quota_grant($1, $2, $3, $4, $5, $6)")
-                    .bind(scope.kind())
-                    .bind(scope.id())
-                    .bind(&self.instance)
-                    .bind(self.epoch)
-                    .bind(units(want))
-                    .bind(units(need))
-                    .fetch_one(&self.leases)
-                    .await
-                    .map_err(port_error)?;
+            let row: GrantRow = sqlx::query_as(
+                "SELECT granted, free, held_elsewhere, fenced FROM quota_grant($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(scope.kind())
+            .bind(scope.id())
+            .bind(&self.instance)
+            .bind(self.epoch)
+            .bind(units(want))
+            .bind(units(need))
+            .bind(units(seq))
+            .fetch_one(&self.leases)
+            .await
+            .map_err(port_error)?;
             Ok(Grant { granted: count(row.granted), held_elsewhere: count(row.held_elsewhere), fenced: row.fenced })
         })
     }

@@ -2,9 +2,11 @@
 //! validation log rows, in batches.
 //!
 //! Invariants:
-//! - Shipping an event twice, or an older event after a newer one, changes nothing: every
-//!   event carries its redemption's revision and a row only takes a newer one; spilled log
-//!   rows carry their journal position under a unique index.
+//! - Every record's effects happen once, however often it is shipped (a commit whose answer
+//!   was lost, a checkpoint not written before a crash): each transaction records, in
+//!   `journal_shipped`, the position of the last record it wrote for this `DATA_DIR`, and
+//!   skips what is at or before it. Besides, every event carries its redemption's revision
+//!   and a row only takes a newer one, so an older event after a newer one changes nothing.
 //! - Nothing is lost and nothing wedges. An error that may be PostgreSQL's (unreachable,
 //!   restarting, anything unknown) is retried with backoff, never skipped. Only a record
 //!   PostgreSQL refuses for good (bad data or a broken constraint, alone in its batch) is set
@@ -24,8 +26,11 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::config::JournalSettings;
 use crate::db::health::DatabaseHealth;
+use crate::db::identity::Identity;
 use crate::db::{is_refusal, money, quota, validation_log};
+use crate::domain::coupon::CouponId;
 use crate::domain::event::{Confirmed, Event, Redeemed, Released, Validated};
+use crate::engine::Engine;
 use crate::journal::rejected::Rejected;
 use crate::journal::{Entry, JournalError, JournalReader, Position};
 use crate::metrics::Metrics;
@@ -60,6 +65,10 @@ pub struct Shipper {
     position: Position,
     /// This instance's id: the maker of the rows it ships.
     instance: String,
+    /// The id of the `DATA_DIR` whose journal this is.
+    data_dir: Uuid,
+    /// Told of the uses made here that did not land.
+    engine: Arc<Engine>,
 }
 
 /// What one shipment wrote.
@@ -69,9 +78,13 @@ struct Written {
     logs: u64,
     conflicts: u64,
     overrun: u64,
+    /// Orders whose use made here did not land (another row of the order was newer): the
+    /// ledger, which counts that use, must read the order again.
+    dropped: Vec<(CouponId, String)>,
 }
 
 impl Shipper {
+    #[allow(clippy::too_many_arguments, reason = "one call site, App::build; each is a different part of the service")]
     pub fn new(
         pool: PgPool,
         reader: JournalReader,
@@ -79,11 +92,13 @@ impl Shipper {
         metrics: Arc<Metrics>,
         health: Arc<DatabaseHealth>,
         settings: JournalSettings,
-        instance: String,
+        identity: &Identity,
+        engine: Arc<Engine>,
     ) -> Shipper {
         let position = reader.checkpoint();
         let status = Arc::default();
-        Shipper { pool, reader, status, rejected, metrics, health, settings, position, instance }
+        let (instance, data_dir) = (identity.instance.clone(), identity.data_dir);
+        Shipper { pool, reader, status, rejected, metrics, health, settings, position, instance, data_dir, engine }
     }
 
     /// Whether it is making progress.
@@ -149,7 +164,7 @@ impl Shipper {
             match self.deliver(&entries).await {
                 Ok(()) => {
                     self.metrics.coupon_usage.flush_seconds.record(started.elapsed().as_secs_f64());
-                    // Shipping again after a failed checkpoint is harmless (idempotent).
+                    // Shipping again after a failed checkpoint skips what was written.
                     if let Err(err) = self.advance(next, entries.len()) {
                         self.stalled(&err, &mut backoff, if deadline.is_some() { &give_up } else { &stop }).await;
                         continue;
@@ -223,6 +238,7 @@ impl Shipper {
                 Ok(written) => {
                     self.metrics.coupon_usage.written.increment(written.uses);
                     self.metrics.validation_logs.written.increment(written.logs);
+                    self.engine.relearn(&written.dropped).await;
                     Ok(())
                 }
                 Err(err) if is_refusal(&err) && events.len() == 1 => {
@@ -265,8 +281,22 @@ impl Shipper {
     async fn write_once(&self, events: &[(Position, &[u8], Event)]) -> Result<Written, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut written = Written::default();
+        let shipped: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM journal_shipped WHERE data_dir_id = $1 FOR UPDATE")
+                .bind(self.data_dir)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (fresh, again): (Vec<_>, Vec<_>) =
+            events.iter().partition(|(position, _, _)| shipped.is_none_or(|done| position.as_i64() > done));
+        // Written before, its answer lost: whether each use landed then is not known here, so
+        // the ledger reads those orders again (harmless if they did).
+        for (_, _, event) in again {
+            if let Event::Redeemed(r) = event {
+                written.dropped.push((r.coupon_id, r.order_id.clone()));
+            }
+        }
         let mut wave = Wave { instance: &self.instance, ..Wave::default() };
-        for (position, _, event) in events {
+        for (position, _, event) in fresh {
             if event_id(event).is_some_and(|id| wave.ids.contains(&id)) {
                 wave.write(&mut tx, &mut written).await?;
                 wave = Wave { instance: &self.instance, ..Wave::default() };
@@ -274,6 +304,16 @@ impl Shipper {
             wave.push(*position, event);
         }
         wave.write(&mut tx, &mut written).await?;
+        if let Some((last, _, _)) = events.last() {
+            sqlx::query(
+                "INSERT INTO journal_shipped (data_dir_id, position) VALUES ($1, $2) \
+                 ON CONFLICT (data_dir_id) DO UPDATE SET position = greatest(journal_shipped.position, EXCLUDED.position)",
+            )
+            .bind(self.data_dir)
+            .bind(last.as_i64())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         self.metrics.quota.order_conflicts.increment(written.conflicts);
         self.metrics.quota.overrun.increment(written.overrun);
@@ -358,6 +398,7 @@ impl<'a> Wave<'a> {
             } else {
                 // Not this use's row (a replay made on another instance too, or another
                 // user's order): what its lease paid goes back.
+                written.dropped.push((r.coupon_id, r.order_id.clone()));
                 if let Some(funding) = &r.funded_by {
                     effects.refund(r.coupon_id, r.campaign, funding);
                 }

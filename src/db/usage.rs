@@ -10,11 +10,11 @@ use uuid::Uuid;
 use crate::db::{Error, money};
 use crate::domain::coupon::CouponId;
 use crate::engine::StoredUse;
-use crate::engine::ports::{ArchiveAnswer, ArchiveError, ArchivedOrder, UsageArchive};
+use crate::engine::ports::{ArchiveAnswer, ArchiveError, ArchivedOrder, StoredAnswer, UsageArchive};
 
 /// The columns of a use, as [`UsageRow`] reads them.
 pub const USAGE_COLUMNS: &str = "id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
-     hold_expires_at, released_at, instance_id";
+     used_at, hold_expires_at, released_at, instance_id";
 
 /// A `coupon_usage` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -27,6 +27,7 @@ pub struct UsageRow {
     order_id: String,
     order_value: Decimal,
     discount_applied: Decimal,
+    used_at: DateTime<Utc>,
     hold_expires_at: Option<DateTime<Utc>>,
     released_at: Option<DateTime<Utc>>,
     instance_id: Option<String>,
@@ -49,6 +50,7 @@ impl UsageRow {
             code: self.code,
             user_id: self.user_id,
             order_id: self.order_id,
+            used_at: Some(self.used_at),
             hold_until: self.hold_expires_at,
             released_at: self.released_at,
             made_by: self.instance_id,
@@ -98,6 +100,19 @@ impl UsageArchive for Archive {
                 released,
                 hold,
             }))
+        })
+    }
+
+    fn stored<'a>(&'a self, coupon_id: CouponId, order_id: &'a str) -> StoredAnswer<'a> {
+        Box::pin(async move {
+            let sql = format!("SELECT {USAGE_COLUMNS} FROM coupon_usage WHERE coupon_id = $1 AND order_id = $2");
+            let row = sqlx::query_as::<_, UsageRow>(sqlx::AssertSqlSafe(sql))
+                .bind(coupon_id)
+                .bind(order_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|err| ArchiveError(err.to_string()))?;
+            row.map(UsageRow::into_use).transpose().map_err(|err| ArchiveError(err.to_string()))
         })
     }
 }

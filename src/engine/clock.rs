@@ -52,6 +52,11 @@ impl ManualClock {
         ManualClock { now: std::sync::Mutex::new(now) }
     }
 
+    /// Sets the time.
+    pub fn set(&self, now: DateTime<Utc>) {
+        *self.now.lock().expect("clock") = now;
+    }
+
     /// Moves the clock forward.
     pub fn advance(&self, by: std::time::Duration) {
         let mut now = self.now.lock().expect("clock");

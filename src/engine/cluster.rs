@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::domain::coupon::{CampaignId, Coupon};
+use crate::domain::coupon::{CampaignId, Coupon, CouponId};
 use crate::domain::event::Spent;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
@@ -17,7 +17,7 @@ use crate::engine::ledger::{Ended, OrderKey, Slot, SlotState};
 use crate::engine::limits::{self, Use};
 use crate::engine::ports::{ClusterPort, PortError, StoredRow};
 use crate::engine::standing::Standing;
-use crate::engine::{Engine, StoredUse, counted};
+use crate::engine::{Engine, EngineError, StoredUse, counted};
 
 /// This instance's place in the cluster.
 #[derive(Debug)]
@@ -178,8 +178,10 @@ impl Engine {
             }
             Ok(Some(changed)) => changed,
         };
+        // What the row is now, from PostgreSQL's answer, not from this slot: a hold may
+        // have been confirmed elsewhere, and then released as a redemption (order spent).
         let state = if changed.released {
-            let ended = if !slot.is_hold() {
+            let ended = if !changed.hold {
                 Ended::Redemption
             } else if slot.state.deadline().is_some_and(|until| until <= now) {
                 Ended::ExpiredHold
@@ -188,7 +190,16 @@ impl Engine {
             };
             SlotState::Released { at: now, ended }
         } else if changed.hold {
-            slot.state
+            match slot.state {
+                // The same hold, and still live, yet not confirmed: by PostgreSQL's clock its
+                // deadline has passed. That clock decides (this one may be behind): the hold
+                // is due here now, and the caller, looking again, expires it.
+                SlotState::Held { until } if !release && !changed.changed && changed.rev == slot.rev && until > now => {
+                    self.deadlines.push(now, key);
+                    SlotState::Held { until: now }
+                }
+                other => other,
+            }
         } else {
             SlotState::Live
         };
@@ -226,12 +237,10 @@ impl Engine {
         for stored in uses {
             let key = (stored.coupon_id, self.ledger.id_key(&stored.order_id));
             let slot = self.stored_slot(&catalog, &stored, me);
+            // A released hold is remembered too (until the retention forgets it): a later use
+            // of its order taken here must come at a newer revision than its row, or the
+            // shipper would take that use for an old one and drop it.
             let replaced = self.ledger.update(key, |current| match current {
-                None if !slot.counts()
-                    && !matches!(slot.state, SlotState::Released { ended: Ended::Redemption, .. }) =>
-                {
-                    (None, None)
-                }
                 None => (Some(slot), Some(None)),
                 Some(local) if local.is_settling() || local.rev > slot.rev => (Some(local), None),
                 Some(local)
@@ -319,10 +328,150 @@ impl Engine {
             order_id: req.order_id.to_owned(),
             order_value: row.order_value,
             discount: row.discount,
+            used_at: None,
             hold_until: row.hold_until,
             released_at,
             made_by: None,
         }]);
+    }
+}
+
+/// A claim that failed without an answer: it may have committed (its row inserted, its
+/// lease units spent) or not.
+#[derive(Debug, Clone)]
+pub(crate) struct Doubt {
+    order_id: String,
+    /// The claim's instant: its row, if it committed, has it as `used_at`.
+    at: chrono::DateTime<chrono::Utc>,
+    /// The lease units the claim took: spent if it committed, to put back if not.
+    totals: Vec<(Scope, u64)>,
+}
+
+/// Orders whose claim's outcome is unknown here (see `Engine::settle_doubt`). Rare: a map
+/// behind a lock, and a count read without it so that the request path pays nothing while
+/// it is empty.
+#[derive(Debug, Default)]
+pub(crate) struct Doubts {
+    count: std::sync::atomic::AtomicUsize,
+    keys: std::sync::Mutex<std::collections::HashMap<OrderKey, Doubt>>,
+}
+
+impl Doubts {
+    /// A claim in doubt; a second one for the same order cannot happen (the first is
+    /// settled before anything else is decided about the order).
+    pub(crate) fn add(
+        &self,
+        key: OrderKey,
+        order_id: &str,
+        at: chrono::DateTime<chrono::Utc>,
+        totals: &[(Scope, u64)],
+    ) {
+        let doubt = Doubt { order_id: order_id.to_owned(), at, totals: totals.to_vec() };
+        if self.keys.lock().expect("doubts").insert(key, doubt).is_none() {
+            self.count.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    fn get(&self, key: OrderKey) -> Option<Doubt> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.keys.lock().expect("doubts").get(&key).cloned()
+    }
+
+    fn remove(&self, key: OrderKey) {
+        if self.keys.lock().expect("doubts").remove(&key).is_some() {
+            self.count.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Every order in doubt, in one order every time (by coupon and order id: the keys
+    /// are keyed hashes, ordered differently by every process).
+    fn all(&self) -> Vec<OrderKey> {
+        let keys = self.keys.lock().expect("doubts");
+        let mut all: Vec<(OrderKey, &str)> = keys.iter().map(|(key, doubt)| (*key, doubt.order_id.as_str())).collect();
+        all.sort_unstable_by(|a, b| (a.0.0, a.1).cmp(&(b.0.0, b.1)));
+        all.into_iter().map(|(key, _)| key).collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+}
+
+/// How often claims in doubt are settled in the background.
+const SETTLE_DOUBTS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Engine {
+    /// An order whose claim failed without an answer may have a row in PostgreSQL that this
+    /// ledger lacks, and the claim may have spent lease units: read the row before deciding
+    /// anything else about the order here (503 until PostgreSQL can be asked). If the row is
+    /// there and this instance's, the claim committed: remember it, its units are spent; if
+    /// not, its units go back to the lease. (A redemption once journalled here on top of such
+    /// a hold, unknown to this ledger, was lost when the hold expired elsewhere; units put
+    /// back at once after a claim that had committed were sold a second time.)
+    pub(crate) async fn settle_doubt(&self, key: OrderKey) -> Result<(), EngineError> {
+        let Some(doubt) = self.doubtful.get(key) else { return Ok(()) };
+        let stored = self.ports.archive.stored(key.0, &doubt.order_id).await?;
+        let me = self.cluster.get().map(|c| c.instance.as_str());
+        // The claim's own row: this instance's, taken at the claim's instant (an older row of
+        // the same order, a released hold of this instance's, is not it). PostgreSQL keeps
+        // microseconds.
+        let committed = stored.as_ref().is_some_and(|row| {
+            row.made_by.as_deref() == me
+                && row.used_at.map(|t| t.timestamp_micros()) == Some(doubt.at.timestamp_micros())
+        });
+        if let Some(stored) = stored {
+            self.load_uses([stored]);
+        }
+        if !committed && let Some(cluster) = self.cluster.get() {
+            put_back(cluster, &doubt.totals);
+        }
+        self.doubtful.remove(key);
+        Ok(())
+    }
+
+    /// Reads again the orders whose use made here did not land when shipped (another row of
+    /// the order was newer: the same order taken elsewhere before this instance knew). The
+    /// ledger counted that use; left alone it would count it for ever, refusing units that
+    /// are free. Best effort: an order that cannot be read now is logged.
+    pub async fn relearn(&self, orders: &[(CouponId, String)]) {
+        for (coupon, order_id) in orders {
+            match self.ports.archive.stored(*coupon, order_id).await {
+                Ok(Some(stored)) => {
+                    self.merge_uses([stored]);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, coupon, order_id, "cannot read again an order whose use did not land")
+                }
+            }
+        }
+    }
+
+    /// Settles every claim in doubt that PostgreSQL can be asked about now; returns how many
+    /// are left.
+    pub async fn settle_doubts(&self) -> usize {
+        for key in self.doubtful.all() {
+            if let Err(err) = self.settle_doubt(key).await {
+                tracing::debug!(error = %err, "a claim in doubt cannot be settled yet");
+                break;
+            }
+        }
+        self.doubtful.len()
+    }
+
+    /// Settles claims in doubt as PostgreSQL answers, until `stop`.
+    pub async fn run_doubts(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut interval = tokio::time::interval(SETTLE_DOUBTS_EVERY);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => {
+                    self.settle_doubts().await;
+                }
+            }
+        }
     }
 }
 

@@ -13,15 +13,18 @@
 //! geometrically near the end. Units idle for `idle_return`, asked back by another instance
 //! (a reclaim), or far beyond the rate, go back.
 //!
-//! A return is in doubt when its statement fails: it may have committed with its answer
-//! lost. Its units are then neither sold nor returned again as new units: they wait aside,
-//! and the same return (by its number) is asked again until PostgreSQL answers for it.
+//! A grant or a return is in doubt when its statement fails: it may have committed with its
+//! answer lost. Both are numbered per lease, and one in doubt is asked again under its number
+//! until PostgreSQL answers for it, which then answers what the first call did: a doubtful
+//! grant's units are neither lost nor granted twice, a doubtful return's units wait aside,
+//! neither sold nor returned twice.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::coupon::{CampaignId, CouponId};
@@ -147,6 +150,9 @@ struct State {
     returning: Option<Return>,
     /// The number of the last return made of this lease.
     returns_made: u64,
+    /// The number of the last grant asked for, and whether its answer is still owed.
+    grants_made: u64,
+    grant_in_doubt: bool,
     /// When the last grant round ended.
     answered: Instant,
 }
@@ -253,6 +259,8 @@ impl Leases {
                         reclaim: false,
                         returning: None,
                         returns_made: 0,
+                        grants_made: 0,
+                        grant_in_doubt: false,
                         answered: Instant::now(),
                     }),
                     changed: Notify::new(),
@@ -329,21 +337,44 @@ impl Leases {
     }
 
     fn start_grant(self: &Arc<Self>, scope: Scope, lease: &Arc<ScopeLease>, st: &mut State, units: u64) {
-        st.in_flight = true;
         let need = st.waiting;
         // Before a rate is known, a few uses' worth: the first requests need not all wait.
         let by_rate = (st.rate * self.settings.target.as_secs_f64()).ceil() as u64;
         let want = by_rate.max(need).max(FIRST_BLOCK * units);
+        self.send_grant(scope, lease, st, want, need);
+    }
+
+    /// Sends a grant: the one in doubt again, under its number, or a new one.
+    fn send_grant(self: &Arc<Self>, scope: Scope, lease: &Arc<ScopeLease>, st: &mut State, want: u64, need: u64) {
+        st.in_flight = true;
+        if !st.grant_in_doubt {
+            st.grants_made += 1;
+            st.grant_in_doubt = true;
+        }
+        let seq = st.grants_made;
         let (leases, lease) = (self.clone(), lease.clone());
         tokio::spawn(async move {
-            let answer = leases.port.grant(scope, want, need).await;
-            leases.finish_grant(&lease, answer);
+            let answer = leases.port.grant(scope, want, need, seq).await;
+            leases.finish_grant(&lease, answer, want == 0);
         });
     }
 
-    fn finish_grant(&self, lease: &ScopeLease, answer: Result<Grant, crate::engine::ports::PortError>) {
+    /// Takes a grant's answer; a `probe` (a doubtful grant asked again for nothing more)
+    /// only brings what that grant gave, and says nothing of what is free.
+    fn finish_grant(&self, lease: &ScopeLease, answer: Result<Grant, crate::engine::ports::PortError>, probe: bool) {
         let mut st = lease.state.lock().expect("lease");
         st.in_flight = false;
+        if answer.is_ok() {
+            st.grant_in_doubt = false;
+        }
+        if probe {
+            if let Ok(grant) = answer {
+                st.available += grant.granted;
+            }
+            drop(st);
+            lease.changed.notify_waiters();
+            return;
+        }
         st.rounds += 1;
         st.answered = Instant::now();
         st.verdict = match answer {
@@ -420,13 +451,20 @@ impl Leases {
     }
 
     /// One round of upkeep.
-    pub async fn upkeep(&self) {
-        let scopes: Vec<(Scope, Arc<ScopeLease>)> =
+    pub async fn upkeep(self: &Arc<Self>) {
+        let mut scopes: Vec<(Scope, Arc<ScopeLease>)> =
             self.scopes.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
+        // In one order every time: the same history makes the same statements (simulation).
+        scopes.sort_unstable_by_key(|(scope, _)| *scope);
         let tick = UPKEEP_EVERY.as_secs_f64();
         for (scope, lease) in scopes {
             let ret = {
                 let mut st = lease.state.lock().expect("lease");
+                // A grant in doubt that nobody is waiting for is asked again for nothing
+                // more: its answer says whether (and what) it granted.
+                if st.grant_in_doubt && !st.in_flight && st.waiting == 0 {
+                    self.send_grant(scope, &lease, &mut st, 0, 0);
+                }
                 // Quick to rise (a sale starts at full speed), slow to fall.
                 let instant_rate = st.spent as f64 / tick;
                 st.rate = instant_rate.max(0.8 * st.rate + 0.2 * instant_rate);
@@ -514,6 +552,10 @@ mod tests {
         lose_return_answers: std::sync::atomic::AtomicBool,
         /// The last return applied, per instance: (number, units).
         returned: Mutex<HashMap<usize, (u64, u64)>>,
+        /// Grants commit, and their answers are lost.
+        lose_grant_answers: std::sync::atomic::AtomicBool,
+        /// The last grant applied, per instance: (number, units).
+        granted: Mutex<HashMap<usize, (u64, u64)>>,
     }
 
     #[derive(Debug)]
@@ -540,17 +582,29 @@ mod tests {
     }
 
     impl ClusterPort for Port {
-        fn grant(&self, _scope: Scope, want: u64, need: u64) -> PortAnswer<'_, Grant> {
+        fn grant(&self, _scope: Scope, want: u64, need: u64, seq: u64) -> PortAnswer<'_, Grant> {
             let answer = if !self.bank.up.load(Ordering::Relaxed) {
                 Err(PortError("down".into()))
             } else {
                 let elsewhere = self.bank.unspent_elsewhere(self.me);
-                let mut allocated = self.bank.allocated.lock().unwrap();
-                let free = self.bank.limit - allocated.values().sum::<u64>();
-                let holders = u64::from(elsewhere > 0);
-                let k = want.min(free.div_ceil(2 * (holders + 1)).max(need)).min(free);
-                *allocated.entry(self.me).or_default() += k;
-                Ok(Grant { granted: k, held_elsewhere: elsewhere, fenced: false })
+                let mut granted = self.bank.granted.lock().unwrap();
+                let last = granted.entry(self.me).or_default();
+                let k = if last.0 >= seq {
+                    last.1
+                } else {
+                    let mut allocated = self.bank.allocated.lock().unwrap();
+                    let free = self.bank.limit - allocated.values().sum::<u64>();
+                    let holders = u64::from(elsewhere > 0);
+                    let k = want.min(free.div_ceil(2 * (holders + 1)).max(need)).min(free);
+                    *allocated.entry(self.me).or_default() += k;
+                    *last = (seq, k);
+                    k
+                };
+                if self.bank.lose_grant_answers.load(Ordering::Relaxed) {
+                    Err(PortError("connection lost after commit".into()))
+                } else {
+                    Ok(Grant { granted: k, held_elsewhere: elsewhere, fenced: false })
+                }
             };
             Box::pin(std::future::ready(answer))
         }
@@ -699,6 +753,31 @@ mod tests {
         assert_eq!(bank.total(), 10, "never more allocated than the limit");
         assert_eq!(a.take(SCOPE, 1).await, Err(Shortage::Exhausted));
         assert_eq!(b.take(SCOPE, 1).await, Err(Shortage::Exhausted));
+    }
+
+    /// A grant that committed with its answer lost once left its units in the lease,
+    /// unknown here, for as long as the instance ran (and a false "limit reached" at the end).
+    #[tokio::test]
+    async fn a_grant_whose_answer_was_lost_is_neither_lost_nor_granted_twice() {
+        let bank = bank(4);
+        let leases = instances(&bank, 1);
+        let a = &leases[0];
+        bank.lose_grant_answers.store(true, Ordering::Relaxed);
+        assert_eq!(a.take(SCOPE, 1).await, Err(Shortage::Unavailable), "no answer, no units");
+        let stranded = bank.total();
+        assert!(stranded > 0, "the grant committed");
+        a.upkeep().await;
+        tokio::task::yield_now().await;
+        assert_eq!(bank.total(), stranded, "asked again under its number: not granted twice");
+        bank.lose_grant_answers.store(false, Ordering::Relaxed);
+        a.upkeep().await;
+        tokio::task::yield_now().await;
+        assert_eq!(a.available(SCOPE), stranded, "the answer, at last, brings the units");
+        for _ in 0..4 {
+            a.take(SCOPE, 1).await.unwrap();
+        }
+        assert_eq!(a.take(SCOPE, 1).await, Err(Shortage::Exhausted), "every unit sold, none twice");
+        assert_eq!(bank.total(), 4);
     }
 
     #[tokio::test]

@@ -103,11 +103,16 @@ impl SlotState {
         }
     }
 
-    /// Whether two states say the same of a use (a release's instant aside).
+    /// Whether two states say the same of a use (a release's instant, and whether a hold
+    /// expired or was cancelled, aside). A released redemption and a released hold differ:
+    /// one leaves the order spent, the other free.
     pub fn same_kind(self, other: SlotState) -> bool {
         match (self, other) {
             (SlotState::Held { until: a }, SlotState::Held { until: b }) => a == b,
-            (SlotState::Live, SlotState::Live) | (SlotState::Released { .. }, SlotState::Released { .. }) => true,
+            (SlotState::Live, SlotState::Live) => true,
+            (SlotState::Released { ended: a, .. }, SlotState::Released { ended: b, .. }) => {
+                a.order_spent() == b.order_spent()
+            }
             _ => false,
         }
     }

@@ -255,6 +255,8 @@ pub struct StoredUse {
     pub order_id: String,
     pub order_value: Cents,
     pub discount: Cents,
+    /// When it was taken (unknown where a claim's answer did not say).
+    pub used_at: Option<DateTime<Utc>>,
     pub hold_until: Option<DateTime<Utc>>,
     pub released_at: Option<DateTime<Utc>>,
     /// The instance that made it (none before instances were named).
@@ -275,6 +277,9 @@ pub struct Engine {
     live_holds: AtomicI64,
     settings: EngineSettings,
     cluster: std::sync::OnceLock<cluster::Cluster>,
+    /// Orders whose claim failed without an answer: it may have committed. Nothing more is
+    /// decided about one here until PostgreSQL has said what it holds (`Engine::settle_doubt`).
+    pub(crate) doubtful: cluster::Doubts,
 }
 
 impl Engine {
@@ -297,6 +302,7 @@ impl Engine {
             live_holds: AtomicI64::new(0),
             settings,
             cluster: std::sync::OnceLock::new(),
+            doubtful: cluster::Doubts::default(),
         }
     }
 
@@ -396,6 +402,7 @@ impl Engine {
             };
             let coupon = found.coupon();
             let key = (coupon.id, self.ledger.id_key(req.order_id));
+            self.settle_doubt(key).await?;
             let now = self.clock.now();
             if let Some(slot) = self.ledger.slot(key) {
                 let receipt = |expires_at| Receipt {
@@ -634,8 +641,11 @@ impl Engine {
                     Ok(ClaimOutcome::TooManyHolds) => Some(Refused::TooManyHolds),
                     Ok(ClaimOutcome::Fenced) => Some(Refused::QuotaUnavailable),
                     Err(err) => {
-                        tracing::debug!(error = %err, "a claim could not be made");
-                        Some(Refused::QuotaUnavailable)
+                        // It may have committed: its lease units wait with the order's doubt.
+                        tracing::debug!(error = %err, "a claim could not be made, or its answer was lost");
+                        self.doubtful.add(key, req.order_id, now, &totals);
+                        give_back_all(u);
+                        return Ok(Some(UseOutcome::Refused(Refused::QuotaUnavailable)));
                     }
                 };
                 if let Some(refused) = refused {
@@ -753,8 +763,10 @@ impl Engine {
             return Ok(ReleaseOutcome::NotFound);
         };
         let key = (coupon_id, self.ledger.id_key(req.order_id));
+        self.settle_doubt(key).await?;
         let user = req.user_id.map(|u| self.ledger.id_key(u));
         let waited_until = Instant::now() + self.settings.settle_timeout;
+        let mut looked = false;
         loop {
             let Some(slot) = self.ledger.slot(key) else {
                 return self.release_forgotten(key, req).await;
@@ -765,6 +777,16 @@ impl Engine {
             let now = self.clock.now();
             match slot.state {
                 SlotState::Taking { .. } | SlotState::Changing => self.wait_settled(key, waited_until).await?,
+                // After a released hold the order is free: among instances, another may have
+                // used it since, unseen here. Only PostgreSQL can say it is released still.
+                SlotState::Released { ended, .. }
+                    if !ended.order_spent() && self.cluster.get().is_some() && !looked =>
+                {
+                    looked = true;
+                    if let Some(stored) = self.ports.archive.stored(key.0, req.order_id).await? {
+                        self.merge_uses([stored]);
+                    }
+                }
                 SlotState::Released { .. } => return Ok(ReleaseOutcome::AlreadyReleased),
                 SlotState::Held { .. } | SlotState::Live if self.changed_in_postgres(&slot) => {
                     if self.change_in_postgres(key, slot, true).await? {

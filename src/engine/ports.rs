@@ -52,10 +52,18 @@ pub struct ArchiveError(pub String);
 pub type ArchiveAnswer<'a> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<ArchivedOrder>, ArchiveError>> + Send + 'a>>;
 
+/// An order's use as stored, from the archive.
+pub type StoredAnswer<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Option<crate::engine::StoredUse>, ArchiveError>> + Send + 'a>,
+>;
+
 /// Where forgotten orders are looked up (`coupon_usage`). Asked only when the forgotten-order
-/// filter says "maybe": rarely, and never on the validate path.
+/// filter says "maybe", or when a claim's outcome is in doubt: rarely, and never on the
+/// validate path.
 pub trait UsageArchive: Send + Sync + Debug {
     fn order<'a>(&'a self, coupon_id: crate::domain::coupon::CouponId, order_id: &'a str) -> ArchiveAnswer<'a>;
+    /// The order's row whole, if it has one.
+    fn stored<'a>(&'a self, coupon_id: crate::domain::coupon::CouponId, order_id: &'a str) -> StoredAnswer<'a>;
 }
 
 /// An archive that holds nothing (tests and benches that forget nothing).
@@ -64,6 +72,10 @@ pub struct NoArchive;
 
 impl UsageArchive for NoArchive {
     fn order<'a>(&'a self, _coupon_id: crate::domain::coupon::CouponId, _order_id: &'a str) -> ArchiveAnswer<'a> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn stored<'a>(&'a self, _coupon_id: crate::domain::coupon::CouponId, _order_id: &'a str) -> StoredAnswer<'a> {
         Box::pin(std::future::ready(Ok(None)))
     }
 }
@@ -153,8 +165,11 @@ pub struct Changed {
 /// and returns for totals, claims for the limits only PostgreSQL can count, and changes of
 /// uses another instance made. Never called on the validate path.
 pub trait ClusterPort: Send + Sync + Debug {
-    /// Asks for up to `want` units of `scope` (at least `need` if that many are free).
-    fn grant(&self, scope: crate::engine::leases::Scope, want: u64, need: u64) -> PortAnswer<'_, Grant>;
+    /// Asks for up to `want` units of `scope` (at least `need` if that many are free), as
+    /// its grant number `seq` (one after the other per scope). Asked again with the same
+    /// number (its answer was lost), it answers what the first call granted, never granting
+    /// twice.
+    fn grant(&self, scope: crate::engine::leases::Scope, want: u64, need: u64, seq: u64) -> PortAnswer<'_, Grant>;
     /// Gives back up to `units` of this instance's lease of `scope`, as its return number
     /// `seq` (one after the other per scope); answers how many went. Asked again with the same
     /// number (its answer was lost), it answers what the first call did, never applying twice.

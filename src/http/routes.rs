@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 use hyper::{HeaderMap, Method, Request};
@@ -492,7 +492,13 @@ fn bearer_is(headers: &HeaderMap, token: &Secret) -> bool {
     bool::from(given.ct_eq(token.expose().as_bytes()))
 }
 
-/// Reads the whole body, refusing more than `limit` bytes without reading it all.
+/// An over-limit body up to this size is read to its end (and dropped) before the `413`:
+/// a connection closed with the client's bytes unread is reset by the kernel, and the
+/// client never reads the answer. Larger ones are answered at once, the connection closed.
+const DRAINED_AT_MOST: u64 = 1 << 20;
+
+/// Reads the whole body, refusing more than `limit` bytes (reading an over-limit body to its
+/// end only if it is at most `DRAINED_AT_MOST`).
 async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
@@ -500,14 +506,23 @@ where
 {
     let too_large = ApiError::PayloadTooLarge { limit };
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
+    if declared.is_some_and(|len| len > DRAINED_AT_MOST) {
         return Err(too_large);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large),
-        Err(_) => Err(ApiError::BadBody),
+    let mut body = std::pin::pin!(body);
+    let mut kept = bytes::BytesMut::new();
+    let mut seen: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| ApiError::BadBody)?.into_data() else { continue };
+        seen += data.len() as u64;
+        if seen > DRAINED_AT_MOST {
+            return Err(too_large);
+        }
+        if seen <= limit as u64 {
+            kept.extend_from_slice(&data);
+        }
     }
+    if seen > limit as u64 { Err(too_large) } else { Ok(kept.freeze()) }
 }
 
 #[cfg(test)]

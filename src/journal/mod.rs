@@ -129,7 +129,9 @@ impl Journal {
             let start = if segment == checkpoint.segment { checkpoint.offset as usize } else { 0 };
             pending += frames.iter().filter(|f| f.offset >= start).count() as i64;
         }
-        let next = segments.last().map_or(1, |last| last + 1);
+        // Never a segment number used before (positions are unique for the life of the
+        // directory: PostgreSQL keeps how far it has shipped by them).
+        let next = segments.last().map_or(1, |last| last + 1).max(checkpoint.segment + 1);
         let file = create_segment(dir, next)?;
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),

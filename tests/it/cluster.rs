@@ -488,7 +488,8 @@ async fn a_lease_return_asked_again_is_applied_once() {
     let coupon = insert_coupon(&db.pool, "TEN", &[("usage_limit", "10")]).await;
     let sql = |q: &'static str| sqlx::query_scalar::<_, i64>(q).bind(coupon);
     sqlx::query("INSERT INTO quota_instances (instance_id) VALUES ('node-r')").execute(&db.pool).await.unwrap();
-    let granted = sql("SELECT granted FROM quota_grant(1::smallint, $1, 'node-r', 1, 8, 1)").fetch_one(&db.pool).await;
+    let granted =
+        sql("SELECT granted FROM quota_grant(1::smallint, $1, 'node-r', 1, 8, 1, 1)").fetch_one(&db.pool).await;
     assert_eq!(granted.unwrap(), 5, "half the free units");
     let give = "SELECT quota_return(1::smallint, $1, 'node-r', 1, 3, 1)";
     assert_eq!(sql(give).fetch_one(&db.pool).await.unwrap(), 3);

@@ -118,3 +118,21 @@ async fn bad_input_table() {
     app.stop().await.unwrap();
     db.drop_db().await;
 }
+
+/// A body over the limit is answered `413`, and the client reads the answer: the server reads
+/// the rest of the body (up to 1 MiB) before it answers. Answered while the client was still
+/// sending, and the connection closed, the client (hyper's, here) often saw the connection
+/// go before it finished and failed with `IncompleteMessage` instead of reading the `413`
+/// (the flake of `bad_input_table`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_limit_body_gets_its_413_read_by_the_client() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(&db).await;
+    let body = format!(r#"{{"code":"A","userId":"u","orderValue":1,"pad":"{}"}}"#, "x".repeat(300 * 1024));
+    for _ in 0..200 {
+        let response = app.client.request(Method::POST, "/api/coupons/validate", body.clone()).await;
+        assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", response.text);
+    }
+    app.stop().await.unwrap();
+    db.drop_db().await;
+}

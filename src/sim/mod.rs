@@ -1,0 +1,941 @@
+//! A deterministic simulation of several instances on one database: real engines, each with
+//! its own journal on disk, against an in-memory model of PostgreSQL's side (`pg`), driven by
+//! one seeded scheduler on tokio's paused clock. Every step is one thing happening: a client
+//! request to one instance, or one of an instance's background jobs (shipping its journal,
+//! reading the usage feed, giving lease units back, expiring holds, proving its identity), or
+//! a fault: a link that fails calls before they commit, or lets them commit and loses their
+//! answers; PostgreSQL down and back; an instance killed (memory gone, its journal kept) and
+//! started again, or written off (its disk lost); an instance paused (none of its steps run);
+//! the feed late (it runs when drawn) and reordered; clocks apart by up to `SPREAD_MS`.
+//! The history of answers is checked as it grows and at its end (`check`). A failure names
+//! its seed; the same seed replays the same schedule.
+//!
+//! Steps run one at a time, so races inside one request are not explored here (the engine's
+//! own tests and the integration tests race real requests); what is explored is every order
+//! of the cluster's messages and faults between them.
+
+mod check;
+mod pg;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::domain::campaign::Campaign;
+use crate::domain::coupon::{Coupon, CouponId, CouponKind, Discount};
+use crate::domain::event::Event;
+use crate::domain::money::Cents;
+use crate::domain::rules::Reason;
+use crate::engine::clock::ManualClock;
+use crate::engine::cluster::Cluster;
+use crate::engine::leases::{LeaseSettings, Leases, Scope};
+use crate::engine::ports::{
+    ArchiveAnswer, ArchivedOrder, ChangeAnswer, ClaimOutcome, ClaimRequest, ClusterPort, Grant, NoValidationLog,
+    PortAnswer, PortError, Ports, StoredAnswer, UsageArchive,
+};
+use crate::engine::standing::Standing;
+use crate::engine::{Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, UseOutcome, UseRequest};
+use crate::journal::{Journal, JournalReader};
+use crate::metrics::Metrics;
+use check::{Answer, Checker, Shape};
+use pg::{InstanceState, Limits, Pg};
+
+/// How far apart two instances' clocks may be, in ms.
+const SPREAD_MS: i64 = 400;
+/// How long an instance spends its leases after its last proof of identity.
+const SPEND_WINDOW: Duration = Duration::from_secs(5);
+const USERS: usize = 6;
+const ORDER_VALUE: u64 = 10_000;
+
+/// What one schedule did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Report {
+    pub(crate) steps: u64,
+    pub(crate) faults: u64,
+    pub(crate) answers: u64,
+    pub(crate) acknowledged: u64,
+    pub(crate) limit_refusals: u64,
+    pub(crate) false_refusals: u64,
+    pub(crate) false_not_found: u64,
+    pub(crate) order_conflicts: u64,
+}
+
+impl std::ops::AddAssign for Report {
+    fn add_assign(&mut self, o: Report) {
+        self.steps += o.steps;
+        self.faults += o.faults;
+        self.answers += o.answers;
+        self.acknowledged += o.acknowledged;
+        self.limit_refusals += o.limit_refusals;
+        self.false_refusals += o.false_refusals;
+        self.false_not_found += o.false_not_found;
+        self.order_conflicts += o.order_conflicts;
+    }
+}
+
+/// A link between an instance and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    /// Calls fail before they reach PostgreSQL.
+    Cut,
+    /// Calls commit, and this share of their answers is lost.
+    Lossy(u8),
+}
+
+/// What every instance's ports share.
+#[derive(Debug)]
+struct World {
+    seed: u64,
+    pg: Mutex<Pg>,
+    links: Mutex<Vec<Link>>,
+    /// PostgreSQL's clock.
+    now: Mutex<DateTime<Utc>>,
+    /// The scheduler's step: with the seed, the instance and the call, it decides whether a
+    /// lossy link loses the call's answer, whatever order calls come in within a step.
+    step: std::sync::atomic::AtomicU64,
+}
+
+impl World {
+    /// One call of instance `node` (`what` names it: its kind and arguments): fails before
+    /// committing, or commits (and its answer may be lost).
+    fn call<T>(
+        &self,
+        node: usize,
+        what: impl std::hash::Hash,
+        f: impl FnOnce(&mut Pg, DateTime<Utc>) -> T,
+    ) -> Result<T, PortError> {
+        let link = self.links.lock().expect("links")[node];
+        let mut pg = self.pg.lock().expect("pg");
+        if !pg.up || link == Link::Cut {
+            return Err(PortError("unreachable".into()));
+        }
+        let now = *self.now.lock().expect("now");
+        let answer = f(&mut pg, now);
+        if let Link::Lossy(percent) = link {
+            let step = self.step.load(std::sync::atomic::Ordering::Relaxed);
+            if draw((self.seed, step, node, what)) % 100 < u64::from(percent) {
+                return Err(PortError("committed; answer lost".into()));
+            }
+        }
+        Ok(answer)
+    }
+}
+
+/// A number from what the simulation is doing, the same on every run (SipHash with fixed
+/// keys).
+fn draw(what: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    what.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The ports of one instance's epoch.
+#[derive(Debug)]
+struct SimPort {
+    world: Arc<World>,
+    node: usize,
+    instance: String,
+    epoch: i64,
+}
+
+impl ClusterPort for SimPort {
+    fn grant(&self, scope: Scope, want: u64, need: u64, seq: u64) -> PortAnswer<'_, Grant> {
+        let answer = self.world.call(self.node, ("grant", scope, want, need, seq), |pg, _| {
+            pg.grant(scope, &self.instance, self.epoch, want, need, seq)
+        });
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn give_back(&self, scope: Scope, units: u64, seq: u64) -> PortAnswer<'_, u64> {
+        let answer = self.world.call(self.node, ("return", scope, units, seq), |pg, _| {
+            pg.give_back(scope, &self.instance, self.epoch, units, seq)
+        });
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome> {
+        let answer =
+            self.world.call(self.node, ("claim", req.id, req.rev), |pg, _| pg.claim(req, &self.instance, self.epoch));
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn change(&self, id: uuid::Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer> {
+        let answer =
+            self.world.call(self.node, ("change", id, rev, release), |pg, now| pg.change(id, rev, release, now));
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+#[derive(Debug)]
+struct SimArchive {
+    world: Arc<World>,
+    node: usize,
+}
+
+impl UsageArchive for SimArchive {
+    fn order<'a>(&'a self, coupon_id: CouponId, order_id: &'a str) -> ArchiveAnswer<'a> {
+        let answer = self.world.call(self.node, ("order", coupon_id, order_id), |pg, _| {
+            pg.rows.values().find(|r| r.coupon == coupon_id && r.order == order_id).map(|r| ArchivedOrder {
+                user_id: r.user.clone(),
+                rev: r.rev,
+                released: !r.live(),
+                hold: r.hold_until.is_some(),
+            })
+        });
+        Box::pin(std::future::ready(answer.map_err(|e| crate::engine::ports::ArchiveError(e.0))))
+    }
+
+    fn stored<'a>(&'a self, coupon_id: CouponId, order_id: &'a str) -> StoredAnswer<'a> {
+        let answer =
+            self.world.call(self.node, ("stored", coupon_id, order_id), |pg, _| pg.stored(coupon_id, order_id));
+        Box::pin(std::future::ready(answer.map_err(|e| crate::engine::ports::ArchiveError(e.0))))
+    }
+}
+
+/// An instance while its process runs.
+struct Running {
+    engine: Arc<Engine>,
+    reader: JournalReader,
+    epoch: i64,
+    standing: Arc<Standing>,
+    leases: Arc<Leases>,
+    feed_after: u64,
+}
+
+/// One instance: its disk, its clock, and its process if running.
+struct Node {
+    name: String,
+    dir: PathBuf,
+    clock: Arc<ManualClock>,
+    offset_ms: i64,
+    running: Option<Running>,
+    paused_for: u32,
+    written_off: bool,
+}
+
+/// Something a client asked and has not settled: its order, for later confirms, releases
+/// and retries.
+#[derive(Debug, Clone)]
+struct Asked {
+    coupon: usize,
+    user: String,
+    order: String,
+}
+
+/// One schedule.
+struct Sim {
+    seed: u64,
+    rng: ChaCha8Rng,
+    world: Arc<World>,
+    nodes: Vec<Node>,
+    coupons: Vec<Coupon>,
+    campaigns: Vec<Campaign>,
+    shapes: Vec<Shape>,
+    checker: Checker,
+    asked: Vec<Asked>,
+    next_order: u64,
+    start: tokio::time::Instant,
+    base: DateTime<Utc>,
+    report: Report,
+    root: PathBuf,
+    /// Prints every step (`SIM_TRACE=1`), to read a failing seed's schedule.
+    trace: bool,
+}
+
+fn cents(n: u64) -> Cents {
+    Cents::new(n).expect("cents")
+}
+
+/// The coupons every schedule sells: a total, a per-user limit, a campaign cap shared by
+/// two coupons, a campaign budget, and no limit at all.
+fn catalog() -> (Vec<Coupon>, Vec<Campaign>, Vec<Shape>) {
+    let coupon = |id, code: &str, discount: u64| {
+        Coupon::new(id, code, CouponKind::TimeSpecific, Discount::Fixed(cents(discount)))
+    };
+    let mut total = coupon(1, "TOTAL", 500);
+    total.usage_limit = Some(4);
+    let mut per_user = coupon(2, "PERUSER", 500);
+    per_user.usage_limit = Some(6);
+    per_user.per_user_limit = Some(1);
+    let mut cap_a = coupon(3, "CAPA", 500);
+    cap_a.campaign_id = Some(1);
+    let mut cap_b = coupon(4, "CAPB", 500);
+    cap_b.campaign_id = Some(1);
+    let mut budget = coupon(5, "BUDGET", 1_000);
+    budget.campaign_id = Some(2);
+    let free = coupon(6, "FREE", 500);
+    let mut capped = Campaign::new(1, "capped");
+    capped.usage_limit = Some(3);
+    let mut budgeted = Campaign::new(2, "budgeted");
+    budgeted.budget = Some(cents(3_000));
+    let shape = |c: &Coupon, campaign: Option<&Campaign>| Shape {
+        coupon: c.id,
+        limit: c.usage_limit.map(u64::from),
+        per_user: c.per_user_limit.map(u64::from),
+        campaign: c.campaign_id,
+        campaign_uses: campaign.and_then(|k| k.usage_limit).map(u64::from),
+        campaign_cents: campaign.and_then(|k| k.budget).map(Cents::get),
+        discount_cents: match c.discount {
+            Discount::Fixed(d) => d.get(),
+            Discount::Percentage { .. } => unreachable!("fixed discounts only"),
+        },
+        claimed: c.per_user_limit.is_some() || campaign.is_some_and(|k| k.per_user_limit.is_some()),
+    };
+    let shapes = vec![
+        shape(&total, None),
+        shape(&per_user, None),
+        shape(&cap_a, Some(&capped)),
+        shape(&cap_b, Some(&capped)),
+        shape(&budget, Some(&budgeted)),
+        shape(&free, None),
+    ];
+    (vec![total, per_user, cap_a, cap_b, budget, free], vec![capped, budgeted], shapes)
+}
+
+impl Sim {
+    fn new(seed: u64, nodes: usize, root: PathBuf) -> Sim {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let base = Utc.with_ymd_and_hms(2026, 12, 7, 12, 0, 0).single().expect("a time");
+        let (coupons, campaigns, shapes) = catalog();
+        let mut pg = Pg::new();
+        for shape in &shapes {
+            pg.define(
+                shape.coupon,
+                Limits {
+                    coupon: shape.limit,
+                    campaign: shape.campaign,
+                    campaign_uses: shape.campaign_uses,
+                    campaign_cents: shape.campaign_cents,
+                },
+            );
+        }
+        let world = Arc::new(World {
+            seed,
+            pg: Mutex::new(pg),
+            links: Mutex::new(vec![Link::Up; nodes]),
+            now: Mutex::new(base),
+            step: std::sync::atomic::AtomicU64::new(0),
+        });
+        let nodes = (0..nodes)
+            .map(|i| Node {
+                name: format!("n{i}"),
+                dir: root.join(format!("n{i}")),
+                clock: Arc::new(ManualClock::new(base)),
+                offset_ms: rng.random_range(-SPREAD_MS / 2..=SPREAD_MS / 2),
+                running: None,
+                paused_for: 0,
+                written_off: false,
+            })
+            .collect();
+        Sim {
+            seed,
+            rng,
+            world,
+            nodes,
+            coupons,
+            campaigns,
+            checker: Checker::new(&shapes, SPREAD_MS),
+            shapes,
+            asked: Vec::new(),
+            next_order: 0,
+            start: tokio::time::Instant::now(),
+            base,
+            report: Report::default(),
+            root,
+            trace: std::env::var_os("SIM_TRACE").is_some(),
+        }
+    }
+
+    /// Virtual wall time (ms since the epoch) as PostgreSQL sees it.
+    fn say(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            eprintln!("[{} +{}ms] {}", self.report.steps, self.start.elapsed().as_millis(), what());
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        (self.base + chrono::Duration::from_std(self.start.elapsed()).expect("elapsed")).timestamp_millis()
+    }
+
+    fn sync_clocks(&self) {
+        let now = self.base + chrono::Duration::from_std(self.start.elapsed()).expect("elapsed");
+        *self.world.now.lock().expect("now") = now;
+        for node in &self.nodes {
+            node.clock.set(now + chrono::Duration::milliseconds(node.offset_ms));
+        }
+    }
+
+    fn link_ok(&self, i: usize) -> bool {
+        self.world.pg.lock().expect("pg").up && self.world.links.lock().expect("links")[i] != Link::Cut
+    }
+
+    /// Starts instance `i` as `App::run` does: its journal shipped first, then a new epoch,
+    /// the old one settled, the uses loaded and the holds due expired. Needs PostgreSQL.
+    async fn start(&mut self, i: usize) -> Result<(), String> {
+        if self.nodes[i].running.is_some() || !self.link_ok(i) {
+            return Ok(());
+        }
+        self.sync_clocks();
+        let metrics = Arc::new(Metrics::new(&[]));
+        let (journal, mut reader) =
+            Journal::open(&self.nodes[i].dir, metrics.journal.clone()).map_err(|e| e.to_string())?;
+        let pending = read_events(&reader)?;
+        let name = self.nodes[i].name.clone();
+        {
+            let mut pg = self.world.pg.lock().expect("pg");
+            // Before the ledger is loaded: it reads every row next.
+            pg.ship(&self.nodes[i].dir.display().to_string(), &name, &pending.0);
+        }
+        if !pending.0.is_empty() {
+            reader.confirm(pending.1, pending.0.len()).map_err(|e| e.to_string())?;
+        }
+        let (epoch, uses, after) = {
+            let mut pg = self.world.pg.lock().expect("pg");
+            let epoch = pg.begin_epoch(&name);
+            pg.settle(&name, epoch - 1);
+            let (_, after) = pg.feed(0);
+            (epoch, pg.all_uses(), after)
+        };
+        let archive = Arc::new(SimArchive { world: self.world.clone(), node: i });
+        let engine = Arc::new(Engine::new(
+            journal,
+            Ports { validations: Arc::new(NoValidationLog), archive },
+            self.nodes[i].clock.clone(),
+            metrics,
+            EngineSettings { forgotten_capacity: 1_000, ..EngineSettings::standard() },
+        ));
+        engine.catalog().publisher().await.replace_all(self.coupons.clone(), self.campaigns.clone(), Vec::new());
+        let port: Arc<dyn ClusterPort> =
+            Arc::new(SimPort { world: self.world.clone(), node: i, instance: name.clone(), epoch });
+        let leases = Leases::new(
+            port.clone(),
+            LeaseSettings {
+                target: Duration::from_secs(5),
+                refill_at: Duration::from_secs(1),
+                claim_wait: Duration::from_millis(20),
+                idle_return: Duration::from_secs(2),
+                exhausted_for: Duration::from_millis(200),
+            },
+        );
+        let standing = Arc::new(Standing::new(SPEND_WINDOW));
+        engine.join_cluster(Cluster {
+            leases: leases.clone(),
+            port,
+            instance: name,
+            epoch,
+            standing: standing.clone(),
+        });
+        engine.load_uses(uses);
+        engine.expire_due().await;
+        engine.catalog().set_ready();
+        self.nodes[i].running = Some(Running { engine, reader, epoch, standing, leases, feed_after: after });
+        Ok(())
+    }
+
+    /// SIGKILL: memory gone; the journal keeps what was fsync'd (every acknowledged append).
+    fn kill(&mut self, i: usize) {
+        self.nodes[i].running = None;
+    }
+
+    /// The operator writes off a dead instance whose disk is lost: what its journal held
+    /// unshipped is gone, and a fresh instance takes its place later.
+    fn write_off(&mut self, i: usize) -> Result<(), String> {
+        if self.nodes[i].running.is_some() || !self.world.pg.lock().expect("pg").up {
+            return Ok(());
+        }
+        let (journal, reader) = Journal::open(&self.nodes[i].dir, Arc::new(Metrics::new(&[])).journal.clone())
+            .map_err(|e| e.to_string())?;
+        drop(journal);
+        let (events, _) = read_events(&reader)?;
+        let lost: Vec<(CouponId, String)> = events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Redeemed(r) => Some((r.coupon_id, r.order_id.clone())),
+                Event::Released(r) => self.order_of(r.coupon_id, r.id),
+                Event::Confirmed(c) => self.order_of_id(c.id),
+                Event::Validated(_) => None,
+            })
+            .collect();
+        self.checker.lose(&lost);
+        self.world.pg.lock().expect("pg").write_off(&self.nodes[i].name);
+        let _ = std::fs::remove_dir_all(&self.nodes[i].dir);
+        let fresh = format!("{}w", self.nodes[i].name);
+        self.nodes[i].dir = self.root.join(&fresh);
+        self.nodes[i].name = fresh;
+        self.nodes[i].written_off = true;
+        Ok(())
+    }
+
+    fn order_of(&self, coupon: CouponId, id: uuid::Uuid) -> Option<(CouponId, String)> {
+        self.asked
+            .iter()
+            .find(|a| {
+                self.coupons[a.coupon].id == coupon && crate::domain::identity::redemption_id(coupon, &a.order) == id
+            })
+            .map(|a| (coupon, a.order.clone()))
+    }
+
+    fn order_of_id(&self, id: uuid::Uuid) -> Option<(CouponId, String)> {
+        self.coupons.iter().find_map(|c| self.order_of(c.id, id))
+    }
+
+    /// Ships what instance `i`'s journal holds, in one transaction: it may fail before
+    /// committing, or commit and lose its answer (then it is shipped again).
+    fn ship(&mut self, i: usize) -> Result<(), String> {
+        let name = self.nodes[i].name.clone();
+        let dir = self.nodes[i].dir.display().to_string();
+        let Some(running) = self.nodes[i].running.as_mut() else { return Ok(()) };
+        let (events, next) = read_events(&running.reader)?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let shipped = self.world.call(i, ("ship", next.as_i64()), |pg, _| pg.ship(&dir, &name, &events));
+        match &shipped {
+            Ok(dropped) => {
+                running.reader.confirm(next, events.len()).map_err(|e| e.to_string())?;
+                let engine = running.engine.clone();
+                let dropped = dropped.clone();
+                // The real shipper tells the engine after its commit, in the same task.
+                futures_util::FutureExt::now_or_never(engine.relearn(&dropped));
+            }
+            Err(_) => self.report.faults += 1,
+        }
+        self.say(|| format!("n{i} ships {events:?}: {shipped:?}"));
+        Ok(())
+    }
+
+    /// Instance `i` reads the usage feed, sometimes in another order than it was written.
+    fn feed(&mut self, i: usize) {
+        let shuffle = self.rng.random_bool(0.3);
+        let Some(running) = self.nodes[i].running.as_mut() else { return };
+        let Ok((mut uses, last)) =
+            self.world.call(i, ("feed", running.feed_after), |pg, _| pg.feed(running.feed_after))
+        else {
+            return;
+        };
+        if shuffle {
+            uses.reverse();
+        }
+        running.engine.merge_uses(uses);
+        running.feed_after = last;
+    }
+
+    /// Instance `i`'s heartbeat: proved while its epoch is live; fenced (and stopped) once
+    /// it is not.
+    fn heartbeat(&mut self, i: usize) {
+        let Some(running) = self.nodes[i].running.as_ref() else { return };
+        let (name, epoch) = (self.nodes[i].name.clone(), running.epoch);
+        let sent = tokio::time::Instant::now();
+        let live =
+            self.world.call(i, ("beat", epoch), |pg, _| pg.instances.get(&name) == Some(&(epoch, InstanceState::Live)));
+        match live {
+            Ok(true) => running.standing.proved(sent),
+            Ok(false) => {
+                running.standing.fence();
+                self.kill(i);
+            }
+            Err(_) => {}
+        }
+    }
+
+    async fn client(&mut self) -> Result<(), String> {
+        let candidates: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].running.is_some() && self.nodes[i].paused_for == 0)
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let i = candidates[self.rng.random_range(0..candidates.len())];
+        let roll = self.rng.random_range(0..100);
+        let (asked, kind) = if roll < 45 || self.asked.is_empty() {
+            self.next_order += 1;
+            let asked = Asked {
+                coupon: self.rng.random_range(0..self.coupons.len()),
+                user: format!("u{}", self.rng.random_range(0..USERS)),
+                order: format!("o{}", self.next_order),
+            };
+            self.asked.push(asked.clone());
+            let hold = self.rng.random_bool(0.4);
+            (asked, if hold { Kind::Hold } else { Kind::Redeem })
+        } else {
+            let asked = self.asked[self.rng.random_range(0..self.asked.len())].clone();
+            (asked, if roll < 75 { Kind::Redeem } else { Kind::Release })
+        };
+        let engine = self.nodes[i].running.as_ref().expect("running").engine.clone();
+        let coupon = &self.coupons[asked.coupon];
+        self.say(|| format!("n{i} {kind:?} {} {} {} ...", coupon.code, asked.user, asked.order));
+        let req = UseRequest {
+            code: &coupon.code,
+            user_id: &asked.user,
+            order_id: &asked.order,
+            order_value: cents(ORDER_VALUE),
+        };
+        let answer = match kind {
+            Kind::Redeem => use_answer(engine.redeem(&req).await),
+            Kind::Hold => {
+                let ttl = Duration::from_millis(self.rng.random_range(500..4_000));
+                use_answer(engine.hold(&req, ttl).await)
+            }
+            Kind::Release => {
+                let release = ReleaseRequest { code: &coupon.code, order_id: &asked.order, user_id: Some(&asked.user) };
+                match engine.release(&release).await {
+                    Ok(ReleaseOutcome::Released { .. } | ReleaseOutcome::AlreadyReleased) => Answer::Released,
+                    Ok(ReleaseOutcome::NotFound) => Answer::NotFound,
+                    Err(_) => Answer::Unavailable,
+                }
+            }
+        };
+        self.say(|| format!("n{i} {kind:?} {} {} {}: {answer:?}", coupon.code, asked.user, asked.order));
+        self.checker.record(&self.nodes[i].name, coupon.id, &asked.order, &asked.user, answer, self.now_ms());
+        Ok(())
+    }
+
+    /// One fault, drawn.
+    async fn fault(&mut self) -> Result<(), String> {
+        self.report.faults += 1;
+        let i = self.rng.random_range(0..self.nodes.len());
+        match self.rng.random_range(0..100) {
+            0..25 => {
+                let link = match self.rng.random_range(0..3) {
+                    0 => Link::Up,
+                    1 => Link::Cut,
+                    _ => Link::Lossy(self.rng.random_range(20..80)),
+                };
+                self.world.links.lock().expect("links")[i] = link;
+                self.say(|| format!("fault: link of n{i} {link:?}"));
+            }
+            25..40 => {
+                let mut pg = self.world.pg.lock().expect("pg");
+                pg.up = !pg.up;
+                let up = pg.up;
+                drop(pg);
+                self.say(|| format!("fault: PostgreSQL up: {up}"));
+            }
+            40..55 => {
+                self.say(|| format!("fault: kill n{i}"));
+                self.kill(i);
+            }
+            55..75 => {
+                self.start(i).await?;
+                self.say(|| format!("start n{i}: running {}", self.nodes[i].running.is_some()));
+            }
+            75..85 => {
+                self.nodes[i].paused_for = self.rng.random_range(5..40);
+                self.say(|| format!("fault: pause n{i} for {} steps", self.nodes[i].paused_for));
+            }
+            85..90 if !self.nodes[i].written_off => {
+                self.say(|| format!("fault: write off n{i} (if dead)"));
+                self.write_off(i)?;
+            }
+            _ => {
+                let ms = self.rng.random_range(100..3_000);
+                tokio::time::advance(Duration::from_millis(ms)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// A background job of a running, unpaused instance.
+    async fn job(&mut self) -> Result<(), String> {
+        let i = self.rng.random_range(0..self.nodes.len());
+        if self.nodes[i].paused_for > 0 {
+            return Ok(());
+        }
+        match self.rng.random_range(0..6) {
+            5 => {
+                if let Some(running) = &self.nodes[i].running {
+                    running.engine.settle_doubts().await;
+                }
+            }
+            0 => self.ship(i)?,
+            1 => self.feed(i),
+            2 => {
+                if let Some(running) = &self.nodes[i].running {
+                    running.leases.upkeep().await;
+                }
+            }
+            3 => {
+                if let Some(running) = &self.nodes[i].running {
+                    running.engine.expire_due().await;
+                }
+            }
+            _ => self.heartbeat(i),
+        }
+        Ok(())
+    }
+
+    async fn step(&mut self) -> Result<(), String> {
+        self.report.steps += 1;
+        self.world.step.store(self.report.steps, std::sync::atomic::Ordering::Relaxed);
+        self.sync_clocks();
+        for node in &mut self.nodes {
+            node.paused_for = node.paused_for.saturating_sub(1);
+        }
+        match self.rng.random_range(0..100) {
+            0..45 => self.client().await?,
+            45..88 => self.job().await?,
+            88..93 => tokio::time::advance(Duration::from_millis(self.rng.random_range(10..500))).await,
+            _ => self.fault().await?,
+        }
+        self.checker.check_limits(self.now_ms())
+    }
+
+    /// Every fault healed: links up, PostgreSQL up, every instance running and caught up,
+    /// every deadline passed and expired.
+    async fn heal(&mut self) -> Result<(), String> {
+        self.world.pg.lock().expect("pg").up = true;
+        for link in self.world.links.lock().expect("links").iter_mut() {
+            *link = Link::Up;
+        }
+        for i in 0..self.nodes.len() {
+            self.nodes[i].paused_for = 0;
+            self.start(i).await?;
+        }
+        for _ in 0..3 {
+            tokio::time::advance(Duration::from_secs(5)).await;
+            self.sync_clocks();
+            for i in 0..self.nodes.len() {
+                self.heartbeat(i);
+                self.ship(i)?;
+                self.feed(i);
+                if let Some(running) = &self.nodes[i].running {
+                    running.engine.settle_doubts().await;
+                    running.engine.expire_due().await;
+                    running.leases.upkeep().await;
+                }
+                self.ship(i)?;
+            }
+            for i in 0..self.nodes.len() {
+                self.feed(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// (c): every limited total sells out to exactly its limit, whatever instance asks.
+    async fn sell_out(&mut self) -> Result<(), String> {
+        for c in 0..self.coupons.len() {
+            let shape = self.shapes[c];
+            if shape.limit.is_none() && shape.campaign.is_none() {
+                continue;
+            }
+            let mut refusals = 0;
+            for n in 0..200 {
+                let i = n % self.nodes.len();
+                let Some(running) = &self.nodes[i].running else { continue };
+                let (user, order) = (format!("buyer-{c}-{n}"), format!("sell-{c}-{n}"));
+                let coupon = &self.coupons[c];
+                let req = UseRequest {
+                    code: &coupon.code,
+                    user_id: &user,
+                    order_id: &order,
+                    order_value: cents(ORDER_VALUE),
+                };
+                let answer = use_answer(running.engine.redeem(&req).await);
+                self.say(|| format!("sell-out n{i} {} {user} {order}: {answer:?}", coupon.code));
+                self.checker.record(&self.nodes[i].name, coupon.id, &order, &user, answer, self.now_ms());
+                match answer {
+                    Answer::Refused { limit: true } => refusals += 1,
+                    Answer::Taken { .. } => refusals = 0,
+                    _ => {}
+                }
+                if refusals >= 2 * self.nodes.len() {
+                    break;
+                }
+                if matches!(answer, Answer::Unavailable | Answer::Refused { .. }) {
+                    // Let units move: returns, reclaims and the feed.
+                    for j in 0..self.nodes.len() {
+                        self.heartbeat(j);
+                        self.ship(j)?;
+                        self.feed(j);
+                        if let Some(running) = &self.nodes[j].running {
+                            running.engine.settle_doubts().await;
+                            running.leases.upkeep().await;
+                        }
+                    }
+                    tokio::time::advance(Duration::from_millis(300)).await;
+                    self.sync_clocks();
+                }
+            }
+        }
+        for i in 0..self.nodes.len() {
+            self.ship(i)?;
+        }
+        let pg = self.world.pg.lock().expect("pg");
+        let live = |f: &dyn Fn(&pg::Row) -> bool| pg.rows.values().filter(|r| r.live() && f(r)).count() as u64;
+        for shape in &self.shapes {
+            if let Some(limit) = shape.limit {
+                let n = live(&|r| r.coupon == shape.coupon);
+                if n != limit {
+                    return Err(format!("coupon {} sold out at {n} live of {limit}; {}", shape.coupon, pg.books()));
+                }
+            }
+            if let (Some(campaign), Some(limit)) = (shape.campaign, shape.campaign_uses) {
+                let n = live(&|r| r.campaign == Some(campaign));
+                if n != limit {
+                    return Err(format!("campaign {campaign} sold out at {n} live of {limit}; {}", pg.books()));
+                }
+            }
+            if let (Some(campaign), Some(budget)) = (shape.campaign, shape.campaign_cents) {
+                let cents: u64 = pg
+                    .rows
+                    .values()
+                    .filter(|r| r.live() && r.campaign == Some(campaign))
+                    .map(|r| r.discount.get())
+                    .sum();
+                if cents + shape.discount_cents <= budget {
+                    return Err(format!("campaign {campaign} sold out at {cents} cents of {budget}; {}", pg.books()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(mut self, steps: usize) -> Result<Report, String> {
+        tokio::fs::create_dir_all(&self.root).await.map_err(|e| e.to_string())?;
+        for i in 0..self.nodes.len() {
+            self.start(i).await?;
+        }
+        for _ in 0..steps {
+            self.step().await?;
+        }
+        self.heal().await?;
+        self.checker.check_limits(self.now_ms())?;
+        self.world.pg.lock().expect("pg").quota_books_balance()?;
+        self.sell_out().await?;
+        self.checker.check_limits(self.now_ms())?;
+        let pg = self.world.pg.lock().expect("pg");
+        if let Err(failure) = self.checker.check_final(&pg.rows, &pg.dropped) {
+            let rows: Vec<String> = pg
+                .rows
+                .values()
+                .map(|r| {
+                    format!(
+                        "{}/{}/{}@{} rev{} live:{} hold:{}",
+                        r.coupon,
+                        r.order,
+                        r.user,
+                        r.instance,
+                        r.rev,
+                        r.live(),
+                        r.hold_until.is_some()
+                    )
+                })
+                .collect();
+            return Err(format!("{failure}; rows: {rows:?}"));
+        }
+        pg.quota_books_balance()?;
+        drop(pg);
+        let pg = self.world.pg.lock().expect("pg");
+        if pg.overrun > 0 {
+            return Err(format!(
+                "{} units counted without a lease to pay for them: {:?}",
+                pg.overrun, pg.overrun_notes
+            ));
+        }
+        drop(pg);
+        let counts = self.checker.counts;
+        let _ = self.seed;
+        Ok(Report {
+            answers: counts.answers,
+            acknowledged: counts.acknowledged,
+            limit_refusals: counts.limit_refusals,
+            false_refusals: counts.false_refusals,
+            false_not_found: counts.false_not_found,
+            order_conflicts: counts.order_conflicts,
+            ..self.report
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Redeem,
+    Hold,
+    Release,
+}
+
+fn use_answer(outcome: Result<UseOutcome, crate::engine::EngineError>) -> Answer {
+    match outcome {
+        Ok(UseOutcome::Taken(r) | UseOutcome::Confirmed(r)) => {
+            Answer::Taken { hold_until: r.expires_at.map(|t| t.timestamp_millis()) }
+        }
+        Ok(UseOutcome::Replayed(r)) => Answer::Replayed { hold_until: r.expires_at.map(|t| t.timestamp_millis()) },
+        Ok(UseOutcome::Refused(Refused::QuotaUnavailable)) | Err(_) => Answer::Unavailable,
+        Ok(UseOutcome::Refused(Refused::Rule(reason))) => Answer::Refused {
+            limit: matches!(
+                reason,
+                Reason::UsageLimitReached | Reason::CampaignLimitReached | Reason::CampaignBudgetExhausted
+            ),
+        },
+        Ok(UseOutcome::Refused(_)) => Answer::Refused { limit: false },
+    }
+}
+
+/// Every event the journal holds from its checkpoint on (with its position), and where
+/// reading stopped.
+fn read_events(reader: &JournalReader) -> Result<(Vec<(i64, Event)>, crate::journal::Position), String> {
+    let (entries, next) = reader.read(reader.checkpoint(), 64 << 20).map_err(|e| e.to_string())?;
+    let events = entries
+        .iter()
+        .map(|e| Ok((e.position.as_i64(), Event::decode(&e.payload).map_err(|e| e.to_string())?)))
+        .collect::<Result<_, String>>()?;
+    Ok((events, next))
+}
+
+/// Runs schedule `seed` with `nodes` instances and `steps` steps, its journals under a
+/// directory of its own (removed after). Must run on a current-thread runtime with a
+/// paused clock.
+pub(crate) async fn run(seed: u64, nodes: usize, steps: usize) -> Result<Report, String> {
+    let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let root = base.join(format!("coupon-engine-sim-{}-{seed}", std::process::id()));
+    let result = Sim::new(seed, nodes, root.clone()).run(steps).await;
+    let _ = std::fs::remove_dir_all(&root);
+    result.map_err(|failure| format!("seed {seed}: {failure}"))
+}
+
+/// Runs `count` schedules from `first_seed` on, each on a fresh paused runtime; stops at
+/// the first failure.
+pub(crate) fn run_many(first_seed: u64, count: u64, nodes: usize, steps: usize) -> Result<Report, String> {
+    let mut total = Report::default();
+    let progress = std::env::var_os("SIM_PROGRESS").is_some();
+    for seed in first_seed..first_seed + count {
+        if progress {
+            eprintln!("seed {seed}");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        total += runtime.block_on(run(seed, nodes, steps))?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How many schedules `cargo test` runs; `SIM_SCHEDULES` and `SIM_SEED` ask for others
+    /// (`tools/simulate`).
+    fn from_env(name: &str, default: u64) -> u64 {
+        std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    #[test]
+    fn schedules_keep_every_limit_and_every_acknowledged_answer() {
+        let count = from_env("SIM_SCHEDULES", 1_000);
+        let seed = from_env("SIM_SEED", 1);
+        let steps = from_env("SIM_STEPS", 150) as usize;
+        let report = run_many(seed, count, 3, steps).unwrap_or_else(|failure| panic!("{failure}"));
+        println!("simulation: {count} schedules from seed {seed}: {report:?}");
+        assert!(report.acknowledged > count, "the schedules sold something: {report:?}");
+    }
+}
