@@ -15,7 +15,7 @@ use crate::domain::rules::Reason;
 use crate::engine::leases::{Leases, Scope, Shortage};
 use crate::engine::ledger::{Ended, OrderKey, Slot, SlotState};
 use crate::engine::limits::{self, Use};
-use crate::engine::ports::{ClusterPort, PortError, StoredRow};
+use crate::engine::ports::{ClaimRequest, ClusterPort, PortError, StoredRow};
 use crate::engine::standing::Standing;
 use crate::engine::{Engine, EngineError, StoredUse, counted};
 
@@ -341,8 +341,10 @@ impl Engine {
 #[derive(Debug, Clone)]
 pub(crate) struct Doubt {
     order_id: String,
-    /// The claim's instant: its row, if it committed, has it as `used_at`.
+    /// The claim's instant and revision: its row, if it committed, has that `used_at` and at
+    /// least that revision.
     at: chrono::DateTime<chrono::Utc>,
+    rev: u32,
     /// The lease units the claim took: spent if it committed, to put back if not.
     totals: Vec<(Scope, u64)>,
 }
@@ -359,14 +361,9 @@ pub(crate) struct Doubts {
 impl Doubts {
     /// A claim in doubt; a second one for the same order cannot happen (the first is
     /// settled before anything else is decided about the order).
-    pub(crate) fn add(
-        &self,
-        key: OrderKey,
-        order_id: &str,
-        at: chrono::DateTime<chrono::Utc>,
-        totals: &[(Scope, u64)],
-    ) {
-        let doubt = Doubt { order_id: order_id.to_owned(), at, totals: totals.to_vec() };
+    pub(crate) fn add(&self, key: OrderKey, claim: &ClaimRequest<'_>, totals: &[(Scope, u64)]) {
+        let doubt =
+            Doubt { order_id: claim.order_id.to_owned(), at: claim.at, rev: claim.rev, totals: totals.to_vec() };
         if self.keys.lock().expect("doubts").insert(key, doubt).is_none() {
             self.count.fetch_add(1, Ordering::Release);
         }
@@ -414,11 +411,15 @@ impl Engine {
         let Some(doubt) = self.doubtful.get(key) else { return Ok(()) };
         let stored = self.ports.archive.stored(key.0, &doubt.order_id).await?;
         let me = self.cluster.get().map(|c| c.instance.as_str());
-        // The claim's own row: this instance's, taken at the claim's instant (an older row of
-        // the same order, a released hold of this instance's, is not it). PostgreSQL keeps
-        // microseconds.
+        // The claim's own row: this instance's, taken at the claim's instant, at the claim's
+        // revision or later (an older row of the same order, a released hold of this
+        // instance's, is not it). PostgreSQL keeps microseconds. Not yet exact: a claim that
+        // committed, whose hold was then released and its order claimed again elsewhere
+        // before this doubt settled, has lost its row, and its units are put back although
+        // they were spent (simulation seed 30374; README, "Still open").
         let committed = stored.as_ref().is_some_and(|row| {
             row.made_by.as_deref() == me
+                && row.rev >= doubt.rev
                 && row.used_at.map(|t| t.timestamp_micros()) == Some(doubt.at.timestamp_micros())
         });
         if let Some(stored) = stored {

@@ -643,7 +643,7 @@ impl Engine {
                     Err(err) => {
                         // It may have committed: its lease units wait with the order's doubt.
                         tracing::debug!(error = %err, "a claim could not be made, or its answer was lost");
-                        self.doubtful.add(key, req.order_id, now, &totals);
+                        self.doubtful.add(key, &claim, &totals);
                         give_back_all(u);
                         return Ok(Some(UseOutcome::Refused(Refused::QuotaUnavailable)));
                     }

@@ -68,6 +68,8 @@ struct Order {
     uncertain_after: bool,
     /// Acknowledged by an instance whose disk was then lost (written off) before shipping.
     lost: bool,
+    /// Whether a release of it was ever asked for (whatever the answer).
+    release_asked: bool,
     /// The instance that gave the last acknowledgement, and every instance asked about it.
     acked_by: String,
     asked_on: std::collections::BTreeSet<String>,
@@ -124,7 +126,9 @@ impl Checker {
         }
     }
 
-    /// Records an answer about `(coupon, order)` by `user`, given at `now` (ms).
+    /// Records an answer about `(coupon, order)` by `user`, given at `now` (ms); `releasing`
+    /// if it answers a release (whose `503` may have released it).
+    #[allow(clippy::too_many_arguments, reason = "one answer's facts, from two call sites")]
     pub(super) fn record(
         &mut self,
         instance: &str,
@@ -132,6 +136,7 @@ impl Checker {
         order: &str,
         user: &str,
         answer: Answer,
+        releasing: bool,
         now: i64,
     ) {
         self.counts.answers += 1;
@@ -149,14 +154,21 @@ impl Checker {
             last_acked: None,
             uncertain_after: false,
             lost: false,
+            release_asked: false,
             acked_by: String::new(),
             asked_on: std::collections::BTreeSet::new(),
         });
+        if releasing {
+            entry.release_asked = true;
+        }
         entry.asked_on.insert(instance.to_owned());
         let answer = match answer {
             // A replay repeats the first answer: news only about an order never acknowledged
-            // (its first attempt's answer was lost); otherwise possibly stale, and ignored.
-            Answer::Replayed { hold_until } if entry.last_acked.is_none() => Answer::Taken { hold_until },
+            // (its first attempt's answer was lost) and never asked to be released (an
+            // instance that has not seen a release replays the use as it knew it).
+            Answer::Replayed { hold_until } if entry.last_acked.is_none() && !entry.release_asked => {
+                Answer::Taken { hold_until }
+            }
             Answer::Replayed { .. } => return,
             other => other,
         };

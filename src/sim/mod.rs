@@ -592,7 +592,16 @@ impl Sim {
             }
         };
         self.say(|| format!("n{i} {kind:?} {} {} {}: {answer:?}", coupon.code, asked.user, asked.order));
-        self.checker.record(&self.nodes[i].name, coupon.id, &asked.order, &asked.user, answer, self.now_ms());
+        let releasing = matches!(kind, Kind::Release);
+        self.checker.record(
+            &self.nodes[i].name,
+            coupon.id,
+            &asked.order,
+            &asked.user,
+            answer,
+            releasing,
+            self.now_ms(),
+        );
         Ok(())
     }
 
@@ -673,6 +682,8 @@ impl Sim {
     async fn step(&mut self) -> Result<(), String> {
         self.report.steps += 1;
         self.world.step.store(self.report.steps, std::sync::atomic::Ordering::Relaxed);
+        // Requests never share an instant: a millisecond a step at least.
+        tokio::time::advance(Duration::from_millis(1)).await;
         self.sync_clocks();
         for node in &mut self.nodes {
             node.paused_for = node.paused_for.saturating_sub(1);
@@ -739,7 +750,7 @@ impl Sim {
                 };
                 let answer = use_answer(running.engine.redeem(&req).await);
                 self.say(|| format!("sell-out n{i} {} {user} {order}: {answer:?}", coupon.code));
-                self.checker.record(&self.nodes[i].name, coupon.id, &order, &user, answer, self.now_ms());
+                self.checker.record(&self.nodes[i].name, coupon.id, &order, &user, answer, false, self.now_ms());
                 match answer {
                     Answer::Refused { limit: true } => refusals += 1,
                     Answer::Taken { .. } => refusals = 0,
