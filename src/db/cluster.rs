@@ -266,6 +266,34 @@ impl ClusterPort for PgCluster {
         })
     }
 
+    fn claim_spent(&self, id: Uuid, at: DateTime<Utc>) -> PortAnswer<'_, bool> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM claim_spends WHERE instance_id = $1 AND epoch = $2 AND id = $3 AND at = $4)",
+            )
+            .bind(&self.instance)
+            .bind(self.epoch)
+            .bind(id)
+            .bind(at)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(port_error)
+        })
+    }
+
+    fn forget_claims_before(&self, before: DateTime<Utc>) -> PortAnswer<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM claim_spends WHERE instance_id = $1 AND (epoch < $2 OR at < $3)")
+                .bind(&self.instance)
+                .bind(self.epoch)
+                .bind(before)
+                .execute(&self.leases)
+                .await
+                .map_err(port_error)?;
+            Ok(())
+        })
+    }
+
     fn change(&self, id: Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer> {
         Box::pin(async move {
             let row: Option<ChangeRow> =

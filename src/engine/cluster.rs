@@ -341,10 +341,9 @@ impl Engine {
 #[derive(Debug, Clone)]
 pub(crate) struct Doubt {
     order_id: String,
-    /// The claim's instant and revision: its row, if it committed, has that `used_at` and at
-    /// least that revision.
+    /// The claim's id and instant: its note in `claim_spends`, if it committed.
+    id: uuid::Uuid,
     at: chrono::DateTime<chrono::Utc>,
-    rev: u32,
     /// The lease units the claim took: spent if it committed, to put back if not.
     totals: Vec<(Scope, u64)>,
 }
@@ -362,8 +361,7 @@ impl Doubts {
     /// A claim in doubt; a second one for the same order cannot happen (the first is
     /// settled before anything else is decided about the order).
     pub(crate) fn add(&self, key: OrderKey, claim: &ClaimRequest<'_>, totals: &[(Scope, u64)]) {
-        let doubt =
-            Doubt { order_id: claim.order_id.to_owned(), at: claim.at, rev: claim.rev, totals: totals.to_vec() };
+        let doubt = Doubt { order_id: claim.order_id.to_owned(), id: claim.id, at: claim.at, totals: totals.to_vec() };
         if self.keys.lock().expect("doubts").insert(key, doubt).is_none() {
             self.count.fetch_add(1, Ordering::Release);
         }
@@ -391,6 +389,11 @@ impl Doubts {
         all.into_iter().map(|(key, _)| key).collect()
     }
 
+    /// The instant of the oldest claim in doubt.
+    fn oldest(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.keys.lock().expect("doubts").values().map(|d| d.at).min()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Acquire)
     }
@@ -398,6 +401,8 @@ impl Doubts {
 
 /// How often claims in doubt are settled in the background.
 const SETTLE_DOUBTS_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// Every so many of those, the notes of settled claims are forgotten (every 30 s).
+const FORGET_CLAIMS_EVERY_TICKS: u64 = 60;
 
 impl Engine {
     /// An order whose claim failed without an answer may have a row in PostgreSQL that this
@@ -410,23 +415,16 @@ impl Engine {
     pub(crate) async fn settle_doubt(&self, key: OrderKey) -> Result<(), EngineError> {
         let Some(doubt) = self.doubtful.get(key) else { return Ok(()) };
         let stored = self.ports.archive.stored(key.0, &doubt.order_id).await?;
-        let me = self.cluster.get().map(|c| c.instance.as_str());
-        // The claim's own row: this instance's, taken at the claim's instant, at the claim's
-        // revision or later (an older row of the same order, a released hold of this
-        // instance's, is not it). PostgreSQL keeps microseconds. Not yet exact: a claim that
-        // committed, whose hold was then released and its order claimed again elsewhere
-        // before this doubt settled, has lost its row, and its units are put back although
-        // they were spent (simulation seed 30374; README, "Still open").
-        let committed = stored.as_ref().is_some_and(|row| {
-            row.made_by.as_deref() == me
-                && row.rev >= doubt.rev
-                && row.used_at.map(|t| t.timestamp_micros()) == Some(doubt.at.timestamp_micros())
-        });
+        // Whether it spent its units, from the note it left if it committed: the order's row
+        // cannot say (released and claimed again elsewhere since, it is another use's).
+        if let Some(cluster) = self.cluster.get()
+            && !doubt.totals.is_empty()
+            && !cluster.port.claim_spent(doubt.id, doubt.at).await?
+        {
+            put_back(cluster, &doubt.totals);
+        }
         if let Some(stored) = stored {
             self.load_uses([stored]);
-        }
-        if !committed && let Some(cluster) = self.cluster.get() {
-            put_back(cluster, &doubt.totals);
         }
         self.doubtful.remove(key);
         Ok(())
@@ -462,14 +460,31 @@ impl Engine {
         self.doubtful.len()
     }
 
-    /// Settles claims in doubt as PostgreSQL answers, until `stop`.
+    /// Forgets the notes of claims no doubt can need: those before the oldest claim in doubt,
+    /// and before a minute ago.
+    pub async fn forget_settled_claims(&self) {
+        let Some(cluster) = self.cluster.get() else { return };
+        let minute_ago = self.clock.now() - chrono::Duration::minutes(1);
+        let before = self.doubtful.oldest().map_or(minute_ago, |oldest| oldest.min(minute_ago));
+        if let Err(err) = cluster.port.forget_claims_before(before).await {
+            tracing::debug!(error = %err, "notes of settled claims not forgotten yet");
+        }
+    }
+
+    /// Settles claims in doubt as PostgreSQL answers, and forgets the notes of settled ones
+    /// now and then, until `stop`.
     pub async fn run_doubts(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut interval = tokio::time::interval(SETTLE_DOUBTS_EVERY);
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = interval.tick() => {
                     self.settle_doubts().await;
+                    ticks += 1;
+                    if ticks.is_multiple_of(FORGET_CLAIMS_EVERY_TICKS) {
+                        self.forget_settled_claims().await;
+                    }
                 }
             }
         }

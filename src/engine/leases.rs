@@ -637,6 +637,14 @@ mod tests {
         fn change(&self, _id: uuid::Uuid, _rev: u32, _release: bool) -> PortAnswer<'_, Option<Changed>> {
             unreachable!("not used by leases")
         }
+
+        fn claim_spent(&self, _id: uuid::Uuid, _at: chrono::DateTime<chrono::Utc>) -> PortAnswer<'_, bool> {
+            unreachable!("not used by leases")
+        }
+
+        fn forget_claims_before(&self, _before: chrono::DateTime<chrono::Utc>) -> PortAnswer<'_, ()> {
+            unreachable!("not used by leases")
+        }
     }
 
     fn fast() -> LeaseSettings {

@@ -178,4 +178,9 @@ pub trait ClusterPort: Send + Sync + Debug {
     fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome>;
     /// Confirms (a hold) or releases the use `id` if it is still at revision `rev`.
     fn change(&self, id: uuid::Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer>;
+    /// Whether this instance's claim of `id` made at `at` committed having spent lease
+    /// units (its note in `claim_spends`).
+    fn claim_spent(&self, id: uuid::Uuid, at: chrono::DateTime<chrono::Utc>) -> PortAnswer<'_, bool>;
+    /// Forgets the notes of this instance's claims made before `before`.
+    fn forget_claims_before(&self, before: chrono::DateTime<chrono::Utc>) -> PortAnswer<'_, ()>;
 }

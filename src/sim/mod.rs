@@ -165,6 +165,17 @@ impl ClusterPort for SimPort {
         Box::pin(std::future::ready(answer))
     }
 
+    fn claim_spent(&self, id: uuid::Uuid, at: DateTime<Utc>) -> PortAnswer<'_, bool> {
+        let answer =
+            self.world.call(self.node, ("spent", id, at), |pg, _| pg.claim_spent(&self.instance, self.epoch, id, at));
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn forget_claims_before(&self, _before: DateTime<Utc>) -> PortAnswer<'_, ()> {
+        // The model keeps every note: forgetting only saves space.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn change(&self, id: uuid::Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer> {
         let answer =
             self.world.call(self.node, ("change", id, rev, release), |pg, now| pg.change(id, rev, release, now));

@@ -94,6 +94,8 @@ pub(super) struct Pg {
     pub(super) overrun_notes: Vec<String>,
     /// `journal_shipped`: how far each journal directory has shipped.
     shipped: HashMap<String, i64>,
+    /// `claim_spends`: the claims that spent lease units, by (instance, epoch, id, instant).
+    claim_spends: std::collections::BTreeSet<(String, i64, Uuid, DateTime<Utc>)>,
     /// Every order one of whose uses the shipper dropped (a newer row was there).
     pub(super) dropped: std::collections::BTreeSet<(CouponId, String)>,
 }
@@ -317,6 +319,9 @@ impl Pg {
         };
         let funding = Funding { instance: instance.to_owned(), epoch, spent: req.spent };
         self.count_row(&row, 1, Some(&funding));
+        if !req.spent.is_empty() {
+            self.claim_spends.insert((instance.to_owned(), epoch, req.id, req.at));
+        }
         self.rows.insert(req.id, row);
         ClaimOutcome::Taken { rev }
     }
@@ -448,6 +453,11 @@ impl Pg {
         rows.sort_by_key(|r| r.seq);
         let last = rows.last().map_or(after, |r| r.seq);
         (rows.into_iter().map(stored_use).collect(), last)
+    }
+
+    /// Whether `instance`'s claim of `id` at `at` committed having spent units.
+    pub(super) fn claim_spent(&self, instance: &str, epoch: i64, id: Uuid, at: DateTime<Utc>) -> bool {
+        self.claim_spends.contains(&(instance.to_owned(), epoch, id, at))
     }
 
     /// The row of `(coupon, order)`, if any.
