@@ -42,7 +42,6 @@ fn main() {
             order_id: long("order", n),
             order_value: Cents::new(10_000).unwrap(),
             discount: Cents::new(500).unwrap(),
-            used_at: None,
             hold_until: None,
             released_at: None,
             made_by: None,

@@ -14,7 +14,7 @@ use crate::engine::ports::{ArchiveAnswer, ArchiveError, ArchivedOrder, StoredAns
 
 /// The columns of a use, as [`UsageRow`] reads them.
 pub const USAGE_COLUMNS: &str = "id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
-     used_at, hold_expires_at, released_at, instance_id";
+     hold_expires_at, released_at, instance_id";
 
 /// A `coupon_usage` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -27,7 +27,6 @@ pub struct UsageRow {
     order_id: String,
     order_value: Decimal,
     discount_applied: Decimal,
-    used_at: DateTime<Utc>,
     hold_expires_at: Option<DateTime<Utc>>,
     released_at: Option<DateTime<Utc>>,
     instance_id: Option<String>,
@@ -50,7 +49,6 @@ impl UsageRow {
             code: self.code,
             user_id: self.user_id,
             order_id: self.order_id,
-            used_at: Some(self.used_at),
             hold_until: self.hold_expires_at,
             released_at: self.released_at,
             made_by: self.instance_id,

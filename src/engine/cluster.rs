@@ -328,7 +328,6 @@ impl Engine {
             order_id: req.order_id.to_owned(),
             order_value: row.order_value,
             discount: row.discount,
-            used_at: None,
             hold_until: row.hold_until,
             released_at,
             made_by: None,

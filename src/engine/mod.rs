@@ -255,8 +255,6 @@ pub struct StoredUse {
     pub order_id: String,
     pub order_value: Cents,
     pub discount: Cents,
-    /// When it was taken (unknown where a claim's answer did not say).
-    pub used_at: Option<DateTime<Utc>>,
     pub hold_until: Option<DateTime<Utc>>,
     pub released_at: Option<DateTime<Utc>>,
     /// The instance that made it (none before instances were named).

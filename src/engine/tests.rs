@@ -521,7 +521,6 @@ async fn stored_uses_count_again_and_expired_holds_are_given_back_at_load() {
         order_id: order.into(),
         order_value: cents(5_000),
         discount: cents(1_000),
-        used_at: None,
         hold_until,
         released_at,
         made_by: None,
