@@ -89,6 +89,17 @@ pub(super) struct Counts {
     pub(super) order_conflicts: u64,
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.answers += o.answers;
+        self.acknowledged += o.acknowledged;
+        self.limit_refusals += o.limit_refusals;
+        self.false_refusals += o.false_refusals;
+        self.false_not_found += o.false_not_found;
+        self.order_conflicts += o.order_conflicts;
+    }
+}
+
 /// The history so far, folded into what each order certainly or maybe is.
 #[derive(Debug)]
 pub(super) struct Checker {

@@ -41,7 +41,7 @@ use crate::engine::standing::Standing;
 use crate::engine::{Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, UseOutcome, UseRequest};
 use crate::journal::{Journal, JournalReader};
 use crate::metrics::Metrics;
-use check::{Answer, Checker, Shape};
+use check::{Answer, Checker, Counts, Shape};
 use pg::{InstanceState, Limits, Pg};
 
 /// How far apart two instances' clocks may be, in ms.
@@ -51,29 +51,19 @@ const SPEND_WINDOW: Duration = Duration::from_secs(5);
 const USERS: usize = 6;
 const ORDER_VALUE: u64 = 10_000;
 
-/// What one schedule did.
+/// What one schedule, or several, did: steps and faults, and what the history showed.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Report {
-    pub(crate) steps: u64,
-    pub(crate) faults: u64,
-    pub(crate) answers: u64,
-    pub(crate) acknowledged: u64,
-    pub(crate) limit_refusals: u64,
-    pub(crate) false_refusals: u64,
-    pub(crate) false_not_found: u64,
-    pub(crate) order_conflicts: u64,
+struct Report {
+    steps: u64,
+    faults: u64,
+    history: Counts,
 }
 
 impl std::ops::AddAssign for Report {
     fn add_assign(&mut self, o: Report) {
         self.steps += o.steps;
         self.faults += o.faults;
-        self.answers += o.answers;
-        self.acknowledged += o.acknowledged;
-        self.limit_refusals += o.limit_refusals;
-        self.false_refusals += o.false_refusals;
-        self.false_not_found += o.false_not_found;
-        self.order_conflicts += o.order_conflicts;
+        self.history += o.history;
     }
 }
 
@@ -241,7 +231,6 @@ struct Asked {
 
 /// One schedule.
 struct Sim {
-    seed: u64,
     rng: ChaCha8Rng,
     world: Arc<World>,
     nodes: Vec<Node>,
@@ -345,7 +334,6 @@ impl Sim {
             })
             .collect();
         Sim {
-            seed,
             rng,
             world,
             nodes,
@@ -862,17 +850,7 @@ impl Sim {
             ));
         }
         drop(pg);
-        let counts = self.checker.counts;
-        let _ = self.seed;
-        Ok(Report {
-            answers: counts.answers,
-            acknowledged: counts.acknowledged,
-            limit_refusals: counts.limit_refusals,
-            false_refusals: counts.false_refusals,
-            false_not_found: counts.false_not_found,
-            order_conflicts: counts.order_conflicts,
-            ..self.report
-        })
+        Ok(Report { history: self.checker.counts, ..self.report })
     }
 }
 
@@ -914,7 +892,7 @@ fn read_events(reader: &JournalReader) -> Result<(Vec<(i64, Event)>, crate::jour
 /// Runs schedule `seed` with `nodes` instances and `steps` steps, its journals under a
 /// directory of its own (removed after). Must run on a current-thread runtime with a
 /// paused clock.
-pub(crate) async fn run(seed: u64, nodes: usize, steps: usize) -> Result<Report, String> {
+async fn run(seed: u64, nodes: usize, steps: usize) -> Result<Report, String> {
     let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
     let root = base.join(format!("coupon-engine-sim-{}-{seed}", std::process::id()));
     let result = Sim::new(seed, nodes, root.clone()).run(steps).await;
@@ -924,7 +902,7 @@ pub(crate) async fn run(seed: u64, nodes: usize, steps: usize) -> Result<Report,
 
 /// Runs `count` schedules from `first_seed` on, each on a fresh paused runtime; stops at
 /// the first failure.
-pub(crate) fn run_many(first_seed: u64, count: u64, nodes: usize, steps: usize) -> Result<Report, String> {
+fn run_many(first_seed: u64, count: u64, nodes: usize, steps: usize) -> Result<Report, String> {
     let mut total = Report::default();
     let progress = std::env::var_os("SIM_PROGRESS").is_some();
     for seed in first_seed..first_seed + count {
@@ -958,6 +936,6 @@ mod tests {
         let steps = from_env("SIM_STEPS", 150) as usize;
         let report = run_many(seed, count, 3, steps).unwrap_or_else(|failure| panic!("{failure}"));
         println!("simulation: {count} schedules from seed {seed}: {report:?}");
-        assert!(report.acknowledged > count, "the schedules sold something: {report:?}");
+        assert!(report.history.acknowledged > count, "the schedules sold something: {report:?}");
     }
 }

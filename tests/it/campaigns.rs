@@ -47,6 +47,17 @@ async fn generate(client: &TestClient, campaign: &str, body: Value) -> i64 {
     created["batchId"].as_i64().unwrap()
 }
 
+/// A batch some instance began and never finished (no lock holds it): its id.
+async fn insert_running_batch(pool: &PgPool, campaign: i64) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO code_batches (campaign_id, kind, prefix, length, requested) VALUES ($1, 'generated', 'O-', 8, 10) RETURNING id",
+    )
+    .bind(campaign)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 fn redeem_body(code: &str, user: &str, order: &str) -> Value {
     json!({"code": code, "userId": user, "orderId": order, "orderValue": 100})
 }
@@ -452,13 +463,7 @@ async fn batches_survive_a_restart_and_an_interrupted_one_is_marked_failed() {
     app.stop().await.unwrap();
     // A batch some instance began and never finished: no lock holds it.
     let campaign: i64 = sqlx::query_scalar("SELECT id FROM campaigns").fetch_one(&db.pool).await.unwrap();
-    let orphan: i64 = sqlx::query_scalar(
-        "INSERT INTO code_batches (campaign_id, kind, prefix, length, requested) VALUES ($1, 'generated', 'O-', 8, 10) RETURNING id",
-    )
-    .bind(campaign)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let orphan = insert_running_batch(&db.pool, campaign).await;
     let app = spawn(&db).await;
     let codes = codes_of(&db.pool, batch).await;
     let valid = app.client.validate(json!({"code": codes[299], "userId": "u", "orderValue": 10})).await;
@@ -481,13 +486,7 @@ async fn a_batch_marked_failed_by_two_at_once_reads_failed() {
     let db = TestDb::new().await;
     let campaign: i64 =
         sqlx::query_scalar("INSERT INTO campaigns (name) VALUES ('c') RETURNING id").fetch_one(&db.pool).await.unwrap();
-    let orphan: i64 = sqlx::query_scalar(
-        "INSERT INTO code_batches (campaign_id, kind, prefix, length, requested) VALUES ($1, 'generated', 'O-', 8, 10) RETURNING id",
-    )
-    .bind(campaign)
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let orphan = insert_running_batch(&db.pool, campaign).await;
     // The first marker, mid-transaction: it holds the batch's lock and has marked the row.
     let mut first = db.pool.begin().await.unwrap();
     let marked = sqlx::query(

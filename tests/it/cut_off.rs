@@ -120,6 +120,8 @@ async fn a_hold_confirmed_while_cut_off_is_never_sold_twice() {
     assert_eq!(confirmed.status, StatusCode::CREATED, "{}", confirmed.text);
     assert_eq!(confirmed.json()["hold"], "confirmed");
     assert_eq!(live_uses(&db, kept).await, [("erin".to_owned(), false)], "confirmed in PostgreSQL already");
+    // Past the deadline and A's grace: nothing is to happen, so there is no condition to
+    // wait for, only the time in which an expiry would have been tried.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let other = a.client.post("/api/coupons/redeem", &body("KEPT", "frank", "order-f")).await;
     assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", other.text);
