@@ -24,6 +24,7 @@ use crate::db::shipper::Shipper;
 use crate::db::usage::Archive;
 use crate::db::validation_log::{LogWriter, ValidationLog};
 use crate::db::{self, usage};
+use crate::engine::alone::{Deciding, Mode};
 use crate::engine::clock::SystemClock;
 use crate::engine::cluster::Cluster;
 use crate::engine::leases::Leases;
@@ -268,6 +269,7 @@ impl App {
                 background.tasks.spawn(refresher.run(following, background.stop.clone(), background.tasks.clone()));
                 background.tasks.spawn(state.engine.clone().run_deadlines(background.stop.clone()));
                 background.tasks.spawn(state.engine.clone().run_doubts(background.stop.clone()));
+                background.tasks.spawn(state.engine.clone().run_mode(MODE_EVERY, background.stop.clone()));
                 background.tasks.spawn(state.engine.clone().run_forgetting(background.stop.clone()));
                 Some((tokio::spawn(shipper.run(ship_stage.clone())), heartbeat))
             }
@@ -313,6 +315,10 @@ impl App {
         Ok(())
     }
 }
+
+/// How often this instance looks whether it should decide alone or share: a new instance
+/// waits about this long (and a shipment) before it decides limited uses.
+const MODE_EVERY: Duration = Duration::from_millis(200);
 
 /// Tasks stopped together.
 #[derive(Debug, Default)]
@@ -392,7 +398,7 @@ async fn start_up(
     // Every use the previous run sold is in PostgreSQL now: what its leases still hold was
     // never sold, and goes back.
     let instance = identity.instance.as_str();
-    let epoch =
+    let (epoch, mode) =
         cluster::begin_epoch(pool, identity, settings.cluster.identity_timeout).await.map_err(StartError::Register)?;
     let settled = cluster::settle(pool, instance, epoch - 1).await.map_err(StartError::Register)?;
     if settled > 0 {
@@ -407,10 +413,11 @@ async fn start_up(
         port,
         instance: instance.to_owned(),
         epoch,
-        standing: Arc::new(Standing::new(settings.cluster.spend_window())),
+        standing: Arc::new(Standing::new(settings.cluster.spend_window(), settings.cluster.alone_window())),
+        deciding: Deciding::new(mode, settings.cluster.alone()),
     });
     let following = refresher.listen_and_reload().await.map_err(StartError::LoadCatalog)?;
-    let feed = Feed::start_here(pool.clone(), state.engine.clone(), settings.cluster.feed_interval)
+    let mut feed = Feed::start_here(pool.clone(), state.engine.clone(), settings.cluster.feed_interval)
         .await
         .map_err(StartError::LoadUsage)?;
     let uses = usage::all_uses(pool).await.map_err(StartError::LoadUsage)?;
@@ -419,6 +426,15 @@ async fn start_up(
     let expired = engine.expire_due().await;
     if expired > 0 {
         tracing::info!(holds = expired, "holds that expired while the service was down given back");
+    }
+    // Alone on the database, it decides alone from the first request: taking the right,
+    // reading the feed up to where PostgreSQL answered (the expiries just made are past
+    // where the feed started), deciding alone.
+    if engine.consider_mode().await == Mode::Joining {
+        if let Err(err) = feed.poll().await {
+            tracing::debug!(error = %err, "usage feed poll failed at start-up; the feed task reads it");
+        }
+        engine.consider_mode().await;
     }
     engine.catalog().set_ready();
     match batches::fail_interrupted(pool, None).await {
@@ -432,6 +448,7 @@ async fn start_up(
         redemptions = loaded,
         instance,
         epoch,
+        mode = engine.mode().as_str(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "cache loaded"
     );

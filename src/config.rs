@@ -184,12 +184,28 @@ pub struct ClusterSettings {
     /// units; it stops spending leases after half of it.
     #[serde(with = "humantime_serde")]
     pub identity_timeout: Duration,
+    /// Whether this instance decides alone while it is the only one (`engine::alone`).
+    pub decide_alone: bool,
+    /// How long an instance deciding alone must be silent before a write-off; it decides
+    /// alone without a proof of identity for half of it.
+    #[serde(with = "humantime_serde")]
+    pub alone_timeout: Duration,
 }
 
 impl ClusterSettings {
     /// How long this instance spends leases after its last proof of identity.
     pub fn spend_window(&self) -> Duration {
         self.identity_timeout / 2
+    }
+
+    /// How long this instance decides alone after its last proof of identity.
+    pub fn alone_window(&self) -> Duration {
+        self.alone_timeout / 2
+    }
+
+    /// The alone timeout if this instance may decide alone.
+    pub fn alone(&self) -> Option<Duration> {
+        self.decide_alone.then_some(self.alone_timeout)
     }
 
     /// How often its identity is proved.
@@ -342,6 +358,9 @@ impl Settings {
         }
         if self.cluster.identity_timeout < Duration::from_millis(200) {
             return invalid("cluster.identity_timeout must be at least 200ms");
+        }
+        if self.cluster.alone_timeout < self.cluster.identity_timeout {
+            return invalid("cluster.alone_timeout must be at least cluster.identity_timeout");
         }
         if http.max_header_bytes < 8192 {
             return invalid("http.max_header_bytes must be at least 8192");

@@ -28,31 +28,42 @@ use crate::domain::rules::Reason;
 use crate::engine::Engine;
 use crate::engine::leases::Scope;
 use crate::engine::ports::{
-    ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, PortAnswer, PortError, StoredRow,
+    ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts, PortAnswer, PortError, StoredRow,
 };
 
 /// Starts a new epoch of this instance from its `DATA_DIR`, silent after
-/// `identity_timeout` without a heartbeat (creating it on first start), and answers it.
-pub async fn begin_epoch(pool: &PgPool, identity: &Identity, identity_timeout: Duration) -> Result<i64, Error> {
-    let epoch = sqlx::query_scalar(
-        "INSERT INTO quota_instances (instance_id, data_dir_id, identity_timeout) \
-         VALUES ($1, $2, $3::float8 * interval '1 second') \
-         ON CONFLICT (instance_id) DO UPDATE SET epoch = quota_instances.epoch + 1, state = 'live', \
-         started_at = now(), stopped_at = NULL, seen_at = now(), data_dir_id = $2, \
-         identity_timeout = EXCLUDED.identity_timeout RETURNING epoch",
-    )
-    .bind(&identity.instance)
-    .bind(identity.data_dir)
-    .bind(identity_timeout.as_secs_f64())
-    .fetch_one(pool)
-    .await?;
-    Ok(epoch)
+/// `identity_timeout` without a heartbeat (creating it on first start), and answers it with
+/// its state: live, or waiting while another instance decides alone.
+pub async fn begin_epoch(
+    pool: &PgPool,
+    identity: &Identity,
+    identity_timeout: Duration,
+) -> Result<(i64, crate::engine::alone::Mode), Error> {
+    let (epoch, state): (i64, String) = sqlx::query_as("SELECT epoch, state FROM quota_begin_epoch($1, $2, $3)")
+        .bind(&identity.instance)
+        .bind(identity.data_dir)
+        .bind(identity_timeout.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+    let mode =
+        if state == "waiting" { crate::engine::alone::Mode::Waiting } else { crate::engine::alone::Mode::Sharing };
+    Ok((epoch, mode))
 }
 
 /// Gives back everything the leases of `id` hold for epochs up to `epoch`; answers the
 /// units.
+/// The last run's journal is shipped, so what it decided alone is in PostgreSQL: its hold
+/// on deciding alone goes too.
 pub async fn settle(pool: &PgPool, id: &str, epoch: i64) -> Result<i64, Error> {
-    Ok(sqlx::query_scalar("SELECT quota_settle($1, $2)").bind(id).bind(epoch).fetch_one(pool).await?)
+    let mut tx = pool.begin().await?;
+    let units = sqlx::query_scalar("SELECT quota_settle($1, $2)").bind(id).bind(epoch).fetch_one(&mut *tx).await?;
+    sqlx::query("SELECT quota_release_alone($1) FROM quota_alone WHERE instance_id = $1 AND epoch <= $2")
+        .bind(id)
+        .bind(epoch)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(units)
 }
 
 /// A clean stop: every use is shipped, so the leases go back whole.
@@ -66,6 +77,7 @@ pub async fn stop(pool: &PgPool, id: &str, epoch: i64) -> Result<i64, Error> {
     .bind(epoch)
     .execute(&mut *tx)
     .await?;
+    sqlx::query("SELECT quota_release_alone($1)").bind(id).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(units)
 }
@@ -118,6 +130,7 @@ pub async fn write_off(pool: &PgPool, id: &str) -> Result<WriteOff, Error> {
         let Some(epoch) = epoch else { return Ok::<_, sqlx::Error>(WriteOff::NotFound) };
         let units: i64 =
             sqlx::query_scalar("SELECT quota_settle($1, $2)").bind(id).bind(epoch).fetch_one(&mut *tx).await?;
+        sqlx::query("SELECT quota_release_alone($1)").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(WriteOff::Done { units, epoch })
     }
@@ -294,6 +307,42 @@ impl ClusterPort for PgCluster {
         })
     }
 
+    fn mode(&self) -> PortAnswer<'_, ModeFacts> {
+        Box::pin(async move {
+            let (own, others, alone_instance, alone_epoch): (Option<String>, bool, Option<String>, Option<i64>) =
+                sqlx::query_as("SELECT own_state, others, alone_instance, alone_epoch FROM quota_mode($1, $2)")
+                    .bind(&self.instance)
+                    .bind(self.epoch)
+                    .fetch_one(&self.leases)
+                    .await
+                    .map_err(port_error)?;
+            Ok(ModeFacts { live: own.as_deref() == Some("live"), others, alone: alone_instance.zip(alone_epoch) })
+        })
+    }
+
+    fn take_alone(&self, alone_timeout: Duration) -> PortAnswer<'_, Option<i64>> {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT quota_take_alone($1, $2, $3)")
+                .bind(&self.instance)
+                .bind(self.epoch)
+                .bind(alone_timeout.as_secs_f64())
+                .fetch_one(&self.leases)
+                .await
+                .map_err(port_error)
+        })
+    }
+
+    fn release_alone(&self) -> PortAnswer<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT quota_release_alone($1)")
+                .bind(&self.instance)
+                .execute(&self.leases)
+                .await
+                .map_err(port_error)?;
+            Ok(())
+        })
+    }
+
     fn change(&self, id: Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer> {
         Box::pin(async move {
             let row: Option<ChangeRow> =
@@ -351,6 +400,9 @@ impl Feed {
         )
         .fetch_one(&pool)
         .await?;
+        if let Some(cluster) = engine.cluster() {
+            cluster.deciding.fed_to(after);
+        }
         Ok(Feed { pool, engine, interval, after, gaps: BTreeMap::new(), reclaims_after })
     }
 
@@ -402,6 +454,11 @@ impl Feed {
         }
         self.gaps.retain(|_, seen| now.duration_since(*seen) < GAP_PATIENCE);
         let merged = self.engine.merge_uses(uses);
+        if let Some(cluster) = self.engine.cluster() {
+            // Read with nothing missing up to here: below the first gap still looked for.
+            let whole = self.gaps.keys().next().map_or(self.after, |gap| gap - 1);
+            cluster.deciding.fed_to(whole);
+        }
         let reclaims: Vec<(i16, i64, i64)> =
             sqlx::query_as("SELECT kind, scope_id, reclaim_seq FROM quotas WHERE reclaim_seq > $1")
                 .bind(self.reclaims_after)

@@ -100,11 +100,12 @@ impl DataDirLock {
 /// The live epoch of this instance id and the `DATA_DIR` (by its id) that runs it, if that
 /// is another directory than this one's.
 pub async fn live_elsewhere(pool: &sqlx::PgPool, identity: &Identity) -> Result<Option<(i64, Uuid)>, Error> {
-    let row: Option<(i64, Option<Uuid>)> =
-        sqlx::query_as("SELECT epoch, data_dir_id FROM quota_instances WHERE instance_id = $1 AND state = 'live'")
-            .bind(&identity.instance)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(i64, Option<Uuid>)> = sqlx::query_as(
+        "SELECT epoch, data_dir_id FROM quota_instances WHERE instance_id = $1 AND state IN ('live', 'waiting')",
+    )
+    .bind(&identity.instance)
+    .fetch_optional(pool)
+    .await?;
     // An epoch begun before data_dir_id existed names no directory: taken as this one's.
     Ok(row.and_then(|(epoch, dir)| dir.filter(|dir| *dir != identity.data_dir).map(|dir| (epoch, dir))))
 }
@@ -117,8 +118,10 @@ pub(crate) const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended('cou
 
 /// Whether the last stamp of `id`'s live epoch is older than its own identity timeout by
 /// PostgreSQL's clock (or the instance is not live at all): only then may its units be taken.
-pub(crate) const STAMP_IS_OLD: &str = "SELECT NOT EXISTS (SELECT 1 FROM quota_instances \
-     WHERE instance_id = $1 AND state = 'live' AND seen_at > now() - identity_timeout)";
+/// While it decides alone, its alone timeout counts instead, if longer.
+pub(crate) const STAMP_IS_OLD: &str = "SELECT NOT EXISTS (SELECT 1 FROM quota_instances q \
+     WHERE q.instance_id = $1 AND q.state IN ('live', 'waiting') AND q.seen_at > now() - greatest(q.identity_timeout, \
+     coalesce((SELECT a.alone_timeout FROM quota_alone a WHERE a.instance_id = q.instance_id), interval '0')))";
 
 /// The lock that makes an instance id one process's: held as long as its connection lives.
 #[derive(Debug)]
@@ -143,7 +146,8 @@ impl InstanceLock {
 /// Stamps this epoch as live; false if it is not (written off, or taken over).
 async fn stamp(conn: &mut PgConnection, id: &str, epoch: i64) -> Result<bool, Error> {
     let stamped = sqlx::query(
-        "UPDATE quota_instances SET seen_at = now() WHERE instance_id = $1 AND epoch = $2 AND state = 'live'",
+        "UPDATE quota_instances SET seen_at = now() \
+         WHERE instance_id = $1 AND epoch = $2 AND state IN ('live', 'waiting')",
     )
     .bind(id)
     .bind(epoch)
@@ -248,7 +252,8 @@ impl Heartbeat {
         }
         // Not stamped without the lock: a process waiting out this one must see it fall silent.
         let live: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM quota_instances WHERE instance_id = $1 AND epoch = $2 AND state = 'live')",
+            "SELECT EXISTS (SELECT 1 FROM quota_instances \
+             WHERE instance_id = $1 AND epoch = $2 AND state IN ('live', 'waiting'))",
         )
         .bind(&self.id)
         .bind(self.epoch)

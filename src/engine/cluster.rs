@@ -28,6 +28,8 @@ pub struct Cluster {
     pub epoch: i64,
     /// Whether this process may still spend its leases (its identity's heartbeat says).
     pub standing: Arc<Standing>,
+    /// Whether it decides alone or shares (`engine::alone`).
+    pub deciding: crate::engine::alone::Deciding,
 }
 
 /// Why a clustered use could not be taken.
@@ -143,8 +145,11 @@ impl Engine {
     /// there; were its own instance to change it in its journal instead, the two could both
     /// win (a confirmation acknowledged here, the same use expired and sold again there), and
     /// no clock can order them. One compare-and-set on the row's revision does.
+    ///
+    /// While this instance decides alone nobody else changes a use, and every change is
+    /// journalled like its own.
     pub(crate) fn changed_in_postgres(&self, slot: &Slot) -> bool {
-        slot.foreign || (self.cluster.get().is_some() && slot.is_hold())
+        self.mode().shares() && (slot.foreign || slot.is_hold())
     }
 
     /// Changes a use through PostgreSQL, if the row is still at the slot's revision: a
@@ -156,6 +161,9 @@ impl Engine {
         let Some(cluster) = self.cluster.get() else {
             return Err(PortError("not in a cluster".into()));
         };
+        if cluster.deciding.mode().lags() {
+            return Err(PortError("what this instance knows may lag behind the one deciding alone".into()));
+        }
         let claimed = self.ledger.update(key, |current| match current {
             Some(now) if now == slot => (Some(Slot { state: SlotState::Changing, ..now }), true),
             other => (other, false),
@@ -450,6 +458,7 @@ impl Engine {
     /// Settles every claim in doubt that PostgreSQL can be asked about now; returns how many
     /// are left.
     pub async fn settle_doubts(&self) -> usize {
+        let _decisions = self.decisions.read().await;
         for key in self.doubtful.all() {
             if let Err(err) = self.settle_doubt(key).await {
                 tracing::debug!(error = %err, "a claim in doubt cannot be settled yet");

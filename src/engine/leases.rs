@@ -430,6 +430,21 @@ impl Leases {
         }
     }
 
+    /// Gives back every unit held, and answers whether nothing is left anywhere: no unit in
+    /// memory, no grant or return unanswered, no request waiting. Only then may the instance
+    /// count its totals alone (`engine::alone`); otherwise what is left is tried again by
+    /// upkeep and by the next call.
+    pub async fn give_back_all(self: &Arc<Self>) -> bool {
+        for entry in &self.scopes {
+            entry.value().state.lock().expect("lease").reclaim = true;
+        }
+        self.upkeep().await;
+        self.scopes.iter().all(|entry| {
+            let st = entry.value().state.lock().expect("lease");
+            st.available == 0 && st.returning.is_none() && !st.in_flight && !st.grant_in_doubt && st.waiting == 0
+        })
+    }
+
     /// Forgets that the limit of `scope` was reached (it was raised, or uses came back).
     pub fn forget_exhausted(&self, scope: Scope) {
         if let Some(lease) = self.existing(scope) {
@@ -643,6 +658,18 @@ mod tests {
         }
 
         fn forget_claims_before(&self, _before: chrono::DateTime<chrono::Utc>) -> PortAnswer<'_, ()> {
+            unreachable!("not used by leases")
+        }
+
+        fn mode(&self) -> PortAnswer<'_, crate::engine::ports::ModeFacts> {
+            unreachable!("not used by leases")
+        }
+
+        fn take_alone(&self, _alone_timeout: Duration) -> PortAnswer<'_, Option<i64>> {
+            unreachable!("not used by leases")
+        }
+
+        fn release_alone(&self) -> PortAnswer<'_, ()> {
             unreachable!("not used by leases")
         }
     }

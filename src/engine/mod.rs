@@ -8,6 +8,7 @@
 //! journal; until then the ledger marks the slot as settling and a concurrent request for the
 //! same order waits for it.
 
+pub mod alone;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;
@@ -48,7 +49,7 @@ use crate::engine::limits::{
     CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce, Refusal,
     Use, UserHolds,
 };
-use crate::engine::ports::{ArchiveError, ClaimOutcome, Ports};
+use crate::engine::ports::{ArchiveError, ClaimOutcome, PortError, Ports};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
 
@@ -278,6 +279,9 @@ pub struct Engine {
     /// Orders whose claim failed without an answer: it may have committed. Nothing more is
     /// decided about one here until PostgreSQL has said what it holds (`Engine::settle_doubt`).
     pub(crate) doubtful: cluster::Doubts,
+    /// Held (read) by every decision from the moment it reads the mode until it is recorded;
+    /// written by a switch of mode (`engine::alone`), which so waits for decisions in flight.
+    pub(crate) decisions: tokio::sync::RwLock<()>,
 }
 
 impl Engine {
@@ -301,6 +305,7 @@ impl Engine {
             settings,
             cluster: std::sync::OnceLock::new(),
             doubtful: cluster::Doubts::default(),
+            decisions: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -389,6 +394,7 @@ impl Engine {
     }
 
     async fn take_use(&self, req: &UseRequest<'_>, kind: UseKind) -> Result<UseOutcome, EngineError> {
+        let _decisions = self.decisions.read().await;
         let code = normalize_code(req.code);
         let user = self.ledger.id_key(req.user_id);
         let waited_until = Instant::now() + self.settings.settle_timeout;
@@ -399,6 +405,11 @@ impl Engine {
                 return Ok(UseOutcome::Refused(Refused::Rule(Reason::CouponNotFound)));
             };
             let coupon = found.coupon();
+            if self.mode().lags() && (matches!(kind, UseKind::Hold { .. }) || limited(&catalog, found)) {
+                // What this instance knows of it may lag: the one deciding alone may not have
+                // shipped everything yet, or this one's feed not read it.
+                return Ok(UseOutcome::Refused(Refused::QuotaUnavailable));
+            }
             let key = (coupon.id, self.ledger.id_key(req.order_id));
             self.settle_doubt(key).await?;
             let now = self.clock.now();
@@ -539,9 +550,25 @@ impl Engine {
             foreign: false,
             state: SlotState::Taking { hold: hold_until.is_some() },
         };
-        // In a cluster the totals are the leases' (below): this ledger counts the uses it
-        // knows of, and the per-user counts stay a first, local check.
-        let cluster = self.cluster.get();
+        // Among instances the totals are the leases' (below): this ledger counts the uses it
+        // knows of, and the per-user counts stay a first, local check. Alone, it decides all.
+        let mode = self.mode();
+        let code_limit = offer.code.map(|c| c.uses_limit);
+        let totals =
+            cluster::totals(coupon, campaign.map(|c| (c.id, c.usage_limit.is_some(), c.budget.is_some())), discount);
+        // A use under any limit: among instances it is claimed, so that the order is one use
+        // for every instance before the answer (API.md §6), not only once the feed has
+        // carried it. Only a use under no limit at all is journalled then, and may meet the
+        // same order taken elsewhere (the order conflict §6 allows).
+        let limited = !totals.is_empty()
+            || coupon.per_user_limit.is_some()
+            || campaign.is_some_and(|c| c.per_user_limit.is_some())
+            || code_limit.is_some()
+            || hold_until.is_some();
+        if limited && !self.may_take_limited() {
+            return Ok(Some(UseOutcome::Refused(Refused::QuotaUnavailable)));
+        }
+        let cluster = self.cluster.get().filter(|_| mode == alone::Mode::Sharing);
         let local = |cap| if cluster.is_some() { None } else { cap };
         let limits = Limits {
             order: OrderOnce { slot },
@@ -571,12 +598,6 @@ impl Engine {
         };
         let code_text = matches!(found, Found::Code { .. }).then(|| normalize_code(req.code).into_owned());
         let mut funded_by = None;
-        let totals = match cluster {
-            Some(_) => {
-                cluster::totals(coupon, campaign.map(|c| (c.id, c.usage_limit.is_some(), c.budget.is_some())), discount)
-            }
-            None => Vec::new(),
-        };
         if let Some(cluster) = cluster {
             let spent = match self.spend_leases(cluster, &totals).await {
                 Ok(spent) => spent,
@@ -588,12 +609,7 @@ impl Engine {
                     })));
                 }
             };
-            let code_limit = offer.code.map(|c| c.uses_limit);
-            let claimed = coupon.per_user_limit.is_some()
-                || campaign.is_some_and(|c| c.per_user_limit.is_some())
-                || code_limit.is_some()
-                || hold_until.is_some();
-            if claimed {
+            if limited {
                 let claim = crate::engine::ports::ClaimRequest {
                     id,
                     rev,
@@ -731,6 +747,10 @@ impl Engine {
         if !claimed {
             return Ok(false);
         }
+        if let Err(err) = self.may_change_in_journal() {
+            self.ledger.update(key, |current| (current.map(|s| Slot { state: SlotState::Held { until }, ..s }), ()));
+            return Err(err);
+        }
         let rev = held.rev + 1;
         let event = Event::Confirmed(Confirmed { id: held.id, rev, at: now });
         if let Err(err) = self.journal.append(&event.encode()).await {
@@ -746,6 +766,7 @@ impl Engine {
 
     /// Releases the use of an order: a redemption (the order id stays spent) or a hold.
     pub async fn release(&self, req: &ReleaseRequest<'_>) -> Result<ReleaseOutcome, EngineError> {
+        let _decisions = self.decisions.read().await;
         let outcome = self.release_inner(req).await?;
         self.metrics.releases.inc(match outcome {
             ReleaseOutcome::Released { .. } => "released",
@@ -756,6 +777,10 @@ impl Engine {
     }
 
     async fn release_inner(&self, req: &ReleaseRequest<'_>) -> Result<ReleaseOutcome, EngineError> {
+        if self.mode().lags() {
+            // Whether the use is live, and whose, is not this instance's to say yet.
+            return Err(PortError("what this instance knows may lag behind the one deciding alone".into()).into());
+        }
         let code = normalize_code(req.code);
         let Some(coupon_id) = self.catalog.load().find(&code).map(|found| found.coupon().id) else {
             return Ok(ReleaseOutcome::NotFound);
@@ -765,8 +790,18 @@ impl Engine {
         let user = req.user_id.map(|u| self.ledger.id_key(u));
         let waited_until = Instant::now() + self.settings.settle_timeout;
         let mut looked = false;
+        let mut asked = false;
         loop {
             let Some(slot) = self.ledger.slot(key) else {
+                // Among instances, a use made elsewhere may not have reached this ledger yet;
+                // every use under a limit is in PostgreSQL from its claim, so it is asked.
+                if self.mode().shares() && !asked {
+                    asked = true;
+                    if let Some(stored) = self.ports.archive.stored(key.0, req.order_id).await? {
+                        self.merge_uses([stored]);
+                        continue;
+                    }
+                }
                 return self.release_forgotten(key, req).await;
             };
             if user.is_some_and(|user| user != slot.user) {
@@ -777,9 +812,7 @@ impl Engine {
                 SlotState::Taking { .. } | SlotState::Changing => self.wait_settled(key, waited_until).await?,
                 // After a released hold the order is free: among instances, another may have
                 // used it since, unseen here. Only PostgreSQL can say it is released still.
-                SlotState::Released { ended, .. }
-                    if !ended.order_spent() && self.cluster.get().is_some() && !looked =>
-                {
+                SlotState::Released { ended, .. } if !ended.order_spent() && self.mode().shares() && !looked => {
                     looked = true;
                     if let Some(stored) = self.ports.archive.stored(key.0, req.order_id).await? {
                         self.merge_uses([stored]);
@@ -881,8 +914,9 @@ impl Engine {
         // Another instance's hold is tried from here only a grace after its deadline (its own
         // instance is expected to expire it first, but may be down). Either way, among
         // several instances a hold ends through PostgreSQL, where one compare-and-set decides
-        // between an expiry and a confirmation: the clocks only say when to try.
-        let ready = if slot.foreign { until + cluster::FOREIGN_GRACE_MS } else { until };
+        // between an expiry and a confirmation: the clocks only say when to try. Deciding
+        // alone, nobody else is there to expire it first.
+        let ready = if slot.foreign && self.mode().shares() { until + cluster::FOREIGN_GRACE_MS } else { until };
         if due < until || self.clock.now().timestamp_millis() < ready {
             return Ok(false);
         }
@@ -901,6 +935,10 @@ impl Engine {
         });
         if !claimed {
             return Ok(false);
+        }
+        if let Err(err) = self.may_change_in_journal() {
+            self.ledger.update(key, |current| (current.map(|s| Slot { state: slot.state, ..s }), ()));
+            return Err(err);
         }
         let now = self.clock.now();
         let rev = slot.rev + 1;
@@ -938,6 +976,7 @@ impl Engine {
     /// Gives back every hold whose deadline has passed; returns how many. Used at start-up,
     /// before serving, and by [`Engine::run_deadlines`].
     pub async fn expire_due(&self) -> usize {
+        let _decisions = self.decisions.read().await;
         let mut expired = 0;
         loop {
             let now = self.clock.now().timestamp_millis();
@@ -1104,6 +1143,17 @@ pub(crate) fn counted(catalog: &Catalog, coupon: CouponId, campaign: Option<Camp
         coupon_user: catalog.coupon_by_id(coupon).is_some_and(|c| c.per_user_limit.is_some()),
         campaign_user: campaign.and_then(|id| catalog.campaign(id)).is_some_and(|c| c.per_user_limit.is_some()),
     }
+}
+
+/// Whether a use of what `found` names may be under a limit (any coupon or campaign limit, a
+/// bulk code): whether it is decided by more than this instance's journal alone.
+fn limited(catalog: &Catalog, found: Found<'_>) -> bool {
+    let coupon = found.coupon();
+    let campaign = coupon.campaign_id.and_then(|id| catalog.campaign(id));
+    matches!(found, Found::Code { .. })
+        || coupon.usage_limit.is_some()
+        || coupon.per_user_limit.is_some()
+        || campaign.is_some_and(|c| c.usage_limit.is_some() || c.budget.is_some() || c.per_user_limit.is_some())
 }
 
 fn offer<'a>(catalog: &'a Catalog, found: Found<'a>, user_id: &str) -> Offer<'a> {

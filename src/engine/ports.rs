@@ -161,6 +161,17 @@ pub struct Changed {
     pub released: bool,
 }
 
+/// What PostgreSQL says of who decides (`engine::alone`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeFacts {
+    /// This instance's epoch is live (not waiting for the one deciding alone, not fenced).
+    pub live: bool,
+    /// Another instance is live or waiting.
+    pub others: bool,
+    /// The instance and epoch deciding alone, if one does.
+    pub alone: Option<(String, i64)>,
+}
+
 /// What the engine needs from PostgreSQL when several instances share it: lease grants
 /// and returns for totals, claims for the limits only PostgreSQL can count, and changes of
 /// uses another instance made. Never called on the validate path.
@@ -183,4 +194,12 @@ pub trait ClusterPort: Send + Sync + Debug {
     fn claim_spent(&self, id: uuid::Uuid, at: chrono::DateTime<chrono::Utc>) -> PortAnswer<'_, bool>;
     /// Forgets the notes of this instance's claims made before `before`.
     fn forget_claims_before(&self, before: chrono::DateTime<chrono::Utc>) -> PortAnswer<'_, ()>;
+    /// Who decides now.
+    fn mode(&self) -> PortAnswer<'_, ModeFacts>;
+    /// Takes the right to decide alone, if no other instance is live or waiting, settling
+    /// this instance's leases; answers the feed position every use so far has, or `None`.
+    /// Asked again (its answer lost), it answers the same way.
+    fn take_alone(&self, alone_timeout: std::time::Duration) -> PortAnswer<'_, Option<i64>>;
+    /// Gives the right to decide alone up (if held), letting waiting instances decide.
+    fn release_alone(&self) -> PortAnswer<'_, ()>;
 }

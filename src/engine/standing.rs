@@ -29,6 +29,8 @@ pub struct Standing {
     proved_ms: AtomicU64,
     fenced: AtomicBool,
     spend_window: Duration,
+    /// How long it decides alone after the last proof (`engine::alone`).
+    alone_window: Duration,
 }
 
 /// What `/health` says of it.
@@ -51,8 +53,14 @@ impl StandingState {
 
 impl Standing {
     /// Proved now (the lock was just taken and the epoch just begun).
-    pub fn new(spend_window: Duration) -> Standing {
-        Standing { start: Instant::now(), proved_ms: AtomicU64::new(0), fenced: AtomicBool::new(false), spend_window }
+    pub fn new(spend_window: Duration, alone_window: Duration) -> Standing {
+        Standing {
+            start: Instant::now(),
+            proved_ms: AtomicU64::new(0),
+            fenced: AtomicBool::new(false),
+            spend_window,
+            alone_window,
+        }
     }
 
     /// A proof whose statement was sent at `sent`.
@@ -71,12 +79,21 @@ impl Standing {
         self.state() == StandingState::Live
     }
 
+    /// Whether it may decide alone now: proved within the alone window, which is longer than
+    /// the spending window so that one instance rides out a PostgreSQL outage.
+    pub fn may_decide_alone(&self) -> bool {
+        !self.fenced.load(Ordering::Acquire) && self.since_proof() < self.alone_window
+    }
+
+    fn since_proof(&self) -> Duration {
+        (self.start + Duration::from_millis(self.proved_ms.load(Ordering::Acquire))).elapsed()
+    }
+
     pub fn state(&self) -> StandingState {
         if self.fenced.load(Ordering::Acquire) {
             return StandingState::Fenced;
         }
-        let proved = self.start + Duration::from_millis(self.proved_ms.load(Ordering::Acquire));
-        if proved.elapsed() < self.spend_window { StandingState::Live } else { StandingState::Unconfirmed }
+        if self.since_proof() < self.spend_window { StandingState::Live } else { StandingState::Unconfirmed }
     }
 }
 
@@ -86,7 +103,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn spends_only_within_the_window_of_the_last_proof() {
-        let standing = Standing::new(Duration::from_secs(5));
+        let standing = Standing::new(Duration::from_secs(5), Duration::from_secs(30));
         assert_eq!(standing.state(), StandingState::Live);
         tokio::time::advance(Duration::from_millis(4_999)).await;
         assert!(standing.may_spend());
@@ -104,7 +121,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_older_proof_arriving_late_does_not_move_the_window_back() {
-        let standing = Standing::new(Duration::from_secs(5));
+        let standing = Standing::new(Duration::from_secs(5), Duration::from_secs(30));
         tokio::time::advance(Duration::from_secs(3)).await;
         let early = Instant::now();
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -115,8 +132,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn decides_alone_for_the_longer_window_and_never_once_fenced() {
+        let standing = Standing::new(Duration::from_secs(5), Duration::from_secs(30));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!standing.may_spend(), "past the spending window");
+        assert!(standing.may_decide_alone(), "within the alone window: an outage is ridden out");
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(!standing.may_decide_alone());
+        standing.proved(Instant::now());
+        assert!(standing.may_decide_alone());
+        standing.fence();
+        assert!(!standing.may_decide_alone());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn fenced_is_for_good() {
-        let standing = Standing::new(Duration::from_secs(5));
+        let standing = Standing::new(Duration::from_secs(5), Duration::from_secs(30));
         standing.fence();
         standing.proved(Instant::now());
         assert_eq!(standing.state(), StandingState::Fenced);

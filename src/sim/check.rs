@@ -4,7 +4,8 @@
 //!     the final rows as acknowledged, once (ids are one per `(coupon, order)`); (c) after the
 //!     faults heal, every limited total sells out to exactly its limit (checked by the driver);
 //!     (d) a "limit reached" while capacity was provably free is a false refusal, counted, and
-//!     so is a `404` to the release of an acknowledged use.
+//!     so is a `404` to the release of an acknowledged use (a failure if the use was claimed:
+//!     its row was in PostgreSQL before its answer).
 
 use std::collections::BTreeMap;
 
@@ -21,9 +22,9 @@ pub(super) struct Shape {
     pub(super) campaign_uses: Option<u64>,
     pub(super) campaign_cents: Option<u64>,
     pub(super) discount_cents: u64,
-    /// Whether its uses are claimed in PostgreSQL (a per-user limit): then one order is one
-    /// use across instances; without, an order taken on two instances before either learned
-    /// of the other is the documented order conflict (README, "Known limits").
+    /// Whether its uses are claimed in PostgreSQL (any limit): then one order is one use
+    /// across instances; without (no limit at all), an order taken on two instances before
+    /// either learned of the other is the order conflict API.md §6 allows.
     pub(super) claimed: bool,
 }
 
@@ -114,6 +115,8 @@ pub(super) struct Checker {
     suspects: Vec<Violation>,
     /// Orders one of whose uses the shipper dropped (another row of the order was newer).
     dropped: std::collections::BTreeSet<(CouponId, String)>,
+    /// The first `404` to the release of a claimed use certainly live.
+    wrong_not_found: Option<String>,
 }
 
 /// A limit exceeded, as seen: what it says, the limit, and the live orders with what each
@@ -134,6 +137,7 @@ impl Checker {
             counts: Counts::default(),
             suspects: Vec::new(),
             dropped: std::collections::BTreeSet::new(),
+            wrong_not_found: None,
         }
     }
 
@@ -209,6 +213,13 @@ impl Checker {
             }
             Answer::NotFound => {
                 if matches!(entry.certain, Certain::Live { .. }) {
+                    // A claimed use is in PostgreSQL before its answer: no instance may say
+                    // it does not exist. One journalled elsewhere (no limit at all) may not
+                    // have shipped yet: counted.
+                    if self.shapes.get(&coupon).is_some_and(|s| s.claimed) {
+                        let what = format!("coupon {coupon} order {order}: 404 from {instance} for a live use");
+                        self.wrong_not_found.get_or_insert(what);
+                    }
                     self.counts.false_not_found += 1;
                 }
             }
@@ -267,6 +278,9 @@ impl Checker {
     /// the orders that may be conflicts, those become suspects, each to be proved a conflict
     /// at the end (`check_final`).
     pub(super) fn check_limits(&mut self, now: i64) -> Result<(), String> {
+        if let Some(what) = self.wrong_not_found.take() {
+            return Err(what);
+        }
         let Err(violation) = self.limits_hold(now, false) else { return Ok(()) };
         self.limits_hold(now, true).map_err(|_| violation.what.clone())?;
         self.suspects.push(violation);

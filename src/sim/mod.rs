@@ -2,10 +2,11 @@
 //! its own journal on disk, against an in-memory model of PostgreSQL's side (`pg`), driven by
 //! one seeded scheduler on tokio's paused clock. Every step is one thing happening: a client
 //! request to one instance, or one of an instance's background jobs (shipping its journal,
-//! reading the usage feed, giving lease units back, expiring holds, proving its identity), or
-//! a fault: a link that fails calls before they commit, or lets them commit and loses their
-//! answers; PostgreSQL down and back; an instance killed (memory gone, its journal kept) and
-//! started again, or written off (its disk lost); an instance paused (none of its steps run);
+//! reading the usage feed, giving lease units back, expiring holds, proving its identity,
+//! choosing between deciding alone and sharing), or a fault: a link that fails calls before
+//! they commit, or lets them commit and loses their answers; PostgreSQL down and back; an
+//! instance killed (memory gone, its journal kept) and started again, stopped cleanly, or
+//! written off (its disk lost); an instance paused (none of its steps run);
 //! the feed late (it runs when drawn) and reordered; clocks apart by up to `SPREAD_MS`.
 //! The history of answers is checked as it grows and at its end (`check`). A failure names
 //! its seed; the same seed replays the same schedule.
@@ -30,12 +31,13 @@ use crate::domain::coupon::{Coupon, CouponId, CouponKind, Discount};
 use crate::domain::event::Event;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
+use crate::engine::alone::{Deciding, Mode};
 use crate::engine::clock::ManualClock;
 use crate::engine::cluster::Cluster;
 use crate::engine::leases::{LeaseSettings, Leases, Scope};
 use crate::engine::ports::{
-    ArchiveAnswer, ArchivedOrder, ChangeAnswer, ClaimOutcome, ClaimRequest, ClusterPort, Grant, NoValidationLog,
-    PortAnswer, PortError, Ports, StoredAnswer, UsageArchive,
+    ArchiveAnswer, ArchivedOrder, ChangeAnswer, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts,
+    NoValidationLog, PortAnswer, PortError, Ports, StoredAnswer, UsageArchive,
 };
 use crate::engine::standing::Standing;
 use crate::engine::{Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, UseOutcome, UseRequest};
@@ -48,6 +50,8 @@ use pg::{InstanceState, Limits, Pg};
 const SPREAD_MS: i64 = 400;
 /// How long an instance spends its leases after its last proof of identity.
 const SPEND_WINDOW: Duration = Duration::from_secs(5);
+/// How long an instance decides alone after its last proof of identity.
+const ALONE_WINDOW: Duration = Duration::from_secs(30);
 const USERS: usize = 6;
 const ORDER_VALUE: u64 = 10_000;
 
@@ -56,6 +60,8 @@ const ORDER_VALUE: u64 = 10_000;
 struct Report {
     steps: u64,
     faults: u64,
+    /// Client requests answered by an instance deciding alone.
+    alone_answers: u64,
     history: Counts,
 }
 
@@ -63,6 +69,7 @@ impl std::ops::AddAssign for Report {
     fn add_assign(&mut self, o: Report) {
         self.steps += o.steps;
         self.faults += o.faults;
+        self.alone_answers += o.alone_answers;
         self.history += o.history;
     }
 }
@@ -164,6 +171,23 @@ impl ClusterPort for SimPort {
     fn forget_claims_before(&self, _before: DateTime<Utc>) -> PortAnswer<'_, ()> {
         // The model keeps every note: forgetting only saves space.
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn mode(&self) -> PortAnswer<'_, ModeFacts> {
+        let answer = self.world.call(self.node, ("mode", self.epoch), |pg, _| pg.mode(&self.instance, self.epoch));
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn take_alone(&self, _alone_timeout: Duration) -> PortAnswer<'_, Option<i64>> {
+        let answer =
+            self.world.call(self.node, ("take alone", self.epoch), |pg, _| pg.take_alone(&self.instance, self.epoch));
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn release_alone(&self) -> PortAnswer<'_, ()> {
+        let answer =
+            self.world.call(self.node, ("release alone", self.epoch), |pg, _| pg.release_alone(&self.instance));
+        Box::pin(std::future::ready(answer))
     }
 
     fn change(&self, id: uuid::Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer> {
@@ -285,7 +309,9 @@ fn catalog() -> (Vec<Coupon>, Vec<Campaign>, Vec<Shape>) {
             Discount::Fixed(d) => d.get(),
             Discount::Percentage { .. } => unreachable!("fixed discounts only"),
         },
-        claimed: c.per_user_limit.is_some() || campaign.is_some_and(|k| k.per_user_limit.is_some()),
+        claimed: c.usage_limit.is_some()
+            || c.per_user_limit.is_some()
+            || campaign.is_some_and(|k| k.usage_limit.is_some() || k.budget.is_some() || k.per_user_limit.is_some()),
     };
     let shapes = vec![
         shape(&total, None),
@@ -394,12 +420,13 @@ impl Sim {
         if !pending.0.is_empty() {
             reader.confirm(pending.1, pending.0.len()).map_err(|e| e.to_string())?;
         }
-        let (epoch, uses, after) = {
+        let (epoch, mode, uses, after) = {
             let mut pg = self.world.pg.lock().expect("pg");
-            let epoch = pg.begin_epoch(&name);
-            pg.settle(&name, epoch - 1);
+            let (epoch, state) = pg.begin_epoch(&name);
+            pg.settle_last_run(&name, epoch - 1);
             let (_, after) = pg.feed(0);
-            (epoch, pg.all_uses(), after)
+            let mode = if state == InstanceState::Waiting { Mode::Waiting } else { Mode::Sharing };
+            (epoch, mode, pg.all_uses(), after)
         };
         let archive = Arc::new(SimArchive { world: self.world.clone(), node: i });
         let engine = Arc::new(Engine::new(
@@ -422,14 +449,16 @@ impl Sim {
                 exhausted_for: Duration::from_millis(200),
             },
         );
-        let standing = Arc::new(Standing::new(SPEND_WINDOW));
+        let standing = Arc::new(Standing::new(SPEND_WINDOW, ALONE_WINDOW));
         engine.join_cluster(Cluster {
             leases: leases.clone(),
             port,
             instance: name,
             epoch,
             standing: standing.clone(),
+            deciding: Deciding::new(mode, Some(2 * ALONE_WINDOW)),
         });
+        engine.cluster().expect("joined").deciding.fed_to(i64::try_from(after).unwrap_or(i64::MAX));
         engine.load_uses(uses);
         engine.expire_due().await;
         engine.catalog().set_ready();
@@ -440,6 +469,29 @@ impl Sim {
     /// SIGKILL: memory gone; the journal keeps what was fsync'd (every acknowledged append).
     fn kill(&mut self, i: usize) {
         self.nodes[i].running = None;
+    }
+
+    /// Instance `i` looks whether to decide alone or share.
+    async fn consider_mode(&mut self, i: usize) {
+        if let Some(running) = &self.nodes[i].running {
+            let mode = running.engine.consider_mode().await;
+            self.say(|| format!("n{i} decides: {}", mode.as_str()));
+        }
+    }
+
+    /// A clean stop (SIGTERM): requests drained, the journal shipped; if all of it went, the
+    /// epoch ends in PostgreSQL (its leases back, its right to decide alone given up).
+    fn stop(&mut self, i: usize) -> Result<(), String> {
+        if self.nodes[i].running.is_none() {
+            return Ok(());
+        }
+        self.ship(i)?;
+        let Some(running) = self.nodes[i].running.take() else { return Ok(()) };
+        if running.engine.journal().backlog() == 0 && self.link_ok(i) {
+            let name = self.nodes[i].name.clone();
+            let _ = self.world.call(i, ("stop", running.epoch), |pg, _| pg.stop(&name, running.epoch));
+        }
+        Ok(())
     }
 
     /// The operator writes off a dead instance whose disk is lost: what its journal held
@@ -523,6 +575,9 @@ impl Sim {
         }
         running.engine.merge_uses(uses);
         running.feed_after = last;
+        if let Some(cluster) = running.engine.cluster() {
+            cluster.deciding.fed_to(i64::try_from(last).unwrap_or(i64::MAX));
+        }
     }
 
     /// Instance `i`'s heartbeat: proved while its epoch is live; fenced (and stopped) once
@@ -531,8 +586,7 @@ impl Sim {
         let Some(running) = self.nodes[i].running.as_ref() else { return };
         let (name, epoch) = (self.nodes[i].name.clone(), running.epoch);
         let sent = tokio::time::Instant::now();
-        let live =
-            self.world.call(i, ("beat", epoch), |pg, _| pg.instances.get(&name) == Some(&(epoch, InstanceState::Live)));
+        let live = self.world.call(i, ("beat", epoch), |pg, _| pg.stampable(&name, epoch));
         match live {
             Ok(true) => running.standing.proved(sent),
             Ok(false) => {
@@ -567,6 +621,9 @@ impl Sim {
             (asked, if roll < 75 { Kind::Redeem } else { Kind::Release })
         };
         let engine = self.nodes[i].running.as_ref().expect("running").engine.clone();
+        if engine.mode() == Mode::Alone {
+            self.report.alone_answers += 1;
+        }
         let coupon = &self.coupons[asked.coupon];
         self.say(|| format!("n{i} {kind:?} {} {} {} ...", coupon.code, asked.user, asked.order));
         let req = UseRequest {
@@ -625,9 +682,13 @@ impl Sim {
                 drop(pg);
                 self.say(|| format!("fault: PostgreSQL up: {up}"));
             }
-            40..55 => {
+            40..50 => {
                 self.say(|| format!("fault: kill n{i}"));
                 self.kill(i);
+            }
+            50..55 => {
+                self.say(|| format!("fault: stop n{i} cleanly"));
+                self.stop(i)?;
             }
             55..75 => {
                 self.start(i).await?;
@@ -655,7 +716,8 @@ impl Sim {
         if self.nodes[i].paused_for > 0 {
             return Ok(());
         }
-        match self.rng.random_range(0..6) {
+        match self.rng.random_range(0..7) {
+            6 => self.consider_mode(i).await,
             5 => {
                 if let Some(running) = &self.nodes[i].running {
                     running.engine.settle_doubts().await;
@@ -720,9 +782,11 @@ impl Sim {
                     running.leases.upkeep().await;
                 }
                 self.ship(i)?;
+                self.consider_mode(i).await;
             }
             for i in 0..self.nodes.len() {
                 self.feed(i);
+                self.consider_mode(i).await;
             }
         }
         Ok(())
@@ -768,6 +832,7 @@ impl Sim {
                             running.engine.settle_doubts().await;
                             running.leases.upkeep().await;
                         }
+                        self.consider_mode(j).await;
                     }
                     tokio::time::advance(Duration::from_millis(300)).await;
                     self.sync_clocks();
@@ -809,8 +874,12 @@ impl Sim {
 
     async fn run(mut self, steps: usize) -> Result<Report, String> {
         tokio::fs::create_dir_all(&self.root).await.map_err(|e| e.to_string())?;
-        for i in 0..self.nodes.len() {
+        // Half the schedules begin with one instance, deciding alone until others start.
+        let first = if self.rng.random_bool(0.5) { 1 } else { self.nodes.len() };
+        for i in 0..first {
             self.start(i).await?;
+            self.consider_mode(i).await;
+            self.consider_mode(i).await;
         }
         for _ in 0..steps {
             self.step().await?;

@@ -1,7 +1,8 @@
 //! PostgreSQL's side of the cluster, in memory, for the simulation: the rows of
 //! `coupon_usage`, `quotas`, `quota_leases` and `quota_instances`, and what the SQL functions
 //! of the migrations do to them (`quota_grant`, `quota_return`, `quota_settle`,
-//! `quota_apply`, `claim_use`, `change_use`) and what the shipper's transaction does with a
+//! `quota_apply`, `claim_use`, `change_use`, `quota_begin_epoch`, `quota_mode`,
+//! `quota_take_alone`, `quota_release_alone`) and what the shipper's transaction does with a
 //! batch of journal events (`db::shipper`). Every call is one atomic step; the fault it
 //! meets (none, failed before committing, or committed with its answer lost) is drawn by the
 //! simulation before the call.
@@ -17,7 +18,7 @@ use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 use crate::engine::StoredUse;
 use crate::engine::leases::Scope;
-use crate::engine::ports::{Changed, ClaimOutcome, ClaimRequest, Grant, StoredRow};
+use crate::engine::ports::{Changed, ClaimOutcome, ClaimRequest, Grant, ModeFacts, StoredRow};
 
 /// A `coupon_usage` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,9 @@ struct Lease {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum InstanceState {
     Live,
+    /// Begun while another instance decided alone.
+    Waiting,
+    Stopped,
     WrittenOff,
 }
 
@@ -95,6 +99,8 @@ pub(super) struct Pg {
     shipped: HashMap<String, i64>,
     /// `claim_spends`: the claims that spent lease units, by (instance, epoch, id, instant).
     claim_spends: std::collections::BTreeSet<(String, i64, Uuid, DateTime<Utc>)>,
+    /// `quota_alone`: the instance (and epoch) deciding alone.
+    pub(super) alone: Option<(String, i64)>,
     /// Every order one of whose uses the shipper dropped (a newer row was there).
     pub(super) dropped: std::collections::BTreeSet<(CouponId, String)>,
 }
@@ -124,12 +130,76 @@ impl Pg {
         self.instances.get(instance) == Some(&(epoch, InstanceState::Live))
     }
 
-    /// `begin_epoch`: a new epoch of `instance`, live.
-    pub(super) fn begin_epoch(&mut self, instance: &str) -> i64 {
-        let entry = self.instances.entry(instance.to_owned()).or_insert((0, InstanceState::Live));
+    /// `quota_begin_epoch`: a new epoch of `instance`, waiting while another decides alone.
+    pub(super) fn begin_epoch(&mut self, instance: &str) -> (i64, InstanceState) {
+        let state = match &self.alone {
+            Some((holder, _)) if holder != instance => InstanceState::Waiting,
+            _ => InstanceState::Live,
+        };
+        let entry = self.instances.entry(instance.to_owned()).or_insert((0, state));
         entry.0 += 1;
-        entry.1 = InstanceState::Live;
-        entry.0
+        entry.1 = state;
+        *entry
+    }
+
+    fn others(&self, instance: &str) -> bool {
+        self.instances
+            .iter()
+            .any(|(who, (_, state))| who != instance && matches!(state, InstanceState::Live | InstanceState::Waiting))
+    }
+
+    /// `quota_mode`.
+    pub(super) fn mode(&self, instance: &str, epoch: i64) -> ModeFacts {
+        ModeFacts { live: self.live_epoch(instance, epoch), others: self.others(instance), alone: self.alone.clone() }
+    }
+
+    /// `quota_take_alone`.
+    pub(super) fn take_alone(&mut self, instance: &str, epoch: i64) -> Option<i64> {
+        if !self.live_epoch(instance, epoch)
+            || self.others(instance)
+            || self.alone.as_ref().is_some_and(|(holder, _)| holder != instance)
+        {
+            return None;
+        }
+        self.settle(instance, epoch);
+        self.alone = Some((instance.to_owned(), epoch));
+        Some(i64::try_from(self.seq).unwrap_or(i64::MAX))
+    }
+
+    /// `quota_release_alone`.
+    pub(super) fn release_alone(&mut self, instance: &str) {
+        if self.alone.as_ref().is_some_and(|(holder, _)| holder == instance) {
+            self.alone = None;
+        }
+        if self.alone.is_none() {
+            for (_, state) in self.instances.values_mut() {
+                if *state == InstanceState::Waiting {
+                    *state = InstanceState::Live;
+                }
+            }
+        }
+    }
+
+    /// `stop`: a clean stop, everything shipped.
+    pub(super) fn stop(&mut self, instance: &str, epoch: i64) {
+        self.settle(instance, epoch);
+        if let Some(entry) = self.instances.get_mut(instance).filter(|(e, _)| *e == epoch) {
+            entry.1 = InstanceState::Stopped;
+        }
+        self.release_alone(instance);
+    }
+
+    /// `settle` at a start: the last run's leases, and its right to decide alone.
+    pub(super) fn settle_last_run(&mut self, instance: &str, epoch: i64) {
+        self.settle(instance, epoch);
+        if self.alone.as_ref().is_some_and(|(holder, e)| holder == instance && *e <= epoch) {
+            self.release_alone(instance);
+        }
+    }
+
+    /// Whether the instance's epoch may be stamped by its heartbeat.
+    pub(super) fn stampable(&self, instance: &str, epoch: i64) -> bool {
+        matches!(self.instances.get(instance), Some(&(e, InstanceState::Live | InstanceState::Waiting)) if e == epoch)
     }
 
     /// `quota_settle`: what the leases of `instance` up to `epoch` hold goes back.
@@ -151,7 +221,9 @@ impl Pg {
     pub(super) fn write_off(&mut self, instance: &str) -> u64 {
         let Some(&(epoch, _)) = self.instances.get(instance) else { return 0 };
         self.instances.insert(instance.to_owned(), (epoch + 1, InstanceState::WrittenOff));
-        self.settle(instance, epoch + 1)
+        let units = self.settle(instance, epoch + 1);
+        self.release_alone(instance);
+        units
     }
 
     /// `quota_grant`, numbered.

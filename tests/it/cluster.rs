@@ -7,7 +7,9 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{PgProxy, ServeProcess, TestApp, TestClient, TestDb, binary, eventually, insert_coupon, signal};
+use crate::helpers::{
+    PgProxy, ServeProcess, TestApp, TestClient, TestDb, all_sharing, binary, eventually, insert_coupon, signal,
+};
 
 const TOKEN: &str = "cluster-admin-token-0123456789";
 
@@ -15,6 +17,9 @@ async fn instances(db: &TestDb, n: usize) -> Vec<TestApp> {
     let mut apps = Vec::new();
     for _ in 0..n {
         apps.push(TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN)]).await);
+    }
+    if n > 1 {
+        all_sharing(&apps.iter().map(|app| &app.client).collect::<Vec<_>>()).await;
     }
     apps
 }

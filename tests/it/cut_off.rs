@@ -7,7 +7,7 @@ use std::time::Duration;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{PgProxy, TestApp, TestClient, TestDb, binary, eventually, insert_coupon};
+use crate::helpers::{PgProxy, TestApp, TestClient, TestDb, all_sharing, binary, eventually, insert_coupon};
 
 const TOKEN: &str = "cut-off-admin-token-0123456789";
 
@@ -15,7 +15,9 @@ fn body(code: &str, user: &str, order: &str) -> Value {
     json!({"code": code, "userId": user, "orderId": order, "orderValue": 100})
 }
 
+/// Waits until every instance shares (the first to start decided alone) and serves `code`.
 async fn served_everywhere(clients: &[&TestClient], code: &str) {
+    all_sharing(clients).await;
     for client in clients {
         eventually(Duration::from_secs(5), "the coupon on every instance", || async {
             client.validate(json!({"code": code, "userId": "u", "orderValue": 100})).await["valid"] == true

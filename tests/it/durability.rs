@@ -63,8 +63,9 @@ async fn postgres_stopped_mid_run_loses_nothing() {
         acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
     }
 
-    // A first use of the limited coupon takes a lease: what it holds is what this instance
-    // can sell of it while PostgreSQL is away (API.md §6).
+    // Alone on its database, the instance decides every limit in memory (API.md §6): an
+    // outage changes nothing for it, and the limit is exact through it.
+    assert_eq!(client.get("/health").await.json()["decides"], "alone");
     let (status, body) = redeem(client, "TEN", "first", "ten-first").await;
     assert_eq!(status, StatusCode::CREATED);
     acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
@@ -86,12 +87,13 @@ async fn postgres_stopped_mid_run_loses_nothing() {
             limited += 1;
             acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
         } else {
-            // The lease is spent: more cannot be had without PostgreSQL, and that is not a
-            // reached limit.
-            assert_eq!((status, body["reason"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("QUOTA_UNAVAILABLE")));
+            assert_eq!(
+                (status, body["reason"].clone()),
+                (StatusCode::UNPROCESSABLE_ENTITY, json!("USAGE_LIMIT_REACHED"))
+            );
         }
     }
-    assert!(limited < 10, "limits hold with the database away: {limited} more after the first");
+    assert_eq!(limited, 9, "exactly the limit sold with the database away");
     for n in 0..200 {
         let answer = client.validate(json!({"code": "OPEN", "userId": format!("v{n}"), "orderValue": 10})).await;
         assert_eq!(answer["valid"], true);
@@ -136,8 +138,7 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     let server = ServeProcess::start(&cluster.url, &env);
     let client = TestClient::new(server.addr);
     client.wait_ready().await;
-    // The first uses take a lease: what it still holds is what can be sold with PostgreSQL
-    // away.
+    // Alone, the instance sells the rest of the limit with PostgreSQL away, exactly.
     let mut acked = HashSet::new();
     for n in 0..5 {
         let (status, body) = redeem(&client, "THIRTY", &format!("pre{n}"), &format!("pre{n}")).await;
@@ -148,7 +149,6 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
         count(&cluster.url, "SELECT count(*) FROM coupon_usage").await == 5
     })
     .await;
-    let held = count(&cluster.url, "SELECT held FROM quotas WHERE kind = 1").await;
 
     cluster.stop();
     let tasks: Vec<_> = (0..60)
@@ -164,17 +164,13 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
             during += 1;
             acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
         } else {
-            // Unavailable; or, once this instance has sold all it held and PostgreSQL last
-            // said nothing else was free, the limit.
-            let answer = (status, body["reason"].as_str());
-            assert!(
-                answer == (StatusCode::SERVICE_UNAVAILABLE, Some("QUOTA_UNAVAILABLE"))
-                    || answer == (StatusCode::UNPROCESSABLE_ENTITY, Some("USAGE_LIMIT_REACHED")),
-                "{answer:?}"
+            assert_eq!(
+                (status, body["reason"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("USAGE_LIMIT_REACHED"))
             );
         }
     }
-    assert!(during > 0 && during <= held, "sold {during} of the {held} held with PostgreSQL away");
+    assert_eq!(during, 25, "the rest of the limit sold with PostgreSQL away, exactly");
     let mut child = server.child;
     signal(&child, "KILL");
     child.wait().unwrap();
@@ -189,7 +185,7 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     let ids: Vec<String> = sqlx::query_scalar("SELECT id::text FROM coupon_usage").fetch_all(&check).await.unwrap();
     assert_eq!(ids.len(), acked.len(), "none twice");
     assert_eq!(ids.into_iter().collect::<HashSet<_>>(), acked, "every acknowledged redemption");
-    // The killed run's unspent units came back at the restart: exactly the rest sells.
+    // Nothing is left, nothing was lost.
     let mut sold = acked.len();
     for n in 0..40 {
         let (status, body) = redeem(&client, "THIRTY", &format!("late{n}"), &format!("late{n}")).await;

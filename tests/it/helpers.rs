@@ -239,6 +239,17 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> 
 }
 
 /// Waits for `check` to hold, polling; panics with `what` after `within`.
+/// Waits until every instance decides by sharing (an instance that started alone has handed
+/// over to the others, API.md §6).
+pub async fn all_sharing(clients: &[&TestClient]) {
+    for client in clients {
+        eventually(Duration::from_secs(10), "every instance sharing", || async {
+            client.get("/health").await.json()["decides"] == "sharing"
+        })
+        .await;
+    }
+}
+
 pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,

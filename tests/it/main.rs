@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod admin;
+mod alone;
 mod campaigns;
 mod cluster;
 mod cut_off;

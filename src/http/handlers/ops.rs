@@ -23,6 +23,7 @@ struct HealthResponse {
     shipping: &'static str,
     /// Whether this instance may spend its quota leases (`engine::standing`).
     instance: &'static str,
+    decides: &'static str,
     /// Journal records PostgreSQL refused for good, waiting for an operator.
     rejected_records: u64,
     coupons: usize,
@@ -53,6 +54,7 @@ pub async fn health(state: &State, _call: Call) -> Result<HttpResponse, ApiError
         journal: if journal_ok { "ok" } else { "failing" },
         shipping: if shipping_ok { "ok" } else { "stalled" },
         instance: standing.as_str(),
+        decides: state.engine.mode().as_str(),
         rejected_records: rejected,
         coupons: state.engine.catalog().load().coupon_count(),
         uptime: (ops.started.elapsed().as_millis() as f64) / 1000.0,
