@@ -24,6 +24,7 @@ use crate::db::shipper::Shipper;
 use crate::db::usage::Archive;
 use crate::db::validation_log::{LogWriter, ValidationLog};
 use crate::db::{self, usage};
+use crate::engine::Engine;
 use crate::engine::alone::{Deciding, Mode};
 use crate::engine::clock::SystemClock;
 use crate::engine::cluster::Cluster;
@@ -31,7 +32,6 @@ use crate::engine::leases::Leases;
 use crate::engine::ports::ClusterPort;
 use crate::engine::ports::Ports;
 use crate::engine::standing::Standing;
-use crate::engine::{Engine, EngineSettings};
 use crate::http::guard::LookupGuard;
 use crate::http::{self, Operations, State, routes};
 use crate::journal::rejected::Rejected;
@@ -129,18 +129,7 @@ impl App {
         );
         let ports =
             Ports { validations: Arc::new(validation_log.clone()), archive: Arc::new(Archive::new(pool.clone())) };
-        let engine = Arc::new(Engine::new(
-            journal,
-            ports,
-            Arc::new(SystemClock),
-            metrics.clone(),
-            EngineSettings {
-                settle_timeout: settings.ledger.settle_timeout,
-                max_active_holds_per_user: settings.protection.max_active_holds_per_user,
-                released_retention: settings.ledger.released_retention,
-                forgotten_capacity: settings.ledger.forgotten_capacity,
-            },
-        ));
+        let engine = Arc::new(Engine::new(journal, ports, Arc::new(SystemClock), metrics.clone(), settings.engine()));
         let shipper = Shipper::new(
             pool.clone(),
             reader,
@@ -407,7 +396,8 @@ async fn start_up(
     let lease_pool = db::connect(&DatabaseSettings { max_connections: 2, ..settings.database.clone() })
         .await
         .map_err(StartError::Register)?;
-    let port: Arc<dyn ClusterPort> = Arc::new(PgCluster::new(pool.clone(), lease_pool, instance.to_owned(), epoch));
+    let port: Arc<dyn ClusterPort> =
+        Arc::new(PgCluster::new(pool.clone(), lease_pool, instance.to_owned(), epoch, state.ops.database.clone()));
     state.engine.join_cluster(Cluster {
         leases: Leases::new(port.clone(), settings.cluster.leases()),
         port,
@@ -417,9 +407,14 @@ async fn start_up(
         deciding: Deciding::new(mode, settings.cluster.alone()),
     });
     let following = refresher.listen_and_reload().await.map_err(StartError::LoadCatalog)?;
-    let mut feed = Feed::start_here(pool.clone(), state.engine.clone(), settings.cluster.feed_interval)
-        .await
-        .map_err(StartError::LoadUsage)?;
+    let mut feed = Feed::start_here(
+        pool.clone(),
+        state.engine.clone(),
+        state.ops.database.clone(),
+        settings.cluster.feed_interval,
+    )
+    .await
+    .map_err(StartError::LoadUsage)?;
     let uses = usage::all_uses(pool).await.map_err(StartError::LoadUsage)?;
     let engine = &state.engine;
     let loaded = engine.load_uses(uses);

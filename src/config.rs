@@ -220,7 +220,7 @@ impl ClusterSettings {
             refill_at: self.lease_refill_at,
             claim_wait: self.claim_wait,
             idle_return: self.idle_return,
-            ..crate::engine::leases::LeaseSettings::standard()
+            exhausted_for: crate::engine::leases::LeaseSettings::EXHAUSTED_FOR,
         }
     }
 }
@@ -299,6 +299,22 @@ fn name_the_variable(err: config::ConfigError) -> ConfigError {
 }
 
 impl Settings {
+    /// `config/default.toml` alone: what tests and benches build the engine with, so that
+    /// a default is written in one place.
+    pub fn defaults() -> Settings {
+        Settings::load_from(None, std::iter::empty()).expect("config/default.toml loads")
+    }
+
+    /// What the engine is built with.
+    pub fn engine(&self) -> crate::engine::EngineSettings {
+        crate::engine::EngineSettings {
+            settle_timeout: self.ledger.settle_timeout,
+            max_active_holds_per_user: self.protection.max_active_holds_per_user,
+            released_retention: self.ledger.released_retention,
+            forgotten_capacity: self.ledger.forgotten_capacity,
+        }
+    }
+
     /// Loads the layers from the process environment and checks the result.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         Settings::load_from(file, std::env::vars())

@@ -11,6 +11,8 @@
 //!   log, admin reads and writes, seeding.
 //! - [`http`]: the hyper server, the route table, request parsing and JSON responses.
 //! - [`metrics`]: the Prometheus registry and its pre-registered handles.
+//! - [`history`]: the invariants over a history of answers, which the simulation and the
+//!   fault campaign check.
 //! - [`app`]: assembly and the start-up and shutdown order.
 //! - [`config`], [`telemetry`], [`backoff`], [`seed`]: settings, logging, retry delays, the
 //!   reference data set.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod engine;
+pub mod history;
 pub mod http;
 pub mod journal;
 pub mod metrics;

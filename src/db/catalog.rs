@@ -183,15 +183,6 @@ pub async fn load_assignments(pool: &PgPool, codes: &BatchCodes) -> Result<(), E
     Ok(())
 }
 
-/// Every finished batch with its codes.
-pub async fn all_batch_codes(pool: &PgPool) -> Result<Vec<Arc<BatchCodes>>, Error> {
-    let mut batches = Vec::new();
-    for batch in done_batches(pool).await? {
-        batches.push(batch_codes(pool, &batch).await?);
-    }
-    Ok(batches)
-}
-
 fn limit(value: Option<i32>, column: &str, bad: &dyn Fn(String) -> Error) -> Result<Option<u32>, Error> {
     value.map(|v| u32::try_from(v).map_err(|_| bad(format!("{column} is negative")))).transpose()
 }

@@ -21,12 +21,13 @@ use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::db::health::DatabaseHealth;
 use crate::db::identity::{self, Identity};
 use crate::db::usage::{USAGE_COLUMNS, UsageRow};
 use crate::db::{Error, money};
 use crate::domain::rules::Reason;
 use crate::engine::Engine;
-use crate::engine::leases::Scope;
+use crate::engine::ports::Scope;
 use crate::engine::ports::{
     ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts, PortAnswer, PortError, StoredRow,
 };
@@ -147,16 +148,21 @@ pub struct PgCluster {
     leases: PgPool,
     instance: String,
     epoch: i64,
+    health: Arc<DatabaseHealth>,
 }
 
 impl PgCluster {
-    pub fn new(pool: PgPool, leases: PgPool, instance: String, epoch: i64) -> PgCluster {
-        PgCluster { pool, leases, instance, epoch }
+    pub fn new(pool: PgPool, leases: PgPool, instance: String, epoch: i64, health: Arc<DatabaseHealth>) -> PgCluster {
+        PgCluster { pool, leases, instance, epoch, health }
     }
-}
 
-fn port_error(err: sqlx::Error) -> PortError {
-    PortError(err.to_string())
+    /// A call failed: `/health` hears of it at once when PostgreSQL may be why.
+    fn port_error(&self, err: sqlx::Error) -> PortError {
+        if super::is_transient(&err) {
+            self.health.report_failure("cluster", &err);
+        }
+        PortError(err.to_string())
+    }
 }
 
 fn units(n: u64) -> i64 {
@@ -208,7 +214,7 @@ impl ClusterPort for PgCluster {
             .bind(units(seq))
             .fetch_one(&self.leases)
             .await
-            .map_err(port_error)?;
+            .map_err(|e| self.port_error(e))?;
             Ok(Grant { granted: count(row.granted), held_elsewhere: count(row.held_elsewhere), fenced: row.fenced })
         })
     }
@@ -224,7 +230,7 @@ impl ClusterPort for PgCluster {
                 .bind(units(seq))
                 .fetch_one(&self.leases)
                 .await
-                .map_err(port_error)?;
+                .map_err(|e| self.port_error(e))?;
             Ok(count(returned))
         })
     }
@@ -258,7 +264,7 @@ impl ClusterPort for PgCluster {
             .bind(units(req.spent.cents))
             .fetch_one(&self.pool)
             .await
-            .map_err(port_error)?;
+            .map_err(|e| self.port_error(e))?;
             let rev = u32::try_from(row.rev).unwrap_or(0);
             Ok(match row.outcome.as_str() {
                 "taken" => ClaimOutcome::Taken { rev },
@@ -290,7 +296,7 @@ impl ClusterPort for PgCluster {
             .bind(at)
             .fetch_one(&self.pool)
             .await
-            .map_err(port_error)
+            .map_err(|e| self.port_error(e))
         })
     }
 
@@ -302,7 +308,7 @@ impl ClusterPort for PgCluster {
                 .bind(before)
                 .execute(&self.leases)
                 .await
-                .map_err(port_error)?;
+                .map_err(|e| self.port_error(e))?;
             Ok(())
         })
     }
@@ -315,7 +321,7 @@ impl ClusterPort for PgCluster {
                     .bind(self.epoch)
                     .fetch_one(&self.leases)
                     .await
-                    .map_err(port_error)?;
+                    .map_err(|e| self.port_error(e))?;
             Ok(ModeFacts { live: own.as_deref() == Some("live"), others, alone: alone_instance.zip(alone_epoch) })
         })
     }
@@ -328,7 +334,7 @@ impl ClusterPort for PgCluster {
                 .bind(alone_timeout.as_secs_f64())
                 .fetch_one(&self.leases)
                 .await
-                .map_err(port_error)
+                .map_err(|e| self.port_error(e))
         })
     }
 
@@ -338,7 +344,7 @@ impl ClusterPort for PgCluster {
                 .bind(&self.instance)
                 .execute(&self.leases)
                 .await
-                .map_err(port_error)?;
+                .map_err(|e| self.port_error(e))?;
             Ok(())
         })
     }
@@ -352,7 +358,7 @@ impl ClusterPort for PgCluster {
                     .bind(release)
                     .fetch_optional(&self.pool)
                     .await
-                    .map_err(port_error)?;
+                    .map_err(|e| self.port_error(e))?;
             Ok(row.map(|row| Changed {
                 changed: row.changed,
                 rev: u32::try_from(row.rev).unwrap_or(0),
@@ -384,6 +390,7 @@ struct FeedRow {
 pub struct Feed {
     pool: PgPool,
     engine: Arc<Engine>,
+    health: Arc<DatabaseHealth>,
     interval: Duration,
     after: i64,
     gaps: BTreeMap<i64, Instant>,
@@ -393,7 +400,12 @@ pub struct Feed {
 impl Feed {
     /// A feed that starts after what PostgreSQL holds now; call before loading the ledger,
     /// so that a use committed meanwhile is in the load or in the feed (both is harmless).
-    pub async fn start_here(pool: PgPool, engine: Arc<Engine>, interval: Duration) -> Result<Feed, Error> {
+    pub async fn start_here(
+        pool: PgPool,
+        engine: Arc<Engine>,
+        health: Arc<DatabaseHealth>,
+        interval: Duration,
+    ) -> Result<Feed, Error> {
         let (after, reclaims_after): (i64, i64) = sqlx::query_as(
             "SELECT coalesce((SELECT max(seq) FROM coupon_usage), 0), \
              coalesce((SELECT max(reclaim_seq) FROM quotas), 0)",
@@ -403,7 +415,7 @@ impl Feed {
         if let Some(cluster) = engine.cluster() {
             cluster.deciding.fed_to(after);
         }
-        Ok(Feed { pool, engine, interval, after, gaps: BTreeMap::new(), reclaims_after })
+        Ok(Feed { pool, engine, health, interval, after, gaps: BTreeMap::new(), reclaims_after })
     }
 
     /// Polls until `stop`.
@@ -414,7 +426,9 @@ impl Feed {
             tokio::select! {
                 () = stop.cancelled() => return,
                 _ = interval.tick() => {
+                    // Every 50 ms, busy or idle: the first to notice PostgreSQL gone.
                     if let Err(err) = self.poll().await {
+                        self.health.report_failure("usage feed", &err);
                         tracing::debug!(error = %err, "usage feed poll failed; retrying");
                     }
                 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::db::money;
 use crate::domain::coupon::{CampaignId, CouponId};
 use crate::domain::event::{Funding, Redeemed};
-use crate::engine::leases::Scope;
+use crate::engine::ports::Scope;
 
 /// A row as it was before the batch touched it.
 #[derive(Debug, Clone)]

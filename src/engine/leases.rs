@@ -27,47 +27,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::coupon::{CampaignId, CouponId};
+use crate::engine::ports::Scope;
 use crate::engine::ports::{ClusterPort, Grant};
-
-/// A limited total that instances lease blocks of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Scope {
-    /// A coupon's `usage_limit`, in uses.
-    CouponUses(CouponId),
-    /// A campaign's `usage_limit`, in uses.
-    CampaignUses(CampaignId),
-    /// A campaign's `budget`, in cents.
-    CampaignCents(CampaignId),
-}
-
-impl Scope {
-    /// The `quotas.kind` of PostgreSQL.
-    pub fn kind(self) -> i16 {
-        match self {
-            Scope::CouponUses(_) => 1,
-            Scope::CampaignUses(_) => 2,
-            Scope::CampaignCents(_) => 3,
-        }
-    }
-
-    /// The coupon or campaign.
-    pub fn id(self) -> i64 {
-        match self {
-            Scope::CouponUses(id) | Scope::CampaignUses(id) | Scope::CampaignCents(id) => id,
-        }
-    }
-
-    /// The scope of a `quotas` row.
-    pub fn from_row(kind: i16, id: i64) -> Option<Scope> {
-        match kind {
-            1 => Some(Scope::CouponUses(id)),
-            2 => Some(Scope::CampaignUses(id)),
-            3 => Some(Scope::CampaignCents(id)),
-            _ => None,
-        }
-    }
-}
 
 /// Why units could not be taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,16 +56,9 @@ pub struct LeaseSettings {
 }
 
 impl LeaseSettings {
-    /// The defaults of `config/default.toml`.
-    pub fn standard() -> LeaseSettings {
-        LeaseSettings {
-            target: Duration::from_secs(5),
-            refill_at: Duration::from_secs(1),
-            claim_wait: Duration::from_secs(1),
-            idle_return: Duration::from_secs(2),
-            exhausted_for: Duration::from_millis(200),
-        }
-    }
+    /// How long a "limit reached" from a grant is believed without asking again: not a
+    /// setting, because it only trades a round trip for a refusal's freshness.
+    pub const EXHAUSTED_FOR: Duration = Duration::from_millis(200);
 }
 
 /// Counts for `/metrics` and the admin statistics.

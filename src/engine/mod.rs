@@ -9,6 +9,7 @@
 //! same order waits for it.
 
 pub mod alone;
+pub mod campaigns;
 pub mod catalog;
 pub mod clock;
 pub mod cluster;
@@ -68,18 +69,6 @@ pub struct EngineSettings {
     pub released_retention: Duration,
     /// Orders the filter is sized for (1% false positives there; more beyond, never wrong).
     pub forgotten_capacity: u64,
-}
-
-impl EngineSettings {
-    /// The defaults of `config/default.toml` (tests, benches).
-    pub fn standard() -> EngineSettings {
-        EngineSettings {
-            settle_timeout: Duration::from_secs(5),
-            max_active_holds_per_user: 3,
-            released_retention: Duration::from_secs(3600),
-            forgotten_capacity: 10_000_000,
-        }
-    }
 }
 
 /// A failure of the service itself (the answer is a 503, not a refusal).
@@ -1054,11 +1043,6 @@ impl Engine {
             }
         }
         loaded
-    }
-
-    /// Live uses and discounts of a campaign, as this instance counts them.
-    pub fn campaign_usage(&self, campaign: CampaignId) -> Count {
-        self.ledger.count(Tally::Campaign(campaign))
     }
 
     /// The batches of bulk codes of `campaign` in the current catalog, in id order.

@@ -3,6 +3,7 @@
 
 use std::fmt::Debug;
 
+use crate::domain::coupon::{CampaignId, CouponId};
 use crate::domain::event::Validated;
 
 /// Where validation events go (the write-behind queue to `validation_logs`). Must never
@@ -180,11 +181,11 @@ pub trait ClusterPort: Send + Sync + Debug {
     /// its grant number `seq` (one after the other per scope). Asked again with the same
     /// number (its answer was lost), it answers what the first call granted, never granting
     /// twice.
-    fn grant(&self, scope: crate::engine::leases::Scope, want: u64, need: u64, seq: u64) -> PortAnswer<'_, Grant>;
+    fn grant(&self, scope: Scope, want: u64, need: u64, seq: u64) -> PortAnswer<'_, Grant>;
     /// Gives back up to `units` of this instance's lease of `scope`, as its return number
     /// `seq` (one after the other per scope); answers how many went. Asked again with the same
     /// number (its answer was lost), it answers what the first call did, never applying twice.
-    fn give_back(&self, scope: crate::engine::leases::Scope, units: u64, seq: u64) -> PortAnswer<'_, u64>;
+    fn give_back(&self, scope: Scope, units: u64, seq: u64) -> PortAnswer<'_, u64>;
     /// Inserts the row of a use if PostgreSQL's counts allow it.
     fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome>;
     /// Confirms (a hold) or releases the use `id` if it is still at revision `rev`.
@@ -202,4 +203,43 @@ pub trait ClusterPort: Send + Sync + Debug {
     fn take_alone(&self, alone_timeout: std::time::Duration) -> PortAnswer<'_, Option<i64>>;
     /// Gives the right to decide alone up (if held), letting waiting instances decide.
     fn release_alone(&self) -> PortAnswer<'_, ()>;
+}
+
+/// A limited total that instances lease blocks of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// A coupon's `usage_limit`, in uses.
+    CouponUses(CouponId),
+    /// A campaign's `usage_limit`, in uses.
+    CampaignUses(CampaignId),
+    /// A campaign's `budget`, in cents.
+    CampaignCents(CampaignId),
+}
+
+impl Scope {
+    /// The `quotas.kind` of PostgreSQL.
+    pub fn kind(self) -> i16 {
+        match self {
+            Scope::CouponUses(_) => 1,
+            Scope::CampaignUses(_) => 2,
+            Scope::CampaignCents(_) => 3,
+        }
+    }
+
+    /// The coupon or campaign.
+    pub fn id(self) -> i64 {
+        match self {
+            Scope::CouponUses(id) | Scope::CampaignUses(id) | Scope::CampaignCents(id) => id,
+        }
+    }
+
+    /// The scope of a `quotas` row.
+    pub fn from_row(kind: i16, id: i64) -> Option<Scope> {
+        match kind {
+            1 => Some(Scope::CouponUses(id)),
+            2 => Some(Scope::CampaignUses(id)),
+            3 => Some(Scope::CampaignCents(id)),
+            _ => None,
+        }
+    }
 }

@@ -35,7 +35,7 @@ impl Fixture {
         let metrics = Arc::new(Metrics::new(&[]));
         let (journal, reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
-        let settings = EngineSettings::standard();
+        let settings = crate::config::Settings::defaults().engine();
         let engine = Arc::new(Engine::new(journal, Ports::none(), clock.clone(), metrics, settings));
         engine.catalog().publisher().await.replace_all(coupons, campaigns, Vec::new());
         engine.catalog().set_ready();
@@ -477,7 +477,7 @@ async fn the_deadline_task_expires_holds_on_a_paused_clock() {
     let metrics = Arc::new(Metrics::new(&[]));
     let (journal, _reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
     let clock = Arc::new(clock::TokioClock::starting_at(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
-    let settings = EngineSettings::standard();
+    let settings = crate::config::Settings::defaults().engine();
     let engine = Arc::new(Engine::new(journal, Ports::none(), clock, metrics, settings));
     engine.catalog().publisher().await.replace_all(vec![coupon(1, "ONE", |_| {})], vec![], Vec::new());
     // The holds are taken before the task starts: while a request waits for the journal's

@@ -2,6 +2,7 @@
 //! parses, calls the engine (or `db/` for admin reads and writes) and renders; no business
 //! rule lives here.
 
+pub mod call;
 pub mod campaign_input;
 pub mod coupon_input;
 pub mod error;

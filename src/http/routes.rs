@@ -15,14 +15,15 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue, X_CONTENT_TYPE_OPTIONS};
-use hyper::{HeaderMap, Method, Request};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 use crate::http::State;
+use crate::http::call::Call;
 use crate::http::error::ApiError;
 use crate::http::handlers::{admin, campaigns, instances, ops, public};
-use crate::http::response::HttpResponse;
+use crate::http::response::{self, HttpResponse};
 
 /// Largest request body accepted (API.md: bodies over 16 KiB get 413).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -56,20 +57,6 @@ pub struct Route {
     pub max_body: usize,
     /// The OpenAPI path item.
     pub openapi: &'static str,
-}
-
-/// A request as a handler gets it.
-#[derive(Debug)]
-pub struct Call {
-    /// The path's `{…}` segments, percent-decoded, in order.
-    pub params: Vec<String>,
-    pub query: Option<String>,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub client_ip: IpAddr,
-    /// The caller presented the API token (or none is configured): a trusted backend.
-    pub backend: bool,
-    pub started: Instant,
 }
 
 macro_rules! handler {
@@ -141,7 +128,7 @@ pub static ROUTES: &[Route] = &[
     },
     Route {
         template: "/openapi.json",
-        methods: &[(Method::GET, handler!(ops::openapi))],
+        methods: &[(Method::GET, handler!(openapi))],
         access: Access::Open,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
@@ -312,6 +299,11 @@ pub static OPENAPI: LazyLock<Bytes> = LazyLock::new(|| {
 /// What every operation of its kind answers, from how [`handle`] treats it: a path
 /// parameter brings `400` (an invalid segment), a body `408` and `415`, a backend route `401`
 /// when API_TOKEN is set, an admin route `429` after failed authentications.
+/// `GET /openapi.json`: the document this table describes, so it lives beside it.
+async fn openapi(_state: &State, _call: Call) -> Result<HttpResponse, ApiError> {
+    Ok(response::with_body(StatusCode::OK, HeaderValue::from_static("application/json"), OPENAPI.clone()))
+}
+
 fn add_shared_responses(route: &Route, operation: &mut serde_json::Value) {
     let shared = |name: &str| serde_json::json!({ "$ref": format!("#/components/responses/{name}") });
     let mut add = Vec::new();

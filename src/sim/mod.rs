@@ -8,14 +8,13 @@
 //! instance killed (memory gone, its journal kept) and started again, stopped cleanly, or
 //! written off (its disk lost); an instance paused (none of its steps run);
 //! the feed late (it runs when drawn) and reordered; clocks apart by up to `SPREAD_MS`.
-//! The history of answers is checked as it grows and at its end (`check`). A failure names
+//! The history of answers is checked as it grows and at its end (`crate::history`). A failure names
 //! its seed; the same seed replays the same schedule.
 //!
 //! Steps run one at a time, so races inside one request are not explored here (the engine's
 //! own tests and the integration tests race real requests); what is explored is every order
 //! of the cluster's messages and faults between them.
 
-mod check;
 mod pg;
 
 use std::path::PathBuf;
@@ -34,16 +33,17 @@ use crate::domain::rules::Reason;
 use crate::engine::alone::{Deciding, Mode};
 use crate::engine::clock::ManualClock;
 use crate::engine::cluster::Cluster;
-use crate::engine::leases::{LeaseSettings, Leases, Scope};
+use crate::engine::leases::{LeaseSettings, Leases};
+use crate::engine::ports::Scope;
 use crate::engine::ports::{
     ArchiveAnswer, ArchivedOrder, ChangeAnswer, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts,
     NoValidationLog, PortAnswer, PortError, Ports, StoredAnswer, UsageArchive,
 };
 use crate::engine::standing::Standing;
 use crate::engine::{Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, UseOutcome, UseRequest};
+use crate::history::{Answer, Checker, Counts, FinalUse, Shape};
 use crate::journal::{Journal, JournalReader};
 use crate::metrics::Metrics;
-use check::{Answer, Checker, Counts, Shape};
 use pg::{InstanceState, Limits, Pg};
 
 /// How far apart two instances' clocks may be, in ms.
@@ -434,7 +434,7 @@ impl Sim {
             Ports { validations: Arc::new(NoValidationLog), archive },
             self.nodes[i].clock.clone(),
             metrics,
-            EngineSettings { forgotten_capacity: 1_000, ..EngineSettings::standard() },
+            EngineSettings { forgotten_capacity: 1_000, ..crate::config::Settings::defaults().engine() },
         ));
         engine.catalog().publisher().await.replace_all(self.coupons.clone(), self.campaigns.clone(), Vec::new());
         let port: Arc<dyn ClusterPort> =
@@ -446,7 +446,7 @@ impl Sim {
                 refill_at: Duration::from_secs(1),
                 claim_wait: Duration::from_millis(20),
                 idle_return: Duration::from_secs(2),
-                exhausted_for: Duration::from_millis(200),
+                exhausted_for: LeaseSettings::EXHAUSTED_FOR,
             },
         );
         let standing = Arc::new(Standing::new(SPEND_WINDOW, ALONE_WINDOW));
@@ -649,15 +649,7 @@ impl Sim {
         };
         self.say(|| format!("n{i} {kind:?} {} {} {}: {answer:?}", coupon.code, asked.user, asked.order));
         let releasing = matches!(kind, Kind::Release);
-        self.checker.record(
-            &self.nodes[i].name,
-            coupon.id,
-            &asked.order,
-            &asked.user,
-            answer,
-            releasing,
-            self.now_ms(),
-        );
+        self.checker.record(&self.nodes[i].name, coupon.id, &asked.order, &asked.user, answer, releasing);
         Ok(())
     }
 
@@ -813,7 +805,7 @@ impl Sim {
                 };
                 let answer = use_answer(running.engine.redeem(&req).await);
                 self.say(|| format!("sell-out n{i} {} {user} {order}: {answer:?}", coupon.code));
-                self.checker.record(&self.nodes[i].name, coupon.id, &order, &user, answer, false, self.now_ms());
+                self.checker.record(&self.nodes[i].name, coupon.id, &order, &user, answer, false);
                 match answer {
                     Answer::Refused { limit: true } => refusals += 1,
                     Answer::Taken { .. } => refusals = 0,
@@ -890,7 +882,18 @@ impl Sim {
         self.sell_out().await?;
         self.checker.check_limits(self.now_ms())?;
         let pg = self.world.pg.lock().expect("pg");
-        if let Err(failure) = self.checker.check_final(&pg.rows, &pg.dropped) {
+        let uses: Vec<FinalUse> = pg
+            .rows
+            .values()
+            .map(|r| FinalUse {
+                coupon: r.coupon,
+                order: r.order.clone(),
+                user: r.user.clone(),
+                live: r.live(),
+                held: r.hold_until.is_some(),
+            })
+            .collect();
+        if let Err(failure) = self.checker.check_final(&uses, &pg.dropped) {
             let rows: Vec<String> = pg
                 .rows
                 .values()

@@ -17,7 +17,7 @@ use crate::domain::event::{Event, Funding, Spent};
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 use crate::engine::StoredUse;
-use crate::engine::leases::Scope;
+use crate::engine::ports::Scope;
 use crate::engine::ports::{Changed, ClaimOutcome, ClaimRequest, Grant, ModeFacts, StoredRow};
 
 /// A `coupon_usage` row.

@@ -17,10 +17,10 @@ use crate::domain::coupon::{CampaignId, Coupon, normalize_code};
 use crate::domain::money::Cents;
 use crate::engine::ledger::Tally;
 use crate::http::State;
+use crate::http::call::Call;
 use crate::http::coupon_input::CouponPatch;
 use crate::http::error::ApiError;
 use crate::http::response::{self, HttpResponse, money, optional_money, rfc3339};
-use crate::http::routes::Call;
 
 /// How long an admin write waits for its NOTIFY to reach this instance's catalog, so that
 /// the next request here sees the change.

@@ -16,12 +16,12 @@ use crate::db::catalog;
 use crate::domain::campaign::Campaign;
 use crate::domain::money::Cents;
 use crate::http::State;
+use crate::http::call::Call;
 use crate::http::campaign_input::{BatchRequest, CampaignPatch};
 use crate::http::error::ApiError;
 use crate::http::handlers::admin::{CACHE_SYNC_TIMEOUT, database_error, write_error};
 use crate::http::request::{id, parse_object};
 use crate::http::response::{self, HttpResponse, optional_money, rfc3339};
-use crate::http::routes::Call;
 
 /// How long a batch request waits for its batch before answering `202`: under the admin
 /// timeout, with room to spare.
@@ -56,8 +56,7 @@ struct CampaignView<'a> {
 }
 
 fn view<'a>(state: &State, campaign: &'a Campaign) -> CampaignView<'a> {
-    let usage = state.engine.campaign_usage(campaign.id);
-    let spent = Cents::new(usage.spent).unwrap_or(Cents::ZERO);
+    let standing = state.engine.campaign_standing(campaign);
     let cached = state.engine.catalog().load().campaign(campaign.id).is_some_and(|c| c.version >= campaign.version);
     CampaignView {
         id: campaign.id,
@@ -69,10 +68,10 @@ fn view<'a>(state: &State, campaign: &'a Campaign) -> CampaignView<'a> {
         valid_from: campaign.valid_from.map(rfc3339),
         valid_until: campaign.valid_until.map(rfc3339),
         version: campaign.version,
-        used: usage.live,
-        spent,
-        remaining_uses: campaign.usage_limit.map(|limit| limit.saturating_sub(usage.live)),
-        remaining_budget: campaign.budget.map(|budget| budget.saturating_sub(spent)),
+        used: standing.used,
+        spent: standing.spent,
+        remaining_uses: standing.remaining_uses,
+        remaining_budget: standing.remaining_budget,
         cached,
     }
 }
@@ -97,14 +96,9 @@ pub async fn patch_campaign(state: &State, call: Call) -> Result<HttpResponse, A
     let engine = &state.engine;
     let updated = campaigns::update(&state.pool, &call.params[0], |current| {
         let next = patch.apply_to(current)?;
-        let usage = engine.campaign_usage(current.id);
-        if next.usage_limit.is_some_and(|limit| limit < usage.live) {
-            return Err(ApiError::BelowUsage { field: "usageLimit", used: usage.live.to_string() });
-        }
-        let spent = Cents::new(usage.spent).unwrap_or(Cents::ZERO);
-        if next.budget.is_some_and(|budget| budget < spent) {
-            return Err(ApiError::BelowUsage { field: "budget", used: spent.to_string() });
-        }
+        engine
+            .check_campaign_change(&next)
+            .map_err(|below| ApiError::BelowUsage { field: below.field, used: below.used })?;
         Ok(next)
     })
     .await

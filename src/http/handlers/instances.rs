@@ -6,10 +6,10 @@ use serde::Serialize;
 
 use crate::db::cluster::{self, WriteOff};
 use crate::http::State;
+use crate::http::call::Call;
 use crate::http::error::ApiError;
 use crate::http::handlers::admin::{database_error, limit_param};
 use crate::http::response::{self, HttpResponse, rfc3339};
-use crate::http::routes::Call;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,4 +1,4 @@
-//! `/health`, `/health/ready`, `/metrics` and `/openapi.json`.
+//! `/health`, `/health/ready` and `/metrics`.
 
 use chrono::Utc;
 use hyper::StatusCode;
@@ -8,9 +8,9 @@ use serde::Serialize;
 use crate::db::listener::ListenerState;
 use crate::engine::standing::StandingState;
 use crate::http::State;
+use crate::http::call::Call;
 use crate::http::error::ApiError;
 use crate::http::response::{self, HttpResponse, rfc3339};
-use crate::http::routes::{Call, OPENAPI};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -102,12 +102,10 @@ pub async fn metrics(state: &State, _call: Call) -> Result<HttpResponse, ApiErro
     let current = catalog.load();
     let (mut uses, mut spent, mut exhausted) = (0u64, 0u64, 0u64);
     for campaign in current.campaigns() {
-        let usage = engine.campaign_usage(campaign.id);
-        uses += u64::from(usage.live);
-        spent += usage.spent;
-        let capped = campaign.usage_limit.is_some_and(|limit| usage.live >= limit);
-        let broke = campaign.budget.is_some_and(|budget| usage.spent >= budget.get());
-        exhausted += u64::from(capped || broke);
+        let standing = engine.campaign_standing(campaign);
+        uses += u64::from(standing.used);
+        spent += standing.spent.get();
+        exhausted += u64::from(standing.exhausted);
     }
     let campaigns = &metrics.campaigns;
     campaigns.count.set(current.campaigns().count() as f64);
@@ -125,9 +123,4 @@ pub async fn metrics(state: &State, _call: Call) -> Result<HttpResponse, ApiErro
     metrics.pool_max.set(f64::from(state.pool.options().get_max_connections()));
     let text = metrics.render();
     Ok(response::with_body(StatusCode::OK, HeaderValue::from_static("text/plain; version=0.0.4"), text.into()))
-}
-
-/// `GET /openapi.json`.
-pub async fn openapi(_state: &State, _call: Call) -> Result<HttpResponse, ApiError> {
-    Ok(response::with_body(StatusCode::OK, HeaderValue::from_static("application/json"), OPENAPI.clone()))
 }

@@ -14,10 +14,10 @@ use crate::engine::{
     Caller, EngineError, Receipt, ReleaseOutcome, ReleaseRequest, UseOutcome, UseRequest, ValidateRequest,
 };
 use crate::http::State;
+use crate::http::call::Call;
 use crate::http::error::ApiError;
 use crate::http::request::{ReleaseBody, UseBody, ValidateBody};
 use crate::http::response::{self, HttpResponse, money, rfc3339};
-use crate::http::routes::Call;
 
 /// Longest `User-Agent` kept in the validation log.
 const MAX_USER_AGENT_LEN: usize = 512;

@@ -8,6 +8,7 @@ mod cluster_race;
 mod codes;
 mod conn;
 mod drills;
+mod fault_campaign;
 mod holds;
 mod hostile;
 mod load;
@@ -111,6 +112,9 @@ enum Command {
     /// Checkout holds: hold throughput and p99, 100,000 holds expiring in one second given back
     /// while validations keep their p99, nothing lost or counted twice (runs its own service).
     Holds(holds::HoldsArgs),
+    /// The real fault campaign (tools/campaign): instances behind HAProxy, each behind a
+    /// proxy to PostgreSQL, under a seeded nemesis; the history checked like the simulation's.
+    FaultCampaign(fault_campaign::FaultCampaignArgs),
     /// The validation log at 100,000,000 rows on a scratch database: the admin statistics and
     /// recent reads must answer in under 100 ms.
     LogScale(log_scale::LogScaleArgs),
@@ -154,6 +158,9 @@ fn main() -> anyhow::Result<()> {
                 campaign_race::campaign_race(need_db(cli.database_url.as_deref())?, args).await
             }
             Some(Command::Holds(args)) => holds::holds(need_db(cli.database_url.as_deref())?, args).await,
+            Some(Command::FaultCampaign(args)) => {
+                fault_campaign::fault_campaign(need_db(cli.database_url.as_deref())?, args).await
+            }
             Some(Command::LogScale(args)) => log_scale::log_scale(need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::Codes(args)) => codes::codes(need_db(cli.database_url.as_deref())?, args).await,
             Some(Command::Hostile(args)) => {

@@ -1,4 +1,6 @@
-//! The invariants over a history of answers, checked as the history grows and at its end:
+//! The invariants over a history of answers, checked as the history grows and at its end;
+//! one checker for the deterministic simulation (`src/sim`) and the real fault campaign
+//! (`loadgen fault-campaign`):
 //! (a) at no moment do the uses certainly live (acknowledged, not since given up or due)
 //!     exceed a limit or a budget; (b) every acknowledged redemption, release and hold ends in
 //!     the final rows as acknowledged, once (ids are one per `(coupon, order)`); (c) after the
@@ -7,30 +9,40 @@
 //!     so is a `404` to the release of an acknowledged use (a failure if the use was claimed:
 //!     its row was in PostgreSQL before its answer).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::domain::coupon::{CampaignId, CouponId};
-use crate::sim::pg::Row;
 
 /// What the checker knows of a coupon.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Shape {
-    pub(super) coupon: CouponId,
-    pub(super) limit: Option<u64>,
-    pub(super) per_user: Option<u64>,
-    pub(super) campaign: Option<CampaignId>,
-    pub(super) campaign_uses: Option<u64>,
-    pub(super) campaign_cents: Option<u64>,
-    pub(super) discount_cents: u64,
+pub struct Shape {
+    pub coupon: CouponId,
+    pub limit: Option<u64>,
+    pub per_user: Option<u64>,
+    pub campaign: Option<CampaignId>,
+    pub campaign_uses: Option<u64>,
+    pub campaign_cents: Option<u64>,
+    pub discount_cents: u64,
     /// Whether its uses are claimed in PostgreSQL (any limit): then one order is one use
     /// across instances; without (no limit at all), an order taken on two instances before
     /// either learned of the other is the order conflict API.md §6 allows.
-    pub(super) claimed: bool,
+    pub claimed: bool,
+}
+
+/// A use as it ends in PostgreSQL, once every fault healed and every journal shipped.
+#[derive(Debug, Clone)]
+pub struct FinalUse {
+    pub coupon: CouponId,
+    pub order: String,
+    pub user: String,
+    pub live: bool,
+    /// Still a hold (never confirmed): live only if its deadline has not passed.
+    pub held: bool,
 }
 
 /// What an answer said of a use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Answer {
+pub enum Answer {
     /// Taken (201) or confirmed: live, a hold until its deadline (ms).
     Taken { hold_until: Option<i64> },
     /// A replay (200): the first answer again. It says the use was taken, not that it is
@@ -73,21 +85,21 @@ struct Order {
     release_asked: bool,
     /// The instance that gave the last acknowledgement, and every instance asked about it.
     acked_by: String,
-    asked_on: std::collections::BTreeSet<String>,
+    asked_on: BTreeSet<String>,
 }
 
 /// What a history showed, beyond pass or fail.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Counts {
-    pub(super) answers: u64,
-    pub(super) acknowledged: u64,
-    pub(super) limit_refusals: u64,
-    pub(super) false_refusals: u64,
-    pub(super) false_not_found: u64,
+pub struct Counts {
+    pub answers: u64,
+    pub acknowledged: u64,
+    pub limit_refusals: u64,
+    pub false_refusals: u64,
+    pub false_not_found: u64,
     /// Orders of coupons without claims, asked about on two instances that decided without
     /// seeing each other's use, whose final row is not what the last acknowledgement said
     /// (the order conflicts of README's "Known limits").
-    pub(super) order_conflicts: u64,
+    pub order_conflicts: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -103,18 +115,23 @@ impl std::ops::AddAssign for Counts {
 
 /// The history so far, folded into what each order certainly or maybe is.
 #[derive(Debug)]
-pub(super) struct Checker {
+pub struct Checker {
     shapes: BTreeMap<CouponId, Shape>,
     orders: BTreeMap<(CouponId, String), Order>,
+    /// The orders of limited coupons last known certainly live (some may have reached their
+    /// hold's deadline since), and the orders that may be live: the limit checks look only
+    /// at these, so that a long history checks in time proportional to its length.
+    certain: BTreeSet<(CouponId, String)>,
+    maybe: BTreeSet<(CouponId, String)>,
     /// How far apart the instances' clocks may be, in ms: a hold is certainly live only
     /// until its deadline less this.
     spread_ms: i64,
-    pub(super) counts: Counts,
+    pub counts: Counts,
     /// Limit checks that failed only with orders that may be order conflicts in them: each
     /// must hold at the end once the orders proved conflicts are left out, or it stands.
     suspects: Vec<Violation>,
     /// Orders one of whose uses the shipper dropped (another row of the order was newer).
-    dropped: std::collections::BTreeSet<(CouponId, String)>,
+    dropped: BTreeSet<(CouponId, String)>,
     /// The first `404` to the release of a claimed use certainly live.
     wrong_not_found: Option<String>,
 }
@@ -129,22 +146,25 @@ struct Violation {
 }
 
 impl Checker {
-    pub(super) fn new(shapes: &[Shape], spread_ms: i64) -> Checker {
+    pub fn new(shapes: &[Shape], spread_ms: i64) -> Checker {
         Checker {
             shapes: shapes.iter().map(|s| (s.coupon, *s)).collect(),
             orders: BTreeMap::new(),
+            certain: BTreeSet::new(),
+            maybe: BTreeSet::new(),
             spread_ms,
             counts: Counts::default(),
             suspects: Vec::new(),
-            dropped: std::collections::BTreeSet::new(),
+            dropped: BTreeSet::new(),
             wrong_not_found: None,
         }
     }
 
-    /// Records an answer about `(coupon, order)` by `user`, given at `now` (ms); `releasing`
-    /// if it answers a release (whose `503` may have released it).
-    #[allow(clippy::too_many_arguments, reason = "one answer's facts, from two call sites")]
-    pub(super) fn record(
+    /// Records an answer about `(coupon, order)` by `user`, given by `instance`; `releasing`
+    /// if it answers a release (whose `503` may have released it). Answers are recorded in
+    /// the order they took effect; [`Checker::check_limits`] then says whether the uses
+    /// certainly live at that moment fit every limit.
+    pub fn record(
         &mut self,
         instance: &str,
         coupon: CouponId,
@@ -152,16 +172,16 @@ impl Checker {
         user: &str,
         answer: Answer,
         releasing: bool,
-        now: i64,
     ) {
         self.counts.answers += 1;
         if matches!(answer, Answer::Refused { limit: true }) {
             self.counts.limit_refusals += 1;
-            if self.provably_free(coupon, user, now) {
+            if self.provably_free(coupon, user) {
                 self.counts.false_refusals += 1;
             }
         }
-        let entry = self.orders.entry((coupon, order.to_owned())).or_insert_with(|| Order {
+        let key = (coupon, order.to_owned());
+        let entry = self.orders.entry(key.clone()).or_insert_with(|| Order {
             coupon,
             user: user.to_owned(),
             certain: Certain::NotLive,
@@ -171,7 +191,7 @@ impl Checker {
             lost: false,
             release_asked: false,
             acked_by: String::new(),
-            asked_on: std::collections::BTreeSet::new(),
+            asked_on: BTreeSet::new(),
         });
         if releasing {
             entry.release_asked = true;
@@ -229,15 +249,36 @@ impl Checker {
                 entry.uncertain_after = true;
             }
         }
+        self.index(key);
+    }
+
+    /// Puts `key` in the indexes its order's state says it belongs to, and out of the others.
+    fn index(&mut self, key: (CouponId, String)) {
+        let Some(order) = self.orders.get(&key) else { return };
+        let limited = self.shapes.get(&key.0).is_some_and(|s| {
+            s.limit.is_some() || s.per_user.is_some() || s.campaign_uses.is_some() || s.campaign_cents.is_some()
+        });
+        let (certain, maybe) = (limited && matches!(order.certain, Certain::Live { .. }), order.maybe || order.lost);
+        if certain {
+            self.certain.insert(key.clone());
+        } else {
+            self.certain.remove(&key);
+        }
+        if maybe {
+            self.maybe.insert(key);
+        } else {
+            self.maybe.remove(&key);
+        }
     }
 
     /// The orders whose acknowledgements were journalled by an instance whose disk is lost
     /// before they shipped: the operator's write-off gave them up.
-    pub(super) fn lose(&mut self, orders: &[(CouponId, String)]) {
+    pub fn lose(&mut self, orders: &[(CouponId, String)]) {
         for key in orders {
             if let Some(order) = self.orders.get_mut(key) {
                 order.lost = true;
                 order.certain = Certain::Unknown;
+                self.index(key.clone());
             }
         }
     }
@@ -252,10 +293,9 @@ impl Checker {
 
     /// Whether every limit `coupon` draws on had room for one more use by `user` for sure:
     /// the uses that may be live leave at least one unit of each.
-    fn provably_free(&self, coupon: CouponId, user: &str, now: i64) -> bool {
-        let _ = now;
+    fn provably_free(&self, coupon: CouponId, user: &str) -> bool {
         let Some(shape) = self.shapes.get(&coupon) else { return false };
-        let maybe: Vec<&Order> = self.orders.values().filter(|o| o.maybe || o.lost).collect();
+        let maybe: Vec<&Order> = self.maybe.iter().filter_map(|key| self.orders.get(key)).collect();
         let count = |f: &dyn Fn(&Order) -> bool| maybe.iter().filter(|o| f(o)).count() as u64;
         let within = |limit: Option<u64>, used: u64, need: u64| limit.is_none_or(|l| used + need <= l);
         let campaign = |o: &Order| {
@@ -277,9 +317,19 @@ impl Checker {
     /// (a): the uses certainly live now fit every limit. Where they do not, but do without
     /// the orders that may be conflicts, those become suspects, each to be proved a conflict
     /// at the end (`check_final`).
-    pub(super) fn check_limits(&mut self, now: i64) -> Result<(), String> {
+    pub fn check_limits(&mut self, now: i64) -> Result<(), String> {
         if let Some(what) = self.wrong_not_found.take() {
             return Err(what);
+        }
+        // Holds past their deadline (less the clocks' spread) are no longer certainly live.
+        let due: Vec<(CouponId, String)> = self
+            .certain
+            .iter()
+            .filter(|key| self.orders.get(*key).is_none_or(|o| !self.certainly_live(o, now)))
+            .cloned()
+            .collect();
+        for key in due {
+            self.certain.remove(&key);
         }
         let Err(violation) = self.limits_hold(now, false) else { return Ok(()) };
         self.limits_hold(now, true).map_err(|_| violation.what.clone())?;
@@ -290,8 +340,9 @@ impl Checker {
     /// `Err` says what is exceeded.
     fn limits_hold(&self, now: i64, without_possible_conflicts: bool) -> Result<(), Violation> {
         let keyed: Vec<(&(CouponId, String), &Order)> = self
-            .orders
+            .certain
             .iter()
+            .filter_map(|key| Some((key, self.orders.get(key)?)))
             .filter(|(_, o)| self.certainly_live(o, now) && !(without_possible_conflicts && self.may_conflict(o)))
             .collect();
         let violation = |what: String, limit: u64, counts: &dyn Fn(&Order) -> u64| Violation {
@@ -347,21 +398,17 @@ impl Checker {
 
     /// (b): every acknowledged answer stands in the final rows (after every fault healed,
     /// every journal shipped and every deadline passed).
-    pub(super) fn check_final(
-        &mut self,
-        rows: &BTreeMap<uuid::Uuid, Row>,
-        dropped: &std::collections::BTreeSet<(CouponId, String)>,
-    ) -> Result<(), String> {
+    pub fn check_final(&mut self, rows: &[FinalUse], dropped: &BTreeSet<(CouponId, String)>) -> Result<(), String> {
         self.dropped.clone_from(dropped);
-        let by_order: BTreeMap<(CouponId, &str), &Row> =
-            rows.values().map(|r| ((r.coupon, r.order.as_str()), r)).collect();
+        let by_order: BTreeMap<(CouponId, &str), &FinalUse> =
+            rows.iter().map(|r| ((r.coupon, r.order.as_str()), r)).collect();
         if by_order.len() != rows.len() {
             return Err("two rows for one (coupon, order)".into());
         }
         // An order conflict, proved: an order that may be one (a coupon without claims,
         // asked about on two instances) one of whose uses the shipper dropped, or whose final
         // row is not what its last acknowledgement said.
-        let mut conflicts = std::collections::BTreeSet::new();
+        let mut conflicts = BTreeSet::new();
         let mut lost_to_conflicts = 0;
         let mut mismatches = Vec::new();
         for (key, order) in &self.orders {
@@ -373,10 +420,10 @@ impl Checker {
             let holds = order.uncertain_after
                 || match order.last_acked {
                     Some(Answer::Taken { hold_until: None }) => {
-                        row.is_some_and(|row| row.live() && row.hold_until.is_none() && row.user == order.user)
+                        row.is_some_and(|row| row.live && !row.held && row.user == order.user)
                     }
                     Some(Answer::Taken { hold_until: Some(_) }) => row.is_some(),
-                    Some(Answer::Released) => row.is_some_and(|row| !row.live()),
+                    Some(Answer::Released) => row.is_some_and(|row| !row.live),
                     _ => true,
                 };
             if self.may_conflict(order) && (!holds || self.dropped.contains(key)) {
