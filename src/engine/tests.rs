@@ -1,50 +1,108 @@
 //! The engine's use cases without HTTP or PostgreSQL: a real journal in a temporary
-//! directory, a clock the test moves.
+//! directory, a clock the test moves. Every case runs in both modes: deciding alone (the
+//! journal records every use) and sharing with other instances (uses under a limit are
+//! claimed in the simulation's model of PostgreSQL, `crate::sim::SharedModel`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::TimeZone;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use super::*;
 use crate::domain::campaign::Campaign;
 use crate::domain::coupon::{Coupon, CouponKind, Discount, Status};
 use crate::domain::event::Event;
+use crate::domain::identity::redemption_id;
 use crate::engine::clock::ManualClock;
 use crate::engine::ports::Ports;
 use crate::journal::JournalReader;
+use crate::sim::SharedModel;
+
+/// The two ways an instance decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deciding {
+    Alone,
+    Sharing,
+}
+
+const BOTH: [Deciding; 2] = [Deciding::Alone, Deciding::Sharing];
 
 struct Fixture {
     engine: Arc<Engine>,
     clock: Arc<ManualClock>,
-    reader: JournalReader,
+    reader: Arc<Mutex<JournalReader>>,
     dir: PathBuf,
+    /// PostgreSQL's side while sharing, and the shipper that feeds it the journal.
+    shared: Option<Arc<SharedModel>>,
+    shipper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        if let Some(shipper) = &self.shipper {
+            shipper.abort();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Fixture {
-    async fn new(coupons: Vec<Coupon>, campaigns: Vec<Campaign>) -> Fixture {
+    async fn new(deciding: Deciding, coupons: Vec<Coupon>, campaigns: Vec<Campaign>) -> Fixture {
         let dir = std::env::temp_dir().join(format!("engine-test-{}", Uuid::new_v4().simple()));
         let metrics = Arc::new(Metrics::new(&[]));
         let (journal, reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
         let settings = crate::config::Settings::defaults().engine();
-        let engine = Arc::new(Engine::new(journal, Ports::none(), clock.clone(), metrics, settings));
+        let shared =
+            (deciding == Deciding::Sharing).then(|| Arc::new(SharedModel::new(&coupons, &campaigns, clock.clone())));
+        let ports = shared.as_deref().map_or_else(Ports::none, SharedModel::ports);
+        let engine = Arc::new(Engine::new(journal, ports, clock.clone(), metrics, settings));
+        if let Some(shared) = &shared {
+            shared.join(&engine);
+        }
         engine.catalog().publisher().await.replace_all(coupons, campaigns, Vec::new());
         engine.catalog().set_ready();
-        Fixture { engine, clock, reader, dir }
+        let reader = Arc::new(Mutex::new(reader));
+        let shipper = shared.clone().map(|shared| {
+            let reader = reader.clone();
+            tokio::spawn(async move {
+                loop {
+                    shared.ship(&mut reader.lock().unwrap());
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        });
+        Fixture { engine, clock, reader, dir, shared, shipper }
+    }
+
+    /// Every use taken and recorded, where it is recorded (the journal, or PostgreSQL for a
+    /// claimed one): (coupon, order, discount).
+    fn recorded_uses(&self) -> Vec<(CouponId, String, Cents)> {
+        if let Some(shared) = &self.shared {
+            shared.ship(&mut self.reader.lock().unwrap());
+            return shared
+                .rows()
+                .into_iter()
+                .map(|(coupon, order, discount, _, _)| (coupon, order, discount))
+                .collect();
+        }
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Redeemed(r) => Some((r.coupon_id, r.order_id, r.discount)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every event in the journal, in order.
     fn events(&self) -> Vec<Event> {
-        let (entries, _) = self.reader.read(self.reader.checkpoint(), 64 << 20).unwrap();
+        let reader = self.reader.lock().unwrap();
+        let (entries, _) = reader.read(reader.checkpoint(), 64 << 20).unwrap();
         entries.iter().map(|e| Event::decode(&e.payload).unwrap()).collect()
     }
 
@@ -94,365 +152,399 @@ fn receipt(outcome: &UseOutcome) -> &Receipt {
 
 #[tokio::test]
 async fn a_redemption_replays_and_refuses_others_and_other_amounts() {
-    let f = Fixture::new(vec![coupon(1, "TEN", |_| {})], vec![]).await;
-    let first = f.redeem("ten", "u1", "o-1", 10_000).await;
-    assert!(matches!(first, UseOutcome::Taken(_)), "{first:?}");
-    let id = receipt(&first).id;
-    assert_eq!(id, redemption_id(1, "o-1"), "ids are deterministic");
-    assert_eq!((receipt(&first).discount, receipt(&first).final_amount), (cents(1_000), cents(9_000)));
-    let again = f.redeem("TEN", "u1", "o-1", 10_000).await;
-    assert!(matches!(&again, UseOutcome::Replayed(r) if r.id == id), "{again:?}");
-    assert_eq!(f.redeem("TEN", "u2", "o-1", 10_000).await, UseOutcome::Refused(Refused::OrderTaken));
-    assert_eq!(f.redeem("TEN", "u1", "o-1", 20_000).await, UseOutcome::Refused(Refused::IdempotencyMismatch));
-    assert_eq!(f.validate("TEN", "u9", Some("o-1")), Decision::Rejected(Reason::OrderAlreadyRedeemed));
-    assert_eq!(f.redeem("NOPE", "u1", "o-2", 1).await, UseOutcome::Refused(Refused::Rule(Reason::CouponNotFound)));
-    let redeemed = f.events().into_iter().filter(|e| matches!(e, Event::Redeemed(_))).count();
-    assert_eq!(redeemed, 1, "one event for one redemption");
+    for deciding in BOTH {
+        let f = Fixture::new(deciding, vec![coupon(1, "TEN", |_| {})], vec![]).await;
+        let first = f.redeem("ten", "u1", "o-1", 10_000).await;
+        assert!(matches!(first, UseOutcome::Taken(_)), "{first:?}");
+        let id = receipt(&first).id;
+        assert_eq!(id, redemption_id(1, "o-1"), "ids are deterministic");
+        assert_eq!((receipt(&first).discount, receipt(&first).final_amount), (cents(1_000), cents(9_000)));
+        let again = f.redeem("TEN", "u1", "o-1", 10_000).await;
+        assert!(matches!(&again, UseOutcome::Replayed(r) if r.id == id), "{again:?}");
+        assert_eq!(f.redeem("TEN", "u2", "o-1", 10_000).await, UseOutcome::Refused(Refused::OrderTaken));
+        assert_eq!(f.redeem("TEN", "u1", "o-1", 20_000).await, UseOutcome::Refused(Refused::IdempotencyMismatch));
+        assert_eq!(f.validate("TEN", "u9", Some("o-1")), Decision::Rejected(Reason::OrderAlreadyRedeemed));
+        assert_eq!(f.redeem("NOPE", "u1", "o-2", 1).await, UseOutcome::Refused(Refused::Rule(Reason::CouponNotFound)));
+        assert_eq!(f.recorded_uses().len(), 1, "one record for one redemption ({deciding:?})");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_buyers_for_fifty_uses() {
-    let f = Fixture::new(vec![coupon(1, "FIFTY", |c| c.usage_limit = Some(50))], vec![]).await;
-    let tasks: Vec<_> = (0..300)
-        .map(|n| {
-            let engine = f.engine.clone();
-            tokio::spawn(async move {
-                let (user, order) = (format!("buyer-{n}"), format!("order-{n}"));
-                let req = UseRequest { code: "FIFTY", user_id: &user, order_id: &order, order_value: cents(5_000) };
-                engine.redeem(&req).await.unwrap()
+    for deciding in BOTH {
+        let f = Fixture::new(deciding, vec![coupon(1, "FIFTY", |c| c.usage_limit = Some(50))], vec![]).await;
+        let tasks: Vec<_> = (0..300)
+            .map(|n| {
+                let engine = f.engine.clone();
+                tokio::spawn(async move {
+                    let (user, order) = (format!("buyer-{n}"), format!("order-{n}"));
+                    let req = UseRequest { code: "FIFTY", user_id: &user, order_id: &order, order_value: cents(5_000) };
+                    engine.redeem(&req).await.unwrap()
+                })
             })
-        })
-        .collect();
-    let mut taken = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            UseOutcome::Taken(_) => taken += 1,
-            outcome => assert_eq!(outcome, UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached))),
+            .collect();
+        let mut taken = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                UseOutcome::Taken(_) => taken += 1,
+                outcome => assert_eq!(outcome, UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached))),
+            }
         }
+        assert_eq!(taken, 50);
+        assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 50);
+        assert_eq!(f.recorded_uses().len(), 50, "only taken uses are recorded ({deciding:?})");
     }
-    assert_eq!(taken, 50);
-    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 50);
-    assert_eq!(f.events().len(), 50, "only taken uses reach the journal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_same_order_twenty_times_at_once_is_one_redemption() {
-    let f = Fixture::new(vec![coupon(1, "ONCE", |c| c.usage_limit = Some(5))], vec![]).await;
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let engine = f.engine.clone();
-            tokio::spawn(async move {
-                let req = UseRequest { code: "ONCE", user_id: "u", order_id: "o", order_value: cents(5_000) };
-                engine.redeem(&req).await.unwrap()
+    for deciding in BOTH {
+        let f = Fixture::new(deciding, vec![coupon(1, "ONCE", |c| c.usage_limit = Some(5))], vec![]).await;
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let engine = f.engine.clone();
+                tokio::spawn(async move {
+                    let req = UseRequest { code: "ONCE", user_id: "u", order_id: "o", order_value: cents(5_000) };
+                    engine.redeem(&req).await.unwrap()
+                })
             })
-        })
-        .collect();
-    let mut outcomes = Vec::new();
-    for task in tasks {
-        outcomes.push(task.await.unwrap());
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        assert_eq!(outcomes.iter().filter(|o| matches!(o, UseOutcome::Taken(_))).count(), 1);
+        assert_eq!(outcomes.iter().filter(|o| matches!(o, UseOutcome::Replayed(_))).count(), 19);
+        assert_eq!(outcomes.iter().map(|o| receipt(o).id).collect::<HashSet<_>>().len(), 1);
+        assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
     }
-    assert_eq!(outcomes.iter().filter(|o| matches!(o, UseOutcome::Taken(_))).count(), 1);
-    assert_eq!(outcomes.iter().filter(|o| matches!(o, UseOutcome::Replayed(_))).count(), 19);
-    assert_eq!(outcomes.iter().map(|o| receipt(o).id).collect::<HashSet<_>>().len(), 1);
-    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_user_in_forty_tabs_against_a_per_user_limit() {
-    let f = Fixture::new(vec![coupon(1, "TWICE", |c| c.per_user_limit = Some(2))], vec![]).await;
-    let tasks: Vec<_> = (0..40)
-        .map(|n| {
-            let engine = f.engine.clone();
-            tokio::spawn(async move {
-                let order = format!("tab-{n}");
-                let req = UseRequest { code: "TWICE", user_id: "same", order_id: &order, order_value: cents(5_000) };
-                engine.redeem(&req).await.unwrap()
+    for deciding in BOTH {
+        let f = Fixture::new(deciding, vec![coupon(1, "TWICE", |c| c.per_user_limit = Some(2))], vec![]).await;
+        let tasks: Vec<_> = (0..40)
+            .map(|n| {
+                let engine = f.engine.clone();
+                tokio::spawn(async move {
+                    let order = format!("tab-{n}");
+                    let req =
+                        UseRequest { code: "TWICE", user_id: "same", order_id: &order, order_value: cents(5_000) };
+                    engine.redeem(&req).await.unwrap()
+                })
             })
-        })
-        .collect();
-    let mut taken = 0;
-    for task in tasks {
-        if matches!(task.await.unwrap(), UseOutcome::Taken(_)) {
-            taken += 1;
+            .collect();
+        let mut taken = 0;
+        for task in tasks {
+            if matches!(task.await.unwrap(), UseOutcome::Taken(_)) {
+                taken += 1;
+            }
         }
+        assert_eq!(taken, 2);
     }
-    assert_eq!(taken, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_per_user_limit_set_later_counts_the_uses_before_it() {
-    let f = Fixture::new(
-        vec![coupon(1, "OPEN", |c| c.campaign_id = Some(7)), coupon(2, "OTHER", |c| c.campaign_id = Some(7))],
-        vec![campaign(7, |_| {})],
-    )
-    .await;
-    assert!(matches!(f.redeem("OPEN", "u1", "o-1", 5_000).await, UseOutcome::Taken(_)));
-    assert!(matches!(f.redeem("OTHER", "u1", "o-2", 5_000).await, UseOutcome::Taken(_)));
-    // Without a per-user limit, nobody's uses are counted per user.
-    assert_eq!(f.engine.ledger().count(Tally::UserCoupon(1, f.engine.ledger().id_key("u1"))).live, 0);
+    for deciding in BOTH {
+        let f = Fixture::new(
+            deciding,
+            vec![coupon(1, "OPEN", |c| c.campaign_id = Some(7)), coupon(2, "OTHER", |c| c.campaign_id = Some(7))],
+            vec![campaign(7, |_| {})],
+        )
+        .await;
+        assert!(matches!(f.redeem("OPEN", "u1", "o-1", 5_000).await, UseOutcome::Taken(_)));
+        assert!(matches!(f.redeem("OTHER", "u1", "o-2", 5_000).await, UseOutcome::Taken(_)));
+        // Without a per-user limit, nobody's uses are counted per user.
+        assert_eq!(f.engine.ledger().count(Tally::UserCoupon(1, f.engine.ledger().id_key("u1"))).live, 0);
 
-    // Redemptions race the publish of limits: each use is counted once, whichever side of
-    // the publish it falls on.
-    let racers: Vec<_> = (0..16)
-        .map(|n| {
-            let engine = f.engine.clone();
-            tokio::spawn(async move {
-                let order = format!("race-{n}");
-                let req = UseRequest { code: "OPEN", user_id: "racer", order_id: &order, order_value: cents(5_000) };
-                engine.redeem(&req).await.unwrap()
+        // Redemptions race the publish of limits: each use is counted once, whichever side of
+        // the publish it falls on.
+        let racers: Vec<_> = (0..16)
+            .map(|n| {
+                let engine = f.engine.clone();
+                tokio::spawn(async move {
+                    let order = format!("race-{n}");
+                    let req =
+                        UseRequest { code: "OPEN", user_id: "racer", order_id: &order, order_value: cents(5_000) };
+                    engine.redeem(&req).await.unwrap()
+                })
             })
-        })
-        .collect();
-    let limited = coupon(1, "OPEN", |c| {
-        c.campaign_id = Some(7);
-        c.per_user_limit = Some(1);
-        c.version = 2;
-    });
-    let capped = campaign(7, |k| {
-        k.per_user_limit = Some(2);
-        k.version = 2;
-    });
-    {
-        let publisher = f.engine.catalog().publisher().await;
-        publisher.apply_campaigns(&[7], vec![capped]);
-        publisher.apply_coupons(catalog::CouponChanges { upserts: vec![limited], deleted: vec![] });
-        assert!(publisher.added_user_limits());
-        f.engine.count_new_user_limits();
+            .collect();
+        let limited = coupon(1, "OPEN", |c| {
+            c.campaign_id = Some(7);
+            c.per_user_limit = Some(1);
+            c.version = 2;
+        });
+        let capped = campaign(7, |k| {
+            k.per_user_limit = Some(2);
+            k.version = 2;
+        });
+        {
+            let publisher = f.engine.catalog().publisher().await;
+            publisher.apply_campaigns(&[7], vec![capped]);
+            publisher.apply_coupons(catalog::CouponChanges { upserts: vec![limited], deleted: vec![] });
+            assert!(publisher.added_user_limits());
+            f.engine.count_new_user_limits();
+        }
+        let mut racer_uses = 0;
+        for racer in racers {
+            racer_uses += u32::from(matches!(racer.await.unwrap(), UseOutcome::Taken(_)));
+        }
+        let ledger = f.engine.ledger();
+        let racer = ledger.id_key("racer");
+        assert_eq!(ledger.count(Tally::UserCoupon(1, racer)).live, racer_uses, "every racing use counted once");
+        assert_eq!(ledger.count(Tally::UserCampaign(7, racer)).live, racer_uses);
+        assert_eq!(
+            f.redeem("OPEN", "u1", "o-3", 5_000).await,
+            UseOutcome::Refused(Refused::Rule(Reason::UserUsageLimitReached)),
+            "the use before the limit counts against it"
+        );
+        assert_eq!(
+            f.redeem("OTHER", "u1", "o-4", 5_000).await,
+            UseOutcome::Refused(Refused::Rule(Reason::CampaignUserLimitReached)),
+            "both uses before the campaign's limit count against it"
+        );
+        // Released, a use gives back the counts the back-fill gave it.
+        assert!(matches!(f.release("OPEN", "o-1", None).await, ReleaseOutcome::Released { .. }));
+        assert_eq!(ledger.count(Tally::UserCoupon(1, ledger.id_key("u1"))).live, 0);
+        assert_eq!(ledger.count(Tally::UserCampaign(7, ledger.id_key("u1"))).live, 1);
     }
-    let mut racer_uses = 0;
-    for racer in racers {
-        racer_uses += u32::from(matches!(racer.await.unwrap(), UseOutcome::Taken(_)));
-    }
-    let ledger = f.engine.ledger();
-    let racer = ledger.id_key("racer");
-    assert_eq!(ledger.count(Tally::UserCoupon(1, racer)).live, racer_uses, "every racing use counted once");
-    assert_eq!(ledger.count(Tally::UserCampaign(7, racer)).live, racer_uses);
-    assert_eq!(
-        f.redeem("OPEN", "u1", "o-3", 5_000).await,
-        UseOutcome::Refused(Refused::Rule(Reason::UserUsageLimitReached)),
-        "the use before the limit counts against it"
-    );
-    assert_eq!(
-        f.redeem("OTHER", "u1", "o-4", 5_000).await,
-        UseOutcome::Refused(Refused::Rule(Reason::CampaignUserLimitReached)),
-        "both uses before the campaign's limit count against it"
-    );
-    // Released, a use gives back the counts the back-fill gave it.
-    assert!(matches!(f.release("OPEN", "o-1", None).await, ReleaseOutcome::Released { .. }));
-    assert_eq!(ledger.count(Tally::UserCoupon(1, ledger.id_key("u1"))).live, 0);
-    assert_eq!(ledger.count(Tally::UserCampaign(7, ledger.id_key("u1"))).live, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_race_redeems_and_give_back_exactly_once() {
-    let f = Fixture::new(vec![coupon(1, "SOLO", |c| c.usage_limit = Some(1))], vec![]).await;
-    assert!(matches!(f.redeem("SOLO", "u1", "o-1", 5_000).await, UseOutcome::Taken(_)));
-    assert_eq!(f.release("SOLO", "o-1", Some("u2")).await, ReleaseOutcome::NotFound, "someone else's order");
-    assert_eq!(f.release("SOLO", "o-9", None).await, ReleaseOutcome::NotFound);
-    // Twenty releases of the order and twenty buyers for the freed use, all at once.
-    let releases: Vec<_> = (0..20)
-        .map(|_| {
-            let engine = f.engine.clone();
-            tokio::spawn(async move {
-                engine.release(&ReleaseRequest { code: "SOLO", order_id: "o-1", user_id: Some("u1") }).await.unwrap()
+    for deciding in BOTH {
+        let f = Fixture::new(deciding, vec![coupon(1, "SOLO", |c| c.usage_limit = Some(1))], vec![]).await;
+        assert!(matches!(f.redeem("SOLO", "u1", "o-1", 5_000).await, UseOutcome::Taken(_)));
+        assert_eq!(f.release("SOLO", "o-1", Some("u2")).await, ReleaseOutcome::NotFound, "someone else's order");
+        assert_eq!(f.release("SOLO", "o-9", None).await, ReleaseOutcome::NotFound);
+        // Twenty releases of the order and twenty buyers for the freed use, all at once.
+        let releases: Vec<_> = (0..20)
+            .map(|_| {
+                let engine = f.engine.clone();
+                tokio::spawn(async move {
+                    engine
+                        .release(&ReleaseRequest { code: "SOLO", order_id: "o-1", user_id: Some("u1") })
+                        .await
+                        .unwrap()
+                })
             })
-        })
-        .collect();
-    let buyers: Vec<_> = (0..20)
-        .map(|n| {
-            let engine = f.engine.clone();
-            tokio::spawn(async move {
-                let order = format!("later-{n}");
-                let req = UseRequest { code: "SOLO", user_id: "buyer", order_id: &order, order_value: cents(5_000) };
-                engine.redeem(&req).await.unwrap()
+            .collect();
+        let buyers: Vec<_> = (0..20)
+            .map(|n| {
+                let engine = f.engine.clone();
+                tokio::spawn(async move {
+                    let order = format!("later-{n}");
+                    let req =
+                        UseRequest { code: "SOLO", user_id: "buyer", order_id: &order, order_value: cents(5_000) };
+                    engine.redeem(&req).await.unwrap()
+                })
             })
-        })
-        .collect();
-    let mut released = 0;
-    for task in releases {
-        match task.await.unwrap() {
-            ReleaseOutcome::Released { hold: None } => released += 1,
-            outcome => assert_eq!(outcome, ReleaseOutcome::AlreadyReleased),
+            .collect();
+        let mut released = 0;
+        for task in releases {
+            match task.await.unwrap() {
+                ReleaseOutcome::Released { hold: None } => released += 1,
+                outcome => assert_eq!(outcome, ReleaseOutcome::AlreadyReleased),
+            }
         }
-    }
-    assert_eq!(released, 1);
-    let mut taken = 0;
-    for task in buyers {
-        if matches!(task.await.unwrap(), UseOutcome::Taken(_)) {
-            taken += 1;
+        assert_eq!(released, 1);
+        let mut taken = 0;
+        for task in buyers {
+            if matches!(task.await.unwrap(), UseOutcome::Taken(_)) {
+                taken += 1;
+            }
         }
+        assert!(taken <= 1, "one use came back, at most one buyer got it");
+        assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, taken);
+        if taken == 0 {
+            let late = f.redeem("SOLO", "late", "late-1", 5_000).await;
+            assert!(matches!(late, UseOutcome::Taken(_)), "{deciding:?}: {late:?}");
+        }
+        // A released order id stays spent.
+        assert_eq!(f.redeem("SOLO", "u1", "o-1", 5_000).await, UseOutcome::Refused(Refused::OrderTaken));
     }
-    assert!(taken <= 1, "one use came back, at most one buyer got it");
-    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, taken);
-    if taken == 0 {
-        assert!(matches!(f.redeem("SOLO", "late", "late-1", 5_000).await, UseOutcome::Taken(_)));
-    }
-    // A released order id stays spent.
-    assert_eq!(f.redeem("SOLO", "u1", "o-1", 5_000).await, UseOutcome::Refused(Refused::OrderTaken));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_campaign_budget_and_cap_hold_under_concurrency_across_codes() {
-    // Three coupons share a campaign of 10 uses and 55.00; each use discounts 10.00 (and one
-    // coupon 0, which takes neither).
-    let coupons = vec![
-        coupon(1, "A", |c| c.campaign_id = Some(7)),
-        coupon(2, "B", |c| c.campaign_id = Some(7)),
-        coupon(3, "FREE", |c| {
-            c.campaign_id = Some(7);
-            c.discount = Discount::Fixed(Cents::ZERO);
-        }),
-    ];
-    let campaigns = vec![campaign(7, |k| {
-        k.usage_limit = Some(10);
-        k.budget = Some(cents(5_500));
-        k.per_user_limit = Some(2);
-    })];
-    let f = Fixture::new(coupons, campaigns).await;
-    let tasks: Vec<_> = (0..120)
-        .map(|n| {
-            let engine = f.engine.clone();
-            tokio::spawn(async move {
-                let code = ["A", "B", "FREE"][n % 3];
-                let (user, order) = (format!("u{}", n % 40), format!("o{n}"));
-                let req = UseRequest { code, user_id: &user, order_id: &order, order_value: cents(5_000) };
-                (code, engine.redeem(&req).await.unwrap())
+    for deciding in BOTH {
+        // Three coupons share a campaign of 10 uses and 55.00; each use discounts 10.00 (and one
+        // coupon 0, which takes neither).
+        let coupons = vec![
+            coupon(1, "A", |c| c.campaign_id = Some(7)),
+            coupon(2, "B", |c| c.campaign_id = Some(7)),
+            coupon(3, "FREE", |c| {
+                c.campaign_id = Some(7);
+                c.discount = Discount::Fixed(Cents::ZERO);
+            }),
+        ];
+        let campaigns = vec![campaign(7, |k| {
+            k.usage_limit = Some(10);
+            k.budget = Some(cents(5_500));
+            k.per_user_limit = Some(2);
+        })];
+        let f = Fixture::new(deciding, coupons, campaigns).await;
+        let tasks: Vec<_> = (0..120)
+            .map(|n| {
+                let engine = f.engine.clone();
+                tokio::spawn(async move {
+                    let code = ["A", "B", "FREE"][n % 3];
+                    let (user, order) = (format!("u{}", n % 40), format!("o{n}"));
+                    let req = UseRequest { code, user_id: &user, order_id: &order, order_value: cents(5_000) };
+                    (code, engine.redeem(&req).await.unwrap())
+                })
             })
-        })
-        .collect();
-    let mut paid = 0;
-    let mut free = 0;
-    for task in tasks {
-        match task.await.unwrap() {
-            ("FREE", outcome) => {
-                assert!(matches!(outcome, UseOutcome::Taken(_)), "a zero discount takes no campaign use: {outcome:?}");
-                free += 1;
+            .collect();
+        let mut paid = 0;
+        let mut free = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                ("FREE", outcome) => {
+                    assert!(
+                        matches!(outcome, UseOutcome::Taken(_)),
+                        "a zero discount takes no campaign use: {outcome:?}"
+                    );
+                    free += 1;
+                }
+                (_, UseOutcome::Taken(_)) => paid += 1,
+                (_, UseOutcome::Refused(Refused::Rule(reason))) => assert!(
+                    matches!(reason, Reason::CampaignBudgetExhausted | Reason::CampaignUserLimitReached),
+                    "{reason:?}"
+                ),
+                (_, outcome) => panic!("{outcome:?}"),
             }
-            (_, UseOutcome::Taken(_)) => paid += 1,
-            (_, UseOutcome::Refused(Refused::Rule(reason))) => assert!(
-                matches!(reason, Reason::CampaignBudgetExhausted | Reason::CampaignUserLimitReached),
-                "{reason:?}"
-            ),
-            (_, outcome) => panic!("{outcome:?}"),
         }
+        assert_eq!(paid, 5, "55.00 of budget is five whole discounts of 10.00, never a sixth cut short");
+        assert_eq!(free, 40);
+        assert_eq!(f.engine.ledger().count(Tally::Campaign(7)), ledger::Count { live: 5, spent: 5_000 });
+        // A release gives back exactly the discount it took.
+        let (holder_coupon, holder_order, _) =
+            f.recorded_uses().into_iter().find(|(_, _, discount)| *discount == cents(1_000)).unwrap();
+        let code = if holder_coupon == 1 { "A" } else { "B" };
+        assert!(matches!(f.release(code, &holder_order, None).await, ReleaseOutcome::Released { .. }));
+        assert_eq!(f.engine.ledger().count(Tally::Campaign(7)), ledger::Count { live: 4, spent: 4_000 });
     }
-    assert_eq!(paid, 5, "55.00 of budget is five whole discounts of 10.00, never a sixth cut short");
-    assert_eq!(free, 40);
-    assert_eq!(f.engine.ledger().count(Tally::Campaign(7)), ledger::Count { live: 5, spent: 5_000 });
-    // A release gives back exactly the discount it took.
-    let holder = f
-        .events()
-        .into_iter()
-        .find_map(|e| match e {
-            Event::Redeemed(r) if r.discount == cents(1_000) => Some(r),
-            _ => None,
-        })
-        .unwrap();
-    let code = if holder.coupon_id == 1 { "A" } else { "B" };
-    assert!(matches!(f.release(code, &holder.order_id, None).await, ReleaseOutcome::Released { .. }));
-    assert_eq!(f.engine.ledger().count(Tally::Campaign(7)), ledger::Count { live: 4, spent: 4_000 });
 }
 
 #[tokio::test]
 async fn a_hold_is_confirmed_cancelled_or_expired_and_the_answer_says_which() {
-    let f = Fixture::new(vec![coupon(1, "ONE", |c| c.usage_limit = Some(1))], vec![]).await;
-    // Held: the use is taken; another buyer is refused; a replay answers the same hold.
-    let held = f.hold("ONE", "u1", "o-1", 60).await;
-    assert!(matches!(&held, UseOutcome::Taken(r) if r.expires_at.is_some()), "{held:?}");
-    assert_eq!(
-        f.redeem("ONE", "u2", "o-2", 10_000).await,
-        UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached))
-    );
-    assert!(matches!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Replayed(_)));
-    assert_eq!(f.hold("ONE", "u2", "o-1", 60).await, UseOutcome::Refused(Refused::OrderTaken));
-    assert_eq!(f.engine.live_holds(), 1);
-    // Confirmed by the redemption, even once the coupon is deactivated: the hold guaranteed it.
-    let inactive = coupon(1, "ONE", |c| {
-        c.usage_limit = Some(1);
-        c.status = Status::Inactive;
-        c.version = 2;
-    });
-    f.engine
-        .catalog()
-        .publisher()
-        .await
-        .apply_coupons(catalog::CouponChanges { upserts: vec![inactive], deleted: vec![] });
-    let confirmed = f.redeem("ONE", "u1", "o-1", 10_000).await;
-    assert!(matches!(&confirmed, UseOutcome::Confirmed(r) if r.hold == Some(HoldFate::Confirmed)), "{confirmed:?}");
-    assert_eq!(receipt(&confirmed).id, receipt(&held).id);
-    assert_eq!((f.engine.live_holds(), f.engine.ledger().count(Tally::Coupon(1)).live), (0, 1));
-    assert!(matches!(f.redeem("ONE", "u1", "o-1", 10_000).await, UseOutcome::Replayed(_)));
-    assert_eq!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Refused(Refused::OrderTaken), "already redeemed");
+    for deciding in BOTH {
+        let f = Fixture::new(deciding, vec![coupon(1, "ONE", |c| c.usage_limit = Some(1))], vec![]).await;
+        // Held: the use is taken; another buyer is refused; a replay answers the same hold.
+        let held = f.hold("ONE", "u1", "o-1", 60).await;
+        assert!(matches!(&held, UseOutcome::Taken(r) if r.expires_at.is_some()), "{held:?}");
+        assert_eq!(
+            f.redeem("ONE", "u2", "o-2", 10_000).await,
+            UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached))
+        );
+        assert!(matches!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Replayed(_)));
+        assert_eq!(f.hold("ONE", "u2", "o-1", 60).await, UseOutcome::Refused(Refused::OrderTaken));
+        assert_eq!(f.engine.live_holds(), 1);
+        // Confirmed by the redemption, even once the coupon is deactivated: the hold guaranteed it.
+        let inactive = coupon(1, "ONE", |c| {
+            c.usage_limit = Some(1);
+            c.status = Status::Inactive;
+            c.version = 2;
+        });
+        f.engine
+            .catalog()
+            .publisher()
+            .await
+            .apply_coupons(catalog::CouponChanges { upserts: vec![inactive], deleted: vec![] });
+        let confirmed = f.redeem("ONE", "u1", "o-1", 10_000).await;
+        assert!(matches!(&confirmed, UseOutcome::Confirmed(r) if r.hold == Some(HoldFate::Confirmed)), "{confirmed:?}");
+        assert_eq!(receipt(&confirmed).id, receipt(&held).id);
+        assert_eq!((f.engine.live_holds(), f.engine.ledger().count(Tally::Coupon(1)).live), (0, 1));
+        assert!(matches!(f.redeem("ONE", "u1", "o-1", 10_000).await, UseOutcome::Replayed(_)));
+        assert_eq!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Refused(Refused::OrderTaken), "already redeemed");
 
-    let f = Fixture::new(vec![coupon(1, "ONE", |c| c.usage_limit = Some(1))], vec![]).await;
-    f.hold("ONE", "u1", "o-1", 60).await;
-    // Cancelled: the use comes back, and the order may hold or redeem again.
-    assert_eq!(f.release("ONE", "o-1", None).await, ReleaseOutcome::Released { hold: Some(HoldFate::Cancelled) });
-    assert_eq!(f.release("ONE", "o-1", None).await, ReleaseOutcome::AlreadyReleased);
-    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 0);
-    assert!(matches!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Taken(_)));
+        let f = Fixture::new(deciding, vec![coupon(1, "ONE", |c| c.usage_limit = Some(1))], vec![]).await;
+        f.hold("ONE", "u1", "o-1", 60).await;
+        // Cancelled: the use comes back, and the order may hold or redeem again.
+        assert_eq!(f.release("ONE", "o-1", None).await, ReleaseOutcome::Released { hold: Some(HoldFate::Cancelled) });
+        assert_eq!(f.release("ONE", "o-1", None).await, ReleaseOutcome::AlreadyReleased);
+        assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 0);
+        assert!(matches!(f.hold("ONE", "u1", "o-1", 60).await, UseOutcome::Taken(_)));
 
-    // Expired: at the deadline the use comes back by itself...
-    f.clock.advance(Duration::from_secs(59));
-    assert_eq!(f.engine.expire_due().await, 0);
-    f.clock.advance(Duration::from_secs(1));
-    assert_eq!(f.engine.expire_due().await, 1);
-    assert_eq!((f.engine.live_holds(), f.engine.ledger().count(Tally::Coupon(1)).live), (0, 0));
-    // ...and a redeem applies the rules afresh, saying the hold had expired.
-    let fresh = f.redeem("ONE", "u1", "o-1", 10_000).await;
-    assert!(matches!(&fresh, UseOutcome::Taken(r) if r.hold == Some(HoldFate::Expired)), "{fresh:?}");
-    let revs: Vec<(String, u32)> = f
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Redeemed(r) => Some(("redeemed".to_owned(), r.rev)),
-            Event::Released(r) => Some((format!("released {:?}", r.cause), r.rev)),
-            Event::Confirmed(r) => Some(("confirmed".to_owned(), r.rev)),
-            Event::Validated(_) => None,
-        })
-        .collect();
-    let expected =
-        [("redeemed", 1), ("released Cancelled", 2), ("redeemed", 3), ("released Expired", 4), ("redeemed", 5)];
-    assert_eq!(
-        revs,
-        expected.map(|(e, r)| (e.to_owned(), r)).to_vec(),
-        "every event of one order has a higher revision"
-    );
+        // Expired: at the deadline the use comes back by itself...
+        f.clock.advance(Duration::from_secs(59));
+        assert_eq!(f.engine.expire_due().await, 0);
+        f.clock.advance(Duration::from_secs(1));
+        assert_eq!(f.engine.expire_due().await, 1);
+        assert_eq!((f.engine.live_holds(), f.engine.ledger().count(Tally::Coupon(1)).live), (0, 0));
+        // ...and a redeem applies the rules afresh, saying the hold had expired.
+        let fresh = f.redeem("ONE", "u1", "o-1", 10_000).await;
+        assert!(matches!(&fresh, UseOutcome::Taken(r) if r.hold == Some(HoldFate::Expired)), "{fresh:?}");
+        if let Some(shared) = &f.shared {
+            // Every change of the order went through its row: five, each a revision higher.
+            shared.ship(&mut f.reader.lock().unwrap());
+            let row = shared.rows().into_iter().find(|(coupon, order, ..)| *coupon == 1 && order == "o-1").unwrap();
+            assert_eq!((row.3, row.4), (5, true), "the row took every change of the order");
+        } else {
+            let revs: Vec<(String, u32)> = f
+                .events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Redeemed(r) => Some(("redeemed".to_owned(), r.rev)),
+                    Event::Released(r) => Some((format!("released {:?}", r.cause), r.rev)),
+                    Event::Confirmed(r) => Some(("confirmed".to_owned(), r.rev)),
+                    Event::Validated(_) => None,
+                })
+                .collect();
+            let expected =
+                [("redeemed", 1), ("released Cancelled", 2), ("redeemed", 3), ("released Expired", 4), ("redeemed", 5)];
+            assert_eq!(
+                revs,
+                expected.map(|(e, r)| (e.to_owned(), r)).to_vec(),
+                "every event of one order has a higher revision"
+            );
+        }
+    }
 }
 
 #[tokio::test]
 async fn at_the_deadline_the_first_to_act_wins() {
-    let f = Fixture::new(vec![coupon(1, "ONE", |_| {})], vec![]).await;
-    f.hold("ONE", "u1", "o-1", 10).await;
-    f.clock.advance(Duration::from_secs(10));
-    // The deadline has passed but the expiry has not run: the redeem expires the hold itself
-    // and takes a fresh use, and says so.
-    let redeemed = f.redeem("ONE", "u1", "o-1", 10_000).await;
-    assert!(matches!(&redeemed, UseOutcome::Taken(r) if r.hold == Some(HoldFate::Expired)), "{redeemed:?}");
-    assert_eq!(f.engine.expire_due().await, 0, "nothing left to expire");
-    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
-    // A cancel that arrives after the deadline says the hold had expired.
-    f.hold("ONE", "u1", "o-2", 10).await;
-    f.clock.advance(Duration::from_secs(11));
-    assert_eq!(f.release("ONE", "o-2", None).await, ReleaseOutcome::Released { hold: Some(HoldFate::Expired) });
-    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
+    for deciding in BOTH {
+        let f = Fixture::new(deciding, vec![coupon(1, "ONE", |_| {})], vec![]).await;
+        f.hold("ONE", "u1", "o-1", 10).await;
+        f.clock.advance(Duration::from_secs(10));
+        // The deadline has passed but the expiry has not run: the redeem expires the hold itself
+        // and takes a fresh use, and says so.
+        let redeemed = f.redeem("ONE", "u1", "o-1", 10_000).await;
+        assert!(matches!(&redeemed, UseOutcome::Taken(r) if r.hold == Some(HoldFate::Expired)), "{redeemed:?}");
+        assert_eq!(f.engine.expire_due().await, 0, "nothing left to expire");
+        assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
+        // A cancel that arrives after the deadline says the hold had expired.
+        f.hold("ONE", "u1", "o-2", 10).await;
+        f.clock.advance(Duration::from_secs(11));
+        assert_eq!(f.release("ONE", "o-2", None).await, ReleaseOutcome::Released { hold: Some(HoldFate::Expired) });
+        assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 1);
+    }
 }
 
 #[tokio::test]
 async fn holds_are_capped_per_user() {
-    let coupons = (1..=5).map(|n| coupon(n, &format!("C{n}"), |_| {})).collect();
-    let f = Fixture::new(coupons, vec![]).await;
-    for n in 1..=3 {
-        assert!(matches!(f.hold(&format!("C{n}"), "hoarder", &format!("o{n}"), 60).await, UseOutcome::Taken(_)));
+    for deciding in BOTH {
+        let coupons = (1..=5).map(|n| coupon(n, &format!("C{n}"), |_| {})).collect();
+        let f = Fixture::new(deciding, coupons, vec![]).await;
+        for n in 1..=3 {
+            assert!(matches!(f.hold(&format!("C{n}"), "hoarder", &format!("o{n}"), 60).await, UseOutcome::Taken(_)));
+        }
+        assert_eq!(f.hold("C4", "hoarder", "o4", 60).await, UseOutcome::Refused(Refused::TooManyHolds));
+        assert!(matches!(f.hold("C4", "someone", "o4", 60).await, UseOutcome::Taken(_)));
+        assert!(
+            matches!(f.redeem("C5", "hoarder", "o5", 10_000).await, UseOutcome::Taken(_)),
+            "redemptions are not capped"
+        );
+        f.release("C1", "o1", None).await;
+        assert!(
+            matches!(f.hold("C4", "hoarder", "o6", 60).await, UseOutcome::Taken(_)),
+            "a released hold frees a place"
+        );
     }
-    assert_eq!(f.hold("C4", "hoarder", "o4", 60).await, UseOutcome::Refused(Refused::TooManyHolds));
-    assert!(matches!(f.hold("C4", "someone", "o4", 60).await, UseOutcome::Taken(_)));
-    assert!(
-        matches!(f.redeem("C5", "hoarder", "o5", 10_000).await, UseOutcome::Taken(_)),
-        "redemptions are not capped"
-    );
-    f.release("C1", "o1", None).await;
-    assert!(matches!(f.hold("C4", "hoarder", "o6", 60).await, UseOutcome::Taken(_)), "a released hold frees a place");
 }
 
 /// Lets the deadline task run until `live` holds remain, in real time (at most 10 s) and
@@ -510,32 +602,40 @@ async fn the_deadline_task_expires_holds_on_a_paused_clock() {
 
 #[tokio::test]
 async fn stored_uses_count_again_and_expired_holds_are_given_back_at_load() {
-    let f = Fixture::new(vec![coupon(1, "TWO", |c| c.usage_limit = Some(2))], vec![]).await;
-    let now = f.engine.now();
-    let stored = |order: &str, hold_until, released_at| StoredUse {
-        id: redemption_id(1, order),
-        rev: 1,
-        coupon_id: 1,
-        code: None,
-        user_id: "u".into(),
-        order_id: order.into(),
-        order_value: cents(5_000),
-        discount: cents(1_000),
-        hold_until,
-        released_at,
-        made_by: None,
-    };
-    let loaded = f.engine.load_uses([
-        stored("live", None, None),
-        stored("live", None, None),
-        stored("held", Some(now + chrono::Duration::seconds(60)), None),
-        stored("lapsed", Some(now - chrono::Duration::seconds(1)), None),
-        stored("released", None, Some(now)),
-    ]);
-    assert_eq!(loaded, 4, "a duplicate row counts once");
-    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 3);
-    assert_eq!(f.engine.expire_due().await, 1, "the hold that lapsed while the service was down");
-    assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 2);
-    assert_eq!(f.redeem("TWO", "u", "released", 5_000).await, UseOutcome::Refused(Refused::OrderTaken));
-    assert_eq!(f.redeem("TWO", "v", "new", 5_000).await, UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached)));
+    for deciding in BOTH {
+        let f = Fixture::new(deciding, vec![coupon(1, "TWO", |c| c.usage_limit = Some(2))], vec![]).await;
+        let now = f.engine.now();
+        let stored = |order: &str, hold_until, released_at| StoredUse {
+            id: redemption_id(1, order),
+            rev: 1,
+            coupon_id: 1,
+            code: None,
+            user_id: "u".into(),
+            order_id: order.into(),
+            order_value: cents(5_000),
+            discount: cents(1_000),
+            hold_until,
+            released_at,
+            made_by: None,
+        };
+        let rows = [
+            stored("live", None, None),
+            stored("held", Some(now + chrono::Duration::seconds(60)), None),
+            stored("lapsed", Some(now - chrono::Duration::seconds(1)), None),
+            stored("released", None, Some(now)),
+        ];
+        if let Some(shared) = &f.shared {
+            shared.store(&rows);
+        }
+        let loaded = f.engine.load_uses([rows[0].clone()].into_iter().chain(rows));
+        assert_eq!(loaded, 4, "a duplicate row counts once");
+        assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 3);
+        assert_eq!(f.engine.expire_due().await, 1, "the hold that lapsed while the service was down");
+        assert_eq!(f.engine.ledger().count(Tally::Coupon(1)).live, 2);
+        assert_eq!(f.redeem("TWO", "u", "released", 5_000).await, UseOutcome::Refused(Refused::OrderTaken));
+        assert_eq!(
+            f.redeem("TWO", "v", "new", 5_000).await,
+            UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached))
+        );
+    }
 }

@@ -31,7 +31,7 @@ use crate::domain::event::Event;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 use crate::engine::alone::{Deciding, Mode};
-use crate::engine::clock::ManualClock;
+use crate::engine::clock::{Clock, ManualClock};
 use crate::engine::cluster::Cluster;
 use crate::engine::leases::{LeaseSettings, Leases};
 use crate::engine::ports::Scope;
@@ -40,7 +40,9 @@ use crate::engine::ports::{
     NoValidationLog, PortAnswer, PortError, Ports, StoredAnswer, UsageArchive,
 };
 use crate::engine::standing::Standing;
-use crate::engine::{Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, UseOutcome, UseRequest};
+use crate::engine::{
+    Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, StoredUse, UseOutcome, UseRequest,
+};
 use crate::history::{Answer, Checker, Counts, FinalUse, Shape};
 use crate::journal::{Journal, JournalReader};
 use crate::metrics::Metrics;
@@ -95,6 +97,8 @@ struct World {
     /// The scheduler's step: with the seed, the instance and the call, it decides whether a
     /// lossy link loses the call's answer, whatever order calls come in within a step.
     step: std::sync::atomic::AtomicU64,
+    /// Where PostgreSQL reads the time instead of `now`, for the engine's tests.
+    clock: Option<Arc<ManualClock>>,
 }
 
 impl World {
@@ -111,7 +115,7 @@ impl World {
         if !pg.up || link == Link::Cut {
             return Err(PortError("unreachable".into()));
         }
-        let now = *self.now.lock().expect("now");
+        let now = self.clock.as_ref().map_or_else(|| *self.now.lock().expect("now"), |clock| clock.now());
         let answer = f(&mut pg, now);
         if let Link::Lossy(percent) = link {
             let step = self.step.load(std::sync::atomic::Ordering::Relaxed);
@@ -130,6 +134,97 @@ fn draw(what: impl std::hash::Hash) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     what.hash(&mut hasher);
     hasher.finish()
+}
+
+/// One instance sharing with others on the model of PostgreSQL, always up, which reads the
+/// instance's clock: the engine's own tests run every case in the sharing mode with it.
+pub(crate) struct SharedModel {
+    world: Arc<World>,
+}
+
+impl SharedModel {
+    pub(crate) fn new(coupons: &[Coupon], campaigns: &[Campaign], clock: Arc<ManualClock>) -> SharedModel {
+        let mut pg = Pg::new();
+        for coupon in coupons {
+            let campaign = coupon.campaign_id.and_then(|id| campaigns.iter().find(|k| k.id == id));
+            let limits = Limits {
+                coupon: coupon.usage_limit.map(u64::from),
+                campaign: coupon.campaign_id,
+                campaign_uses: campaign.and_then(|k| k.usage_limit).map(u64::from),
+                campaign_cents: campaign.and_then(|k| k.budget).map(Cents::get),
+            };
+            pg.define(coupon.id, limits);
+        }
+        let world = Arc::new(World {
+            seed: 0,
+            pg: Mutex::new(pg),
+            links: Mutex::new(vec![Link::Up]),
+            now: Mutex::new(clock.now()),
+            step: std::sync::atomic::AtomicU64::new(0),
+            clock: Some(clock),
+        });
+        SharedModel { world }
+    }
+
+    /// The ports to build the engine with.
+    pub(crate) fn ports(&self) -> Ports {
+        Ports {
+            validations: Arc::new(NoValidationLog),
+            archive: Arc::new(SimArchive { world: self.world.clone(), node: 0 }),
+        }
+    }
+
+    /// The engine joins the others, sharing.
+    pub(crate) fn join(&self, engine: &Engine) {
+        let (epoch, after) = {
+            let mut pg = self.world.pg.lock().expect("pg");
+            (pg.begin_epoch("n0").0, pg.feed(0).1)
+        };
+        let port: Arc<dyn ClusterPort> =
+            Arc::new(SimPort { world: self.world.clone(), node: 0, instance: "n0".into(), epoch });
+        let settings = LeaseSettings {
+            target: Duration::from_secs(5),
+            refill_at: Duration::from_secs(1),
+            claim_wait: Duration::from_millis(200),
+            idle_return: Duration::from_secs(2),
+            exhausted_for: LeaseSettings::EXHAUSTED_FOR,
+        };
+        // Proved for the length of any test: what it proves is another test's business.
+        let hour = Duration::from_secs(3600);
+        engine.join_cluster(Cluster {
+            leases: Leases::new(port.clone(), settings),
+            port,
+            instance: "n0".into(),
+            epoch,
+            standing: Arc::new(Standing::new(hour, hour)),
+            deciding: Deciding::new(Mode::Sharing, None),
+        });
+        engine.cluster().expect("joined").deciding.fed_to(i64::try_from(after).unwrap_or(i64::MAX));
+    }
+
+    /// Rows PostgreSQL holds already (as the engine loads them at start-up).
+    pub(crate) fn store(&self, uses: &[StoredUse]) {
+        let mut pg = self.world.pg.lock().expect("pg");
+        for stored in uses {
+            let campaign = pg.limits.get(&stored.coupon_id).and_then(|l| l.campaign);
+            pg.store(stored, campaign);
+        }
+    }
+
+    /// Ships what `reader`'s journal holds, as the shipper would.
+    pub(crate) fn ship(&self, reader: &mut JournalReader) {
+        let (events, next) = read_events(reader).expect("journal");
+        if !events.is_empty() {
+            self.world.pg.lock().expect("pg").ship("n0", "n0", &events);
+            reader.confirm(next, events.len()).expect("checkpoint");
+        }
+    }
+
+    /// The rows PostgreSQL has: (coupon, order, discount, revision, live).
+    pub(crate) fn rows(&self) -> Vec<(CouponId, String, Cents, u32, bool)> {
+        let pg = self.world.pg.lock().expect("pg");
+        pg.rows.values().map(|r| (r.coupon, r.order.clone(), r.discount, r.rev, r.live())).collect()
+    }
 }
 
 /// The ports of one instance's epoch.
@@ -347,6 +442,7 @@ impl Sim {
             links: Mutex::new(vec![Link::Up; nodes]),
             now: Mutex::new(base),
             step: std::sync::atomic::AtomicU64::new(0),
+            clock: None,
         });
         let nodes = (0..nodes)
             .map(|i| Node {

@@ -339,6 +339,33 @@ impl Pg {
         }
     }
 
+    /// A row PostgreSQL already has (written before the test began), counted in the quotas.
+    pub(super) fn store(&mut self, stored: &StoredUse, campaign: Option<CampaignId>) {
+        let seq = self.next_seq();
+        let row = Row {
+            id: stored.id,
+            rev: stored.rev,
+            coupon: stored.coupon_id,
+            user: stored.user_id.clone(),
+            order: stored.order_id.clone(),
+            value: stored.order_value,
+            discount: stored.discount,
+            hold_until: stored.hold_until,
+            released_at: stored.released_at,
+            campaign,
+            instance: "before".into(),
+            seq,
+        };
+        if row.live() {
+            for (scope, used, _) in self.scopes(row.coupon, row.campaign, row.discount, Spent::default()) {
+                if let Some(q) = self.quotas.get_mut(&scope) {
+                    q.used += used;
+                }
+            }
+        }
+        self.rows.insert(row.id, row);
+    }
+
     fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq

@@ -1,0 +1,510 @@
+//! The take path: redeem, hold and confirm. A new use goes rules → limit chain → record
+//! (the journal, or a claim in PostgreSQL) → commit, behind one [`Reservation`] that gives
+//! back everything taken if the use is not recorded.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::domain::coupon::{BatchId, CampaignId, CouponId, normalize_code};
+use crate::domain::event::{Confirmed, Event, Funding, Redeemed, Spent};
+use crate::domain::identity::redemption_id;
+use crate::domain::money::Cents;
+use crate::domain::rules::{self, Attempt, Decision, Reason};
+use crate::engine::catalog::{Catalog, Found};
+use crate::engine::cluster::{self, Cluster};
+use crate::engine::ledger::{Counted, Ended, IdKey, OrderKey, Slot, SlotState, code_slot};
+use crate::engine::limits::{
+    self, CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce,
+    Refusal, Use, UserHolds,
+};
+use crate::engine::ports::{ClaimOutcome, ClaimRequest, Scope};
+use crate::engine::release::Archived;
+use crate::engine::{
+    Engine, EngineError, HoldFate, Receipt, Refused, UseKind, UseOutcome, UseRequest, alone, counted, limited, millis,
+    offer,
+};
+
+impl Engine {
+    /// Redeems: takes one use for the order, durably, within every limit; replays answer
+    /// the same; a live hold of the same order and user is confirmed.
+    pub async fn redeem(&self, req: &UseRequest<'_>) -> Result<UseOutcome, EngineError> {
+        let outcome = self.take_use(req, UseKind::Redeem).await?;
+        self.metrics.redemptions.inc(outcome.label());
+        Ok(outcome)
+    }
+
+    /// Holds: takes one use for the order until `ttl` passes, durably, within every limit.
+    pub async fn hold(&self, req: &UseRequest<'_>, ttl: Duration) -> Result<UseOutcome, EngineError> {
+        let outcome = self.take_use(req, UseKind::Hold { ttl }).await?;
+        self.metrics.holds.inc(match &outcome {
+            UseOutcome::Taken(_) => "held",
+            other => other.label(),
+        });
+        Ok(outcome)
+    }
+
+    async fn take_use(&self, req: &UseRequest<'_>, kind: UseKind) -> Result<UseOutcome, EngineError> {
+        let _decisions = self.decisions.read().await;
+        let code = normalize_code(req.code);
+        let user = self.ledger.id_key(req.user_id);
+        let waited_until = Instant::now() + self.settings.settle_timeout;
+        let mut hold_fate = None;
+        loop {
+            let catalog = self.catalog.load_full();
+            let Some(found) = catalog.find(&code) else {
+                return Ok(UseOutcome::Refused(Refused::Rule(Reason::CouponNotFound)));
+            };
+            let coupon = found.coupon();
+            if self.mode().lags() && (matches!(kind, UseKind::Hold { .. }) || limited(&catalog, found)) {
+                // What this instance knows of it may lag: the one deciding alone may not have
+                // shipped everything yet, or this one's feed not read it.
+                return Ok(UseOutcome::Refused(Refused::QuotaUnavailable));
+            }
+            let key = (coupon.id, self.ledger.id_key(req.order_id));
+            self.settle_doubt(key).await?;
+            let now = self.clock.now();
+            if let Some(slot) = self.ledger.slot(key) {
+                let receipt = |expires_at| Receipt {
+                    id: slot.id,
+                    code: code.to_string(),
+                    discount: slot.discount,
+                    final_amount: slot.order_value.saturating_sub(slot.discount),
+                    expires_at,
+                    hold: None,
+                };
+                match slot.state {
+                    SlotState::Taking { .. } | SlotState::Changing => {
+                        self.wait_settled(key, waited_until).await?;
+                        continue;
+                    }
+                    SlotState::Held { until } if until <= now.timestamp_millis() => {
+                        if self.changed_in_postgres(&slot) {
+                            if self.change_in_postgres(key, slot, true).await.is_err() {
+                                return Ok(UseOutcome::Refused(Refused::QuotaUnavailable));
+                            }
+                        } else {
+                            self.expire(key, until).await?;
+                        }
+                        hold_fate = Some(HoldFate::Expired);
+                        continue;
+                    }
+                    _ if slot.user != user => return Ok(UseOutcome::Refused(Refused::OrderTaken)),
+                    SlotState::Held { until } => {
+                        if slot.order_value != req.order_value {
+                            return Ok(UseOutcome::Refused(Refused::IdempotencyMismatch));
+                        }
+                        match kind {
+                            UseKind::Hold { .. } => return Ok(UseOutcome::Replayed(receipt(millis(until)))),
+                            UseKind::Redeem if self.changed_in_postgres(&slot) => {
+                                match self.change_in_postgres(key, slot, false).await {
+                                    Ok(true) => {
+                                        let receipt = Receipt { hold: Some(HoldFate::Confirmed), ..receipt(None) };
+                                        return Ok(UseOutcome::Confirmed(receipt));
+                                    }
+                                    Ok(false) => continue,
+                                    Err(_) => return Ok(UseOutcome::Refused(Refused::QuotaUnavailable)),
+                                }
+                            }
+                            UseKind::Redeem => match self.confirm(key, slot, until).await? {
+                                true => {
+                                    let receipt = Receipt { hold: Some(HoldFate::Confirmed), ..receipt(None) };
+                                    return Ok(UseOutcome::Confirmed(receipt));
+                                }
+                                false => continue,
+                            },
+                        }
+                    }
+                    SlotState::Live => {
+                        return Ok(UseOutcome::Refused(match kind {
+                            UseKind::Hold { .. } => Refused::OrderTaken,
+                            UseKind::Redeem if slot.order_value != req.order_value => Refused::IdempotencyMismatch,
+                            UseKind::Redeem => return Ok(UseOutcome::Replayed(receipt(None))),
+                        }));
+                    }
+                    SlotState::Released { ended: Ended::Redemption, .. } => {
+                        return Ok(UseOutcome::Refused(Refused::OrderTaken));
+                    }
+                    // The deadline won the race with this confirmation: the answer says so.
+                    SlotState::Released { ended: Ended::ExpiredHold, .. } => {
+                        hold_fate.get_or_insert(HoldFate::Expired);
+                    }
+                    SlotState::Released { ended: Ended::CancelledHold, .. } => {}
+                }
+            }
+            let prior_rev = match self.archived(key, req.order_id).await? {
+                Archived::Unknown => 0,
+                Archived::FreeAfter(rev) => rev,
+                Archived::Spent => return Ok(UseOutcome::Refused(Refused::OrderTaken)),
+            };
+            match self.take_fresh(&catalog, found, key, user, req, kind, now, prior_rev).await? {
+                Some(UseOutcome::Taken(receipt)) => {
+                    return Ok(UseOutcome::Taken(Receipt { hold: hold_fate, code: code.to_string(), ..receipt }));
+                }
+                Some(outcome) => return Ok(outcome),
+                // A concurrent request claimed the order first: answer as its replay.
+                None => continue,
+            }
+        }
+    }
+
+    /// A new use of `key`: the rules, then the limit chain (the ledger's counts; among
+    /// instances the lease units of its totals too), then its record (a claim in PostgreSQL
+    /// for a use under any limit while instances share, else the journal), then the commit.
+    /// `None` if another request claimed the order meanwhile.
+    #[allow(clippy::too_many_arguments, reason = "one call site; the parts of one request")]
+    async fn take_fresh(
+        &self,
+        catalog: &Catalog,
+        found: Found<'_>,
+        key: OrderKey,
+        user: IdKey,
+        req: &UseRequest<'_>,
+        kind: UseKind,
+        now: DateTime<Utc>,
+        prior_rev: u32,
+    ) -> Result<Option<UseOutcome>, EngineError> {
+        let coupon = found.coupon();
+        let offer = offer(catalog, found, req.user_id);
+        // The order is not checked here: claiming it is the first link of the chain.
+        let view = self.view(&offer, found, req.user_id, None);
+        let attempt = Attempt { user_id: req.user_id, order_value: req.order_value, order_id: None };
+        let discount = match rules::validate(&offer, &view, &attempt, now) {
+            Decision::Valid { discount, .. } => discount,
+            Decision::Rejected(reason) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
+        };
+        let campaign = offer.campaign.filter(|_| rules::takes_campaign_use(discount));
+        let new = NewUse {
+            key,
+            id: redemption_id(coupon.id, req.order_id),
+            coupon_id: coupon.id,
+            code: match found {
+                Found::Code { code, .. } => Some((code.batch, code.index)),
+                Found::Coupon(_) => None,
+            },
+            code_text: matches!(found, Found::Code { .. }).then(|| normalize_code(req.code).into_owned()),
+            req,
+            discount,
+            at: now,
+            hold_until: deadline(kind, now),
+            campaign: campaign.map(|c| c.id),
+            user_limit: coupon.per_user_limit,
+            campaign_user_limit: campaign.and_then(|c| c.per_user_limit),
+            code_limit: offer.code.map(|c| c.uses_limit),
+        };
+        let totals =
+            cluster::totals(coupon, campaign.map(|c| (c.id, c.usage_limit.is_some(), c.budget.is_some())), discount);
+        // A use under any limit: among instances it is claimed, so that the order is one use
+        // for every instance before the answer (API.md §6), not only once the feed has
+        // carried it. Only a use under no limit at all is journalled then, and may meet the
+        // same order taken elsewhere (the order conflict §6 allows).
+        let limited = !totals.is_empty()
+            || new.user_limit.is_some()
+            || new.campaign_user_limit.is_some()
+            || new.code_limit.is_some()
+            || new.hold_until.is_some();
+        if limited && !self.may_take_limited() {
+            return Ok(Some(UseOutcome::Refused(Refused::QuotaUnavailable)));
+        }
+        // Among instances the totals are the leases' (below): this ledger counts the uses it
+        // knows of, and the per-user counts stay a first, local check. Alone, it decides all.
+        let sharing = self.cluster.get().filter(|_| self.mode() == alone::Mode::Sharing);
+        let local = |cap| if sharing.is_some() { None } else { cap };
+        let slot = new.slot(user, prior_rev);
+        let limits = Limits {
+            order: OrderOnce { slot },
+            holds: UserHolds(Some(self.settings.max_active_holds_per_user)),
+            code: CodeUses(new.code_limit),
+            total: CouponTotal(local(coupon.usage_limit)),
+            per_user: CouponPerUser(coupon.per_user_limit),
+            campaign: CampaignCap(local(campaign.and_then(|c| c.usage_limit))),
+            campaign_user: CampaignPerUser(new.campaign_user_limit),
+            budget: CampaignBudget(campaign.and_then(|c| c.budget).filter(|_| sharing.is_none())),
+        };
+        let mut taken = match Reservation::take(self, Use::of_slot(key, coupon.id, &slot), limits) {
+            Ok(taken) => taken,
+            Err(Refusal::OrderTaken(_)) => return Ok(None),
+            Err(Refusal::Rule(reason)) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
+            Err(Refusal::TooManyHolds) => return Ok(Some(UseOutcome::Refused(Refused::TooManyHolds))),
+        };
+        // A per-user limit published since `catalog` was read may not have seen this use in
+        // its back-fill: count it as the definitions now say.
+        self.ledger.count_user_of(key, counted(&self.catalog.load(), coupon.id, campaign.map(|c| c.id)));
+        let rev = self.ledger.slot(key).map_or(1, |s| s.rev);
+        let Some(cluster) = sharing else {
+            return self.journal_use(taken, &new, rev, None).await;
+        };
+        let spent = match self.spend_leases(cluster, &totals).await {
+            Ok(spent) => spent,
+            Err(short) => {
+                return Ok(Some(UseOutcome::Refused(match short {
+                    cluster::Short::Limit(reason) => Refused::Rule(reason),
+                    cluster::Short::Unavailable => Refused::QuotaUnavailable,
+                })));
+            }
+        };
+        taken.leased(cluster, totals);
+        if limited {
+            return self.claim_use(cluster, taken, &new, rev, spent).await;
+        }
+        let funded_by =
+            (!spent.is_empty()).then(|| Funding { instance: cluster.instance.clone(), epoch: cluster.epoch, spent });
+        self.journal_use(taken, &new, rev, funded_by).await
+    }
+
+    /// Records a new use in the journal, and commits it once the journal has it.
+    async fn journal_use(
+        &self,
+        taken: Reservation<'_>,
+        new: &NewUse<'_>,
+        rev: u32,
+        funded_by: Option<Funding>,
+    ) -> Result<Option<UseOutcome>, EngineError> {
+        let event = Event::Redeemed(Redeemed {
+            id: new.id,
+            rev,
+            coupon_id: new.coupon_id,
+            code: new.code_text.clone(),
+            user_id: new.req.user_id.to_owned(),
+            order_id: new.req.order_id.to_owned(),
+            order_value: new.req.order_value,
+            discount: new.discount,
+            at: new.at,
+            hold_until: new.hold_until,
+            campaign: new.campaign,
+            funded_by,
+        });
+        self.journal.append(&event.encode()).await?;
+        taken.commit();
+        Ok(Some(self.settle_taken(new.key, new.id, rev, new.discount, new.req, new.hold_until)))
+    }
+
+    /// Records a new use by a claim in PostgreSQL, and commits it once PostgreSQL has it.
+    async fn claim_use(
+        &self,
+        cluster: &Cluster,
+        mut taken: Reservation<'_>,
+        new: &NewUse<'_>,
+        rev: u32,
+        spent: Spent,
+    ) -> Result<Option<UseOutcome>, EngineError> {
+        let claim = ClaimRequest {
+            id: new.id,
+            rev,
+            coupon_id: new.coupon_id,
+            code: new.code_text.as_deref(),
+            user_id: new.req.user_id,
+            order_id: new.req.order_id,
+            order_value: new.req.order_value,
+            discount: new.discount,
+            at: new.at,
+            hold_until: new.hold_until,
+            campaign: new.campaign,
+            user_limit: new.user_limit,
+            campaign_user_limit: new.campaign_user_limit,
+            code_limit: new.code_limit,
+            max_holds: Some(self.settings.max_active_holds_per_user),
+            spent,
+        };
+        self.metrics.quota.waits.inc("claim");
+        // PostgreSQL counts only what it has: a release or confirmation of this instance's
+        // own, still in its journal when the claim was made, may be what makes room (it may
+        // land while the claim runs, too late for its count).
+        let unshipped = self.journal.backlog() > 0;
+        let mut outcome = cluster.port.claim(&claim).await;
+        if matches!(outcome, Ok(ClaimOutcome::Refused(_) | ClaimOutcome::TooManyHolds)) && unshipped {
+            self.journal.wait_shipped(self.settings.settle_timeout).await;
+            outcome = cluster.port.claim(&claim).await;
+            tracing::debug!(?outcome, "claim asked again once this instance's journal was shipped");
+        }
+        let refused = match outcome {
+            Ok(ClaimOutcome::Taken { rev }) => {
+                taken.commit();
+                return Ok(Some(self.settle_taken(new.key, new.id, rev, new.discount, new.req, new.hold_until)));
+            }
+            Ok(ClaimOutcome::Exists(row)) => {
+                drop(taken);
+                self.remember_row(new.key, new.req, &row);
+                // The order's row as PostgreSQL has it answers, as a replay would.
+                return Ok(None);
+            }
+            Ok(ClaimOutcome::Refused(reason)) => Refused::Rule(reason),
+            Ok(ClaimOutcome::TooManyHolds) => Refused::TooManyHolds,
+            Ok(ClaimOutcome::Fenced) => Refused::QuotaUnavailable,
+            Err(err) => {
+                // It may have committed: its lease units wait with the order's doubt.
+                tracing::debug!(error = %err, "a claim could not be made, or its answer was lost");
+                let totals = taken.keep_leases();
+                self.doubtful.add(new.key, &claim, &totals);
+                Refused::QuotaUnavailable
+            }
+        };
+        Ok(Some(UseOutcome::Refused(refused)))
+    }
+
+    /// Marks a use taken durably (journalled, or written by PostgreSQL) and answers it.
+    fn settle_taken(
+        &self,
+        key: OrderKey,
+        id: Uuid,
+        rev: u32,
+        discount: Cents,
+        req: &UseRequest<'_>,
+        hold_until: Option<DateTime<Utc>>,
+    ) -> UseOutcome {
+        let state = match hold_until {
+            Some(until) => SlotState::Held { until: until.timestamp_millis() },
+            None => SlotState::Live,
+        };
+        self.ledger.update(key, |current| (current.map(|s| Slot { rev, state, ..s }), ()));
+        if let Some(until) = hold_until {
+            self.live_holds.fetch_add(1, Ordering::Relaxed);
+            self.deadlines.push(until.timestamp_millis(), key);
+        }
+        UseOutcome::Taken(Receipt {
+            id,
+            code: String::new(),
+            discount,
+            final_amount: req.order_value.saturating_sub(discount),
+            expires_at: hold_until,
+            hold: None,
+        })
+    }
+
+    /// Turns the hold of `key` into a redemption; false if it is no longer that hold (it
+    /// expired or was cancelled meanwhile: the caller looks again).
+    pub(super) async fn confirm(&self, key: OrderKey, held: Slot, until: i64) -> Result<bool, EngineError> {
+        let now = self.clock.now();
+        let claimed = self.ledger.update(key, |current| match current {
+            Some(slot)
+                if slot.rev == held.rev
+                    && slot.state == (SlotState::Held { until })
+                    && now.timestamp_millis() < until =>
+            {
+                (Some(Slot { state: SlotState::Changing, ..slot }), true)
+            }
+            other => (other, false),
+        });
+        if !claimed {
+            return Ok(false);
+        }
+        if let Err(err) = self.may_change_in_journal() {
+            self.ledger.update(key, |current| (current.map(|s| Slot { state: SlotState::Held { until }, ..s }), ()));
+            return Err(err);
+        }
+        let rev = held.rev + 1;
+        let event = Event::Confirmed(Confirmed { id: held.id, rev, at: now });
+        if let Err(err) = self.journal.append(&event.encode()).await {
+            self.ledger.update(key, |current| (current.map(|s| Slot { state: SlotState::Held { until }, ..s }), ()));
+            return Err(err.into());
+        }
+        self.ledger.update(key, |current| (current.map(|s| Slot { rev, state: SlotState::Live, ..s }), ()));
+        limits::give_back(&limits::hold_only(), &self.ledger, &Use::of_slot(key, key.0, &held));
+        self.live_holds.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.holds.inc("confirmed");
+        Ok(true)
+    }
+}
+
+/// The facts of a use being taken, for its slot and its record.
+struct NewUse<'a> {
+    key: OrderKey,
+    id: Uuid,
+    coupon_id: CouponId,
+    code: Option<(BatchId, u32)>,
+    /// The bulk code as its record names it.
+    code_text: Option<String>,
+    req: &'a UseRequest<'a>,
+    discount: Cents,
+    at: DateTime<Utc>,
+    hold_until: Option<DateTime<Utc>>,
+    campaign: Option<CampaignId>,
+    user_limit: Option<u32>,
+    campaign_user_limit: Option<u32>,
+    code_limit: Option<u32>,
+}
+
+impl NewUse<'_> {
+    /// Its slot while it is being taken.
+    fn slot(&self, user: IdKey, prior_rev: u32) -> Slot {
+        Slot {
+            id: self.id,
+            rev: prior_rev + 1,
+            user,
+            order_value: self.req.order_value,
+            discount: self.discount,
+            code: self.code.map(code_slot),
+            campaign: self.campaign.and_then(std::num::NonZeroI64::new),
+            counted: Counted {
+                coupon_user: self.user_limit.is_some(),
+                campaign_user: self.campaign_user_limit.is_some(),
+            },
+            foreign: false,
+            state: SlotState::Taking { hold: self.hold_until.is_some() },
+        }
+    }
+}
+
+/// A hold's deadline, in whole milliseconds (the deadlines' unit): the deadline the client,
+/// the journal and PostgreSQL see is exactly the one the expiry keeps, never a fraction later.
+fn deadline(kind: UseKind, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match kind {
+        UseKind::Hold { ttl } => {
+            let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+            Some(millis(until.timestamp_millis()).unwrap_or(until))
+        }
+        UseKind::Redeem => None,
+    }
+}
+
+/// What a new use has taken so far: its counts in the ledger (every link of the limit chain)
+/// and, among instances, the lease units of its totals. Dropped before [`Reservation::commit`]
+/// it gives all of it back: the one undo of the take path.
+struct Reservation<'e> {
+    engine: &'e Engine,
+    u: Use,
+    limits: Limits,
+    leased: Option<(&'e Cluster, Vec<(Scope, u64)>)>,
+    committed: bool,
+}
+
+impl<'e> Reservation<'e> {
+    /// Takes every link of the chain for `u`, or none of them.
+    fn take(engine: &'e Engine, u: Use, limits: Limits) -> Result<Reservation<'e>, Refusal> {
+        limits::take(&limits.chain(), &engine.ledger, &u)?;
+        Ok(Reservation { engine, u, limits, leased: None, committed: false })
+    }
+
+    /// The lease units of `totals` are spent for it too.
+    fn leased(&mut self, cluster: &'e Cluster, totals: Vec<(Scope, u64)>) {
+        self.leased = Some((cluster, totals));
+    }
+
+    /// Its lease units stay spent whatever happens to the rest (a claim in doubt keeps them
+    /// until PostgreSQL says whether it committed); returns them.
+    fn keep_leases(&mut self) -> Vec<(Scope, u64)> {
+        self.leased.take().map(|(_, totals)| totals).unwrap_or_default()
+    }
+
+    /// The use is recorded: what it took stays taken.
+    fn commit(mut self) {
+        self.committed = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        if let Some((cluster, totals)) = self.leased.take() {
+            cluster::put_back(cluster, &totals);
+        }
+        // What the slot counts now: a back-fill may have added to it.
+        let ledger = &self.engine.ledger;
+        let u = ledger.slot(self.u.key).map_or(self.u, |now| Use::of_slot(self.u.key, self.u.coupon, &now));
+        limits::give_back(&self.limits.chain(), ledger, &u);
+    }
+}
