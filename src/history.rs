@@ -258,7 +258,9 @@ impl Checker {
         let limited = self.shapes.get(&key.0).is_some_and(|s| {
             s.limit.is_some() || s.per_user.is_some() || s.campaign_uses.is_some() || s.campaign_cents.is_some()
         });
-        let (certain, maybe) = (limited && matches!(order.certain, Certain::Live { .. }), order.maybe || order.lost);
+        // An order under no limit at all weighs in no limit check nor in any false refusal.
+        let (certain, maybe) =
+            (limited && matches!(order.certain, Certain::Live { .. }), limited && (order.maybe || order.lost));
         if certain {
             self.certain.insert(key.clone());
         } else {

@@ -9,6 +9,21 @@
 //!
 //! Locks: every map is split into shards behind short `std` mutexes (no `.await` is ever
 //! held across one); a check-and-change of one count happens under its shard's lock.
+//!
+//! A slot's life ([`SlotState`]); every change is one `Ledger::update` under the shard lock,
+//! and only `Taking` and `Changing` wait on a record (a journal append or a PostgreSQL call):
+//!
+//! | from | event | to | where |
+//! | --- | --- | --- | --- |
+//! | (none), or `Released` of a hold | the limit chain takes a new use | `Taking` | `take.rs` (`OrderOnce`) |
+//! | `Taking` | recorded (journal appended, or claimed) | `Held` / `Live` | `take.rs` `settle_taken` |
+//! | `Taking` | not recorded (refused, failed) | removed, or back as it was | `take.rs` `Reservation` drop |
+//! | `Held` | confirm, before the deadline | `Changing` → `Live` | `take.rs` `confirm`, `cluster.rs` `change_in_postgres` |
+//! | `Held` / `Live` | release | `Changing` → `Released { CancelledHold / Redemption }` | `release.rs` `give_back`, `cluster.rs` |
+//! | `Held` | deadline passed | `Changing` → `Released { ExpiredHold }` | `release.rs` `expire`, `cluster.rs` |
+//! | `Changing` | the record failed | back to what it was | the same functions |
+//! | any settled state | a newer revision from PostgreSQL (the feed) | that revision's state | `cluster.rs` `merge_uses` |
+//! | `Released` | `ledger.released_retention` passed | forgotten (the filter keeps the order) | `release.rs` `forget_released` |
 
 use std::collections::HashMap;
 use std::hash::Hash;

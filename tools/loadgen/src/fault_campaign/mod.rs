@@ -56,6 +56,10 @@ pub(crate) struct FaultCampaignArgs {
     /// Where the instances' DATA_DIRs, their logs, HAProxy's configuration and the history go.
     #[arg(long, default_value = "data/campaign")]
     dir: PathBuf,
+    /// Runs nothing: checks the history already in --dir against the database as the run
+    /// left it.
+    #[arg(long)]
+    recheck: bool,
 }
 
 /// Every request carries ORDER_VALUE; discounts are fixed, in cents.
@@ -67,9 +71,18 @@ struct Sellable {
 /// The checker's coupon ids for the bulk codes, which share one coupon row in PostgreSQL:
 /// each code is a coupon of limit 1 to the checker.
 const BULK_IDS: CouponId = 1_000_000;
+/// The orders of the sell-out begin with this.
+const SELL_OUT: &str = "sell-";
 const BULK_CODES: usize = 6;
 
 pub(crate) async fn fault_campaign(database_url: &str, args: FaultCampaignArgs) -> anyhow::Result<bool> {
+    if args.recheck {
+        let (history, episodes) = read_history(&args.dir.join("history.jsonl"))?;
+        let mut db = PgConnection::connect(database_url).await.context("connect to the campaign's database")?;
+        let catalog = catalog_of(&mut db).await?;
+        drop(db);
+        return verify(database_url, &args.dir, &catalog, &history, &episodes).await;
+    }
     anyhow::ensure!(args.instances >= 2 && args.clients > 0 && args.rate > 0.0, "at least 2 instances and 1 client");
     let (upstream, database) = upstream(database_url)?;
     std::fs::create_dir_all(&args.dir)?;
@@ -88,7 +101,7 @@ pub(crate) async fn fault_campaign(database_url: &str, args: FaultCampaignArgs) 
     }
     let balancer = Balancer::start(&args.dir, &nodes)?;
     let admin = nodes[0].client.with_token(ADMIN_TOKEN);
-    let bulk: Vec<String> = (1..=BULK_CODES).map(|k| format!("FC-BULK-{k}")).collect();
+    let bulk = bulk_codes();
     let (status, answer) = admin
         .post_json(
             "/admin/campaigns/fc-bulk/batches",
@@ -96,19 +109,7 @@ pub(crate) async fn fault_campaign(database_url: &str, args: FaultCampaignArgs) 
         )
         .await?;
     anyhow::ensure!(status.as_u16() == 201, "importing the bulk codes answered {status}: {answer}");
-    for (k, code) in bulk.iter().enumerate() {
-        let shape = Shape {
-            coupon: BULK_IDS + k as CouponId,
-            limit: Some(1),
-            per_user: None,
-            campaign: None,
-            campaign_uses: None,
-            campaign_cents: None,
-            discount_cents: 500,
-            claimed: true,
-        };
-        catalog.push(Sellable { code: code.clone(), shape });
-    }
+    catalog.extend(bulk_sellables());
     for node in &nodes {
         for item in &catalog {
             let body = json!({"code": item.code, "userId": "probe", "orderValue": clients::ORDER_VALUE});
@@ -256,10 +257,20 @@ async fn finish(
     let last_deadline = history.iter().filter_map(|r| r.expires_at_ms).max().unwrap_or(0);
     let wait_ms = (last_deadline + 3_000 - chrono::Utc::now().timestamp_millis()).max(0);
     tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
-    let bought = history.len();
     sell_out(catalog, instances, history).await;
     shipped(instances).await?;
+    write_history(&args.dir.join("history.jsonl"), history, episodes)?;
+    verify(database_url, &args.dir, catalog, history, episodes).await
+}
 
+/// Checks a history against PostgreSQL's final rows, and says what it held.
+async fn verify(
+    database_url: &str,
+    dir: &std::path::Path,
+    catalog: &[Sellable],
+    history: &[Request],
+    episodes: &[Episode],
+) -> anyhow::Result<bool> {
     let mut db = PgConnection::connect(database_url).await?;
     let by_code: HashMap<&str, CouponId> = catalog.iter().map(|c| (c.code.as_str(), c.shape.coupon)).collect();
     let rows: Vec<(i64, Option<String>, String, String, bool, bool)> = sqlx::query_as(
@@ -285,7 +296,6 @@ async fn finish(
             .collect();
     drop(db);
 
-    write_history(&args.dir.join("history.jsonl"), history, episodes)?;
     let shapes: Vec<Shape> = catalog.iter().map(|c| c.shape).collect();
     let mut checker = Checker::new(&shapes, 100);
     let mut unexpected: BTreeMap<(Op, u16), u64> = BTreeMap::new();
@@ -301,11 +311,12 @@ async fn finish(
             *by_kind.entry(kind).or_default() += 1;
         }
     }
+    let selling = history.iter().filter(|r| r.order.starts_with(SELL_OUT)).count();
     println!(
-        "fault-campaign: {bought} requests during {} episodes of faults ({} faults: {by_kind:?}), {} in the sell-out",
+        "fault-campaign: {} requests during {} episodes of faults ({} faults: {by_kind:?}), {selling} in the sell-out",
+        history.len() - selling,
         episodes.len(),
         by_kind.values().sum::<u64>(),
-        history.len() - bought
     );
     println!(
         "fault-campaign: {} answers checked, {} acknowledged, {} limit refusals of which {} false ({:.3}%), \
@@ -317,7 +328,7 @@ async fn finish(
         100.0 * counts.false_refusals as f64 / counts.limit_refusals.max(1) as f64,
         counts.false_not_found,
         counts.order_conflicts,
-        args.dir.join("history.jsonl").display()
+        dir.join("history.jsonl").display()
     );
     let mut ok = verdict(checked.is_ok(), &format!("the history keeps every invariant{}", failure(&checked)));
     ok &=
@@ -350,22 +361,45 @@ fn answer(r: &Request) -> Option<Answer> {
 /// Feeds the history to the checker in the order its answers took effect, as far as a real
 /// cluster lets one know: a use taken counts from its acknowledgement (its end), anything
 /// that may have ended a use counts from its request (its start), so that a unit given back
-/// and sold again at once is never counted twice. (For false refusals this errs high: a
-/// release in flight counts as done.)
+/// and sold again at once is never counted twice, except a release of an order whose take
+/// was still in flight, which counts from that take's answer. (For false refusals this errs
+/// high: a release in flight counts as done.)
 fn check(
     checker: &mut Checker,
     by_code: &HashMap<&str, CouponId>,
     history: &[Request],
     unexpected: &mut BTreeMap<(Op, u16), u64>,
 ) -> Result<(), String> {
+    let taken = |answer: &Answer| matches!(answer, Answer::Taken { .. } | Answer::Replayed { .. });
+    // When each order's takes were in flight, to place the releases that overlap them.
+    let mut takes: HashMap<(&str, &str), Vec<(i64, i64)>> = HashMap::new();
+    for r in history {
+        if answer(r).as_ref().is_some_and(taken) {
+            takes.entry((r.code.as_str(), r.order.as_str())).or_default().push((r.start_us, r.end_us));
+        }
+    }
     let mut events: Vec<(i64, u8, &Request, Answer)> = Vec::with_capacity(history.len());
     for r in history {
         let Some(answer) = answer(r) else {
             *unexpected.entry((r.op, r.status)).or_default() += 1;
             continue;
         };
-        let taken = matches!(answer, Answer::Taken { .. } | Answer::Replayed { .. });
-        events.push(if taken { (r.end_us, 1, r, answer) } else { (r.start_us, 0, r, answer) });
+        if taken(&answer) {
+            events.push((r.end_us, 1, r, answer));
+            continue;
+        }
+        // A release that gave back (or may have given back) a use whose take was in flight
+        // meanwhile acted after that take: it counts right after the take's answer.
+        let overlapped = (r.op == Op::Release && matches!(answer, Answer::Released | Answer::Unavailable))
+            .then(|| takes.get(&(r.code.as_str(), r.order.as_str())))
+            .flatten()
+            .and_then(|t| {
+                t.iter().filter(|(start, end)| *start < r.end_us && *end > r.start_us).map(|(_, end)| *end).max()
+            });
+        events.push(match overlapped {
+            Some(after) => (after, 2, r, answer),
+            None => (r.start_us, 0, r, answer),
+        });
     }
     events.sort_by_key(|(at, class, _, _)| (*at, *class));
     for (at, _, r, answer) in events {
@@ -396,7 +430,7 @@ async fn sell_out(catalog: &[Sellable], instances: &Mutex<Vec<Instance>>, histor
         let mut refusals = 0;
         for n in 0..300 {
             let (target, client) = &nodes[n % nodes.len()];
-            let (order, user) = (format!("sell-{}-{n}", item.code), format!("seller-{n}"));
+            let (order, user) = (format!("{SELL_OUT}{}-{n}", item.code), format!("seller-{n}"));
             let r = clients::ask(client, target, Op::Redeem, &item.code, &order, &user, 0).await;
             let answer = answer(&r);
             history.push(r);
@@ -457,4 +491,70 @@ fn write_history(path: &std::path::Path, history: &[Request], episodes: &[Episod
         bail!("no request was made");
     }
     Ok(())
+}
+
+fn bulk_codes() -> Vec<String> {
+    (1..=BULK_CODES).map(|k| format!("FC-BULK-{k}")).collect()
+}
+
+/// The bulk codes, each a coupon of limit 1 to the checker.
+fn bulk_sellables() -> Vec<Sellable> {
+    let shape = |k: usize| Shape {
+        coupon: BULK_IDS + k as CouponId,
+        limit: Some(1),
+        per_user: None,
+        campaign: None,
+        campaign_uses: None,
+        campaign_cents: None,
+        discount_cents: 500,
+        claimed: true,
+    };
+    bulk_codes().into_iter().enumerate().map(|(k, code)| Sellable { code, shape: shape(k) }).collect()
+}
+
+/// The catalog as a run left it in the database.
+async fn catalog_of(db: &mut PgConnection) -> anyhow::Result<Vec<Sellable>> {
+    let rows: Vec<(String, i64, Option<i32>, Option<i32>, Option<i64>, i64, Option<i32>, Option<i64>)> =
+        sqlx::query_as(
+            "SELECT c.code, c.id, c.usage_limit, c.per_user_limit, c.campaign_id, (c.discount_value * 100)::bigint, \
+         k.usage_limit, (k.budget * 100)::bigint \
+         FROM coupons c LEFT JOIN campaigns k ON k.id = c.campaign_id \
+         WHERE c.code LIKE 'FC-%' AND c.batch_id IS NULL ORDER BY c.id",
+        )
+        .fetch_all(&mut *db)
+        .await?;
+    anyhow::ensure!(!rows.is_empty(), "no campaign catalog in this database");
+    let count = |n: Option<i32>| n.map(u64::try_from).transpose();
+    let mut catalog = Vec::new();
+    for (code, coupon, limit, per_user, campaign, discount, cap, budget) in rows {
+        let (limit, per_user, cap) = (count(limit)?, count(per_user)?, count(cap)?);
+        let budget = budget.map(u64::try_from).transpose()?;
+        let shape = Shape {
+            coupon,
+            limit,
+            per_user,
+            campaign,
+            campaign_uses: cap,
+            campaign_cents: budget,
+            discount_cents: u64::try_from(discount)?,
+            claimed: limit.is_some() || per_user.is_some() || cap.is_some() || budget.is_some(),
+        };
+        catalog.push(Sellable { code, shape });
+    }
+    catalog.extend(bulk_sellables());
+    Ok(catalog)
+}
+
+fn read_history(path: &std::path::Path) -> anyhow::Result<(Vec<Request>, Vec<Episode>)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    let (mut history, mut episodes) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        let mut value: serde_json::Value = serde_json::from_str(line)?;
+        if let Some(request) = value.get_mut("request") {
+            history.push(serde_json::from_value(request.take())?);
+        } else if let Some(fault) = value.get_mut("fault") {
+            episodes.push(serde_json::from_value(fault.take())?);
+        }
+    }
+    Ok((history, episodes))
 }
