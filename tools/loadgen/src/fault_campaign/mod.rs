@@ -512,17 +512,20 @@ fn bulk_sellables() -> Vec<Sellable> {
     bulk_codes().into_iter().enumerate().map(|(k, code)| Sellable { code, shape: shape(k) }).collect()
 }
 
+/// A coupon as the catalog query reads it: code, id, usage limit, per-user limit, campaign,
+/// discount in cents, the campaign's cap and its budget in cents.
+type CatalogRow = (String, i64, Option<i32>, Option<i32>, Option<i64>, i64, Option<i32>, Option<i64>);
+
 /// The catalog as a run left it in the database.
 async fn catalog_of(db: &mut PgConnection) -> anyhow::Result<Vec<Sellable>> {
-    let rows: Vec<(String, i64, Option<i32>, Option<i32>, Option<i64>, i64, Option<i32>, Option<i64>)> =
-        sqlx::query_as(
-            "SELECT c.code, c.id, c.usage_limit, c.per_user_limit, c.campaign_id, (c.discount_value * 100)::bigint, \
+    let rows: Vec<CatalogRow> = sqlx::query_as(
+        "SELECT c.code, c.id, c.usage_limit, c.per_user_limit, c.campaign_id, (c.discount_value * 100)::bigint, \
          k.usage_limit, (k.budget * 100)::bigint \
          FROM coupons c LEFT JOIN campaigns k ON k.id = c.campaign_id \
          WHERE c.code LIKE 'FC-%' AND c.batch_id IS NULL ORDER BY c.id",
-        )
-        .fetch_all(&mut *db)
-        .await?;
+    )
+    .fetch_all(&mut *db)
+    .await?;
     anyhow::ensure!(!rows.is_empty(), "no campaign catalog in this database");
     let count = |n: Option<i32>| n.map(u64::try_from).transpose();
     let mut catalog = Vec::new();
