@@ -5,7 +5,7 @@
 //! The lock is a session advisory lock on a connection of its own, so it goes whenever that
 //! connection does: a PostgreSQL restart, a cut link, `idle_session_timeout`. Alone it proves
 //! nothing for long. Hence:
-//! - every `beat` the heartbeat stamps `quota_instances.seen_at` through the lock's
+//! - every `beat` the heartbeat stamps `quota_stamps.seen_at` through the lock's
 //!   connection, for this epoch while it is live; a stamp that commits proves the lock was
 //!   held and the epoch live when it was sent;
 //! - a lost connection is replaced and the lock taken again; meanwhile (and while a stamp
@@ -119,8 +119,11 @@ pub(crate) const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended('cou
 /// Whether the last stamp of `id`'s live epoch is older than its own identity timeout by
 /// PostgreSQL's clock (or the instance is not live at all): only then may its units be taken.
 /// While it decides alone, its alone timeout counts instead, if longer.
+/// The last stamp is the heartbeat's (`quota_stamps`), or the epoch's start.
 pub(crate) const STAMP_IS_OLD: &str = "SELECT NOT EXISTS (SELECT 1 FROM quota_instances q \
-     WHERE q.instance_id = $1 AND q.state IN ('live', 'waiting') AND q.seen_at > now() - greatest(q.identity_timeout, \
+     LEFT JOIN quota_stamps s ON s.instance_id = q.instance_id AND s.epoch = q.epoch \
+     WHERE q.instance_id = $1 AND q.state IN ('live', 'waiting') \
+     AND greatest(q.seen_at, s.seen_at) > now() - greatest(q.identity_timeout, \
      coalesce((SELECT a.alone_timeout FROM quota_alone a WHERE a.instance_id = q.instance_id), interval '0')))";
 
 /// The lock that makes an instance id one process's: held as long as its connection lives.
@@ -143,11 +146,14 @@ impl InstanceLock {
     }
 }
 
-/// Stamps this epoch as live; false if it is not (written off, or taken over).
+/// Stamps this epoch as live; false if it is not (written off, or taken over). Written apart
+/// from the instance's row, which every claim and grant holds while it runs.
 async fn stamp(conn: &mut PgConnection, id: &str, epoch: i64) -> Result<bool, Error> {
     let stamped = sqlx::query(
-        "UPDATE quota_instances SET seen_at = now() \
-         WHERE instance_id = $1 AND epoch = $2 AND state IN ('live', 'waiting')",
+        "INSERT INTO quota_stamps (instance_id, epoch, seen_at) SELECT $1, $2, now() \
+         WHERE EXISTS (SELECT 1 FROM quota_instances \
+                       WHERE instance_id = $1 AND epoch = $2 AND state IN ('live', 'waiting')) \
+         ON CONFLICT (instance_id) DO UPDATE SET epoch = EXCLUDED.epoch, seen_at = EXCLUDED.seen_at",
     )
     .bind(id)
     .bind(epoch)
