@@ -39,7 +39,6 @@ async fn without_a_configured_token_every_admin_call_is_401() {
         }
     }
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +79,6 @@ async fn wrong_tokens_are_401_and_the_right_one_works() {
     assert_eq!(reload["coupons"], 1);
     assert!(reload["durationMs"].is_u64(), "{reload}");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,7 +181,6 @@ async fn coupons_are_created_read_and_patched_through_the_database() {
         sqlx::query_scalar("SELECT status FROM coupons WHERE code = 'WELCOME15'").fetch_one(&db.pool).await.unwrap();
     assert_eq!(unchanged, "inactive", "refused patches change nothing");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +221,6 @@ async fn validation_statistics_and_recent_log_come_from_the_database() {
         assert_eq!(response.status, StatusCode::BAD_REQUEST, "{bad}");
     }
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,7 +284,6 @@ async fn recent_validations_are_the_newest_across_idle_gaps_and_rows_added_by_ha
         after["validations"].as_array().unwrap().iter().map(|r| r["userId"].as_str().unwrap()).collect();
     assert_eq!(users, ["live_2", "live_1", "h3"]);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,5 +302,4 @@ async fn the_token_never_reaches_the_logs() {
     for line in lines {
         assert!(!line.contains(TOKEN), "token in log line: {line}");
     }
-    db.drop_db().await;
 }

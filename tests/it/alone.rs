@@ -102,7 +102,6 @@ async fn one_instance_decides_every_shape_with_postgres_away() {
             .unwrap();
     assert!(quotas.contains(&(1, 3, 0)) && quotas.contains(&(3, 200, 0)), "the books count what was sold: {quotas:?}");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// A second instance starts: the first hands over (its journal shipped first), both share,
@@ -169,5 +168,4 @@ async fn deciding_alone_hands_over_to_sharing_and_back_exactly() {
     assert_eq!((status, full["reason"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("USAGE_LIMIT_REACHED")));
     eventually(Duration::from_secs(5), "the books after", || async { live_rows(&db, coupon).await == 40 }).await;
     a.stop().await.unwrap();
-    db.drop_db().await;
 }

@@ -302,7 +302,6 @@ async fn campaigns_batches_exports_and_assignments_end_to_end() {
         assert!(metrics.lines().any(|l| l == line), "{line}");
     }
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -397,7 +396,6 @@ async fn four_hundred_buyers_over_many_codes_against_a_shared_cap_and_budget() {
     })
     .await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +436,6 @@ async fn batches_and_assignments_reach_another_instance_without_a_reload() {
     .await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,7 +471,6 @@ async fn batches_survive_a_restart_and_an_interrupted_one_is_marked_failed() {
     assert_eq!(orphan["status"], json!("failed"));
     assert!(orphan["error"].as_str().unwrap().starts_with("interrupted"), "{orphan}");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// Two markers of an interrupted batch at once (start-up's and a `GET /admin/batches/{id}`,
@@ -507,5 +503,4 @@ async fn a_batch_marked_failed_by_two_at_once_reads_failed() {
     first.commit().await.unwrap();
     let seen = second.await.unwrap();
     assert_eq!(seen.status, "failed", "{seen:?}");
-    db.drop_db().await;
 }

@@ -122,7 +122,6 @@ async fn three_hundred_buyers_on_three_instances_get_exactly_fifty() {
         .await
         .unwrap();
     assert_eq!(held, 0, "stopped instances hold nothing");
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -159,7 +158,6 @@ async fn one_user_racing_a_one_use_coupon_on_every_instance_gets_it_once() {
     for app in apps {
         app.stop().await.unwrap();
     }
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -195,7 +193,6 @@ async fn a_use_on_one_instance_shows_on_the_others_and_is_released_anywhere() {
     for app in apps {
         app.stop().await.unwrap();
     }
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -231,7 +228,6 @@ async fn a_hold_made_on_one_instance_is_confirmed_on_another() {
     for app in apps {
         app.stop().await.unwrap();
     }
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -284,7 +280,6 @@ async fn one_order_retried_on_two_instances_is_one_redemption() {
     for app in apps {
         app.stop().await.unwrap();
     }
-    db.drop_db().await;
 }
 
 fn data_dir(name: &str) -> String {
@@ -400,7 +395,6 @@ async fn a_killed_instance_strands_its_units_until_it_is_back_or_written_off() {
     }
     assert_eq!(sold_ten, 10, "everything b held is available again after the write-off");
     assert!(a.terminate().success());
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -463,7 +457,6 @@ async fn with_postgres_away_instances_sell_only_what_they_hold() {
     for app in apps {
         app.stop().await.unwrap();
     }
-    db.drop_db().await;
 }
 
 #[test]
@@ -482,7 +475,6 @@ fn a_second_instance_with_the_same_id_refuses_to_start() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("in use by another live instance"), "{stderr}");
     assert!(first.terminate().success());
-    runtime.block_on(db.drop_db());
 }
 
 /// A return asked again under its number (its first answer lost) answers what the first did
@@ -503,5 +495,4 @@ async fn a_lease_return_asked_again_is_applied_once() {
     let next = "SELECT quota_return(1::smallint, $1, 'node-r', 1, 5, 2)";
     assert_eq!(sql(next).fetch_one(&db.pool).await.unwrap(), 2, "no more than the lease holds");
     assert_eq!(quota(&db, 1, coupon).await, (0, 0));
-    db.drop_db().await;
 }

@@ -131,7 +131,6 @@ async fn a_hold_confirmed_while_cut_off_is_never_sold_twice() {
 
     a.stop().await.unwrap();
     c.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// Found from outside: the id's lock went with a PostgreSQL restart and was never taken
@@ -185,7 +184,6 @@ async fn an_instance_whose_lock_went_keeps_its_id_and_its_units() {
         .await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// An instance cut off for good stops selling from its leases once it cannot prove its id
@@ -241,5 +239,4 @@ async fn a_cut_off_instance_stops_selling_before_it_can_be_written_off() {
     eventually(Duration::from_secs(10), "every use in PostgreSQL", || async { live_uses(&db, cap).await.len() == 50 })
         .await;
     a.stop().await.unwrap();
-    db.drop_db().await;
 }

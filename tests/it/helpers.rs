@@ -51,15 +51,28 @@ impl TestDb {
         MIGRATOR.run(&pool).await.expect("migrate test database");
         TestDb { url, pool, name }
     }
+}
 
-    /// Drops the database (call at the end of a test; a failed test leaves it to look at).
-    pub async fn drop_db(self) {
-        self.pool.close().await;
-        if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
-                .execute(&mut admin)
-                .await;
+/// A test's database drops itself when the test ends; a failed test leaves it to look at.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test database {} kept for a look", self.name);
+            return;
         }
+        let name = self.name.clone();
+        // Its own thread and runtime: a drop cannot await, and the test's runtime may be
+        // single-threaded or already shutting down.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                if let Ok(mut admin) = PgConnection::connect(&server_url()).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
+                }
+            });
+        });
+        let _ = dropped.join();
     }
 }
 

@@ -128,7 +128,6 @@ async fn hold_confirm_and_cancel_answer_as_the_contract_says() {
     }
     assert_eq!(metric(client, "coupon_holds_live").await, 0.0);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +162,6 @@ async fn bad_holds_are_refused() {
         "a confirmed hold frees a place"
     );
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,7 +193,6 @@ async fn holds_count_against_campaign_caps_and_budgets() {
     assert_eq!(redeem(client, "SEVEN-C", "u3", "o3").await.0, StatusCode::CREATED, "the cancelled hold gave back 7.00");
     assert_eq!(redeem(client, "SEVEN-B", "u2", "o2").await.1["hold"], "confirmed");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,7 +220,6 @@ async fn a_hold_expires_by_itself_and_redeem_then_applies_the_rules_afresh() {
     .await;
     assert_eq!(metric(client, "coupon_holds_total{outcome=\"expired\"}").await, 1.0);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// Forty holds confirmed right at their deadline while forty other buyers race for the uses
@@ -281,7 +277,6 @@ async fn confirm_and_expiry_race_at_the_deadline_and_exactly_one_wins() {
     })
     .await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -332,5 +327,4 @@ async fn holds_survive_sigkill_and_one_that_lapsed_meanwhile_is_given_back_befor
     assert_eq!(redeem(&client, "TWO", "again", "o-5").await.1["hold"], "confirmed");
     assert!(server.terminate().success());
     let _ = std::fs::remove_dir_all(&data_dir);
-    db.drop_db().await;
 }

@@ -87,7 +87,6 @@ async fn a_slow_body_holds_no_slot_and_past_the_in_flight_bound_the_answer_is_50
         "the overload is counted on its route: {metrics}"
     );
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,7 +112,6 @@ async fn connections_past_the_limit_are_told_503_and_closed() {
     })
     .await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +185,6 @@ async fn hostile_bytes_get_a_4xx_or_a_closed_connection() {
     assert_eq!(unicode["code"], "ÜBER€💥");
     still_serving(&app).await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +208,6 @@ async fn admin_calls_on_a_hung_database_time_out_instead_of_hanging() {
     still_serving(&app).await;
     proxy.restore().await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 async fn lookup(app: &TestApp, code: &str, user: &str, headers: &[(&str, &str)]) -> crate::helpers::TestResponse {
@@ -254,7 +250,6 @@ async fn a_user_guessing_codes_is_stopped_and_others_are_not() {
     })
     .await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,5 +285,4 @@ async fn the_address_budget_follows_forwarded_addresses_from_trusted_proxies_onl
     })
     .await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }

@@ -116,7 +116,6 @@ async fn bad_input_table() {
     let health = app.client.get("/health").await;
     assert_eq!(health.status, StatusCode::OK);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// A body over the limit is answered `413`, and the client reads the answer: the server reads
@@ -134,5 +133,4 @@ async fn an_over_limit_body_gets_its_413_read_by_the_client() {
         assert_eq!(response.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", response.text);
     }
     app.stop().await.unwrap();
-    db.drop_db().await;
 }

@@ -45,7 +45,6 @@ async fn start_up_loads_and_reports_counts() {
     client.wait_ready().await;
     assert_eq!(client.get("/health").await.json()["coupons"], 40);
     assert!(server.terminate().success());
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +68,6 @@ async fn sigterm_writes_every_queued_log_row_then_exits_zero() {
     assert!(status.success(), "{status:?}");
     let written: i64 = sqlx::query_scalar("SELECT count(*) FROM validation_logs").fetch_one(&db.pool).await.unwrap();
     assert_eq!(written, 300);
-    db.drop_db().await;
 }
 
 #[test]

@@ -74,7 +74,6 @@ async fn changes_by_a_plain_sql_client_are_served() {
     }
     assert_eq!(client.get("/health").await.json()["coupons"], 803);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,7 +108,6 @@ async fn a_per_user_limit_added_by_sql_counts_the_uses_before_it() {
     let fifth = client.post("/api/coupons/redeem", &redeem("o-5")).await;
     assert_eq!(fifth.json()["reason"], json!("USER_USAGE_LIMIT_REACHED"));
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +138,6 @@ async fn a_killed_listener_reconnects_and_misses_nothing() {
     execute(&db.pool, "UPDATE coupons SET status = 'active' WHERE code = 'GAP'").await;
     wait_for_reason(&app.client, "GAP", Value::Null).await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +169,6 @@ async fn an_outage_degrades_health_and_a_change_made_during_it_is_served_after()
     eventually(DEADLINE, "healthy again", || async { app.client.get("/health").await.json()["status"] == "healthy" })
         .await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +216,6 @@ async fn reloads_under_load_fail_no_request_and_keep_live_counters() {
     assert_eq!(reload.status, 200);
     assert_eq!(reason_of(&app.client, "CAPPED").await, json!("USAGE_LIMIT_REACHED"));
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// A 100,000-row change by plain SQL commits in seconds (the code check was once quadratic:
@@ -281,7 +276,6 @@ async fn a_hundred_thousand_row_update_commits_in_seconds_and_is_served() {
     println!("100,000 rows, every code changed: committed in {committed:?}, served {seen:?} after");
     assert_eq!(client.get("/health").await.json()["coupons"], ROWS);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// A coupon's code may not become a bulk code, by any SQL client: one of an imported batch,
@@ -312,5 +306,4 @@ async fn a_coupon_renamed_by_sql_to_a_bulk_code_is_refused() {
     execute(&db.pool, "UPDATE coupons SET discount_value = 20").await;
     let codes: Vec<String> = sqlx::query_scalar("SELECT code FROM coupons").fetch_all(&db.pool).await.unwrap();
     assert_eq!(codes, ["GEN-ABCDEFGHI"]);
-    db.drop_db().await;
 }

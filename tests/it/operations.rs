@@ -52,7 +52,6 @@ async fn health_ready_and_metrics() {
     // Raw paths never become labels.
     assert!(!text.contains("/nowhere"), "{text}");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// The metric names a PromQL expression uses: identifiers with an underscore that are not
@@ -114,7 +113,6 @@ async fn dashboards_and_alerts_only_use_exported_metrics() {
         }
     }
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[test]
@@ -147,5 +145,4 @@ async fn health_tells_the_database_down_and_up_at_once() {
     .await;
     println!("up after {:?}", restored.elapsed());
     app.stop().await.unwrap();
-    db.drop_db().await;
 }

@@ -76,7 +76,6 @@ async fn three_hundred_buyers_against_a_limit_of_fifty() {
     assert_eq!(valid["reason"], "USAGE_LIMIT_REACHED");
     app.stop().await.unwrap();
     assert_eq!(rows(&db.pool, "FIFTY").await, 50);
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,7 +91,6 @@ async fn one_user_in_forty_tabs_against_a_per_user_limit_of_two() {
     assert_eq!(other.0, StatusCode::CREATED, "another user is not limited by this one");
     app.stop().await.unwrap();
     assert_eq!(rows(&db.pool, "TWICE").await, 3);
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,7 +116,6 @@ async fn the_same_order_twenty_times_at_once_is_one_redemption() {
     assert_eq!(validate["reason"], "ORDER_ALREADY_REDEEMED");
     app.stop().await.unwrap();
     assert_eq!(rows(&db.pool, "ONCE").await, 1);
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,7 +160,6 @@ async fn release_gives_the_use_back_idempotently() {
             .await
             .unwrap();
     assert_eq!(states, vec![("o-1".into(), true), ("o-3".into(), true), ("o-4".into(), false)]);
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,5 +181,4 @@ async fn redeem_applies_every_rule_and_checks_input() {
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     app.stop().await.unwrap();
     assert_eq!(rows(&db.pool, "MIN").await, 0);
-    db.drop_db().await;
 }

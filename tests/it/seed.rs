@@ -50,8 +50,6 @@ async fn seeds_deterministically_and_refuses_to_overwrite() {
     let forced = seed(&first, &["--force"]);
     assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
     assert_eq!(fingerprint(&first).await, print);
-    first.drop_db().await;
-    second.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,5 +66,4 @@ async fn campaign_codes_are_seeded_as_a_generated_batch() {
     .await
     .unwrap();
     assert_eq!((status.as_str(), produced, codes, shaped), ("done", 5000, 5000, 5000));
-    db.drop_db().await;
 }

@@ -45,7 +45,6 @@ async fn with_an_api_token_only_the_backend_may_redeem_hold_and_release() {
         StatusCode::OK
     );
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +111,6 @@ async fn an_anonymous_caller_cannot_walk_around_the_budget() {
         assert!(metrics.contains(&format!(r#"coupon_lookups_refused_total{{scope="{scope}"}}"#)), "{scope}: {metrics}");
     }
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +142,6 @@ async fn releases_need_the_redeemer_and_guessing_orders_is_budgeted() {
         client.post("/api/coupons/release", &json!({"code": "ONE", "orderId": " o-1 ", "userId": "carol "})).await;
     assert_eq!(release.status, StatusCode::OK, "{}", release.text);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +172,6 @@ async fn identities_are_normalised_and_replays_must_match() {
         assert_eq!(client.post("/api/coupons/redeem", &body).await.status, StatusCode::BAD_REQUEST, "{body}");
     }
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -236,7 +232,6 @@ async fn the_low_ones_media_types_nosniff_paths_duplicates_and_admin_throttle() 
     assert_eq!(throttled.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(throttled.headers.contains_key("retry-after"));
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +259,6 @@ async fn a_client_that_stops_reading_loses_its_connection() {
     let reply = raw_exchange(app.addr, b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n", Duration::from_secs(2)).await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,5 +292,4 @@ async fn a_forgotten_order_is_still_spent() {
     let metrics = client.get("/metrics").await.text;
     assert!(metrics.contains("ledger_archive_lookups_total 2"), "{metrics}");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }

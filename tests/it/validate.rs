@@ -67,7 +67,6 @@ async fn every_reason_in_order() {
     let normalized = app.client.validate(body("  plain ", "user_a", json!(50), None)).await;
     assert_eq!(normalized["code"], "PLAIN");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,5 +98,4 @@ async fn discounts_are_exact() {
     let raw = app.client.post("/api/coupons/validate", &body("HALFPCT", "u", json!(19.99), None)).await;
     assert!(raw.text.contains(r#""discount":2.5,"finalAmount":17.49"#), "{}", raw.text);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }

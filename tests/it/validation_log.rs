@@ -79,7 +79,6 @@ async fn rows_carry_what_the_client_was_told() {
         ("MISSING", None, Some("COUPON_NOT_FOUND"))
     );
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,7 +122,6 @@ async fn an_outage_delays_rows_but_loses_none() {
     assert!(metrics.contains(r#"write_behind_rows_total{table="validation_logs",outcome="written"} 200"#), "{metrics}");
     assert!(metrics.contains(r#"write_behind_rows_total{table="validation_logs",outcome="dropped"} 0"#), "{metrics}");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// The partitions of the log and of its counts, by day (YYYYMMDD).
@@ -173,7 +171,6 @@ async fn old_days_leave_as_whole_partitions_and_days_ahead_are_ready() {
     // Again: nothing to do.
     let again = coupon_engine::db::log_retention::keep(&db.pool, today, 30).await.unwrap();
     assert_eq!((again.created, again.dropped), (0, 0));
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,7 +195,6 @@ async fn after_a_long_downtime_the_writer_makes_the_day_it_needs() {
         .unwrap();
     assert_eq!(stats.1, 1, "the counts were written with the row");
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// Rows of two days, out of order, spilled into the journal (as in an outage that spans
@@ -255,7 +251,6 @@ async fn rows_of_two_days_land_in_their_own_partitions() {
             .unwrap();
     assert_eq!(counted, vec![(midnight - chrono::Duration::hours(1), 2), (midnight, 2)]);
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 /// The log's partitions take no insert-driven autovacuum (an append-only log dropped whole
@@ -289,7 +284,6 @@ async fn log_partitions_take_no_insert_driven_vacuum() {
     for reloptions in summarized_by_autovacuum {
         assert!(reloptions.is_some_and(|o| o.contains(&"autosummarize=off".to_owned())), "the service summarizes");
     }
-    db.drop_db().await;
 }
 
 /// Heap blocks a BRIN scan of the log reads for validations in `[from, to)`: 0 when every
@@ -374,7 +368,6 @@ async fn the_newest_ranges_are_summarized_as_the_day_fills() {
     })
     .await;
     app.stop().await.unwrap();
-    db.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,5 +381,4 @@ async fn reason_codes_in_the_database_are_the_engine_reasons() {
         .map(|r| (coupon_engine::db::validation_log::reason_code(Some(*r)).unwrap(), r.as_str().to_owned()))
         .collect();
     assert_eq!(stored, engine);
-    db.drop_db().await;
 }
