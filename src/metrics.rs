@@ -31,10 +31,17 @@ struct RouteMetrics {
 #[derive(Clone)]
 pub struct WriteBehindMetrics {
     pub written: Counter,
-    pub spilled: Counter,
-    pub dropped: Counter,
     pub flush_seconds: Histogram,
     pub queue_depth: Gauge,
+}
+
+/// The validation log's write-behind, and what overflows its queue: rows spilled into the
+/// journal, or dropped. Uses have no such outcomes: each is journalled before its answer.
+#[derive(Clone)]
+pub struct ValidationLogMetrics {
+    pub rows: WriteBehindMetrics,
+    pub spilled: Counter,
+    pub dropped: Counter,
 }
 
 /// Journal write costs.
@@ -77,7 +84,7 @@ pub struct Metrics {
     pub cache_reloads: Counter,
     pub notifications_applied: Counter,
     pub listener_reconnects: Counter,
-    pub validation_logs: WriteBehindMetrics,
+    pub validation_logs: ValidationLogMetrics,
     pub coupon_usage: WriteBehindMetrics,
     pub journal: JournalMetrics,
     pub journal_backlog: Gauge,
@@ -185,7 +192,13 @@ impl Metrics {
         let routes = route_labels.iter().map(|_| RouteMetrics { requests: Default::default() }).collect();
         let reasons = || Reason::ALL.iter().map(|r| r.as_str());
         let validations = reg.outcomes("coupon_validations_total", std::iter::once("valid").chain(reasons()));
-        let validation_logs = reg.write_behind("validation_logs");
+        let rows =
+            |outcome| reg.counter("write_behind_rows_total", &[("table", "validation_logs"), ("outcome", outcome)]);
+        let validation_logs = ValidationLogMetrics {
+            rows: reg.write_behind("validation_logs"),
+            spilled: rows("spilled"),
+            dropped: rows("dropped"),
+        };
         let coupon_usage = reg.write_behind("coupon_usage");
         reg.describe_counter(
             "coupon_redemptions_total",
@@ -376,6 +389,12 @@ impl std::fmt::Debug for WriteBehindMetrics {
     }
 }
 
+impl std::fmt::Debug for ValidationLogMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ValidationLogMetrics")
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -428,11 +447,8 @@ impl Registrar<'_> {
     }
 
     fn write_behind(&self, table: &'static str) -> WriteBehindMetrics {
-        let rows = |outcome| self.counter("write_behind_rows_total", &[("table", table), ("outcome", outcome)]);
         WriteBehindMetrics {
-            written: rows("written"),
-            spilled: rows("spilled"),
-            dropped: rows("dropped"),
+            written: self.counter("write_behind_rows_total", &[("table", table), ("outcome", "written")]),
             flush_seconds: self.histogram("write_behind_flush_duration_seconds", &[("table", table)]),
             queue_depth: self.gauge("write_behind_queue_depth", &[("queue", table)]),
         }

@@ -237,7 +237,7 @@ impl Shipper {
             match self.write(events).await {
                 Ok(written) => {
                     self.metrics.coupon_usage.written.increment(written.uses);
-                    self.metrics.validation_logs.written.increment(written.logs);
+                    self.metrics.validation_logs.rows.written.increment(written.logs);
                     self.engine.relearn(&written.dropped).await;
                     Ok(())
                 }

@@ -32,7 +32,7 @@ use crate::db::is_refusal;
 use crate::domain::event::{Event, Validated};
 use crate::engine::ports::ValidationSink;
 use crate::journal::{Journal, Position};
-use crate::metrics::WriteBehindMetrics;
+use crate::metrics::ValidationLogMetrics;
 
 /// How often a batch being filled looks at the queue.
 const FILL_TICK: Duration = Duration::from_millis(5);
@@ -49,7 +49,7 @@ pub struct ValidationLog {
 #[derive(Debug, Clone)]
 struct Spill {
     journal: Journal,
-    metrics: WriteBehindMetrics,
+    metrics: ValidationLogMetrics,
 }
 
 impl Spill {
@@ -81,7 +81,7 @@ impl ValidationLog {
     pub fn new(
         pool: PgPool,
         settings: &ValidationLogSettings,
-        metrics: WriteBehindMetrics,
+        metrics: ValidationLogMetrics,
         journal: Journal,
         health: Arc<DatabaseHealth>,
     ) -> (ValidationLog, LogWriter) {
@@ -113,7 +113,7 @@ pub struct LogWriter {
     rx: mpsc::Receiver<Validated>,
     queued: Arc<AtomicUsize>,
     spill: Spill,
-    metrics: WriteBehindMetrics,
+    metrics: ValidationLogMetrics,
     health: Arc<DatabaseHealth>,
     settings: ValidationLogSettings,
     days: Days,
@@ -221,8 +221,8 @@ impl LogWriter {
             };
             match written.await {
                 Ok(_) => {
-                    self.metrics.flush_seconds.record(started.elapsed().as_secs_f64());
-                    self.metrics.written.increment(batch.len() as u64);
+                    self.metrics.rows.flush_seconds.record(started.elapsed().as_secs_f64());
+                    self.metrics.rows.written.increment(batch.len() as u64);
                     self.forget(batch.len());
                     batch.clear();
                     return;
@@ -253,7 +253,7 @@ impl LogWriter {
                 write_batch(&mut conn, &mut self.days, std::slice::from_ref(&row)).await
             };
             match written.await {
-                Ok(_) => self.metrics.written.increment(1),
+                Ok(_) => self.metrics.rows.written.increment(1),
                 Err(err) if is_refusal(&err) => {
                     tracing::error!(error = %err, "validation log row refused; dropped");
                     self.metrics.dropped.increment(1);

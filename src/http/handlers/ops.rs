@@ -81,7 +81,7 @@ pub async fn metrics(state: &State, _call: Call) -> Result<HttpResponse, ApiErro
     let engine = &state.engine;
     let catalog = engine.catalog();
     metrics.cache_coupons.set(catalog.load().coupon_count() as f64);
-    metrics.validation_logs.queue_depth.set(state.ops.validation_log.queue_size() as f64);
+    metrics.validation_logs.rows.queue_depth.set(state.ops.validation_log.queue_size() as f64);
     let backlog = engine.journal().backlog() as f64;
     metrics.coupon_usage.queue_depth.set(backlog);
     metrics.journal_backlog.set(backlog);
