@@ -9,7 +9,7 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, TestClient, TestDb, TestResponse, eventually, insert_coupon};
+use crate::helpers::{TestApp, TestClient, TestDb, TestResponse, eventually, insert_coupon, redeem_body};
 
 const TOKEN: &str = "campaign-admin-token";
 
@@ -56,10 +56,6 @@ async fn insert_running_batch(pool: &PgPool, campaign: i64) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap()
-}
-
-fn redeem_body(code: &str, user: &str, order: &str) -> Value {
-    json!({"code": code, "userId": user, "orderId": order, "orderValue": 100})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

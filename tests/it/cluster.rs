@@ -8,7 +8,8 @@ use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PgProxy, ServeProcess, TestApp, TestClient, TestDb, all_sharing, binary, eventually, insert_coupon, signal,
+    PgProxy, ServeProcess, TestApp, TestClient, TestDb, all_sharing, binary, eventually, insert_coupon, redeem_body,
+    signal,
 };
 
 const TOKEN: &str = "cluster-admin-token-0123456789";
@@ -32,10 +33,6 @@ async fn served_everywhere(apps: &[TestApp], code: &str) {
         })
         .await;
     }
-}
-
-fn redeem_body(code: &str, user: &str, order: &str) -> Value {
-    json!({"code": code, "userId": user, "orderId": order, "orderValue": 100})
 }
 
 /// Redeems like a shop's backend: a 503 is retried after its Retry-After (shortened here).

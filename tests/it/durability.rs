@@ -31,12 +31,6 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in {text}"))
 }
 
-async fn redeem(client: &TestClient, code: &str, user: &str, order: &str) -> (StatusCode, serde_json::Value) {
-    let body = json!({"code": code, "userId": user, "orderId": order, "orderValue": 100});
-    let response = client.post("/api/coupons/redeem", &body).await;
-    (response.status, response.json())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_mid_run_loses_nothing() {
     let cluster = PrivateCluster::start().await;
@@ -58,7 +52,7 @@ async fn postgres_stopped_mid_run_loses_nothing() {
     let client = &app.client;
     let mut acked = HashSet::new();
     for n in 0..20 {
-        let (status, body) = redeem(client, "OPEN", &format!("u{n}"), &format!("before-{n}")).await;
+        let (status, body) = client.redeem("OPEN", &format!("u{n}"), &format!("before-{n}")).await;
         assert_eq!(status, StatusCode::CREATED);
         acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
     }
@@ -66,7 +60,7 @@ async fn postgres_stopped_mid_run_loses_nothing() {
     // Alone on its database, the instance decides every limit in memory (API.md §6): an
     // outage changes nothing for it, and the limit is exact through it.
     assert_eq!(client.get("/health").await.json()["decides"], "alone");
-    let (status, body) = redeem(client, "TEN", "first", "ten-first").await;
+    let (status, body) = client.redeem("TEN", "first", "ten-first").await;
     assert_eq!(status, StatusCode::CREATED);
     acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
     cluster.stop();
@@ -76,13 +70,13 @@ async fn postgres_stopped_mid_run_loses_nothing() {
     })
     .await;
     for n in 0..50 {
-        let (status, body) = redeem(client, "OPEN", &format!("u{n}"), &format!("during-{n}")).await;
+        let (status, body) = client.redeem("OPEN", &format!("u{n}"), &format!("during-{n}")).await;
         assert_eq!(status, StatusCode::CREATED, "redemptions keep succeeding: {body}");
         acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
     }
     let mut limited = 0;
     for n in 0..12 {
-        let (status, body) = redeem(client, "TEN", &format!("u{n}"), &format!("ten-{n}")).await;
+        let (status, body) = client.redeem("TEN", &format!("u{n}"), &format!("ten-{n}")).await;
         if status == StatusCode::CREATED {
             limited += 1;
             acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
@@ -141,7 +135,7 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     // Alone, the instance sells the rest of the limit with PostgreSQL away, exactly.
     let mut acked = HashSet::new();
     for n in 0..5 {
-        let (status, body) = redeem(&client, "THIRTY", &format!("pre{n}"), &format!("pre{n}")).await;
+        let (status, body) = client.redeem("THIRTY", &format!("pre{n}"), &format!("pre{n}")).await;
         assert_eq!(status, StatusCode::CREATED);
         acked.insert(body["redemptionId"].as_str().unwrap().to_owned());
     }
@@ -154,7 +148,7 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     let tasks: Vec<_> = (0..60)
         .map(|n| {
             let client = client.clone();
-            tokio::spawn(async move { redeem(&client, "THIRTY", &format!("u{n}"), &format!("o{n}")).await })
+            tokio::spawn(async move { client.redeem("THIRTY", &format!("u{n}"), &format!("o{n}")).await })
         })
         .collect();
     let mut during = 0;
@@ -188,7 +182,7 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     // Nothing is left, nothing was lost.
     let mut sold = acked.len();
     for n in 0..40 {
-        let (status, body) = redeem(&client, "THIRTY", &format!("late{n}"), &format!("late{n}")).await;
+        let (status, body) = client.redeem("THIRTY", &format!("late{n}"), &format!("late{n}")).await;
         match status {
             StatusCode::CREATED => sold += 1,
             _ => {
@@ -225,7 +219,7 @@ async fn a_record_postgres_refuses_is_set_aside_and_start_up_goes_on() {
     // Journalled while PostgreSQL is away, so nothing ships before the coupon is deleted.
     proxy.cut().await;
     for (code, order) in [("DOOMED", "o-1"), ("KEPT", "o-2"), ("KEPT", "o-3")] {
-        assert_eq!(redeem(&app.client, code, "u", order).await.0, StatusCode::CREATED);
+        assert_eq!(app.client.redeem(code, "u", order).await.0, StatusCode::CREATED);
     }
     app.stop().await.unwrap();
     sqlx::query("DELETE FROM coupons WHERE id = $1").bind(doomed).execute(&db.pool).await.unwrap();

@@ -174,9 +174,36 @@ impl TestResponse {
     }
 }
 
+/// The body of a redeem or a hold of an order of 100.00.
+pub fn redeem_body(code: &str, user: &str, order: &str) -> Value {
+    serde_json::json!({"code": code, "userId": user, "orderId": order, "orderValue": 100})
+}
+
 impl TestClient {
     pub fn new(addr: SocketAddr) -> TestClient {
         TestClient { addr, inner: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// `POST /api/coupons/redeem` for 100.00: the status and the answer.
+    pub async fn redeem(&self, code: &str, user: &str, order: &str) -> (StatusCode, Value) {
+        let answer = self.post("/api/coupons/redeem", &redeem_body(code, user, order)).await;
+        (answer.status, answer.json())
+    }
+
+    /// `POST /api/coupons/hold` for 100.00, for `ttl` seconds or the default.
+    pub async fn hold(&self, code: &str, user: &str, order: &str, ttl: Option<u64>) -> (StatusCode, Value) {
+        let mut body = redeem_body(code, user, order);
+        if let Some(ttl) = ttl {
+            body["ttlSeconds"] = serde_json::json!(ttl);
+        }
+        let answer = self.post("/api/coupons/hold", &body).await;
+        (answer.status, answer.json())
+    }
+
+    /// `POST /api/coupons/release` of an order.
+    pub async fn release(&self, code: &str, order: &str) -> (StatusCode, Value) {
+        let answer = self.post("/api/coupons/release", &serde_json::json!({"code": code, "orderId": order})).await;
+        (answer.status, answer.json())
     }
 
     pub async fn request(&self, method: Method, path: &str, body: impl Into<Bytes>) -> TestResponse {

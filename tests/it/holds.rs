@@ -5,33 +5,12 @@
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 
 use crate::helpers::*;
 
 const TOKEN: &str = "holds-admin-token-0123456789";
-
-async fn hold(client: &TestClient, code: &str, user: &str, order: &str, ttl: Option<u64>) -> (StatusCode, Value) {
-    let mut body = json!({"code": code, "userId": user, "orderId": order, "orderValue": 100});
-    if let Some(ttl) = ttl {
-        body["ttlSeconds"] = json!(ttl);
-    }
-    let answer = client.post("/api/coupons/hold", &body).await;
-    (answer.status, answer.json())
-}
-
-async fn redeem(client: &TestClient, code: &str, user: &str, order: &str) -> (StatusCode, Value) {
-    let answer = client
-        .post("/api/coupons/redeem", &json!({"code": code, "userId": user, "orderId": order, "orderValue": 100}))
-        .await;
-    (answer.status, answer.json())
-}
-
-async fn release(client: &TestClient, code: &str, order: &str) -> (StatusCode, Value) {
-    let answer = client.post("/api/coupons/release", &json!({"code": code, "orderId": order})).await;
-    (answer.status, answer.json())
-}
 
 /// The coupon's rows in `coupon_usage`: (order, live, still a hold).
 async fn rows(pool: &PgPool, code: &str) -> Vec<(String, bool, bool)> {
@@ -59,7 +38,7 @@ async fn hold_confirm_and_cancel_answer_as_the_contract_says() {
     let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN)]).await;
     let client = &app.client;
 
-    let (status, held) = hold(client, "one", "ann", "o-1", Some(600)).await;
+    let (status, held) = client.hold("one", "ann", "o-1", Some(600)).await;
     assert_eq!(status, StatusCode::CREATED, "{held}");
     assert_eq!(
         (held["held"].clone(), held["code"].clone(), held["discount"].clone()),
@@ -69,16 +48,16 @@ async fn hold_confirm_and_cancel_answer_as_the_contract_says() {
     let expires: chrono::DateTime<chrono::Utc> = held["expiresAt"].as_str().unwrap().parse().unwrap();
     let ttl = expires - chrono::Utc::now();
     assert!(ttl > chrono::Duration::seconds(590) && ttl <= chrono::Duration::seconds(600), "{ttl}");
-    assert_eq!(hold(client, "ONE", "ann", "o-1", Some(600)).await, (StatusCode::OK, held.clone()), "a replay");
-    let (status, other) = hold(client, "ONE", "bob", "o-1", None).await;
+    assert_eq!(client.hold("ONE", "ann", "o-1", Some(600)).await, (StatusCode::OK, held.clone()), "a replay");
+    let (status, other) = client.hold("ONE", "bob", "o-1", None).await;
     assert_eq!(
         (status, other["held"].clone(), other["reason"].clone()),
         (StatusCode::CONFLICT, json!(false), json!("ORDER_ALREADY_REDEEMED"))
     );
     // The hold takes the only use: nobody else gets it, by hold or by redeem.
-    let (status, full) = redeem(client, "ONE", "bob", "o-2").await;
+    let (status, full) = client.redeem("ONE", "bob", "o-2").await;
     assert_eq!((status, full["reason"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("USAGE_LIMIT_REACHED")));
-    let (status, full) = hold(client, "ONE", "bob", "o-2", None).await;
+    let (status, full) = client.hold("ONE", "bob", "o-2", None).await;
     assert_eq!((status, full["reason"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("USAGE_LIMIT_REACHED")));
     let read = client
         .request_with(Method::GET, "/admin/coupons/ONE", "", &[("authorization", &format!("Bearer {TOKEN}"))])
@@ -92,28 +71,28 @@ async fn hold_confirm_and_cancel_answer_as_the_contract_says() {
         client.validate(json!({"code": "ONE", "userId": "zed", "orderValue": 100})).await["reason"] == "COUPON_INACTIVE"
     })
     .await;
-    let (status, confirmed) = redeem(client, "ONE", "ann", "o-1").await;
+    let (status, confirmed) = client.redeem("ONE", "ann", "o-1").await;
     assert_eq!(status, StatusCode::CREATED, "{confirmed}");
     assert_eq!((confirmed["hold"].clone(), confirmed["discount"].clone()), (json!("confirmed"), json!(7)));
     assert_eq!(confirmed["redemptionId"], held["holdId"], "the hold became the redemption");
-    let (status, again) = hold(client, "ONE", "ann", "o-1", None).await;
+    let (status, again) = client.hold("ONE", "ann", "o-1", None).await;
     assert_eq!((status, again["reason"].clone()), (StatusCode::CONFLICT, json!("ORDER_ALREADY_REDEEMED")));
 
     // Cancel: the use comes back; a release of another order is 404.
-    assert_eq!(hold(client, "CANCEL", "cat", "c-1", None).await.0, StatusCode::CREATED);
-    assert_eq!(release(client, "CANCEL", "c-other").await.0, StatusCode::NOT_FOUND);
-    let (status, cancelled) = release(client, "CANCEL", "c-1").await;
+    assert_eq!(client.hold("CANCEL", "cat", "c-1", None).await.0, StatusCode::CREATED);
+    assert_eq!(client.release("CANCEL", "c-other").await.0, StatusCode::NOT_FOUND);
+    let (status, cancelled) = client.release("CANCEL", "c-1").await;
     assert_eq!(
         (status, cancelled["released"].clone(), cancelled["hold"].clone()),
         (StatusCode::OK, json!(true), json!("cancelled"))
     );
     assert_eq!(
-        redeem(client, "CANCEL", "dan", "c-2").await.0,
+        client.redeem("CANCEL", "dan", "c-2").await.0,
         StatusCode::CREATED,
         "the cancelled hold's use came back"
     );
     assert_eq!(
-        hold(client, "CANCEL", "cat", "c-1", None).await.1["reason"],
+        client.hold("CANCEL", "cat", "c-1", None).await.1["reason"],
         "USAGE_LIMIT_REACHED",
         "its order is free again, the use is not"
     );
@@ -146,7 +125,7 @@ async fn bad_holds_are_refused() {
     }
     // Anti-hoarding: three live holds per user across coupons, then 429 with Retry-After.
     for n in 1..=3 {
-        assert_eq!(hold(client, &format!("C{n}"), "hoarder", &format!("h-{n}"), None).await.0, StatusCode::CREATED);
+        assert_eq!(client.hold(&format!("C{n}"), "hoarder", &format!("h-{n}"), None).await.0, StatusCode::CREATED);
     }
     let answer = client
         .post("/api/coupons/hold", &json!({"code": "C4", "userId": "hoarder", "orderId": "h-4", "orderValue": 100}))
@@ -154,10 +133,10 @@ async fn bad_holds_are_refused() {
     assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(answer.json()["error"]["code"], "TOO_MANY_HOLDS");
     assert!(answer.headers.contains_key("retry-after"));
-    assert_eq!(redeem(client, "C4", "hoarder", "h-4").await.0, StatusCode::CREATED, "redemptions are not capped");
-    assert_eq!(redeem(client, "C1", "hoarder", "h-1").await.1["hold"], "confirmed");
+    assert_eq!(client.redeem("C4", "hoarder", "h-4").await.0, StatusCode::CREATED, "redemptions are not capped");
+    assert_eq!(client.redeem("C1", "hoarder", "h-1").await.1["hold"], "confirmed");
     assert_eq!(
-        hold(client, "C5", "hoarder", "h-5", None).await.0,
+        client.hold("C5", "hoarder", "h-5", None).await.0,
         StatusCode::CREATED,
         "a confirmed hold frees a place"
     );
@@ -184,14 +163,14 @@ async fn holds_count_against_campaign_caps_and_budgets() {
     }
     let app = TestApp::spawn(&db).await;
     let client = &app.client;
-    assert_eq!(hold(client, "SEVEN-A", "u1", "o1", None).await.0, StatusCode::CREATED);
-    assert_eq!(hold(client, "SEVEN-B", "u2", "o2", None).await.0, StatusCode::CREATED);
+    assert_eq!(client.hold("SEVEN-A", "u1", "o1", None).await.0, StatusCode::CREATED);
+    assert_eq!(client.hold("SEVEN-B", "u2", "o2", None).await.0, StatusCode::CREATED);
     // 14.00 of 15.00 held: a third 7.00 would overspend, by hold or by redeem.
-    assert_eq!(hold(client, "SEVEN-C", "u3", "o3", None).await.1["reason"], "CAMPAIGN_BUDGET_EXHAUSTED");
-    assert_eq!(redeem(client, "SEVEN-C", "u3", "o3").await.1["reason"], "CAMPAIGN_BUDGET_EXHAUSTED");
-    assert_eq!(release(client, "SEVEN-A", "o1").await.0, StatusCode::OK);
-    assert_eq!(redeem(client, "SEVEN-C", "u3", "o3").await.0, StatusCode::CREATED, "the cancelled hold gave back 7.00");
-    assert_eq!(redeem(client, "SEVEN-B", "u2", "o2").await.1["hold"], "confirmed");
+    assert_eq!(client.hold("SEVEN-C", "u3", "o3", None).await.1["reason"], "CAMPAIGN_BUDGET_EXHAUSTED");
+    assert_eq!(client.redeem("SEVEN-C", "u3", "o3").await.1["reason"], "CAMPAIGN_BUDGET_EXHAUSTED");
+    assert_eq!(client.release("SEVEN-A", "o1").await.0, StatusCode::OK);
+    assert_eq!(client.redeem("SEVEN-C", "u3", "o3").await.0, StatusCode::CREATED, "the cancelled hold gave back 7.00");
+    assert_eq!(client.redeem("SEVEN-B", "u2", "o2").await.1["hold"], "confirmed");
     app.stop().await.unwrap();
 }
 
@@ -201,7 +180,7 @@ async fn a_hold_expires_by_itself_and_redeem_then_applies_the_rules_afresh() {
     insert_coupon(&db.pool, "BRIEF", &[("usage_limit", "1")]).await;
     let app = TestApp::spawn(&db).await;
     let client = &app.client;
-    let (status, held) = hold(client, "BRIEF", "ann", "o-1", Some(1)).await;
+    let (status, held) = client.hold("BRIEF", "ann", "o-1", Some(1)).await;
     assert_eq!(status, StatusCode::CREATED);
     let expires: chrono::DateTime<chrono::Utc> = held["expiresAt"].as_str().unwrap().parse().unwrap();
     // Within a second of its deadline the use is back, and PostgreSQL hears of it.
@@ -211,8 +190,8 @@ async fn a_hold_expires_by_itself_and_redeem_then_applies_the_rules_afresh() {
     .await;
     let late = chrono::Utc::now() - expires;
     assert!(late < chrono::Duration::milliseconds(1_500), "given back {late} after its deadline");
-    assert_eq!(redeem(client, "BRIEF", "bob", "o-2").await.0, StatusCode::CREATED);
-    let (status, after) = redeem(client, "BRIEF", "ann", "o-1").await;
+    assert_eq!(client.redeem("BRIEF", "bob", "o-2").await.0, StatusCode::CREATED);
+    let (status, after) = client.redeem("BRIEF", "ann", "o-1").await;
     assert_eq!((status, after["reason"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("USAGE_LIMIT_REACHED")));
     eventually(Duration::from_secs(10), "the expiry to reach PostgreSQL", || async {
         rows(&db.pool, "BRIEF").await == [("o-1".into(), false, true), ("o-2".into(), true, false)]
@@ -234,7 +213,7 @@ async fn confirm_and_expiry_race_at_the_deadline_and_exactly_one_wins() {
     let client = &app.client;
     let mut deadline = None;
     for n in 0..N {
-        let (status, held) = hold(client, "RACE", &format!("holder-{n}"), &format!("h-{n}"), Some(2)).await;
+        let (status, held) = client.hold("RACE", &format!("holder-{n}"), &format!("h-{n}"), Some(2)).await;
         assert_eq!(status, StatusCode::CREATED);
         deadline.get_or_insert(held["expiresAt"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap());
     }
@@ -251,7 +230,7 @@ async fn confirm_and_expiry_race_at_the_deadline_and_exactly_one_wins() {
                 } else {
                     (format!("buyer-{n}"), format!("b-{n}"))
                 };
-                (n < N, redeem(&client, "RACE", &user, &order).await)
+                (n < N, client.redeem("RACE", &user, &order).await)
             })
         })
         .collect();
@@ -289,9 +268,9 @@ async fn holds_survive_sigkill_and_one_that_lapsed_meanwhile_is_given_back_befor
     let server = ServeProcess::start(&db.url, &env);
     let client = TestClient::new(server.addr);
     client.wait_ready().await;
-    assert_eq!(hold(&client, "TWO", "long", "o-long", Some(3600)).await.0, StatusCode::CREATED);
-    assert_eq!(hold(&client, "TWO", "short", "o-short", Some(2)).await.0, StatusCode::CREATED);
-    assert_eq!(redeem(&client, "TWO", "third", "o-3").await.1["reason"], "USAGE_LIMIT_REACHED");
+    assert_eq!(client.hold("TWO", "long", "o-long", Some(3600)).await.0, StatusCode::CREATED);
+    assert_eq!(client.hold("TWO", "short", "o-short", Some(2)).await.0, StatusCode::CREATED);
+    assert_eq!(client.redeem("TWO", "third", "o-3").await.1["reason"], "USAGE_LIMIT_REACHED");
     let mut child = server.child;
     signal(&child, "KILL");
     child.wait().unwrap();
@@ -301,15 +280,15 @@ async fn holds_survive_sigkill_and_one_that_lapsed_meanwhile_is_given_back_befor
     let client = TestClient::new(server.addr);
     client.wait_ready().await;
     // The first answer after ready already counts the live hold and not the lapsed one.
-    let (status, body) = redeem(&client, "TWO", "third", "o-3").await;
+    let (status, body) = client.redeem("TWO", "third", "o-3").await;
     assert_eq!(status, StatusCode::CREATED, "the lapsed hold was given back at start-up: {body}");
     assert_eq!(
-        redeem(&client, "TWO", "fourth", "o-4").await.1["reason"],
+        client.redeem("TWO", "fourth", "o-4").await.1["reason"],
         "USAGE_LIMIT_REACHED",
         "the live hold still counts"
     );
-    assert_eq!(redeem(&client, "TWO", "long", "o-long").await.1["hold"], "confirmed");
-    assert_eq!(redeem(&client, "TWO", "short", "o-short").await.1["reason"], "USAGE_LIMIT_REACHED");
+    assert_eq!(client.redeem("TWO", "long", "o-long").await.1["hold"], "confirmed");
+    assert_eq!(client.redeem("TWO", "short", "o-short").await.1["reason"], "USAGE_LIMIT_REACHED");
     eventually(Duration::from_secs(10), "PostgreSQL to agree", || async {
         rows(&db.pool, "TWO").await
             == [("o-3".into(), true, false), ("o-long".into(), true, false), ("o-short".into(), false, true)]
@@ -317,14 +296,14 @@ async fn holds_survive_sigkill_and_one_that_lapsed_meanwhile_is_given_back_befor
     .await;
 
     // A clean restart keeps a live hold too.
-    assert_eq!(release(&client, "TWO", "o-3").await.0, StatusCode::OK);
-    assert_eq!(hold(&client, "TWO", "again", "o-5", Some(3600)).await.0, StatusCode::CREATED);
+    assert_eq!(client.release("TWO", "o-3").await.0, StatusCode::OK);
+    assert_eq!(client.hold("TWO", "again", "o-5", Some(3600)).await.0, StatusCode::CREATED);
     assert!(server.terminate().success());
     let server = ServeProcess::start(&db.url, &env);
     let client = TestClient::new(server.addr);
     client.wait_ready().await;
-    assert_eq!(redeem(&client, "TWO", "sixth", "o-6").await.1["reason"], "USAGE_LIMIT_REACHED");
-    assert_eq!(redeem(&client, "TWO", "again", "o-5").await.1["hold"], "confirmed");
+    assert_eq!(client.redeem("TWO", "sixth", "o-6").await.1["reason"], "USAGE_LIMIT_REACHED");
+    assert_eq!(client.redeem("TWO", "again", "o-5").await.1["hold"], "confirmed");
     assert!(server.terminate().success());
     let _ = std::fs::remove_dir_all(&data_dir);
 }

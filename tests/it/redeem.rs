@@ -8,17 +8,6 @@ use sqlx::PgPool;
 
 use crate::helpers::{TestApp, TestClient, TestDb, eventually, insert_coupon};
 
-async fn redeem(client: &TestClient, code: &str, user: &str, order: &str) -> (StatusCode, Value) {
-    let body = json!({"code": code, "userId": user, "orderId": order, "orderValue": 100});
-    let response = client.post("/api/coupons/redeem", &body).await;
-    (response.status, response.json())
-}
-
-async fn release(client: &TestClient, code: &str, order: &str) -> (StatusCode, Value) {
-    let response = client.post("/api/coupons/release", &json!({"code": code, "orderId": order})).await;
-    (response.status, response.json())
-}
-
 /// Runs `n` redeems at once; `who(i)` gives the user and order of the i-th.
 async fn stampede(
     client: &TestClient,
@@ -32,7 +21,7 @@ async fn stampede(
             let code = code.to_owned();
             tokio::spawn(async move {
                 let (user, order) = who(i);
-                redeem(&client, &code, &user, &order).await
+                client.redeem(&code, &user, &order).await
             })
         })
         .collect();
@@ -87,7 +76,7 @@ async fn one_user_in_forty_tabs_against_a_per_user_limit_of_two() {
     assert_eq!(count(&answers, StatusCode::CREATED), 2);
     assert_eq!(count(&answers, StatusCode::UNPROCESSABLE_ENTITY), 38);
     assert!(answers.iter().all(|(s, b)| *s == StatusCode::CREATED || b["reason"] == "USER_USAGE_LIMIT_REACHED"));
-    let other = redeem(&app.client, "TWICE", "other-user", "tab-other").await;
+    let other = app.client.redeem("TWICE", "other-user", "tab-other").await;
     assert_eq!(other.0, StatusCode::CREATED, "another user is not limited by this one");
     app.stop().await.unwrap();
     assert_eq!(rows(&db.pool, "TWICE").await, 3);
@@ -109,7 +98,7 @@ async fn the_same_order_twenty_times_at_once_is_one_redemption() {
     for (_, body) in &answers {
         assert_eq!(body["redemptionId"], first["redemptionId"], "replays return the same redemption");
     }
-    let thief = redeem(&app.client, "ONCE", "someone-else", "order-1").await;
+    let thief = app.client.redeem("ONCE", "someone-else", "order-1").await;
     assert_eq!(thief, (StatusCode::CONFLICT, json!({"redeemed": false, "reason": "ORDER_ALREADY_REDEEMED"})));
     let validate =
         app.client.validate(json!({"code": "ONCE", "userId": "x", "orderValue": 100, "orderId": "order-1"})).await;
@@ -124,16 +113,16 @@ async fn release_gives_the_use_back_idempotently() {
     insert_coupon(&db.pool, "SOLO", &[("usage_limit", "1"), ("per_user_limit", "1")]).await;
     let app = TestApp::spawn(&db).await;
     let client = &app.client;
-    assert_eq!(redeem(client, "SOLO", "u1", "o-1").await.0, StatusCode::CREATED);
-    assert_eq!(redeem(client, "SOLO", "u2", "o-2").await.1["reason"], "USAGE_LIMIT_REACHED");
-    assert_eq!(release(client, "solo", "o-1").await, (StatusCode::OK, json!({"released": true})));
-    assert_eq!(release(client, "SOLO", "o-1").await, (StatusCode::OK, json!({"released": true})), "repeats are fine");
-    assert_eq!(redeem(client, "SOLO", "u1", "o-3").await.0, StatusCode::CREATED, "the user's use came back too");
+    assert_eq!(client.redeem("SOLO", "u1", "o-1").await.0, StatusCode::CREATED);
+    assert_eq!(client.redeem("SOLO", "u2", "o-2").await.1["reason"], "USAGE_LIMIT_REACHED");
+    assert_eq!(client.release("solo", "o-1").await, (StatusCode::OK, json!({"released": true})));
+    assert_eq!(client.release("SOLO", "o-1").await, (StatusCode::OK, json!({"released": true})), "repeats are fine");
+    assert_eq!(client.redeem("SOLO", "u1", "o-3").await.0, StatusCode::CREATED, "the user's use came back too");
     // A released order id stays used: it cannot take the coupon again.
-    assert_eq!(redeem(client, "SOLO", "u1", "o-1").await.0, StatusCode::CONFLICT);
+    assert_eq!(client.redeem("SOLO", "u1", "o-1").await.0, StatusCode::CONFLICT);
     for (code, order) in [("SOLO", "never"), ("NOSUCH", "o-1")] {
         assert_eq!(
-            release(client, code, order).await,
+            client.release(code, order).await,
             (StatusCode::NOT_FOUND, json!({"released": false, "reason": "REDEMPTION_NOT_FOUND"}))
         );
     }
@@ -141,15 +130,15 @@ async fn release_gives_the_use_back_idempotently() {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let client = client.clone();
-            tokio::spawn(async move { release(&client, "SOLO", "o-3").await })
+            tokio::spawn(async move { client.release("SOLO", "o-3").await })
         })
         .collect();
     for task in tasks {
         assert_eq!(task.await.unwrap(), (StatusCode::OK, json!({"released": true})));
     }
-    assert_eq!(redeem(client, "SOLO", "u3", "o-4").await.0, StatusCode::CREATED);
+    assert_eq!(client.redeem("SOLO", "u3", "o-4").await.0, StatusCode::CREATED);
     assert_eq!(
-        redeem(client, "SOLO", "u4", "o-5").await.1["reason"],
+        client.redeem("SOLO", "u4", "o-5").await.1["reason"],
         "USAGE_LIMIT_REACHED",
         "exactly one use came back"
     );
@@ -168,9 +157,9 @@ async fn redeem_applies_every_rule_and_checks_input() {
     insert_coupon(&db.pool, "OFF", &[("status", "'inactive'")]).await;
     insert_coupon(&db.pool, "MIN", &[("min_order_value", "500")]).await;
     let app = TestApp::spawn(&db).await;
-    assert_eq!(redeem(&app.client, "NOPE", "u", "o").await.1, json!({"redeemed": false, "reason": "COUPON_NOT_FOUND"}));
-    assert_eq!(redeem(&app.client, "OFF", "u", "o").await.1["reason"], "COUPON_INACTIVE");
-    assert_eq!(redeem(&app.client, "MIN", "u", "o").await.1["reason"], "MIN_ORDER_VALUE_NOT_MET");
+    assert_eq!(app.client.redeem("NOPE", "u", "o").await.1, json!({"redeemed": false, "reason": "COUPON_NOT_FOUND"}));
+    assert_eq!(app.client.redeem("OFF", "u", "o").await.1["reason"], "COUPON_INACTIVE");
+    assert_eq!(app.client.redeem("MIN", "u", "o").await.1["reason"], "MIN_ORDER_VALUE_NOT_MET");
     let missing =
         app.client.post("/api/coupons/redeem", &json!({"code": "MIN", "userId": "u", "orderValue": 600})).await;
     assert_eq!(
