@@ -231,6 +231,9 @@ pub(crate) struct OutageArgs {
     /// Requests per second (open loop), validate and redeem mixed.
     #[arg(long, default_value_t = 2000.0)]
     rate: f64,
+    /// The request mix: `shapes` (every redeeming shape, holds too) or any other.
+    #[arg(long, default_value = "shapes")]
+    mix: String,
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }
@@ -243,7 +246,7 @@ pub(crate) async fn db_outage(
     database_url: &str,
     args: OutageArgs,
 ) -> anyhow::Result<bool> {
-    let mix = Arc::new(Mix::build(database_url, "checkout", args.seed).await?);
+    let mix = Arc::new(Mix::build(database_url, &args.mix, args.seed).await?);
     let total = args.before + args.during + args.after;
     let phase = Phase {
         name: "db-outage".into(),
@@ -299,7 +302,8 @@ pub(crate) async fn db_outage(
         println!("db-outage: {name:<6} {requests:>8} requests, {rate:>7.3}% answered 2xx");
     }
     let lost = missing_redemptions(database_url, &result.stats.acknowledged).await?;
-    let validations = result.stats.total() - result.stats.acknowledged.len() as u64 - result.stats.failed;
+    // Only validations answer 200 here (every redeem and hold is a new order: 201 or 422).
+    let validations = result.stats.by_status.get(&200).copied().unwrap_or(0);
     let logs_written = count_logs(database_url).await? - logs_before;
     println!(
         "db-outage: caught up {:.1} s after PostgreSQL came back; {} redemptions acknowledged, {lost} missing; {validations} validations answered, {logs_written} logged",

@@ -127,8 +127,17 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
                 (Kind::Hold, 10),
             ]
         }
+        // Every redeeming shape at once: unlimited, a limited total, a per-user limit, holds
+        // and their confirmations (the outage drill's default).
+        "shapes" => vec![
+            (Kind::Valid, 40),
+            (Kind::Redeem, 15),
+            (Kind::LimitedRedeem, 15),
+            (Kind::PerUserRedeem, 15),
+            (Kind::Hold, 15),
+        ],
         other => bail!(
-            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem or checkout"
+            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem, checkout or shapes"
         ),
     })
 }

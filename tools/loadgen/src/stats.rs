@@ -54,7 +54,8 @@ pub(crate) struct Stats {
     pub(crate) by_status: BTreeMap<u16, u64>,
     pub(crate) transport_errors: u64,
     pub(crate) timeline: Vec<Second>,
-    /// The `redemptionId` of every 201 answer: what the service acknowledged.
+    /// The `redemptionId` (or a hold's `holdId`, the same id) of every 201 answer: what the
+    /// service acknowledged.
     pub(crate) acknowledged: Vec<String>,
 }
 
@@ -102,13 +103,15 @@ impl Stats {
         slot.buckets[bucket.min(BUCKETS - 1)] += 1;
     }
 
-    /// Keeps the redemption id of a 201 answer.
+    /// Keeps the redemption (or hold) id of a 201 answer.
     pub(crate) fn acknowledge(&mut self, body: &[u8]) {
-        const KEY: &[u8] = br#""redemptionId":""#;
-        if let Some(at) = body.windows(KEY.len()).position(|w| w == KEY)
-            && let Some(id) = body.get(at + KEY.len()..at + KEY.len() + 36)
-        {
-            self.acknowledged.push(String::from_utf8_lossy(id).into_owned());
+        for key in [&br#""redemptionId":""#[..], &br#""holdId":""#[..]] {
+            if let Some(at) = body.windows(key.len()).position(|w| w == key)
+                && let Some(id) = body.get(at + key.len()..at + key.len() + 36)
+            {
+                self.acknowledged.push(String::from_utf8_lossy(id).into_owned());
+                return;
+            }
         }
     }
 
@@ -166,6 +169,10 @@ mod tests {
         let p99 = a.timeline[0].quantile_us(0.99) / 1000.0;
         assert!((90.0..=110.0).contains(&p99), "{p99}");
         a.acknowledge(br#"{"redeemed":true,"redemptionId":"6f1c2b9e-2b2c-4a34-9d1d-0a0b0c0d0e0f","code":"X"}"#);
-        assert_eq!(a.acknowledged, vec!["6f1c2b9e-2b2c-4a34-9d1d-0a0b0c0d0e0f".to_owned()]);
+        a.acknowledge(br#"{"held":true,"holdId":"7f1c2b9e-2b2c-4a34-9d1d-0a0b0c0d0e0f","code":"X"}"#);
+        assert_eq!(
+            a.acknowledged,
+            vec!["6f1c2b9e-2b2c-4a34-9d1d-0a0b0c0d0e0f".to_owned(), "7f1c2b9e-2b2c-4a34-9d1d-0a0b0c0d0e0f".to_owned()]
+        );
     }
 }
