@@ -7,20 +7,20 @@ use rand::Rng;
 
 /// The delays of one retry loop.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
         Backoff { min, max: max.max(min), next: min }
     }
 
     /// The delay before the next attempt: a random point in the upper half of the current
     /// step, which then doubles up to the maximum.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self.next;
         self.next = (self.next * 2).min(self.max);
         let half = step / 2;
@@ -28,7 +28,7 @@ impl Backoff {
     }
 
     /// After a success: the next failure starts from the minimum again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = self.min;
     }
 }

@@ -18,7 +18,7 @@
 //!   reference data set.
 
 pub mod app;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod config;
 pub mod db;
 pub mod domain;
