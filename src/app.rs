@@ -34,6 +34,7 @@ use crate::engine::ports::Ports;
 use crate::engine::standing::Standing;
 use crate::http::guard::LookupGuard;
 use crate::http::{self, Operations, State, routes};
+use crate::journal::marks::ShippedMarks;
 use crate::journal::rejected::Rejected;
 use crate::journal::{Journal, JournalError};
 use crate::metrics::Metrics;
@@ -213,7 +214,9 @@ impl App {
             background.stop.clone(),
         ));
         background.tasks.spawn(db::log_summary::run(pool.clone(), state.ops.database.clone(), background.stop.clone()));
+        let shipping_wanted = Arc::new(tokio::sync::Notify::new());
         let refresher = Refresher {
+            shipping_wanted: shipping_wanted.clone(),
             pool: pool.clone(),
             url: settings.database.url.clone(),
             engine: state.engine.clone(),
@@ -239,6 +242,8 @@ impl App {
                     epoch: cluster.epoch,
                     standing: cluster.standing.clone(),
                     every: settings.cluster.heartbeat_every(),
+                    shipped: ShippedMarks::new(state.engine.journal().clone()),
+                    shipping_wanted,
                 };
                 let heartbeat = tokio::spawn(heartbeat.run(instance_lock, heartbeat_stop.clone(), fenced.clone()));
                 // A fenced instance stops as SIGTERM would: what it acknowledged is shipped.

@@ -6,8 +6,8 @@
 //!     the final rows as acknowledged, once (ids are one per `(coupon, order)`); (c) after the
 //!     faults heal, every limited total sells out to exactly its limit (checked by the driver);
 //!     (d) a "limit reached" while capacity was provably free is a false refusal, counted, and
-//!     so is a `404` to the release of an acknowledged use (a failure if the use was claimed:
-//!     its row was in PostgreSQL before its answer).
+//!     so is a `404` to the release of an acknowledged use (a failure unless two users took
+//!     that order of a coupon without claims: an order conflict).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -83,6 +83,8 @@ struct Order {
     lost: bool,
     /// Whether a release of it was ever asked for (whatever the answer).
     release_asked: bool,
+    /// Whether another user than the first asked about it.
+    contested: bool,
     /// The instance that gave the last acknowledgement, and every instance asked about it.
     acked_by: String,
     asked_on: BTreeSet<String>,
@@ -132,7 +134,7 @@ pub struct Checker {
     suspects: Vec<Violation>,
     /// Orders one of whose uses the shipper dropped (another row of the order was newer).
     dropped: BTreeSet<(CouponId, String)>,
-    /// The first `404` to the release of a claimed use certainly live.
+    /// The first `404` to the release of a use certainly live.
     wrong_not_found: Option<String>,
 }
 
@@ -190,12 +192,15 @@ impl Checker {
             uncertain_after: false,
             lost: false,
             release_asked: false,
+            contested: false,
             acked_by: String::new(),
             asked_on: BTreeSet::new(),
         });
         if releasing {
             entry.release_asked = true;
         }
+        let same_user = entry.user == user;
+        entry.contested |= !same_user;
         entry.asked_on.insert(instance.to_owned());
         let answer = match answer {
             // A replay repeats the first answer: news only about an order never acknowledged
@@ -232,15 +237,17 @@ impl Checker {
                 entry.maybe = false;
             }
             Answer::NotFound => {
-                if matches!(entry.certain, Certain::Live { .. }) {
-                    // A claimed use is in PostgreSQL before its answer: no instance may say
-                    // it does not exist. One journalled elsewhere (no limit at all) may not
-                    // have shipped yet: counted.
-                    if self.shapes.get(&coupon).is_some_and(|s| s.claimed) {
+                if matches!(entry.certain, Certain::Live { .. }) && same_user {
+                    // The use exists, and on every instance PostgreSQL or the shipping says
+                    // so before a `404`: claimed, its row was in before its answer; journalled
+                    // (no limit at all), the others wait for its instance's shipping. Only an
+                    // order two users took on two instances (a conflict) may be answered so.
+                    self.counts.false_not_found += 1;
+                    let conflict = entry.contested && self.shapes.get(&coupon).is_some_and(|s| !s.claimed);
+                    if !conflict {
                         let what = format!("coupon {coupon} order {order}: 404 from {instance} for a live use");
                         self.wrong_not_found.get_or_insert(what);
                     }
-                    self.counts.false_not_found += 1;
                 }
             }
             Answer::Unavailable => {

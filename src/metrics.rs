@@ -106,7 +106,8 @@ pub struct Metrics {
 /// Several instances: how often a use waited on PostgreSQL, what the leases did.
 pub struct QuotaMetrics {
     /// Uses that waited on PostgreSQL, by why: a lease ran out (`lease`), a limit only
-    /// PostgreSQL counts (`claim`), another instance's use changed (`change`).
+    /// PostgreSQL counts (`claim`), another instance's use changed (`change`), a release of
+    /// an order found nowhere yet waited for the others' shipping (`shipping`).
     pub waits: Outcomes,
     /// Lease grants and returns, by result (set from the leases' own counts when scraped).
     pub grants: Counter,
@@ -243,7 +244,10 @@ impl Metrics {
         let holds = reg
             .outcomes("coupon_holds_total", use_outcomes(&["held", "replayed", "confirmed", "cancelled", "expired"]));
         let releases = reg.outcomes("coupon_releases_total", ["released", "repeated", "not_found"]);
-        reg.describe_counter("quota_waits_total", "Uses that waited on PostgreSQL, by why (lease, claim, change)");
+        reg.describe_counter(
+            "quota_waits_total",
+            "Uses that waited on PostgreSQL, by why (lease, claim, change, shipping)",
+        );
         reg.describe_counter("quota_grants_total", "Quota lease grants, by result (granted, empty, failed)");
         reg.describe_counter("quota_returns_total", "Quota lease returns");
         reg.describe_gauge("quota_units_held", "Quota units this instance holds unspent");
@@ -255,7 +259,7 @@ impl Metrics {
             "Uses refused because this instance could not prove it still holds its id and epoch",
         );
         let quota = QuotaMetrics {
-            waits: reg.labelled("quota_waits_total", "reason", ["lease", "claim", "change"]),
+            waits: reg.labelled("quota_waits_total", "reason", ["lease", "claim", "change", "shipping"]),
             grants: reg.counter("quota_grants_total", &[("result", "granted")]),
             empty_grants: reg.counter("quota_grants_total", &[("result", "empty")]),
             failed_grants: reg.counter("quota_grants_total", &[("result", "failed")]),

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::db::health::DatabaseHealth;
 use crate::db::identity::{self, Identity};
+use crate::db::listener;
 use crate::db::usage::{USAGE_COLUMNS, UsageRow};
 use crate::db::{Error, money};
 use crate::domain::rules::Reason;
@@ -346,6 +347,31 @@ impl ClusterPort for PgCluster {
                 .await
                 .map_err(|e| self.port_error(e))?;
             Ok(())
+        })
+    }
+
+    fn shipped_everywhere(&self, since: Option<DateTime<Utc>>) -> PortAnswer<'_, (DateTime<Utc>, bool)> {
+        Box::pin(async move {
+            // Asked the first time and not yet shipped everywhere: the others' heartbeats are
+            // told to publish at once (their next stamps are read after `since`).
+            let (since, shipped, _told): (DateTime<Utc>, bool, bool) = sqlx::query_as(
+                "SELECT t.since, t.shipped, \
+                   CASE WHEN NOT t.shipped AND $2::timestamptz IS NULL \
+                     THEN (SELECT true FROM pg_notify($3, $4)) ELSE false END \
+                 FROM (SELECT s.since, NOT EXISTS (SELECT 1 FROM quota_instances q \
+                   LEFT JOIN quota_stamps st ON st.instance_id = q.instance_id AND st.epoch = q.epoch \
+                   WHERE q.state IN ('live', 'waiting') AND q.instance_id <> $1 \
+                   AND (st.shipped_through IS NULL OR st.shipped_through < s.since)) AS shipped \
+                   FROM (SELECT coalesce($2, now()) AS since) s) t",
+            )
+            .bind(&self.instance)
+            .bind(since)
+            .bind(listener::CHANNEL)
+            .bind(listener::SHIPPING_WANTED)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.port_error(e))?;
+            Ok((since, shipped))
         })
     }
 

@@ -7,7 +7,9 @@
 //! nothing for long. Hence:
 //! - every `beat` the heartbeat stamps `quota_stamps.seen_at` through the lock's
 //!   connection, for this epoch while it is live; a stamp that commits proves the lock was
-//!   held and the epoch live when it was sent;
+//!   held and the epoch live when it was sent; with it goes `shipped_through`, the latest
+//!   time on PostgreSQL's clock before which every use this instance acknowledged has
+//!   shipped (`journal::marks`);
 //! - a lost connection is replaced and the lock taken again; meanwhile (and while a stamp
 //!   is late) the engine spends nothing from leases once its window has passed;
 //! - a write-off waits until the last stamp is the instance's own `identity_timeout` old by
@@ -22,6 +24,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +32,7 @@ use uuid::Uuid;
 
 use crate::db::Error;
 use crate::engine::standing::Standing;
+use crate::journal::marks::ShippedMarks;
 
 /// The file in `DATA_DIR` that keeps a generated instance id.
 const ID_FILE: &str = "instance_id";
@@ -146,20 +150,32 @@ impl InstanceLock {
     }
 }
 
-/// Stamps this epoch as live; false if it is not (written off, or taken over). Written apart
-/// from the instance's row, which every claim and grant holds while it runs.
-async fn stamp(conn: &mut PgConnection, id: &str, epoch: i64) -> Result<bool, Error> {
-    let stamped = sqlx::query(
-        "INSERT INTO quota_stamps (instance_id, epoch, seen_at) SELECT $1, $2, now() \
+/// Stamps this epoch as live, with the time it has shipped through (if it knows one);
+/// answers PostgreSQL's clock as it stamped, or `None` if the epoch is not live (written off,
+/// or taken over). Written apart from the instance's row, which every claim and grant holds
+/// while it runs.
+async fn stamp(
+    conn: &mut PgConnection,
+    id: &str,
+    epoch: i64,
+    shipped_through: Option<DateTime<Utc>>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO quota_stamps (instance_id, epoch, seen_at, shipped_through) SELECT $1, $2, now(), $3 \
          WHERE EXISTS (SELECT 1 FROM quota_instances \
                        WHERE instance_id = $1 AND epoch = $2 AND state IN ('live', 'waiting')) \
-         ON CONFLICT (instance_id) DO UPDATE SET epoch = EXCLUDED.epoch, seen_at = EXCLUDED.seen_at",
+         ON CONFLICT (instance_id) DO UPDATE SET seen_at = EXCLUDED.seen_at, \
+           shipped_through = CASE WHEN quota_stamps.epoch = EXCLUDED.epoch \
+             THEN greatest(quota_stamps.shipped_through, EXCLUDED.shipped_through) \
+             ELSE EXCLUDED.shipped_through END, \
+           epoch = EXCLUDED.epoch \
+         RETURNING now()",
     )
     .bind(id)
     .bind(epoch)
-    .execute(conn)
-    .await?;
-    Ok(stamped.rows_affected() == 1)
+    .bind(shipped_through)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// What a reconnection found.
@@ -180,13 +196,17 @@ pub struct Heartbeat {
     pub standing: Arc<Standing>,
     /// How often a stamp is sent; also how long one may take.
     pub every: Duration,
+    /// What this instance's journal has shipped, published with each stamp.
+    pub shipped: ShippedMarks,
+    /// Woken when another instance waits for what every instance has shipped.
+    pub shipping_wanted: Arc<tokio::sync::Notify>,
 }
 
 impl Heartbeat {
     /// Beats until `stop`, and returns the lock (if held) for the clean stop to let go. If
     /// the epoch turns out fenced, marks the standing so and cancels `fenced`.
     pub async fn run(
-        self,
+        mut self,
         lock: InstanceLock,
         stop: CancellationToken,
         fenced: CancellationToken,
@@ -194,10 +214,16 @@ impl Heartbeat {
         let mut lock = Some(lock);
         let mut interval = tokio::time::interval(self.every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Asked for: a stamp read PostgreSQL's clock after the asking instance's question, and
+        // is to be published once the shipper has passed it, without waiting for a beat.
+        let mut publish_next = false;
         loop {
-            tokio::select! {
-                () = stop.cancelled() => return lock,
-                _ = interval.tick() => {}
+            if !std::mem::take(&mut publish_next) {
+                tokio::select! {
+                    () = stop.cancelled() => return lock,
+                    _ = interval.tick() => {}
+                    () = self.shipping_wanted.notified() => publish_next = true,
+                }
             }
             let sent = Instant::now();
             let Some(held) = lock.as_mut() else {
@@ -216,9 +242,16 @@ impl Heartbeat {
                 }
                 continue;
             };
-            match tokio::time::timeout(self.every, stamp(&mut held.conn, &self.id, self.epoch)).await {
-                Ok(Ok(true)) => self.standing.proved(sent),
-                Ok(Ok(false)) => return self.fenced(&fenced),
+            let through = self.shipped.shipped_through();
+            match tokio::time::timeout(self.every, stamp(&mut held.conn, &self.id, self.epoch, through)).await {
+                Ok(Ok(Some(at))) => {
+                    self.standing.proved(sent);
+                    self.shipped.passed(at);
+                    if publish_next {
+                        self.shipped.wait_shipped(self.every).await;
+                    }
+                }
+                Ok(Ok(None)) => return self.fenced(&fenced),
                 Ok(Err(_)) | Err(_) => {
                     tracing::warn!(
                         instance = %self.id,
@@ -251,9 +284,9 @@ impl Heartbeat {
         let mut conn = PgConnection::connect(&self.url).await?;
         let taken: bool = sqlx::query_scalar(TRY_LOCK).bind(&self.id).fetch_one(&mut conn).await?;
         if taken {
-            return Ok(match stamp(&mut conn, &self.id, self.epoch).await? {
-                true => Reconnected::Locked(InstanceLock { conn }),
-                false => Reconnected::Fenced,
+            return Ok(match stamp(&mut conn, &self.id, self.epoch, None).await? {
+                Some(_) => Reconnected::Locked(InstanceLock { conn }),
+                None => Reconnected::Fenced,
             });
         }
         // Not stamped without the lock: a process waiting out this one must see it fall silent.

@@ -29,6 +29,9 @@ use crate::metrics::Metrics;
 pub const CHANNEL: &str = "coupon_changes";
 /// The payload of the liveness probe the refresher sends itself.
 const HEARTBEAT: &str = r#"{"op":"heartbeat"}"#;
+/// The payload an instance sends when it waits for the others to publish what they have
+/// shipped (`ClusterPort::shipped_everywhere`): each heartbeat then publishes at once.
+pub const SHIPPING_WANTED: &str = r#"{"op":"shipping"}"#;
 
 /// Where the listener is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +135,8 @@ pub struct Refresher {
     pub status: Arc<ListenerStatus>,
     pub health: Arc<DatabaseHealth>,
     pub settings: ListenerSettings,
+    /// Woken when another instance asks for everyone's shipping (`SHIPPING_WANTED`).
+    pub shipping_wanted: Arc<tokio::sync::Notify>,
 }
 
 /// A listener that LISTENs and whose catalog load has been published.
@@ -168,6 +173,8 @@ struct Changes {
     /// Codes handed to users: positions by batch.
     assignments: BTreeMap<BatchId, BTreeSet<i32>>,
     reload: bool,
+    /// Another instance asked for everyone's shipping.
+    shipping_wanted: bool,
     /// Change notifications, heartbeats excluded.
     changes: u64,
     /// Statements whose chunks have not all arrived: chunks seen, chunks sent.
@@ -177,6 +184,10 @@ struct Changes {
 impl Changes {
     fn add(&mut self, payload: &str) {
         if payload == HEARTBEAT {
+            return;
+        }
+        if payload == SHIPPING_WANTED {
+            self.shipping_wanted = true;
             return;
         }
         self.changes += 1;
@@ -300,7 +311,12 @@ impl Refresher {
                     }
                 }
             }
-            self.apply(changes).await?;
+            if changes.shipping_wanted {
+                self.shipping_wanted.notify_one();
+            }
+            if changes.changes > 0 || changes.reload {
+                self.apply(changes).await?;
+            }
         }
     }
 
@@ -402,6 +418,7 @@ mod tests {
         for payload in [
             r#"{"entity" : "coupon", "op" : "update", "ids" : [3, 1]}"#,
             HEARTBEAT,
+            SHIPPING_WANTED,
             r#"{"op" : "delete", "ids" : [1]}"#,
             r#"{"entity" : "campaign", "op" : "insert", "ids" : [7]}"#,
             r#"{"entity" : "batch", "op" : "done", "ids" : [2]}"#,
@@ -416,6 +433,7 @@ mod tests {
             batches: [2].into(),
             assignments: [(2, [40, 41].into())].into(),
             reload: false,
+            shipping_wanted: true,
             changes: 6,
             incomplete: HashMap::new(),
         };

@@ -79,8 +79,8 @@ impl Mode {
         !matches!(self, Mode::Alone | Mode::Handing)
     }
 
-    /// Whether what this instance knows of limited uses may lag behind what was decided:
-    /// it then decides none of them, changes none, and answers no release (`503`).
+    /// Whether what this instance knows of uses may lag behind what was decided: it then
+    /// takes no use, changes none, and answers no release (`503`).
     pub fn lags(self) -> bool {
         matches!(self, Mode::Joining | Mode::Waiting)
     }

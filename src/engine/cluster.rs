@@ -20,6 +20,14 @@ use crate::engine::ports::{ClaimRequest, ClusterPort, PortError, StoredRow};
 use crate::engine::standing::Standing;
 use crate::engine::{Engine, EngineError, StoredUse, counted};
 
+/// How often a release waiting for other instances' shipping asks again (told by the first
+/// question, their heartbeats publish it within a few round trips).
+const SHIPPED_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a release waits for other instances' shipping at most (or `ledger.settle_timeout`
+/// if shorter): a live instance told to publish does so within a few round trips; one that has
+/// not by then is cut off, paused or dead, and waiting longer helps nobody.
+const SHIPPED_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// This instance's place in the cluster.
 #[derive(Debug)]
 pub struct Cluster {
@@ -234,6 +242,37 @@ impl Engine {
             _ => {}
         }
         Ok(changed.changed)
+    }
+
+    /// The use of `order` as PostgreSQL stores it, for a release this ledger cannot answer.
+    /// If PostgreSQL has none, or only a released hold (the order free again), it is asked
+    /// again once every other instance has shipped what it acknowledged before now: a use
+    /// under no limit at all is journalled, not claimed, and may still be on its way from
+    /// the instance that took it. Until then (at most [`SHIPPED_WAIT`]) the answer is
+    /// unavailable, never a `404` for a use that exists.
+    pub(crate) async fn stored_everywhere(
+        &self,
+        cluster: &Cluster,
+        coupon_id: CouponId,
+        order_id: &str,
+    ) -> Result<Option<StoredUse>, EngineError> {
+        let stored = self.ports.archive.stored(coupon_id, order_id).await?;
+        if stored.as_ref().is_some_and(|s| s.hold_until.is_none() || s.released_at.is_none()) {
+            return Ok(stored);
+        }
+        let until = tokio::time::Instant::now() + self.settings.settle_timeout.min(SHIPPED_WAIT);
+        let (since, mut shipped) = cluster.port.shipped_everywhere(None).await?;
+        if !shipped {
+            self.metrics.quota.waits.inc("shipping");
+        }
+        while !shipped {
+            if tokio::time::Instant::now() >= until {
+                return Err(PortError("another instance has not yet shipped what it acknowledged".into()).into());
+            }
+            tokio::time::sleep(SHIPPED_POLL).await;
+            shipped = cluster.port.shipped_everywhere(Some(since)).await?.1;
+        }
+        Ok(self.ports.archive.stored(coupon_id, order_id).await?)
     }
 
     /// Merges uses that reached PostgreSQL (from any instance) into the ledger: a newer

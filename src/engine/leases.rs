@@ -619,6 +619,13 @@ mod tests {
             unreachable!("not used by leases")
         }
 
+        fn shipped_everywhere(
+            &self,
+            _since: Option<chrono::DateTime<chrono::Utc>>,
+        ) -> PortAnswer<'_, (chrono::DateTime<chrono::Utc>, bool)> {
+            unreachable!("not used by leases")
+        }
+
         fn take_alone(&self, _alone_timeout: Duration) -> PortAnswer<'_, Option<i64>> {
             unreachable!("not used by leases")
         }

@@ -309,17 +309,6 @@ pub(crate) fn counted(catalog: &Catalog, coupon: CouponId, campaign: Option<Camp
     }
 }
 
-/// Whether a use of what `found` names may be under a limit (any coupon or campaign limit, a
-/// bulk code): whether it is decided by more than this instance's journal alone.
-fn limited(catalog: &Catalog, found: Found<'_>) -> bool {
-    let coupon = found.coupon();
-    let campaign = coupon.campaign_id.and_then(|id| catalog.campaign(id));
-    matches!(found, Found::Code { .. })
-        || coupon.usage_limit.is_some()
-        || coupon.per_user_limit.is_some()
-        || campaign.is_some_and(|c| c.usage_limit.is_some() || c.budget.is_some() || c.per_user_limit.is_some())
-}
-
 fn offer<'a>(catalog: &'a Catalog, found: Found<'a>, user_id: &str) -> Offer<'a> {
     let coupon = found.coupon();
     let campaign = coupon.campaign_id.and_then(|id| catalog.campaign(id)).map(|c| &**c);

@@ -203,6 +203,13 @@ pub trait ClusterPort: Send + Sync + Debug {
     fn take_alone(&self, alone_timeout: std::time::Duration) -> PortAnswer<'_, Option<i64>>;
     /// Gives the right to decide alone up (if held), letting waiting instances decide.
     fn release_alone(&self) -> PortAnswer<'_, ()>;
+    /// Whether every other live or waiting instance has shipped every use it acknowledged
+    /// before `since` (PostgreSQL's clock now, if `None`), and the time that was asked
+    /// about: once it has, a use not in PostgreSQL was never acknowledged anywhere.
+    fn shipped_everywhere(
+        &self,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> PortAnswer<'_, (chrono::DateTime<chrono::Utc>, bool)>;
 }
 
 /// A limited total that instances lease blocks of.

@@ -45,11 +45,12 @@ impl Engine {
         let mut asked = false;
         loop {
             let Some(slot) = self.ledger.slot(key) else {
-                // Among instances, a use made elsewhere may not have reached this ledger yet;
-                // every use under a limit is in PostgreSQL from its claim, so it is asked.
-                if self.mode().shares() && !asked {
+                // Among instances, a use made elsewhere may not have reached this ledger yet:
+                // one under a limit is in PostgreSQL from its claim, one under none once its
+                // instance has shipped it.
+                if let Some(cluster) = self.cluster().filter(|_| self.mode().shares() && !asked) {
                     asked = true;
-                    if let Some(stored) = self.ports.archive.stored(key.0, req.order_id).await? {
+                    if let Some(stored) = self.stored_everywhere(cluster, key.0, req.order_id).await? {
                         self.merge_uses([stored]);
                         continue;
                     }
@@ -63,10 +64,13 @@ impl Engine {
             match slot.state {
                 SlotState::Taking { .. } | SlotState::Changing => self.wait_settled(key, waited_until).await?,
                 // After a released hold the order is free: among instances, another may have
-                // used it since, unseen here. Only PostgreSQL can say it is released still.
+                // used it since, unseen here. Only PostgreSQL can say it is released still,
+                // once every instance has shipped.
                 SlotState::Released { ended, .. } if !ended.order_spent() && self.mode().shares() && !looked => {
                     looked = true;
-                    if let Some(stored) = self.ports.archive.stored(key.0, req.order_id).await? {
+                    if let Some(cluster) = self.cluster()
+                        && let Some(stored) = self.stored_everywhere(cluster, key.0, req.order_id).await?
+                    {
                         self.merge_uses([stored]);
                     }
                 }

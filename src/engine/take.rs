@@ -23,8 +23,7 @@ use crate::engine::limits::{
 use crate::engine::ports::{ClaimOutcome, ClaimRequest, Scope};
 use crate::engine::release::Archived;
 use crate::engine::{
-    Engine, EngineError, HoldFate, Receipt, Refused, UseKind, UseOutcome, UseRequest, alone, counted, limited, millis,
-    offer,
+    Engine, EngineError, HoldFate, Receipt, Refused, UseKind, UseOutcome, UseRequest, alone, counted, millis, offer,
 };
 
 impl Engine {
@@ -58,9 +57,11 @@ impl Engine {
                 return Ok(UseOutcome::Refused(Refused::Rule(Reason::CouponNotFound)));
             };
             let coupon = found.coupon();
-            if self.mode().lags() && (matches!(kind, UseKind::Hold { .. }) || limited(&catalog, found)) {
-                // What this instance knows of it may lag: the one deciding alone may not have
-                // shipped everything yet, or this one's feed not read it.
+            if self.mode().lags() {
+                // What this instance knows may lag: the one deciding alone may not have
+                // shipped everything yet, or this one's feed not read it. Not even a use under
+                // no limit is taken: the one deciding alone answers releases from its memory,
+                // which must hold every use acknowledged meanwhile.
                 return Ok(UseOutcome::Refused(Refused::QuotaUnavailable));
             }
             let key = (coupon.id, self.ledger.id_key(req.order_id));

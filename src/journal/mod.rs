@@ -9,6 +9,7 @@
 //! idempotent.
 
 pub mod frame;
+pub mod marks;
 pub mod rejected;
 
 use std::fs::{self, File, OpenOptions};
@@ -178,15 +179,25 @@ impl Journal {
         u64::try_from(self.shared.pending.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
+    /// Where the journal is durable to now: every record acknowledged so far lies before it.
+    pub fn durable_end(&self) -> Position {
+        *self.shared.durable.lock().expect("journal position")
+    }
+
+    /// Whether the reader has confirmed (shipped) every record before `end`.
+    pub fn shipped_to(&self, end: Position) -> bool {
+        *self.shared.shipped.lock().expect("journal position") >= end || self.backlog() == 0
+    }
+
     /// Waits (at most `within`) until everything durable now has been confirmed by the reader.
     pub async fn wait_shipped(&self, within: std::time::Duration) {
-        let target = *self.shared.durable.lock().expect("journal position");
+        let target = self.durable_end();
         let wait = async {
             loop {
                 let moved = self.shared.shipped_moved.notified();
                 tokio::pin!(moved);
                 moved.as_mut().enable();
-                if *self.shared.shipped.lock().expect("journal position") >= target || self.backlog() == 0 {
+                if self.shipped_to(target) {
                     return;
                 }
                 moved.await;

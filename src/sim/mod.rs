@@ -44,6 +44,7 @@ use crate::engine::{
     Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, StoredUse, UseOutcome, UseRequest,
 };
 use crate::history::{Answer, Checker, Counts, FinalUse, Shape};
+use crate::journal::marks::ShippedMarks;
 use crate::journal::{Journal, JournalReader};
 use crate::metrics::Metrics;
 use pg::{InstanceState, Limits, Pg};
@@ -285,6 +286,14 @@ impl ClusterPort for SimPort {
         Box::pin(std::future::ready(answer))
     }
 
+    fn shipped_everywhere(&self, since: Option<DateTime<Utc>>) -> PortAnswer<'_, (DateTime<Utc>, bool)> {
+        let answer = self.world.call(self.node, ("shipped everywhere", since), |pg, now| {
+            let since = since.unwrap_or(now);
+            (since, pg.shipped_everywhere(&self.instance, since))
+        });
+        Box::pin(std::future::ready(answer))
+    }
+
     fn change(&self, id: uuid::Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer> {
         let answer =
             self.world.call(self.node, ("change", id, rev, release), |pg, now| pg.change(id, rev, release, now));
@@ -326,6 +335,8 @@ struct Running {
     standing: Arc<Standing>,
     leases: Arc<Leases>,
     feed_after: u64,
+    /// What its heartbeat publishes of its shipping.
+    shipped: ShippedMarks,
 }
 
 /// One instance: its disk, its clock, and its process if running.
@@ -558,7 +569,8 @@ impl Sim {
         engine.load_uses(uses);
         engine.expire_due().await;
         engine.catalog().set_ready();
-        self.nodes[i].running = Some(Running { engine, reader, epoch, standing, leases, feed_after: after });
+        let shipped = ShippedMarks::new(engine.journal().clone());
+        self.nodes[i].running = Some(Running { engine, reader, epoch, standing, leases, feed_after: after, shipped });
         Ok(())
     }
 
@@ -679,13 +691,18 @@ impl Sim {
     /// Instance `i`'s heartbeat: proved while its epoch is live; fenced (and stopped) once
     /// it is not.
     fn heartbeat(&mut self, i: usize) {
-        let Some(running) = self.nodes[i].running.as_ref() else { return };
-        let (name, epoch) = (self.nodes[i].name.clone(), running.epoch);
+        let name = self.nodes[i].name.clone();
+        let Some(running) = self.nodes[i].running.as_mut() else { return };
+        let epoch = running.epoch;
         let sent = tokio::time::Instant::now();
-        let live = self.world.call(i, ("beat", epoch), |pg, _| pg.stampable(&name, epoch));
+        let through = running.shipped.shipped_through();
+        let live = self.world.call(i, ("beat", epoch), |pg, now| pg.stamp(&name, epoch, through).then_some(now));
         match live {
-            Ok(true) => running.standing.proved(sent),
-            Ok(false) => {
+            Ok(Some(now)) => {
+                running.standing.proved(sent);
+                running.shipped.passed(now);
+            }
+            Ok(None) => {
                 running.standing.fence();
                 self.kill(i);
             }

@@ -97,6 +97,8 @@ pub(super) struct Pg {
     pub(super) overrun_notes: Vec<String>,
     /// `journal_shipped`: how far each journal directory has shipped.
     shipped: HashMap<String, i64>,
+    /// `quota_stamps.shipped_through`, by instance: the epoch and the time.
+    shipped_through: HashMap<String, (i64, Option<DateTime<Utc>>)>,
     /// `claim_spends`: the claims that spent lease units, by (instance, epoch, id, instant).
     claim_spends: std::collections::BTreeSet<(String, i64, Uuid, DateTime<Utc>)>,
     /// `quota_alone`: the instance (and epoch) deciding alone.
@@ -197,9 +199,26 @@ impl Pg {
         }
     }
 
-    /// Whether the instance's epoch may be stamped by its heartbeat.
-    pub(super) fn stampable(&self, instance: &str, epoch: i64) -> bool {
-        matches!(self.instances.get(instance), Some(&(e, InstanceState::Live | InstanceState::Waiting)) if e == epoch)
+    /// The heartbeat's stamp: false if the instance's epoch is not live or waiting; else
+    /// `through` is kept (the latest of this epoch's).
+    pub(super) fn stamp(&mut self, instance: &str, epoch: i64, through: Option<DateTime<Utc>>) -> bool {
+        let stampable = matches!(
+            self.instances.get(instance),
+            Some(&(e, InstanceState::Live | InstanceState::Waiting)) if e == epoch
+        );
+        if stampable {
+            let kept = self.shipped_through.entry(instance.to_owned()).or_insert((epoch, None));
+            *kept = if kept.0 == epoch { (epoch, kept.1.max(through)) } else { (epoch, through) };
+        }
+        stampable
+    }
+
+    /// Whether every other live or waiting instance has shipped through `since`.
+    pub(super) fn shipped_everywhere(&self, instance: &str, since: DateTime<Utc>) -> bool {
+        self.instances.iter().filter(|(who, _)| *who != instance).all(|(who, &(epoch, state))| {
+            !matches!(state, InstanceState::Live | InstanceState::Waiting)
+                || matches!(self.shipped_through.get(who), Some(&(e, Some(at))) if e == epoch && at >= since)
+        })
     }
 
     /// `quota_settle`: what the leases of `instance` up to `epoch` hold goes back.

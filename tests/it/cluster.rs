@@ -192,6 +192,58 @@ async fn a_use_on_one_instance_shows_on_the_others_and_is_released_anywhere() {
     }
 }
 
+/// A use under no limit is journalled where it is taken, not claimed: another instance
+/// finds it in PostgreSQL only once it has shipped. A release there waits for every other
+/// instance's shipping (their heartbeats publish it) before it may say `404`, and says `503`
+/// while one of them cannot say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_elsewhere_finds_an_unshipped_use_and_says_404_only_once_every_instance_has_shipped() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(&db.url).await;
+    // Heartbeats every 200 ms; a release waits at most 1.5 s for the others' shipping.
+    let env = [("COUPON__CLUSTER__IDENTITY_TIMEOUT", "2s"), ("COUPON__LEDGER__SETTLE_TIMEOUT", "1500ms")];
+    let apps = vec![TestApp::spawn_with(&proxy.url, &env).await, TestApp::spawn_with(&db.url, &env).await];
+    let (a, b) = (&apps[0].client, &apps[1].client);
+    all_sharing(&[a, b]).await;
+    let coupon = insert_coupon(&db.pool, "FREE", &[]).await;
+    served_everywhere(&apps, "FREE").await;
+    let release = |order: &str| json!({"code": "FREE", "orderId": order});
+
+    for n in 0..5 {
+        let order = format!("o-{n}");
+        let taken = a.post("/api/coupons/redeem", &redeem_body("FREE", "ann", &order)).await;
+        assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.text);
+        // At once on the other instance: before the use has shipped, or just after.
+        let released = b.post("/api/coupons/release", &release(&order)).await;
+        assert_eq!((released.status, released.json()["released"].clone()), (StatusCode::OK, json!(true)), "{order}");
+    }
+    let unknown = b.post("/api/coupons/release", &release("never")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+    assert_eq!(unknown.json()["reason"], "REDEMPTION_NOT_FOUND");
+
+    // a cut off, still selling from its journal: b cannot say what a has not shipped.
+    proxy.cut().await;
+    let taken = a.post("/api/coupons/redeem", &redeem_body("FREE", "ann", "o-cut")).await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.text);
+    for order in ["o-cut", "never-2"] {
+        let answer = b.post("/api/coupons/release", &release(order)).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{order}: {}", answer.text);
+        assert!(answer.headers.contains_key("retry-after"));
+    }
+    proxy.restore().await;
+    eventually(Duration::from_secs(10), "a's use released from b once shipped", || async {
+        b.post("/api/coupons/release", &release("o-cut")).await.status == StatusCode::OK
+    })
+    .await;
+    let unknown = b.post("/api/coupons/release", &release("never-2")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text);
+    eventually(Duration::from_secs(5), "every release in PostgreSQL", || async { live_rows(&db, coupon).await == 0 })
+        .await;
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hold_made_on_one_instance_is_confirmed_on_another() {
     let db = TestDb::new().await;
