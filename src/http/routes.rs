@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -53,6 +53,10 @@ pub struct Route {
     pub access: Access,
     /// Answers 503 until the start-up load is done.
     pub needs_ready: bool,
+    /// Takes or gives back uses: its handler runs in a task of its own, to the end, even if
+    /// the client goes away meanwhile (dropped half-way, a claim could commit in PostgreSQL
+    /// while the engine gives its units back).
+    pub runs_to_end: bool,
     /// The largest body it reads.
     pub max_body: usize,
     /// The OpenAPI path item.
@@ -74,6 +78,7 @@ pub static ROUTES: &[Route] = &[
         template: "/api/coupons/validate",
         methods: &[(Method::POST, handler!(public::validate))],
         access: Access::Open,
+        runs_to_end: false,
         needs_ready: true,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/validate.json"),
@@ -82,6 +87,7 @@ pub static ROUTES: &[Route] = &[
         template: "/api/coupons/redeem",
         methods: &[(Method::POST, handler!(public::redeem))],
         access: Access::Backend,
+        runs_to_end: true,
         needs_ready: true,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/redeem.json"),
@@ -90,6 +96,7 @@ pub static ROUTES: &[Route] = &[
         template: "/api/coupons/hold",
         methods: &[(Method::POST, handler!(public::hold))],
         access: Access::Backend,
+        runs_to_end: true,
         needs_ready: true,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/hold.json"),
@@ -98,6 +105,7 @@ pub static ROUTES: &[Route] = &[
         template: "/api/coupons/release",
         methods: &[(Method::POST, handler!(public::release))],
         access: Access::Backend,
+        runs_to_end: true,
         needs_ready: true,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/release.json"),
@@ -106,6 +114,7 @@ pub static ROUTES: &[Route] = &[
         template: "/health",
         methods: &[(Method::GET, handler!(ops::health))],
         access: Access::Open,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/health.json"),
@@ -114,6 +123,7 @@ pub static ROUTES: &[Route] = &[
         template: "/health/ready",
         methods: &[(Method::GET, handler!(ops::ready))],
         access: Access::Open,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/ready.json"),
@@ -122,6 +132,7 @@ pub static ROUTES: &[Route] = &[
         template: "/metrics",
         methods: &[(Method::GET, handler!(ops::metrics))],
         access: Access::Open,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/metrics.json"),
@@ -130,6 +141,7 @@ pub static ROUTES: &[Route] = &[
         template: "/openapi.json",
         methods: &[(Method::GET, handler!(openapi))],
         access: Access::Open,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/openapi.json"),
@@ -138,6 +150,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/cache/reload",
         methods: &[(Method::POST, handler!(admin::reload))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_reload.json"),
@@ -146,6 +159,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/cache/stats",
         methods: &[(Method::GET, handler!(admin::stats))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_stats.json"),
@@ -154,6 +168,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/coupons",
         methods: &[(Method::POST, handler!(admin::create_coupon))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_coupons.json"),
@@ -162,6 +177,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/coupons/{code}",
         methods: &[(Method::GET, handler!(admin::read_coupon)), (Method::PATCH, handler!(admin::patch_coupon))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_coupon.json"),
@@ -170,6 +186,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/coupons/{code}/stats",
         methods: &[(Method::GET, handler!(admin::coupon_stats))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_coupon_stats.json"),
@@ -178,6 +195,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/validations/recent",
         methods: &[(Method::GET, handler!(admin::recent))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_recent.json"),
@@ -186,6 +204,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/journal/rejected",
         methods: &[(Method::GET, handler!(admin::rejected))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_rejected.json"),
@@ -194,6 +213,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/instances/{id}/write-off",
         methods: &[(Method::POST, handler!(instances::write_off))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_write_off.json"),
@@ -202,6 +222,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/orders/conflicts",
         methods: &[(Method::GET, handler!(instances::order_conflicts))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_order_conflicts.json"),
@@ -210,6 +231,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/journal/rejected/retry",
         methods: &[(Method::POST, handler!(admin::retry_rejected))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_rejected_retry.json"),
@@ -218,6 +240,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/campaigns",
         methods: &[(Method::POST, handler!(campaigns::create_campaign))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_campaigns.json"),
@@ -229,6 +252,7 @@ pub static ROUTES: &[Route] = &[
             (Method::PATCH, handler!(campaigns::patch_campaign)),
         ],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_campaign.json"),
@@ -237,6 +261,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/campaigns/{name}/batches",
         methods: &[(Method::POST, handler!(campaigns::create_batch))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: true,
         max_body: MAX_IMPORT_BODY_BYTES,
         openapi: include_str!("openapi/admin_batches.json"),
@@ -245,6 +270,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/batches/{id}",
         methods: &[(Method::GET, handler!(campaigns::read_batch))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: false,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_batch.json"),
@@ -253,6 +279,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/campaigns/{name}/codes",
         methods: &[(Method::GET, handler!(campaigns::export_codes))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: true,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_codes.json"),
@@ -261,6 +288,7 @@ pub static ROUTES: &[Route] = &[
         template: "/admin/campaigns/{name}/codes/assign",
         methods: &[(Method::POST, handler!(campaigns::assign_code))],
         access: Access::Admin,
+        runs_to_end: false,
         needs_ready: true,
         max_body: MAX_BODY_BYTES,
         openapi: include_str!("openapi/admin_assign.json"),
@@ -367,7 +395,7 @@ fn decode_segment(segment: &str) -> Result<String, ApiError> {
 }
 
 /// Answers one request and records its metrics.
-pub async fn handle<B>(state: &State, req: Request<B>, peer: IpAddr) -> HttpResponse
+pub async fn handle<B>(state: &Arc<State>, req: Request<B>, peer: IpAddr) -> HttpResponse
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -382,7 +410,7 @@ where
 }
 
 async fn dispatch<B>(
-    state: &State,
+    state: &Arc<State>,
     req: Request<B>,
     peer: IpAddr,
     started: Instant,
@@ -398,7 +426,7 @@ where
 }
 
 async fn answer<B>(
-    state: &State,
+    state: &Arc<State>,
     idx: usize,
     params: Result<Vec<String>, ApiError>,
     req: Request<B>,
@@ -444,13 +472,28 @@ where
         Ok(body) => body?,
         Err(_) => return Err(ApiError::BodyTimeout),
     };
+    let call = Call { params, query, headers: parts.headers, body, client_ip, backend, started };
+    if route.runs_to_end {
+        let state = Arc::clone(state);
+        let handler = *handler;
+        return tokio::spawn(async move { within_bound(&state, handler, call, route.access).await })
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(error = %err, "a request's task failed");
+                Err(ApiError::Internal)
+            });
+    }
+    within_bound(state, *handler, call, route.access).await
+}
+
+/// Runs `handler` holding a request slot (admin calls within their deadline).
+async fn within_bound(state: &State, handler: Handler, call: Call, access: Access) -> Result<HttpResponse, ApiError> {
     // Past the bound, answer at once rather than queue: a queue only turns overload into
     // timeouts for everyone.
     let Ok(_permit) = state.in_flight.try_acquire() else {
         return Err(ApiError::Overloaded);
     };
-    let call = Call { params, query, headers: parts.headers, body, client_ip, backend, started };
-    match route.access {
+    match access {
         Access::Admin => {
             tokio::time::timeout(state.http.admin_timeout, handler(state, call)).await.unwrap_or(Err(ApiError::Timeout))
         }

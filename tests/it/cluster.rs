@@ -244,6 +244,57 @@ async fn a_release_elsewhere_finds_an_unshipped_use_and_says_404_only_once_every
     }
 }
 
+/// A shop that gives up on a redeem (its own timeout) closes the connection while the claim
+/// waits in PostgreSQL; the claim commits later. The redeem runs to the end anyway: had it
+/// been dropped half-way, the engine would have given back lease units PostgreSQL counts as
+/// spent, and sold them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redeem_the_client_gave_up_on_is_finished_and_sells_nothing_twice() {
+    let db = TestDb::new().await;
+    let apps = instances(&db, 2).await;
+    let coupon = insert_coupon(&db.pool, "GIVEUP", &[("usage_limit", "1"), ("per_user_limit", "1")]).await;
+    served_everywhere(&apps, "GIVEUP").await;
+    // The claim of ann's use will wait for this lock (claim_use locks the user's key).
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("user:{coupon}:ann"))
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(800),
+        apps[0].client.post("/api/coupons/redeem", &redeem_body("GIVEUP", "ann", "o-ann")),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the redeem waited for the claim: {:?}", gave_up.map(|r| r.text));
+    blocker.rollback().await.unwrap();
+    eventually(Duration::from_secs(5), "ann's claim committed", || async { live_rows(&db, coupon).await == 1 }).await;
+    // Finished, not dropped half-way: counted as a redemption by the instance that made it.
+    let redeemed = "coupon_redemptions_total{outcome=\"redeemed\"}";
+    eventually(Duration::from_secs(5), "the redeem finished", || async {
+        apps[0].client.metric(redeemed).await == 1.0
+    })
+    .await;
+    let replay = apps[0].client.post("/api/coupons/redeem", &redeem_body("GIVEUP", "ann", "o-ann")).await;
+    assert_eq!(replay.status, StatusCode::OK, "the order was redeemed once: {}", replay.text);
+    // Sold where the units were leased: a unit given back by mistake would sell here.
+    let mut sold = 1;
+    for n in 0..3 {
+        let (status, body) =
+            redeem_retrying(&apps[0].client, &redeem_body("GIVEUP", &format!("u-{n}"), &format!("o-{n}"))).await;
+        match status {
+            StatusCode::CREATED => sold += 1,
+            StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(body["reason"], "USAGE_LIMIT_REACHED"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(sold, 1, "exactly the limit");
+    eventually(Duration::from_secs(5), "every use in PostgreSQL", || async { live_rows(&db, coupon).await == 1 }).await;
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hold_made_on_one_instance_is_confirmed_on_another() {
     let db = TestDb::new().await;

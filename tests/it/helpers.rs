@@ -242,6 +242,13 @@ impl TestClient {
         self.request(Method::POST, path, serde_json::to_vec(body).expect("serialise")).await
     }
 
+    /// The value of the `/metrics` sample whose name and labels are exactly `series` (0 if
+    /// it has none yet).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").await.text;
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+    }
+
     /// `POST /api/coupons/validate`, expecting 200; returns the body.
     pub async fn validate(&self, body: Value) -> Value {
         let response = self.post("/api/coupons/validate", &body).await;

@@ -24,11 +24,6 @@ async fn rows(pool: &PgPool, code: &str) -> Vec<(String, bool, bool)> {
     .unwrap()
 }
 
-async fn metric(client: &TestClient, series: &str) -> f64 {
-    let text = client.get("/metrics").await.text;
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hold_confirm_and_cancel_answer_as_the_contract_says() {
     let db = TestDb::new().await;
@@ -63,7 +58,7 @@ async fn hold_confirm_and_cancel_answer_as_the_contract_says() {
         .request_with(Method::GET, "/admin/coupons/ONE", "", &[("authorization", &format!("Bearer {TOKEN}"))])
         .await;
     assert_eq!(read.json()["usage"], json!({"total": 1, "holds": 1}));
-    assert_eq!(metric(client, "coupon_holds_live").await, 1.0);
+    assert_eq!(client.metric("coupon_holds_live").await, 1.0);
 
     // The hold guaranteed the use: confirmed even though the coupon was deactivated meanwhile.
     sqlx::query("UPDATE coupons SET status = 'inactive' WHERE code = 'ONE'").execute(&db.pool).await.unwrap();
@@ -103,9 +98,9 @@ async fn hold_confirm_and_cancel_answer_as_the_contract_says() {
     })
     .await;
     for (outcome, n) in [("held", 2.0), ("confirmed", 1.0), ("cancelled", 1.0)] {
-        assert_eq!(metric(client, &format!("coupon_holds_total{{outcome=\"{outcome}\"}}")).await, n, "{outcome}");
+        assert_eq!(client.metric(&format!("coupon_holds_total{{outcome=\"{outcome}\"}}")).await, n, "{outcome}");
     }
-    assert_eq!(metric(client, "coupon_holds_live").await, 0.0);
+    assert_eq!(client.metric("coupon_holds_live").await, 0.0);
     app.stop().await.unwrap();
 }
 
@@ -197,7 +192,7 @@ async fn a_hold_expires_by_itself_and_redeem_then_applies_the_rules_afresh() {
         rows(&db.pool, "BRIEF").await == [("o-1".into(), false, true), ("o-2".into(), true, false)]
     })
     .await;
-    assert_eq!(metric(client, "coupon_holds_total{outcome=\"expired\"}").await, 1.0);
+    assert_eq!(client.metric("coupon_holds_total{outcome=\"expired\"}").await, 1.0);
     app.stop().await.unwrap();
 }
 
@@ -246,10 +241,10 @@ async fn confirm_and_expiry_race_at_the_deadline_and_exactly_one_wins() {
         }
     }
     assert_eq!(confirmed + expired_then_won + buyers_won, N, "exactly the limit");
-    let expired = metric(client, "coupon_holds_total{outcome=\"expired\"}").await;
-    assert_eq!(metric(client, "coupon_holds_total{outcome=\"confirmed\"}").await, confirmed as f64);
+    let expired = client.metric("coupon_holds_total{outcome=\"expired\"}").await;
+    assert_eq!(client.metric("coupon_holds_total{outcome=\"confirmed\"}").await, confirmed as f64);
     assert_eq!(confirmed as f64 + expired, N as f64, "every hold confirmed or expired, once");
-    assert_eq!(metric(client, "coupon_holds_live").await, 0.0);
+    assert_eq!(client.metric("coupon_holds_live").await, 0.0);
     eventually(Duration::from_secs(10), "the uses to reach PostgreSQL", || async {
         let rows = rows(&db.pool, "RACE").await;
         rows.iter().filter(|(_, live, _)| *live).count() == N && rows.iter().all(|(_, live, held)| !(*live && *held))
