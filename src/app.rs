@@ -401,8 +401,14 @@ async fn start_up(
     let lease_pool = db::connect(&DatabaseSettings { max_connections: 2, ..settings.database.clone() })
         .await
         .map_err(StartError::Register)?;
-    let port: Arc<dyn ClusterPort> =
-        Arc::new(PgCluster::new(pool.clone(), lease_pool, instance.to_owned(), epoch, state.ops.database.clone()));
+    let port: Arc<dyn ClusterPort> = Arc::new(PgCluster::new(
+        pool.clone(),
+        lease_pool,
+        instance.to_owned(),
+        epoch,
+        state.ops.database.clone(),
+        state.metrics.clone(),
+    ));
     state.engine.join_cluster(Cluster {
         leases: Leases::new(port.clone(), settings.cluster.leases()),
         port,

@@ -121,6 +121,9 @@ pub struct QuotaMetrics {
     pub overrun: Counter,
     /// Uses of other instances merged into this ledger.
     pub merged: Counter,
+    /// Claims sent to PostgreSQL, and the statements that carried them (`db::claims`).
+    pub claims: Counter,
+    pub claim_statements: Counter,
     /// Uses refused `503` because this instance could not prove it still holds its id
     /// (`engine::standing`).
     pub unproved: Counter,
@@ -254,6 +257,8 @@ impl Metrics {
         reg.describe_counter("order_conflicts_total", "Orders redeemed by two users on two instances at once");
         reg.describe_counter("quota_overrun_total", "Units counted without a lease to pay for them");
         reg.describe_counter("usage_merged_total", "Uses of other instances merged into this instance's ledger");
+        reg.describe_counter("quota_claims_total", "Claims sent to PostgreSQL");
+        reg.describe_counter("quota_claim_statements_total", "Statements that carried the claims (several share one)");
         reg.describe_counter(
             "quota_unproved_total",
             "Uses refused because this instance could not prove it still holds its id and epoch",
@@ -268,6 +273,8 @@ impl Metrics {
             order_conflicts: reg.counter("order_conflicts_total", &[]),
             overrun: reg.counter("quota_overrun_total", &[]),
             merged: reg.counter("usage_merged_total", &[]),
+            claims: reg.counter("quota_claims_total", &[]),
+            claim_statements: reg.counter("quota_claim_statements_total", &[]),
             unproved: reg.counter("quota_unproved_total", &[]),
         };
         Metrics {

@@ -16,22 +16,22 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use rust_decimal::Decimal;
 use sqlx::{Connection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::db::Error;
+use crate::db::claims::Claims;
 use crate::db::health::DatabaseHealth;
 use crate::db::identity::{self, Identity};
 use crate::db::listener;
 use crate::db::usage::{USAGE_COLUMNS, UsageRow};
-use crate::db::{Error, money};
-use crate::domain::rules::Reason;
 use crate::engine::Engine;
 use crate::engine::ports::Scope;
 use crate::engine::ports::{
-    ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts, PortAnswer, PortError, StoredRow,
+    ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts, PortAnswer, PortError,
 };
+use crate::metrics::Metrics;
 
 /// Starts a new epoch of this instance from its `DATA_DIR`, silent after
 /// `identity_timeout` without a heartbeat (creating it on first start), and answers it with
@@ -150,11 +150,22 @@ pub struct PgCluster {
     instance: String,
     epoch: i64,
     health: Arc<DatabaseHealth>,
+    /// Claims go together (`db::claims`).
+    claims: Claims,
 }
 
 impl PgCluster {
-    pub fn new(pool: PgPool, leases: PgPool, instance: String, epoch: i64, health: Arc<DatabaseHealth>) -> PgCluster {
-        PgCluster { pool, leases, instance, epoch, health }
+    /// The port of this instance's epoch; starts the task that sends its claims.
+    pub fn new(
+        pool: PgPool,
+        leases: PgPool,
+        instance: String,
+        epoch: i64,
+        health: Arc<DatabaseHealth>,
+        metrics: Arc<Metrics>,
+    ) -> PgCluster {
+        let claims = Claims::start(pool.clone(), instance.clone(), epoch, health.clone(), metrics);
+        PgCluster { pool, leases, instance, epoch, health, claims }
     }
 
     /// A call failed: `/health` hears of it at once when PostgreSQL may be why.
@@ -166,7 +177,8 @@ impl PgCluster {
     }
 }
 
-fn units(n: u64) -> i64 {
+/// A count of units as PostgreSQL's BIGINT.
+pub(super) fn units(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -175,17 +187,6 @@ struct GrantRow {
     granted: i64,
     held_elsewhere: i64,
     fenced: bool,
-}
-
-#[derive(sqlx::FromRow)]
-struct ClaimRow {
-    outcome: String,
-    rev: i32,
-    user_id: Option<String>,
-    order_value: Option<Decimal>,
-    discount: Option<Decimal>,
-    hold_until: Option<DateTime<Utc>>,
-    released: Option<bool>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -237,53 +238,7 @@ impl ClusterPort for PgCluster {
     }
 
     fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome> {
-        let limit = |n: Option<u32>| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
-        Box::pin(async move {
-            let row: ClaimRow = sqlx::query_as(
-                "SELECT outcome, rev, user_id, order_value, discount, hold_until, released FROM claim_use(\
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
-            )
-            .bind(req.id)
-            .bind(i32::try_from(req.rev).unwrap_or(i32::MAX))
-            .bind(req.coupon_id)
-            .bind(req.code)
-            .bind(req.user_id)
-            .bind(req.order_id)
-            .bind(money::numeric_cents(req.order_value))
-            .bind(money::numeric_cents(req.discount))
-            .bind(req.at)
-            .bind(req.hold_until)
-            .bind(req.campaign)
-            .bind(limit(req.user_limit))
-            .bind(limit(req.campaign_user_limit))
-            .bind(limit(req.code_limit))
-            .bind(limit(req.max_holds))
-            .bind(&self.instance)
-            .bind(self.epoch)
-            .bind(units(req.spent.coupon))
-            .bind(units(req.spent.campaign))
-            .bind(units(req.spent.cents))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| self.port_error(e))?;
-            let rev = u32::try_from(row.rev).unwrap_or(0);
-            Ok(match row.outcome.as_str() {
-                "taken" => ClaimOutcome::Taken { rev },
-                "exists" => ClaimOutcome::Exists(StoredRow {
-                    rev,
-                    user_id: row.user_id.unwrap_or_default(),
-                    order_value: row.order_value.and_then(money::cents).unwrap_or(crate::domain::money::Cents::ZERO),
-                    discount: row.discount.and_then(money::cents).unwrap_or(crate::domain::money::Cents::ZERO),
-                    hold_until: row.hold_until,
-                    released: row.released.unwrap_or(false),
-                }),
-                "user_limit" => ClaimOutcome::Refused(Reason::UserUsageLimitReached),
-                "campaign_user_limit" => ClaimOutcome::Refused(Reason::CampaignUserLimitReached),
-                "code_limit" => ClaimOutcome::Refused(Reason::UsageLimitReached),
-                "too_many_holds" => ClaimOutcome::TooManyHolds,
-                _ => ClaimOutcome::Fenced,
-            })
-        })
+        Box::pin(self.claims.claim(req))
     }
 
     fn claim_spent(&self, id: Uuid, at: DateTime<Utc>) -> PortAnswer<'_, bool> {

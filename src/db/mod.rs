@@ -9,6 +9,7 @@ pub mod batch_jobs;
 pub mod batches;
 pub mod campaigns;
 pub mod catalog;
+pub mod claims;
 pub mod cluster;
 pub mod copy_text;
 pub mod coupons;

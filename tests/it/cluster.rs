@@ -111,6 +111,14 @@ async fn three_hundred_buyers_on_three_instances_get_exactly_fifty() {
         assert_eq!(used, 50);
         assert_eq!(held, 0, "nothing is left in any lease when the limit is sold out");
     }
+    // A hundred buyers at once on each instance: their claims shared statements.
+    let (mut claims, mut statements) = (0.0, 0.0);
+    for app in &apps {
+        claims += app.client.metric("quota_claims_total").await;
+        statements += app.client.metric("quota_claim_statements_total").await;
+    }
+    assert!(claims >= 150.0, "every use won was claimed: {claims}");
+    assert!(statements < claims, "{claims} claims in {statements} statements");
     for app in apps {
         app.stop().await.unwrap();
     }

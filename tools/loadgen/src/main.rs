@@ -199,6 +199,7 @@ fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
 
 async fn bench(url: &str, targets: &[SocketAddr], database_url: Option<&str>, args: BenchArgs) -> anyhow::Result<bool> {
     let mix = Arc::new(Mix::build(need_db(database_url)?, &args.mix, args.seed).await?);
+    mix.wait_served(&client::ServiceClient::new(url)).await?;
     let phases: Vec<Phase> = if !args.phases.is_empty() {
         args.phases.iter().map(|spec| load::parse_phase(spec, args.concurrency)).collect::<Result<_, _>>()?
     } else if let Some(rate) = args.rate {

@@ -22,6 +22,9 @@ const HOLD_TTL_SECS: u64 = 60;
 const ABANDON_ONE_IN: u64 = 4;
 /// Requests prepared per kind; the run cycles through them.
 const PER_KIND: usize = 500;
+/// Single-use codes imported for a `code-redeem` run (a new batch per run): request `n`
+/// redeems code `n` modulo this, so a run of more requests meets used codes.
+pub(crate) const BULK_CODES: u64 = 120_000;
 
 /// What a request is and what the service must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +44,9 @@ pub(crate) enum Kind {
     /// A redeem of a coupon with a per-user limit of 1, by a new user each time: PostgreSQL
     /// decides each one.
     PerUserRedeem,
+    /// A redeem of a single-use bulk code, a different one each time (a batch of
+    /// [`BULK_CODES`] imported per run): PostgreSQL decides each one among instances.
+    CodeRedeem,
     /// A checkout: a hold, then (most of the time) its confirmation, a redeem of the same order.
     Hold,
     /// The redeem that confirms a checkout's hold.
@@ -60,6 +66,7 @@ impl Kind {
             Kind::Redeem => "redeem",
             Kind::LimitedRedeem => "limited-redeem",
             Kind::PerUserRedeem => "per-user-redeem",
+            Kind::CodeRedeem => "code-redeem",
             Kind::Hold => "hold",
             Kind::Confirm => "confirm",
         }
@@ -74,7 +81,7 @@ impl Kind {
             Kind::WrongUser => b"COUPON_NOT_FOR_USER",
             Kind::BelowMinimum => b"MIN_ORDER_VALUE_NOT_MET",
             Kind::Unknown => b"COUPON_NOT_FOUND",
-            Kind::Redeem | Kind::PerUserRedeem => br#""redeemed":true"#,
+            Kind::Redeem | Kind::PerUserRedeem | Kind::CodeRedeem => br#""redeemed":true"#,
             Kind::LimitedRedeem => br#""redeemed""#,
             Kind::Hold => br#""held":true"#,
             Kind::Confirm => br#""hold":"confirmed""#,
@@ -116,6 +123,7 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
         "redeem" => vec![(Kind::Redeem, 1)],
         "limited-redeem" => vec![(Kind::LimitedRedeem, 1)],
         "per-user-redeem" => vec![(Kind::PerUserRedeem, 1)],
+        "code-redeem" => vec![(Kind::CodeRedeem, 1)],
         "checkout" => {
             vec![
                 (Kind::Valid, 55),
@@ -137,7 +145,7 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
             (Kind::Hold, 15),
         ],
         other => bail!(
-            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem, checkout or shapes"
+            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem, code-redeem, checkout or shapes"
         ),
     })
 }
@@ -151,7 +159,7 @@ impl Mix {
         let mut by_kind = Vec::new();
         let mut kept = Vec::new();
         for (kind, weight) in weights.drain(..) {
-            let prepared = prepare(&mut db, kind, &mut rng).await?;
+            let prepared = prepare(&mut db, database_url, kind, &mut rng).await?;
             if prepared.is_empty() && kind == Kind::CampaignCode && name != "campaign" {
                 eprintln!(
                     "loadgen: no unused campaign code in the database (seed --campaign-codes N adds some): none in the mix"
@@ -209,10 +217,41 @@ impl Mix {
                 let body = format!("{}{}}}", String::from_utf8_lossy(&prepared.body), self.checkout_ids(n));
                 ("/api/coupons/redeem", Bytes::from(body), Kind::PerUserRedeem)
             }
+            Kind::CodeRedeem => {
+                // The prepared body is the batch's code prefix.
+                let prefix = String::from_utf8_lossy(&prepared.body);
+                let body =
+                    format!(r#"{{"code":"{prefix}{:06}","orderValue":100,{}}}"#, n % BULK_CODES, self.checkout_ids(n));
+                ("/api/coupons/redeem", Bytes::from(body), Kind::CodeRedeem)
+            }
             kind @ (Kind::Redeem | Kind::LimitedRedeem) => ("/api/coupons/redeem", unique(), kind),
             Kind::Unknown => ("/api/coupons/validate", unique(), Kind::Unknown),
             kind => ("/api/coupons/validate", prepared.body.clone(), kind),
         }
+    }
+
+    /// Waits until every instance behind `client` serves the mix's bulk codes (imported just
+    /// now, they reach each catalog by notification): ten answers in a row that know the
+    /// first and the last code.
+    pub(crate) async fn wait_served(&self, client: &crate::client::ServiceClient) -> anyhow::Result<()> {
+        let Some(prefix) = self.requests.iter().find(|r| r.kind == Kind::CodeRedeem).map(|r| r.body.clone()) else {
+            return Ok(());
+        };
+        let prefix = String::from_utf8_lossy(&prefix).into_owned();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut in_a_row = 0;
+        while in_a_row < 10 {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "the bulk codes {prefix}* are not served after 60 s");
+            let n = if in_a_row % 2 == 0 { 0 } else { BULK_CODES - 1 };
+            let body = json!({"code": format!("{prefix}{n:06}"), "userId": "loadgen-probe", "orderValue": 100});
+            if client.validate(&body).await?["valid"] == true {
+                in_a_row += 1;
+            } else {
+                in_a_row = 0;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
     }
 
     /// What to send once request `n` (of `kind`) got a 201: a checkout's confirmation, unless
@@ -238,11 +277,12 @@ impl Mix {
             // Sold out once the limit is reached: that is a right answer too.
             return status == 201 || (status == 422 && contains(b"USAGE_LIMIT_REACHED"));
         }
-        let status_ok = if matches!(kind, Kind::Redeem | Kind::PerUserRedeem | Kind::Hold | Kind::Confirm) {
-            status == 201
-        } else {
-            status == 200
-        };
+        let status_ok =
+            if matches!(kind, Kind::Redeem | Kind::PerUserRedeem | Kind::CodeRedeem | Kind::Hold | Kind::Confirm) {
+                status == 201
+            } else {
+                status == 200
+            };
         status_ok && body.windows(kind.expected().len()).any(|w| w == kind.expected())
     }
 }
@@ -258,7 +298,12 @@ fn order_value(cents: i64) -> String {
     if cents % 100 == 0 { format!("{}", cents / 100) } else { format!("{}.{:02}", cents / 100, cents % 100) }
 }
 
-async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Prepared>> {
+async fn prepare(
+    db: &mut PgConnection,
+    database_url: &str,
+    kind: Kind,
+    rng: &mut ChaCha8Rng,
+) -> anyhow::Result<Vec<Prepared>> {
     // A batch's rule is a coupon row too, but its code is not one a customer can type.
     const IN_WINDOW: &str = "batch_id IS NULL \
         AND (valid_from IS NULL OR valid_from <= now()) AND (valid_until IS NULL OR valid_until > now())";
@@ -278,6 +323,7 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
              AND min_order_value >= 1 ORDER BY id LIMIT 2000"
         )).await?,
         Kind::Unknown => (0..PER_KIND).map(|n| (format!("LOADGEN-UNKNOWN-{n:05}"), None, 0)).collect(),
+        Kind::CodeRedeem => return Ok(vec![import_bulk_codes(database_url).await?]),
         Kind::CampaignCode => {
             let rows = fetch(
                 db,
@@ -371,6 +417,50 @@ async fn prepare(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> any
         })
         .collect();
     Ok(prepared)
+}
+
+/// A new campaign with one batch of [`BULK_CODES`] single-use codes (10% off), imported as
+/// the admin API would; answers the codes' prefix as the prepared request.
+async fn import_bulk_codes(database_url: &str) -> anyhow::Result<Prepared> {
+    use coupon_engine::db::{batches, campaigns};
+    use coupon_engine::domain::campaign::Campaign;
+    use coupon_engine::domain::coupon::{Coupon, CouponKind, Discount, Status};
+    let pool = sqlx::PgPool::connect(database_url).await.context("connect to DATABASE_URL for the bulk codes")?;
+    let run = format!("{:X}", chrono::Utc::now().timestamp_micros());
+    let campaign = campaigns::insert(&pool, &Campaign::new(0, &format!("loadgen-codes-{run}")))
+        .await
+        .map_err(|err| anyhow::anyhow!("creating the bulk codes' campaign: {err}"))?;
+    let rule = Coupon {
+        id: 0,
+        code: Default::default(),
+        kind: CouponKind::TimeSpecific,
+        status: Status::Active,
+        discount: Discount::Percentage {
+            rate: coupon_engine::domain::money::Percent::from_hundredths(1_000).expect("10%"),
+            cap: None,
+        },
+        min_order_value: coupon_engine::domain::money::Cents::ZERO,
+        usage_limit: None,
+        per_user_limit: None,
+        user_id: None,
+        valid_from: None,
+        valid_until: None,
+        campaign_id: Some(campaign.id),
+        batch_id: None,
+        version: 0,
+    };
+    let prefix = format!("LGC{run}-");
+    let source = batches::Source::Imported((0..BULK_CODES).map(|n| format!("{prefix}{n:06}")).collect());
+    let claimed = batches::claim(&pool, campaign.id, &rule, 1, &source)
+        .await
+        .map_err(|err| anyhow::anyhow!("creating the bulk codes' batch: {err}"))?;
+    let produced = std::sync::atomic::AtomicU64::new(0);
+    match claimed.write(&source, &produced).await? {
+        batches::Outcome::Done => {}
+        other => bail!("importing the bulk codes: {other:?}"),
+    }
+    pool.close().await;
+    Ok(Prepared { kind: Kind::CodeRedeem, body: Bytes::from(prefix) })
 }
 
 async fn fetch(db: &mut PgConnection, sql: &str) -> anyhow::Result<Vec<(String, Option<String>, i64)>> {
