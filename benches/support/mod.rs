@@ -57,13 +57,13 @@ pub(crate) fn engine_with_codes(mut coupons: Vec<Coupon>, codes: u32) -> (Engine
         campaigns.push(campaign);
         batches.push(Arc::new(builder.build()));
     }
-    let dir = std::env::temp_dir().join(format!("bench-journal-{}", uuid::Uuid::new_v4().simple()));
+    // Removed at the end of this function: the writer keeps its open segment.
+    let dir = tempfile::Builder::new().prefix("bench-journal-").tempdir().expect("temporary directory");
     let metrics = Arc::new(Metrics::new(&[]));
-    let (journal, _reader) = Journal::open(&dir, metrics.journal.clone()).expect("journal");
+    let (journal, _reader) = Journal::open(dir.path(), metrics.journal.clone()).expect("journal");
     let settings = coupon_engine::config::Settings::defaults().engine();
     let engine = Engine::new(journal, Ports::none(), Arc::new(SystemClock), metrics, settings);
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     runtime.block_on(async { engine.catalog().publisher().await.replace_all(coupons, campaigns, batches) });
-    let _ = std::fs::remove_dir_all(&dir);
     (engine, generated)
 }

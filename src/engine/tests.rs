@@ -4,13 +4,11 @@
 //! claimed in the simulation's model of PostgreSQL, `crate::sim::SharedModel`).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::TimeZone;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::*;
 use crate::domain::campaign::Campaign;
@@ -35,7 +33,7 @@ struct Fixture {
     engine: Arc<Engine>,
     clock: Arc<ManualClock>,
     reader: Arc<Mutex<JournalReader>>,
-    dir: PathBuf,
+    _dir: tempfile::TempDir,
     /// PostgreSQL's side while sharing, and the shipper that feeds it the journal.
     shared: Option<Arc<SharedModel>>,
     shipper: Option<tokio::task::JoinHandle<()>>,
@@ -46,15 +44,14 @@ impl Drop for Fixture {
         if let Some(shipper) = &self.shipper {
             shipper.abort();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl Fixture {
     async fn new(deciding: Deciding, coupons: Vec<Coupon>, campaigns: Vec<Campaign>) -> Fixture {
-        let dir = std::env::temp_dir().join(format!("engine-test-{}", Uuid::new_v4().simple()));
+        let dir = tempfile::Builder::new().prefix("engine-test-").tempdir().unwrap();
         let metrics = Arc::new(Metrics::new(&[]));
-        let (journal, reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
+        let (journal, reader) = Journal::open(dir.path(), metrics.journal.clone()).unwrap();
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
         let settings = crate::config::Settings::defaults().engine();
         let shared =
@@ -76,7 +73,7 @@ impl Fixture {
                 }
             })
         });
-        Fixture { engine, clock, reader, dir, shared, shipper }
+        Fixture { engine, clock, reader, _dir: dir, shared, shipper }
     }
 
     /// Every use taken and recorded, where it is recorded (the journal, or PostgreSQL for a
@@ -565,9 +562,9 @@ async fn settle(engine: &Engine, live: i64) {
 
 #[tokio::test(start_paused = true)]
 async fn the_deadline_task_expires_holds_on_a_paused_clock() {
-    let dir = std::env::temp_dir().join(format!("engine-test-{}", Uuid::new_v4().simple()));
+    let dir = tempfile::Builder::new().prefix("engine-test-").tempdir().unwrap();
     let metrics = Arc::new(Metrics::new(&[]));
-    let (journal, _reader) = Journal::open(&dir, metrics.journal.clone()).unwrap();
+    let (journal, _reader) = Journal::open(dir.path(), metrics.journal.clone()).unwrap();
     let clock = Arc::new(clock::TokioClock::starting_at(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
     let settings = crate::config::Settings::defaults().engine();
     let engine = Arc::new(Engine::new(journal, Ports::none(), clock, metrics, settings));
@@ -597,7 +594,6 @@ async fn the_deadline_task_expires_holds_on_a_paused_clock() {
     assert_eq!(elapsed(), Duration::from_secs(901), "the late hold expired at its own deadline");
     stop.cancel();
     task.await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -450,7 +450,6 @@ fn io_error(path: &Path, source: io::Error) -> JournalError {
 
 #[cfg(test)]
 mod tests {
-    use uuid::Uuid;
 
     use super::*;
     use crate::metrics::Metrics;
@@ -463,17 +462,16 @@ mod tests {
         Journal::open(dir, Metrics::new(&[]).journal)
     }
 
-    fn temp() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("journal-test-{}", Uuid::new_v4().simple()));
-        fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp() -> tempfile::TempDir {
+        tempfile::Builder::new().prefix("journal-test-").tempdir().unwrap()
     }
 
     #[tokio::test]
     async fn survives_a_torn_tail_and_resumes_from_the_checkpoint() {
-        let dir = temp();
+        let temp = temp();
+        let dir = temp.path();
         let written: Vec<Vec<u8>> = (0..3).map(record).collect();
-        let (journal, reader) = open(&dir).unwrap();
+        let (journal, reader) = open(dir).unwrap();
         for r in &written {
             journal.append(r).await.unwrap();
         }
@@ -483,13 +481,13 @@ mod tests {
         drop((journal, reader));
 
         // A crash mid-write: half a frame at the end of the last segment.
-        let segment = segment_path(&dir, end.segment);
+        let segment = segment_path(dir, end.segment);
         let mut half = Vec::new();
         frame::encode(br#"{"type":"release","half":"#, &mut half);
         half.truncate(half.len() / 2);
         OpenOptions::new().append(true).open(&segment).unwrap().write_all(&half).unwrap();
 
-        let (journal, mut reader) = open(&dir).unwrap();
+        let (journal, mut reader) = open(dir).unwrap();
         assert_eq!(fs::metadata(&segment).unwrap().len(), end.offset, "the torn tail is cut off");
         assert_eq!(journal.backlog(), 3, "nothing shipped yet");
         let (entries, next) = reader.read(reader.checkpoint(), 1 << 20).unwrap();
@@ -503,29 +501,28 @@ mod tests {
         assert!(!segment.exists(), "shipped segments are removed");
         drop((journal, reader));
 
-        let (journal, reader) = open(&dir).unwrap();
+        let (journal, reader) = open(dir).unwrap();
         assert_eq!(reader.checkpoint(), after);
         assert_eq!(reader.read(after, 1 << 20).unwrap().0.len(), 0, "nothing is shipped twice");
         assert_eq!(journal.backlog(), 0);
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn damage_in_an_older_segment_refuses_to_start() {
-        let dir = temp();
-        let (journal, _reader) = open(&dir).unwrap();
+        let temp = temp();
+        let dir = temp.path();
+        let (journal, _reader) = open(dir).unwrap();
         journal.append(&record(1)).await.unwrap();
         drop((journal, _reader));
-        let (journal, _reader) = open(&dir).unwrap();
+        let (journal, _reader) = open(dir).unwrap();
         journal.append(&record(2)).await.unwrap();
         drop((journal, _reader));
-        let first = segment_path(&dir, 1);
+        let first = segment_path(dir, 1);
         let mut bytes = fs::read(&first).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
         fs::write(&first, bytes).unwrap();
-        assert!(matches!(open(&dir), Err(JournalError::Corrupt { segment: 1, .. })));
-        let _ = fs::remove_dir_all(&dir);
+        assert!(matches!(open(dir), Err(JournalError::Corrupt { segment: 1, .. })));
     }
 
     #[test]

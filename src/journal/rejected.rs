@@ -123,8 +123,8 @@ mod tests {
 
     #[tokio::test]
     async fn records_are_kept_counted_and_retried() {
-        let dir = std::env::temp_dir().join(format!("rejected-{}", uuid::Uuid::new_v4().simple()));
-        fs::create_dir_all(&dir).unwrap();
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let path = dir.join("rejected.jsonl");
         let rejected = Rejected::open(&path).unwrap();
         assert!(rejected.is_empty());
@@ -147,6 +147,5 @@ mod tests {
         assert_eq!((n, rejected.len()), (2, 0));
         assert_eq!(requeued.lock().unwrap()[0], br#"{"type":"redeemed"}"#.to_vec());
         assert!(rejected.list().unwrap().is_empty());
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -1078,10 +1078,13 @@ fn read_events(reader: &JournalReader) -> Result<(Vec<(i64, Event)>, crate::jour
 /// directory of its own (removed after). Must run on a current-thread runtime with a
 /// paused clock.
 async fn run(seed: u64, nodes: usize, steps: usize) -> Result<Report, String> {
+    // In memory where there is a tmpfs: the journals fsync at every step.
     let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-    let root = base.join(format!("coupon-engine-sim-{}-{seed}", std::process::id()));
-    let result = Sim::new(seed, nodes, root.clone()).run(steps).await;
-    let _ = std::fs::remove_dir_all(&root);
+    let root = tempfile::Builder::new()
+        .prefix(&format!("coupon-engine-sim-{seed}-"))
+        .tempdir_in(base)
+        .map_err(|e| format!("seed {seed}: no directory for the journals: {e}"))?;
+    let result = Sim::new(seed, nodes, root.path().to_owned()).run(steps).await;
     result.map_err(|failure| format!("seed {seed}: {failure}"))
 }
 

@@ -390,10 +390,13 @@ async fn one_order_retried_on_two_instances_is_one_redemption() {
     }
 }
 
-fn data_dir(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("coupon-engine-cluster-{name}-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.display().to_string()
+/// A directory's path as the environment takes it.
+fn path(dir: &tempfile::TempDir) -> &str {
+    dir.path().to_str().expect("a UTF-8 temporary path")
+}
+
+fn data_dir(name: &str) -> tempfile::TempDir {
+    crate::helpers::temp_dir(&format!("coupon-engine-cluster-{name}-"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -401,9 +404,10 @@ async fn a_killed_instance_strands_its_units_until_it_is_back_or_written_off() {
     let db = TestDb::new().await;
     let coupon = insert_coupon(&db.pool, "TWENTY", &[("usage_limit", "20")]).await;
     let (dir_a, dir_b) = (data_dir("a"), data_dir("b"));
-    let env_a = [("INSTANCE_ID", "node-a"), ("DATA_DIR", dir_a.as_str()), ("ADMIN_TOKEN", TOKEN)];
+    let (dir_a, dir_b) = (path(&dir_a), path(&dir_b));
+    let env_a = [("INSTANCE_ID", "node-a"), ("DATA_DIR", dir_a), ("ADMIN_TOKEN", TOKEN)];
     // A write-off waits until b has been silent this long.
-    let env_b = [("INSTANCE_ID", "node-b"), ("DATA_DIR", dir_b.as_str()), ("COUPON__CLUSTER__IDENTITY_TIMEOUT", "1s")];
+    let env_b = [("INSTANCE_ID", "node-b"), ("DATA_DIR", dir_b), ("COUPON__CLUSTER__IDENTITY_TIMEOUT", "1s")];
     let a = ServeProcess::start(&db.url, &env_a);
     let mut b = ServeProcess::start(&db.url, &env_b);
     let (client_a, client_b) = (TestClient::new(a.addr), TestClient::new(b.addr));
@@ -575,7 +579,7 @@ fn a_second_instance_with_the_same_id_refuses_to_start() {
     let dir = data_dir("twin");
     let output = binary(
         &["serve"],
-        &[("DATABASE_URL", &db.url), ("HTTP_ADDR", "127.0.0.1:0"), ("DATA_DIR", &dir), ("INSTANCE_ID", "twin")],
+        &[("DATABASE_URL", &db.url), ("HTTP_ADDR", "127.0.0.1:0"), ("DATA_DIR", path(&dir)), ("INSTANCE_ID", "twin")],
     )
     .output()
     .unwrap();

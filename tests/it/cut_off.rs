@@ -157,7 +157,8 @@ async fn an_instance_whose_lock_went_keeps_its_id_and_its_units() {
     // B's lock is gone for a moment; B stamped its epoch moments ago, so B is not written off.
     assert_eq!(write_off(&a.client, "node-b").await, StatusCode::CONFLICT);
     // A second process with B's id, from another DATA_DIR, is refused.
-    let dir = std::env::temp_dir().join(format!("coupon-engine-twin-{}", uuid::Uuid::new_v4().simple()));
+    let dir_temp = crate::helpers::temp_dir("coupon-engine-twin-");
+    let dir = dir_temp.path().to_owned();
     let dir = dir.display().to_string();
     let env = [
         ("DATABASE_URL", db.url.as_str()),

@@ -126,7 +126,8 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     let setup = pool(&cluster.url).await;
     insert_coupon(&setup, "THIRTY", &[("usage_limit", "30")]).await;
     setup.close().await;
-    let data_dir = std::env::temp_dir().join(format!("coupon-engine-kill-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir_temp = crate::helpers::temp_dir("coupon-engine-kill-");
+    let data_dir = data_dir_temp.path().to_owned();
     let data_dir = data_dir.display().to_string();
     let env = [("DATA_DIR", data_dir.as_str()), ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms")];
     let server = ServeProcess::start(&cluster.url, &env);
@@ -197,7 +198,6 @@ async fn sigkill_with_postgres_down_loses_no_acknowledged_redemption() {
     assert_eq!(sold, 30);
     assert!(server.terminate().success());
     check.close().await;
-    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +206,8 @@ async fn a_record_postgres_refuses_is_set_aside_and_start_up_goes_on() {
     let doomed = insert_coupon(&db.pool, "DOOMED", &[]).await;
     insert_coupon(&db.pool, "KEPT", &[]).await;
     let proxy = crate::helpers::PgProxy::start(&db.url).await;
-    let data_dir = std::env::temp_dir().join(format!("coupon-engine-aside-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir_temp = crate::helpers::temp_dir("coupon-engine-aside-");
+    let data_dir = data_dir_temp.path().to_owned();
     let data_dir = data_dir.display().to_string();
     let env = [
         ("DATA_DIR", data_dir.as_str()),
@@ -267,5 +268,4 @@ async fn a_record_postgres_refuses_is_set_aside_and_start_up_goes_on() {
     eventually(CATCH_UP, "healthy again", || async { app.client.get("/health").await.json()["status"] == "healthy" })
         .await;
     app.stop().await.unwrap();
-    let _ = std::fs::remove_dir_all(&data_dir);
 }

@@ -2,7 +2,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -88,22 +89,21 @@ fn with_database(url: &str, name: &str) -> String {
     out
 }
 
-/// Settings for a test instance: the test database, port 0, a private data dir.
-pub fn settings(db_url: &str, extra: &[(&str, &str)]) -> Settings {
+/// Settings for a test instance: the test database, port 0, `data_dir`.
+pub fn settings(db_url: &str, data_dir: &Path, extra: &[(&str, &str)]) -> Settings {
     let mut vars = vec![
         ("DATABASE_URL".to_owned(), db_url.to_owned()),
         ("HTTP_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
-        ("DATA_DIR".to_owned(), temp_dir().display().to_string()),
+        ("DATA_DIR".to_owned(), data_dir.display().to_string()),
         ("COUPON__VALIDATION_LOG__FLUSH_INTERVAL".to_owned(), "20ms".to_owned()),
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Settings::load_from(None, vars).expect("test settings are valid")
 }
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("coupon-engine-test-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+/// A directory of the test's own, removed when dropped.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("create a temporary directory")
 }
 
 /// The service running in this process.
@@ -112,6 +112,7 @@ pub struct TestApp {
     pub client: TestClient,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), coupon_engine::app::StartError>>,
+    _data_dir: tempfile::TempDir,
 }
 
 impl TestApp {
@@ -123,7 +124,8 @@ impl TestApp {
     /// Starts the service on the database at `db_url` with extra settings (by environment
     /// name) and waits until it is ready.
     pub async fn spawn_with(db_url: &str, extra: &[(&str, &str)]) -> TestApp {
-        let app = App::build(settings(db_url, extra)).await.expect("build app");
+        let data_dir = temp_dir("coupon-engine-test-");
+        let app = App::build(settings(db_url, data_dir.path(), extra)).await.expect("build app");
         let addr = app.local_addr();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(app.run(async move {
@@ -131,7 +133,7 @@ impl TestApp {
         }));
         let client = TestClient::new(addr);
         client.wait_ready().await;
-        TestApp { addr, client, shutdown: Some(tx), handle }
+        TestApp { addr, client, shutdown: Some(tx), handle, _data_dir: data_dir }
     }
 
     /// Waits until the service stops by itself (within `within`), and returns what `run`
@@ -357,12 +359,14 @@ pub struct ServeProcess {
     pub child: Child,
     pub addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    _data_dir: tempfile::TempDir,
 }
 
 impl ServeProcess {
     /// Starts `serve` on port 0 against `db_url` and waits for its "listening" log line.
     pub fn start(db_url: &str, env: &[(&str, &str)]) -> ServeProcess {
-        let data_dir = temp_dir().display().to_string();
+        let temp = temp_dir("coupon-engine-serve-");
+        let data_dir = temp.path().display().to_string();
         let mut all_env = vec![("DATABASE_URL", db_url), ("HTTP_ADDR", "127.0.0.1:0"), ("DATA_DIR", &data_dir)];
         all_env.extend_from_slice(env);
         let mut child = binary(&["serve"], &all_env).spawn().expect("spawn coupon-engine serve");
@@ -376,7 +380,7 @@ impl ServeProcess {
                 }
             }
         });
-        let mut process = ServeProcess { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), lines };
+        let mut process = ServeProcess { child, addr: SocketAddr::from(([0, 0, 0, 0], 0)), lines, _data_dir: temp };
         let listening = process.wait_for_log("listening", Duration::from_secs(20));
         process.addr = listening["addr"].as_str().and_then(|a| a.parse().ok()).expect("addr in the listening line");
         process
@@ -505,6 +509,8 @@ impl PgProxy {
 /// A PostgreSQL cluster of a test's own, started and stopped through `tools/pg`, for drills
 /// that take the database away.
 pub struct PrivateCluster {
+    /// Readable by the `postgres` user `tools/pg` runs the server as.
+    _home: tempfile::TempDir,
     dir: PathBuf,
     port: u16,
     pub url: String,
@@ -514,8 +520,14 @@ impl PrivateCluster {
     /// Creates and starts a cluster on a free port, with the schema migrated.
     pub async fn start() -> PrivateCluster {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let home = tempfile::Builder::new()
+            .prefix("coupon-engine-pg-")
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .expect("create a temporary directory");
         let cluster = PrivateCluster {
-            dir: temp_dir().join("pg"),
+            dir: home.path().join("pg"),
+            _home: home,
             port,
             url: format!("postgres://postgres@127.0.0.1:{port}/coupon_engine"),
         };
@@ -552,6 +564,5 @@ impl PrivateCluster {
 impl Drop for PrivateCluster {
     fn drop(&mut self) {
         self.pg("stop");
-        let _ = std::fs::remove_dir_all(self.dir.parent().unwrap_or(&self.dir));
     }
 }

@@ -257,7 +257,8 @@ async fn confirm_and_expiry_race_at_the_deadline_and_exactly_one_wins() {
 async fn holds_survive_sigkill_and_one_that_lapsed_meanwhile_is_given_back_before_serving() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TWO", &[("usage_limit", "2")]).await;
-    let data_dir = std::env::temp_dir().join(format!("coupon-engine-holds-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir_temp = crate::helpers::temp_dir("coupon-engine-holds-");
+    let data_dir = data_dir_temp.path().to_owned();
     let data_dir = data_dir.display().to_string();
     let env = [("DATA_DIR", data_dir.as_str())];
     let server = ServeProcess::start(&db.url, &env);
@@ -300,5 +301,4 @@ async fn holds_survive_sigkill_and_one_that_lapsed_meanwhile_is_given_back_befor
     assert_eq!(client.redeem("TWO", "sixth", "o-6").await.1["reason"], "USAGE_LIMIT_REACHED");
     assert_eq!(client.redeem("TWO", "again", "o-5").await.1["hold"], "confirmed");
     assert!(server.terminate().success());
-    let _ = std::fs::remove_dir_all(&data_dir);
 }

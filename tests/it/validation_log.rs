@@ -221,7 +221,8 @@ async fn rows_of_two_days_land_in_their_own_partitions() {
         response_time_us: 1,
         validated_at: at,
     };
-    let data_dir = std::env::temp_dir().join(format!("coupon-engine-test-{}", uuid::Uuid::new_v4().simple()));
+    let data_dir_temp = crate::helpers::temp_dir("coupon-engine-test-");
+    let data_dir = data_dir_temp.path().to_owned();
     {
         let (journal, _reader) =
             Journal::open(&data_dir.join("journal"), coupon_engine::metrics::Metrics::new(&[]).journal)
