@@ -194,12 +194,12 @@ pub struct ClusterSettings {
 
 impl ClusterSettings {
     /// How long this instance spends leases after its last proof of identity.
-    pub fn spend_window(&self) -> Duration {
+    pub(crate) fn spend_window(&self) -> Duration {
         self.identity_timeout / 2
     }
 
     /// How long this instance decides alone after its last proof of identity.
-    pub fn alone_window(&self) -> Duration {
+    pub(crate) fn alone_window(&self) -> Duration {
         self.alone_timeout / 2
     }
 
@@ -209,7 +209,7 @@ impl ClusterSettings {
     }
 
     /// How often its identity is proved.
-    pub fn heartbeat_every(&self) -> Duration {
+    pub(crate) fn heartbeat_every(&self) -> Duration {
         self.identity_timeout / 10
     }
 
@@ -246,7 +246,7 @@ pub struct Secret(String);
 
 impl Secret {
     /// The secret itself; call only where it is used.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 

@@ -58,7 +58,7 @@ pub struct Outcomes {
 
 impl Outcomes {
     /// Counts one `outcome`, which must be one of the labels registered.
-    pub fn inc(&self, outcome: &str) {
+    pub(crate) fn inc(&self, outcome: &str) {
         match self.counters.iter().find(|(label, _)| *label == outcome) {
             Some((_, counter)) => counter.increment(1),
             None => debug_assert!(false, "unregistered outcome {outcome}"),
@@ -335,7 +335,7 @@ impl Metrics {
 
     /// Counts one answered request and its latency; `route` indexes the route labels given
     /// to [`Metrics::new`] ([`Metrics::unmatched`] for none).
-    pub fn record_request(&self, route: usize, status: u16, seconds: f64) {
+    pub(crate) fn record_request(&self, route: usize, status: u16, seconds: f64) {
         let route = route.min(self.unmatched());
         let status_idx = STATUSES.iter().position(|s| *s == status).unwrap_or(STATUSES.len());
         let (requests, duration) = self.routes[route].requests[status_idx].get_or_init(|| {
@@ -352,13 +352,13 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric, process metrics read just now.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.process.refresh();
         self.handle.render()
     }
 
     /// Drains histogram samples into their buckets; call every few seconds.
-    pub fn run_upkeep(&self) {
+    pub(crate) fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
 }

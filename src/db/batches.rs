@@ -328,7 +328,7 @@ pub async fn status(pool: &PgPool, id: BatchId) -> Result<Option<Status>, Error>
 /// The rows are locked first: a second marker at the same moment waits for the first to
 /// commit and then finds the batch failed, where its try of the advisory lock (held by the
 /// first marker's transaction) would have taken a dead writer's batch for a live one.
-pub async fn fail_interrupted(pool: &PgPool, only: Option<BatchId>) -> Result<u64, Error> {
+pub(crate) async fn fail_interrupted(pool: &PgPool, only: Option<BatchId>) -> Result<u64, Error> {
     let done = sqlx::query(
         "UPDATE code_batches SET status = 'failed', produced = 0, finished_at = now(), \
          error = 'interrupted: the instance writing it stopped before it was done' \
@@ -376,7 +376,7 @@ const ASSIGN_STEP: i64 = 256;
 /// the caller's ledger says) to `user_id`, once per `key`. Batches are taken in order, codes in
 /// position order from each batch's cursor, which only moves forward: the cost of an
 /// assignment does not grow with the codes already assigned.
-pub async fn assign_next(
+pub(crate) async fn assign_next(
     pool: &PgPool,
     campaign: CampaignId,
     user_id: &str,

@@ -61,7 +61,7 @@ struct CampaignRow {
 }
 
 /// Every coupon, streamed so that a million rows never sit in memory twice.
-pub async fn all_coupons(pool: &PgPool) -> Result<Vec<Coupon>, Error> {
+pub(crate) async fn all_coupons(pool: &PgPool) -> Result<Vec<Coupon>, Error> {
     let mut rows = sqlx::query_as::<_, CouponRow>(coupon_select!()).fetch(pool);
     let mut coupons = Vec::new();
     while let Some(row) = rows.try_next().await? {
@@ -71,14 +71,14 @@ pub async fn all_coupons(pool: &PgPool) -> Result<Vec<Coupon>, Error> {
 }
 
 /// The coupons with these ids that still exist.
-pub async fn coupons_by_id(pool: &PgPool, ids: &[CouponId]) -> Result<Vec<Coupon>, Error> {
+pub(crate) async fn coupons_by_id(pool: &PgPool, ids: &[CouponId]) -> Result<Vec<Coupon>, Error> {
     let rows: Vec<CouponRow> =
         sqlx::query_as(concat!(coupon_select!(), " WHERE id = ANY($1)")).bind(ids).fetch_all(pool).await?;
     rows.into_iter().map(CouponRow::into_coupon).collect()
 }
 
 /// The coupon with this (normalised) code, if any; batch rules are not found by code.
-pub async fn coupon_by_code<'e>(executor: impl PgExecutor<'e>, code: &str) -> Result<Option<Coupon>, Error> {
+pub(crate) async fn coupon_by_code<'e>(executor: impl PgExecutor<'e>, code: &str) -> Result<Option<Coupon>, Error> {
     let row: Option<CouponRow> = sqlx::query_as(concat!(coupon_select!(), " WHERE code = $1 AND batch_id IS NULL"))
         .bind(code)
         .fetch_optional(executor)
@@ -87,20 +87,20 @@ pub async fn coupon_by_code<'e>(executor: impl PgExecutor<'e>, code: &str) -> Re
 }
 
 /// Every campaign.
-pub async fn all_campaigns(pool: &PgPool) -> Result<Vec<Campaign>, Error> {
+pub(crate) async fn all_campaigns(pool: &PgPool) -> Result<Vec<Campaign>, Error> {
     let rows: Vec<CampaignRow> = sqlx::query_as(campaign_select!()).fetch_all(pool).await?;
     rows.into_iter().map(CampaignRow::into_campaign).collect()
 }
 
 /// The campaigns with these ids that still exist.
-pub async fn campaigns_by_id(pool: &PgPool, ids: &[CampaignId]) -> Result<Vec<Campaign>, Error> {
+pub(crate) async fn campaigns_by_id(pool: &PgPool, ids: &[CampaignId]) -> Result<Vec<Campaign>, Error> {
     let rows: Vec<CampaignRow> =
         sqlx::query_as(concat!(campaign_select!(), " WHERE id = ANY($1)")).bind(ids).fetch_all(pool).await?;
     rows.into_iter().map(CampaignRow::into_campaign).collect()
 }
 
 /// The campaign with this name, if any.
-pub async fn campaign_by_name<'e>(executor: impl PgExecutor<'e>, name: &str) -> Result<Option<Campaign>, Error> {
+pub(crate) async fn campaign_by_name<'e>(executor: impl PgExecutor<'e>, name: &str) -> Result<Option<Campaign>, Error> {
     let row: Option<CampaignRow> =
         sqlx::query_as(concat!(campaign_select!(), " WHERE name = $1")).bind(name).fetch_optional(executor).await?;
     row.map(CampaignRow::into_campaign).transpose()
@@ -117,7 +117,7 @@ pub struct BatchRow {
 }
 
 /// Every finished batch (a running or failed one has no usable code).
-pub async fn done_batches(pool: &PgPool) -> Result<Vec<BatchRow>, Error> {
+pub(crate) async fn done_batches(pool: &PgPool) -> Result<Vec<BatchRow>, Error> {
     Ok(sqlx::query_as(
         "SELECT id, rule_id, prefix, length, uses_per_code FROM code_batches \
          WHERE status = 'done' AND rule_id IS NOT NULL ORDER BY id",
@@ -127,7 +127,7 @@ pub async fn done_batches(pool: &PgPool) -> Result<Vec<BatchRow>, Error> {
 }
 
 /// The batches with these ids, if finished.
-pub async fn done_batches_by_id(pool: &PgPool, ids: &[BatchId]) -> Result<Vec<BatchRow>, Error> {
+pub(crate) async fn done_batches_by_id(pool: &PgPool, ids: &[BatchId]) -> Result<Vec<BatchRow>, Error> {
     Ok(sqlx::query_as(
         "SELECT id, rule_id, prefix, length, uses_per_code FROM code_batches \
          WHERE status = 'done' AND rule_id IS NOT NULL AND id = ANY($1) ORDER BY id",
@@ -166,7 +166,7 @@ pub async fn batch_codes(pool: &PgPool, batch: &BatchRow) -> Result<Arc<BatchCod
 }
 
 /// Reads which codes of a loaded batch were handed to whom.
-pub async fn load_assignments(pool: &PgPool, codes: &BatchCodes) -> Result<(), Error> {
+pub(crate) async fn load_assignments(pool: &PgPool, codes: &BatchCodes) -> Result<(), Error> {
     let mut rows = sqlx::query_as::<_, (i32, String)>(
         "SELECT position, assigned_to FROM batch_codes WHERE batch_id = $1 AND assigned_to IS NOT NULL",
     )

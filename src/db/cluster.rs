@@ -36,7 +36,7 @@ use crate::metrics::Metrics;
 /// Starts a new epoch of this instance from its `DATA_DIR`, silent after
 /// `identity_timeout` without a heartbeat (creating it on first start), and answers it with
 /// its state: live, or waiting while another instance decides alone.
-pub async fn begin_epoch(
+pub(crate) async fn begin_epoch(
     pool: &PgPool,
     identity: &Identity,
     identity_timeout: Duration,
@@ -56,7 +56,7 @@ pub async fn begin_epoch(
 /// units.
 /// The last run's journal is shipped, so what it decided alone is in PostgreSQL: its hold
 /// on deciding alone goes too.
-pub async fn settle(pool: &PgPool, id: &str, epoch: i64) -> Result<i64, Error> {
+pub(crate) async fn settle(pool: &PgPool, id: &str, epoch: i64) -> Result<i64, Error> {
     let mut tx = pool.begin().await?;
     let units = sqlx::query_scalar("SELECT quota_settle($1, $2)").bind(id).bind(epoch).fetch_one(&mut *tx).await?;
     sqlx::query("SELECT quota_release_alone($1) FROM quota_alone WHERE instance_id = $1 AND epoch <= $2")
@@ -381,7 +381,7 @@ pub struct Feed {
 impl Feed {
     /// A feed that starts after what PostgreSQL holds now; call before loading the ledger,
     /// so that a use committed meanwhile is in the load or in the feed (both is harmless).
-    pub async fn start_here(
+    pub(crate) async fn start_here(
         pool: PgPool,
         engine: Arc<Engine>,
         health: Arc<DatabaseHealth>,
@@ -418,7 +418,7 @@ impl Feed {
     }
 
     /// One poll: the rows changed since the last, and any reclaims.
-    pub async fn poll(&mut self) -> Result<usize, Error> {
+    pub(crate) async fn poll(&mut self) -> Result<usize, Error> {
         let gaps: Vec<i64> = self.gaps.keys().copied().collect();
         let sql = format!(
             "SELECT seq, {USAGE_COLUMNS} FROM coupon_usage WHERE seq > $1 OR seq = ANY($2) ORDER BY seq LIMIT $3"

@@ -27,12 +27,12 @@ impl DatabaseHealth {
         Arc::new(DatabaseHealth { up: AtomicBool::new(true), went_down: Notify::new() })
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
     /// A database call by `who` failed for a reason that may be the database's.
-    pub fn report_failure(&self, who: &str, error: &dyn std::fmt::Display) {
+    pub(crate) fn report_failure(&self, who: &str, error: &dyn std::fmt::Display) {
         if self.up.swap(false, Ordering::Relaxed) {
             tracing::warn!(%error, who, "database is unreachable");
             self.went_down.notify_one();
@@ -43,7 +43,7 @@ impl DatabaseHealth {
     /// the interval counts as failed. While down, probes overlap, one every fifth of the
     /// interval, so that one stuck on a dead connection does not delay the one that finds
     /// PostgreSQL back.
-    pub async fn run_probe(self: Arc<Self>, pool: PgPool, interval: Duration, stop: CancellationToken) {
+    pub(crate) async fn run_probe(self: Arc<Self>, pool: PgPool, interval: Duration, stop: CancellationToken) {
         let mut in_flight = tokio::task::JoinSet::new();
         loop {
             let pause = if self.is_up() {

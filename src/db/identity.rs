@@ -103,7 +103,7 @@ impl DataDirLock {
 
 /// The live epoch of this instance id and the `DATA_DIR` (by its id) that runs it, if that
 /// is another directory than this one's.
-pub async fn live_elsewhere(pool: &sqlx::PgPool, identity: &Identity) -> Result<Option<(i64, Uuid)>, Error> {
+pub(crate) async fn live_elsewhere(pool: &sqlx::PgPool, identity: &Identity) -> Result<Option<(i64, Uuid)>, Error> {
     let row: Option<(i64, Option<Uuid>)> = sqlx::query_as(
         "SELECT epoch, data_dir_id FROM quota_instances WHERE instance_id = $1 AND state IN ('live', 'waiting')",
     )

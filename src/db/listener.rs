@@ -77,7 +77,7 @@ impl ListenerStatus {
     }
 
     /// Change notifications received and applied (heartbeats excluded).
-    pub fn notifications_applied(&self) -> u64 {
+    pub(crate) fn notifications_applied(&self) -> u64 {
         self.notifications.load(Ordering::Relaxed)
     }
 
@@ -229,7 +229,7 @@ impl Changes {
 impl Refresher {
     /// Connects a dedicated listener, LISTENs, then loads every definition. At start-up an
     /// error here is fatal; afterwards it is retried.
-    pub async fn listen_and_reload(&self) -> Result<Following, Error> {
+    pub(crate) async fn listen_and_reload(&self) -> Result<Following, Error> {
         self.status.set(ListenerState::Connecting);
         let mut listener = PgListener::connect(self.url.expose()).await?;
         listener.listen(CHANNEL).await?;

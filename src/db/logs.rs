@@ -16,7 +16,7 @@ pub struct ValidationStats {
 }
 
 /// Counts the validations of a code, from `validation_counts` (written with the rows).
-pub async fn validation_stats(pool: &PgPool, code: &str) -> Result<ValidationStats, Error> {
+pub(crate) async fn validation_stats(pool: &PgPool, code: &str) -> Result<ValidationStats, Error> {
     let rows: Vec<(Option<String>, i64)> = sqlx::query_as(
         "SELECT r.name, sum(c.count)::bigint FROM validation_counts c \
          LEFT JOIN validation_reasons r ON r.code = c.reason \
@@ -83,7 +83,7 @@ macro_rules! recent {
 /// `limit` rows has the answer (no bound above), the last try has no bound at all. So the
 /// answer is exact whatever the anchor, and the anchor only decides how little is read: an
 /// idle hour before the call costs nothing.
-pub async fn recent_validations(pool: &PgPool, limit: i64) -> Result<Vec<LoggedValidation>, Error> {
+pub(crate) async fn recent_validations(pool: &PgPool, limit: i64) -> Result<Vec<LoggedValidation>, Error> {
     let newest: Option<DateTime<Utc>> = sqlx::query_scalar(NEWEST_VALIDATION).fetch_one(pool).await?;
     if let Some(newest) = newest {
         for window in RECENT_WINDOWS {

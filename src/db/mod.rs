@@ -48,7 +48,7 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying as is may succeed (PostgreSQL away or restarting).
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             Error::Sqlx(err) => is_transient(err),
             Error::Migrate(_) | Error::BadRow { .. } => false,
@@ -77,7 +77,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 /// Whether an error says "PostgreSQL is unreachable or restarting" (worth retrying as is),
 /// as opposed to a problem with what was sent.
-pub fn is_transient(err: &sqlx::Error) -> bool {
+pub(crate) fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
             // 08: connection exception, 53: insufficient resources, 57: operator
@@ -99,7 +99,7 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
 /// Whether PostgreSQL refused what was sent for good: bad data (class 22) or a broken
 /// constraint (class 23). Only such a refusal may set a record aside; anything else is
 /// retried, because it may be the database, not the record.
-pub fn is_refusal(err: &sqlx::Error) -> bool {
+pub(crate) fn is_refusal(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
         _ => false,

@@ -12,12 +12,12 @@ pub fn numeric(hundredths: u64) -> Decimal {
 }
 
 /// Cents as a `NUMERIC`.
-pub fn numeric_cents(amount: Cents) -> Decimal {
+pub(crate) fn numeric_cents(amount: Cents) -> Decimal {
     numeric(amount.get())
 }
 
 /// A `NUMERIC` read back as hundredths; `None` if it is negative or not whole hundredths.
-pub fn hundredths(value: Decimal) -> Option<u64> {
+pub(crate) fn hundredths(value: Decimal) -> Option<u64> {
     let scaled = value.checked_mul(Decimal::ONE_HUNDRED)?;
     if scaled.fract() != Decimal::ZERO || (scaled.is_sign_negative() && !scaled.is_zero()) {
         return None;

@@ -30,7 +30,7 @@ pub struct Before {
 type BeforeRow = (Uuid, String, bool, bool, i64, Option<i64>, Decimal);
 
 /// The rows with these ids, locked until the shipper's transaction ends.
-pub async fn rows_before(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, Before>, sqlx::Error> {
+pub(crate) async fn rows_before(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, Before>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -112,7 +112,7 @@ impl Effects {
     }
 
     /// A use that did not land gives back what `funding`'s lease paid.
-    pub fn refund(&mut self, coupon: CouponId, campaign: Option<CampaignId>, funding: &Funding) {
+    pub(crate) fn refund(&mut self, coupon: CouponId, campaign: Option<CampaignId>, funding: &Funding) {
         for (scope, units) in Effects::funded(coupon, campaign, funding) {
             *self.refunds.entry((scope, funding.instance.clone(), funding.epoch)).or_default() += units;
         }
@@ -166,7 +166,7 @@ impl Effects {
 
 /// Lists an order that two users redeemed on two instances at once: `kept_user`'s row was
 /// shipped first and stays; `r` lost.
-pub async fn record_conflict(
+pub(crate) async fn record_conflict(
     conn: &mut PgConnection,
     r: &Redeemed,
     kept_user: &str,

@@ -47,7 +47,7 @@ pub struct ShippingStatus {
 impl ShippingStatus {
     /// The shipper cannot read its journal or write its checkpoint (a full disk, no file
     /// descriptors): it retries, and says so here.
-    pub fn is_stalled(&self) -> bool {
+    pub(crate) fn is_stalled(&self) -> bool {
         self.stalled.load(Ordering::Relaxed)
     }
 }
@@ -109,7 +109,7 @@ impl Shipper {
     /// Ships everything durable now, retrying while PostgreSQL is away, until done or
     /// `stop`. Used at start-up, before the ledger is loaded from PostgreSQL: loading first
     /// would miss acknowledged uses. Returns how many records were handled.
-    pub async fn ship_all(&mut self, stop: &CancellationToken) -> Result<usize, JournalError> {
+    pub(crate) async fn ship_all(&mut self, stop: &CancellationToken) -> Result<usize, JournalError> {
         let mut shipped = 0;
         let mut backoff = Backoff::new(self.settings.ship_retry_min, self.settings.ship_retry_max);
         while !stop.is_cancelled() {

@@ -34,7 +34,7 @@ pub struct UsageRow {
 
 impl UsageRow {
     /// The use this row is; refused if a value cannot be served.
-    pub fn into_use(self) -> Result<StoredUse, Error> {
+    pub(crate) fn into_use(self) -> Result<StoredUse, Error> {
         let bad = |problem: &str| Error::BadRow {
             what: "coupon_usage row of coupon",
             id: self.coupon_id,
@@ -58,7 +58,7 @@ impl UsageRow {
 
 /// Every use, streamed: live ones count against the limits, released ones keep their order
 /// id spent (a redemption) or not (a hold), holds get their deadlines.
-pub async fn all_uses(pool: &PgPool) -> Result<Vec<StoredUse>, Error> {
+pub(crate) async fn all_uses(pool: &PgPool) -> Result<Vec<StoredUse>, Error> {
     let sql = format!("SELECT {USAGE_COLUMNS} FROM coupon_usage");
     let mut rows = sqlx::query_as::<_, UsageRow>(sqlx::AssertSqlSafe(sql)).fetch(pool);
     let mut uses = Vec::new();

@@ -102,7 +102,7 @@ impl ValidationLog {
     }
 
     /// Rows accepted and not yet written (queued or in the batch being written).
-    pub fn queue_size(&self) -> usize {
+    pub(crate) fn queue_size(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
 }
@@ -390,7 +390,10 @@ async fn add_counts<'a>(conn: &mut PgConnection, rows: impl Iterator<Item = &'a 
 /// Inserts log rows that spilled into the journal, once each (their journal positions are
 /// remembered in `validation_log_spilled`), with their counts. Runs in the caller's
 /// transaction.
-pub async fn insert_spilled(conn: &mut PgConnection, rows: &[(Position, &Validated)]) -> Result<u64, sqlx::Error> {
+pub(crate) async fn insert_spilled(
+    conn: &mut PgConnection,
+    rows: &[(Position, &Validated)],
+) -> Result<u64, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }

@@ -104,13 +104,13 @@ impl GenerateSpec {
 }
 
 /// The shortest random part that leaves [`MIN_SPARE_BITS`] of randomness beyond `count`.
-pub fn min_length(count: u32) -> usize {
+pub(crate) fn min_length(count: u32) -> usize {
     let needed = MIN_SPARE_BITS + f64::from(count.max(1)).log2();
     (needed / f64::from(BITS_PER_CHAR)).ceil() as usize
 }
 
 /// Checks imported codes: each normalised and valid, 1 to [`MAX_CODES`] of them, none twice.
-pub fn check_import(codes: Vec<String>) -> Result<Vec<String>, BatchError> {
+pub(crate) fn check_import(codes: Vec<String>) -> Result<Vec<String>, BatchError> {
     if codes.is_empty() || codes.len() > MAX_CODES as usize {
         return Err(BatchError::Count);
     }

@@ -36,7 +36,7 @@ pub enum CampaignError {
 }
 
 /// Whether a campaign name may be stored.
-pub fn is_valid_name(name: &str) -> bool {
+pub(crate) fn is_valid_name(name: &str) -> bool {
     !name.trim().is_empty()
         && name.trim() == name
         && name.chars().count() <= MAX_NAME_LEN

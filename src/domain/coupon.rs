@@ -95,7 +95,7 @@ pub enum CouponError {
 }
 
 /// Normalises a code as lookups do: surrounding whitespace removed, ASCII upper-cased.
-pub fn normalize_code(code: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_code(code: &str) -> Cow<'_, str> {
     let trimmed = code.trim();
     if trimmed.bytes().any(|b| b.is_ascii_lowercase()) {
         Cow::Owned(trimmed.to_ascii_uppercase())
@@ -106,14 +106,14 @@ pub fn normalize_code(code: &str) -> Cow<'_, str> {
 
 /// Whether a normalised code may be stored: 1–64 printable ASCII characters, no spaces, no
 /// lower-case letters (the `coupons_code_format` constraint says the same).
-pub fn is_valid_code(code: &str) -> bool {
+pub(crate) fn is_valid_code(code: &str) -> bool {
     (1..=MAX_CODE_LEN).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_graphic() && !b.is_ascii_lowercase())
 }
 
 impl Discount {
     /// The discount on an order: a percentage rounded half-up to the cent then capped, a
     /// fixed amount never above the order.
-    pub fn amount_for(&self, order_value: Cents) -> Cents {
+    pub(crate) fn amount_for(&self, order_value: Cents) -> Cents {
         match *self {
             Discount::Percentage { rate, cap } => {
                 let amount = rate.of(order_value);
@@ -133,7 +133,7 @@ impl Discount {
     }
 
     /// The inverse of [`Discount::parts`], refusing what the schema refuses.
-    pub fn from_parts(kind: DiscountType, hundredths: u64, cap: Option<Cents>) -> Result<Discount, CouponError> {
+    pub(crate) fn from_parts(kind: DiscountType, hundredths: u64, cap: Option<Cents>) -> Result<Discount, CouponError> {
         match kind {
             DiscountType::Percentage => {
                 let rate = Percent::from_hundredths(hundredths).ok_or(CouponError::PercentageOutOfRange)?;

@@ -21,12 +21,12 @@ pub enum IdError {
 
 /// A user or order id as it is compared everywhere: surrounding whitespace removed, then
 /// taken exactly (`"carol "` is `"carol"`; `"CAROL"` is someone else).
-pub fn normalize_id(raw: &str) -> Result<&str, IdError> {
+pub(crate) fn normalize_id(raw: &str) -> Result<&str, IdError> {
     check_text(raw.trim(), MAX_ID_LEN)
 }
 
 /// Text of 1 to `max_chars` characters without control characters, as it is.
-pub fn check_text(text: &str, max_chars: usize) -> Result<&str, IdError> {
+pub(crate) fn check_text(text: &str, max_chars: usize) -> Result<&str, IdError> {
     if text.is_empty() {
         return Err(IdError::Empty);
     }

@@ -49,7 +49,7 @@ impl Cents {
     /// The value must be representable in whole cents: `12.50` and `1.5e1` are accepted,
     /// `12.345` is refused rather than rounded. Exponents are applied to the digit string,
     /// never through a float, so `1e400` is "too large" rather than infinity.
-    pub fn parse_json_number(text: &str) -> Result<Cents, MoneyError> {
+    pub(crate) fn parse_json_number(text: &str) -> Result<Cents, MoneyError> {
         let bytes = text.as_bytes();
         let mut idx = 0;
         if bytes.first() == Some(&b'-') {
@@ -149,11 +149,6 @@ impl Cents {
     pub fn saturating_sub(self, other: Cents) -> Cents {
         Cents(self.0.saturating_sub(other.0))
     }
-
-    /// `self + other`, or `None` past [`MAX_CENTS`] (sums of discounts stay in u64 either way).
-    pub fn checked_add(self, other: Cents) -> Option<Cents> {
-        Cents::new(self.0.checked_add(other.0)?).ok()
-    }
 }
 
 impl TryFrom<u64> for Cents {
@@ -196,7 +191,7 @@ impl Percent {
     }
 
     /// Hundredths of a percent.
-    pub fn hundredths(self) -> u32 {
+    pub(crate) fn hundredths(self) -> u32 {
         self.0
     }
 

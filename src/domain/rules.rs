@@ -132,7 +132,7 @@ pub fn validate(offer: &Offer<'_>, usage: &impl Usage, attempt: &Attempt<'_>, no
 
 /// Whether a use with this discount counts against its campaign: a discount of 0 never takes
 /// a campaign use or budget (API.md §4).
-pub fn takes_campaign_use(discount: Cents) -> bool {
+pub(crate) fn takes_campaign_use(discount: Cents) -> bool {
     discount > Cents::ZERO
 }
 

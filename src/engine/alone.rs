@@ -81,7 +81,7 @@ impl Mode {
 
     /// Whether what this instance knows of uses may lag behind what was decided: it then
     /// takes no use, changes none, and answers no release (`503`).
-    pub fn lags(self) -> bool {
+    pub(crate) fn lags(self) -> bool {
         matches!(self, Mode::Joining | Mode::Waiting)
     }
 }
@@ -120,7 +120,7 @@ impl Deciding {
     }
 
     /// The feed has read every use up to `position`.
-    pub fn fed_to(&self, position: i64) {
+    pub(crate) fn fed_to(&self, position: i64) {
         self.fed.fetch_max(position, Ordering::AcqRel);
     }
 }
@@ -157,7 +157,7 @@ impl Engine {
     }
 
     /// One step of the switch (see the module documentation); answers the mode after it.
-    pub async fn consider_mode(&self) -> Mode {
+    pub(crate) async fn consider_mode(&self) -> Mode {
         let Some(cluster) = self.cluster() else { return Mode::Alone };
         let facts = match cluster.port.mode().await {
             Ok(facts) => facts,
@@ -234,7 +234,11 @@ impl Engine {
     }
 
     /// Takes the next steps of the switch every `every`, until `stop`.
-    pub async fn run_mode(self: std::sync::Arc<Self>, every: Duration, stop: tokio_util::sync::CancellationToken) {
+    pub(crate) async fn run_mode(
+        self: std::sync::Arc<Self>,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         let mut interval = tokio::time::interval(every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -41,14 +41,14 @@ pub struct BelowUsage {
 
 impl Engine {
     /// Live uses and discounts of `campaign`, and what is left of its limits.
-    pub fn campaign_standing(&self, campaign: &Campaign) -> CampaignStanding {
+    pub(crate) fn campaign_standing(&self, campaign: &Campaign) -> CampaignStanding {
         let count = self.ledger.count(Tally::Campaign(campaign.id));
         CampaignStanding::of(campaign, count.live, count.spent)
     }
 
     /// Whether `next` (a campaign's new definition) keeps its cap and budget at or above
     /// what it has used: lowering them below that is refused, never applied.
-    pub fn check_campaign_change(&self, next: &Campaign) -> Result<(), BelowUsage> {
+    pub(crate) fn check_campaign_change(&self, next: &Campaign) -> Result<(), BelowUsage> {
         let standing = self.campaign_standing(next);
         if next.usage_limit.is_some_and(|limit| limit < standing.used) {
             return Err(BelowUsage { field: "usageLimit", used: standing.used.to_string() });

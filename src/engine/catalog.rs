@@ -102,7 +102,7 @@ impl Catalog {
     }
 
     /// The coupon with this id (batch rules included).
-    pub fn coupon_by_id(&self, id: CouponId) -> Option<&Coupon> {
+    pub(crate) fn coupon_by_id(&self, id: CouponId) -> Option<&Coupon> {
         match self.by_id[shard_of(self.hasher.hash_one(id))].get(&id)? {
             Indexed::ByCode(hash) => self.by_code[shard_of(*hash)].find(*hash, |c| c.id == id),
             Indexed::Rule(rule) => Some(rule),
@@ -125,7 +125,7 @@ impl Catalog {
     }
 
     /// Number of coupons, batch rules included.
-    pub fn coupon_count(&self) -> usize {
+    pub(crate) fn coupon_count(&self) -> usize {
         self.coupons
     }
 
@@ -263,7 +263,7 @@ impl CatalogStore {
     }
 
     /// The current catalog, to hold across an await.
-    pub fn load_full(&self) -> Arc<Catalog> {
+    pub(crate) fn load_full(&self) -> Arc<Catalog> {
         self.current.load_full()
     }
 
@@ -273,22 +273,22 @@ impl CatalogStore {
     }
 
     /// Whether the start-up load has finished.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// Marks the start-up load as finished.
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
     }
 
     /// Full reloads so far, the start-up load included.
-    pub fn reload_count(&self) -> u64 {
+    pub(crate) fn reload_count(&self) -> u64 {
         self.reloads.load(Ordering::Relaxed)
     }
 
     /// When the last full reload was published.
-    pub fn last_reload_at(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn last_reload_at(&self) -> Option<DateTime<Utc>> {
         match self.last_reload_ms.load(Ordering::Relaxed) {
             0 => None,
             ms => DateTime::from_timestamp_millis(ms),
@@ -296,12 +296,12 @@ impl CatalogStore {
     }
 
     /// Waits, at most `within`, until the catalog holds coupon `id` at `version` or newer.
-    pub async fn wait_for_coupon(&self, id: CouponId, version: i64, within: Duration) -> bool {
+    pub(crate) async fn wait_for_coupon(&self, id: CouponId, version: i64, within: Duration) -> bool {
         self.wait_until(within, |catalog| catalog.coupon_by_id(id).is_some_and(|c| c.version >= version)).await
     }
 
     /// Waits, at most `within`, until the catalog holds campaign `id` at `version` or newer.
-    pub async fn wait_for_campaign(&self, id: CampaignId, version: i64, within: Duration) -> bool {
+    pub(crate) async fn wait_for_campaign(&self, id: CampaignId, version: i64, within: Duration) -> bool {
         self.wait_until(within, |catalog| catalog.campaign(id).is_some_and(|c| c.version >= version)).await
     }
 
@@ -329,13 +329,13 @@ impl CatalogStore {
 
 impl Publisher<'_> {
     /// The catalog as published now.
-    pub fn current(&self) -> Arc<Catalog> {
+    pub(crate) fn current(&self) -> Arc<Catalog> {
         self.store.current.load_full()
     }
 
     /// Whether a publish through this publisher gave an existing coupon or campaign a
     /// per-user limit it did not have.
-    pub fn added_user_limits(&self) -> bool {
+    pub(crate) fn added_user_limits(&self) -> bool {
         self.added_user_limits.load(Ordering::Relaxed)
     }
 
@@ -366,7 +366,7 @@ impl Publisher<'_> {
 
     /// Publishes the current state of the coupons with the changed ids; returns how many
     /// changed.
-    pub fn apply_coupons(&self, changes: CouponChanges) -> usize {
+    pub(crate) fn apply_coupons(&self, changes: CouponChanges) -> usize {
         let current = self.current();
         self.note_user_limits(
             changes
@@ -382,7 +382,7 @@ impl Publisher<'_> {
     }
 
     /// Publishes the current state of campaigns: `fetched` holds those of `ids` that exist.
-    pub fn apply_campaigns(&self, ids: &[CampaignId], fetched: Vec<Campaign>) -> usize {
+    pub(crate) fn apply_campaigns(&self, ids: &[CampaignId], fetched: Vec<Campaign>) -> usize {
         let mut next = (*self.current()).clone();
         let mut campaigns = (*next.campaigns).clone();
         let mut changed = 0;
@@ -408,7 +408,7 @@ impl Publisher<'_> {
     }
 
     /// Publishes a new set of bulk code batches.
-    pub fn replace_batches(&self, batches: Vec<Arc<BatchCodes>>) {
+    pub(crate) fn replace_batches(&self, batches: Vec<Arc<BatchCodes>>) {
         let mut next = (*self.current()).clone();
         let hasher = next.hasher.clone();
         next.codes = Arc::new(CodeIndex::build(batches, |code| hasher.hash_one(code)));

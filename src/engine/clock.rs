@@ -21,19 +21,22 @@ impl Clock for SystemClock {
 
 /// Wall-clock time that moves with tokio's clock, so `tokio::time::pause` and `advance`
 /// move it too (tests only; a long-running process would drift from the system's clock).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
+pub(crate) struct TokioClock {
     wall: DateTime<Utc>,
     at: tokio::time::Instant,
 }
 
+#[cfg(test)]
 impl TokioClock {
     /// Starts at `wall` now.
-    pub fn starting_at(wall: DateTime<Utc>) -> TokioClock {
+    pub(crate) fn starting_at(wall: DateTime<Utc>) -> TokioClock {
         TokioClock { wall, at: tokio::time::Instant::now() }
     }
 }
 
+#[cfg(test)]
 impl Clock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
         let elapsed = chrono::Duration::from_std(self.at.elapsed()).unwrap_or(chrono::Duration::MAX);
@@ -42,28 +45,31 @@ impl Clock for TokioClock {
 }
 
 /// A clock that moves only when told to (tests).
+#[cfg(test)]
 #[derive(Debug)]
-pub struct ManualClock {
+pub(crate) struct ManualClock {
     now: std::sync::Mutex<DateTime<Utc>>,
 }
 
+#[cfg(test)]
 impl ManualClock {
-    pub fn new(now: DateTime<Utc>) -> ManualClock {
+    pub(crate) fn new(now: DateTime<Utc>) -> ManualClock {
         ManualClock { now: std::sync::Mutex::new(now) }
     }
 
     /// Sets the time.
-    pub fn set(&self, now: DateTime<Utc>) {
+    pub(crate) fn set(&self, now: DateTime<Utc>) {
         *self.now.lock().expect("clock") = now;
     }
 
     /// Moves the clock forward.
-    pub fn advance(&self, by: std::time::Duration) {
+    pub(crate) fn advance(&self, by: std::time::Duration) {
         let mut now = self.now.lock().expect("clock");
         *now += chrono::Duration::from_std(by).expect("a test duration");
     }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.now.lock().expect("clock")

@@ -82,7 +82,7 @@ fn shortage_reason(scope: Scope) -> Reason {
 impl Engine {
     /// Joins a cluster: from now on totals come from leases and the port decides the rest.
     /// Call once, before the ledger is loaded.
-    pub fn join_cluster(&self, cluster: Cluster) {
+    pub(crate) fn join_cluster(&self, cluster: Cluster) {
         if self.cluster.set(cluster).is_err() {
             tracing::error!("joined a cluster twice; keeping the first");
         }
@@ -278,7 +278,7 @@ impl Engine {
     /// Merges uses that reached PostgreSQL (from any instance) into the ledger: a newer
     /// revision than the one remembered replaces it, counts moving with it; a slot settling
     /// here is left to its request. Returns how many slots changed.
-    pub fn merge_uses(&self, uses: impl IntoIterator<Item = StoredUse>) -> usize {
+    pub(crate) fn merge_uses(&self, uses: impl IntoIterator<Item = StoredUse>) -> usize {
         let catalog = self.catalog.load();
         let me = self.cluster.get().map(|c| c.instance.as_str());
         let mut merged = 0;
@@ -481,7 +481,7 @@ impl Engine {
     /// the order was newer: the same order taken elsewhere before this instance knew). The
     /// ledger counted that use; left alone it would count it for ever, refusing units that
     /// are free. Best effort: an order that cannot be read now is logged.
-    pub async fn relearn(&self, orders: &[(CouponId, String)]) {
+    pub(crate) async fn relearn(&self, orders: &[(CouponId, String)]) {
         for (coupon, order_id) in orders {
             match self.ports.archive.stored(*coupon, order_id).await {
                 Ok(Some(stored)) => {
@@ -497,7 +497,7 @@ impl Engine {
 
     /// Settles every claim in doubt that PostgreSQL can be asked about now; returns how many
     /// are left.
-    pub async fn settle_doubts(&self) -> usize {
+    pub(crate) async fn settle_doubts(&self) -> usize {
         let _decisions = self.decisions.read().await;
         for key in self.doubtful.all() {
             if let Err(err) = self.settle_doubt(key).await {
@@ -510,7 +510,7 @@ impl Engine {
 
     /// Forgets the notes of claims no doubt can need: those before the oldest claim in doubt,
     /// and before a minute ago.
-    pub async fn forget_settled_claims(&self) {
+    pub(crate) async fn forget_settled_claims(&self) {
         let Some(cluster) = self.cluster.get() else { return };
         let minute_ago = self.clock.now() - chrono::Duration::minutes(1);
         let before = self.doubtful.oldest().map_or(minute_ago, |oldest| oldest.min(minute_ago));
@@ -521,7 +521,7 @@ impl Engine {
 
     /// Settles claims in doubt as PostgreSQL answers, and forgets the notes of settled ones
     /// now and then, until `stop`.
-    pub async fn run_doubts(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+    pub(crate) async fn run_doubts(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let mut interval = tokio::time::interval(SETTLE_DOUBTS_EVERY);
         let mut ticks: u64 = 0;
         loop {

@@ -173,7 +173,7 @@ impl BatchCodes {
     }
 
     /// Whether code `index` was handed to someone other than `user_id`.
-    pub fn assigned_elsewhere(&self, index: u32, user_id: &str) -> bool {
+    pub(crate) fn assigned_elsewhere(&self, index: u32, user_id: &str) -> bool {
         self.any_assigned.load(Ordering::Acquire)
             && self.assigned.read().expect("assignments").get(&index).is_some_and(|owner| &**owner != user_id)
     }
@@ -193,7 +193,8 @@ impl BatchCodes {
     }
 
     /// Heap bytes held for the codes (not counting assignments).
-    pub fn heap_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn heap_bytes(&self) -> usize {
         match &self.store {
             Store::Fixed { prefix, bytes, .. } => prefix.len() + bytes.len(),
             Store::Varied { bytes, ends } => bytes.len() + ends.len() * 4,
@@ -253,7 +254,7 @@ impl CodeIndex {
     }
 
     /// Whether `code` has the shape of a generated batch's codes, which no coupon may have.
-    pub fn in_generated_shape(&self, code: &str) -> bool {
+    pub(crate) fn in_generated_shape(&self, code: &str) -> bool {
         self.prefixes_by_length.get(code.len()).is_some_and(|prefixes| prefixes.iter().any(|p| code.starts_with(&**p)))
     }
 
@@ -299,11 +300,6 @@ impl CodeIndex {
     /// Whether there is no bulk code.
     pub fn is_empty(&self) -> bool {
         self.total == 0
-    }
-
-    /// Heap bytes of the index and the codes.
-    pub fn heap_bytes(&self) -> usize {
-        self.table.len() * 4 + self.batches.iter().map(|b| b.heap_bytes()).sum::<usize>()
     }
 }
 

@@ -36,7 +36,7 @@ impl Forgotten {
     }
 
     /// Whether `key` may have been added (false: it certainly was not).
-    pub fn may_contain(&self, key: OrderKey) -> bool {
+    pub(crate) fn may_contain(&self, key: OrderKey) -> bool {
         self.inserted.load(Ordering::Relaxed) > 0
             && self
                 .bits(key)

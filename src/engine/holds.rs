@@ -51,7 +51,7 @@ impl Deadlines {
     }
 
     /// Resolves when an earlier deadline is added.
-    pub async fn earlier_added(&self) {
+    pub(crate) async fn earlier_added(&self) {
         self.earlier.notified().await;
     }
 

@@ -363,7 +363,7 @@ impl Leases {
     }
 
     /// Puts back units taken and not spent (a refusal later in the chain).
-    pub fn put_back(&self, scope: Scope, units: u64) {
+    pub(crate) fn put_back(&self, scope: Scope, units: u64) {
         if units == 0 {
             return;
         }
@@ -376,7 +376,7 @@ impl Leases {
     }
 
     /// Another instance found nothing free while this one holds units of these scopes.
-    pub fn reclaim(&self, scopes: impl IntoIterator<Item = Scope>) {
+    pub(crate) fn reclaim(&self, scopes: impl IntoIterator<Item = Scope>) {
         for scope in scopes {
             if let Some(lease) = self.existing(scope) {
                 lease.state.lock().expect("lease").reclaim = true;
@@ -388,7 +388,7 @@ impl Leases {
     /// memory, no grant or return unanswered, no request waiting. Only then may the instance
     /// count its totals alone (`engine::alone`); otherwise what is left is tried again by
     /// upkeep and by the next call.
-    pub async fn give_back_all(self: &Arc<Self>) -> bool {
+    pub(crate) async fn give_back_all(self: &Arc<Self>) -> bool {
         for entry in &self.scopes {
             entry.value().state.lock().expect("lease").reclaim = true;
         }
@@ -400,7 +400,7 @@ impl Leases {
     }
 
     /// Forgets that the limit of `scope` was reached (it was raised, or uses came back).
-    pub fn forget_exhausted(&self, scope: Scope) {
+    pub(crate) fn forget_exhausted(&self, scope: Scope) {
         if let Some(lease) = self.existing(scope) {
             lease.state.lock().expect("lease").exhausted_until = None;
         }
@@ -408,7 +408,7 @@ impl Leases {
 
     /// Updates rates and gives back what is idle, asked for, or far beyond the rate, until
     /// `stop`.
-    pub async fn run_upkeep(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn run_upkeep(self: Arc<Self>, stop: CancellationToken) {
         let mut interval = tokio::time::interval(UPKEEP_EVERY);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -420,7 +420,7 @@ impl Leases {
     }
 
     /// One round of upkeep.
-    pub async fn upkeep(self: &Arc<Self>) {
+    pub(crate) async fn upkeep(self: &Arc<Self>) {
         let mut scopes: Vec<(Scope, Arc<ScopeLease>)> =
             self.scopes.iter().map(|entry| (*entry.key(), entry.value().clone())).collect();
         // In one order every time: the same history makes the same statements (simulation).

@@ -121,7 +121,7 @@ impl SlotState {
     /// Whether two states say the same of a use (a release's instant, and whether a hold
     /// expired or was cancelled, aside). A released redemption and a released hold differ:
     /// one leaves the order spent, the other free.
-    pub fn same_kind(self, other: SlotState) -> bool {
+    pub(crate) fn same_kind(self, other: SlotState) -> bool {
         match (self, other) {
             (SlotState::Held { until: a }, SlotState::Held { until: b }) => a == b,
             (SlotState::Live, SlotState::Live) => true,
@@ -146,7 +146,7 @@ pub enum Ended {
 
 impl Ended {
     /// Whether the order may not take this coupon again.
-    pub fn order_spent(self) -> bool {
+    pub(crate) fn order_spent(self) -> bool {
         self == Ended::Redemption
     }
 }
@@ -181,7 +181,7 @@ pub struct Counted {
 }
 
 /// A bulk code as a slot keeps it: batch ids are counted from 1 and stay far below 2^32.
-pub fn code_slot((batch, index): (BatchId, u32)) -> (NonZeroU32, u32) {
+pub(crate) fn code_slot((batch, index): (BatchId, u32)) -> (NonZeroU32, u32) {
     let batch = u32::try_from(batch).ok().and_then(NonZeroU32::new).expect("batch ids are in 1..2^32");
     (batch, index)
 }
@@ -205,12 +205,12 @@ impl Slot {
     }
 
     /// Whether a journal append about it is in flight.
-    pub fn is_settling(&self) -> bool {
+    pub(crate) fn is_settling(&self) -> bool {
         matches!(self.state, SlotState::Taking { .. } | SlotState::Changing)
     }
 
     /// Whether it is or was a hold (not confirmed).
-    pub fn is_hold(&self) -> bool {
+    pub(crate) fn is_hold(&self) -> bool {
         matches!(self.state, SlotState::Held { .. } | SlotState::Taking { hold: true })
     }
 }
@@ -264,7 +264,7 @@ impl Default for Ledger {
 
 impl Ledger {
     /// The key of a user or order id (already normalised).
-    pub fn id_key(&self, id: &str) -> IdKey {
+    pub(crate) fn id_key(&self, id: &str) -> IdKey {
         self.keys.hash_one(id)
     }
 
@@ -295,7 +295,7 @@ impl Ledger {
     }
 
     /// Gives back `uses` uses and `spent` of `tally`.
-    pub fn give_back(&self, tally: Tally, uses: u32, spent: Cents) {
+    pub(crate) fn give_back(&self, tally: Tally, uses: u32, spent: Cents) {
         self.tallies.with(&tally, |map| {
             if let Some(count) = map.get_mut(&tally) {
                 count.live = count.live.saturating_sub(uses);
@@ -314,7 +314,7 @@ impl Ledger {
 
     /// Whether `key` holds a slot that spends its order id: a live or held use, or a released
     /// redemption.
-    pub fn order_taken(&self, key: OrderKey) -> bool {
+    pub(crate) fn order_taken(&self, key: OrderKey) -> bool {
         self.slot(key)
             .is_some_and(|slot| !matches!(slot.state, SlotState::Released { ended, .. } if !ended.order_spent()))
     }
@@ -345,7 +345,7 @@ impl Ledger {
     }
 
     /// The slot of `key` once it is not settling, waiting at most `within` (`Err` on timeout).
-    pub async fn settled(&self, key: OrderKey, within: Duration) -> Result<Option<Slot>, ()> {
+    pub(crate) async fn settled(&self, key: OrderKey, within: Duration) -> Result<Option<Slot>, ()> {
         let notify = &self.settled[self.orders.index(&key)];
         let wait = async {
             loop {
@@ -363,7 +363,7 @@ impl Ledger {
 
     /// Removes the slots `f` says to forget (released ones past their retention); returns
     /// their keys.
-    pub fn forget(&self, mut f: impl FnMut(&Slot) -> bool) -> Vec<OrderKey> {
+    pub(crate) fn forget(&self, mut f: impl FnMut(&Slot) -> bool) -> Vec<OrderKey> {
         let mut forgotten = Vec::new();
         for shard in self.orders.shards.iter() {
             shard.lock().expect("ledger shard").retain(|key, slot| {
@@ -385,7 +385,7 @@ impl Ledger {
     /// Takes the per-user counts the slots have not taken but now need (a per-user limit set
     /// after they were taken): `needs(coupon, campaign)` says which. Returns how many slots
     /// were counted.
-    pub fn count_users(&self, needs: impl Fn(CouponId, Option<CampaignId>) -> Counted) -> usize {
+    pub(crate) fn count_users(&self, needs: impl Fn(CouponId, Option<CampaignId>) -> Counted) -> usize {
         let mut counted = 0;
         for shard in self.orders.shards.iter() {
             // Lock order: an order shard, then tally shards; nothing takes them the other way.
@@ -415,7 +415,7 @@ impl Ledger {
     }
 
     /// [`Ledger::count_users`] for one slot.
-    pub fn count_user_of(&self, key: OrderKey, needed: Counted) {
+    pub(crate) fn count_user_of(&self, key: OrderKey, needed: Counted) {
         let mut shard = self.orders.shards[self.orders.index(&key)].lock().expect("ledger shard");
         if let Some(slot) = shard.get_mut(&key).filter(|s| s.counts()) {
             self.count_user(key.0, slot, needed);
@@ -423,7 +423,7 @@ impl Ledger {
     }
 
     /// Number of coupons with a live use.
-    pub fn coupons_in_use(&self) -> usize {
+    pub(crate) fn coupons_in_use(&self) -> usize {
         self.tallies
             .shards
             .iter()
@@ -432,7 +432,8 @@ impl Ledger {
     }
 
     /// Number of counts held.
-    pub fn tally_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn tally_count(&self) -> usize {
         self.tallies.len()
     }
 }

@@ -25,7 +25,7 @@ pub struct Use {
 
 impl Use {
     /// The use a remembered slot took, to give it back.
-    pub fn of_slot(key: OrderKey, coupon: CouponId, slot: &Slot) -> Use {
+    pub(crate) fn of_slot(key: OrderKey, coupon: CouponId, slot: &Slot) -> Use {
         Use {
             key,
             user: slot.user,
@@ -70,7 +70,7 @@ pub fn take(chain: &[&dyn Limit], ledger: &Ledger, u: &Use) -> Result<(), Refusa
 }
 
 /// Gives back every limit of `chain`, last first.
-pub fn give_back(chain: &[&dyn Limit], ledger: &Ledger, u: &Use) {
+pub(crate) fn give_back(chain: &[&dyn Limit], ledger: &Ledger, u: &Use) {
     for limit in chain.iter().rev() {
         limit.give_back(ledger, u);
     }
@@ -276,7 +276,7 @@ pub struct Limits {
 impl Limits {
     /// The whole chain, in order: the order's claim first, so that a concurrent duplicate
     /// of the same order never takes a use.
-    pub fn chain(&self) -> [&dyn Limit; 8] {
+    pub(crate) fn chain(&self) -> [&dyn Limit; 8] {
         [
             &self.order,
             &self.holds,
@@ -305,7 +305,7 @@ pub fn counting() -> [&'static dyn Limit; 7] {
 }
 
 /// What confirming a hold gives back: the hold's place among the user's live holds.
-pub fn hold_only() -> [&'static dyn Limit; 1] {
+pub(crate) fn hold_only() -> [&'static dyn Limit; 1] {
     [&UserHolds(None)]
 }
 

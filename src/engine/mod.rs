@@ -150,7 +150,7 @@ impl Engine {
     }
 
     /// Live holds.
-    pub fn live_holds(&self) -> i64 {
+    pub(crate) fn live_holds(&self) -> i64 {
         self.live_holds.load(Ordering::Relaxed)
     }
 
@@ -236,7 +236,7 @@ impl Engine {
     }
 
     /// The batches of bulk codes of `campaign` in the current catalog, in id order.
-    pub fn campaign_batches(&self, campaign: CampaignId) -> Vec<Arc<BatchCodes>> {
+    pub(crate) fn campaign_batches(&self, campaign: CampaignId) -> Vec<Arc<BatchCodes>> {
         let catalog = self.catalog.load();
         let mut batches: Vec<Arc<BatchCodes>> = catalog
             .codes()
@@ -250,13 +250,13 @@ impl Engine {
     }
 
     /// Live uses of code `index` of `batch`.
-    pub fn code_uses(&self, batch: BatchId, index: u32) -> u32 {
+    pub(crate) fn code_uses(&self, batch: BatchId, index: u32) -> u32 {
         self.ledger.count(Tally::Code(batch, index)).live
     }
 
     /// Whether code `index` of `batch` may be handed to a user (unassigned and unused); `None`
     /// while the batch is not loaded here.
-    pub fn code_is_free(&self, batch: BatchId, index: u32) -> Option<bool> {
+    pub(crate) fn code_is_free(&self, batch: BatchId, index: u32) -> Option<bool> {
         let catalog = self.catalog.load();
         let codes = catalog.codes().batch(batch)?;
         Some((index as usize) < codes.len() && codes.assigned_to(index).is_none() && self.code_uses(batch, index) == 0)
@@ -264,7 +264,7 @@ impl Engine {
 
     /// Records that code `index` of `batch` was handed to `user_id` (by this instance, or by
     /// another one, as a notification says): from now on only that user may use it.
-    pub fn assign_code(&self, batch: BatchId, index: u32, user_id: &str) {
+    pub(crate) fn assign_code(&self, batch: BatchId, index: u32, user_id: &str) {
         if let Some(codes) = self.catalog.load().codes().batch(batch) {
             codes.assign(index, user_id);
         }
@@ -273,7 +273,7 @@ impl Engine {
     /// Counts the uses taken before their coupon or campaign had a per-user limit; call after
     /// publishing one ([`crate::engine::catalog::Publisher::added_user_limits`]). Returns how
     /// many uses it counted.
-    pub fn count_new_user_limits(&self) -> usize {
+    pub(crate) fn count_new_user_limits(&self) -> usize {
         let catalog = self.catalog.load_full();
         self.ledger.count_users(|coupon, campaign| counted(&catalog, coupon, campaign))
     }

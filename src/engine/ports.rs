@@ -241,7 +241,7 @@ impl Scope {
     }
 
     /// The scope of a `quotas` row.
-    pub fn from_row(kind: i16, id: i64) -> Option<Scope> {
+    pub(crate) fn from_row(kind: i16, id: i64) -> Option<Scope> {
         match kind {
             1 => Some(Scope::CouponUses(id)),
             2 => Some(Scope::CampaignUses(id)),

@@ -130,7 +130,7 @@ impl Engine {
 
     /// Forgets the released redemptions and holds older than the retention: their slots
     /// leave the ledger and their keys go into the forgotten-order filter. Returns how many.
-    pub fn forget_released(&self) -> usize {
+    pub(crate) fn forget_released(&self) -> usize {
         let cutoff = self.released_cutoff();
         let forgotten = self.ledger.forget(|slot| matches!(slot.state, SlotState::Released { at, .. } if at < cutoff));
         for key in &forgotten {
@@ -140,7 +140,7 @@ impl Engine {
     }
 
     /// Forgets released redemptions as they pass the retention, until `stop`.
-    pub async fn run_forgetting(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn run_forgetting(self: Arc<Self>, stop: CancellationToken) {
         let every = (self.settings.released_retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
         let mut interval = tokio::time::interval(every);
         loop {
@@ -232,7 +232,7 @@ impl Engine {
 
     /// Gives back every hold whose deadline has passed; returns how many. Used at start-up,
     /// before serving, and by [`Engine::run_deadlines`].
-    pub async fn expire_due(&self) -> usize {
+    pub(crate) async fn expire_due(&self) -> usize {
         let _decisions = self.decisions.read().await;
         let mut expired = 0;
         loop {
@@ -258,7 +258,7 @@ impl Engine {
     }
 
     /// Expires holds as their deadlines pass, until `stop`.
-    pub async fn run_deadlines(self: Arc<Self>, stop: CancellationToken) {
+    pub(crate) async fn run_deadlines(self: Arc<Self>, stop: CancellationToken) {
         loop {
             self.expire_due().await;
             let now = self.clock.now().timestamp_millis();

@@ -70,18 +70,18 @@ impl Standing {
     }
 
     /// The epoch is no longer this process's: for good.
-    pub fn fence(&self) {
+    pub(crate) fn fence(&self) {
         self.fenced.store(true, Ordering::Release);
     }
 
     /// Whether units may be spent from leases now.
-    pub fn may_spend(&self) -> bool {
+    pub(crate) fn may_spend(&self) -> bool {
         self.state() == StandingState::Live
     }
 
     /// Whether it may decide alone now: proved within the alone window, which is longer than
     /// the spending window so that one instance rides out a PostgreSQL outage.
-    pub fn may_decide_alone(&self) -> bool {
+    pub(crate) fn may_decide_alone(&self) -> bool {
         !self.fenced.load(Ordering::Acquire) && self.since_proof() < self.alone_window
     }
 

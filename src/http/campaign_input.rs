@@ -49,13 +49,13 @@ impl CampaignPatch {
     }
 
     /// A new campaign: `name` is required, `status` defaults to active, the rest to none.
-    pub fn into_new_campaign(self) -> Result<Campaign, ApiError> {
+    pub(crate) fn into_new_campaign(self) -> Result<Campaign, ApiError> {
         let name = self.name.clone().ok_or(ApiError::MissingField { field: "name" })?;
         self.apply_to(&Campaign { version: 0, ..Campaign::new(0, &name) })
     }
 
     /// `campaign` with the given fields changed, checked.
-    pub fn apply_to(&self, campaign: &Campaign) -> Result<Campaign, ApiError> {
+    pub(crate) fn apply_to(&self, campaign: &Campaign) -> Result<Campaign, ApiError> {
         let next = Campaign {
             id: campaign.id,
             name: self.name.clone().map_or_else(|| campaign.name.clone(), Into::into),

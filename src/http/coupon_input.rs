@@ -81,7 +81,7 @@ impl CouponPatch {
     /// A new coupon from a create body: `code`, `type`, `discountType` and `discountValue`
     /// are required; `status` defaults to active, `minOrderValue` to 0, the rest to null.
     /// The campaign, named by `campaign`, is resolved by the caller.
-    pub fn into_new_coupon(self) -> Result<Coupon, ApiError> {
+    pub(crate) fn into_new_coupon(self) -> Result<Coupon, ApiError> {
         let code = self.code.clone().ok_or(ApiError::MissingField { field: "code" })?;
         let kind = self.kind.ok_or(ApiError::MissingField { field: "type" })?;
         let discount_type = self.discount_type.ok_or(ApiError::MissingField { field: "discountType" })?;
@@ -93,7 +93,7 @@ impl CouponPatch {
 
     /// `coupon` with the given fields changed, checked as the schema would. The campaign
     /// is left as it is: the caller resolves `campaign` to an id.
-    pub fn apply_to(&self, coupon: &Coupon) -> Result<Coupon, ApiError> {
+    pub(crate) fn apply_to(&self, coupon: &Coupon) -> Result<Coupon, ApiError> {
         let (current_type, current_value, current_cap) = coupon.discount.parts();
         let discount = Discount::from_parts(
             self.discount_type.unwrap_or(current_type),

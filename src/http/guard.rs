@@ -197,7 +197,7 @@ impl LookupGuard {
     }
 
     /// Refuses a lookup (429) by a caller over budget, and counts the refusal by scope.
-    pub fn admit(&self, user_id: &str, ip: IpAddr, backend: bool, metrics: &Metrics) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, user_id: &str, ip: IpAddr, backend: bool, metrics: &Metrics) -> Result<(), ApiError> {
         let Some(blocked) = self.check(user_id, ip, backend) else { return Ok(()) };
         metrics.refused_lookups.inc(blocked.scope.label());
         Err(ApiError::TooManyFailedLookups { retry_after_secs: blocked.retry_after.as_secs_f64().ceil() as u64 })
@@ -267,7 +267,7 @@ impl LookupGuard {
     }
 
     /// Refuses an admin call from an address that failed to authenticate too often.
-    pub fn admit_admin(&self, ip: IpAddr) -> Result<(), ApiError> {
+    pub(crate) fn admit_admin(&self, ip: IpAddr) -> Result<(), ApiError> {
         let Some(admin) = &self.admin else { return Ok(()) };
         let Some(now) = self.someone_blocked() else { return Ok(()) };
         match admin.blocked_for(self.keys.hash_one(("admin", address_key(ip))), now) {
@@ -294,7 +294,7 @@ impl LookupGuard {
 
     /// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
     /// untrusted address in `X-Forwarded-For` (the one the proxies cannot have made up).
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusted_proxies.contains(&peer) {
             return peer;
         }

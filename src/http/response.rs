@@ -61,7 +61,7 @@ pub fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
 }
 
 /// A response with a body of the given content type.
-pub fn with_body(status: StatusCode, content_type: HeaderValue, body: Bytes) -> HttpResponse {
+pub(crate) fn with_body(status: StatusCode, content_type: HeaderValue, body: Bytes) -> HttpResponse {
     with(status, content_type, ResponseBody::Whole(Full::new(body)))
 }
 
@@ -93,7 +93,7 @@ pub fn money<S: Serializer>(amount: &Cents, serializer: S) -> Result<S::Ok, S::E
 }
 
 /// [`money`] for an optional amount.
-pub fn optional_money<S: Serializer>(amount: &Option<Cents>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn optional_money<S: Serializer>(amount: &Option<Cents>, serializer: S) -> Result<S::Ok, S::Error> {
     match amount {
         Some(amount) => money(amount, serializer),
         None => serializer.serialize_none(),
@@ -101,7 +101,7 @@ pub fn optional_money<S: Serializer>(amount: &Option<Cents>, serializer: S) -> R
 }
 
 /// Times as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 

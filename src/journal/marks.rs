@@ -39,12 +39,12 @@ impl ShippedMarks {
 
     /// Waits (at most `within`) until what is durable now has shipped: then every mark so
     /// far counts.
-    pub async fn wait_shipped(&self, within: std::time::Duration) {
+    pub(crate) async fn wait_shipped(&self, within: std::time::Duration) {
         self.journal.wait_shipped(within).await;
     }
 
     /// The latest time before which every acknowledged use has shipped, once there is one.
-    pub fn shipped_through(&mut self) -> Option<DateTime<Utc>> {
+    pub(crate) fn shipped_through(&mut self) -> Option<DateTime<Utc>> {
         while let Some(&(at, end)) = self.marks.front() {
             if !self.journal.shipped_to(end) {
                 break;

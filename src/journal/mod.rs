@@ -169,7 +169,7 @@ impl Journal {
 
     /// Appends a record without waiting for it, in the next group commit. False if the
     /// journal is full or stopped.
-    pub fn append_nowait(&self, payload: &[u8]) -> bool {
+    pub(crate) fn append_nowait(&self, payload: &[u8]) -> bool {
         !self.shared.stopped.load(Ordering::Acquire)
             && self.tx.try_send(Append { frame: framed(payload), ack: None }).is_ok()
     }
@@ -180,17 +180,17 @@ impl Journal {
     }
 
     /// Where the journal is durable to now: every record acknowledged so far lies before it.
-    pub fn durable_end(&self) -> Position {
+    pub(crate) fn durable_end(&self) -> Position {
         *self.shared.durable.lock().expect("journal position")
     }
 
     /// Whether the reader has confirmed (shipped) every record before `end`.
-    pub fn shipped_to(&self, end: Position) -> bool {
+    pub(crate) fn shipped_to(&self, end: Position) -> bool {
         *self.shared.shipped.lock().expect("journal position") >= end || self.backlog() == 0
     }
 
     /// Waits (at most `within`) until everything durable now has been confirmed by the reader.
-    pub async fn wait_shipped(&self, within: std::time::Duration) {
+    pub(crate) async fn wait_shipped(&self, within: std::time::Duration) {
         let target = self.durable_end();
         let wait = async {
             loop {
@@ -207,7 +207,7 @@ impl Journal {
     }
 
     /// Whether the last write succeeded and the writer is accepting records.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         !self.shared.stopped.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Acquire)
     }
 }
@@ -328,7 +328,7 @@ pub struct Entry {
 
 impl JournalReader {
     /// Where shipping resumes: everything before it is confirmed in PostgreSQL.
-    pub fn checkpoint(&self) -> Position {
+    pub(crate) fn checkpoint(&self) -> Position {
         self.checkpoint
     }
 

@@ -74,7 +74,7 @@ impl Rejected {
     }
 
     /// Every record set aside.
-    pub fn list(&self) -> io::Result<Vec<SetAside>> {
+    pub(crate) fn list(&self) -> io::Result<Vec<SetAside>> {
         let file = match File::open(&self.path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),

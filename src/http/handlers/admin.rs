@@ -218,7 +218,7 @@ async fn campaign_id(state: &State, name: Option<&str>) -> Result<Option<Campaig
 }
 
 /// `POST /admin/coupons`.
-pub async fn create_coupon(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn create_coupon(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let patch = CouponPatch::parse(&call.body)?;
     let campaign = campaign_id(state, patch.campaign.clone().flatten().as_deref()).await?;
     let coupon = Coupon { campaign_id: campaign, ..patch.into_new_coupon()? };
@@ -228,7 +228,7 @@ pub async fn create_coupon(state: &State, call: Call) -> Result<HttpResponse, Ap
 }
 
 /// `GET /admin/coupons/{code}`: the definition from PostgreSQL, usage from the ledger.
-pub async fn read_coupon(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn read_coupon(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let code = normalize_code(&call.params[0]).into_owned();
     let coupon = catalog::coupon_by_code(&state.pool, &code).await.map_err(database_error)?;
     let coupon = coupon.ok_or(ApiError::Missing { what: "coupon", key: "code", value: code })?;
@@ -236,7 +236,7 @@ pub async fn read_coupon(state: &State, call: Call) -> Result<HttpResponse, ApiE
 }
 
 /// `PATCH /admin/coupons/{code}`.
-pub async fn patch_coupon(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn patch_coupon(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let patch = CouponPatch::parse(&call.body)?;
     let code = normalize_code(&call.params[0]).into_owned();
     let campaign = match &patch.campaign {
@@ -264,7 +264,7 @@ struct CouponStatsResponse {
 }
 
 /// `GET /admin/coupons/{code}/stats`.
-pub async fn coupon_stats(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn coupon_stats(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let code = normalize_code(&call.params[0]).into_owned();
     if catalog::coupon_by_code(&state.pool, &code).await.map_err(database_error)?.is_none() {
         return Err(ApiError::Missing { what: "coupon", key: "code", value: code });
@@ -373,7 +373,7 @@ struct RetryResponse {
 
 /// `POST /admin/journal/rejected/retry`: puts every set-aside record back into the journal
 /// (after the cause was fixed); one refused again is set aside again.
-pub async fn retry_rejected(state: &State, _call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn retry_rejected(state: &State, _call: Call) -> Result<HttpResponse, ApiError> {
     let journal = state.engine.journal();
     let requeued = state
         .ops

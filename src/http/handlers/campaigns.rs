@@ -85,13 +85,13 @@ pub async fn create_campaign(state: &State, call: Call) -> Result<HttpResponse, 
 }
 
 /// `GET /admin/campaigns/{name}`: the definition from PostgreSQL, usage from the ledger.
-pub async fn read_campaign(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn read_campaign(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let campaign = campaign_named(state, &call.params[0]).await?;
     Ok(response::json(StatusCode::OK, &view(state, &campaign)))
 }
 
 /// `PATCH /admin/campaigns/{name}`: a limit or budget below what is used already is refused.
-pub async fn patch_campaign(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn patch_campaign(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let patch = CampaignPatch::parse(&call.body)?;
     let engine = &state.engine;
     let updated = campaigns::update(&state.pool, &call.params[0], |current| {
@@ -122,7 +122,7 @@ struct BatchCreated {
 /// `POST /admin/campaigns/{name}/batches`: generates or imports a batch. A batch finished
 /// within a few seconds answers `201`; a longer one `202`, to be followed at
 /// `GET /admin/batches/{id}`.
-pub async fn create_batch(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn create_batch(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let request = BatchRequest::parse(&call.body)?;
     let campaign = campaign_named(state, &call.params[0]).await?;
     let count = match &request.source {
@@ -171,7 +171,7 @@ struct BatchView {
 }
 
 /// `GET /admin/batches/{id}`.
-pub async fn read_batch(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn read_batch(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let missing = || ApiError::Missing { what: "batch", key: "id", value: call.params[0].clone() };
     let id: i64 = call.params[0].parse().map_err(|_| missing())?;
     let status = batches::status(&state.pool, id).await.map_err(database_error)?.ok_or_else(missing)?;
@@ -201,7 +201,7 @@ enum Listed {
 
 /// `GET /admin/campaigns/{name}/codes?state=unused|used|all`: `code,state,uses`, one line a
 /// code, streamed from memory in chunks. A code is `used` while it has a live use.
-pub async fn export_codes(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn export_codes(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let listed = listed(call.query.as_deref())?;
     let campaign = campaign_named(state, &call.params[0]).await?;
     let engine = state.engine.clone();
@@ -279,7 +279,7 @@ struct Assigned {
 
 /// `POST /admin/campaigns/{name}/codes/assign` `{"userId", "key"}`: an unused, unassigned
 /// code, now the user's; the same key again gets the same code.
-pub async fn assign_code(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn assign_code(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let body: AssignBody<'_> = parse_object(&call.body)?;
     let user_id = id(body.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?;
     let key = id(body.key, "key")?.ok_or(ApiError::MissingField { field: "key" })?;
