@@ -1,8 +1,11 @@
 //! The pure domain: coupons, campaigns, money, identities, the rules and the events they
 //! produce. No I/O, no async, no clock: `now` is always a parameter.
 
+pub mod allocation;
 pub mod batch;
 pub mod campaign;
+pub mod cart;
+pub mod cart_discount;
 pub mod coupon;
 pub mod event;
 pub mod identity;

@@ -197,10 +197,16 @@ impl Percent {
 
     /// `amount × self`, rounded half-up to the cent.
     pub fn of(self, amount: Cents) -> Cents {
-        let scaled = u128::from(amount.get()) * u128::from(self.0);
+        // At most 100% of an amount that is itself within bounds.
+        Cents(self.of_minor(amount.get()))
+    }
+
+    /// `amount × self` for an amount in minor units of any currency, rounded half-up to the
+    /// minor unit: `round(n / d) = ⌊(2n + d) / 2d⌋` (API.md §9), never above `amount`.
+    pub fn of_minor(self, amount: u64) -> u64 {
+        let scaled = u128::from(amount) * u128::from(self.0);
         let full = u128::from(FULL_PERCENT);
-        // At most 100% of an amount that is itself within bounds, so this always fits.
-        Cents(u64::try_from((scaled + full / 2) / full).unwrap_or(amount.get()))
+        u64::try_from((2 * scaled + full) / (2 * full)).unwrap_or(amount)
     }
 }
 
