@@ -13,9 +13,9 @@ use crate::domain::rules::Reason;
 pub const COLUMNS: &str = "validated_at, coupon_id, order_value, discount, final_amount, response_time_us, reason, \
      ip_address, coupon_code, user_id, order_id, user_agent";
 
-/// A reason's code in `validation_reasons`: its position in [`Reason::ALL`] + 1.
+/// A reason's code in `validation_reasons` ([`Reason::log_code`]).
 pub fn reason_code(reason: Option<Reason>) -> Option<i16> {
-    reason.map(|r| i16::try_from(r.index() + 1).expect("a dozen reasons"))
+    reason.map(Reason::log_code)
 }
 
 /// COPY text being built. A batch's rows mostly share their second, so the date and time of

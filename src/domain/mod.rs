@@ -7,6 +7,7 @@ pub mod campaign;
 pub mod cart;
 pub mod cart_discount;
 pub mod coupon;
+pub mod currency;
 pub mod event;
 pub mod identity;
 pub mod money;

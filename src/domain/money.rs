@@ -21,8 +21,8 @@ pub enum MoneyError {
     NotANumber,
     #[error("must not be negative")]
     Negative,
-    #[error("must have at most 2 decimal places")]
-    TooManyDecimals,
+    #[error("must have at most {0} decimal places")]
+    TooManyDecimals(u8),
     #[error("must not exceed 1000000000")]
     TooLarge,
 }
@@ -44,107 +44,125 @@ impl Cents {
         self.0
     }
 
-    /// Parses the text of a JSON number (`1000`, `12.5`, `0.99`, `1e3`) exactly.
+    /// Parses the text of a JSON number (`1000`, `12.5`, `0.99`, `1e3`) exactly, in cents.
     ///
     /// The value must be representable in whole cents: `12.50` and `1.5e1` are accepted,
     /// `12.345` is refused rather than rounded. Exponents are applied to the digit string,
     /// never through a float, so `1e400` is "too large" rather than infinity.
     pub(crate) fn parse_json_number(text: &str) -> Result<Cents, MoneyError> {
-        let bytes = text.as_bytes();
-        let mut idx = 0;
-        if bytes.first() == Some(&b'-') {
-            // Checked after the grammar so that "-x" is "not a number" rather than "negative".
-            idx = 1;
-        }
-        let int_start = idx;
+        parse_minor(text, 2).map(Cents)
+    }
+}
+
+/// Parses the text of a JSON number exactly into minor units of a currency whose minor unit
+/// is 10^-`decimals` (0, 2 or 3): at most that many decimals, at most 1,000,000,000 in
+/// major units.
+pub fn parse_minor(text: &str, decimals: u8) -> Result<u64, MoneyError> {
+    let bytes = text.as_bytes();
+    let mut idx = 0;
+    if bytes.first() == Some(&b'-') {
+        // Checked after the grammar so that "-x" is "not a number" rather than "negative".
+        idx = 1;
+    }
+    let int_start = idx;
+    while idx < bytes.len() && bytes[idx].is_ascii_digit() {
+        idx += 1;
+    }
+    let int_digits = &bytes[int_start..idx];
+    if int_digits.is_empty() || (int_digits.len() > 1 && int_digits[0] == b'0') {
+        return Err(MoneyError::NotANumber);
+    }
+    let mut frac_digits: &[u8] = &[];
+    if idx < bytes.len() && bytes[idx] == b'.' {
+        let frac_start = idx + 1;
+        idx = frac_start;
         while idx < bytes.len() && bytes[idx].is_ascii_digit() {
             idx += 1;
         }
-        let int_digits = &bytes[int_start..idx];
-        if int_digits.is_empty() || (int_digits.len() > 1 && int_digits[0] == b'0') {
+        frac_digits = &bytes[frac_start..idx];
+        if frac_digits.is_empty() {
             return Err(MoneyError::NotANumber);
         }
-        let mut frac_digits: &[u8] = &[];
-        if idx < bytes.len() && bytes[idx] == b'.' {
-            let frac_start = idx + 1;
-            idx = frac_start;
-            while idx < bytes.len() && bytes[idx].is_ascii_digit() {
+    }
+    let mut exponent: i64 = 0;
+    if idx < bytes.len() && (bytes[idx] == b'e' || bytes[idx] == b'E') {
+        idx += 1;
+        let negative_exp = match bytes.get(idx) {
+            Some(b'-') => {
                 idx += 1;
+                true
             }
-            frac_digits = &bytes[frac_start..idx];
-            if frac_digits.is_empty() {
-                return Err(MoneyError::NotANumber);
-            }
-        }
-        let mut exponent: i64 = 0;
-        if idx < bytes.len() && (bytes[idx] == b'e' || bytes[idx] == b'E') {
-            idx += 1;
-            let negative_exp = match bytes.get(idx) {
-                Some(b'-') => {
-                    idx += 1;
-                    true
-                }
-                Some(b'+') => {
-                    idx += 1;
-                    false
-                }
-                _ => false,
-            };
-            let exp_start = idx;
-            while idx < bytes.len() && bytes[idx].is_ascii_digit() {
-                // Saturate: anything past a million digits is absurd either way.
-                exponent = (exponent * 10 + i64::from(bytes[idx] - b'0')).min(1_000_000);
+            Some(b'+') => {
                 idx += 1;
+                false
             }
-            if idx == exp_start {
-                return Err(MoneyError::NotANumber);
-            }
-            if negative_exp {
-                exponent = -exponent;
-            }
-        }
-        if idx != bytes.len() {
-            return Err(MoneyError::NotANumber);
-        }
-
-        // The value is digits × 10^(exponent − frac_len); in cents, × 10^2 more.
-        let digits = int_digits.iter().chain(frac_digits).copied();
-        let significant: Vec<u8> = digits.skip_while(|&d| d == b'0').collect();
-        if significant.is_empty() {
-            return Ok(Cents::ZERO);
-        }
-        if int_start == 1 {
-            return Err(MoneyError::Negative);
-        }
-        let shift = exponent + 2 - frac_digits.len() as i64;
-        let kept = if shift >= 0 {
-            &significant[..]
-        } else {
-            let dropped = usize::try_from(-shift).unwrap_or(usize::MAX);
-            if dropped >= significant.len() {
-                return Err(MoneyError::TooManyDecimals);
-            }
-            let (kept, tail) = significant.split_at(significant.len() - dropped);
-            if tail.iter().any(|&d| d != b'0') {
-                return Err(MoneyError::TooManyDecimals);
-            }
-            kept
+            _ => false,
         };
-        let zeros = usize::try_from(shift.max(0)).unwrap_or(usize::MAX);
-        // MAX_CENTS has 12 digits; anything longer is too large without computing it.
-        if kept.len().saturating_add(zeros) > 12 {
-            return Err(MoneyError::TooLarge);
+        let exp_start = idx;
+        while idx < bytes.len() && bytes[idx].is_ascii_digit() {
+            // Saturate: anything past a million digits is absurd either way.
+            exponent = (exponent * 10 + i64::from(bytes[idx] - b'0')).min(1_000_000);
+            idx += 1;
         }
-        let mut cents: u64 = 0;
-        for &d in kept {
-            cents = cents * 10 + u64::from(d - b'0');
+        if idx == exp_start {
+            return Err(MoneyError::NotANumber);
         }
-        for _ in 0..zeros {
-            cents *= 10;
+        if negative_exp {
+            exponent = -exponent;
         }
-        Cents::new(cents)
+    }
+    if idx != bytes.len() {
+        return Err(MoneyError::NotANumber);
     }
 
+    // The value is digits × 10^(exponent − frac_len); in cents, × 10^2 more.
+    let digits = int_digits.iter().chain(frac_digits).copied();
+    let significant: Vec<u8> = digits.skip_while(|&d| d == b'0').collect();
+    if significant.is_empty() {
+        return Ok(0);
+    }
+    if int_start == 1 {
+        return Err(MoneyError::Negative);
+    }
+    let shift = exponent + i64::from(decimals) - frac_digits.len() as i64;
+    let kept = if shift >= 0 {
+        &significant[..]
+    } else {
+        let dropped = usize::try_from(-shift).unwrap_or(usize::MAX);
+        if dropped >= significant.len() {
+            return Err(MoneyError::TooManyDecimals(decimals));
+        }
+        let (kept, tail) = significant.split_at(significant.len() - dropped);
+        if tail.iter().any(|&d| d != b'0') {
+            return Err(MoneyError::TooManyDecimals(decimals));
+        }
+        kept
+    };
+    let zeros = usize::try_from(shift.max(0)).unwrap_or(usize::MAX);
+    // The largest amount has 10 + `decimals` digits; anything longer is too large
+    // without computing it.
+    if kept.len().saturating_add(zeros) > 10 + usize::from(decimals) {
+        return Err(MoneyError::TooLarge);
+    }
+    let mut cents: u64 = 0;
+    for &d in kept {
+        cents = cents * 10 + u64::from(d - b'0');
+    }
+    for _ in 0..zeros {
+        cents *= 10;
+    }
+    if cents > max_minor(decimals) {
+        return Err(MoneyError::TooLarge);
+    }
+    Ok(cents)
+}
+
+/// 1,000,000,000 major units in minor units of 10^-`decimals`.
+pub fn max_minor(decimals: u8) -> u64 {
+    1_000_000_000 * 10u64.pow(u32::from(decimals))
+}
+
+impl Cents {
     /// `self − other`, floored at zero.
     pub fn saturating_sub(self, other: Cents) -> Cents {
         Cents(self.0.saturating_sub(other.0))
@@ -275,10 +293,10 @@ mod tests {
             ("Infinity", NotANumber),
             ("-1", Negative),
             ("-0.01", Negative),
-            ("12.345", TooManyDecimals),
-            ("0.001", TooManyDecimals),
-            ("1e-3", TooManyDecimals),
-            ("1e-1000000", TooManyDecimals),
+            ("12.345", TooManyDecimals(2)),
+            ("0.001", TooManyDecimals(2)),
+            ("1e-3", TooManyDecimals(2)),
+            ("1e-1000000", TooManyDecimals(2)),
             ("1000000000.01", TooLarge),
             ("1000000001", TooLarge),
             ("1e10", TooLarge),
@@ -310,6 +328,24 @@ mod tests {
             (100_000, "1000"),
         ] {
             assert_eq!(Cents::new(cents).unwrap().to_string(), text);
+        }
+    }
+
+    #[test]
+    fn minor_units_follow_the_currency_exponent() {
+        let cases: &[(&str, u8, Result<u64, MoneyError>)] = &[
+            ("1000", 0, Ok(1000)),
+            ("1000.5", 0, Err(MoneyError::TooManyDecimals(0))),
+            ("1e3", 0, Ok(1000)),
+            ("12.345", 3, Ok(12_345)),
+            ("12.3456", 3, Err(MoneyError::TooManyDecimals(3))),
+            ("1000000000", 3, Ok(1_000_000_000_000)),
+            ("1000000000.001", 3, Err(MoneyError::TooLarge)),
+            ("1000000001", 0, Err(MoneyError::TooLarge)),
+            ("0.10", 2, Ok(10)),
+        ];
+        for (text, decimals, expected) in cases {
+            assert_eq!(parse_minor(text, *decimals), *expected, "{text} with {decimals} decimals");
         }
     }
 

@@ -15,6 +15,10 @@ pub enum Reason {
     CouponExpired,
     CouponNotYetValid,
     CouponNotForUser,
+    CurrencyNotSupported,
+    ItemsRequired,
+    NoEligibleItems,
+    MinQuantityNotMet,
     MinOrderValueNotMet,
     UsageLimitReached,
     UserUsageLimitReached,
@@ -26,12 +30,16 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order the rules check them.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 16] = [
         Reason::CouponNotFound,
         Reason::CouponInactive,
         Reason::CouponExpired,
         Reason::CouponNotYetValid,
         Reason::CouponNotForUser,
+        Reason::CurrencyNotSupported,
+        Reason::ItemsRequired,
+        Reason::NoEligibleItems,
+        Reason::MinQuantityNotMet,
         Reason::MinOrderValueNotMet,
         Reason::UsageLimitReached,
         Reason::UserUsageLimitReached,
@@ -49,6 +57,10 @@ impl Reason {
             Reason::CouponExpired => "COUPON_EXPIRED",
             Reason::CouponNotYetValid => "COUPON_NOT_YET_VALID",
             Reason::CouponNotForUser => "COUPON_NOT_FOR_USER",
+            Reason::CurrencyNotSupported => "CURRENCY_NOT_SUPPORTED",
+            Reason::ItemsRequired => "ITEMS_REQUIRED",
+            Reason::NoEligibleItems => "NO_ELIGIBLE_ITEMS",
+            Reason::MinQuantityNotMet => "MIN_QUANTITY_NOT_MET",
             Reason::MinOrderValueNotMet => "MIN_ORDER_VALUE_NOT_MET",
             Reason::UsageLimitReached => "USAGE_LIMIT_REACHED",
             Reason::UserUsageLimitReached => "USER_USAGE_LIMIT_REACHED",
@@ -67,6 +79,29 @@ impl Reason {
     /// Position in [`Reason::ALL`], for per-reason metric handles.
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// The reason's code in the validation log (`validation_reasons`): fixed once given, so
+    /// that a reason added in the middle of the check order never renumbers stored rows.
+    pub fn log_code(self) -> i16 {
+        match self {
+            Reason::CouponNotFound => 1,
+            Reason::CouponInactive => 2,
+            Reason::CouponExpired => 3,
+            Reason::CouponNotYetValid => 4,
+            Reason::CouponNotForUser => 5,
+            Reason::MinOrderValueNotMet => 6,
+            Reason::UsageLimitReached => 7,
+            Reason::UserUsageLimitReached => 8,
+            Reason::CampaignLimitReached => 9,
+            Reason::CampaignUserLimitReached => 10,
+            Reason::CampaignBudgetExhausted => 11,
+            Reason::OrderAlreadyRedeemed => 12,
+            Reason::CurrencyNotSupported => 13,
+            Reason::ItemsRequired => 14,
+            Reason::NoEligibleItems => 15,
+            Reason::MinQuantityNotMet => 16,
+        }
     }
 }
 
@@ -464,6 +499,9 @@ mod tests {
 
     #[test]
     fn reasons_are_spelled_as_the_api_says_and_indexed_in_order() {
+        let mut log_codes: Vec<i16> = Reason::ALL.iter().map(|r| r.log_code()).collect();
+        log_codes.sort_unstable();
+        assert_eq!(log_codes, (1..=16).collect::<Vec<i16>>(), "one log code each, none reused");
         for (idx, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), idx);
             assert!(reason.as_str().chars().all(|c| c.is_ascii_uppercase() || c == '_'));
