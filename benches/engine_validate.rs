@@ -33,6 +33,7 @@ fn engine_validate(c: &mut Criterion) {
             user_id: "user_0000001",
             order_value: Cents::new(100_000).unwrap(),
             order_id: Some("ord-1"),
+            cart: None,
         };
         group.bench_function(BenchmarkId::new("known_code", n), |b| {
             let mut idx = 0;
@@ -67,6 +68,7 @@ fn engine_validate(c: &mut Criterion) {
                 user_id: "user_0000001",
                 order_value: Cents::new(100_000).unwrap(),
                 order_id: Some("ord-1"),
+                cart: None,
             };
             black_box(engine.validate(&request, &caller))
         })

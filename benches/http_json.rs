@@ -5,7 +5,9 @@ mod support;
 use std::hint::black_box;
 use std::time::Instant;
 
+use coupon_engine::domain::currency::Currency;
 use coupon_engine::engine::{Caller, ValidateRequest};
+use coupon_engine::http::cart_input::CartLimits;
 use coupon_engine::http::handlers::public::ValidateResponse;
 use coupon_engine::http::request::ValidateBody;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -16,14 +18,16 @@ fn http_json(c: &mut Criterion) {
     let engine = support::engine_with(coupons);
     let body = format!(r#"{{"code": "{code}", "userId": "user_0000001", "orderValue": 1234.56, "orderId": "ord-1"}}"#);
     let caller = Caller { ip: None, user_agent: None, started: Instant::now() };
+    let limits = CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100 };
     c.bench_function("http_json/parse_validate_serialise", |b| {
         b.iter(|| {
-            let input = ValidateBody::parse(black_box(body.as_bytes())).unwrap();
+            let input = ValidateBody::parse(black_box(body.as_bytes()), limits).unwrap();
             let request = ValidateRequest {
                 code: &input.code,
                 user_id: &input.user_id,
                 order_value: input.order_value,
                 order_id: input.order_id.as_deref(),
+                cart: None,
             };
             let validation = engine.validate(&request, &caller);
             let response = ValidateResponse::new(&validation.code, input.order_value, validation.decision);

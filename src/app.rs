@@ -159,6 +159,10 @@ impl App {
             guard: LookupGuard::new(&settings.protection),
             http: settings.http.clone(),
             hold: settings.hold.clone(),
+            cart: crate::http::cart_input::CartLimits {
+                default_currency: settings.money.default_currency(),
+                max_lines: settings.cart.max_lines,
+            },
             batch_jobs: BatchJobs::default(),
         });
         if settings.api.token.is_empty() {

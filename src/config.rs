@@ -50,6 +50,30 @@ pub struct Settings {
     pub protection: ProtectionSettings,
     pub cluster: ClusterSettings,
     pub log: LogSettings,
+    pub money: MoneySettings,
+    pub cart: CartSettings,
+}
+
+/// Money (API.md §9).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MoneySettings {
+    /// The currency of a request that names none, and of every coupon that names none: an
+    /// ISO 4217 code with 0, 2 or 3 decimals.
+    pub default_currency: String,
+}
+
+impl MoneySettings {
+    /// The default currency (checked at load).
+    pub fn default_currency(&self) -> crate::domain::currency::Currency {
+        crate::domain::currency::Currency::parse(&self.default_currency).expect("checked when the settings were loaded")
+    }
+}
+
+/// Carts (API.md §9).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CartSettings {
+    /// The most lines a cart may have.
+    pub max_lines: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -377,6 +401,12 @@ impl Settings {
         }
         if self.cluster.alone_timeout < self.cluster.identity_timeout {
             return invalid("cluster.alone_timeout must be at least cluster.identity_timeout");
+        }
+        if crate::domain::currency::Currency::parse(&self.money.default_currency).is_none() {
+            return invalid("money.default_currency must be an ISO 4217 code with 0, 2 or 3 decimals");
+        }
+        if !(1..=1000).contains(&self.cart.max_lines) {
+            return invalid("cart.max_lines must be from 1 to 1000");
         }
         if http.max_header_bytes < 8192 {
             return invalid("http.max_header_bytes must be at least 8192");

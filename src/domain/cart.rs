@@ -2,6 +2,7 @@
 //! units of the request's currency, shipping, and which lines a coupon's scope makes eligible.
 
 use crate::domain::allocation::Run;
+use crate::domain::currency::Currency;
 
 /// One line of a cart, as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +38,18 @@ impl Cart {
     pub fn order_value(&self) -> u64 {
         self.lines.iter().map(Line::subtotal).sum()
     }
+}
+
+/// What a request says of money beyond `orderValue` (API.md §9): its currency, and its
+/// cart. Present when the request used any of §9's fields; its answer then carries them too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CartRequest {
+    pub currency: Currency,
+    /// The currency of every coupon that names none (`money.default_currency`).
+    pub default_currency: Currency,
+    pub cart: Cart,
+    /// Whether `items` were sent (a request may send only a currency or shipping).
+    pub has_items: bool,
 }
 
 /// Which lines a coupon applies to. Empty include lists include every line; exclusion wins.

@@ -3,7 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use crate::domain::campaign::Campaign;
-use crate::domain::coupon::{Coupon, Status};
+use crate::domain::cart::{CartRequest, Running};
+use crate::domain::cart_discount::{Kind as CartKind, NotApplicable, Taken, Target, Terms};
+use crate::domain::coupon::{Coupon, Discount, Status};
 use crate::domain::money::Cents;
 
 /// Why a coupon does not apply. The order of the variants is the order of the checks.
@@ -109,8 +111,11 @@ impl Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempt<'a> {
     pub user_id: &'a str,
+    /// In minor units of the request's currency (cents unless a cart names another).
     pub order_value: Cents,
     pub order_id: Option<&'a str>,
+    /// §9's fields, when the request used them.
+    pub cart: Option<&'a CartRequest>,
 }
 
 /// What is being used: a coupon, its campaign, and, for a bulk code, the code's own terms.
@@ -158,10 +163,80 @@ pub enum Decision {
 
 /// Applies the rules to an offer; `now` is the caller's clock.
 pub fn validate(offer: &Offer<'_>, usage: &impl Usage, attempt: &Attempt<'_>, now: DateTime<Utc>) -> Decision {
-    let discount = offer.coupon.discount.amount_for(attempt.order_value);
+    decide(offer, usage, attempt, now).0
+}
+
+/// The decision, and with a cart's items, what the coupon takes from each line and unit.
+pub fn decide(
+    offer: &Offer<'_>,
+    usage: &impl Usage,
+    attempt: &Attempt<'_>,
+    now: DateTime<Utc>,
+) -> (Decision, Option<Taken>) {
+    let (discount, taken) = match attempt.cart {
+        None => (offer.coupon.discount.amount_for(attempt.order_value), None),
+        Some(cart) => {
+            let terms = cart_terms(offer.coupon, cart.currency.decimals());
+            match (cart.has_items, terms.check(cart.has_items.then_some(&cart.cart))) {
+                (_, Err(_)) => (Cents::ZERO, None),
+                (true, Ok(())) => {
+                    let taken = terms.take(&cart.cart, &Running::of(&cart.cart));
+                    (Cents::new(taken.merchandise()).unwrap_or(attempt.order_value), Some(taken))
+                }
+                (false, Ok(())) => (order_discount(&terms, attempt.order_value), None),
+            }
+        }
+    };
     match first_failure(offer, usage, attempt, discount, now) {
-        Some(reason) => Decision::Rejected(reason),
-        None => Decision::Valid { discount, final_amount: attempt.order_value.saturating_sub(discount) },
+        Some(reason) => (Decision::Rejected(reason), None),
+        None => (Decision::Valid { discount, final_amount: attempt.order_value.saturating_sub(discount) }, taken),
+    }
+}
+
+/// A coupon's terms on a cart whose amounts have `decimals` decimals. Today's coupons are
+/// order coupons over every discountable line; their amounts are hundredths of their currency.
+pub fn cart_terms(coupon: &Coupon, decimals: u8) -> Terms {
+    let (kind, cap) = match coupon.discount {
+        Discount::Percentage { rate, cap } => (CartKind::Percentage(rate), cap),
+        Discount::Fixed(value) => (CartKind::Fixed { value: minor(value, decimals), each: false }, None),
+    };
+    Terms { kind, target: Target::Order, scope: None, min_quantity: None, cap: cap.map(|c| minor(c, decimals)) }
+}
+
+/// An amount kept in hundredths of its currency's major unit, in minor units of `decimals`.
+fn minor(amount: Cents, decimals: u8) -> u64 {
+    match decimals {
+        0 => amount.get() / 100,
+        3 => amount.get() * 10,
+        _ => amount.get(),
+    }
+}
+
+/// An order coupon's discount on an order without items.
+fn order_discount(terms: &Terms, order_value: Cents) -> Cents {
+    let value = order_value.get();
+    let total = match terms.kind {
+        CartKind::Percentage(rate) => rate.of_minor(value),
+        CartKind::Fixed { value: fixed, .. } => fixed.min(value),
+        _ => 0,
+    };
+    Cents::new(terms.cap.map_or(total, |cap| total.min(cap))).unwrap_or(order_value)
+}
+
+/// §9's conditions, in their order: the currency, then the cart.
+fn cart_failure(offer: &Offer<'_>, cart: &CartRequest) -> Option<Reason> {
+    let coupon = offer.coupon;
+    let amounts_free = matches!(coupon.discount, Discount::Percentage { cap: None, .. })
+        && coupon.min_order_value == Cents::ZERO
+        && offer.campaign.is_none_or(|c| c.budget.is_none());
+    if cart.currency != cart.default_currency && !amounts_free {
+        return Some(Reason::CurrencyNotSupported);
+    }
+    match cart_terms(coupon, cart.currency.decimals()).check(cart.has_items.then_some(&cart.cart)) {
+        Ok(()) => None,
+        Err(NotApplicable::ItemsRequired) => Some(Reason::ItemsRequired),
+        Err(NotApplicable::NoEligibleItems) => Some(Reason::NoEligibleItems),
+        Err(NotApplicable::MinQuantityNotMet) => Some(Reason::MinQuantityNotMet),
     }
 }
 
@@ -198,7 +273,13 @@ fn first_failure(
     if assigned_elsewhere || coupon.user_id.as_deref().is_some_and(|owner| owner != attempt.user_id) {
         return Some(Reason::CouponNotForUser);
     }
-    if attempt.order_value < coupon.min_order_value {
+    if let Some(cart) = attempt.cart
+        && let Some(reason) = cart_failure(offer, cart)
+    {
+        return Some(reason);
+    }
+    let decimals = attempt.cart.map_or(2, |c| c.currency.decimals());
+    if attempt.order_value.get() < minor(coupon.min_order_value, decimals) {
         return Some(Reason::MinOrderValueNotMet);
     }
     let code_used_up = offer.code.is_some_and(|code| usage.code_uses() >= code.uses_limit);
@@ -309,7 +390,12 @@ mod tests {
             campaign: None,
             code: None,
             usage: FakeUsage::default(),
-            attempt: Attempt { user_id: "user_0000001", order_value: cents(100_000), order_id: Some("ord-1") },
+            attempt: Attempt {
+                user_id: "user_0000001",
+                order_value: cents(100_000),
+                order_id: Some("ord-1"),
+                cart: None,
+            },
             expected: None,
         }
     }
@@ -492,7 +578,7 @@ mod tests {
         let mut coupon = base();
         coupon.discount = Discount::Fixed(cents(2_500));
         let offer = Offer { coupon: &coupon, campaign: None, code: None };
-        let attempt = Attempt { user_id: "u", order_value: cents(10_000), order_id: None };
+        let attempt = Attempt { user_id: "u", order_value: cents(10_000), order_id: None, cart: None };
         let decision = validate(&offer, &FakeUsage::default(), &attempt, at(12));
         assert_eq!(decision, Decision::Valid { discount: cents(2_500), final_amount: cents(7_500) });
     }

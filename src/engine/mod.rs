@@ -163,14 +163,15 @@ impl Engine {
     pub fn validate<'a>(&self, req: &ValidateRequest<'a>, caller: &Caller) -> Validation<'a> {
         let code = normalize_code(req.code);
         let catalog = self.catalog.load();
-        let attempt = Attempt { user_id: req.user_id, order_value: req.order_value, order_id: req.order_id };
+        let attempt =
+            Attempt { user_id: req.user_id, order_value: req.order_value, order_id: req.order_id, cart: req.cart };
         let now = self.clock.now();
-        let (coupon_id, decision) = match catalog.find(&code) {
-            None => (None, Decision::Rejected(Reason::CouponNotFound)),
+        let (coupon_id, (decision, taken)) = match catalog.find(&code) {
+            None => (None, (Decision::Rejected(Reason::CouponNotFound), None)),
             Some(found) => {
                 let offer = offer(&catalog, found, req.user_id);
                 let view = self.view(&offer, found, req.user_id, req.order_id);
-                (Some(found.coupon().id), rules::validate(&offer, &view, &attempt, now))
+                (Some(found.coupon().id), rules::decide(&offer, &view, &attempt, now))
             }
         };
         let (reason, discount, final_amount) = match decision {
@@ -192,7 +193,7 @@ impl Engine {
             response_time_us: u64::try_from(caller.started.elapsed().as_micros()).unwrap_or(u64::MAX),
             validated_at: now,
         });
-        Validation { code, coupon_id, decision }
+        Validation { code, coupon_id, decision, taken }
     }
 
     /// Loads the uses stored in PostgreSQL (after the catalog, before serving): each counts

@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 use uuid::Uuid;
 
+use crate::domain::cart::CartRequest;
+use crate::domain::cart_discount::Taken;
 use crate::domain::coupon::CouponId;
 use crate::domain::money::Cents;
 use crate::domain::rules::{Decision, Reason};
@@ -21,6 +23,8 @@ pub struct ValidateRequest<'a> {
     pub user_id: &'a str,
     pub order_value: Cents,
     pub order_id: Option<&'a str>,
+    /// API.md §9's fields, when sent.
+    pub cart: Option<&'a CartRequest>,
 }
 
 /// What the validation log keeps about the caller.
@@ -39,6 +43,8 @@ pub struct Validation<'a> {
     pub code: Cow<'a, str>,
     pub coupon_id: Option<CouponId>,
     pub decision: Decision,
+    /// With a cart's items, what the coupon takes from each line and unit.
+    pub taken: Option<Taken>,
 }
 
 /// A redeem or hold request, well-formed.
@@ -48,6 +54,8 @@ pub struct UseRequest<'a> {
     pub user_id: &'a str,
     pub order_id: &'a str,
     pub order_value: Cents,
+    /// API.md §9's fields, when sent.
+    pub cart: Option<&'a CartRequest>,
 }
 
 /// A release request, well-formed.

@@ -171,7 +171,7 @@ impl Engine {
         let offer = offer(catalog, found, req.user_id);
         // The order is not checked here: claiming it is the first link of the chain.
         let view = self.view(&offer, found, req.user_id, None);
-        let attempt = Attempt { user_id: req.user_id, order_value: req.order_value, order_id: None };
+        let attempt = Attempt { user_id: req.user_id, order_value: req.order_value, order_id: None, cart: req.cart };
         let discount = match rules::validate(&offer, &view, &attempt, now) {
             Decision::Valid { discount, .. } => discount,
             Decision::Rejected(reason) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),

@@ -104,12 +104,12 @@ impl Fixture {
     }
 
     async fn redeem(&self, code: &str, user: &str, order: &str, value: u64) -> UseOutcome {
-        let req = UseRequest { code, user_id: user, order_id: order, order_value: cents(value) };
+        let req = UseRequest { code, user_id: user, order_id: order, order_value: cents(value), cart: None };
         self.engine.redeem(&req).await.unwrap()
     }
 
     async fn hold(&self, code: &str, user: &str, order: &str, ttl: u64) -> UseOutcome {
-        let req = UseRequest { code, user_id: user, order_id: order, order_value: cents(10_000) };
+        let req = UseRequest { code, user_id: user, order_id: order, order_value: cents(10_000), cart: None };
         self.engine.hold(&req, Duration::from_secs(ttl)).await.unwrap()
     }
 
@@ -118,7 +118,7 @@ impl Fixture {
     }
 
     fn validate(&self, code: &str, user: &str, order: Option<&str>) -> Decision {
-        let req = ValidateRequest { code, user_id: user, order_value: cents(10_000), order_id: order };
+        let req = ValidateRequest { code, user_id: user, order_value: cents(10_000), order_id: order, cart: None };
         let caller = Caller { ip: None, user_agent: None, started: Instant::now() };
         self.engine.validate(&req, &caller).decision
     }
@@ -175,7 +175,13 @@ async fn three_hundred_buyers_for_fifty_uses() {
                 let engine = f.engine.clone();
                 tokio::spawn(async move {
                     let (user, order) = (format!("buyer-{n}"), format!("order-{n}"));
-                    let req = UseRequest { code: "FIFTY", user_id: &user, order_id: &order, order_value: cents(5_000) };
+                    let req = UseRequest {
+                        code: "FIFTY",
+                        user_id: &user,
+                        order_id: &order,
+                        order_value: cents(5_000),
+                        cart: None,
+                    };
                     engine.redeem(&req).await.unwrap()
                 })
             })
@@ -201,7 +207,8 @@ async fn the_same_order_twenty_times_at_once_is_one_redemption() {
             .map(|_| {
                 let engine = f.engine.clone();
                 tokio::spawn(async move {
-                    let req = UseRequest { code: "ONCE", user_id: "u", order_id: "o", order_value: cents(5_000) };
+                    let req =
+                        UseRequest { code: "ONCE", user_id: "u", order_id: "o", order_value: cents(5_000), cart: None };
                     engine.redeem(&req).await.unwrap()
                 })
             })
@@ -226,8 +233,13 @@ async fn one_user_in_forty_tabs_against_a_per_user_limit() {
                 let engine = f.engine.clone();
                 tokio::spawn(async move {
                     let order = format!("tab-{n}");
-                    let req =
-                        UseRequest { code: "TWICE", user_id: "same", order_id: &order, order_value: cents(5_000) };
+                    let req = UseRequest {
+                        code: "TWICE",
+                        user_id: "same",
+                        order_id: &order,
+                        order_value: cents(5_000),
+                        cart: None,
+                    };
                     engine.redeem(&req).await.unwrap()
                 })
             })
@@ -263,8 +275,13 @@ async fn a_per_user_limit_set_later_counts_the_uses_before_it() {
                 let engine = f.engine.clone();
                 tokio::spawn(async move {
                     let order = format!("race-{n}");
-                    let req =
-                        UseRequest { code: "OPEN", user_id: "racer", order_id: &order, order_value: cents(5_000) };
+                    let req = UseRequest {
+                        code: "OPEN",
+                        user_id: "racer",
+                        order_id: &order,
+                        order_value: cents(5_000),
+                        cart: None,
+                    };
                     engine.redeem(&req).await.unwrap()
                 })
             })
@@ -334,8 +351,13 @@ async fn releases_race_redeems_and_give_back_exactly_once() {
                 let engine = f.engine.clone();
                 tokio::spawn(async move {
                     let order = format!("later-{n}");
-                    let req =
-                        UseRequest { code: "SOLO", user_id: "buyer", order_id: &order, order_value: cents(5_000) };
+                    let req = UseRequest {
+                        code: "SOLO",
+                        user_id: "buyer",
+                        order_id: &order,
+                        order_value: cents(5_000),
+                        cart: None,
+                    };
                     engine.redeem(&req).await.unwrap()
                 })
             })
@@ -390,7 +412,8 @@ async fn a_campaign_budget_and_cap_hold_under_concurrency_across_codes() {
                 tokio::spawn(async move {
                     let code = ["A", "B", "FREE"][n % 3];
                     let (user, order) = (format!("u{}", n % 40), format!("o{n}"));
-                    let req = UseRequest { code, user_id: &user, order_id: &order, order_value: cents(5_000) };
+                    let req =
+                        UseRequest { code, user_id: &user, order_id: &order, order_value: cents(5_000), cart: None };
                     (code, engine.redeem(&req).await.unwrap())
                 })
             })
@@ -573,7 +596,7 @@ async fn the_deadline_task_expires_holds_on_a_paused_clock() {
     // thread, a paused clock jumps to the next timer.
     let created = tokio::time::Instant::now();
     for (order, ttl) in [("late", 900), ("early", 30)] {
-        let req = UseRequest { code: "ONE", user_id: "u", order_id: order, order_value: cents(1_000) };
+        let req = UseRequest { code: "ONE", user_id: "u", order_id: order, order_value: cents(1_000), cart: None };
         assert!(matches!(engine.hold(&req, Duration::from_secs(ttl)).await.unwrap(), UseOutcome::Taken(_)));
     }
     let stop = CancellationToken::new();

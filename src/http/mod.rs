@@ -4,6 +4,8 @@
 
 pub mod call;
 pub mod campaign_input;
+pub mod cart_answer;
+pub mod cart_input;
 pub mod coupon_input;
 pub mod error;
 pub mod guard;
@@ -53,6 +55,8 @@ pub struct State {
     pub guard: guard::LookupGuard,
     pub http: HttpSettings,
     pub hold: HoldSettings,
+    /// What a cart in a request is checked against (API.md §9).
+    pub cart: cart_input::CartLimits,
     /// Batches of bulk codes this instance is writing.
     pub batch_jobs: BatchJobs,
 }

@@ -7,9 +7,11 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::domain::cart::CartRequest;
 use crate::domain::coupon::{MAX_CODE_LEN, normalize_code};
 use crate::domain::identity::{self, IdError};
-use crate::domain::money::{Cents, MoneyError};
+use crate::domain::money::Cents;
+use crate::http::cart_input::{CartLimits, RawCart};
 use crate::http::error::ApiError;
 
 /// A checked `POST /api/coupons/validate` body.
@@ -19,9 +21,12 @@ pub struct ValidateBody<'a> {
     pub code: Cow<'a, str>,
     /// Trimmed.
     pub user_id: Cow<'a, str>,
+    /// In minor units of the request's currency.
     pub order_value: Cents,
     /// Trimmed.
     pub order_id: Option<Cow<'a, str>>,
+    /// API.md §9's fields, when sent.
+    pub cart: Option<CartRequest>,
 }
 
 /// A checked redeem or hold body: the validate fields with `orderId` required.
@@ -33,6 +38,8 @@ pub struct UseBody<'a> {
     pub order_value: Cents,
     /// `ttlSeconds` of a hold, a whole number within `1..=max` when given.
     pub ttl_seconds: Option<u64>,
+    /// API.md §9's fields, when sent.
+    pub cart: Option<CartRequest>,
 }
 
 /// A checked `POST /api/coupons/release` body.
@@ -56,30 +63,58 @@ struct RawBody<'a> {
     order_id: Option<&'a RawValue>,
     #[serde(borrow, rename = "ttlSeconds")]
     ttl_seconds: Option<&'a RawValue>,
+    #[serde(borrow)]
+    currency: Option<&'a RawValue>,
+    #[serde(borrow)]
+    items: Option<&'a RawValue>,
+    #[serde(borrow)]
+    shipping: Option<&'a RawValue>,
+}
+
+impl<'a> RawBody<'a> {
+    /// A validate, redeem or hold body: up to 64 KiB with items, 16 KiB without (a body too
+    /// large for the one and not JSON is too large, not malformed).
+    fn parse_use(body: &'a [u8]) -> Result<RawBody<'a>, ApiError> {
+        parse_object(body).map_err(|err| {
+            if body.len() > crate::http::routes::MAX_BODY_BYTES {
+                ApiError::PayloadTooLarge { limit: crate::http::routes::MAX_BODY_BYTES }
+            } else {
+                err
+            }
+        })
+    }
+
+    /// The order value and the cart (API.md §9), checked against `limits`.
+    fn cart(&self, limits: CartLimits, body_len: usize) -> Result<(Cents, Option<CartRequest>), ApiError> {
+        RawCart { currency: self.currency, items: self.items, shipping: self.shipping, order_value: self.order_value }
+            .parse(limits, body_len)
+    }
 }
 
 impl<'a> ValidateBody<'a> {
-    pub fn parse(body: &'a [u8]) -> Result<ValidateBody<'a>, ApiError> {
-        let raw: RawBody<'a> = parse_object(body)?;
-        Ok(ValidateBody {
-            code: code(raw.code)?,
-            user_id: id(raw.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?,
-            order_value: money(raw.order_value, "orderValue")?,
-            order_id: id(raw.order_id, "orderId")?,
-        })
+    pub fn parse(body: &'a [u8], limits: CartLimits) -> Result<ValidateBody<'a>, ApiError> {
+        let raw = RawBody::parse_use(body)?;
+        let code = code(raw.code)?;
+        let user_id = id(raw.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?;
+        let (order_value, cart) = raw.cart(limits, body.len())?;
+        Ok(ValidateBody { code, user_id, order_value, order_id: id(raw.order_id, "orderId")?, cart })
     }
 }
 
 impl<'a> UseBody<'a> {
     /// Parses a redeem or hold body; `max_ttl_seconds` bounds `ttlSeconds`.
-    pub fn parse(body: &'a [u8], max_ttl_seconds: u64) -> Result<UseBody<'a>, ApiError> {
-        let raw: RawBody<'a> = parse_object(body)?;
+    pub fn parse(body: &'a [u8], max_ttl_seconds: u64, limits: CartLimits) -> Result<UseBody<'a>, ApiError> {
+        let raw = RawBody::parse_use(body)?;
+        let code = code(raw.code)?;
+        let user_id = id(raw.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?;
+        let (order_value, cart) = raw.cart(limits, body.len())?;
         Ok(UseBody {
-            code: code(raw.code)?,
-            user_id: id(raw.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?,
-            order_value: money(raw.order_value, "orderValue")?,
+            code,
+            user_id,
+            order_value,
             order_id: id(raw.order_id, "orderId")?.ok_or(ApiError::MissingField { field: "orderId" })?,
             ttl_seconds: ttl(raw.ttl_seconds, max_ttl_seconds)?,
+            cart,
         })
     }
 }
@@ -200,15 +235,6 @@ fn id_error(field: &'static str, err: IdError, max: usize) -> ApiError {
     ApiError::InvalidField { field, problem }
 }
 
-fn money(raw: Option<&RawValue>, field: &'static str) -> Result<Cents, ApiError> {
-    let raw = raw.ok_or(ApiError::MissingField { field })?;
-    if raw.get() == "null" {
-        return Err(ApiError::MissingField { field });
-    }
-    Cents::parse_json_number(raw.get())
-        .map_err(|err: MoneyError| ApiError::InvalidField { field, problem: err.to_string() })
-}
-
 fn ttl(raw: Option<&RawValue>, max: u64) -> Result<Option<u64>, ApiError> {
     let Some(raw) = raw.filter(|r| r.get() != "null") else { return Ok(None) };
     let invalid =
@@ -224,8 +250,12 @@ fn ttl(raw: Option<&RawValue>, max: u64) -> Result<Option<u64>, ApiError> {
 mod tests {
     use super::*;
 
+    pub(crate) fn limits() -> CartLimits {
+        CartLimits { default_currency: crate::domain::currency::Currency::parse("EUR").unwrap(), max_lines: 100 }
+    }
+
     fn ok(body: &str) -> ValidateBody<'_> {
-        ValidateBody::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{body}: {e:?}"))
+        ValidateBody::parse(body.as_bytes(), limits()).unwrap_or_else(|e| panic!("{body}: {e:?}"))
     }
 
     #[test]
@@ -245,7 +275,7 @@ mod tests {
 
     #[test]
     fn redeem_needs_an_order_and_release_needs_code_and_order() {
-        let redeem = UseBody::parse(br#"{"code":"a","userId":"u","orderValue":1}"#, 3600);
+        let redeem = UseBody::parse(br#"{"code":"a","userId":"u","orderValue":1}"#, 3600, limits());
         assert_eq!(redeem, Err(ApiError::MissingField { field: "orderId" }));
         let release = ReleaseBody::parse(br#"{"code":" a ","orderId":"o-1","userId":" u "}"#).unwrap();
         assert_eq!(
@@ -281,10 +311,10 @@ mod tests {
         let body =
             |ttl: &str| format!(r#"{{"code":"A","userId":"u","orderValue":1,"orderId":"o","ttlSeconds":{ttl}}}"#);
         for (ttl, expected) in [("1", Some(1)), ("3600", Some(3600)), ("null", None)] {
-            assert_eq!(UseBody::parse(body(ttl).as_bytes(), 3600).unwrap().ttl_seconds, expected, "{ttl}");
+            assert_eq!(UseBody::parse(body(ttl).as_bytes(), 3600, limits()).unwrap().ttl_seconds, expected, "{ttl}");
         }
         for ttl in ["0", "-1", "1.5", "3601", "\"60\"", "1e2", "true"] {
-            let err = UseBody::parse(body(ttl).as_bytes(), 3600).unwrap_err();
+            let err = UseBody::parse(body(ttl).as_bytes(), 3600, limits()).unwrap_err();
             assert!(matches!(err, ApiError::InvalidField { field: "ttlSeconds", .. }), "{ttl}: {err:?}");
         }
     }
@@ -329,7 +359,7 @@ mod tests {
             (r#"{"code":"A","userId":"u","orderValue":1,"orderId":5}"#, "INVALID_FIELD", Some("orderId")),
         ];
         for (body, code, field) in cases {
-            let err = ValidateBody::parse(body.as_bytes()).expect_err(&body[..body.len().min(80)]);
+            let err = ValidateBody::parse(body.as_bytes(), limits()).expect_err(&body[..body.len().min(80)]);
             assert_eq!(err.code(), code, "{}: {err}", &body[..body.len().min(80)]);
             let got_field = match &err {
                 ApiError::MissingField { field } | ApiError::InvalidField { field, .. } => Some(*field),

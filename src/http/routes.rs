@@ -80,7 +80,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Open,
         runs_to_end: false,
         needs_ready: true,
-        max_body: MAX_BODY_BYTES,
+        max_body: crate::http::cart_input::MAX_CART_BODY_BYTES,
         openapi: include_str!("openapi/validate.json"),
     },
     Route {
@@ -89,7 +89,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Backend,
         runs_to_end: true,
         needs_ready: true,
-        max_body: MAX_BODY_BYTES,
+        max_body: crate::http::cart_input::MAX_CART_BODY_BYTES,
         openapi: include_str!("openapi/redeem.json"),
     },
     Route {
@@ -98,7 +98,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Backend,
         runs_to_end: true,
         needs_ready: true,
-        max_body: MAX_BODY_BYTES,
+        max_body: crate::http::cart_input::MAX_CART_BODY_BYTES,
         openapi: include_str!("openapi/hold.json"),
     },
     Route {

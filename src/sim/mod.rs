@@ -744,6 +744,7 @@ impl Sim {
             user_id: &asked.user,
             order_id: &asked.order,
             order_value: cents(ORDER_VALUE),
+            cart: None,
         };
         let answer = match kind {
             Kind::Redeem => use_answer(engine.redeem(&req).await),
@@ -915,6 +916,7 @@ impl Sim {
                     user_id: &user,
                     order_id: &order,
                     order_value: cents(ORDER_VALUE),
+                    cart: None,
                 };
                 let answer = use_answer(running.engine.redeem(&req).await);
                 self.say(|| format!("sell-out n{i} {} {user} {order}: {answer:?}", coupon.code));

@@ -7,6 +7,7 @@
 mod admin;
 mod alone;
 mod campaigns;
+mod carts;
 mod cluster;
 mod cut_off;
 mod durability;

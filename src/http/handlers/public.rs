@@ -15,6 +15,7 @@ use crate::engine::{
 };
 use crate::http::State;
 use crate::http::call::Call;
+use crate::http::cart_answer::CartAnswer;
 use crate::http::error::ApiError;
 use crate::http::request::{ReleaseBody, UseBody, ValidateBody};
 use crate::http::response::{self, HttpResponse, money, rfc3339};
@@ -53,7 +54,7 @@ fn reason<S: serde::Serializer>(reason: &Option<Reason>, serializer: S) -> Resul
 
 /// `POST /api/coupons/validate`.
 pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
-    let input = ValidateBody::parse(&call.body)?;
+    let input = ValidateBody::parse(&call.body, state.cart)?;
     state.guard.admit(&input.user_id, call.client_ip, call.backend, &state.metrics)?;
     let caller = Caller {
         ip: Some(call.client_ip),
@@ -65,12 +66,24 @@ pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiErro
         user_id: &input.user_id,
         order_value: input.order_value,
         order_id: input.order_id.as_deref(),
+        cart: input.cart.as_ref(),
     };
     let validation = state.engine.validate(&request, &caller);
     if validation.decision == Decision::Rejected(Reason::CouponNotFound) {
         state.guard.record_failure(&input.user_id, call.client_ip, call.backend);
     }
     let body = ValidateResponse::new(&validation.code, input.order_value, validation.decision);
+    if let Some(cart) = &input.cart {
+        let answer = CartAnswer::new(
+            cart,
+            &validation.code,
+            body.reason.map(Reason::as_str),
+            input.order_value.get(),
+            body.discount.get(),
+            validation.taken.as_ref(),
+        );
+        return Ok(response::json(StatusCode::OK, &answer));
+    }
     Ok(response::json(StatusCode::OK, &body))
 }
 
@@ -189,9 +202,17 @@ pub async fn hold(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
 }
 
 async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, ApiError> {
-    let input = UseBody::parse(&call.body, state.hold.max_ttl_secs)?;
+    let input = UseBody::parse(&call.body, state.hold.max_ttl_secs, state.cart)?;
     if kind == Kind::Redeem && input.ttl_seconds.is_some() {
         return Err(ApiError::InvalidField { field: "ttlSeconds", problem: "only applies to a hold".into() });
+    }
+    // The usage rows keep amounts in the default currency's hundredths: until they keep a
+    // currency of their own, a use is taken in the default currency only.
+    if input.cart.as_ref().is_some_and(|c| c.currency != c.default_currency) {
+        return Err(ApiError::InvalidField {
+            field: "currency",
+            problem: format!("redeem and hold take {} only in this version", state.cart.default_currency),
+        });
     }
     state.guard.admit(&input.user_id, call.client_ip, call.backend, &state.metrics)?;
     let request = UseRequest {
@@ -199,6 +220,7 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
         user_id: &input.user_id,
         order_id: &input.order_id,
         order_value: input.order_value,
+        cart: input.cart.as_ref(),
     };
     let outcome = match kind {
         Kind::Redeem => state.engine.redeem(&request).await,
