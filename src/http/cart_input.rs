@@ -313,6 +313,43 @@ mod tests {
         }
     }
 
+    /// JSON numbers, and a few things that are not numbers.
+    const NUMBER: &str = "-?(0|[1-9][0-9]{0,12})(\\.[0-9]{1,4})?([eE][-+]?[0-9]{1,3})?|null|true|\"7\"|\\[1\\]";
+
+    proptest::proptest! {
+        /// Whatever a line's fields hold, the parser answers (a cart or a 4xx), never panics,
+        /// and a cart it accepts is within the bounds.
+        #[test]
+        fn any_line_is_parsed_or_refused(
+            quantity in NUMBER,
+            price in NUMBER,
+            id in "\\PC{0,70}",
+            categories in proptest::collection::vec("\\PC{0,5}", 0..25),
+        ) {
+            let line = json_line(&id, &quantity, &price, &categories);
+            let body = format!(r#"{{"items":[{line}]}}"#);
+            // Bodies that are not JSON are refused before a cart is looked at.
+            proptest::prop_assume!(serde_json::from_str::<serde_json::Value>(&body).is_ok());
+            if let Ok((value, Some(cart))) = parse(&body) {
+                let only = &cart.cart.lines[0];
+                proptest::prop_assert!((1..=MAX_QUANTITY).contains(&only.quantity));
+                proptest::prop_assert!(only.category_ids.len() <= MAX_CATEGORIES);
+                proptest::prop_assert_eq!(value.get(), only.subtotal());
+            }
+        }
+    }
+
+    fn json_line(id: &str, quantity: &str, price: &str, categories: &[String]) -> String {
+        let text = |s: &str| serde_json::to_string(s).unwrap();
+        format!(
+            r#"{{"lineId":{},"productId":"p","quantity":{},"unitPrice":{},"categoryIds":{}}}"#,
+            text(id),
+            quantity,
+            price,
+            serde_json::to_string(categories).unwrap()
+        )
+    }
+
     #[test]
     fn only_a_body_with_items_may_pass_16_kib() {
         let padding = "x".repeat(20_000);
