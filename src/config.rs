@@ -92,6 +92,9 @@ pub struct HttpSettings {
     pub max_header_bytes: usize,
     #[serde(with = "humantime_serde")]
     pub admin_timeout: Duration,
+    /// Whether a service reachable beyond this machine may run without `API_TOKEN` (then
+    /// anyone who reaches it can redeem, hold and release as the shop's backend would).
+    pub allow_anonymous_writes: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,6 +411,14 @@ impl Settings {
         if !(1..=1000).contains(&self.cart.max_lines) {
             return invalid("cart.max_lines must be from 1 to 1000");
         }
+        if self.api.token.is_empty() && !http.addr.ip().is_loopback() && !http.allow_anonymous_writes {
+            return invalid(&format!(
+                "API_TOKEN is not set and HTTP_ADDR {} can be reached from other machines: anyone there could \
+                 redeem, hold and release for any user; set API_TOKEN (the shop's backend sends it), or \
+                 COUPON__HTTP__ALLOW_ANONYMOUS_WRITES=true to allow it",
+                http.addr
+            ));
+        }
         if http.max_header_bytes < 8192 {
             return invalid("http.max_header_bytes must be at least 8192");
         }
@@ -469,6 +480,7 @@ mod tests {
             ("DATABASE_URL", "postgres://u@h:1/db"),
             ("HTTP_ADDR", "0.0.0.0:9000"),
             ("ADMIN_TOKEN", "s3cret-s3cret-s3cret"),
+            ("API_TOKEN", "api-s3cret-s3cret-s3cret"),
             ("DATA_DIR", "/tmp/x"),
             ("INSTANCE_ID", "edge-1"),
             ("COUPON__VALIDATION_LOG__BATCH_SIZE", "7"),
@@ -488,6 +500,19 @@ mod tests {
             vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "::1".parse().unwrap()]
         );
         assert!(!format!("{settings:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn writes_open_to_other_machines_need_a_token_or_a_yes() {
+        let open = [("HTTP_ADDR", "0.0.0.0:8080")];
+        let err = load(&open).expect_err("no token on every interface").to_string();
+        assert!(err.contains("API_TOKEN is not set") && err.contains("ALLOW_ANONYMOUS_WRITES"), "{err}");
+        assert!(load(&[("HTTP_ADDR", "[::]:8080")]).is_err());
+        assert!(load(&[("HTTP_ADDR", "10.1.2.3:8080")]).is_err());
+        assert!(load(&[("HTTP_ADDR", "0.0.0.0:8080"), ("API_TOKEN", "a-token-of-24-characters")]).is_ok());
+        assert!(load(&[("HTTP_ADDR", "0.0.0.0:8080"), ("COUPON__HTTP__ALLOW_ANONYMOUS_WRITES", "true")]).is_ok());
+        assert!(load(&[("HTTP_ADDR", "127.0.0.1:8080")]).is_ok(), "loopback: only this machine's callers");
+        assert!(load(&[("HTTP_ADDR", "[::1]:8080")]).is_ok());
     }
 
     #[test]

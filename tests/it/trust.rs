@@ -293,3 +293,26 @@ async fn a_forgotten_order_is_still_spent() {
     assert!(metrics.contains("ledger_archive_lookups_total 2"), "{metrics}");
     app.stop().await.unwrap();
 }
+
+/// Safe by default: without an API token, a service other machines can reach refuses to
+/// start (one line says why and what to set); with the token, or the explicit yes, it starts.
+#[test]
+fn writes_open_to_other_machines_need_a_token_or_an_explicit_yes() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let db = runtime.block_on(TestDb::new());
+    let dir = crate::helpers::temp_dir("coupon-engine-open-");
+    let data_dir = dir.path().display().to_string();
+    let env = [("DATABASE_URL", db.url.as_str()), ("HTTP_ADDR", "0.0.0.0:0"), ("DATA_DIR", data_dir.as_str())];
+    let output = crate::helpers::binary(&["serve"], &env).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("API_TOKEN is not set") && stderr.contains("ALLOW_ANONYMOUS_WRITES"), "{stderr}");
+    assert_eq!(stderr.lines().filter(|l| l.contains("API_TOKEN is not set")).count(), 1, "{stderr}");
+    for extra in [("API_TOKEN", API), ("COUPON__HTTP__ALLOW_ANONYMOUS_WRITES", "true")] {
+        let mut env = env.to_vec();
+        env.push(extra);
+        let server = crate::helpers::ServeProcess::start(&db.url, &env[1..]);
+        runtime.block_on(TestClient::new(server.addr).wait_ready());
+        assert!(server.terminate().success(), "{extra:?}");
+    }
+}

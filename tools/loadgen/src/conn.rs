@@ -10,6 +10,10 @@ use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// The shop's backend token (`--api-token`, `API_TOKEN`), sent with every request when set:
+/// redeem, hold and release need it on a service that has one.
+pub(crate) static API_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// A worker's connection to the service.
 pub(crate) struct Conn {
     addr: SocketAddr,
@@ -28,12 +32,15 @@ impl Conn {
             Some(sender) if !sender.is_closed() => sender,
             _ => self.sender.insert(connect(self.addr).await?),
         };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(Method::POST)
             .uri(path)
             .header("host", &self.host)
-            .header("content-type", "application/json")
-            .body(Full::new(body))?;
+            .header("content-type", "application/json");
+        if let Some(token) = API_TOKEN.get() {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(body))?;
         let result = async {
             sender.ready().await?;
             let response = sender.send_request(request).await?;

@@ -41,6 +41,10 @@ struct Cli {
     /// PostgreSQL the service uses: request mixes are built from its coupons.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// The shop's backend token, sent with every load request (redeem, hold and release need
+    /// it on a service started with one, as tools/up does: data/api_token).
+    #[arg(long, env = "API_TOKEN", global = true, hide_env_values = true)]
+    api_token: Option<String>,
     #[command(flatten)]
     bench: BenchArgs,
     #[command(subcommand)]
@@ -125,6 +129,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(token) = cli.api_token.clone().filter(|t| !t.is_empty()) {
+        let _ = conn::API_TOKEN.set(token);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let passed = runtime.block_on(async move {
         let targets = cli.url.split(',').map(loopback_addr).collect::<anyhow::Result<Vec<_>>>()?;
