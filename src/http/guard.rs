@@ -307,14 +307,25 @@ impl LookupGuard {
         // Walk from the right, past our own proxies; whatever is left of the first untrusted
         // hop was written by the client and proves nothing.
         for hop in hops.into_iter().rev() {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(addr) if self.trusted_proxies.contains(&addr) => continue,
-                Ok(addr) => return addr,
-                Err(_) => break,
+            match forwarded_address(hop) {
+                Some(addr) if self.trusted_proxies.contains(&addr) => continue,
+                Some(addr) => return addr,
+                None => break,
             }
         }
         peer
     }
+}
+
+/// An `X-Forwarded-For` entry's address: `ip`, `ip:port` or `[v6]:port` (some proxies write
+/// the port; reading those as garbage fell back to the proxy's own address, one budget for
+/// everyone behind it).
+fn forwarded_address(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(addr) = hop.parse::<IpAddr>() {
+        return Some(addr);
+    }
+    hop.parse::<std::net::SocketAddr>().ok().map(|socket| socket.ip())
 }
 
 /// An address as budgets count it: IPv4 whole, IPv6 by its /64 (one host usually owns one).
@@ -484,5 +495,15 @@ mod tests {
         assert_eq!(guard.client_ip(ip("10.0.0.1"), &headers), ip("198.51.100.4"), "client junk on the left is ignored");
         headers.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
         assert_eq!(guard.client_ip(ip("10.0.0.1"), &headers), ip("10.0.0.1"));
+        // Entries with a port are addresses too.
+        for (entry, expected) in [
+            ("198.51.100.4:51234", "198.51.100.4"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+            ("2001:db8::7", "2001:db8::7"),
+            (" 198.51.100.4:1 , 10.0.0.2:8080", "198.51.100.4"),
+        ] {
+            headers.insert("x-forwarded-for", HeaderValue::from_static(entry));
+            assert_eq!(guard.client_ip(ip("10.0.0.1"), &headers), ip(expected), "{entry}");
+        }
     }
 }

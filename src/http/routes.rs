@@ -450,8 +450,10 @@ where
         Access::Backend if backend => {}
         Access::Backend => return Err(ApiError::Unauthorized),
         Access::Admin => {
-            state.guard.admit_admin(client_ip)?;
             if state.admin_token.is_empty() || !bearer_is(headers, &state.admin_token) {
+                // Only failures are throttled: an address that sent wrong tokens (an attacker
+                // sharing the admin's address, say) never locks the right one out.
+                state.guard.admit_admin(client_ip)?;
                 state.guard.record_admin_failure(client_ip);
                 return Err(ApiError::Unauthorized);
             }

@@ -303,3 +303,24 @@ async fn the_token_never_reaches_the_logs() {
         assert!(!line.contains(TOKEN), "token in log line: {line}");
     }
 }
+
+/// Wrong tokens from one address are throttled (429 past the budget); the right token from the
+/// same address always passes: someone sharing the admin's address cannot lock the admin out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_right_admin_token_passes_however_many_wrong_ones_came_first() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(
+        &db.url,
+        &[("ADMIN_TOKEN", TOKEN), ("COUPON__PROTECTION__FAILED_ADMIN_AUTHS_PER_ADDRESS", "3")],
+    )
+    .await;
+    let wrong = [("authorization", "Bearer wrong-wrong-wrong-wrong")];
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(app.client.request_with(Method::GET, "/admin/cache/stats", "", &wrong).await.status);
+    }
+    assert_eq!(&statuses[..3], [StatusCode::UNAUTHORIZED; 3], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
+    assert_eq!(admin(&app.client, Method::GET, "/admin/cache/stats", None).await.status, StatusCode::OK);
+    app.stop().await.unwrap();
+}

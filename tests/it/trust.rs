@@ -137,6 +137,13 @@ async fn releases_need_the_redeemer_and_guessing_orders_is_budgeted() {
     }
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::NOT_FOUND).count(), 4, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(), 4, "{statuses:?}");
+    // A backend's releases without a userId are its own to vouch for: never one shared budget
+    // that locks every such release out.
+    for n in 0..8 {
+        let unknown =
+            client.post("/api/coupons/release", &json!({"code": "ONE", "orderId": format!("gone-{n}")})).await;
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{n}: {}", unknown.text);
+    }
     // The redeemer releases it, with spaces around its ids.
     let release =
         client.post("/api/coupons/release", &json!({"code": "ONE", "orderId": " o-1 ", "userId": "carol "})).await;
