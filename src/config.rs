@@ -14,6 +14,8 @@ const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Shortest bearer token accepted: anything shorter could be guessed.
 pub const MIN_TOKEN_CHARS: usize = 16;
+/// Tokens the README shows: anyone may know them.
+const README_EXAMPLE_TOKENS: [&str; 1] = ["change-me-to-16-or-more"];
 
 /// Environment variables whose names API.md fixes, and the setting each overrides.
 const FIXED_ENV: [(&str, &str); 6] = [
@@ -456,6 +458,9 @@ impl Settings {
             if !token.is_empty() && token.expose().chars().count() < MIN_TOKEN_CHARS {
                 return invalid(&format!("{name} must be at least {MIN_TOKEN_CHARS} characters"));
             }
+            if README_EXAMPLE_TOKENS.contains(&token.expose()) {
+                return invalid(&format!("{name} is the README's example: choose a secret of your own"));
+            }
         }
         Ok(())
     }
@@ -529,6 +534,7 @@ mod tests {
             (vec![("COUPON__HOLD__DEFAULT_TTL_SECS", "7200")], "default_ttl_secs"),
             (vec![("ADMIN_TOKEN", "short")], "ADMIN_TOKEN must be at least 16"),
             (vec![("API_TOKEN", "fifteen-chars!!")], "API_TOKEN must be at least 16"),
+            (vec![("ADMIN_TOKEN", "change-me-to-16-or-more")], "README's example"),
         ] {
             let err = load(&vars).expect_err("should be refused");
             let text = err.to_string();

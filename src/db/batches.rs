@@ -14,7 +14,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::db::{Error, coupons};
 use crate::domain::batch::{GenerateSpec, MAX_LISTED_DUPLICATES};
-use crate::domain::coupon::{BatchId, CampaignId, Coupon};
+use crate::domain::coupon::{BatchId, CampaignId, Coupon, RULE_CODE_PREFIX};
 
 /// The first key of a batch's advisory lock (the second is its id).
 pub const BATCH_LOCK: i32 = 72_015;
@@ -99,8 +99,12 @@ pub async fn claim(
     .bind(i32::try_from(uses_per_code).unwrap_or(i32::MAX))
     .fetch_one(&mut *tx)
     .await?;
-    let rule =
-        Coupon { code: format!("~BATCH-{id}").into(), campaign_id: Some(campaign), batch_id: Some(id), ..rule.clone() };
+    let rule = Coupon {
+        code: format!("{RULE_CODE_PREFIX}{id}").into(),
+        campaign_id: Some(campaign),
+        batch_id: Some(id),
+        ..rule.clone()
+    };
     let rule = coupons::insert(&mut *tx, &rule).await?;
     sqlx::query("UPDATE code_batches SET rule_id = $2 WHERE id = $1").bind(id).bind(rule.id).execute(&mut *tx).await?;
     // Session-level: taken before the row is visible, kept past this commit.

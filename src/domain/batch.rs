@@ -29,6 +29,8 @@ pub const MAX_LISTED_DUPLICATES: usize = 100;
 pub enum BatchError {
     #[error("must be from 1 to {MAX_CODES}")]
     Count,
+    #[error("must not be empty: a batch's codes start with a prefix of their own")]
+    EmptyPrefix,
     #[error("must be printable ASCII characters without spaces, leaving room for the random part")]
     Prefix,
     #[error(
@@ -63,8 +65,11 @@ impl GenerateSpec {
         if !(min..=MAX_RANDOM_LEN).contains(&length) {
             return Err(BatchError::Length { min });
         }
-        // The prefix alone is checked as a code would be, when there is one.
-        if (!prefix.is_empty() && !is_valid_code(&prefix)) || prefix.len() + length > MAX_CODE_LEN {
+        if prefix.is_empty() {
+            return Err(BatchError::EmptyPrefix);
+        }
+        // The prefix alone is checked as a code would be.
+        if !is_valid_code(&prefix) || prefix.len() + length > MAX_CODE_LEN {
             return Err(BatchError::Prefix);
         }
         Ok(GenerateSpec { count, prefix, length })
@@ -165,6 +170,8 @@ mod tests {
             (10_000_001, "P-", None, BatchError::Count),
             (1_000_000, "P-", Some(9), BatchError::Length { min: 10 }),
             (10, "P-", Some(26), BatchError::Length { min: 7 }),
+            (10, "", None, BatchError::EmptyPrefix),
+            (10, "  ", None, BatchError::EmptyPrefix),
             (10, "P -", None, BatchError::Prefix),
             (10, "P\u{7}", None, BatchError::Prefix),
             (10, "é", None, BatchError::Prefix),
@@ -176,7 +183,6 @@ mod tests {
                 "{count} {prefix:?} {length:?}"
             );
         }
-        assert!(GenerateSpec::new(10, "", None).is_ok(), "no prefix is a shape like any other");
     }
 
     #[test]

@@ -92,7 +92,12 @@ pub enum CouponError {
     EmptyValidityWindow,
     #[error("a user_specific coupon needs a userId")]
     UserSpecificWithoutUser,
+    #[error("codes starting with {RULE_CODE_PREFIX} belong to the rules of batches of codes")]
+    ReservedCode,
 }
+
+/// The start of the code of a batch's rule (`~BATCH-<id>`): no other coupon may have one.
+pub const RULE_CODE_PREFIX: &str = "~BATCH-";
 
 /// Normalises a code as lookups do: surrounding whitespace removed, ASCII upper-cased.
 pub(crate) fn normalize_code(code: &str) -> Cow<'_, str> {
@@ -175,6 +180,9 @@ impl Coupon {
     pub fn check(&self) -> Result<(), CouponError> {
         if !is_valid_code(&self.code) {
             return Err(CouponError::InvalidCode);
+        }
+        if self.batch_id.is_none() && self.code.starts_with(RULE_CODE_PREFIX) {
+            return Err(CouponError::ReservedCode);
         }
         if let (Some(from), Some(until)) = (self.valid_from, self.valid_until)
             && from >= until

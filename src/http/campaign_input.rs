@@ -181,7 +181,7 @@ fn whole(raw: &RawValue, field: &'static str) -> Result<u64, ApiError> {
 fn batch_error(err: BatchError) -> ApiError {
     let field = match &err {
         BatchError::Count => "count",
-        BatchError::Prefix => "prefix",
+        BatchError::Prefix | BatchError::EmptyPrefix => "prefix",
         BatchError::Length { .. } => "length",
         BatchError::Code { .. } => "codes",
         BatchError::Duplicates(codes) => return ApiError::DuplicateCodes { codes: codes.clone() },
@@ -260,12 +260,16 @@ mod tests {
             (format!(r#"{{"codes":"A",{rule}}}"#), Some("codes")),
             (format!(r#"{{"codes":["OK","BAD\u0007"],{rule}}}"#), Some("codes")),
             (format!(r#"{{"codes":["A"],"prefix":"P",{rule}}}"#), Some("prefix")),
-            (format!(r#"{{"count":10,{rule},"usesPerCode":0}}"#), Some("usesPerCode")),
-            (r#"{"count":10,"discountType":"fixed"}"#.into(), Some("discountValue")),
-            (r#"{"count":10,"discountType":"percentage","discountValue":101}"#.into(), Some("discountValue")),
+            (format!(r#"{{"count":10,"prefix":"P-",{rule},"usesPerCode":0}}"#), Some("usesPerCode")),
+            (format!(r#"{{"count":10,{rule}}}"#), Some("prefix")),
+            (r#"{"count":10,"prefix":"P-","discountType":"fixed"}"#.into(), Some("discountValue")),
+            (
+                r#"{"count":10,"prefix":"P-","discountType":"percentage","discountValue":101}"#.into(),
+                Some("discountValue"),
+            ),
             (
                 format!(
-                    r#"{{"count":10,{rule},"validFrom":"2026-02-01T00:00:00Z","validUntil":"2026-01-01T00:00:00Z"}}"#
+                    r#"{{"count":10,"prefix":"P-",{rule},"validFrom":"2026-02-01T00:00:00Z","validUntil":"2026-01-01T00:00:00Z"}}"#
                 ),
                 Some("validUntil"),
             ),

@@ -125,7 +125,7 @@ impl CouponPatch {
 /// The JSON field each impossible-coupon error is about.
 pub(crate) fn coupon_error(err: CouponError) -> ApiError {
     let field = match err {
-        CouponError::InvalidCode => "code",
+        CouponError::InvalidCode | CouponError::ReservedCode => "code",
         CouponError::PercentageOutOfRange | CouponError::AmountOutOfRange => "discountValue",
         CouponError::CapOnFixedDiscount => "maxDiscount",
         CouponError::EmptyValidityWindow => "validUntil",

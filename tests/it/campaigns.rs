@@ -167,11 +167,23 @@ async fn campaigns_batches_exports_and_assignments_end_to_end() {
     let shaped =
         json!({"code": "BF26-ZZZZZZZZZ", "type": "time_specific", "discountType": "fixed", "discountValue": 1});
     assert_eq!(admin(client, Method::POST, "/admin/coupons", Some(shaped)).await.status, StatusCode::CONFLICT);
+    // A batch rule's code is no other coupon's, through the API or SQL.
+    let ruled = json!({"code": "~batch-77", "type": "time_specific", "discountType": "fixed", "discountValue": 1});
+    let refused = admin(client, Method::POST, "/admin/coupons", Some(ruled)).await;
+    assert_eq!((refused.status, refused.json()["error"]["field"].clone()), (StatusCode::BAD_REQUEST, json!("code")));
+    let by_sql = sqlx::query(
+        "INSERT INTO coupons (code, type, discount_type, discount_value) VALUES ('~BATCH-77', 'time_specific', 'fixed', 1)",
+    )
+    .execute(&db.pool)
+    .await;
+    assert!(by_sql.is_err_and(|e| e.to_string().contains("coupons_rule_code_reserved")));
     for (body, field) in [
         (json!({"count": 1_000_000, "length": 6, "discountType": "fixed", "discountValue": 1}), "length"),
         (json!({"count": 0, "discountType": "fixed", "discountValue": 1}), "count"),
         (json!({"count": 10_000_001, "discountType": "fixed", "discountValue": 1}), "count"),
         (json!({"codes": ["OK", "BAD\u{7}"], "discountType": "fixed", "discountValue": 1}), "codes"),
+        (json!({"count": 10, "discountType": "fixed", "discountValue": 1}), "prefix"),
+        (json!({"count": 10, "prefix": "", "discountType": "fixed", "discountValue": 1}), "prefix"),
     ] {
         let refused = admin(client, Method::POST, &batches, Some(body.clone())).await;
         assert_eq!(

@@ -253,10 +253,16 @@ fn listed(query: Option<&str>) -> Result<Listed, ApiError> {
     Ok(listed)
 }
 
-/// A CSV field: quoted when it holds a comma or a quote (codes have no spaces or newlines).
+/// A CSV field: quoted when it holds a comma or a quote (codes have no spaces or newlines),
+/// and a value a spreadsheet would run as a formula (one starting with `=`, `+`, `-`, `@`, a tab
+/// or a carriage return) written with a `'` before it, quoted, as OWASP advises for CSV.
 fn csv_field(value: &str, out: &mut String) {
-    if value.contains([',', '"']) {
+    let formula = value.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    if formula || value.contains([',', '"']) {
         out.push('"');
+        if formula {
+            out.push('\'');
+        }
         out.push_str(&value.replace('"', "\"\""));
         out.push('"');
     } else {
@@ -336,8 +342,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_fields_are_quoted_only_when_needed() {
-        for (code, expected) in [("BF26-ABC", "BF26-ABC"), ("A,B", "\"A,B\""), ("Q\"T", "\"Q\"\"T\"")] {
+    fn csv_fields_are_quoted_only_when_needed_and_formulas_never_run() {
+        for (code, expected) in [
+            ("BF26-ABC", "BF26-ABC"),
+            ("A,B", "\"A,B\""),
+            ("Q\"T", "\"Q\"\"T\""),
+            ("=HYPERLINK(1)", "\"'=HYPERLINK(1)\""),
+            ("+1", "\"'+1\""),
+            ("-2,3", "\"'-2,3\""),
+            ("@SUM", "\"'@SUM\""),
+            ("A=B", "A=B"),
+        ] {
             let mut out = String::new();
             csv_field(code, &mut out);
             assert_eq!(out, expected);
