@@ -64,6 +64,7 @@ fn main() {
         window: Duration::from_secs(600),
         trusted_proxies: Vec::new(),
         max_active_holds_per_user: 3,
+        assigned_codes_per_user: 10,
     });
     let attempts: u64 = if full { 1_000_000 } else { 10_000 };
     let before = held();

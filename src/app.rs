@@ -159,6 +159,7 @@ impl App {
             guard: LookupGuard::new(&settings.protection),
             http: settings.http.clone(),
             hold: settings.hold.clone(),
+            assigned_codes_per_user: settings.protection.assigned_codes_per_user,
             cart: crate::http::cart_input::CartLimits {
                 default_currency: settings.money.default_currency(),
                 max_lines: settings.cart.max_lines,

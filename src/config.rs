@@ -192,6 +192,8 @@ pub struct ProtectionSettings {
     #[serde(deserialize_with = "addresses")]
     pub trusted_proxies: Vec<IpAddr>,
     pub max_active_holds_per_user: u32,
+    /// Bulk codes one user may be handed per campaign by assign-next.
+    pub assigned_codes_per_user: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -450,6 +452,9 @@ impl Settings {
         }
         if self.protection.max_active_holds_per_user == 0 {
             return invalid("protection.max_active_holds_per_user must be positive");
+        }
+        if self.protection.assigned_codes_per_user == 0 {
+            return invalid("protection.assigned_codes_per_user must be positive");
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return invalid("DATA_DIR must not be empty");

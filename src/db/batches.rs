@@ -356,6 +356,8 @@ pub enum Assignment {
     Again { code: String },
     /// The key was used before for another user.
     KeyTaken,
+    /// The user was handed as many codes of the campaign as one may be.
+    UserLimit,
     /// No unassigned, unused code is left.
     Exhausted,
     /// A batch of the campaign is done but not yet loaded here: nothing is known of its
@@ -385,12 +387,29 @@ pub(crate) async fn assign_next(
     campaign: CampaignId,
     user_id: &str,
     key: &str,
+    per_user: u32,
     usable: impl Fn(BatchId, u32) -> CodeUse,
 ) -> Result<Assignment, Error> {
     loop {
         let mut tx = pool.begin().await?;
         if let Some(found) = existing_assignment(&mut tx, campaign, user_id, key).await? {
             return Ok(found);
+        }
+        // One user's assignments are counted under its own lock, so that two at once cannot
+        // both take the last one allowed.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('assign:' || $1 || ':' || $2, 0))")
+            .bind(campaign)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await?;
+        let handed: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM code_assignments WHERE campaign_id = $1 AND user_id = $2")
+                .bind(campaign)
+                .bind(user_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if handed >= i64::from(per_user) {
+            return Ok(Assignment::UserLimit);
         }
         let Some((batch, mut cursor)) = sqlx::query_as::<_, (BatchId, i32)>(
             "SELECT id, next_assign FROM code_batches WHERE campaign_id = $1 AND status = 'done' \

@@ -42,6 +42,8 @@ pub enum ApiError {
     BelowUsage { field: &'static str, used: String },
     #[error("no unassigned, unused code is left in this campaign")]
     PoolExhausted,
+    #[error("this user has been handed as many codes of this campaign as one user may be")]
+    AssignmentLimitReached,
     #[error("the database refused the change")]
     Refused,
     #[error("the database is unavailable; retry shortly")]
@@ -96,7 +98,8 @@ impl ApiError {
             ApiError::Conflict { .. }
             | ApiError::DuplicateCodes { .. }
             | ApiError::BelowUsage { .. }
-            | ApiError::PoolExhausted => StatusCode::CONFLICT,
+            | ApiError::PoolExhausted
+            | ApiError::AssignmentLimitReached => StatusCode::CONFLICT,
             ApiError::TooManyFailedLookups { .. } | ApiError::TooManyHolds => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady
             | ApiError::DatabaseUnavailable
@@ -130,6 +133,7 @@ impl ApiError {
             ApiError::DuplicateCodes { .. } => "DUPLICATE_CODES",
             ApiError::BelowUsage { .. } => "BELOW_CURRENT_USAGE",
             ApiError::PoolExhausted => "POOL_EXHAUSTED",
+            ApiError::AssignmentLimitReached => "USER_ASSIGNMENT_LIMIT_REACHED",
             ApiError::Refused => "REFUSED",
             ApiError::DatabaseUnavailable => "DATABASE_UNAVAILABLE",
             ApiError::JournalUnavailable => "JOURNAL_UNAVAILABLE",

@@ -353,6 +353,7 @@ mod tests {
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
             failed_admin_auths_per_address: 10,
             max_active_holds_per_user: 3,
+            assigned_codes_per_user: 10,
         })
     }
 

@@ -55,6 +55,8 @@ pub struct State {
     pub guard: guard::LookupGuard,
     pub http: HttpSettings,
     pub hold: HoldSettings,
+    /// Bulk codes assign-next may hand one user per campaign.
+    pub assigned_codes_per_user: u32,
     /// What a cart in a request is checked against (API.md §9).
     pub cart: cart_input::CartLimits,
     /// Batches of bulk codes this instance is writing.

@@ -309,6 +309,33 @@ async fn campaigns_batches_exports_and_assignments_end_to_end() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line}");
     }
+
+    create_campaign(client, json!({"name": "hoard"})).await;
+    generate(client, "hoard", json!({"count": 15, "prefix": "HOARD-", "discountType": "fixed", "discountValue": 1}))
+        .await;
+    // One user is handed at most protection.assigned_codes_per_user codes (10), whatever the keys.
+    let mut statuses = Vec::new();
+    for n in 0..12 {
+        let body = json!({"userId": "hoarder", "key": format!("hoard-{n}")});
+        statuses.push(admin(client, Method::POST, "/admin/campaigns/hoard/codes/assign", Some(body)).await.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 10, "{statuses:?}");
+    let refused = admin(
+        client,
+        Method::POST,
+        "/admin/campaigns/hoard/codes/assign",
+        Some(json!({"userId": "hoarder", "key": "hoard-99"})),
+    )
+    .await;
+    assert_eq!(refused.json()["error"]["code"], "USER_ASSIGNMENT_LIMIT_REACHED");
+    let again = admin(
+        client,
+        Method::POST,
+        "/admin/campaigns/hoard/codes/assign",
+        Some(json!({"userId": "hoarder", "key": "hoard-3"})),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK, "a key handed before still answers its code");
     app.stop().await.unwrap();
 }
 

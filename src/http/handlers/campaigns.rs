@@ -297,7 +297,9 @@ pub(crate) async fn assign_code(state: &State, call: Call) -> Result<HttpRespons
         None => CodeUse::Unknown,
     };
     let assignment =
-        batches::assign_next(&state.pool, campaign.id, &user_id, &key, usable).await.map_err(database_error)?;
+        batches::assign_next(&state.pool, campaign.id, &user_id, &key, state.assigned_codes_per_user, usable)
+            .await
+            .map_err(database_error)?;
     match assignment {
         Assignment::New { code, batch, position } => {
             engine.assign_code(batch, position, &user_id);
@@ -308,6 +310,7 @@ pub(crate) async fn assign_code(state: &State, call: Call) -> Result<HttpRespons
             Err(ApiError::Conflict { message: "this key already assigned a code to another user".into() })
         }
         Assignment::Exhausted => Err(ApiError::PoolExhausted),
+        Assignment::UserLimit => Err(ApiError::AssignmentLimitReached),
         Assignment::NotLoaded => Err(ApiError::Busy),
     }
 }
