@@ -155,7 +155,7 @@ impl Event {
     }
 
     /// Decodes journal payload bytes.
-    pub(crate) fn decode(payload: &[u8]) -> Result<Event, serde_json::Error> {
+    pub fn decode(payload: &[u8]) -> Result<Event, serde_json::Error> {
         serde_json::from_slice(payload)
     }
 }

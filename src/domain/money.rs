@@ -49,7 +49,7 @@ impl Cents {
     /// The value must be representable in whole cents: `12.50` and `1.5e1` are accepted,
     /// `12.345` is refused rather than rounded. Exponents are applied to the digit string,
     /// never through a float, so `1e400` is "too large" rather than infinity.
-    pub(crate) fn parse_json_number(text: &str) -> Result<Cents, MoneyError> {
+    pub fn parse_json_number(text: &str) -> Result<Cents, MoneyError> {
         parse_minor(text, 2).map(Cents)
     }
 }

@@ -81,7 +81,7 @@ impl CouponPatch {
     /// A new coupon from a create body: `code`, `type`, `discountType` and `discountValue`
     /// are required; `status` defaults to active, `minOrderValue` to 0, the rest to null.
     /// The campaign, named by `campaign`, is resolved by the caller.
-    pub(crate) fn into_new_coupon(self) -> Result<Coupon, ApiError> {
+    pub fn into_new_coupon(self) -> Result<Coupon, ApiError> {
         let code = self.code.clone().ok_or(ApiError::MissingField { field: "code" })?;
         let kind = self.kind.ok_or(ApiError::MissingField { field: "type" })?;
         let discount_type = self.discount_type.ok_or(ApiError::MissingField { field: "discountType" })?;

@@ -1,9 +1,11 @@
-//! Request bodies: any bytes give a checked request or an error, never a panic, and an
-//! accepted request always meets the input rules.
+//! Request bodies, carts included: any bytes give a checked request or an error, never a
+//! panic, and an accepted request always meets the input rules.
 #![no_main]
 
 use coupon_engine::domain::coupon::MAX_CODE_LEN;
 use coupon_engine::domain::identity::MAX_ID_LEN;
+use coupon_engine::domain::currency::Currency;
+use coupon_engine::http::cart_input::CartLimits;
 use coupon_engine::http::request::{ReleaseBody, UseBody, ValidateBody};
 use libfuzzer_sys::fuzz_target;
 
@@ -12,7 +14,8 @@ fn well_formed(text: &str, max: usize) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(request) = ValidateBody::parse(data) {
+    let limits = CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100 };
+    if let Ok(request) = ValidateBody::parse(data, limits) {
         assert!(well_formed(&request.code, MAX_CODE_LEN));
         assert_eq!(request.code.trim(), request.code);
         assert!(!request.code.bytes().any(|b| b.is_ascii_lowercase()));
@@ -20,8 +23,15 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(request.user_id.trim(), request.user_id);
         assert!(request.order_id.as_deref().is_none_or(|o| well_formed(o, MAX_ID_LEN)));
         assert!(request.order_value.get() <= coupon_engine::domain::money::MAX_CENTS);
+        if let Some(cart) = &request.cart
+            && cart.has_items
+        {
+            assert!((1..=100).contains(&cart.cart.lines.len()));
+            assert!(cart.cart.lines.iter().all(|l| (1..=10_000).contains(&l.quantity)));
+            assert_eq!(cart.cart.order_value(), request.order_value.get());
+        }
     }
-    if let Ok(request) = UseBody::parse(data, 3600) {
+    if let Ok(request) = UseBody::parse(data, 3600, limits) {
         assert!(well_formed(&request.order_id, MAX_ID_LEN));
         assert!(request.ttl_seconds.is_none_or(|ttl| (1..=3600).contains(&ttl)));
     }
