@@ -124,6 +124,9 @@ impl Engine {
                 Err(shortage) => {
                     put_back(cluster, &totals[..idx]);
                     return Err(match shortage {
+                        // Units a claim of this instance holds in doubt are not sold: the
+                        // limit is not reached until PostgreSQL says the claim committed.
+                        Shortage::Exhausted if self.doubtful.hold(scope) => Short::Unavailable,
                         Shortage::Exhausted => Short::Limit(shortage_reason(scope)),
                         Shortage::Unavailable => Short::Unavailable,
                     });
@@ -443,6 +446,12 @@ impl Doubts {
 
     pub(crate) fn len(&self) -> usize {
         self.count.load(Ordering::Acquire)
+    }
+
+    /// Whether a claim in doubt holds units of `scope`: they come back if it did not commit.
+    pub(crate) fn hold(&self, scope: Scope) -> bool {
+        self.len() > 0
+            && self.keys.lock().expect("doubts").values().any(|d| d.totals.iter().any(|(s, n)| *s == scope && *n > 0))
     }
 }
 

@@ -327,6 +327,28 @@ async fn a_per_user_limit_set_later_counts_the_uses_before_it() {
     }
 }
 
+/// A claim that failed without an answer keeps its lease unit until PostgreSQL says whether it
+/// committed: meanwhile the limit is not reached for anyone else on this instance (503, never a
+/// false 422), and once the claim is known not to have committed the unit sells.
+#[tokio::test]
+async fn a_unit_held_by_a_claim_in_doubt_is_unavailable_not_sold_out() {
+    let f = Fixture::new(Deciding::Sharing, vec![coupon(1, "LAST", |c| c.usage_limit = Some(1))], vec![]).await;
+    let shared = f.shared.clone().expect("sharing");
+    // The lease's unit is granted; the claim then fails before it reaches PostgreSQL.
+    shared.fail_claims(true);
+    assert_eq!(f.redeem("LAST", "u1", "o-1", 5_000).await, UseOutcome::Refused(Refused::QuotaUnavailable));
+    shared.fail_claims(false);
+    let meanwhile = f.redeem("LAST", "u2", "o-2", 5_000).await;
+    assert_eq!(meanwhile, UseOutcome::Refused(Refused::QuotaUnavailable), "the unit may come back");
+    assert_eq!(f.engine.settle_doubts().await, 0, "every doubt settled");
+    assert!(matches!(f.redeem("LAST", "u2", "o-2", 5_000).await, UseOutcome::Taken(_)), "it came back");
+    assert_eq!(
+        f.redeem("LAST", "u3", "o-3", 5_000).await,
+        UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached)),
+        "now it is sold out"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn releases_race_redeems_and_give_back_exactly_once() {
     for deciding in BOTH {

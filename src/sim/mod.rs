@@ -100,6 +100,8 @@ struct World {
     step: std::sync::atomic::AtomicU64,
     /// Where PostgreSQL reads the time instead of `now`, for the engine's tests.
     clock: Option<Arc<ManualClock>>,
+    /// Claims fail before they reach PostgreSQL, for the engine's tests.
+    failing_claims: std::sync::atomic::AtomicBool,
 }
 
 impl World {
@@ -163,8 +165,14 @@ impl SharedModel {
             now: Mutex::new(clock.now()),
             step: std::sync::atomic::AtomicU64::new(0),
             clock: Some(clock),
+            failing_claims: std::sync::atomic::AtomicBool::new(false),
         });
         SharedModel { world }
+    }
+
+    /// Makes claims fail before they reach PostgreSQL (grants still answer), or not.
+    pub(crate) fn fail_claims(&self, fail: bool) {
+        self.world.failing_claims.store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The ports to build the engine with.
@@ -253,6 +261,9 @@ impl ClusterPort for SimPort {
     }
 
     fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome> {
+        if self.world.failing_claims.load(std::sync::atomic::Ordering::Relaxed) {
+            return Box::pin(std::future::ready(Err(PortError("claims fail".into()))));
+        }
         let answer =
             self.world.call(self.node, ("claim", req.id, req.rev), |pg, _| pg.claim(req, &self.instance, self.epoch));
         Box::pin(std::future::ready(answer))
@@ -454,6 +465,7 @@ impl Sim {
             now: Mutex::new(base),
             step: std::sync::atomic::AtomicU64::new(0),
             clock: None,
+            failing_claims: std::sync::atomic::AtomicBool::new(false),
         });
         let nodes = (0..nodes)
             .map(|i| Node {
