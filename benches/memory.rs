@@ -65,6 +65,7 @@ fn main() {
         trusted_proxies: Vec::new(),
         max_active_holds_per_user: 3,
         assigned_codes_per_user: 10,
+        anonymous_validations_per_minute: 0,
     });
     let attempts: u64 = if full { 1_000_000 } else { 10_000 };
     let before = held();

@@ -194,6 +194,9 @@ pub struct ProtectionSettings {
     pub max_active_holds_per_user: u32,
     /// Bulk codes one user may be handed per campaign by assign-next.
     pub assigned_codes_per_user: u32,
+    /// Validations an anonymous caller (no API token, when one is set) may send per minute
+    /// from one address; 0: no limit.
+    pub anonymous_validations_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -303,7 +303,11 @@ impl Metrics {
             pool_idle: reg.gauge("db_pool_connections", &[("state", "idle")]),
             pool_in_use: reg.gauge("db_pool_connections", &[("state", "in_use")]),
             pool_max: reg.gauge("db_pool_max_connections", &[]),
-            refused_lookups: reg.labelled("coupon_lookups_refused_total", "scope", ["user", "user_address", "address"]),
+            refused_lookups: reg.labelled(
+                "coupon_lookups_refused_total",
+                "scope",
+                ["user", "user_address", "address", "validations"],
+            ),
             process: ProcessMetrics {
                 cpu_seconds: reg.counter("process_cpu_seconds_total", &[]),
                 resident_bytes: reg.gauge("process_resident_memory_bytes", &[]),

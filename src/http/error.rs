@@ -54,6 +54,8 @@ pub enum ApiError {
     Busy,
     #[error("too many lookups of unknown coupons; retry after {retry_after_secs} s")]
     TooManyFailedLookups { retry_after_secs: u64 },
+    #[error("too many validations from this address without the API token; retry after {retry_after_secs} s")]
+    TooManyValidations { retry_after_secs: u64 },
     #[error("this user holds too many uses already; retry after one is confirmed, cancelled or expired")]
     TooManyHolds,
     #[error("the service is at capacity; retry shortly")]
@@ -100,7 +102,9 @@ impl ApiError {
             | ApiError::BelowUsage { .. }
             | ApiError::PoolExhausted
             | ApiError::AssignmentLimitReached => StatusCode::CONFLICT,
-            ApiError::TooManyFailedLookups { .. } | ApiError::TooManyHolds => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyFailedLookups { .. } | ApiError::TooManyValidations { .. } | ApiError::TooManyHolds => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::NotReady
             | ApiError::DatabaseUnavailable
             | ApiError::JournalUnavailable
@@ -139,6 +143,7 @@ impl ApiError {
             ApiError::JournalUnavailable => "JOURNAL_UNAVAILABLE",
             ApiError::Busy => "BUSY",
             ApiError::TooManyFailedLookups { .. } => "TOO_MANY_FAILED_LOOKUPS",
+            ApiError::TooManyValidations { .. } => "TOO_MANY_VALIDATIONS",
             ApiError::TooManyHolds => "TOO_MANY_HOLDS",
             ApiError::Overloaded => "OVERLOADED",
             ApiError::Timeout => "TIMEOUT",
@@ -166,7 +171,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::TooManyFailedLookups { retry_after_secs } => {
+            ApiError::TooManyFailedLookups { retry_after_secs } | ApiError::TooManyValidations { retry_after_secs } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             ApiError::Unauthorized => {

@@ -163,6 +163,8 @@ pub struct LookupGuard {
     users_at_addresses: Option<Budget>,
     addresses: Option<Budget>,
     admin: Option<Budget>,
+    /// Anonymous validations per address per minute.
+    validations: Option<Budget>,
     window: Duration,
     /// Until when (seconds since `epoch`, exclusive) some key may be over budget; zero or past
     /// means no lookup needs checking.
@@ -181,13 +183,14 @@ impl std::fmt::Debug for LookupGuard {
 impl LookupGuard {
     pub fn new(settings: &ProtectionSettings) -> LookupGuard {
         let window = settings.window;
-        // Four tables share the memory cap.
-        let bytes = MAX_BYTES / 4;
+        // Five tables share the memory cap.
+        let bytes = MAX_BYTES / 5;
         LookupGuard {
             users: Budget::new(settings.failed_lookups_per_user, window, bytes),
             users_at_addresses: Budget::new(settings.failed_lookups_per_user, window, bytes),
             addresses: Budget::new(settings.failed_lookups_per_address, window, bytes),
             admin: Budget::new(settings.failed_admin_auths_per_address, window, bytes),
+            validations: Budget::new(settings.anonymous_validations_per_minute, Duration::from_secs(60), bytes),
             window,
             blocked_until: AtomicU32::new(0),
             epoch: Instant::now(),
@@ -264,6 +267,21 @@ impl LookupGuard {
             ]
         };
         candidates.into_iter().filter_map(|(scope, budget, key)| Some((scope, budget?, key))).collect()
+    }
+
+    /// Counts a validate by an anonymous caller against its address's minute
+    /// (`protection.anonymous_validations_per_minute`); past it, `429` until the minute ends.
+    /// A backend is not counted: it validates for its shoppers, from one address.
+    pub(crate) fn admit_validation(&self, ip: IpAddr, backend: bool, metrics: &Metrics) -> Result<(), ApiError> {
+        let Some(budget) = self.validations.as_ref().filter(|_| !backend) else { return Ok(()) };
+        let key = self.keys.hash_one(("validations", address_key(ip)));
+        let now = self.now();
+        if let Some(wait) = budget.blocked_for(key, now) {
+            metrics.refused_lookups.inc("validations");
+            return Err(ApiError::TooManyValidations { retry_after_secs: wait.as_secs_f64().ceil() as u64 });
+        }
+        budget.fail(key, now);
+        Ok(())
     }
 
     /// Refuses an admin call from an address that failed to authenticate too often.
@@ -354,6 +372,7 @@ mod tests {
             failed_admin_auths_per_address: 10,
             max_active_holds_per_user: 3,
             assigned_codes_per_user: 10,
+            anonymous_validations_per_minute: 0,
         })
     }
 

@@ -286,3 +286,36 @@ async fn the_address_budget_follows_forwarded_addresses_from_trusted_proxies_onl
     .await;
     app.stop().await.unwrap();
 }
+
+/// Anonymous validation is bounded per address (each one is logged for 30 days): past
+/// `protection.anonymous_validations_per_minute`, 429 with Retry-After; the backend, with its
+/// token, is not counted, nor is another address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_validations_are_bounded_per_address() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn_with(
+        &db.url,
+        &[
+            ("API_TOKEN", "api-token-api-token"),
+            ("COUPON__PROTECTION__ANONYMOUS_VALIDATIONS_PER_MINUTE", "3"),
+            ("COUPON__PROTECTION__TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+    )
+    .await;
+    let from = |ip: &'static str| [("x-forwarded-for", ip)];
+    for n in 0..3 {
+        assert_eq!(lookup(&app, "TEN", &format!("shopper-{n}"), &from("203.0.113.8")).await.status, StatusCode::OK);
+    }
+    let refused = lookup(&app, "TEN", "shopper-9", &from("203.0.113.8")).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS, "{}", refused.text);
+    assert_eq!(refused.json()["error"]["code"], "TOO_MANY_VALIDATIONS");
+    assert!(refused.headers.contains_key("retry-after"));
+    assert_eq!(lookup(&app, "TEN", "shopper-9", &from("203.0.113.9")).await.status, StatusCode::OK);
+    let backend = [("x-forwarded-for", "203.0.113.8"), ("authorization", "Bearer api-token-api-token")];
+    for n in 0..5 {
+        assert_eq!(lookup(&app, "TEN", &format!("b-{n}"), &backend).await.status, StatusCode::OK);
+    }
+    assert_eq!(app.client.metric("coupon_lookups_refused_total{scope=\"validations\"}").await, 1.0);
+    app.stop().await.unwrap();
+}

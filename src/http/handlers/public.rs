@@ -55,6 +55,7 @@ fn reason<S: serde::Serializer>(reason: &Option<Reason>, serializer: S) -> Resul
 /// `POST /api/coupons/validate`.
 pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
     let input = ValidateBody::parse(&call.body, state.cart)?;
+    state.guard.admit_validation(call.client_ip, call.backend, &state.metrics)?;
     state.guard.admit(&input.user_id, call.client_ip, call.backend, &state.metrics)?;
     let caller = Caller {
         ip: Some(call.client_ip),
