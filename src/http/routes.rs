@@ -542,8 +542,11 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let too_large = ApiError::PayloadTooLarge { limit };
+    // Past both the limit and the drain bound: answered at once. (A body within its route's
+    // limit is read whole however large the limit: an import may be 64 MiB.)
+    let hopeless = |len: u64| len > limit as u64 && len > DRAINED_AT_MOST;
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > DRAINED_AT_MOST) {
+    if declared.is_some_and(hopeless) {
         return Err(too_large);
     }
     let mut body = std::pin::pin!(body);
@@ -552,7 +555,7 @@ where
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(|_| ApiError::BadBody)?.into_data() else { continue };
         seen += data.len() as u64;
-        if seen > DRAINED_AT_MOST {
+        if hopeless(seen) {
             return Err(too_large);
         }
         if seen <= limit as u64 {

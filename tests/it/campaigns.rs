@@ -539,3 +539,23 @@ async fn a_batch_marked_failed_by_two_at_once_reads_failed() {
     let seen = second.await.unwrap();
     assert_eq!(seen.status, "failed", "{seen:?}");
 }
+
+/// An import too large to finish within the admin deadline answers 202 with its batch id
+/// (not a 503 while it goes on unnamed), and the batch is then followed to done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_longer_than_the_admin_deadline_answers_202_with_its_id() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN), ("COUPON__HTTP__ADMIN_TIMEOUT", "2s")]).await;
+    let client = &app.client;
+    create_campaign(client, json!({"name": "big"})).await;
+    let codes: Vec<String> = (0..1_000_000).map(|n| format!("BIG-{n:07}")).collect();
+    let body = json!({"codes": codes, "discountType": "fixed", "discountValue": 1});
+    let answer = admin(client, Method::POST, "/admin/campaigns/big/batches", Some(body)).await;
+    assert!([StatusCode::CREATED, StatusCode::ACCEPTED].contains(&answer.status), "{}: {}", answer.status, answer.text);
+    let id = answer.json()["batchId"].as_i64().expect("a batch id");
+    eventually(Duration::from_secs(120), "the batch done", || async {
+        admin(client, Method::GET, &format!("/admin/batches/{id}"), None).await.json()["status"] == "done"
+    })
+    .await;
+    app.stop().await.unwrap();
+}

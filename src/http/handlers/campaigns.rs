@@ -26,6 +26,8 @@ use crate::http::response::{self, HttpResponse, optional_money, rfc3339};
 /// How long a batch request waits for its batch before answering `202`: under the admin
 /// timeout, with room to spare.
 const BATCH_WAIT: Duration = Duration::from_secs(3);
+/// What an admin answer keeps of its deadline for writing the answer.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
 /// Bytes of CSV sent at a time.
 const CSV_CHUNK: usize = 64 * 1024;
 
@@ -139,7 +141,11 @@ pub(crate) async fn create_batch(state: &State, call: Call) -> Result<HttpRespon
             ClaimError::Database(err) => database_error(err),
         })?;
     let id = started.id;
-    let outcome = match tokio::time::timeout(BATCH_WAIT, &mut started.done).await {
+    // Answered before the admin deadline (`http.admin_timeout`), whatever parsing took: past
+    // it the router would answer 503 while the batch went on with no id given.
+    let answer_by = call.started + state.http.admin_timeout.saturating_sub(ANSWER_MARGIN);
+    let left = || answer_by.saturating_duration_since(std::time::Instant::now());
+    let outcome = match tokio::time::timeout(BATCH_WAIT.min(left()), &mut started.done).await {
         Err(_) => {
             let body = BatchCreated { batch_id: id, count: None, status: "running", cached: None };
             return Ok(response::json(StatusCode::ACCEPTED, &body));
@@ -149,7 +155,7 @@ pub(crate) async fn create_batch(state: &State, call: Call) -> Result<HttpRespon
     match outcome {
         Outcome::Done => {
             let catalog = state.engine.catalog();
-            let cached = catalog.wait_until(CACHE_SYNC_TIMEOUT, |c| c.codes().batch(id).is_some()).await;
+            let cached = catalog.wait_until(CACHE_SYNC_TIMEOUT.min(left()), |c| c.codes().batch(id).is_some()).await;
             let body = BatchCreated { batch_id: id, count: Some(count), status: "done", cached: Some(cached) };
             Ok(response::json(StatusCode::CREATED, &body))
         }
