@@ -107,9 +107,10 @@ impl Running {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A discountable line of product `p-<id>`, for the cart tests.
     pub(crate) fn line(id: &str, quantity: u32, unit_price: u64) -> Line {
         Line {
             line_id: id.into(),

@@ -304,19 +304,7 @@ fn chosen(bxgy: &BuyXGetY, scope: Option<&Scope>, lines: &[Line], running: &[Vec
 mod tests {
     use super::*;
     use crate::domain::cart::Line;
-
-    fn line(id: &str, quantity: u32, unit_price: u64) -> Line {
-        Line {
-            line_id: id.into(),
-            product_id: format!("p-{id}"),
-            variant_id: None,
-            category_ids: Vec::new(),
-            quantity,
-            unit_price,
-            on_sale: false,
-            discountable: true,
-        }
-    }
+    use crate::domain::cart::tests::line;
 
     fn cart(lines: &[(u32, u64)]) -> Cart {
         Cart {
