@@ -3,8 +3,9 @@
 //! the running amounts lowered, as a validate with items does them.
 
 use std::hint::black_box;
+use std::sync::Arc;
 
-use coupon_engine::domain::cart::{Cart, Line, Running, Scope};
+use coupon_engine::domain::cart::{Cart, IdSet, Line, Running, Scope};
 use coupon_engine::domain::cart_discount::{BuyXGetY, Kind, Selection, Target, Terms};
 use coupon_engine::domain::money::Percent;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -42,7 +43,11 @@ fn bench(c: &mut Criterion) {
     let scoped = Terms {
         kind: Kind::Percentage(percent(1250)),
         target: Target::Items,
-        scope: Some(Scope { include_categories: vec!["shirts".into()], exclude_on_sale: true, ..Scope::default() }),
+        scope: Some(Arc::new(Scope {
+            include_categories: IdSet::new(["shirts"]),
+            exclude_on_sale: true,
+            ..Scope::default()
+        })),
         min_quantity: Some(2),
         cap: Some(5_000),
     };
@@ -50,14 +55,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| apply(black_box(&scoped), black_box(&cart)))
     });
     let bxgy = Terms {
-        kind: Kind::BuyXGetY(BuyXGetY {
+        kind: Kind::BuyXGetY(Arc::new(BuyXGetY {
             buy: 2,
             get: 1,
             get_percent: percent(10_000),
             get_scope: None,
             max_applications: None,
             selection: Selection::Cheapest,
-        }),
+        })),
         target: Target::Items,
         scope: None,
         min_quantity: None,

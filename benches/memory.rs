@@ -45,6 +45,7 @@ fn main() {
             hold_until: None,
             released_at: None,
             made_by: None,
+            cart: Default::default(),
         })
         .collect();
     let before = held();

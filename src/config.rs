@@ -97,6 +97,8 @@ pub struct HttpSettings {
     /// Whether a service reachable beyond this machine may run without `API_TOKEN` (then
     /// anyone who reaches it can redeem, hold and release as the shop's backend would).
     pub allow_anonymous_writes: bool,
+    /// The largest validate, redeem or hold body with `items` (API.md §9); others keep 16 KiB.
+    pub max_body_bytes_cart: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +348,7 @@ impl Settings {
             max_active_holds_per_user: self.protection.max_active_holds_per_user,
             released_retention: self.ledger.released_retention,
             forgotten_capacity: self.ledger.forgotten_capacity,
+            default_currency: self.money.default_currency(),
         }
     }
 
@@ -412,8 +415,13 @@ impl Settings {
         if self.cluster.alone_timeout < self.cluster.identity_timeout {
             return invalid("cluster.alone_timeout must be at least cluster.identity_timeout");
         }
-        if crate::domain::currency::Currency::parse(&self.money.default_currency).is_none() {
-            return invalid("money.default_currency must be an ISO 4217 code with 0, 2 or 3 decimals");
+        // Requests without a currency, coupons' own amounts and campaigns' budgets are kept
+        // in hundredths of the default currency (API.md §3): its minor unit must be one.
+        if crate::domain::currency::Currency::parse(&self.money.default_currency).is_none_or(|c| c.decimals() != 2) {
+            return invalid("money.default_currency must be an ISO 4217 code with 2 decimals (such as EUR or USD)");
+        }
+        if !(16 * 1024..=1024 * 1024).contains(&http.max_body_bytes_cart) {
+            return invalid("http.max_body_bytes_cart must be from 16384 to 1048576");
         }
         if !(1..=1000).contains(&self.cart.max_lines) {
             return invalid("cart.max_lines must be from 1 to 1000");
@@ -543,6 +551,9 @@ mod tests {
             (vec![("ADMIN_TOKEN", "short")], "ADMIN_TOKEN must be at least 16"),
             (vec![("API_TOKEN", "fifteen-chars!!")], "API_TOKEN must be at least 16"),
             (vec![("ADMIN_TOKEN", "change-me-to-16-or-more")], "README's example"),
+            (vec![("COUPON__HTTP__MAX_BODY_BYTES_CART", "1024")], "max_body_bytes_cart"),
+            (vec![("COUPON__MONEY__DEFAULT_CURRENCY", "JPY")], "2 decimals"),
+            (vec![("COUPON__MONEY__DEFAULT_CURRENCY", "XYZ")], "default_currency"),
         ] {
             let err = load(&vars).expect_err("should be refused");
             let text = err.to_string();

@@ -121,20 +121,14 @@ fn generate_coupons(params: &SeedParams, rng: &mut ChaCha8Rng) -> Vec<Coupon> {
             let suffix: String =
                 (0..4).map(|_| char::from(b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789"[rng.random_range(0..32)])).collect();
             Coupon {
-                id,
-                code: format!("{prefix}-{id:05}-{suffix}").into(),
-                kind,
                 status,
-                discount,
                 min_order_value,
                 usage_limit,
                 per_user_limit,
                 user_id: user_id.map(Into::into),
                 valid_from,
                 valid_until,
-                campaign_id: None,
-                batch_id: None,
-                version: 1,
+                ..Coupon::new(id, &format!("{prefix}-{id:05}-{suffix}"), kind, discount)
             }
         })
         .collect()

@@ -9,14 +9,21 @@ use sqlx::{PgExecutor, PgPool};
 
 use crate::db::{Error, money};
 use crate::domain::campaign::Campaign;
-use crate::domain::coupon::{BatchId, CampaignId, Coupon, CouponId, CouponKind, Discount, DiscountType, Status};
+use crate::domain::cart_discount::Target;
+use crate::domain::cart_fields::{self, FieldError};
+use crate::domain::coupon::{
+    Allocation, BatchId, CampaignId, Coupon, CouponId, CouponKind, Discount, DiscountType, MinOrderBasis, Status,
+};
+use crate::domain::currency::Currency;
 use crate::engine::codes::{BatchBuilder, BatchCodes};
 
 /// The coupon columns [`CouponRow`] reads, in one place.
 macro_rules! coupon_select {
     () => {
         "SELECT id, code, type AS kind, status, discount_type, discount_value, max_discount, min_order_value, \
-         usage_limit, per_user_limit, user_id, valid_from, valid_until, campaign_id, batch_id, version FROM coupons"
+         usage_limit, per_user_limit, user_id, valid_from, valid_until, campaign_id, batch_id, version, \
+         target, scope::text AS scope, min_quantity, min_order_basis, allocation, bxgy::text AS bxgy, currency, \
+         currency_options::text AS currency_options FROM coupons"
     };
 }
 
@@ -45,6 +52,14 @@ struct CouponRow {
     campaign_id: Option<i64>,
     batch_id: Option<i64>,
     version: i64,
+    target: String,
+    scope: Option<String>,
+    min_quantity: Option<i32>,
+    min_order_basis: String,
+    allocation: String,
+    bxgy: Option<String>,
+    currency: Option<String>,
+    currency_options: Option<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -197,8 +212,12 @@ impl CouponRow {
             .ok_or_else(|| bad(format!("unknown discount_type {:?}", self.discount_type)))?;
         let value = money::hundredths(self.discount_value).ok_or_else(|| bad("discount_value out of range".into()))?;
         let cap = self.max_discount.map(|c| amount(c, "max_discount")).transpose()?;
-        let discount = Discount::from_parts(kind, value, cap).map_err(|err| bad(err.to_string()))?;
-        Ok(Coupon {
+        let field = |err: FieldError| bad(err.to_string());
+        let allocation = Allocation::parse(&self.allocation)
+            .ok_or_else(|| bad(format!("unknown allocation {:?}", self.allocation)))?;
+        let bxgy = self.bxgy.as_deref().map(cart_fields::parse_buy_x_get_y).transpose().map_err(field)?;
+        let discount = Discount::from_parts(kind, value, cap, allocation, bxgy).map_err(|err| bad(err.to_string()))?;
+        let coupon = Coupon {
             id,
             kind: CouponKind::parse(&self.kind).ok_or_else(|| bad(format!("unknown type {:?}", self.kind)))?,
             status: Status::parse(&self.status).ok_or_else(|| bad(format!("unknown status {:?}", self.status)))?,
@@ -212,8 +231,26 @@ impl CouponRow {
             campaign_id: self.campaign_id,
             batch_id: self.batch_id,
             version: self.version,
+            target: Target::parse(&self.target).ok_or_else(|| bad(format!("unknown target {:?}", self.target)))?,
+            scope: self.scope.as_deref().map(cart_fields::parse_scope).transpose().map_err(field)?.map(Arc::new),
+            min_quantity: limit(self.min_quantity, "min_quantity", &bad)?,
+            min_order_basis: MinOrderBasis::parse(&self.min_order_basis)
+                .ok_or_else(|| bad(format!("unknown min_order_basis {:?}", self.min_order_basis)))?,
+            currency: self
+                .currency
+                .map(|code| Currency::parse(&code).ok_or_else(|| bad(format!("unknown currency {code:?}"))))
+                .transpose()?,
+            currency_options: self
+                .currency_options
+                .as_deref()
+                .map(cart_fields::parse_currency_options)
+                .transpose()
+                .map_err(field)?
+                .map(Into::into),
             code: self.code.into(),
-        })
+        };
+        coupon.check_cart_fields().map_err(|err| bad(err.to_string()))?;
+        Ok(coupon)
     }
 }
 

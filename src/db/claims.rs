@@ -6,6 +6,7 @@
 //! for the next one, with every other claim that arrived meanwhile (at most [`MAX_BATCH`]).
 //! Alone, a claim goes at once: batching adds no wait, only company.
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -17,8 +18,10 @@ use uuid::Uuid;
 use crate::db::cluster::units;
 use crate::db::health::DatabaseHealth;
 use crate::db::money;
+use crate::domain::currency::Currency;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
+use crate::engine::ledger::CartMark;
 use crate::engine::ports::{ClaimOutcome, ClaimRequest, PortError, StoredRow};
 use crate::metrics::Metrics;
 
@@ -59,11 +62,17 @@ struct Claim {
     units_coupon: i64,
     units_campaign: i64,
     cents: i64,
+    currency: Option<String>,
+    items_hash: Option<i64>,
+    shipping: Option<Decimal>,
+    split: Option<String>,
 }
 
 impl Claim {
     fn of(req: &ClaimRequest<'_>) -> Claim {
         let limit = |n: Option<u32>| n.map(|n| i32::try_from(n).unwrap_or(i32::MAX));
+        let currency = req.cart.map(|c| c.currency);
+        let shipping = req.cart.map(|c| Cents::new(c.shipping_discount).unwrap_or(Cents::ZERO));
         Claim {
             id: req.id,
             rev: i32::try_from(req.rev).unwrap_or(i32::MAX),
@@ -71,8 +80,8 @@ impl Claim {
             code: req.code.map(str::to_owned),
             user: req.user_id.to_owned(),
             order: req.order_id.to_owned(),
-            value: money::numeric_cents(req.order_value),
-            discount: money::numeric_cents(req.discount),
+            value: money::numeric_in(req.order_value, currency),
+            discount: money::numeric_in(req.discount, currency),
             at: req.at,
             hold: req.hold_until,
             campaign: req.campaign,
@@ -83,6 +92,10 @@ impl Claim {
             units_coupon: units(req.spent.coupon),
             units_campaign: units(req.spent.campaign),
             cents: units(req.spent.cents),
+            currency: currency.map(String::from),
+            items_hash: req.cart.map(|c| c.items_hash as i64),
+            shipping: shipping.map(|s| money::numeric_in(s, currency)),
+            split: req.cart.map(|c| c.split.clone()),
         }
     }
 }
@@ -97,20 +110,29 @@ struct ClaimRow {
     discount: Option<Decimal>,
     hold_until: Option<DateTime<Utc>>,
     released: Option<bool>,
+    currency: Option<String>,
+    items_hash: Option<i64>,
+    shipping_discount: Option<Decimal>,
 }
 
 impl ClaimRow {
     fn outcome(self) -> ClaimOutcome {
         let rev = u32::try_from(self.rev).unwrap_or(0);
+        let currency = self.currency.as_deref().and_then(Currency::parse);
+        let amount = |value: Option<Decimal>| value.and_then(|v| money::amount_in(v, currency)).unwrap_or(Cents::ZERO);
         match self.outcome.as_str() {
             "taken" => ClaimOutcome::Taken { rev },
             "exists" => ClaimOutcome::Exists(StoredRow {
                 rev,
                 user_id: self.user_id.unwrap_or_default(),
-                order_value: self.order_value.and_then(money::cents).unwrap_or(Cents::ZERO),
-                discount: self.discount.and_then(money::cents).unwrap_or(Cents::ZERO),
+                order_value: amount(self.order_value),
+                discount: amount(self.discount),
                 hold_until: self.hold_until,
                 released: self.released.unwrap_or(false),
+                cart: CartMark {
+                    fingerprint: self.items_hash.and_then(|h| NonZeroU64::new(h as u64)),
+                    shipping: amount(self.shipping_discount),
+                },
             }),
             "user_limit" => ClaimOutcome::Refused(Reason::UserUsageLimitReached),
             "campaign_user_limit" => ClaimOutcome::Refused(Reason::CampaignUserLimitReached),
@@ -213,8 +235,9 @@ impl Sender {
             claims.iter().map(f).collect()
         }
         sqlx::query_as(
-            "SELECT n, outcome, rev, user_id, order_value, discount, hold_until, released FROM claim_uses(\
-             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+            "SELECT n, outcome, rev, user_id, order_value, discount, hold_until, released, currency, items_hash, \
+             shipping_discount FROM claim_uses($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+             $16, $17, $18, $19, $20, $21, $22, $23, $24::text[]::jsonb[])",
         )
         .bind(column(claims, |c| c.id))
         .bind(column(claims, |c| c.rev))
@@ -236,6 +259,10 @@ impl Sender {
         .bind(column(claims, |c| c.units_coupon))
         .bind(column(claims, |c| c.units_campaign))
         .bind(column(claims, |c| c.cents))
+        .bind(column(claims, |c| c.currency.clone()))
+        .bind(column(claims, |c| c.items_hash))
+        .bind(column(claims, |c| c.shipping))
+        .bind(column(claims, |c| c.split.clone()))
         .fetch_all(&self.pool)
         .await
     }

@@ -7,14 +7,18 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use std::num::NonZeroU64;
+
 use crate::db::{Error, money};
 use crate::domain::coupon::CouponId;
+use crate::domain::currency::Currency;
 use crate::engine::StoredUse;
+use crate::engine::ledger::CartMark;
 use crate::engine::ports::{ArchiveAnswer, ArchiveError, ArchivedOrder, StoredAnswer, UsageArchive};
 
 /// The columns of a use, as [`UsageRow`] reads them.
 pub const USAGE_COLUMNS: &str = "id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
-     hold_expires_at, released_at, instance_id";
+     hold_expires_at, released_at, instance_id, currency, items_hash, shipping_discount";
 
 /// A `coupon_usage` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -30,6 +34,9 @@ pub struct UsageRow {
     hold_expires_at: Option<DateTime<Utc>>,
     released_at: Option<DateTime<Utc>>,
     instance_id: Option<String>,
+    currency: Option<String>,
+    items_hash: Option<i64>,
+    shipping_discount: Option<Decimal>,
 }
 
 impl UsageRow {
@@ -40,12 +47,28 @@ impl UsageRow {
             id: self.coupon_id,
             problem: problem.into(),
         };
+        let currency = self
+            .currency
+            .as_deref()
+            .map(|code| Currency::parse(code).ok_or_else(|| bad("currency is not one the service takes")))
+            .transpose()?;
+        let amount = |value: Decimal, column: &str| {
+            money::amount_in(value, currency).ok_or_else(|| bad(&format!("{column} out of range")))
+        };
         Ok(StoredUse {
             id: self.id,
             rev: u32::try_from(self.rev).map_err(|_| bad("rev is negative"))?,
             coupon_id: self.coupon_id,
-            order_value: money::cents(self.order_value).ok_or_else(|| bad("order_value out of range"))?,
-            discount: money::cents(self.discount_applied).ok_or_else(|| bad("discount_applied out of range"))?,
+            order_value: amount(self.order_value, "order_value")?,
+            discount: amount(self.discount_applied, "discount_applied")?,
+            cart: CartMark {
+                fingerprint: self.items_hash.and_then(|h| NonZeroU64::new(h as u64)),
+                shipping: self
+                    .shipping_discount
+                    .map(|s| amount(s, "shipping_discount"))
+                    .transpose()?
+                    .unwrap_or_default(),
+            },
             code: self.code,
             user_id: self.user_id,
             order_id: self.order_id,

@@ -1,6 +1,8 @@
 //! A cart as the rules judge it (API.md §9): lines with quantities and unit prices in minor
 //! units of the request's currency, shipping, and which lines a coupon's scope makes eligible.
 
+use std::num::NonZeroU64;
+
 use crate::domain::allocation::Run;
 use crate::domain::currency::Currency;
 
@@ -45,39 +47,120 @@ impl Cart {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CartRequest {
     pub currency: Currency,
-    /// The currency of every coupon that names none (`money.default_currency`).
-    pub default_currency: Currency,
     pub cart: Cart,
     /// Whether `items` were sent (a request may send only a currency or shipping).
     pub has_items: bool,
 }
 
+/// A set of product, variant or category ids, sorted once when a coupon is loaded so that a
+/// line is judged by binary search, without allocating.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdSet(Box<[Box<str>]>);
+
+impl IdSet {
+    pub fn new(ids: impl IntoIterator<Item = impl Into<Box<str>>>) -> IdSet {
+        let mut ids: Vec<Box<str>> = ids.into_iter().map(Into::into).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        IdSet(ids.into_boxed_slice())
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.binary_search_by(|x| (**x).cmp(id)).is_ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The ids, sorted.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|id| &**id)
+    }
+}
+
+impl CartRequest {
+    /// A fingerprint of what the request says of money: its currency, every field of every
+    /// line in order, its shipping. A replay of a use must send the same. FNV-1a over
+    /// length-prefixed fields: the same on every instance and every build, never 0.
+    pub fn fingerprint(&self) -> NonZeroU64 {
+        let mut hash = Fnv::default();
+        hash.text(self.currency.code());
+        hash.number(u64::from(self.has_items));
+        for line in &self.cart.lines {
+            hash.text(&line.line_id);
+            hash.text(&line.product_id);
+            hash.text(line.variant_id.as_deref().unwrap_or("\u{0}"));
+            hash.number(line.category_ids.len() as u64);
+            for category in &line.category_ids {
+                hash.text(category);
+            }
+            hash.number(u64::from(line.quantity));
+            hash.number(line.unit_price);
+            hash.number(u64::from(line.on_sale) | u64::from(line.discountable) << 1);
+        }
+        hash.number(self.cart.shipping.map_or(u64::MAX, |s| s));
+        NonZeroU64::new(hash.0).unwrap_or(NonZeroU64::MIN)
+    }
+
+    /// A request without §9's fields, as the rules judge it for a coupon that needs them:
+    /// the default currency, no items, no shipping.
+    pub fn plain(currency: Currency) -> CartRequest {
+        CartRequest { currency, cart: Cart::default(), has_items: false }
+    }
+}
+
+/// 64-bit FNV-1a.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn number(&mut self, n: u64) {
+        self.bytes(&n.to_le_bytes());
+    }
+
+    fn text(&mut self, text: &str) {
+        self.number(text.len() as u64);
+        self.bytes(text.as_bytes());
+    }
+}
+
 /// Which lines a coupon applies to. Empty include lists include every line; exclusion wins.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Scope {
-    pub include_products: Vec<String>,
-    pub include_variants: Vec<String>,
-    pub include_categories: Vec<String>,
-    pub exclude_products: Vec<String>,
-    pub exclude_variants: Vec<String>,
-    pub exclude_categories: Vec<String>,
+    pub include_products: IdSet,
+    pub include_variants: IdSet,
+    pub include_categories: IdSet,
+    pub exclude_products: IdSet,
+    pub exclude_variants: IdSet,
+    pub exclude_categories: IdSet,
     pub exclude_on_sale: bool,
 }
 
 impl Scope {
     /// Whether `line` is eligible under this scope (a non-discountable line never is).
     pub fn admits(&self, line: &Line) -> bool {
-        let has = |list: &[String], id: &str| list.iter().any(|x| x == id);
         let variant = line.variant_id.as_deref();
         let included = (self.include_products.is_empty()
             && self.include_variants.is_empty()
             && self.include_categories.is_empty())
-            || has(&self.include_products, &line.product_id)
-            || variant.is_some_and(|v| has(&self.include_variants, v))
-            || line.category_ids.iter().any(|c| has(&self.include_categories, c));
-        let excluded = has(&self.exclude_products, &line.product_id)
-            || variant.is_some_and(|v| has(&self.exclude_variants, v))
-            || line.category_ids.iter().any(|c| has(&self.exclude_categories, c))
+            || self.include_products.contains(&line.product_id)
+            || variant.is_some_and(|v| self.include_variants.contains(v))
+            || line.category_ids.iter().any(|c| self.include_categories.contains(c));
+        let excluded = self.exclude_products.contains(&line.product_id)
+            || variant.is_some_and(|v| self.exclude_variants.contains(v))
+            || line.category_ids.iter().any(|c| self.exclude_categories.contains(c))
             || (self.exclude_on_sale && line.on_sale);
         line.discountable && included && !excluded
     }
@@ -125,13 +208,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_fingerprint_changes_with_any_field_and_nothing_else() {
+        let eur = Currency::parse("EUR").unwrap();
+        let request =
+            |lines: Vec<Line>, shipping| CartRequest { currency: eur, cart: Cart { lines, shipping }, has_items: true };
+        let base = request(vec![line("1", 2, 500), line("2", 1, 300)], Some(499));
+        assert_eq!(base.fingerprint(), base.fingerprint());
+        // The pinned value: a change of the function is a change of every stored replay check.
+        assert_eq!(base.fingerprint().get(), 12_023_189_026_347_003_464);
+        let mut variants = vec![
+            request(vec![line("1", 2, 500), line("2", 1, 300)], None),
+            request(vec![line("1", 2, 500), line("2", 1, 301)], Some(499)),
+            request(vec![line("1", 3, 500), line("2", 1, 300)], Some(499)),
+            request(vec![line("2", 1, 300), line("1", 2, 500)], Some(499)),
+            request(vec![line("1", 2, 500)], Some(499)),
+            CartRequest { currency: Currency::parse("USD").unwrap(), ..base.clone() },
+            CartRequest { has_items: false, ..base.clone() },
+        ];
+        let mut on_sale = base.clone();
+        on_sale.cart.lines[0].on_sale = true;
+        let mut category = base.clone();
+        category.cart.lines[1].category_ids = vec!["a".into()];
+        let mut variant = base.clone();
+        variant.cart.lines[1].variant_id = Some("v".into());
+        variants.extend([on_sale, category, variant]);
+        for other in &variants {
+            assert_ne!(other.fingerprint(), base.fingerprint(), "{other:?}");
+        }
+    }
+
+    #[test]
     fn a_scope_includes_by_any_list_and_exclusion_wins() {
         let shirt = Line {
             variant_id: Some("v-M".into()),
             category_ids: vec!["shirts".into(), "summer".into()],
             ..line("1", 1, 100)
         };
-        let ids = |xs: &[&str]| xs.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        let ids = |xs: &[&str]| IdSet::new(xs.iter().copied());
         let cases: &[(Scope, bool)] = &[
             (Scope::default(), true),
             (Scope { include_categories: ids(&["shirts"]), ..Scope::default() }, true),

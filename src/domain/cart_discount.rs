@@ -2,6 +2,8 @@
 //! their running amounts, its total by kind, buy-X-get-Y's units, the cap, and the split over
 //! lines and units. Pure integers in minor units.
 
+use std::sync::Arc;
+
 use crate::domain::allocation::{self, Run};
 use crate::domain::cart::{Cart, Line, Running, Scope, eligible};
 use crate::domain::money::Percent;
@@ -28,7 +30,7 @@ pub struct BuyXGetY {
     pub get: u32,
     pub get_percent: Percent,
     /// The units that may be given (default: the coupon's scope).
-    pub get_scope: Option<Scope>,
+    pub get_scope: Option<Arc<Scope>>,
     pub max_applications: Option<u32>,
     pub selection: Selection,
 }
@@ -44,7 +46,7 @@ pub enum Kind {
     },
     /// Each eligible unit costs `value`.
     FixedPrice(u64),
-    BuyXGetY(BuyXGetY),
+    BuyXGetY(Arc<BuyXGetY>),
     FreeShipping,
 }
 
@@ -53,11 +55,14 @@ pub enum Kind {
 pub struct Terms {
     pub kind: Kind,
     pub target: Target,
-    pub scope: Option<Scope>,
+    pub scope: Option<Arc<Scope>>,
     pub min_quantity: Option<u32>,
     /// `maxDiscount`, minor units.
     pub cap: Option<u64>,
 }
+
+spelled!(Target { Order => "order", Items => "items", Shipping => "shipping" });
+spelled!(Selection { Cheapest => "cheapest", MostExpensive => "most_expensive" });
 
 /// Where a code's effect lands, for §10's order of application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -127,7 +132,7 @@ impl Terms {
                 Some(_) => Ok(()),
             };
         }
-        let scope = self.scope.as_ref();
+        let scope = self.scope.as_deref();
         let quantity: u64 = cart.lines.iter().filter(|l| eligible(scope, l)).map(|l| u64::from(l.quantity)).sum();
         if quantity == 0 {
             return Err(NotApplicable::NoEligibleItems);
@@ -143,6 +148,11 @@ impl Terms {
         Ok(())
     }
 
+    /// Σ quantity × unitPrice of the eligible lines, as sent (`minOrderBasis: eligible`).
+    pub fn eligible_subtotal(&self, cart: &Cart) -> u64 {
+        cart.lines.iter().filter(|l| eligible(self.scope.as_deref(), l)).map(Line::subtotal).sum()
+    }
+
     /// What these terms take off `running` (conditions already met), without lowering it.
     pub fn take(&self, cart: &Cart, running: &Running) -> Taken {
         let zero = || running.lines.iter().map(|runs| zeroed(runs)).collect::<Vec<_>>();
@@ -155,7 +165,7 @@ impl Terms {
             };
             return Taken { lines: zero(), shipping: self.capped(total) };
         }
-        let scope = self.scope.as_ref();
+        let scope = self.scope.as_deref();
         let weights: Vec<Vec<Run>> = cart
             .lines
             .iter()
@@ -240,7 +250,7 @@ fn map_units(weights: &[Vec<Run>], f: impl Fn(u64) -> u64) -> Vec<Vec<Run>> {
 /// Buy-X-get-Y's units (§9 step 5): how many of each run (line, run index, count) are given,
 /// none if it cannot apply once.
 fn chosen(bxgy: &BuyXGetY, scope: Option<&Scope>, lines: &[Line], running: &[Vec<Run>]) -> Vec<(usize, usize, u32)> {
-    let get_scope = bxgy.get_scope.as_ref().or(scope);
+    let get_scope = bxgy.get_scope.as_deref().or(scope);
     let in_buy: Vec<bool> = lines.iter().map(|l| eligible(scope, l)).collect();
     let in_get: Vec<bool> = lines.iter().map(|l| eligible(get_scope, l)).collect();
     let units = |i: usize| u64::from(lines[i].quantity);
@@ -303,8 +313,8 @@ fn chosen(bxgy: &BuyXGetY, scope: Option<&Scope>, lines: &[Line], running: &[Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::cart::Line;
     use crate::domain::cart::tests::line;
+    use crate::domain::cart::{IdSet, Line};
 
     fn cart(lines: &[(u32, u64)]) -> Cart {
         Cart {
@@ -361,14 +371,14 @@ mod tests {
 
         // V5: buy 2 get 1 (cheapest, 100 %) on A 3×20.00, B 1×15.00, C 2×25.00, then 10 %.
         let v5 = cart(&[(3, 2000), (1, 1500), (2, 2500)]);
-        let bxgy = terms(Kind::BuyXGetY(BuyXGetY {
+        let bxgy = terms(Kind::BuyXGetY(Arc::new(BuyXGetY {
             buy: 2,
             get: 1,
             get_percent: pct(10_000),
             get_scope: None,
             max_applications: None,
             selection: Selection::Cheapest,
-        }));
+        })));
         assert_eq!(bxgy.check(Some(&v5)), Ok(()));
         let mut running = Running::of(&v5);
         let first = bxgy.take(&v5, &running);
@@ -388,10 +398,10 @@ mod tests {
 
     #[test]
     fn conditions_are_judged_on_the_cart_as_sent() {
-        let shirts = Scope { include_categories: vec!["shirts".into()], ..Scope::default() };
+        let shirts = Scope { include_categories: IdSet::new(["shirts"]), ..Scope::default() };
         let mut sent = cart(&[(2, 1000), (1, 500)]);
         sent.lines[0].category_ids = vec!["shirts".into()];
-        let scoped = Terms { scope: Some(shirts.clone()), ..terms(Kind::Percentage(pct(2000))) };
+        let scoped = Terms { scope: Some(Arc::new(shirts.clone())), ..terms(Kind::Percentage(pct(2000))) };
         let (free, shipped) =
             (Cart { shipping: Some(0), ..sent.clone() }, Cart { shipping: Some(499), ..sent.clone() });
         let cases: Vec<(Terms, Option<&Cart>, Result<(), NotApplicable>)> = vec![
@@ -400,7 +410,10 @@ mod tests {
             (Terms { min_quantity: Some(3), ..scoped.clone() }, Some(&sent), Err(NotApplicable::MinQuantityNotMet)),
             (Terms { min_quantity: Some(2), ..scoped.clone() }, Some(&sent), Ok(())),
             (
-                Terms { scope: Some(Scope { include_categories: vec!["socks".into()], ..shirts }), ..scoped },
+                Terms {
+                    scope: Some(Arc::new(Scope { include_categories: IdSet::new(["socks"]), ..shirts })),
+                    ..scoped
+                },
                 Some(&sent),
                 Err(NotApplicable::NoEligibleItems),
             ),
@@ -410,14 +423,14 @@ mod tests {
             (terms(Kind::FreeShipping), Some(&free), Err(NotApplicable::NoEligibleItems)),
             (terms(Kind::FreeShipping), Some(&shipped), Ok(())),
             (
-                terms(Kind::BuyXGetY(BuyXGetY {
+                terms(Kind::BuyXGetY(Arc::new(BuyXGetY {
                     buy: 3,
                     get: 1,
                     get_percent: pct(10_000),
                     get_scope: None,
                     max_applications: None,
                     selection: Selection::Cheapest,
-                })),
+                }))),
                 Some(&sent),
                 Err(NotApplicable::MinQuantityNotMet),
             ),
@@ -451,27 +464,24 @@ mod tests {
     #[test]
     fn buy_x_get_y_picks_by_price_then_line_then_unit() {
         let sent = cart(&[(2, 1000), (2, 3000), (2, 1000)]);
-        let rule = |selection, max_applications| {
-            terms(Kind::BuyXGetY(BuyXGetY {
+        let rule = |selection, max_applications, get_scope| {
+            terms(Kind::BuyXGetY(Arc::new(BuyXGetY {
                 buy: 1,
                 get: 1,
                 get_percent: pct(5000),
-                get_scope: None,
+                get_scope,
                 max_applications,
                 selection,
-            }))
+            })))
         };
-        let cheapest = rule(Selection::Cheapest, None).take(&sent, &Running::of(&sent));
+        let cheapest = rule(Selection::Cheapest, None, None).take(&sent, &Running::of(&sent));
         // Six units: three applications, the three cheapest given at half price.
         assert_eq!(cheapest.lines, [runs(&[(2, 500)]), runs(&[(2, 0)]), runs(&[(1, 500), (1, 0)])]);
-        let dearest = rule(Selection::MostExpensive, Some(1)).take(&sent, &Running::of(&sent));
+        let dearest = rule(Selection::MostExpensive, Some(1), None).take(&sent, &Running::of(&sent));
         assert_eq!(dearest.lines, [runs(&[(2, 0)]), runs(&[(1, 1500), (1, 0)]), runs(&[(2, 0)])]);
         // Get only from line 3: buy units must remain outside what is given.
-        let only_third = Scope { include_products: vec!["p-3".into()], ..Scope::default() };
-        let mut scoped = rule(Selection::Cheapest, None);
-        if let Kind::BuyXGetY(b) = &mut scoped.kind {
-            b.get_scope = Some(only_third);
-        }
+        let only_third = Scope { include_products: IdSet::new(["p-3"]), ..Scope::default() };
+        let scoped = rule(Selection::Cheapest, None, Some(Arc::new(only_third)));
         let given = scoped.take(&sent, &Running::of(&sent));
         assert_eq!(given.lines, [runs(&[(2, 0)]), runs(&[(2, 0)]), runs(&[(2, 500)])]);
     }
@@ -502,14 +512,14 @@ mod tests {
                 (0u64..50_000, any::<bool>()).prop_map(|(value, each)| Kind::Fixed { value, each }),
                 (0u64..20_000).prop_map(Kind::FixedPrice),
                 (1u32..4, 1u32..3, 1u64..=10_000, any::<bool>(), prop::option::of(1u32..4)).prop_map(
-                    |(buy, get, h, cheapest, max_applications)| Kind::BuyXGetY(BuyXGetY {
+                    |(buy, get, h, cheapest, max_applications)| Kind::BuyXGetY(Arc::new(BuyXGetY {
                         buy,
                         get,
                         get_percent: pct(h),
                         get_scope: None,
                         max_applications,
                         selection: if cheapest { Selection::Cheapest } else { Selection::MostExpensive },
-                    })
+                    }))
                 ),
             ]
         }
@@ -519,10 +529,12 @@ mod tests {
                 |(kind, category, exclude_on_sale, cap)| Terms {
                     kind,
                     target: Target::Items,
-                    scope: category.map(|c| Scope {
-                        include_categories: vec![format!("c{c}")],
-                        exclude_on_sale,
-                        ..Scope::default()
+                    scope: category.map(|c| {
+                        Arc::new(Scope {
+                            include_categories: IdSet::new([format!("c{c}")]),
+                            exclude_on_sale,
+                            ..Scope::default()
+                        })
                     }),
                     min_quantity: None,
                     cap,
@@ -539,7 +551,7 @@ mod tests {
                 let taken = terms.take(&cart, &running);
                 prop_assert_eq!(&taken, &terms.take(&cart, &running));
                 prop_assert_eq!(taken.lines.len(), cart.lines.len());
-                let base: u64 = cart.lines.iter().filter(|l| eligible(terms.scope.as_ref(), l)).map(Line::subtotal).sum();
+                let base: u64 = cart.lines.iter().filter(|l| eligible(terms.scope.as_deref(), l)).map(Line::subtotal).sum();
                 prop_assert!(taken.merchandise() <= base);
                 if let Some(cap) = terms.cap {
                     prop_assert!(taken.merchandise() <= cap);
@@ -548,7 +560,7 @@ mod tests {
                     prop_assert_eq!(off.iter().map(|r| r.count).sum::<u32>(), line.quantity);
                     prop_assert!(allocation::minus(runs, off).iter().all(|r| r.amount <= line.unit_price));
                     prop_assert!(allocation::zip_le(off, runs), "a unit's discount above its amount");
-                    if !eligible(terms.scope.as_ref(), line) {
+                    if !eligible(terms.scope.as_deref(), line) {
                         prop_assert_eq!(allocation::sum(off), 0);
                     }
                 }

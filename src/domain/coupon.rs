@@ -1,10 +1,14 @@
 //! A coupon's definition, as the rules see it: no I/O, no serialisation, no counters.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use compact_str::CompactString;
 
+use crate::domain::cart::Scope;
+use crate::domain::cart_discount::{BuyXGetY, Target};
+use crate::domain::currency::Currency;
 use crate::domain::money::{Cents, Percent};
 
 /// The database id of a coupon.
@@ -32,20 +36,60 @@ pub enum Status {
     Expired,
 }
 
-/// The two kinds of discount, apart from their amounts.
+/// The kinds of discount, apart from their amounts (the `discount_type` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiscountType {
     Percentage,
     Fixed,
+    FixedPrice,
+    BuyXGetY,
+    FreeShipping,
 }
 
-/// How a coupon reduces an order.
+/// How a `fixed` discount is spread (the `allocation` column, API.md §9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// One amount over the eligible lines.
+    Across,
+    /// The amount off every eligible unit.
+    Each,
+}
+
+/// What `minOrderValue` is compared with (the `min_order_basis` column, API.md §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinOrderBasis {
+    /// The request's `orderValue`.
+    Order,
+    /// Σ of the eligible lines, as sent.
+    Eligible,
+}
+
+/// How a coupon reduces an order. Amounts are hundredths of the coupon's currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discount {
     /// A share of the order, capped at `cap` if set.
     Percentage { rate: Percent, cap: Option<Cents> },
     /// A fixed amount, never more than the order.
     Fixed(Cents),
+    /// A fixed amount off every eligible unit of a cart, never below zero.
+    FixedEach { value: Cents, cap: Option<Cents> },
+    /// Every eligible unit of a cart costs `price` (never more than it did).
+    FixedPrice { price: Cents, cap: Option<Cents> },
+    /// Buy some units of a cart, get others off.
+    BuyXGetY { offer: Arc<BuyXGetY>, cap: Option<Cents> },
+    /// The cart's shipping.
+    FreeShipping,
+}
+
+/// A coupon's amounts in one currency other than its own (`currencyOptions`, API.md §9), in
+/// that currency's minor units; never converted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrencyOption {
+    pub currency: Currency,
+    /// The fixed kinds' `discountValue` (a percentage is the same in every currency).
+    pub value: Option<u64>,
+    pub cap: Option<u64>,
+    pub min_order_value: u64,
 }
 
 /// A coupon definition.
@@ -73,6 +117,17 @@ pub struct Coupon {
     /// Set on the rule of a batch of bulk codes: such a coupon is reached through its codes,
     /// never through its own `code`.
     pub batch_id: Option<BatchId>,
+    /// §9: what the discount is aimed at; `Order` for every coupon made before carts.
+    pub target: Target,
+    /// §9: the lines it applies to; `None`: every discountable line.
+    pub scope: Option<Arc<Scope>>,
+    /// §9: Σ quantity of eligible lines needed.
+    pub min_quantity: Option<u32>,
+    pub min_order_basis: MinOrderBasis,
+    /// The currency of its amounts; `None`: `money.default_currency`.
+    pub currency: Option<Currency>,
+    /// Its amounts in other currencies.
+    pub currency_options: Option<Arc<[CurrencyOption]>>,
     /// Bumped by the database on every update; a newer version replaces an older one.
     pub version: i64,
 }
@@ -86,8 +141,24 @@ pub enum CouponError {
     PercentageOutOfRange,
     #[error("fixed discount must be at most 1000000000")]
     AmountOutOfRange,
-    #[error("maxDiscount only applies to percentage discounts")]
+    #[error("maxDiscount does not apply to a fixed discount across the order, nor to free shipping")]
     CapOnFixedDiscount,
+    #[error("allocation only applies to fixed discounts")]
+    AllocationNotFixed,
+    #[error("buyXGetY is required for buy_x_get_y and applies to nothing else")]
+    BuyXGetYMismatch,
+    #[error("buyQuantity, getQuantity and maxApplications must be whole numbers from 1 to 10000")]
+    BuyXGetYQuantity,
+    #[error("the target contradicts the discountType")]
+    TargetContradictsType,
+    #[error("minQuantity must be a whole number from 1 to 1000000")]
+    MinQuantityOutOfRange,
+    #[error("amounts of a coupon in a currency without decimals must be whole")]
+    FractionInWholeCurrency,
+    #[error("currencyOptions must not name the coupon's own currency")]
+    OwnCurrencyOption,
+    #[error("a currency option of a fixed discount needs a discountValue, one of any other kind has none")]
+    OptionValueMismatch,
     #[error("validFrom must be before validUntil")]
     EmptyValidityWindow,
     #[error("a user_specific coupon needs a userId")]
@@ -116,8 +187,9 @@ pub(crate) fn is_valid_code(code: &str) -> bool {
 }
 
 impl Discount {
-    /// The discount on an order: a percentage rounded half-up to the cent then capped, a
-    /// fixed amount never above the order.
+    /// The discount on an order without items: a percentage rounded half-up to the cent then
+    /// capped, a fixed amount never above the order. The kinds that need a cart give nothing
+    /// here (the rules refuse them `ITEMS_REQUIRED` first).
     pub(crate) fn amount_for(&self, order_value: Cents) -> Cents {
         match *self {
             Discount::Percentage { rate, cap } => {
@@ -125,30 +197,79 @@ impl Discount {
                 cap.map_or(amount, |cap| amount.min(cap))
             }
             Discount::Fixed(value) => value.min(order_value),
+            Discount::FixedEach { .. }
+            | Discount::FixedPrice { .. }
+            | Discount::BuyXGetY { .. }
+            | Discount::FreeShipping => Cents::ZERO,
         }
     }
 
     /// The type, the value in hundredths (of a percent, or of the currency unit) and the cap:
     /// the shape of the `discount_type`, `discount_value` and `max_discount` columns.
     pub fn parts(&self) -> (DiscountType, u64, Option<Cents>) {
-        match *self {
-            Discount::Percentage { rate, cap } => (DiscountType::Percentage, u64::from(rate.hundredths()), cap),
+        match self {
+            Discount::Percentage { rate, cap } => (DiscountType::Percentage, u64::from(rate.hundredths()), *cap),
             Discount::Fixed(amount) => (DiscountType::Fixed, amount.get(), None),
+            Discount::FixedEach { value, cap } => (DiscountType::Fixed, value.get(), *cap),
+            Discount::FixedPrice { price, cap } => (DiscountType::FixedPrice, price.get(), *cap),
+            Discount::BuyXGetY { cap, .. } => (DiscountType::BuyXGetY, 0, *cap),
+            Discount::FreeShipping => (DiscountType::FreeShipping, 0, None),
         }
     }
 
-    /// The inverse of [`Discount::parts`], refusing what the schema refuses.
-    pub(crate) fn from_parts(kind: DiscountType, hundredths: u64, cap: Option<Cents>) -> Result<Discount, CouponError> {
+    /// How a fixed discount is spread (`Across` for every other kind).
+    pub fn allocation(&self) -> Allocation {
+        if matches!(self, Discount::FixedEach { .. }) { Allocation::Each } else { Allocation::Across }
+    }
+
+    /// Buy-X-get-Y's terms.
+    pub fn buy_x_get_y(&self) -> Option<&BuyXGetY> {
+        match self {
+            Discount::BuyXGetY { offer, .. } => Some(offer),
+            _ => None,
+        }
+    }
+
+    /// The inverse of [`Discount::parts`] with [`Discount::allocation`] and
+    /// [`Discount::buy_x_get_y`], refusing what the schema refuses.
+    pub(crate) fn from_parts(
+        kind: DiscountType,
+        hundredths: u64,
+        cap: Option<Cents>,
+        allocation: Allocation,
+        bxgy: Option<BuyXGetY>,
+    ) -> Result<Discount, CouponError> {
+        let amount = || Cents::new(hundredths).map_err(|_| CouponError::AmountOutOfRange);
+        if allocation == Allocation::Each && kind != DiscountType::Fixed {
+            return Err(CouponError::AllocationNotFixed);
+        }
+        if bxgy.is_some() != (kind == DiscountType::BuyXGetY) {
+            return Err(CouponError::BuyXGetYMismatch);
+        }
         match kind {
             DiscountType::Percentage => {
                 let rate = Percent::from_hundredths(hundredths).ok_or(CouponError::PercentageOutOfRange)?;
                 Ok(Discount::Percentage { rate, cap })
             }
-            DiscountType::Fixed if cap.is_some() => Err(CouponError::CapOnFixedDiscount),
-            DiscountType::Fixed => {
-                Ok(Discount::Fixed(Cents::new(hundredths).map_err(|_| CouponError::AmountOutOfRange)?))
+            DiscountType::Fixed if allocation == Allocation::Each => Ok(Discount::FixedEach { value: amount()?, cap }),
+            DiscountType::Fixed | DiscountType::FreeShipping if cap.is_some() => Err(CouponError::CapOnFixedDiscount),
+            DiscountType::Fixed => Ok(Discount::Fixed(amount()?)),
+            DiscountType::FixedPrice => Ok(Discount::FixedPrice { price: amount()?, cap }),
+            DiscountType::BuyXGetY => {
+                let offer = bxgy.ok_or(CouponError::BuyXGetYMismatch)?;
+                let quantities = [Some(offer.buy), Some(offer.get), offer.max_applications];
+                if quantities.into_iter().flatten().any(|q| !(1..=10_000).contains(&q)) {
+                    return Err(CouponError::BuyXGetYQuantity);
+                }
+                Ok(Discount::BuyXGetY { offer: Arc::new(offer), cap })
             }
+            DiscountType::FreeShipping => Ok(Discount::FreeShipping),
         }
+    }
+
+    /// Whether the rules need a cart's items (or shipping) to judge this kind at all.
+    pub(crate) fn needs_cart(&self) -> bool {
+        !matches!(self, Discount::Percentage { .. } | Discount::Fixed(_))
     }
 }
 
@@ -171,6 +292,12 @@ impl Coupon {
             valid_until: None,
             campaign_id: None,
             batch_id: None,
+            target: Target::Order,
+            scope: None,
+            min_quantity: None,
+            min_order_basis: MinOrderBasis::Order,
+            currency: None,
+            currency_options: None,
             version: 1,
         }
     }
@@ -192,30 +319,71 @@ impl Coupon {
         if self.kind == CouponKind::UserSpecific && self.user_id.is_none() {
             return Err(CouponError::UserSpecificWithoutUser);
         }
-        Ok(())
+        self.check_cart_fields()
     }
-}
 
-/// The database and API spellings of the small enums, one table each.
-macro_rules! spelled {
-    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
-        impl $ty {
-            /// The database and API spelling.
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $text),+ }
+    /// The checks of §9's fields alone (what the schema cannot say of them).
+    pub(crate) fn check_cart_fields(&self) -> Result<(), CouponError> {
+        let item_kind = matches!(
+            self.discount,
+            Discount::FixedEach { .. } | Discount::FixedPrice { .. } | Discount::BuyXGetY { .. }
+        );
+        let contradiction = match self.target {
+            Target::Shipping => item_kind,
+            Target::Items => self.discount == Discount::FreeShipping,
+            Target::Order => false,
+        };
+        if contradiction {
+            return Err(CouponError::TargetContradictsType);
+        }
+        if self.min_quantity.is_some_and(|q| !(1..=1_000_000).contains(&q)) {
+            return Err(CouponError::MinQuantityOutOfRange);
+        }
+        let (_, value, cap) = self.discount.parts();
+        let whole = |cents: u64| cents.is_multiple_of(100);
+        let value_is_money = !matches!(self.discount, Discount::Percentage { .. });
+        if self.currency.is_some_and(|c| c.decimals() == 0)
+            && !((!value_is_money || whole(value))
+                && cap.is_none_or(|c| whole(c.get()))
+                && whole(self.min_order_value.get()))
+        {
+            return Err(CouponError::FractionInWholeCurrency);
+        }
+        let fixed_kind =
+            matches!(self.discount, Discount::Fixed(_) | Discount::FixedEach { .. } | Discount::FixedPrice { .. });
+        for option in self.currency_options.iter().flat_map(|o| o.iter()) {
+            if Some(option.currency) == self.currency {
+                return Err(CouponError::OwnCurrencyOption);
             }
-
-            /// Parses the database and API spelling.
-            pub fn parse(text: &str) -> Option<$ty> {
-                match text { $($text => Some($ty::$variant),)+ _ => None }
+            if option.value.is_some() != fixed_kind {
+                return Err(CouponError::OptionValueMismatch);
             }
         }
-    };
+        Ok(())
+    }
+
+    /// Whether this coupon needs a cart's items (or shipping) to be judged (§9
+    /// `ITEMS_REQUIRED`).
+    pub(crate) fn needs_cart(&self) -> bool {
+        self.discount.needs_cart()
+            || self.target != Target::Order
+            || self.scope.is_some()
+            || self.min_quantity.is_some()
+            || self.min_order_basis == MinOrderBasis::Eligible
+    }
 }
 
 spelled!(CouponKind { UserSpecific => "user_specific", TimeSpecific => "time_specific" });
 spelled!(Status { Active => "active", Inactive => "inactive", Expired => "expired" });
-spelled!(DiscountType { Percentage => "percentage", Fixed => "fixed" });
+spelled!(DiscountType {
+    Percentage => "percentage",
+    Fixed => "fixed",
+    FixedPrice => "fixed_price",
+    BuyXGetY => "buy_x_get_y",
+    FreeShipping => "free_shipping",
+});
+spelled!(Allocation { Across => "across", Each => "each" });
+spelled!(MinOrderBasis { Order => "order", Eligible => "eligible" });
 
 #[cfg(test)]
 mod tests {
@@ -256,22 +424,42 @@ mod tests {
     #[test]
     fn discount_parts_round_trip_and_refuse_the_impossible() {
         let cents = |n| Cents::new(n).unwrap();
+        let two_for_one = BuyXGetY {
+            buy: 1,
+            get: 1,
+            get_percent: Percent::from_hundredths(10_000).unwrap(),
+            get_scope: None,
+            max_applications: Some(2),
+            selection: crate::domain::cart_discount::Selection::Cheapest,
+        };
         for discount in [
             Discount::Percentage { rate: Percent::from_hundredths(1250).unwrap(), cap: Some(cents(5_000)) },
             Discount::Percentage { rate: Percent::from_hundredths(10_000).unwrap(), cap: None },
             Discount::Fixed(cents(2_500)),
             Discount::Fixed(Cents::ZERO),
+            Discount::FixedEach { value: cents(100), cap: Some(cents(500)) },
+            Discount::FixedPrice { price: cents(999), cap: None },
+            Discount::BuyXGetY { offer: Arc::new(two_for_one.clone()), cap: Some(cents(2_000)) },
+            Discount::FreeShipping,
         ] {
             let (kind, value, cap) = discount.parts();
-            assert_eq!(Discount::from_parts(kind, value, cap), Ok(discount));
+            let bxgy = discount.buy_x_get_y().cloned();
+            assert_eq!(Discount::from_parts(kind, value, cap, discount.allocation(), bxgy), Ok(discount));
         }
-        for (kind, value, cap, err) in [
-            (DiscountType::Percentage, 0, None, CouponError::PercentageOutOfRange),
-            (DiscountType::Percentage, 10_001, None, CouponError::PercentageOutOfRange),
-            (DiscountType::Fixed, 100, Some(cents(1)), CouponError::CapOnFixedDiscount),
-            (DiscountType::Fixed, u64::MAX, None, CouponError::AmountOutOfRange),
+        let across = Allocation::Across;
+        let zero_buy = BuyXGetY { buy: 0, ..two_for_one.clone() };
+        for (kind, value, cap, allocation, bxgy, err) in [
+            (DiscountType::Percentage, 0, None, across, None, CouponError::PercentageOutOfRange),
+            (DiscountType::Percentage, 10_001, None, across, None, CouponError::PercentageOutOfRange),
+            (DiscountType::Fixed, 100, Some(cents(1)), across, None, CouponError::CapOnFixedDiscount),
+            (DiscountType::Fixed, u64::MAX, None, across, None, CouponError::AmountOutOfRange),
+            (DiscountType::Percentage, 100, None, Allocation::Each, None, CouponError::AllocationNotFixed),
+            (DiscountType::FreeShipping, 0, Some(cents(1)), across, None, CouponError::CapOnFixedDiscount),
+            (DiscountType::BuyXGetY, 0, None, across, None, CouponError::BuyXGetYMismatch),
+            (DiscountType::Fixed, 100, None, across, Some(two_for_one), CouponError::BuyXGetYMismatch),
+            (DiscountType::BuyXGetY, 0, None, across, Some(zero_buy), CouponError::BuyXGetYQuantity),
         ] {
-            assert_eq!(Discount::from_parts(kind, value, cap), Err(err));
+            assert_eq!(Discount::from_parts(kind, value, cap, allocation, bxgy), Err(err), "{kind:?}");
         }
     }
 

@@ -3,8 +3,9 @@
 
 use std::fmt;
 
-/// A currency the service accepts, with the decimals of its minor unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A currency the service accepts, with the decimals of its minor unit; its ISO code in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Currency {
     code: [u8; 3],
     decimals: u8,
@@ -15,7 +16,8 @@ const NO_DECIMALS: &[&str] = &[
     "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV", "XAF", "XOF",
     "XPF",
 ];
-/// ISO 4217 codes with a minor unit of a thousandth.
+/// ISO 4217 codes with a minor unit of a thousandth. (These two lists are also the
+/// `coupon_usage_decimals` function of the schema; a test holds them equal.)
 const THREE_DECIMALS: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
 /// ISO 4217 codes with a minor unit of a hundredth (active codes of circulating currencies).
 const TWO_DECIMALS: &[&str] = &[
@@ -31,6 +33,9 @@ const TWO_DECIMALS: &[&str] = &[
 ];
 
 impl Currency {
+    /// A currency of hundredths, for amounts §3 writes (its code is not shown).
+    pub const HUNDREDTHS: Currency = Currency { code: *b"EUR", decimals: 2 };
+
     /// The currency of an ISO 4217 code (upper-case), if its minor unit is one the service
     /// takes.
     pub fn parse(code: &str) -> Option<Currency> {
@@ -47,6 +52,11 @@ impl Currency {
         Some(Currency { code: bytes, decimals })
     }
 
+    /// Every currency the service takes.
+    pub fn all() -> impl Iterator<Item = Currency> {
+        NO_DECIMALS.iter().chain(TWO_DECIMALS).chain(THREE_DECIMALS).filter_map(|code| Currency::parse(code))
+    }
+
     pub fn code(&self) -> &str {
         std::str::from_utf8(&self.code).unwrap_or("???")
     }
@@ -59,6 +69,20 @@ impl Currency {
     /// An amount in minor units as the shortest exact decimal in major units: `12.5`, `900`.
     pub fn amount(self, minor: u64) -> Amount {
         Amount { minor, decimals: self.decimals }
+    }
+}
+
+impl TryFrom<String> for Currency {
+    type Error = String;
+
+    fn try_from(code: String) -> Result<Currency, String> {
+        Currency::parse(&code).ok_or_else(|| format!("{code:?} is not a currency with 0, 2 or 3 decimals"))
+    }
+}
+
+impl From<Currency> for String {
+    fn from(currency: Currency) -> String {
+        currency.code().to_owned()
     }
 }
 

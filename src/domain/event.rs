@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::coupon::{CampaignId, CouponId};
+use crate::domain::currency::Currency;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 
@@ -57,6 +58,24 @@ pub struct Redeemed {
     /// The instance (and its epoch) whose quota leases paid for this use, and how much.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub funded_by: Option<Funding>,
+    /// Set for a use taken with §9's fields: then `order_value` and `discount` are in minor
+    /// units of its currency, and `discount` is the code's effect (merchandise and shipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cart: Option<CartUse>,
+}
+
+/// What a use taken on a cart keeps beyond today's amounts (API.md §9): its currency, the
+/// request's fingerprint (a replay must match it), what came off shipping, and the split over
+/// lines and units that refunds and tax need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartUse {
+    pub currency: Currency,
+    /// [`crate::domain::cart::CartRequest::fingerprint`].
+    pub items_hash: u64,
+    /// Minor units off shipping (part of the use's `discount`).
+    pub shipping_discount: u64,
+    /// `[{"lineId", "discount", "units": [{"count", "discount"}]}]`, amounts in major units.
+    pub split: String,
 }
 
 /// Who paid for a use out of their leased quota.
@@ -185,6 +204,12 @@ mod tests {
                     instance: "i-1".into(),
                     epoch: 3,
                     spent: Spent { coupon: 1, campaign: 1, cents: 100 },
+                }),
+                cart: Some(CartUse {
+                    currency: Currency::parse("JPY").unwrap(),
+                    items_hash: u64::MAX,
+                    shipping_discount: 500,
+                    split: r#"[{"lineId":"1","discount":100,"units":[{"count":1,"discount":100}]}]"#.into(),
                 }),
             }),
             Event::Confirmed(Confirmed { id: Uuid::from_u128(1), rev: 2, at }),

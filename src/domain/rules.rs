@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::campaign::Campaign;
 use crate::domain::cart::{CartRequest, Running};
-use crate::domain::cart_discount::{Kind as CartKind, NotApplicable, Taken, Target, Terms};
-use crate::domain::coupon::{Coupon, Discount, Status};
+use crate::domain::cart_discount::{Class, Kind as CartKind, NotApplicable, Taken, Terms};
+use crate::domain::coupon::{Coupon, Discount, MinOrderBasis, Status};
+use crate::domain::currency::Currency;
 use crate::domain::money::Cents;
 
 /// Why a coupon does not apply. The order of the variants is the order of the checks.
@@ -116,6 +117,8 @@ pub struct Attempt<'a> {
     pub order_id: Option<&'a str>,
     /// §9's fields, when the request used them.
     pub cart: Option<&'a CartRequest>,
+    /// The currency of a request without a cart, and of coupons that name none.
+    pub default_currency: Currency,
 }
 
 /// What is being used: a coupon, its campaign, and, for a bulk code, the code's own terms.
@@ -166,49 +169,127 @@ pub fn validate(offer: &Offer<'_>, usage: &impl Usage, attempt: &Attempt<'_>, no
     decide(offer, usage, attempt, now).0
 }
 
-/// The decision, and with a cart's items, what the coupon takes from each line and unit.
+/// The decision, and with a cart, what the coupon takes from each line and unit and from
+/// shipping. A valid decision's `discount` is the merchandise's; the code's effect (what
+/// counts against a campaign's budget) adds shipping's ([`Taken::effect`]).
 pub fn decide(
     offer: &Offer<'_>,
     usage: &impl Usage,
     attempt: &Attempt<'_>,
     now: DateTime<Utc>,
 ) -> (Decision, Option<Taken>) {
-    let (discount, taken) = match attempt.cart {
-        None => (offer.coupon.discount.amount_for(attempt.order_value), None),
-        Some(cart) => {
-            let terms = cart_terms(offer.coupon, cart.currency.decimals());
-            match (cart.has_items, terms.check(cart.has_items.then_some(&cart.cart))) {
-                (_, Err(_)) => (Cents::ZERO, None),
-                (true, Ok(())) => {
-                    let taken = terms.take(&cart.cart, &Running::of(&cart.cart));
-                    (Cents::new(taken.merchandise()).unwrap_or(attempt.order_value), Some(taken))
-                }
-                (false, Ok(())) => (order_discount(&terms, attempt.order_value), None),
-            }
+    let coupon = offer.coupon;
+    // A request without a cart is judged as one with an empty cart in the default currency
+    // when the coupon needs more than today's rules.
+    let plain;
+    let cart = match attempt.cart {
+        None if coupon.currency.is_some() || coupon.needs_cart() => {
+            plain = CartRequest::plain(attempt.default_currency);
+            Some(&plain)
         }
+        cart => cart,
     };
-    match first_failure(offer, usage, attempt, discount, now) {
+    let priced = cart.map(|cart| {
+        let terms = priced(offer, cart, attempt.default_currency).and_then(|(terms, min_order)| {
+            cart_failure(coupon, &terms, min_order, attempt, cart).map_or(Ok(terms), Err)
+        });
+        (cart, terms)
+    });
+    let (discount, taken) = match &priced {
+        None => (coupon.discount.amount_for(attempt.order_value), None),
+        Some((cart, Ok(terms))) if cart.has_items || terms.class() == Class::Shipping => {
+            let taken = terms.take(&cart.cart, &Running::of(&cart.cart));
+            (Cents::new(taken.merchandise()).unwrap_or(attempt.order_value), Some(taken))
+        }
+        Some((_, Ok(terms))) => (order_discount(terms, attempt.order_value), None),
+        Some((_, Err(_))) => (Cents::ZERO, None),
+    };
+    let effect = Cents::new(taken.as_ref().map_or(discount.get(), Taken::effect)).unwrap_or(discount);
+    let cart_reason = priced.as_ref().map(|(_, terms)| terms.as_ref().err().copied());
+    match first_failure(offer, usage, attempt, effect, now, cart_reason) {
         Some(reason) => (Decision::Rejected(reason), None),
         None => (Decision::Valid { discount, final_amount: attempt.order_value.saturating_sub(discount) }, taken),
     }
 }
 
-/// A coupon's terms on a cart whose amounts have `decimals` decimals. Today's coupons are
-/// order coupons over every discountable line; their amounts are hundredths of their currency.
-pub fn cart_terms(coupon: &Coupon, decimals: u8) -> Terms {
-    let (kind, cap) = match coupon.discount {
-        Discount::Percentage { rate, cap } => (CartKind::Percentage(rate), cap),
-        Discount::Fixed(value) => (CartKind::Fixed { value: minor(value, decimals), each: false }, None),
+/// A coupon's terms on a cart, with its amounts in the request's currency (§9): its own
+/// amounts in its own currency, those of its `currencyOptions` in another, and a percentage
+/// without amounts in any. A campaign's budget is kept in the default currency: a coupon
+/// under one takes no other.
+/// The minimum order, in the same minor units, comes with them.
+fn priced(offer: &Offer<'_>, cart: &CartRequest, default_currency: Currency) -> Result<(Terms, u64), Reason> {
+    let coupon = offer.coupon;
+    let currency = cart.currency;
+    let decimals = currency.decimals();
+    let budgeted = offer.campaign.is_some_and(|c| c.budget.is_some());
+    if budgeted && currency != default_currency {
+        return Err(Reason::CurrencyNotSupported);
+    }
+    let own = (coupon.currency.unwrap_or(default_currency) == currency).then(|| Amounts::own(coupon, decimals));
+    let amounts = own
+        .or_else(|| {
+            let options = coupon.currency_options.as_deref().unwrap_or_default();
+            options.iter().find(|o| o.currency == currency).map(|o| Amounts {
+                value: o.value.unwrap_or(0),
+                cap: o.cap,
+                min_order_value: o.min_order_value,
+            })
+        })
+        .or_else(|| {
+            let amounts_free = matches!(coupon.discount, Discount::Percentage { cap: None, .. })
+                && coupon.min_order_value == Cents::ZERO;
+            amounts_free.then(|| Amounts::own(coupon, decimals))
+        })
+        .ok_or(Reason::CurrencyNotSupported)?;
+    Ok((cart_terms(coupon, amounts), amounts.min_order_value))
+}
+
+/// A coupon's amounts in minor units of one currency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Amounts {
+    /// The fixed kinds' value.
+    value: u64,
+    cap: Option<u64>,
+    min_order_value: u64,
+}
+
+impl Amounts {
+    /// The coupon's own amounts (hundredths of its currency) in minor units of `decimals`.
+    fn own(coupon: &Coupon, decimals: u8) -> Amounts {
+        let (_, value, cap) = coupon.discount.parts();
+        Amounts {
+            value: minor(value, decimals),
+            cap: cap.map(|c| minor(c.get(), decimals)),
+            min_order_value: minor(coupon.min_order_value.get(), decimals),
+        }
+    }
+}
+
+/// A coupon's terms on a cart, at these amounts.
+fn cart_terms(coupon: &Coupon, amounts: Amounts) -> Terms {
+    let kind = match &coupon.discount {
+        Discount::Percentage { rate, .. } => CartKind::Percentage(*rate),
+        Discount::Fixed(_) => CartKind::Fixed { value: amounts.value, each: false },
+        Discount::FixedEach { .. } => CartKind::Fixed { value: amounts.value, each: true },
+        Discount::FixedPrice { .. } => CartKind::FixedPrice(amounts.value),
+        Discount::BuyXGetY { offer, .. } => CartKind::BuyXGetY(offer.clone()),
+        Discount::FreeShipping => CartKind::FreeShipping,
     };
-    Terms { kind, target: Target::Order, scope: None, min_quantity: None, cap: cap.map(|c| minor(c, decimals)) }
+    Terms {
+        kind,
+        target: coupon.target,
+        scope: coupon.scope.clone(),
+        min_quantity: coupon.min_quantity,
+        cap: amounts.cap,
+    }
 }
 
 /// An amount kept in hundredths of its currency's major unit, in minor units of `decimals`.
-fn minor(amount: Cents, decimals: u8) -> u64 {
+fn minor(hundredths: u64, decimals: u8) -> u64 {
     match decimals {
-        0 => amount.get() / 100,
-        3 => amount.get() * 10,
-        _ => amount.get(),
+        0 => hundredths / 100,
+        3 => hundredths * 10,
+        _ => hundredths,
     }
 }
 
@@ -217,27 +298,34 @@ fn order_discount(terms: &Terms, order_value: Cents) -> Cents {
     let value = order_value.get();
     let total = match terms.kind {
         CartKind::Percentage(rate) => rate.of_minor(value),
-        CartKind::Fixed { value: fixed, .. } => fixed.min(value),
+        CartKind::Fixed { value: fixed, each: false } => fixed.min(value),
         _ => 0,
     };
     Cents::new(terms.cap.map_or(total, |cap| total.min(cap))).unwrap_or(order_value)
 }
 
-/// §9's conditions, in their order: the currency, then the cart.
-fn cart_failure(offer: &Offer<'_>, cart: &CartRequest) -> Option<Reason> {
-    let coupon = offer.coupon;
-    let amounts_free = matches!(coupon.discount, Discount::Percentage { cap: None, .. })
-        && coupon.min_order_value == Cents::ZERO
-        && offer.campaign.is_none_or(|c| c.budget.is_none());
-    if cart.currency != cart.default_currency && !amounts_free {
-        return Some(Reason::CurrencyNotSupported);
+/// §9's conditions on the cart as sent, in their order, the minimum order included.
+fn cart_failure(
+    coupon: &Coupon,
+    terms: &Terms,
+    min_order_value: u64,
+    attempt: &Attempt<'_>,
+    cart: &CartRequest,
+) -> Option<Reason> {
+    if !cart.has_items && coupon.needs_cart() && terms.class() != Class::Shipping {
+        return Some(Reason::ItemsRequired);
     }
-    match cart_terms(coupon, cart.currency.decimals()).check(cart.has_items.then_some(&cart.cart)) {
-        Ok(()) => None,
-        Err(NotApplicable::ItemsRequired) => Some(Reason::ItemsRequired),
-        Err(NotApplicable::NoEligibleItems) => Some(Reason::NoEligibleItems),
-        Err(NotApplicable::MinQuantityNotMet) => Some(Reason::MinQuantityNotMet),
+    match terms.check(Some(&cart.cart)) {
+        Ok(()) => {}
+        Err(NotApplicable::ItemsRequired) => return Some(Reason::ItemsRequired),
+        Err(NotApplicable::NoEligibleItems) => return Some(Reason::NoEligibleItems),
+        Err(NotApplicable::MinQuantityNotMet) => return Some(Reason::MinQuantityNotMet),
     }
+    let basis = match coupon.min_order_basis {
+        MinOrderBasis::Order => attempt.order_value.get(),
+        MinOrderBasis::Eligible => terms.eligible_subtotal(&cart.cart),
+    };
+    (basis < min_order_value).then_some(Reason::MinOrderValueNotMet)
 }
 
 /// Whether a use with this discount counts against its campaign: a discount of 0 never takes
@@ -246,12 +334,16 @@ pub(crate) fn takes_campaign_use(discount: Cents) -> bool {
     discount > Cents::ZERO
 }
 
+/// The first rule `offer` fails. `cart_reason`, when the attempt was judged as a cart, is
+/// §9's verdict (the minimum order included), checked in its place: after the owner, before
+/// the limits. `discount` is the code's effect.
 fn first_failure(
     offer: &Offer<'_>,
     usage: &impl Usage,
     attempt: &Attempt<'_>,
     discount: Cents,
     now: DateTime<Utc>,
+    cart_reason: Option<Option<Reason>>,
 ) -> Option<Reason> {
     let (coupon, campaign) = (offer.coupon, offer.campaign);
     let statuses = || std::iter::once(coupon.status).chain(campaign.map(|c| c.status));
@@ -273,14 +365,11 @@ fn first_failure(
     if assigned_elsewhere || coupon.user_id.as_deref().is_some_and(|owner| owner != attempt.user_id) {
         return Some(Reason::CouponNotForUser);
     }
-    if let Some(cart) = attempt.cart
-        && let Some(reason) = cart_failure(offer, cart)
-    {
-        return Some(reason);
-    }
-    let decimals = attempt.cart.map_or(2, |c| c.currency.decimals());
-    if attempt.order_value.get() < minor(coupon.min_order_value, decimals) {
-        return Some(Reason::MinOrderValueNotMet);
+    match cart_reason {
+        Some(Some(reason)) => return Some(reason),
+        Some(None) => {}
+        None if attempt.order_value < coupon.min_order_value => return Some(Reason::MinOrderValueNotMet),
+        None => {}
     }
     let code_used_up = offer.code.is_some_and(|code| usage.code_uses() >= code.uses_limit);
     if code_used_up || coupon.usage_limit.is_some_and(|limit| usage.total() >= limit) {
@@ -395,6 +484,7 @@ mod tests {
                 order_value: cents(100_000),
                 order_id: Some("ord-1"),
                 cart: None,
+                default_currency: eur(),
             },
             expected: None,
         }
@@ -423,10 +513,34 @@ mod tests {
             self.attempt.order_id = None;
             self
         }
+        fn cart(mut self, cart: &'static CartRequest) -> Case {
+            self.attempt.cart = Some(cart);
+            self.attempt.order_value = cents(cart.cart.order_value());
+            self
+        }
         fn expect(mut self, reason: Reason) -> Case {
             self.expected = Some(reason);
             self
         }
+    }
+
+    fn eur() -> Currency {
+        Currency::parse("EUR").expect("a currency")
+    }
+
+    /// A cart in `currency`: shirts 2 × 20.00 (on sale), socks 1 × 5.00, shipping 4.99.
+    fn shirts_and_socks(currency: &str) -> &'static CartRequest {
+        use crate::domain::cart::tests::line;
+        use crate::domain::cart::{Cart, Line};
+        let cart = Cart {
+            lines: vec![
+                Line { category_ids: vec!["shirts".into()], on_sale: true, ..line("1", 2, 2_000) },
+                Line { category_ids: vec!["socks".into()], ..line("2", 1, 500) },
+            ],
+            shipping: Some(499),
+        };
+        let currency = Currency::parse(currency).expect("a currency");
+        Box::leak(Box::new(CartRequest { currency, cart, has_items: true }))
     }
 
     fn used(total: u32, by_user: u32) -> FakeUsage {
@@ -574,11 +688,172 @@ mod tests {
     }
 
     #[test]
+    fn cart_reasons_in_their_place() {
+        use std::sync::Arc;
+
+        use crate::domain::cart::{IdSet, Scope};
+        use crate::domain::coupon::{CurrencyOption, MinOrderBasis};
+        use Reason::*;
+        let eur_cart = shirts_and_socks("EUR");
+        let usd_cart = shirts_and_socks("USD");
+        let shirts = || Some(Arc::new(Scope { include_categories: IdSet::new(["shirts"]), ..Scope::default() }));
+        let usd = || Currency::parse("USD");
+        let usd_option = |value, min_order_value| {
+            Some(Arc::from(vec![CurrencyOption { currency: usd().unwrap(), value, cap: None, min_order_value }]))
+        };
+        let cases = vec![
+            case("a scoped coupon without items", |c| c.scope = shirts()).expect(ItemsRequired),
+            case("a scoped coupon with items", |c| c.scope = shirts()).cart(eur_cart),
+            case("nothing in scope", |c| {
+                c.scope = Some(Arc::new(Scope { include_categories: IdSet::new(["hats"]), ..Scope::default() }))
+            })
+            .cart(eur_cart)
+            .expect(NoEligibleItems),
+            case("on sale excluded", |c| {
+                c.scope = Some(Arc::new(Scope {
+                    include_categories: IdSet::new(["shirts"]),
+                    exclude_on_sale: true,
+                    ..Scope::default()
+                }))
+            })
+            .cart(eur_cart)
+            .expect(NoEligibleItems),
+            case("two shirts are enough", |c| c.min_quantity = Some(2)).cart(eur_cart),
+            case("four units are too many to ask", |c| c.min_quantity = Some(4))
+                .cart(eur_cart)
+                .expect(MinQuantityNotMet),
+            case("not for user wins over items", |c| {
+                c.scope = shirts();
+                c.user_id = Some("someone".into());
+            })
+            .expect(CouponNotForUser),
+            case("minimum on the eligible lines: 40.00 of 45.00", |c| {
+                c.scope = shirts();
+                c.min_order_basis = MinOrderBasis::Eligible;
+                c.min_order_value = cents(4_001);
+            })
+            .cart(eur_cart)
+            .expect(MinOrderValueNotMet),
+            case("minimum on the order: 45.00", |c| {
+                c.scope = shirts();
+                c.min_order_value = cents(4_001);
+            })
+            .cart(eur_cart),
+            case("minimum quantity wins over minimum", |c| {
+                c.min_quantity = Some(9);
+                c.min_order_value = cents(1_000_000);
+            })
+            .cart(eur_cart)
+            .expect(MinQuantityNotMet),
+            case("free shipping needs shipping", |c| c.discount = Discount::FreeShipping).expect(ItemsRequired),
+            case("free shipping on a cart", |c| c.discount = Discount::FreeShipping).cart(eur_cart),
+            // Currencies.
+            case("a percentage without amounts in any currency", |_| {}).cart(usd_cart),
+            case("a percentage with a minimum in EUR only", |c| c.min_order_value = cents(100))
+                .cart(usd_cart)
+                .expect(CurrencyNotSupported),
+            case("a fixed coupon in EUR", |c| c.discount = Discount::Fixed(cents(500)))
+                .cart(usd_cart)
+                .expect(CurrencyNotSupported),
+            case("a fixed coupon with a USD option", |c| {
+                c.discount = Discount::Fixed(cents(500));
+                c.currency_options = usd_option(Some(600), 4_500);
+            })
+            .cart(usd_cart),
+            case("the option's own minimum: 46.00 > 45.00", |c| {
+                c.discount = Discount::Fixed(cents(500));
+                c.min_order_value = cents(100);
+                c.currency_options = usd_option(Some(600), 4_600);
+            })
+            .cart(usd_cart)
+            .expect(MinOrderValueNotMet),
+            case("a USD coupon with a EUR option asked without a cart", |c| {
+                c.discount = Discount::Fixed(cents(500));
+                c.currency = usd();
+                c.currency_options = Some(Arc::from(vec![CurrencyOption {
+                    currency: eur(),
+                    value: Some(400),
+                    cap: None,
+                    min_order_value: 100_001,
+                }]));
+            })
+            .expect(MinOrderValueNotMet),
+            case("a USD coupon asked in EUR without items", |c| {
+                c.discount = Discount::Fixed(cents(500));
+                c.currency = usd();
+            })
+            .expect(CurrencyNotSupported),
+            case("currency wins over items", |c| {
+                c.discount = Discount::Fixed(cents(500));
+                c.scope = shirts();
+            })
+            .cart(usd_cart)
+            .expect(CurrencyNotSupported),
+            case("a budget is kept in the default currency", |_| {})
+                .campaign(|k| k.budget = Some(cents(100_000)))
+                .cart(usd_cart)
+                .expect(CurrencyNotSupported),
+        ];
+        for case in cases {
+            let offer = Offer { coupon: &case.coupon, campaign: case.campaign.as_ref(), code: case.code };
+            let got = match validate(&offer, &case.usage, &case.attempt, at(12)) {
+                Decision::Valid { .. } => None,
+                Decision::Rejected(reason) => Some(reason),
+            };
+            assert_eq!(got, case.expected, "case: {}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_cart_coupons_amounts_come_from_its_currency() {
+        use std::sync::Arc;
+
+        use crate::domain::coupon::CurrencyOption;
+        let cart = shirts_and_socks("USD");
+        let mut coupon = base();
+        coupon.discount = Discount::Fixed(cents(500));
+        coupon.currency_options = Some(Arc::from(vec![CurrencyOption {
+            currency: cart.currency,
+            value: Some(600),
+            cap: None,
+            min_order_value: 0,
+        }]));
+        let offer = Offer { coupon: &coupon, campaign: None, code: None };
+        let attempt = Attempt {
+            user_id: "u",
+            order_value: cents(4_500),
+            order_id: None,
+            cart: Some(cart),
+            default_currency: eur(),
+        };
+        let (decision, taken) = decide(&offer, &FakeUsage::default(), &attempt, at(12));
+        assert_eq!(decision, Decision::Valid { discount: cents(600), final_amount: cents(3_900) });
+        assert_eq!(taken.map(|t| t.effect()), Some(600));
+        // Free shipping: nothing off the merchandise, the shipping's 4.99 is its effect, and a
+        // budget is charged with it.
+        coupon.discount = Discount::FreeShipping;
+        coupon.currency_options = None;
+        let eur_cart = shirts_and_socks("EUR");
+        let campaign = Campaign { budget: Some(cents(498)), ..campaign() };
+        let offer = Offer { coupon: &coupon, campaign: Some(&campaign), code: None };
+        let attempt = Attempt { cart: Some(eur_cart), ..attempt };
+        let (decision, taken) = decide(&offer, &FakeUsage::default(), &attempt, at(12));
+        assert_eq!(decision, Decision::Rejected(Reason::CampaignBudgetExhausted));
+        assert_eq!(taken, None);
+        let enough = Campaign { budget: Some(cents(499)), ..campaign.clone() };
+        let offer = Offer { campaign: Some(&enough), ..offer };
+        let (decision, taken) = decide(&offer, &FakeUsage::default(), &attempt, at(12));
+        assert_eq!(decision, Decision::Valid { discount: Cents::ZERO, final_amount: cents(4_500) });
+        assert_eq!(taken.map(|t| (t.merchandise(), t.shipping)), Some((0, 499)));
+    }
+
+    #[test]
     fn valid_decision_carries_discount_and_final_amount() {
         let mut coupon = base();
         coupon.discount = Discount::Fixed(cents(2_500));
         let offer = Offer { coupon: &coupon, campaign: None, code: None };
-        let attempt = Attempt { user_id: "u", order_value: cents(10_000), order_id: None, cart: None };
+        let attempt =
+            Attempt { user_id: "u", order_value: cents(10_000), order_id: None, cart: None, default_currency: eur() };
         let decision = validate(&offer, &FakeUsage::default(), &attempt, at(12));
         assert_eq!(decision, Decision::Valid { discount: cents(2_500), final_amount: cents(7_500) });
     }

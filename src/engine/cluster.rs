@@ -291,7 +291,7 @@ impl Engine {
             // A released hold is remembered too (until the retention forgets it): a later use
             // of its order taken here must come at a newer revision than its row, or the
             // shipper would take that use for an old one and drop it.
-            let replaced = self.ledger.update(key, |current| match current {
+            let replaced = self.ledger.update_marked(key, Some(stored.cart), |current| match current {
                 None => (Some(slot), Some(None)),
                 Some(local) if local.is_settling() || local.rev > slot.rev => (Some(local), None),
                 Some(local)
@@ -382,6 +382,7 @@ impl Engine {
             hold_until: row.hold_until,
             released_at,
             made_by: None,
+            cart: row.cart,
         }]);
     }
 }

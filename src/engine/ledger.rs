@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::num::{NonZeroI64, NonZeroU32};
+use std::num::{NonZeroI64, NonZeroU32, NonZeroU64};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::domain::coupon::{BatchId, CampaignId, CouponId};
+use crate::domain::event::CartUse;
 use crate::domain::money::Cents;
 
 /// Shards per map; a power of two.
@@ -171,6 +172,26 @@ pub struct Slot {
     pub state: SlotState,
 }
 
+/// What a use taken with §9's fields (API.md §9) adds to its slot: the request's
+/// fingerprint, which a replay must match, and what came off shipping (part of `discount`,
+/// the code's effect, but not of the order's final amount). Kept beside the slots, only for
+/// such uses, so that every other use keeps its ~100 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CartMark {
+    pub fingerprint: Option<NonZeroU64>,
+    pub shipping: Cents,
+}
+
+impl CartMark {
+    /// A use's mark, from its record.
+    pub fn of(cart: Option<&CartUse>) -> CartMark {
+        cart.map_or(CartMark::default(), |c| CartMark {
+            fingerprint: NonZeroU64::new(c.items_hash),
+            shipping: Cents::new(c.shipping_discount).unwrap_or(Cents::ZERO),
+        })
+    }
+}
+
 /// The per-user counts a use took. They are kept only where a per-user limit exists (a
 /// count nobody checks would cost every redemption a map entry); a limit set later is
 /// back-filled from the slots ([`Ledger::count_users`]).
@@ -247,6 +268,9 @@ pub struct Ledger {
     keys: ahash::RandomState,
     tallies: Shards<Tally, Count>,
     orders: Shards<OrderKey, Slot>,
+    /// The marks of the slots of uses taken with a cart. Locked only inside the lock of the
+    /// slot's order shard, so a slot and its mark always change together.
+    carts: Shards<OrderKey, CartMark>,
     /// One per order shard: woken whenever a slot of that shard stops settling.
     settled: Box<[Notify]>,
 }
@@ -257,6 +281,7 @@ impl Default for Ledger {
             keys: ahash::RandomState::new(),
             tallies: Shards::new(),
             orders: Shards::new(),
+            carts: Shards::new(),
             settled: (0..SHARDS).map(|_| Notify::new()).collect(),
         }
     }
@@ -312,6 +337,26 @@ impl Ledger {
         self.orders.with(&key, |map| map.get(&key).copied())
     }
 
+    /// The slot of `key` with its cart mark (the default one for a use without a cart).
+    pub(crate) fn slot_with_cart(&self, key: OrderKey) -> Option<(Slot, CartMark)> {
+        self.orders.with(&key, |map| {
+            let slot = map.get(&key).copied()?;
+            Some((slot, self.carts.with(&key, |carts| carts.get(&key).copied().unwrap_or_default())))
+        })
+    }
+
+    /// Sets the cart mark of the slot of `key` (if it has one): the default mark removes it.
+    pub(crate) fn mark(&self, key: OrderKey, mark: CartMark) {
+        self.orders.with(&key, |map| {
+            if map.contains_key(&key) {
+                self.carts.with(&key, |carts| match mark == CartMark::default() {
+                    true => carts.remove(&key),
+                    false => carts.insert(key, mark),
+                });
+            }
+        });
+    }
+
     /// Whether `key` holds a slot that spends its order id: a live or held use, or a released
     /// redemption.
     pub(crate) fn order_taken(&self, key: OrderKey) -> bool {
@@ -323,6 +368,18 @@ impl Ledger {
     /// returns what to store (`None` removes it) and a result. Waiters are woken when a slot
     /// stops settling.
     pub fn update<R>(&self, key: OrderKey, f: impl FnOnce(Option<Slot>) -> (Option<Slot>, R)) -> R {
+        self.update_marked(key, None, f)
+    }
+
+    /// [`Ledger::update`]; when `f` stores another slot than it was given and `mark` is set,
+    /// that slot's cart mark becomes `mark`, under the same lock. A removed slot's mark goes
+    /// with it.
+    pub(crate) fn update_marked<R>(
+        &self,
+        key: OrderKey,
+        mark: Option<CartMark>,
+        f: impl FnOnce(Option<Slot>) -> (Option<Slot>, R),
+    ) -> R {
         let (was_settling, now_settling, result) = self.orders.with(&key, |map| {
             let current = map.get(&key).copied();
             let (next, result) = f(current);
@@ -330,10 +387,18 @@ impl Ledger {
             let now = next.is_some_and(|s| s.is_settling());
             match next {
                 Some(slot) => {
+                    if let Some(mark) = mark.filter(|_| current != Some(slot)) {
+                        self.carts.with(&key, |carts| match mark == CartMark::default() {
+                            true => carts.remove(&key),
+                            false => carts.insert(key, mark),
+                        });
+                    }
                     map.insert(key, slot);
                 }
                 None => {
-                    map.remove(&key);
+                    if map.remove(&key).is_some() {
+                        self.carts.with(&key, |carts| carts.remove(&key));
+                    }
                 }
             }
             (was, now, result)
@@ -366,13 +431,18 @@ impl Ledger {
     pub(crate) fn forget(&self, mut f: impl FnMut(&Slot) -> bool) -> Vec<OrderKey> {
         let mut forgotten = Vec::new();
         for shard in self.orders.shards.iter() {
-            shard.lock().expect("ledger shard").retain(|key, slot| {
+            let mut shard = shard.lock().expect("ledger shard");
+            let first = forgotten.len();
+            shard.retain(|key, slot| {
                 let forget = f(slot);
                 if forget {
                     forgotten.push(*key);
                 }
                 !forget
             });
+            for key in &forgotten[first..] {
+                self.carts.with(key, |carts| carts.remove(key));
+            }
         }
         forgotten
     }

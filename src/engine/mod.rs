@@ -38,6 +38,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::domain::coupon::{BatchId, CampaignId, CouponId, normalize_code};
+use crate::domain::currency::Currency;
 use crate::domain::event::Validated;
 use crate::domain::money::Cents;
 use crate::domain::rules::{self, Attempt, CodeTerms, Decision, Offer, Reason, Usage};
@@ -67,6 +68,9 @@ pub struct EngineSettings {
     pub released_retention: Duration,
     /// Orders the filter is sized for (1% false positives there; more beyond, never wrong).
     pub forgotten_capacity: u64,
+    /// The currency of requests that name none, and of coupons that name none
+    /// (`money.default_currency`).
+    pub default_currency: Currency,
 }
 
 /// A failure of the service itself (the answer is a 503, not a refusal).
@@ -163,8 +167,13 @@ impl Engine {
     pub fn validate<'a>(&self, req: &ValidateRequest<'a>, caller: &Caller) -> Validation<'a> {
         let code = normalize_code(req.code);
         let catalog = self.catalog.load();
-        let attempt =
-            Attempt { user_id: req.user_id, order_value: req.order_value, order_id: req.order_id, cart: req.cart };
+        let attempt = Attempt {
+            user_id: req.user_id,
+            order_value: req.order_value,
+            order_id: req.order_id,
+            cart: req.cart,
+            default_currency: self.settings.default_currency,
+        };
         let now = self.clock.now();
         let (coupon_id, (decision, taken)) = match catalog.find(&code) {
             None => (None, (Decision::Rejected(Reason::CouponNotFound), None)),
@@ -211,7 +220,7 @@ impl Engine {
             }
             let slot = self.stored_slot(&catalog, &stored, me);
             let state = slot.state;
-            let inserted = self.ledger.update(key, |current| match current {
+            let inserted = self.ledger.update_marked(key, Some(stored.cart), |current| match current {
                 Some(existing) => (Some(existing), false),
                 None => (Some(slot), true),
             });

@@ -120,6 +120,8 @@ pub struct ClaimRequest<'a> {
     pub code_limit: Option<u32>,
     pub max_holds: Option<u32>,
     pub spent: crate::domain::event::Spent,
+    /// For a use taken with §9's fields.
+    pub cart: Option<&'a crate::domain::event::CartUse>,
 }
 
 /// What a change found: `None` if the row does not exist.
@@ -150,6 +152,8 @@ pub struct StoredRow {
     pub discount: crate::domain::money::Cents,
     pub hold_until: Option<chrono::DateTime<chrono::Utc>>,
     pub released: bool,
+    /// For a use taken with §9's fields.
+    pub cart: crate::engine::ledger::CartMark,
 }
 
 /// What a change of another instance's use found.

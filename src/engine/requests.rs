@@ -14,6 +14,7 @@ use crate::domain::cart_discount::Taken;
 use crate::domain::coupon::CouponId;
 use crate::domain::money::Cents;
 use crate::domain::rules::{Decision, Reason};
+use crate::engine::ledger::CartMark;
 
 /// A validate request, well-formed.
 #[derive(Debug, Clone, Copy)]
@@ -73,7 +74,10 @@ pub struct Receipt {
     pub id: Uuid,
     /// Normalised.
     pub code: String,
+    /// Off the merchandise.
     pub discount: Cents,
+    /// Off shipping (a use with §9's fields).
+    pub shipping_discount: Cents,
     pub final_amount: Cents,
     /// For a hold.
     pub expires_at: Option<DateTime<Utc>>,
@@ -186,4 +190,6 @@ pub struct StoredUse {
     pub released_at: Option<DateTime<Utc>>,
     /// The instance that made it (none before instances were named).
     pub made_by: Option<String>,
+    /// For a use taken with §9's fields.
+    pub cart: CartMark,
 }

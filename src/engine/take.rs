@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::domain::cart::CartRequest;
+use crate::domain::cart_fields;
 use crate::domain::coupon::{BatchId, CampaignId, CouponId, normalize_code};
-use crate::domain::event::{Confirmed, Event, Funding, Redeemed, Spent};
+use crate::domain::event::{CartUse, Confirmed, Event, Funding, Redeemed, Spent};
 use crate::domain::identity::redemption_id;
 use crate::domain::money::Cents;
 use crate::domain::rules::{self, Attempt, Decision, Reason};
 use crate::engine::catalog::{Catalog, Found};
 use crate::engine::cluster::{self, Cluster};
-use crate::engine::ledger::{Counted, Ended, IdKey, OrderKey, Slot, SlotState, code_slot};
+use crate::engine::ledger::{CartMark, Counted, Ended, IdKey, OrderKey, Slot, SlotState, code_slot};
 use crate::engine::limits::{
     self, CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce,
     Refusal, Use, UserHolds,
@@ -49,6 +51,7 @@ impl Engine {
         let _decisions = self.decisions.read().await;
         let code = normalize_code(req.code);
         let user = self.ledger.id_key(req.user_id);
+        let fingerprint = req.cart.map(CartRequest::fingerprint);
         let waited_until = Instant::now() + self.settings.settle_timeout;
         let mut hold_fate = None;
         loop {
@@ -67,15 +70,19 @@ impl Engine {
             let key = (coupon.id, self.ledger.id_key(req.order_id));
             self.settle_doubt(key).await?;
             let now = self.clock.now();
-            if let Some(slot) = self.ledger.slot(key) {
+            if let Some((slot, cart)) = self.ledger.slot_with_cart(key) {
+                let discount = slot.discount.saturating_sub(cart.shipping);
                 let receipt = |expires_at| Receipt {
                     id: slot.id,
                     code: code.to_string(),
-                    discount: slot.discount,
-                    final_amount: slot.order_value.saturating_sub(slot.discount),
+                    discount,
+                    shipping_discount: cart.shipping,
+                    final_amount: slot.order_value.saturating_sub(discount),
                     expires_at,
                     hold: None,
                 };
+                // A replay asks for what the order holds: the same amount, the same cart.
+                let same_request = slot.order_value == req.order_value && cart.fingerprint == fingerprint;
                 match slot.state {
                     SlotState::Taking { .. } | SlotState::Changing => {
                         self.wait_settled(key, waited_until).await?;
@@ -94,7 +101,7 @@ impl Engine {
                     }
                     _ if slot.user != user => return Ok(UseOutcome::Refused(Refused::OrderTaken)),
                     SlotState::Held { until } => {
-                        if slot.order_value != req.order_value {
+                        if !same_request {
                             return Ok(UseOutcome::Refused(Refused::IdempotencyMismatch));
                         }
                         match kind {
@@ -121,7 +128,7 @@ impl Engine {
                     SlotState::Live => {
                         return Ok(UseOutcome::Refused(match kind {
                             UseKind::Hold { .. } => Refused::OrderTaken,
-                            UseKind::Redeem if slot.order_value != req.order_value => Refused::IdempotencyMismatch,
+                            UseKind::Redeem if !same_request => Refused::IdempotencyMismatch,
                             UseKind::Redeem => return Ok(UseOutcome::Replayed(receipt(None))),
                         }));
                     }
@@ -171,10 +178,28 @@ impl Engine {
         let offer = offer(catalog, found, req.user_id);
         // The order is not checked here: claiming it is the first link of the chain.
         let view = self.view(&offer, found, req.user_id, None);
-        let attempt = Attempt { user_id: req.user_id, order_value: req.order_value, order_id: None, cart: req.cart };
-        let discount = match rules::validate(&offer, &view, &attempt, now) {
-            Decision::Valid { discount, .. } => discount,
-            Decision::Rejected(reason) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
+        let attempt = Attempt {
+            user_id: req.user_id,
+            order_value: req.order_value,
+            order_id: None,
+            cart: req.cart,
+            default_currency: self.settings.default_currency,
+        };
+        let (discount, cart) = match rules::decide(&offer, &view, &attempt, now) {
+            (Decision::Valid { discount, .. }, taken) => match (req.cart, taken) {
+                // The use keeps the code's effect: what its campaign's budget is charged.
+                (Some(cart), taken) => {
+                    let shipping = taken.as_ref().map_or(0, |t| t.shipping);
+                    let effect = Cents::new(discount.get() + shipping).unwrap_or(discount);
+                    let split = taken
+                        .as_ref()
+                        .map_or_else(|| "[]".to_owned(), |t| cart_fields::split_json(&cart.cart, t, cart.currency));
+                    let items_hash = cart.fingerprint().get();
+                    (effect, Some(CartUse { currency: cart.currency, items_hash, shipping_discount: shipping, split }))
+                }
+                (None, _) => (discount, None),
+            },
+            (Decision::Rejected(reason), _) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
         };
         let campaign = offer.campaign.filter(|_| rules::takes_campaign_use(discount));
         let new = NewUse {
@@ -194,6 +219,7 @@ impl Engine {
             user_limit: coupon.per_user_limit,
             campaign_user_limit: campaign.and_then(|c| c.per_user_limit),
             code_limit: offer.code.map(|c| c.uses_limit),
+            cart,
         };
         let totals =
             cluster::totals(coupon, campaign.map(|c| (c.id, c.usage_limit.is_some(), c.budget.is_some())), discount);
@@ -230,6 +256,8 @@ impl Engine {
             Err(Refusal::Rule(reason)) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
             Err(Refusal::TooManyHolds) => return Ok(Some(UseOutcome::Refused(Refused::TooManyHolds))),
         };
+        // While it is `Taking`, replays wait: they see the mark with the slot.
+        self.ledger.mark(key, CartMark::of(new.cart.as_ref()));
         // A per-user limit published since `catalog` was read may not have seen this use in
         // its back-fill: count it as the definitions now say.
         self.ledger.count_user_of(key, counted(&self.catalog.load(), coupon.id, campaign.map(|c| c.id)));
@@ -276,10 +304,11 @@ impl Engine {
             hold_until: new.hold_until,
             campaign: new.campaign,
             funded_by,
+            cart: new.cart.clone(),
         });
         self.journal.append(&event.encode()).await?;
         taken.commit();
-        Ok(Some(self.settle_taken(new.key, new.id, rev, new.discount, new.req, new.hold_until)))
+        Ok(Some(self.settle_taken(new, rev)))
     }
 
     /// Records a new use by a claim in PostgreSQL, and commits it once PostgreSQL has it.
@@ -308,6 +337,7 @@ impl Engine {
             code_limit: new.code_limit,
             max_holds: Some(self.settings.max_active_holds_per_user),
             spent,
+            cart: new.cart.as_ref(),
         };
         self.metrics.quota.waits.inc("claim");
         // PostgreSQL counts only what it has: a release or confirmation of this instance's
@@ -323,7 +353,7 @@ impl Engine {
         let refused = match outcome {
             Ok(ClaimOutcome::Taken { rev }) => {
                 taken.commit();
-                return Ok(Some(self.settle_taken(new.key, new.id, rev, new.discount, new.req, new.hold_until)));
+                return Ok(Some(self.settle_taken(new, rev)));
             }
             Ok(ClaimOutcome::Exists(row)) => {
                 drop(taken);
@@ -346,15 +376,8 @@ impl Engine {
     }
 
     /// Marks a use taken durably (journalled, or written by PostgreSQL) and answers it.
-    fn settle_taken(
-        &self,
-        key: OrderKey,
-        id: Uuid,
-        rev: u32,
-        discount: Cents,
-        req: &UseRequest<'_>,
-        hold_until: Option<DateTime<Utc>>,
-    ) -> UseOutcome {
+    fn settle_taken(&self, new: &NewUse<'_>, rev: u32) -> UseOutcome {
+        let (key, hold_until) = (new.key, new.hold_until);
         let state = match hold_until {
             Some(until) => SlotState::Held { until: until.timestamp_millis() },
             None => SlotState::Live,
@@ -364,11 +387,14 @@ impl Engine {
             self.live_holds.fetch_add(1, Ordering::Relaxed);
             self.deadlines.push(until.timestamp_millis(), key);
         }
+        let shipping = CartMark::of(new.cart.as_ref()).shipping;
+        let discount = new.discount.saturating_sub(shipping);
         UseOutcome::Taken(Receipt {
-            id,
+            id: new.id,
             code: String::new(),
             discount,
-            final_amount: req.order_value.saturating_sub(discount),
+            shipping_discount: shipping,
+            final_amount: new.req.order_value.saturating_sub(discount),
             expires_at: hold_until,
             hold: None,
         })
@@ -425,6 +451,8 @@ struct NewUse<'a> {
     user_limit: Option<u32>,
     campaign_user_limit: Option<u32>,
     code_limit: Option<u32>,
+    /// For a request with §9's fields.
+    cart: Option<CartUse>,
 }
 
 impl NewUse<'_> {

@@ -658,6 +658,7 @@ async fn stored_uses_count_again_and_expired_holds_are_given_back_at_load() {
             hold_until,
             released_at,
             made_by: None,
+            cart: crate::engine::ledger::CartMark::default(),
         };
         let rows = [
             stored("live", None, None),

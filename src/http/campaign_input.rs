@@ -8,9 +8,9 @@ use serde_json::value::RawValue;
 use crate::db::batches::Source;
 use crate::domain::batch::{self, BatchError, GenerateSpec};
 use crate::domain::campaign::{Campaign, CampaignError};
-use crate::domain::coupon::{Coupon, CouponKind, Discount, DiscountType, Status};
+use crate::domain::coupon::{Coupon, CouponKind, Status};
 use crate::domain::money::Cents;
-use crate::http::coupon_input::{coupon_error, limit, money, not_null, nullable, status, timestamp};
+use crate::http::coupon_input::{CouponPatch, TERM_FIELDS, limit, money, not_null, nullable, status, timestamp};
 use crate::http::error::ApiError;
 use crate::http::request::{Fields, optional_string, parse_object};
 
@@ -87,19 +87,8 @@ pub struct BatchRequest {
     pub uses_per_code: u32,
 }
 
-const BATCH_FIELDS: [&str; 11] = [
-    "count",
-    "prefix",
-    "length",
-    "codes",
-    "discountType",
-    "discountValue",
-    "maxDiscount",
-    "minOrderValue",
-    "usesPerCode",
-    "validFrom",
-    "validUntil",
-];
+/// A batch's own fields; its rule takes a coupon's terms ([`TERM_FIELDS`]) too.
+const BATCH_FIELDS: [&str; 5] = ["count", "prefix", "length", "codes", "usesPerCode"];
 
 /// Most uses one code may allow (the `code_batches_uses_range` constraint).
 const MAX_USES_PER_CODE: u64 = 1_000_000;
@@ -108,7 +97,8 @@ impl BatchRequest {
     /// Parses a generate body (`count`) or an import body (`codes`) with the rule's fields.
     pub fn parse(body: &[u8]) -> Result<BatchRequest, ApiError> {
         let fields: Fields<'_> = parse_object(body)?;
-        fields.only(&BATCH_FIELDS)?;
+        let known: Vec<&str> = BATCH_FIELDS.iter().chain(&TERM_FIELDS).copied().collect();
+        fields.only(&known)?;
         let get = |name: &str| fields.get(name).filter(|raw| raw.get() != "null");
         let source = match (get("count"), get("codes")) {
             (Some(_), Some(_)) => {
@@ -137,28 +127,12 @@ impl BatchRequest {
                 Source::Imported(batch::check_import(codes).map_err(batch_error)?)
             }
         };
-        let discount_type = not_null(fields.get("discountType"), "discountType", |raw| {
-            let text = optional_string(Some(raw), "discountType")?.unwrap_or_default();
-            DiscountType::parse(&text).ok_or_else(|| ApiError::InvalidField {
-                field: "discountType",
-                problem: "must be percentage or fixed".into(),
-            })
-        })?
-        .ok_or(ApiError::MissingField { field: "discountType" })?;
-        let discount_value = not_null(fields.get("discountValue"), "discountValue", |raw| money(raw, "discountValue"))?
-            .ok_or(ApiError::MissingField { field: "discountValue" })?;
-        let cap = nullable(fields.get("maxDiscount"), |raw| money(raw, "maxDiscount"))?.flatten();
-        let discount = Discount::from_parts(discount_type, discount_value.get(), cap).map_err(coupon_error)?;
-        let rule = Coupon {
-            version: 0,
-            min_order_value: not_null(fields.get("minOrderValue"), "minOrderValue", |raw| money(raw, "minOrderValue"))?
-                .unwrap_or(Cents::ZERO),
-            valid_from: nullable(fields.get("validFrom"), |raw| timestamp(raw, "validFrom"))?.flatten(),
-            valid_until: nullable(fields.get("validUntil"), |raw| timestamp(raw, "validUntil"))?.flatten(),
-            status: Status::Active,
-            ..Coupon::new(0, "~BATCH", CouponKind::TimeSpecific, discount)
+        let terms = CouponPatch {
+            code: Some("~BATCH".into()),
+            kind: Some(CouponKind::TimeSpecific),
+            ..CouponPatch::from_fields(&fields)?
         };
-        rule.check().map_err(coupon_error)?;
+        let rule = terms.into_new_coupon()?;
         let uses_per_code = match get("usesPerCode") {
             None => 1,
             Some(raw) => {
@@ -242,7 +216,18 @@ mod tests {
             generate.source,
             Source::Generated(GenerateSpec { count: 1000, prefix: "BF26-".into(), length: 10 })
         );
-        assert_eq!((generate.rule.discount, generate.uses_per_code), (Discount::Fixed(Cents::new(500).unwrap()), 2));
+        assert_eq!(
+            (&generate.rule.discount, generate.uses_per_code),
+            (&crate::domain::coupon::Discount::Fixed(Cents::new(500).unwrap()), 2)
+        );
+        // A rule takes a coupon's cart terms too.
+        let scoped = BatchRequest::parse(
+            br#"{"count":10,"prefix":"S-","discountType":"percentage","discountValue":20,"target":"items",
+                 "scope":{"includeCategories":["shirts"]},"minQuantity":2}"#,
+        )
+        .unwrap();
+        assert!(scoped.rule.scope.as_ref().is_some_and(|s| s.include_categories.contains("shirts")));
+        assert_eq!(scoped.rule.min_quantity, Some(2));
         let import =
             BatchRequest::parse(br#"{"codes":["a1","B2"],"discountType":"percentage","discountValue":10}"#).unwrap();
         assert_eq!(import.source, Source::Imported(vec!["A1".into(), "B2".into()]));
@@ -262,6 +247,8 @@ mod tests {
             (format!(r#"{{"codes":["A"],"prefix":"P",{rule}}}"#), Some("prefix")),
             (format!(r#"{{"count":10,"prefix":"P-",{rule},"usesPerCode":0}}"#), Some("usesPerCode")),
             (format!(r#"{{"count":10,{rule}}}"#), Some("prefix")),
+            (format!(r#"{{"count":10,"prefix":"P-",{rule},"scope":{{"includeColours":[]}}}}"#), Some("scope")),
+            (format!(r#"{{"count":10,"prefix":"P-",{rule},"userId":"u1"}}"#), None),
             (r#"{"count":10,"prefix":"P-","discountType":"fixed"}"#.into(), Some("discountValue")),
             (
                 r#"{"count":10,"prefix":"P-","discountType":"percentage","discountValue":101}"#.into(),

@@ -2,18 +2,13 @@
 //! units as runs of equal discounts, and which code gave what; amounts written exactly in the
 //! request's currency.
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::domain::allocation::{self, Run};
 use crate::domain::cart::CartRequest;
 use crate::domain::cart_discount::Taken;
 use crate::domain::currency::Amount;
-
-/// An amount in minor units, written as the exact JSON number of its major units.
-fn amount<S: Serializer>(amount: &Amount, serializer: S) -> Result<S::Ok, S::Error> {
-    let text = amount.to_string();
-    serde_json::value::RawValue::from_string(text).map_err(serde::ser::Error::custom)?.serialize(serializer)
-}
+use crate::http::response::amount;
 
 /// A validate answer with §9's fields: `valid`, `code` and `reason` first, as today.
 #[derive(Debug, Serialize)]

@@ -13,8 +13,6 @@ use crate::domain::money::{Cents, MoneyError, parse_minor};
 use crate::http::error::ApiError;
 use crate::http::request::optional_string;
 
-/// A body with items may be this large; others keep the routes' 16 KiB.
-pub const MAX_CART_BODY_BYTES: usize = 64 * 1024;
 const MAX_LINE_ID: usize = 64;
 const MAX_PRODUCT_ID: usize = 128;
 const MAX_CATEGORIES: usize = 20;
@@ -34,6 +32,8 @@ pub struct RawCart<'a> {
 pub struct CartLimits {
     pub default_currency: Currency,
     pub max_lines: usize,
+    /// The largest body with items (`http.max_body_bytes_cart`).
+    pub max_body_bytes: usize,
 }
 
 #[derive(Deserialize)]
@@ -119,8 +119,7 @@ impl<'a> RawCart<'a> {
         };
         let value = Cents::new(value)
             .map_err(|err| ApiError::InvalidField { field: "orderValue", problem: err.to_string() })?;
-        let default_currency = limits.default_currency;
-        Ok((value, Some(CartRequest { currency, default_currency, cart, has_items })))
+        Ok((value, Some(CartRequest { currency, cart, has_items })))
     }
 }
 
@@ -223,7 +222,7 @@ mod tests {
     use super::*;
 
     fn limits() -> CartLimits {
-        CartLimits { default_currency: Currency::parse("EUR").unwrap(), max_lines: 3 }
+        CartLimits { default_currency: Currency::parse("EUR").unwrap(), max_lines: 3, max_body_bytes: 64 * 1024 }
     }
 
     fn parse(body: &str) -> Result<(Cents, Option<CartRequest>), ApiError> {

@@ -1,9 +1,18 @@
 //! Admin coupon bodies: camelCase JSON to a patch over a domain [`Coupon`], exactly checked.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use crate::domain::coupon::{Coupon, CouponError, CouponKind, Discount, DiscountType, Status, normalize_code};
+use crate::domain::cart::Scope;
+use crate::domain::cart_discount::{BuyXGetY, Target};
+use crate::domain::cart_fields::{self, FieldError};
+use crate::domain::coupon::{
+    Allocation, Coupon, CouponError, CouponKind, CurrencyOption, Discount, DiscountType, MinOrderBasis, Status,
+    normalize_code,
+};
+use crate::domain::currency::Currency;
 use crate::domain::money::Cents;
 use crate::http::error::ApiError;
 use crate::http::request::{Fields, id, optional_string, parse_object};
@@ -26,29 +35,48 @@ pub struct CouponPatch {
     pub valid_until: Option<Option<DateTime<Utc>>>,
     /// The campaign's name.
     pub campaign: Option<Option<String>>,
+    pub target: Option<Target>,
+    pub scope: Option<Option<Scope>>,
+    pub min_quantity: Option<Option<u32>>,
+    pub min_order_basis: Option<MinOrderBasis>,
+    pub allocation: Option<Allocation>,
+    pub buy_x_get_y: Option<Option<BuyXGetY>>,
+    pub currency: Option<Option<Currency>>,
+    pub currency_options: Option<Option<Vec<CurrencyOption>>>,
 }
 
-const FIELDS: [&str; 13] = [
-    "code",
-    "type",
-    "status",
+/// The fields of a coupon's terms: what a batch's rule takes too.
+pub(crate) const TERM_FIELDS: [&str; 14] = [
     "discountType",
     "discountValue",
     "maxDiscount",
     "minOrderValue",
-    "usageLimit",
-    "perUserLimit",
-    "userId",
     "validFrom",
     "validUntil",
-    "campaign",
+    "target",
+    "scope",
+    "minQuantity",
+    "minOrderBasis",
+    "allocation",
+    "buyXGetY",
+    "currency",
+    "currencyOptions",
 ];
+
+/// The fields of a coupon beyond its terms.
+const OWN_FIELDS: [&str; 7] = ["code", "type", "status", "usageLimit", "perUserLimit", "userId", "campaign"];
 
 impl CouponPatch {
     /// Parses a body; unknown and duplicated fields are refused.
     pub fn parse(body: &[u8]) -> Result<CouponPatch, ApiError> {
         let fields: Fields<'_> = parse_object(body)?;
-        fields.only(&FIELDS)?;
+        let known: Vec<&str> = OWN_FIELDS.iter().chain(&TERM_FIELDS).copied().collect();
+        fields.only(&known)?;
+        CouponPatch::from_fields(&fields)
+    }
+
+    /// Reads whichever of a coupon's fields `fields` has (the caller refuses the others).
+    pub(crate) fn from_fields(fields: &Fields<'_>) -> Result<CouponPatch, ApiError> {
         let get = |name: &str| fields.get(name);
         Ok(CouponPatch {
             code: not_null(get("code"), "code", |raw| {
@@ -60,7 +88,12 @@ impl CouponPatch {
             })?,
             status: not_null(get("status"), "status", |raw| status(raw, "status"))?,
             discount_type: not_null(get("discountType"), "discountType", |raw| {
-                keyword(raw, "discountType", DiscountType::parse, "percentage or fixed")
+                keyword(
+                    raw,
+                    "discountType",
+                    DiscountType::parse,
+                    "percentage, fixed, fixed_price, buy_x_get_y or free_shipping",
+                )
             })?,
             discount_value: not_null(get("discountValue"), "discountValue", |raw| {
                 money(raw, "discountValue").map(Cents::get)
@@ -75,30 +108,75 @@ impl CouponPatch {
             campaign: nullable(get("campaign"), |raw| {
                 Ok(optional_string(Some(raw), "campaign")?.unwrap_or_default().into_owned())
             })?,
+            target: not_null(get("target"), "target", |raw| {
+                keyword(raw, "target", Target::parse, "order, items or shipping")
+            })?,
+            scope: nullable(get("scope"), |raw| cart_fields::parse_scope(raw.get()).map_err(field_error))?,
+            min_quantity: nullable(get("minQuantity"), |raw| limit(raw, "minQuantity"))?,
+            min_order_basis: not_null(get("minOrderBasis"), "minOrderBasis", |raw| {
+                keyword(raw, "minOrderBasis", MinOrderBasis::parse, "order or eligible")
+            })?,
+            allocation: not_null(get("allocation"), "allocation", |raw| {
+                keyword(raw, "allocation", Allocation::parse, "across or each")
+            })?,
+            buy_x_get_y: nullable(get("buyXGetY"), |raw| {
+                cart_fields::parse_buy_x_get_y(raw.get()).map_err(field_error)
+            })?,
+            currency: nullable(get("currency"), |raw| {
+                keyword(raw, "currency", Currency::parse, "an ISO 4217 code with 0, 2 or 3 decimals")
+            })?,
+            currency_options: nullable(get("currencyOptions"), |raw| {
+                cart_fields::parse_currency_options(raw.get()).map_err(field_error)
+            })?,
         })
     }
 
     /// A new coupon from a create body: `code`, `type`, `discountType` and `discountValue`
-    /// are required; `status` defaults to active, `minOrderValue` to 0, the rest to null.
-    /// The campaign, named by `campaign`, is resolved by the caller.
+    /// are required (`discountValue` 0 when the type has none: `buy_x_get_y`,
+    /// `free_shipping`); `status` defaults to active, `minOrderValue` to 0, the rest to null
+    /// or to §9's defaults. The campaign, named by `campaign`, is resolved by the caller.
     pub fn into_new_coupon(self) -> Result<Coupon, ApiError> {
         let code = self.code.clone().ok_or(ApiError::MissingField { field: "code" })?;
         let kind = self.kind.ok_or(ApiError::MissingField { field: "type" })?;
         let discount_type = self.discount_type.ok_or(ApiError::MissingField { field: "discountType" })?;
-        let discount_value = self.discount_value.ok_or(ApiError::MissingField { field: "discountValue" })?;
-        let discount = Discount::from_parts(discount_type, discount_value, None).map_err(coupon_error)?;
-        let base = Coupon { version: 0, ..Coupon::new(0, &code, kind, discount) };
+        let valueless = matches!(discount_type, DiscountType::BuyXGetY | DiscountType::FreeShipping);
+        if self.discount_value.is_none() && !valueless {
+            return Err(ApiError::MissingField { field: "discountValue" });
+        }
+        if discount_type == DiscountType::BuyXGetY && self.buy_x_get_y.as_ref().is_none_or(Option::is_none) {
+            return Err(ApiError::MissingField { field: "buyXGetY" });
+        }
+        // A placeholder the patch replaces: every field of the terms comes from the body.
+        let base = Coupon { version: 0, ..Coupon::new(0, &code, kind, Discount::Fixed(Cents::ZERO)) };
         self.apply_to(&base)
     }
 
     /// `coupon` with the given fields changed, checked as the schema would. The campaign
-    /// is left as it is: the caller resolves `campaign` to an id.
+    /// is left as it is: the caller resolves `campaign` to an id. A change of `discountType`
+    /// drops what only the old type had (`allocation`, `buyXGetY`) unless the body sets it.
     pub(crate) fn apply_to(&self, coupon: &Coupon) -> Result<Coupon, ApiError> {
         let (current_type, current_value, current_cap) = coupon.discount.parts();
+        let discount_type = self.discount_type.unwrap_or(current_type);
+        let same_type = discount_type == current_type;
+        let allocation =
+            self.allocation.unwrap_or(if same_type { coupon.discount.allocation() } else { Allocation::Across });
+        let current_bxgy = coupon.discount.buy_x_get_y().filter(|_| same_type).cloned();
+        let value = match discount_type {
+            DiscountType::BuyXGetY | DiscountType::FreeShipping => self.discount_value.unwrap_or(0),
+            _ => self.discount_value.unwrap_or(current_value),
+        };
+        if matches!(discount_type, DiscountType::BuyXGetY | DiscountType::FreeShipping) && value != 0 {
+            return Err(ApiError::InvalidField {
+                field: "discountValue",
+                problem: format!("must be 0 for {} (its terms are elsewhere)", discount_type.as_str()),
+            });
+        }
         let discount = Discount::from_parts(
-            self.discount_type.unwrap_or(current_type),
-            self.discount_value.unwrap_or(current_value),
+            discount_type,
+            value,
             self.max_discount.unwrap_or(current_cap),
+            allocation,
+            self.buy_x_get_y.clone().unwrap_or(current_bxgy),
         )
         .map_err(coupon_error)?;
         let next = Coupon {
@@ -115,6 +193,15 @@ impl CouponPatch {
             valid_until: self.valid_until.unwrap_or(coupon.valid_until),
             campaign_id: coupon.campaign_id,
             batch_id: coupon.batch_id,
+            target: self.target.unwrap_or(coupon.target),
+            scope: self.scope.clone().map_or_else(|| coupon.scope.clone(), |s| s.map(Arc::new)),
+            min_quantity: self.min_quantity.unwrap_or(coupon.min_quantity),
+            min_order_basis: self.min_order_basis.unwrap_or(coupon.min_order_basis),
+            currency: self.currency.unwrap_or(coupon.currency),
+            currency_options: self
+                .currency_options
+                .clone()
+                .map_or_else(|| coupon.currency_options.clone(), |o| o.map(Into::into)),
             version: coupon.version,
         };
         next.check().map_err(coupon_error)?;
@@ -130,8 +217,18 @@ pub(crate) fn coupon_error(err: CouponError) -> ApiError {
         CouponError::CapOnFixedDiscount => "maxDiscount",
         CouponError::EmptyValidityWindow => "validUntil",
         CouponError::UserSpecificWithoutUser => "userId",
+        CouponError::AllocationNotFixed => "allocation",
+        CouponError::BuyXGetYMismatch | CouponError::BuyXGetYQuantity => "buyXGetY",
+        CouponError::TargetContradictsType => "target",
+        CouponError::MinQuantityOutOfRange => "minQuantity",
+        CouponError::FractionInWholeCurrency => "currency",
+        CouponError::OwnCurrencyOption | CouponError::OptionValueMismatch => "currencyOptions",
     };
     ApiError::InvalidField { field, problem: err.to_string() }
+}
+
+fn field_error(err: FieldError) -> ApiError {
+    ApiError::InvalidField { field: err.field, problem: err.problem }
 }
 
 pub(crate) fn not_null<T>(
@@ -277,9 +374,94 @@ mod tests {
             CouponPatch::parse(br#"{"status":"inactive","usageLimit":null}"#).unwrap().apply_to(&coupon).unwrap();
         assert_eq!(patched.status, Status::Inactive);
         assert_eq!(patched.usage_limit, None);
-        assert_eq!((patched.discount, &*patched.code), (coupon.discount, "A"));
+        assert_eq!((&patched.discount, &*patched.code), (&coupon.discount, "A"));
         let to_percent = CouponPatch::parse(br#"{"discountType":"percentage","discountValue":100}"#).unwrap();
         let full = Percent::from_hundredths(10_000).unwrap();
         assert_eq!(to_percent.apply_to(&coupon).unwrap().discount, Discount::Percentage { rate: full, cap: None });
+    }
+
+    #[test]
+    fn cart_fields_are_taken_and_checked() {
+        let coupon = create(
+            r#"{"code":"B2G1","type":"time_specific","discountType":"buy_x_get_y",
+                "buyXGetY":{"buyQuantity":2,"getQuantity":1},"scope":{"includeCategories":["shirts"]},
+                "minQuantity":3,"minOrderBasis":"eligible","currency":"USD",
+                "currencyOptions":{"EUR":{"minOrderValue":10}}}"#,
+        )
+        .unwrap();
+        assert_eq!(coupon.discount.buy_x_get_y().map(|b| (b.buy, b.get)), Some((2, 1)));
+        assert_eq!((coupon.min_quantity, coupon.min_order_basis), (Some(3), MinOrderBasis::Eligible));
+        assert_eq!(coupon.currency.map(|c| c.code().to_owned()), Some("USD".to_owned()));
+        assert_eq!(coupon.currency_options.as_deref().map(<[_]>::len), Some(1));
+        // Changing the type drops buy-X-get-Y's terms; a fixed amount each unit keeps `each`.
+        let each = CouponPatch::parse(
+            br#"{"discountType":"fixed","discountValue":2,"allocation":"each","currencyOptions":null}"#,
+        )
+        .unwrap()
+        .apply_to(&coupon)
+        .unwrap();
+        assert_eq!(each.discount, Discount::FixedEach { value: Cents::new(200).unwrap(), cap: None });
+        let base = r#""code":"X","type":"time_specific""#;
+        for (body, code, field) in [
+            (format!(r#"{{{base},"discountType":"buy_x_get_y"}}"#), "MISSING_FIELD", "buyXGetY"),
+            (format!(r#"{{{base},"discountType":"fixed"}}"#), "MISSING_FIELD", "discountValue"),
+            (
+                format!(r#"{{{base},"discountType":"free_shipping","discountValue":5}}"#),
+                "INVALID_FIELD",
+                "discountValue",
+            ),
+            (format!(r#"{{{base},"discountType":"bogo","discountValue":5}}"#), "INVALID_FIELD", "discountType"),
+            (
+                format!(r#"{{{base},"discountType":"percentage","discountValue":5,"allocation":"each"}}"#),
+                "INVALID_FIELD",
+                "allocation",
+            ),
+            (
+                format!(r#"{{{base},"discountType":"fixed_price","discountValue":5,"target":"shipping"}}"#),
+                "INVALID_FIELD",
+                "target",
+            ),
+            (
+                format!(r#"{{{base},"discountType":"fixed","discountValue":5,"minQuantity":0}}"#),
+                "INVALID_FIELD",
+                "minQuantity",
+            ),
+            (
+                format!(r#"{{{base},"discountType":"fixed","discountValue":5.5,"currency":"JPY"}}"#),
+                "INVALID_FIELD",
+                "currency",
+            ),
+            (
+                format!(r#"{{{base},"discountType":"fixed","discountValue":5,"currency":"XXX"}}"#),
+                "INVALID_FIELD",
+                "currency",
+            ),
+            (
+                format!(r#"{{{base},"discountType":"fixed","discountValue":5,"currencyOptions":{{"USD":{{}}}}}}"#),
+                "INVALID_FIELD",
+                "currencyOptions",
+            ),
+            (
+                format!(
+                    r#"{{{base},"discountType":"percentage","discountValue":5,"currencyOptions":{{"USD":{{"discountValue":5}}}}}}"#
+                ),
+                "INVALID_FIELD",
+                "currencyOptions",
+            ),
+            (
+                format!(
+                    r#"{{{base},"discountType":"fixed","discountValue":5,"currency":"USD","currencyOptions":{{"USD":{{"discountValue":5}}}}}}"#
+                ),
+                "INVALID_FIELD",
+                "currencyOptions",
+            ),
+        ] {
+            let err = create(&body).expect_err(&body);
+            let got_field = match &err {
+                ApiError::MissingField { field } | ApiError::InvalidField { field, .. } => Some(*field),
+                _ => None,
+            };
+            assert_eq!((err.code(), got_field), (code, Some(field)), "{body}: {err}");
+        }
     }
 }

@@ -251,7 +251,11 @@ mod tests {
     use super::*;
 
     pub(crate) fn limits() -> CartLimits {
-        CartLimits { default_currency: crate::domain::currency::Currency::parse("EUR").unwrap(), max_lines: 100 }
+        CartLimits {
+            default_currency: crate::domain::currency::Currency::parse("EUR").unwrap(),
+            max_lines: 100,
+            max_body_bytes: 64 * 1024,
+        }
     }
 
     fn ok(body: &str) -> ValidateBody<'_> {

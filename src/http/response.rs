@@ -13,6 +13,7 @@ use hyper::{Response, StatusCode};
 use serde::{Serialize, Serializer};
 use tokio::sync::mpsc;
 
+use crate::domain::currency::Amount;
 use crate::domain::money::Cents;
 
 /// The response type of every handler.
@@ -96,6 +97,21 @@ pub fn money<S: Serializer>(amount: &Cents, serializer: S) -> Result<S::Ok, S::E
 pub(crate) fn optional_money<S: Serializer>(amount: &Option<Cents>, serializer: S) -> Result<S::Ok, S::Error> {
     match amount {
         Some(amount) => money(amount, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// An amount in minor units of a currency, written as the exact JSON number of its major
+/// units (the same text [`money`] writes for cents).
+pub(crate) fn amount<S: Serializer>(amount: &Amount, serializer: S) -> Result<S::Ok, S::Error> {
+    let text = amount.to_string();
+    serde_json::value::RawValue::from_string(text).map_err(serde::ser::Error::custom)?.serialize(serializer)
+}
+
+/// [`amount`], when there is one.
+pub(crate) fn optional_amount<S: Serializer>(value: &Option<Amount>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => amount(value, serializer),
         None => serializer.serialize_none(),
     }
 }

@@ -30,6 +30,14 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The largest body of an import of bulk codes (about 4 million codes).
 pub const MAX_IMPORT_BODY_BYTES: usize = 64 << 20;
 
+/// The largest body a route reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLimit {
+    Bytes(usize),
+    /// A body that may carry a cart's items: `http.max_body_bytes_cart` (16 KiB without items).
+    Cart,
+}
+
 /// What a handler returns.
 pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<HttpResponse, ApiError>> + Send + 'a>>;
 /// A handler: the state and the request, read and checked as far as the table says.
@@ -58,7 +66,7 @@ pub struct Route {
     /// while the engine gives its units back).
     pub runs_to_end: bool,
     /// The largest body it reads.
-    pub max_body: usize,
+    pub max_body: BodyLimit,
     /// The OpenAPI path item.
     pub openapi: &'static str,
 }
@@ -80,7 +88,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Open,
         runs_to_end: false,
         needs_ready: true,
-        max_body: crate::http::cart_input::MAX_CART_BODY_BYTES,
+        max_body: BodyLimit::Cart,
         openapi: include_str!("openapi/validate.json"),
     },
     Route {
@@ -89,7 +97,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Backend,
         runs_to_end: true,
         needs_ready: true,
-        max_body: crate::http::cart_input::MAX_CART_BODY_BYTES,
+        max_body: BodyLimit::Cart,
         openapi: include_str!("openapi/redeem.json"),
     },
     Route {
@@ -98,7 +106,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Backend,
         runs_to_end: true,
         needs_ready: true,
-        max_body: crate::http::cart_input::MAX_CART_BODY_BYTES,
+        max_body: BodyLimit::Cart,
         openapi: include_str!("openapi/hold.json"),
     },
     Route {
@@ -107,7 +115,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Backend,
         runs_to_end: true,
         needs_ready: true,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/release.json"),
     },
     Route {
@@ -116,7 +124,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Open,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/health.json"),
     },
     Route {
@@ -125,7 +133,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Open,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/ready.json"),
     },
     Route {
@@ -134,7 +142,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Open,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/metrics.json"),
     },
     Route {
@@ -143,7 +151,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Open,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/openapi.json"),
     },
     Route {
@@ -152,7 +160,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_reload.json"),
     },
     Route {
@@ -161,7 +169,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_stats.json"),
     },
     Route {
@@ -170,7 +178,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_coupons.json"),
     },
     Route {
@@ -179,7 +187,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_coupon.json"),
     },
     Route {
@@ -188,7 +196,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_coupon_stats.json"),
     },
     Route {
@@ -197,7 +205,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_recent.json"),
     },
     Route {
@@ -206,7 +214,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_rejected.json"),
     },
     Route {
@@ -215,7 +223,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_write_off.json"),
     },
     Route {
@@ -224,7 +232,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_order_conflicts.json"),
     },
     Route {
@@ -233,7 +241,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_rejected_retry.json"),
     },
     Route {
@@ -242,7 +250,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_campaigns.json"),
     },
     Route {
@@ -254,7 +262,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_campaign.json"),
     },
     Route {
@@ -263,7 +271,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: true,
-        max_body: MAX_IMPORT_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_IMPORT_BODY_BYTES),
         openapi: include_str!("openapi/admin_batches.json"),
     },
     Route {
@@ -272,7 +280,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: false,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_batch.json"),
     },
     Route {
@@ -281,7 +289,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: true,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_codes.json"),
     },
     Route {
@@ -290,7 +298,7 @@ pub static ROUTES: &[Route] = &[
         access: Access::Admin,
         runs_to_end: false,
         needs_ready: true,
-        max_body: MAX_BODY_BYTES,
+        max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_assign.json"),
     },
 ];
@@ -469,7 +477,11 @@ where
     let (parts, body) = req.into_parts();
     // The body is read before a request slot is taken, within its own deadline, so a slow
     // client never holds a slot.
-    let read = read_body(&parts.headers, body, route.max_body);
+    let max_body = match route.max_body {
+        BodyLimit::Bytes(bytes) => bytes,
+        BodyLimit::Cart => state.cart.max_body_bytes,
+    };
+    let read = read_body(&parts.headers, body, max_body);
     let body = match tokio::time::timeout(state.http.body_read_timeout, read).await {
         Ok(body) => body?,
         Err(_) => return Err(ApiError::BodyTimeout),

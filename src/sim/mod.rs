@@ -424,7 +424,7 @@ fn catalog() -> (Vec<Coupon>, Vec<Campaign>, Vec<Shape>) {
         campaign_cents: campaign.and_then(|k| k.budget).map(Cents::get),
         discount_cents: match c.discount {
             Discount::Fixed(d) => d.get(),
-            Discount::Percentage { .. } => unreachable!("fixed discounts only"),
+            _ => unreachable!("fixed discounts only"),
         },
         claimed: c.usage_limit.is_some()
             || c.per_user_limit.is_some()

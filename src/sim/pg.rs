@@ -647,6 +647,7 @@ fn stored_row(row: &Row) -> StoredRow {
         discount: row.discount,
         hold_until: row.hold_until,
         released: !row.live(),
+        cart: crate::engine::ledger::CartMark::default(),
     }
 }
 
@@ -663,5 +664,6 @@ fn stored_use(row: &Row) -> StoredUse {
         hold_until: row.hold_until,
         released_at: row.released_at,
         made_by: Some(row.instance.clone()),
+        cart: crate::engine::ledger::CartMark::default(),
     }
 }

@@ -2,7 +2,7 @@
 //! judged on them, the split per line and per unit; a request without them answered exactly
 //! as before.
 
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, TestDb, insert_coupon, redeem_body};
@@ -183,7 +183,7 @@ async fn without_cart_fields_the_answer_is_byte_for_byte_todays() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redeem_takes_the_discount_of_its_cart() {
+async fn a_redeem_keeps_its_cart_and_a_replay_must_send_the_same() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[("usage_limit", "5")]).await;
     let app = TestApp::spawn(&db).await;
@@ -193,16 +193,280 @@ async fn a_redeem_takes_the_discount_of_its_cart() {
     body["orderId"] = json!("o-cart");
     let taken = app.client.post("/api/coupons/redeem", &body).await;
     assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.text);
-    assert_eq!((taken.json()["discount"].clone(), taken.json()["finalAmount"].clone()), (json!(6), json!(69)));
-    // Another currency than the default cannot be recorded yet.
-    let mut usd = body.clone();
+    let answer = taken.json();
+    assert_eq!(
+        (&answer["currency"], &answer["discount"], &answer["shippingDiscount"], &answer["finalAmount"]),
+        (&json!("EUR"), &json!(6), &json!(0), &json!(69)),
+        "{answer}"
+    );
+    // The same request again is a replay; other items, another amount, or no items at all,
+    // are another request for the same order.
+    let again = app.client.post("/api/coupons/redeem", &body).await;
+    assert_eq!((again.status, again.json()["redemptionId"].clone()), (StatusCode::OK, answer["redemptionId"].clone()));
+    let mut other = body.clone();
+    other["items"][0]["quantity"] = json!(2);
+    let mut renamed = body.clone();
+    renamed["items"][0]["productId"] = json!("p-other");
+    let plain = json!({"code": "TEN", "userId": "user_0000001", "orderId": "o-cart", "orderValue": 75});
+    for mismatch in [other, renamed, plain] {
+        let refused = app.client.post("/api/coupons/redeem", &mismatch).await;
+        assert_eq!(refused.status, StatusCode::CONFLICT, "{mismatch}");
+        assert_eq!(refused.json()["reason"], "IDEMPOTENCY_MISMATCH");
+    }
+    // Another currency is taken in its own amounts (a percentage has none of its own).
+    let mut usd = cart("TEN", vec![line("1", 3, json!(20))]);
     usd["currency"] = json!("USD");
     usd["orderId"] = json!("o-usd");
-    let refused = app.client.post("/api/coupons/redeem", &usd).await;
-    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
-    assert_eq!(refused.json()["error"]["field"], "currency");
+    let taken = app.client.post("/api/coupons/redeem", &usd).await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.text);
+    assert_eq!((taken.json()["currency"].clone(), taken.json()["discount"].clone()), (json!("USD"), json!(6)));
+    let mut jpy = cart("TEN", vec![line("1", 3, json!(1001))]);
+    jpy["currency"] = json!("JPY");
+    jpy["orderId"] = json!("o-jpy");
+    let taken = app.client.post("/api/coupons/redeem", &jpy).await;
+    assert_eq!((taken.json()["discount"].clone(), taken.json()["finalAmount"].clone()), (json!(300), json!(2703)));
     // Without items, as today.
     let plain = app.client.post("/api/coupons/redeem", &redeem_body("TEN", "u", "o-plain")).await;
     assert_eq!(plain.status, StatusCode::CREATED);
+    assert!(!plain.text.contains("currency"), "{}", plain.text);
+    app.stop().await.unwrap();
+
+    // What PostgreSQL keeps: amounts in each use's currency, its fingerprint, and its split.
+    type StoredUse = (String, String, String, Option<String>, Option<String>, Option<Value>, bool);
+    let rows: Vec<StoredUse> = sqlx::query_as(
+        "SELECT order_id, order_value::text, discount_applied::text, currency, shipping_discount::text, split, \
+         items_hash IS NOT NULL FROM coupon_usage ORDER BY order_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let split = |lines: Value| Some(lines);
+    assert_eq!(
+        rows,
+        [
+            (
+                "o-cart".into(),
+                "75.00".into(),
+                "6.00".into(),
+                Some("EUR".into()),
+                Some("0".into()),
+                split(json!([{"lineId": "1", "discount": 6, "units": [{"count": 3, "discount": 2}]},
+                             {"lineId": "2", "discount": 0, "units": [{"count": 1, "discount": 0}]}])),
+                true
+            ),
+            (
+                "o-jpy".into(),
+                "3003".into(),
+                "300".into(),
+                Some("JPY".into()),
+                Some("0".into()),
+                split(json!([{"lineId": "1", "discount": 300, "units": [{"count": 3, "discount": 100}]}])),
+                true
+            ),
+            ("o-plain".into(), "100.00".into(), "10.00".into(), None, None, None, false),
+            (
+                "o-usd".into(),
+                "60.00".into(),
+                "6.00".into(),
+                Some("USD".into()),
+                Some("0".into()),
+                split(json!([{"lineId": "1", "discount": 6, "units": [{"count": 3, "discount": 2}]}])),
+                true
+            ),
+        ]
+    );
+
+    // After a restart the uses come back from PostgreSQL with their fingerprints.
+    let app = TestApp::spawn(&db).await;
+    let again = app.client.post("/api/coupons/redeem", &body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!((again.json()["discount"].clone(), again.json()["finalAmount"].clone()), (json!(6), json!(69)));
+    let mut other = body.clone();
+    other["items"][0]["unitPrice"] = json!(21);
+    assert_eq!(app.client.post("/api/coupons/redeem", &other).await.status, StatusCode::CONFLICT);
+    let again = app.client.post("/api/coupons/redeem", &jpy).await;
+    assert_eq!((again.status, again.json()["finalAmount"].clone()), (StatusCode::OK, json!(2703)));
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coupons_that_target_carts_from_the_admin_api_and_from_sql() {
+    const TOKEN: &str = "carts-admin-token-0123456789";
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN)]).await;
+    let client = &app.client;
+    let admin = |body: Value| async move {
+        client
+            .request_with(
+                Method::POST,
+                "/admin/coupons",
+                body.to_string(),
+                &[("authorization", &format!("Bearer {TOKEN}"))],
+            )
+            .await
+    };
+    let created = admin(json!({"code": "SHIRTS20", "type": "time_specific", "discountType": "percentage",
+        "discountValue": 20, "target": "items", "scope": {"includeCategories": ["shirts"], "excludeOnSale": true},
+        "minQuantity": 2}))
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let view = created.json();
+    assert_eq!(
+        (&view["target"], &view["scope"], &view["minQuantity"], &view["minOrderBasis"], &view["allocation"]),
+        (
+            &json!("items"),
+            &json!({"includeCategories": ["shirts"], "excludeOnSale": true}),
+            &json!(2),
+            &json!("order"),
+            &json!("across")
+        )
+    );
+    let refused = admin(json!({"code": "PCT", "type": "time_specific", "discountType": "percentage",
+        "discountValue": 10, "currencyOptions": {"USD": {"discountValue": 12}}}))
+    .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "a percentage is the same in every currency");
+    assert_eq!(refused.json()["error"]["field"], "currencyOptions");
+    let created = admin(json!({"code": "B2G1", "type": "time_specific", "discountType": "buy_x_get_y",
+        "buyXGetY": {"buyQuantity": 2, "getQuantity": 1}}))
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(
+        created.json()["buyXGetY"],
+        json!({"buyQuantity": 2, "getQuantity": 1, "getPercent": 100,
+        "getScope": null, "maxApplications": null, "selection": "cheapest"})
+    );
+    let created = admin(json!({"code": "SHIPFREE", "type": "time_specific", "discountType": "free_shipping",
+        "minOrderValue": 50}))
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let created = admin(json!({"code": "FIVEOFF", "type": "time_specific", "discountType": "fixed",
+        "discountValue": 5, "currencyOptions": {"USD": {"discountValue": 6}, "JPY": {"discountValue": 800}}}))
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+
+    let shirt = |id: &str, quantity, price: f64, on_sale: bool| {
+        json!({"lineId": id, "productId": format!("p-{id}"), "categoryIds": ["shirts"], "quantity": quantity,
+               "unitPrice": price, "onSale": on_sale})
+    };
+    let socks = json!({"lineId": "s", "productId": "p-s", "categoryIds": ["socks"], "quantity": 1, "unitPrice": 15});
+    // 20 % of the two shirts not on sale (2 × 20.00): 8.00 on line a.
+    let answer = client
+        .validate(cart("SHIRTS20", vec![shirt("a", 2, 20.0, false), shirt("b", 1, 30.0, true), socks.clone()]))
+        .await;
+    assert_eq!((answer["valid"].clone(), answer["discount"].clone()), (json!(true), json!(8)), "{answer}");
+    let lines: Vec<Value> = answer["lines"].as_array().unwrap().iter().map(|l| l["discount"].clone()).collect();
+    assert_eq!(lines, [json!(8), json!(0), json!(0)]);
+    for (body, reason) in [
+        (json!({"code": "SHIRTS20", "userId": "u", "orderValue": 100}), "ITEMS_REQUIRED"),
+        (cart("SHIRTS20", vec![shirt("b", 3, 30.0, true), socks.clone()]), "NO_ELIGIBLE_ITEMS"),
+        (cart("SHIRTS20", vec![shirt("a", 1, 20.0, false), socks.clone()]), "MIN_QUANTITY_NOT_MET"),
+        (cart("B2G1", vec![shirt("a", 2, 20.0, false)]), "MIN_QUANTITY_NOT_MET"),
+        (cart("SHIPFREE", vec![shirt("a", 2, 20.0, false)]), "ITEMS_REQUIRED"),
+    ] {
+        assert_eq!(client.validate(body.clone()).await["reason"], reason, "{body}");
+    }
+    // V5's first code: buy 2 get the cheapest free.
+    let v5 = cart("B2G1", vec![line("A", 3, json!(20)), line("B", 1, json!(15)), line("C", 2, json!(25))]);
+    let answer = client.validate(v5).await;
+    assert_eq!(answer["discount"], 35, "{answer}");
+    assert_eq!(answer["lines"][0]["units"], json!([{"count": 1, "discount": 20}, {"count": 2, "discount": 0}]));
+    // Free shipping over 50.00: nothing off the merchandise, the shipping off the total.
+    let mut shipped = cart("SHIPFREE", vec![shirt("a", 3, 20.0, false)]);
+    shipped["shipping"] = json!({"amount": 4.99});
+    shipped["orderId"] = json!("o-ship");
+    let answer = client.validate(shipped.clone()).await;
+    assert_eq!(
+        (&answer["discount"], &answer["shippingDiscount"], &answer["finalAmount"], &answer["grandTotal"]),
+        (&json!(0), &json!(4.99), &json!(60), &json!(60)),
+        "{answer}"
+    );
+    let redeemed = client.post("/api/coupons/redeem", &shipped).await;
+    assert_eq!(redeemed.status, StatusCode::CREATED, "{}", redeemed.text);
+    assert_eq!(
+        (
+            redeemed.json()["discount"].clone(),
+            redeemed.json()["shippingDiscount"].clone(),
+            redeemed.json()["finalAmount"].clone()
+        ),
+        (json!(0), json!(4.99), json!(60))
+    );
+    // The use keeps the code's effect (what a campaign's budget is charged), once shipped.
+    crate::helpers::eventually(std::time::Duration::from_secs(5), "the use shipped", || async {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT discount_applied::text, shipping_discount::text FROM coupon_usage WHERE order_id = 'o-ship'",
+        )
+        .fetch_optional(&db.pool)
+        .await
+        .unwrap();
+        row == Some(("4.99".into(), Some("4.99".into())))
+    })
+    .await;
+    // Amounts in the currency asked: the option's, never a conversion.
+    for (currency, price, discount) in [("EUR", 100, 5), ("USD", 100, 6), ("JPY", 10_000, 800)] {
+        let mut body = cart("FIVEOFF", vec![line("1", 1, json!(price))]);
+        body["currency"] = json!(currency);
+        assert_eq!(client.validate(body).await["discount"], discount, "{currency}");
+    }
+    let mut gbp = cart("FIVEOFF", vec![line("1", 1, json!(100))]);
+    gbp["currency"] = json!("GBP");
+    assert_eq!(client.validate(gbp).await["reason"], "CURRENCY_NOT_SUPPORTED");
+
+    // Another SQL client's row: its defaults mean "as before", its cart columns are read the same
+    // way, and its change reaches the catalog through the notification.
+    insert_coupon(
+        &db.pool,
+        "SQLSOCKS",
+        &[
+            ("target", "'items'"),
+            ("scope", r#"'{"includeProducts": ["p-s"]}'"#),
+            ("min_order_basis", "'eligible'"),
+            ("min_order_value", "16"),
+        ],
+    )
+    .await;
+    let socks_cart = || cart("SQLSOCKS", vec![shirt("a", 1, 20.0, false), socks.clone()]);
+    crate::helpers::eventually(std::time::Duration::from_secs(5), "the SQL coupon served", || async {
+        client.validate(socks_cart()).await["reason"] == "MIN_ORDER_VALUE_NOT_MET"
+    })
+    .await;
+    sqlx::query("UPDATE coupons SET min_order_value = 15 WHERE code = 'SQLSOCKS'").execute(&db.pool).await.unwrap();
+    crate::helpers::eventually(std::time::Duration::from_secs(5), "the SQL change served", || async {
+        client.validate(socks_cart()).await["discount"] == 1.5
+    })
+    .await;
+    // The schema refuses what the service could not serve.
+    let refused = sqlx::query("UPDATE coupons SET allocation = 'each' WHERE code = 'SQLSOCKS'").execute(&db.pool).await;
+    assert!(refused.is_err(), "allocation each is for fixed amounts only");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_knows_the_decimals_the_service_knows() {
+    let db = TestDb::new().await;
+    for currency in coupon_engine::domain::currency::Currency::all() {
+        let decimals: i32 = sqlx::query_scalar("SELECT coupon_usage_decimals($1)")
+            .bind(currency.code())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(decimals, i32::from(currency.decimals()), "{currency}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cart_body_limit_is_a_setting() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__MAX_BODY_BYTES_CART", "20000")]).await;
+    let padded = |bytes: usize| {
+        let mut body = cart("TEN", vec![line("1", 1, json!(10))]);
+        body["items"][0]["productId"] = json!("p");
+        body["pad"] = json!("x".repeat(bytes));
+        body
+    };
+    let under = app.client.post("/api/coupons/validate", &padded(18_000)).await;
+    assert_eq!(under.status, StatusCode::OK, "{}", under.text);
+    let over = app.client.post("/api/coupons/validate", &padded(21_000)).await;
+    assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
     app.stop().await.unwrap();
 }

@@ -608,3 +608,48 @@ async fn a_lease_return_asked_again_is_applied_once() {
     assert_eq!(sql(next).fetch_one(&db.pool).await.unwrap(), 2, "no more than the lease holds");
     assert_eq!(quota(&db, 1, coupon).await, (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_use_of_a_cart_is_the_same_request_on_every_instance() {
+    let db = TestDb::new().await;
+    let apps = instances(&db, 2).await;
+    insert_coupon(&db.pool, "CARTS", &[("usage_limit", "10")]).await;
+    served_everywhere(&apps, "CARTS").await;
+    let body = |unit_price: u32| {
+        json!({"code": "CARTS", "userId": "u1", "orderId": "o-1", "currency": "USD",
+               "items": [{"lineId": "1", "productId": "p-1", "quantity": 2, "unitPrice": unit_price}]})
+    };
+    // Claimed on the first instance (a limited coupon is claimed in PostgreSQL)...
+    let (status, taken) = redeem_retrying(&apps[0].client, &body(20)).await;
+    assert_eq!(status, StatusCode::CREATED, "{taken}");
+    // ...the second finds the order's row with its fingerprint, through its own claim or the feed.
+    let (status, again) = redeem_retrying(&apps[1].client, &body(20)).await;
+    assert_eq!(
+        (status, &again["redemptionId"], &again["currency"]),
+        (StatusCode::OK, &taken["redemptionId"], &json!("USD"))
+    );
+    let (status, other) = redeem_retrying(&apps[1].client, &body(21)).await;
+    assert_eq!((status, &other["reason"]), (StatusCode::CONFLICT, &json!("IDEMPOTENCY_MISMATCH")));
+    // A hold of a cart confirmed elsewhere: the same cart confirms it, another does not.
+    let hold = |unit_price: u32| {
+        let mut b = body(unit_price);
+        b["orderId"] = json!("o-2");
+        b
+    };
+    let held = apps[0].client.post("/api/coupons/hold", &hold(20)).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.text);
+    let (status, refused) = redeem_retrying(&apps[1].client, &hold(30)).await;
+    assert_eq!((status, &refused["reason"]), (StatusCode::CONFLICT, &json!("IDEMPOTENCY_MISMATCH")));
+    let (status, confirmed) = redeem_retrying(&apps[1].client, &hold(20)).await;
+    assert_eq!((status, &confirmed["hold"]), (StatusCode::CREATED, &json!("confirmed")), "{confirmed}");
+    let stored: (String, String) = sqlx::query_as(
+        "SELECT currency, (split -> 0 ->> 'discount') FROM coupon_usage WHERE order_id = 'o-2' AND released_at IS NULL",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, ("USD".into(), "4".into()));
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+}

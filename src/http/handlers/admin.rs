@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use crate::db::coupons::{self, WriteError};
 use crate::db::logs::{self, LoggedValidation};
 use crate::db::{self, catalog, listener};
+use crate::domain::cart_fields;
 use crate::domain::coupon::{CampaignId, Coupon, normalize_code};
 use crate::domain::money::Cents;
 use crate::engine::ledger::Tally;
@@ -163,6 +164,15 @@ struct CouponView<'a> {
     valid_from: Option<String>,
     valid_until: Option<String>,
     campaign: Option<String>,
+    target: &'static str,
+    scope: Option<Box<RawValue>>,
+    min_quantity: Option<u32>,
+    min_order_basis: &'static str,
+    allocation: &'static str,
+    #[serde(rename = "buyXGetY")]
+    buy_x_get_y: Option<Box<RawValue>>,
+    currency: Option<&'a str>,
+    currency_options: Option<Box<RawValue>>,
     version: i64,
     usage: UsageView,
     /// Whether this instance's catalog already serves this version.
@@ -199,6 +209,14 @@ fn view<'a>(state: &State, coupon: &'a Coupon) -> CouponView<'a> {
         valid_from: coupon.valid_from.map(rfc3339),
         valid_until: coupon.valid_until.map(rfc3339),
         campaign,
+        target: coupon.target.as_str(),
+        scope: coupon.scope.as_deref().map(|s| json(cart_fields::scope_json(s))),
+        min_quantity: coupon.min_quantity,
+        min_order_basis: coupon.min_order_basis.as_str(),
+        allocation: coupon.discount.allocation().as_str(),
+        buy_x_get_y: coupon.discount.buy_x_get_y().map(|b| json(cart_fields::buy_x_get_y_json(b))),
+        currency: coupon.currency.as_ref().map(|c| c.code()),
+        currency_options: coupon.currency_options.as_deref().map(|o| json(cart_fields::currency_options_json(o))),
         version: coupon.version,
         usage: UsageView {
             total: state.engine.ledger().count(Tally::Coupon(coupon.id)).live,
@@ -206,6 +224,11 @@ fn view<'a>(state: &State, coupon: &'a Coupon) -> CouponView<'a> {
         },
         cached: cached_version.is_some_and(|v| v >= coupon.version),
     }
+}
+
+/// JSON text the domain wrote, embedded as it is.
+fn json(text: String) -> Box<RawValue> {
+    RawValue::from_string(text).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("JSON null"))
 }
 
 /// The id of the campaign a coupon body names.

@@ -8,6 +8,8 @@ use hyper::header::{HeaderValue, USER_AGENT};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::domain::cart::CartRequest;
+use crate::domain::currency::{Amount, Currency};
 use crate::domain::money::Cents;
 use crate::domain::rules::{Decision, Reason};
 use crate::engine::{
@@ -102,10 +104,15 @@ struct UseAnswer<'a> {
     hold_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_money")]
-    discount: Option<Cents>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_money")]
-    final_amount: Option<Cents>,
+    /// With §9's fields: the request's currency, and what came off shipping.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    currency: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_amount")]
+    discount: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_amount")]
+    shipping_discount: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_amount")]
+    final_amount: Option<Amount>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
     /// What became of the order's hold, when it had one.
@@ -122,15 +129,19 @@ enum Kind {
     Hold,
 }
 
-fn taken(kind: Kind, status: StatusCode, receipt: &Receipt) -> HttpResponse {
+fn taken(kind: Kind, status: StatusCode, receipt: &Receipt, cart: Option<&CartRequest>) -> HttpResponse {
+    // The request's currency with §9's fields; else hundredths, as §3 writes them.
+    let currency = cart.map_or(Currency::HUNDREDTHS, |c| c.currency);
     let body = UseAnswer {
         redeemed: (kind == Kind::Redeem).then_some(true),
         held: (kind == Kind::Hold).then_some(true),
         redemption_id: (kind == Kind::Redeem).then_some(receipt.id),
         hold_id: (kind == Kind::Hold).then_some(receipt.id),
         code: Some(&receipt.code),
-        discount: Some(receipt.discount),
-        final_amount: Some(receipt.final_amount),
+        currency: cart.map(|c| c.currency.code()),
+        discount: Some(currency.amount(receipt.discount.get())),
+        shipping_discount: cart.map(|_| currency.amount(receipt.shipping_discount.get())),
+        final_amount: Some(currency.amount(receipt.final_amount.get())),
         expires_at: receipt.expires_at.map(rfc3339),
         hold: receipt.hold.map(|fate| fate.as_str()),
         reason: None,
@@ -145,7 +156,9 @@ fn refused(kind: Kind, status: StatusCode, reason: &'static str) -> HttpResponse
         redemption_id: None,
         hold_id: None,
         code: None,
+        currency: None,
         discount: None,
+        shipping_discount: None,
         final_amount: None,
         expires_at: None,
         hold: None,
@@ -155,11 +168,11 @@ fn refused(kind: Kind, status: StatusCode, reason: &'static str) -> HttpResponse
 }
 
 /// The one mapping of a use's outcome to a status and body.
-fn render(kind: Kind, outcome: &UseOutcome) -> Result<HttpResponse, ApiError> {
+fn render(kind: Kind, outcome: &UseOutcome, cart: Option<&CartRequest>) -> Result<HttpResponse, ApiError> {
     use crate::engine::Refused;
     Ok(match outcome {
-        UseOutcome::Taken(receipt) | UseOutcome::Confirmed(receipt) => taken(kind, StatusCode::CREATED, receipt),
-        UseOutcome::Replayed(receipt) => taken(kind, StatusCode::OK, receipt),
+        UseOutcome::Taken(receipt) | UseOutcome::Confirmed(receipt) => taken(kind, StatusCode::CREATED, receipt, cart),
+        UseOutcome::Replayed(receipt) => taken(kind, StatusCode::OK, receipt, cart),
         UseOutcome::Refused(Refused::Rule(reason)) => refused(kind, StatusCode::UNPROCESSABLE_ENTITY, reason.as_str()),
         UseOutcome::Refused(refusal @ (Refused::OrderTaken | Refused::IdempotencyMismatch)) => {
             refused(kind, StatusCode::CONFLICT, refusal.as_str())
@@ -207,14 +220,6 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
     if kind == Kind::Redeem && input.ttl_seconds.is_some() {
         return Err(ApiError::InvalidField { field: "ttlSeconds", problem: "only applies to a hold".into() });
     }
-    // The usage rows keep amounts in the default currency's hundredths: until they keep a
-    // currency of their own, a use is taken in the default currency only.
-    if input.cart.as_ref().is_some_and(|c| c.currency != c.default_currency) {
-        return Err(ApiError::InvalidField {
-            field: "currency",
-            problem: format!("redeem and hold take {} only in this version", state.cart.default_currency),
-        });
-    }
     state.guard.admit(&input.user_id, call.client_ip, call.backend, &state.metrics)?;
     let request = UseRequest {
         code: &input.code,
@@ -234,7 +239,7 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
     if outcome == UseOutcome::Refused(crate::engine::Refused::Rule(Reason::CouponNotFound)) {
         state.guard.record_failure(&input.user_id, call.client_ip, call.backend);
     }
-    render(kind, &outcome)
+    render(kind, &outcome, input.cart.as_ref())
 }
 
 #[derive(Serialize)]

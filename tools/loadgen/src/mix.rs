@@ -424,30 +424,20 @@ async fn prepare(
 async fn import_bulk_codes(database_url: &str) -> anyhow::Result<Prepared> {
     use coupon_engine::db::{batches, campaigns};
     use coupon_engine::domain::campaign::Campaign;
-    use coupon_engine::domain::coupon::{Coupon, CouponKind, Discount, Status};
+    use coupon_engine::domain::coupon::{Coupon, CouponKind, Discount};
     let pool = sqlx::PgPool::connect(database_url).await.context("connect to DATABASE_URL for the bulk codes")?;
     let run = format!("{:X}", chrono::Utc::now().timestamp_micros());
     let campaign = campaigns::insert(&pool, &Campaign::new(0, &format!("loadgen-codes-{run}")))
         .await
         .map_err(|err| anyhow::anyhow!("creating the bulk codes' campaign: {err}"))?;
+    let ten_percent = Discount::Percentage {
+        rate: coupon_engine::domain::money::Percent::from_hundredths(1_000).expect("10%"),
+        cap: None,
+    };
     let rule = Coupon {
-        id: 0,
-        code: Default::default(),
-        kind: CouponKind::TimeSpecific,
-        status: Status::Active,
-        discount: Discount::Percentage {
-            rate: coupon_engine::domain::money::Percent::from_hundredths(1_000).expect("10%"),
-            cap: None,
-        },
-        min_order_value: coupon_engine::domain::money::Cents::ZERO,
-        usage_limit: None,
-        per_user_limit: None,
-        user_id: None,
-        valid_from: None,
-        valid_until: None,
         campaign_id: Some(campaign.id),
-        batch_id: None,
         version: 0,
+        ..Coupon::new(0, "", CouponKind::TimeSpecific, ten_percent)
     };
     let prefix = format!("LGC{run}-");
     let source = batches::Source::Imported((0..BULK_CODES).map(|n| format!("{prefix}{n:06}")).collect());
