@@ -18,7 +18,8 @@ fn http_json(c: &mut Criterion) {
     let engine = support::engine_with(coupons);
     let body = format!(r#"{{"code": "{code}", "userId": "user_0000001", "orderValue": 1234.56, "orderId": "ord-1"}}"#);
     let caller = Caller { ip: None, user_agent: None, started: Instant::now() };
-    let limits = CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100 };
+    let limits =
+        CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100, max_body_bytes: 64 << 10 };
     c.bench_function("http_json/parse_validate_serialise", |b| {
         b.iter(|| {
             let input = ValidateBody::parse(black_box(body.as_bytes()), limits).unwrap();

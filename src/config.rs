@@ -54,13 +54,24 @@ pub struct Settings {
     pub log: LogSettings,
     pub money: MoneySettings,
     pub cart: CartSettings,
+    pub idempotency: IdempotencySettings,
+}
+
+/// Replays of uses taken with a cart (API.md §10's storage).
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdempotencySettings {
+    /// How long a use's allocation stays in memory to answer its replays; older replays read
+    /// it from PostgreSQL.
+    pub cart_cache_secs: u64,
+    /// The most memory those allocations take (their estimated size), oldest dropped first.
+    pub cart_cache_bytes: u64,
 }
 
 /// Money (API.md §9).
 #[derive(Debug, Clone, Deserialize)]
 pub struct MoneySettings {
     /// The currency of a request that names none, and of every coupon that names none: an
-    /// ISO 4217 code with 0, 2 or 3 decimals.
+    /// ISO 4217 code with 2 decimals.
     pub default_currency: String,
 }
 
@@ -349,6 +360,8 @@ impl Settings {
             released_retention: self.ledger.released_retention,
             forgotten_capacity: self.ledger.forgotten_capacity,
             default_currency: self.money.default_currency(),
+            cart_cache_ttl: Duration::from_secs(self.idempotency.cart_cache_secs),
+            cart_cache_bytes: self.idempotency.cart_cache_bytes,
         }
     }
 
@@ -422,6 +435,12 @@ impl Settings {
         }
         if !(16 * 1024..=1024 * 1024).contains(&http.max_body_bytes_cart) {
             return invalid("http.max_body_bytes_cart must be from 16384 to 1048576");
+        }
+        if !(1..=30 * 86_400).contains(&self.idempotency.cart_cache_secs) {
+            return invalid("idempotency.cart_cache_secs must be from 1 to 2592000 (30 days)");
+        }
+        if !(1..=1 << 40).contains(&self.idempotency.cart_cache_bytes) {
+            return invalid("idempotency.cart_cache_bytes must be from 1 to 1099511627776");
         }
         if !(1..=1000).contains(&self.cart.max_lines) {
             return invalid("cart.max_lines must be from 1 to 1000");

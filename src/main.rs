@@ -9,7 +9,7 @@ use chrono::{Datelike, TimeZone, Utc};
 use clap::{Parser, Subcommand};
 use coupon_engine::app::{App, shutdown_signal};
 use coupon_engine::config::Settings;
-use coupon_engine::db::seed::{seed, seed_campaign};
+use coupon_engine::db::seed::{seed, seed_campaign, seed_cart_coupons};
 use coupon_engine::seed::SeedParams;
 use coupon_engine::{db, telemetry};
 
@@ -42,6 +42,10 @@ enum Command {
         /// Also add a campaign ("seed-campaign") with this many generated single-use codes.
         #[arg(long, default_value_t = 0)]
         campaign_codes: u32,
+        /// Also add this many coupons that target carts (CART-…) over the seed's product
+        /// catalogue (p-0000…p-0199 in cat-00…cat-09).
+        #[arg(long, default_value_t = 0)]
+        cart_coupons: u32,
         /// Replace the data of a non-empty database.
         #[arg(long)]
         force: bool,
@@ -83,7 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tracing::info!("migrations applied");
                 Ok(())
             }
-            Command::Seed { users, coupons, usage, rng_seed, campaign_codes, force } => {
+            Command::Seed { users, coupons, usage, rng_seed, campaign_codes, cart_coupons, force } => {
                 let pool = db::connect(&settings.database).await.context("cannot connect to the database")?;
                 let today = Utc::now();
                 let now = Utc
@@ -96,11 +100,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if campaign_codes > 0 {
                     seed_campaign(&pool, campaign_codes).await?;
                 }
+                if cart_coupons > 0 {
+                    seed_cart_coupons(&pool, cart_coupons, rng_seed).await?;
+                }
                 tracing::info!(
                     users = report.users,
                     coupons = report.coupons,
                     usage = report.usage,
                     campaign_codes,
+                    cart_coupons,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "seeded"
                 );

@@ -1,5 +1,6 @@
 //! The reference data set (1M users, 5k coupons, ~3k redemptions), generated
-//! deterministically; `db::seed` loads it with COPY.
+//! deterministically; `db::seed` loads it with COPY. Beside it, on request: a small product
+//! catalogue that carts are drawn from, and coupons that target carts over it.
 
 use std::collections::HashMap;
 
@@ -177,6 +178,123 @@ fn generate_usage(params: &SeedParams, coupons: &[Coupon], rng: &mut ChaCha8Rng)
     rows
 }
 
+/// One product of the seed's catalogue (API.md §9's `productId`, `variantId`, `categoryIds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Product {
+    pub id: String,
+    pub variant_id: Option<String>,
+    pub category: String,
+    pub unit_price: Cents,
+    pub on_sale: bool,
+}
+
+/// Products in the catalogue, and the categories they fall in.
+pub const CATALOGUE_PRODUCTS: u32 = 200;
+pub const CATALOGUE_CATEGORIES: u32 = 10;
+/// The start of every cart coupon's code.
+pub const CART_COUPON_PREFIX: &str = "CART-";
+
+/// The catalogue: `p-0000`…`p-0199` in `cat-00`…`cat-09` (product i in category i mod 10),
+/// priced from 0.99 to 199.99, every third with a variant, every seventh on sale. Fixed: the
+/// same for every seed, so carts drawn from it fit every seeded database.
+pub fn catalogue() -> Vec<Product> {
+    (0..CATALOGUE_PRODUCTS)
+        .map(|i| Product {
+            id: format!("p-{i:04}"),
+            variant_id: (i % 3 == 0).then(|| format!("p-{i:04}-m")),
+            category: category(i % CATALOGUE_CATEGORIES),
+            unit_price: Cents::new(u64::from(i * 37 % 200) * 100 + 99).expect("catalogue prices are small"),
+            on_sale: i % 7 == 0,
+        })
+        .collect()
+}
+
+fn category(n: u32) -> String {
+    format!("cat-{n:02}")
+}
+
+/// `n` active coupons that target carts over [`catalogue`], in turn: a percentage off one or
+/// two categories (on-sale lines excluded), a fixed amount off each unit of a few products, a
+/// fixed price in a category, buy 2 get the cheapest free in a category, free shipping over
+/// 50. Codes `CART-<n>-<kind>`; no limits, no window.
+pub fn cart_coupons(n: u32, rng_seed: u64) -> Vec<Coupon> {
+    use std::sync::Arc;
+
+    use crate::domain::cart::{IdSet, Scope};
+    use crate::domain::cart_discount::{BuyXGetY, Selection, Target};
+    use crate::domain::coupon::MinOrderBasis;
+
+    let mut rng = ChaCha8Rng::seed_from_u64(rng_seed ^ 0xCA27);
+    let dollars = |d: u64| Cents::new(d * 100).expect("seed amounts are small");
+    let categories = |rng: &mut ChaCha8Rng, k: usize| {
+        let picked: Vec<String> = (0..k).map(|_| category(rng.random_range(0..CATALOGUE_CATEGORIES))).collect();
+        Some(Arc::new(Scope { include_categories: IdSet::new(picked), exclude_on_sale: true, ..Scope::default() }))
+    };
+    (0..n)
+        .map(|k| {
+            let base = |code: String, discount| Coupon::new(0, &code, CouponKind::TimeSpecific, discount);
+            match k % 5 {
+                0 => {
+                    let percent = [10u64, 15, 20, 25, 30][rng.random_range(0..5)];
+                    let rate = Percent::from_hundredths(percent * 100).expect("in range");
+                    let spread = rng.random_range(1..=2);
+                    Coupon {
+                        target: Target::Items,
+                        scope: categories(&mut rng, spread),
+                        ..base(
+                            format!("{CART_COUPON_PREFIX}{k:03}-PCT{percent}"),
+                            Discount::Percentage { rate, cap: None },
+                        )
+                    }
+                }
+                1 => {
+                    let products: Vec<String> = (0..rng.random_range(3..=10))
+                        .map(|_| format!("p-{:04}", rng.random_range(0..CATALOGUE_PRODUCTS)))
+                        .collect();
+                    let value = dollars(rng.random_range(1..=5));
+                    Coupon {
+                        scope: Some(Arc::new(Scope { include_products: IdSet::new(products), ..Scope::default() })),
+                        ..base(
+                            format!("{CART_COUPON_PREFIX}{k:03}-EACH"),
+                            Discount::FixedEach { value, cap: Some(dollars(50)) },
+                        )
+                    }
+                }
+                2 => Coupon {
+                    scope: categories(&mut rng, 1),
+                    min_quantity: Some(2),
+                    ..base(
+                        format!("{CART_COUPON_PREFIX}{k:03}-PRICE"),
+                        Discount::FixedPrice { price: Cents::new(999).expect("small"), cap: None },
+                    )
+                },
+                3 => {
+                    let offer = BuyXGetY {
+                        buy: 2,
+                        get: 1,
+                        get_percent: Percent::from_hundredths(10_000).expect("100%"),
+                        get_scope: None,
+                        max_applications: Some(3),
+                        selection: Selection::Cheapest,
+                    };
+                    Coupon {
+                        scope: categories(&mut rng, 1),
+                        ..base(
+                            format!("{CART_COUPON_PREFIX}{k:03}-B2G1"),
+                            Discount::BuyXGetY { offer: Arc::new(offer), cap: None },
+                        )
+                    }
+                }
+                _ => Coupon {
+                    min_order_value: dollars(50),
+                    min_order_basis: MinOrderBasis::Order,
+                    ..base(format!("{CART_COUPON_PREFIX}{k:03}-SHIP"), Discount::FreeShipping { cap: None })
+                },
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -223,6 +341,23 @@ mod tests {
         assert_eq!(codes.len(), coupons.len(), "codes are unique");
         assert!(count(&|c| matches!(c.discount, Discount::Fixed(_))) > 200);
         assert!(count(&|c| matches!(c.discount, Discount::Percentage { cap: Some(_), .. })) > 100);
+    }
+
+    #[test]
+    fn the_catalogue_and_the_cart_coupons_are_fixed_and_well_formed() {
+        let products = catalogue();
+        assert_eq!(products.len(), CATALOGUE_PRODUCTS as usize);
+        assert_eq!(products, catalogue());
+        assert!(products.iter().all(|p| (99..=19_999).contains(&p.unit_price.get())));
+        let coupons = cart_coupons(20, 5);
+        assert_eq!(coupons, cart_coupons(20, 5));
+        for coupon in &coupons {
+            assert!(coupon.check().is_ok(), "{coupon:?}");
+            assert!(coupon.code.starts_with(CART_COUPON_PREFIX));
+            assert!(coupon.needs_cart(), "{coupon:?}");
+        }
+        let kinds: std::collections::HashSet<_> = coupons.iter().map(|c| c.discount.parts().0.as_str()).collect();
+        assert_eq!(kinds.len(), 5, "every kind of discount");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! for the next one, with every other claim that arrived meanwhile (at most [`MAX_BATCH`]).
 //! Alone, a claim goes at once: batching adds no wait, only company.
 
-use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -21,7 +20,7 @@ use crate::db::money;
 use crate::domain::currency::Currency;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
-use crate::engine::ledger::CartMark;
+use crate::engine::ledger::{CartMark, fingerprint};
 use crate::engine::ports::{ClaimOutcome, ClaimRequest, PortError, StoredRow};
 use crate::metrics::Metrics;
 
@@ -63,9 +62,9 @@ struct Claim {
     units_campaign: i64,
     cents: i64,
     currency: Option<String>,
-    items_hash: Option<i64>,
+    items_hash: Option<Vec<u8>>,
     shipping: Option<Decimal>,
-    split: Option<String>,
+    allocation: Option<String>,
 }
 
 impl Claim {
@@ -93,9 +92,9 @@ impl Claim {
             units_campaign: units(req.spent.campaign),
             cents: units(req.spent.cents),
             currency: currency.map(String::from),
-            items_hash: req.cart.map(|c| c.items_hash as i64),
+            items_hash: req.cart.map(|c| c.items_hash.to_vec()),
             shipping: shipping.map(|s| money::numeric_in(s, currency)),
-            split: req.cart.map(|c| c.split.clone()),
+            allocation: req.cart.map(|c| c.allocation.clone()),
         }
     }
 }
@@ -111,7 +110,7 @@ struct ClaimRow {
     hold_until: Option<DateTime<Utc>>,
     released: Option<bool>,
     currency: Option<String>,
-    items_hash: Option<i64>,
+    items_hash: Option<Vec<u8>>,
     shipping_discount: Option<Decimal>,
 }
 
@@ -126,11 +125,13 @@ impl ClaimRow {
                 rev,
                 user_id: self.user_id.unwrap_or_default(),
                 order_value: amount(self.order_value),
-                discount: amount(self.discount),
+                // The row keeps the merchandise's discount; the use's is its whole effect.
+                discount: Cents::new(amount(self.discount).get() + amount(self.shipping_discount).get())
+                    .unwrap_or(Cents::ZERO),
                 hold_until: self.hold_until,
                 released: self.released.unwrap_or(false),
                 cart: CartMark {
-                    fingerprint: self.items_hash.and_then(|h| NonZeroU64::new(h as u64)),
+                    fingerprint: self.items_hash.as_deref().and_then(fingerprint),
                     shipping: amount(self.shipping_discount),
                 },
             }),
@@ -260,9 +261,9 @@ impl Sender {
         .bind(column(claims, |c| c.units_campaign))
         .bind(column(claims, |c| c.cents))
         .bind(column(claims, |c| c.currency.clone()))
-        .bind(column(claims, |c| c.items_hash))
+        .bind(column(claims, |c| c.items_hash.clone()))
         .bind(column(claims, |c| c.shipping))
-        .bind(column(claims, |c| c.split.clone()))
+        .bind(column(claims, |c| c.allocation.clone()))
         .fetch_all(&self.pool)
         .await
     }

@@ -35,7 +35,8 @@ pub(crate) async fn rows_before(conn: &mut PgConnection, ids: &[Uuid]) -> Result
         return Ok(HashMap::new());
     }
     let rows: Vec<BeforeRow> = sqlx::query_as(
-        "SELECT id, user_id, released_at IS NULL, hold_expires_at IS NOT NULL, coupon_id, campaign_id, discount_applied \
+        "SELECT id, user_id, released_at IS NULL, hold_expires_at IS NOT NULL, coupon_id, campaign_id, \
+         discount_applied + coalesce(shipping_discount, 0) \
          FROM coupon_usage \
          WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )

@@ -23,6 +23,8 @@ pub enum SeedError {
     Database(#[from] sqlx::Error),
     #[error("the seed campaign: {0}")]
     Campaign(String),
+    #[error("the cart coupons: {0}")]
+    Coupons(String),
 }
 
 /// The campaign `seed --campaign-codes` adds, and the prefix of its codes.
@@ -42,6 +44,17 @@ pub async fn seed_campaign(pool: &PgPool, count: u32) -> Result<(), SeedError> {
         Outcome::Done => Ok(()),
         Outcome::Duplicates(codes) => Err(failed(&format!("codes exist already: {}", codes.join(", ")))),
     }
+}
+
+/// Adds `n` coupons that target carts over the seed's product catalogue
+/// ([`crate::seed::cart_coupons`]), as the admin API would write them.
+pub async fn seed_cart_coupons(pool: &PgPool, n: u32, rng_seed: u64) -> Result<(), SeedError> {
+    let mut tx = pool.begin().await?;
+    for coupon in crate::seed::cart_coupons(n, rng_seed) {
+        crate::db::coupons::insert(&mut *tx, &coupon).await.map_err(|err| SeedError::Coupons(err.to_string()))?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Fills the database; refuses a non-empty one unless `force`, which replaces its data.

@@ -455,9 +455,11 @@ async fn insert_redemptions(
     let orders: Vec<&str> = rows.iter().map(|r| r.order_id.as_str()).collect();
     let currency = |r: &Redeemed| r.cart.as_ref().map(|c| c.currency);
     let values: Vec<Decimal> = rows.iter().map(|r| money::numeric_in(r.order_value, currency(r))).collect();
-    let discounts: Vec<Decimal> = rows.iter().map(|r| money::numeric_in(r.discount, currency(r))).collect();
+    let discounts: Vec<Decimal> =
+        rows.iter().map(|r| money::numeric_in(r.merchandise_discount(), currency(r))).collect();
     let currencies: Vec<Option<String>> = rows.iter().map(|r| currency(r).map(String::from)).collect();
-    let items_hashes: Vec<Option<i64>> = rows.iter().map(|r| r.cart.as_ref().map(|c| c.items_hash as i64)).collect();
+    let items_hashes: Vec<Option<&[u8]>> =
+        rows.iter().map(|r| r.cart.as_ref().map(|c| c.items_hash.as_slice())).collect();
     let shipping: Vec<Option<Decimal>> = rows
         .iter()
         .map(|r| {
@@ -465,21 +467,21 @@ async fn insert_redemptions(
             minor.map(|m| money::numeric_in(m, currency(r)))
         })
         .collect();
-    let splits: Vec<Option<&str>> = rows.iter().map(|r| r.cart.as_ref().map(|c| c.split.as_str())).collect();
+    let allocations: Vec<Option<&str>> = rows.iter().map(|r| r.cart.as_ref().map(|c| c.allocation.as_str())).collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
     let holds: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.hold_until).collect();
     let campaigns: Vec<Option<i64>> = rows.iter().map(|r| r.campaign).collect();
     let written: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO coupon_usage (id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
-         used_at, hold_expires_at, campaign_id, currency, items_hash, shipping_discount, split, instance_id) \
+         used_at, hold_expires_at, campaign_id, currency, items_hash, shipping_discount, allocation, instance_id) \
          SELECT r.*, $16 FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::text[], $5::text[], $6::text[], \
-         $7::numeric[], $8::numeric[], $9::timestamptz[], $10::timestamptz[], $11::int8[], $12::text[], $13::int8[], \
+         $7::numeric[], $8::numeric[], $9::timestamptz[], $10::timestamptz[], $11::int8[], $12::text[], $13::bytea[], \
          $14::numeric[], $15::text[]::jsonb[]) AS r \
          ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, code = EXCLUDED.code, user_id = EXCLUDED.user_id, \
          order_value = EXCLUDED.order_value, discount_applied = EXCLUDED.discount_applied, used_at = EXCLUDED.used_at, \
          hold_expires_at = EXCLUDED.hold_expires_at, campaign_id = EXCLUDED.campaign_id, \
          currency = EXCLUDED.currency, items_hash = EXCLUDED.items_hash, \
-         shipping_discount = EXCLUDED.shipping_discount, split = EXCLUDED.split, \
+         shipping_discount = EXCLUDED.shipping_discount, allocation = EXCLUDED.allocation, \
          instance_id = EXCLUDED.instance_id, released_at = NULL \
          WHERE coupon_usage.rev < EXCLUDED.rev RETURNING id",
     )
@@ -497,7 +499,7 @@ async fn insert_redemptions(
     .bind(currencies)
     .bind(items_hashes)
     .bind(shipping)
-    .bind(splits)
+    .bind(allocations)
     .bind(instance)
     .fetch_all(&mut *conn)
     .await?;

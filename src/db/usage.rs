@@ -7,14 +7,13 @@ use rust_decimal::Decimal;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use std::num::NonZeroU64;
-
 use crate::db::{Error, money};
 use crate::domain::coupon::CouponId;
 use crate::domain::currency::Currency;
+use crate::domain::money::Cents;
 use crate::engine::StoredUse;
-use crate::engine::ledger::CartMark;
-use crate::engine::ports::{ArchiveAnswer, ArchiveError, ArchivedOrder, StoredAnswer, UsageArchive};
+use crate::engine::ledger::{CartMark, fingerprint};
+use crate::engine::ports::{AllocationAnswer, ArchiveAnswer, ArchiveError, ArchivedOrder, StoredAnswer, UsageArchive};
 
 /// The columns of a use, as [`UsageRow`] reads them.
 pub const USAGE_COLUMNS: &str = "id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
@@ -35,7 +34,7 @@ pub struct UsageRow {
     released_at: Option<DateTime<Utc>>,
     instance_id: Option<String>,
     currency: Option<String>,
-    items_hash: Option<i64>,
+    items_hash: Option<Vec<u8>>,
     shipping_discount: Option<Decimal>,
 }
 
@@ -55,20 +54,16 @@ impl UsageRow {
         let amount = |value: Decimal, column: &str| {
             money::amount_in(value, currency).ok_or_else(|| bad(&format!("{column} out of range")))
         };
+        let shipping = self.shipping_discount.map(|s| amount(s, "shipping_discount")).transpose()?.unwrap_or_default();
         Ok(StoredUse {
             id: self.id,
             rev: u32::try_from(self.rev).map_err(|_| bad("rev is negative"))?,
             coupon_id: self.coupon_id,
             order_value: amount(self.order_value, "order_value")?,
-            discount: amount(self.discount_applied, "discount_applied")?,
-            cart: CartMark {
-                fingerprint: self.items_hash.and_then(|h| NonZeroU64::new(h as u64)),
-                shipping: self
-                    .shipping_discount
-                    .map(|s| amount(s, "shipping_discount"))
-                    .transpose()?
-                    .unwrap_or_default(),
-            },
+            // The row keeps the merchandise's discount; the use's is its whole effect.
+            discount: Cents::new(amount(self.discount_applied, "discount_applied")?.get() + shipping.get())
+                .map_err(|_| bad("discount_applied out of range"))?,
+            cart: CartMark { fingerprint: self.items_hash.as_deref().and_then(fingerprint), shipping },
             code: self.code,
             user_id: self.user_id,
             order_id: self.order_id,
@@ -134,6 +129,18 @@ impl UsageArchive for Archive {
                 .await
                 .map_err(|err| ArchiveError(err.to_string()))?;
             row.map(UsageRow::into_use).transpose().map_err(|err| ArchiveError(err.to_string()))
+        })
+    }
+
+    fn allocation(&self, id: Uuid) -> AllocationAnswer<'_> {
+        Box::pin(async move {
+            let allocation: Option<Option<String>> =
+                sqlx::query_scalar("SELECT allocation::text FROM coupon_usage WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|err| ArchiveError(err.to_string()))?;
+            Ok(allocation.flatten())
         })
     }
 }

@@ -122,9 +122,8 @@ pub fn plus(a: &[Run], b: &[Run]) -> Vec<Run> {
     zip(a, b, |x, y| x + y)
 }
 
-/// Whether every unit of `a` is at most the same unit of `b`.
-#[cfg(test)]
-pub(crate) fn zip_le(a: &[Run], b: &[Run]) -> bool {
+/// Whether every unit of `a` is at most the same unit of `b` (for tests and fuzzing).
+pub fn zip_le(a: &[Run], b: &[Run]) -> bool {
     zip(a, b, |x, y| u64::from(x <= y)).iter().all(|r| r.amount == 1)
 }
 

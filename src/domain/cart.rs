@@ -1,7 +1,7 @@
 //! A cart as the rules judge it (API.md §9): lines with quantities and unit prices in minor
 //! units of the request's currency, shipping, and which lines a coupon's scope makes eligible.
 
-use std::num::NonZeroU64;
+use sha2::{Digest, Sha256};
 
 use crate::domain::allocation::Run;
 use crate::domain::currency::Currency;
@@ -80,59 +80,41 @@ impl IdSet {
 }
 
 impl CartRequest {
-    /// A fingerprint of what the request says of money: its currency, every field of every
-    /// line in order, its shipping. A replay of a use must send the same. FNV-1a over
-    /// length-prefixed fields: the same on every instance and every build, never 0.
-    pub fn fingerprint(&self) -> NonZeroU64 {
-        let mut hash = Fnv::default();
-        hash.text(self.currency.code());
-        hash.number(u64::from(self.has_items));
+    /// The SHA-256 of what the request says of money, normalised: its currency, every field
+    /// of every line in order, its shipping, each length-prefixed. A replay of a use must send
+    /// the same (`coupon_usage.items_hash`); the same on every instance and every build.
+    pub fn items_hash(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        let number = |hash: &mut Sha256, n: u64| hash.update(n.to_le_bytes());
+        let text = |hash: &mut Sha256, text: &str| {
+            hash.update((text.len() as u64).to_le_bytes());
+            hash.update(text.as_bytes());
+        };
+        text(&mut hash, self.currency.code());
+        number(&mut hash, u64::from(self.has_items));
         for line in &self.cart.lines {
-            hash.text(&line.line_id);
-            hash.text(&line.product_id);
-            hash.text(line.variant_id.as_deref().unwrap_or("\u{0}"));
-            hash.number(line.category_ids.len() as u64);
-            for category in &line.category_ids {
-                hash.text(category);
+            text(&mut hash, &line.line_id);
+            text(&mut hash, &line.product_id);
+            match &line.variant_id {
+                Some(variant) => text(&mut hash, variant),
+                None => number(&mut hash, u64::MAX),
             }
-            hash.number(u64::from(line.quantity));
-            hash.number(line.unit_price);
-            hash.number(u64::from(line.on_sale) | u64::from(line.discountable) << 1);
+            number(&mut hash, line.category_ids.len() as u64);
+            for category in &line.category_ids {
+                text(&mut hash, category);
+            }
+            number(&mut hash, u64::from(line.quantity));
+            number(&mut hash, line.unit_price);
+            number(&mut hash, u64::from(line.on_sale) | u64::from(line.discountable) << 1);
         }
-        hash.number(self.cart.shipping.map_or(u64::MAX, |s| s));
-        NonZeroU64::new(hash.0).unwrap_or(NonZeroU64::MIN)
+        number(&mut hash, self.cart.shipping.map_or(u64::MAX, |s| s));
+        hash.finalize().into()
     }
 
     /// A request without §9's fields, as the rules judge it for a coupon that needs them:
     /// the default currency, no items, no shipping.
     pub fn plain(currency: Currency) -> CartRequest {
         CartRequest { currency, cart: Cart::default(), has_items: false }
-    }
-}
-
-/// 64-bit FNV-1a.
-struct Fnv(u64);
-
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    fn bytes(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn number(&mut self, n: u64) {
-        self.bytes(&n.to_le_bytes());
-    }
-
-    fn text(&mut self, text: &str) {
-        self.number(text.len() as u64);
-        self.bytes(text.as_bytes());
     }
 }
 
@@ -208,14 +190,14 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_fingerprint_changes_with_any_field_and_nothing_else() {
+    fn the_items_hash_changes_with_any_field_and_nothing_else() {
         let eur = Currency::parse("EUR").unwrap();
         let request =
             |lines: Vec<Line>, shipping| CartRequest { currency: eur, cart: Cart { lines, shipping }, has_items: true };
         let base = request(vec![line("1", 2, 500), line("2", 1, 300)], Some(499));
-        assert_eq!(base.fingerprint(), base.fingerprint());
+        assert_eq!(base.items_hash(), base.items_hash());
         // The pinned value: a change of the function is a change of every stored replay check.
-        assert_eq!(base.fingerprint().get(), 12_023_189_026_347_003_464);
+        assert_eq!(base.items_hash()[..4], [216, 63, 161, 143]);
         let mut variants = vec![
             request(vec![line("1", 2, 500), line("2", 1, 300)], None),
             request(vec![line("1", 2, 500), line("2", 1, 301)], Some(499)),
@@ -233,7 +215,7 @@ pub(crate) mod tests {
         variant.cart.lines[1].variant_id = Some("v".into());
         variants.extend([on_sale, category, variant]);
         for other in &variants {
-            assert_ne!(other.fingerprint(), base.fingerprint(), "{other:?}");
+            assert_ne!(other.items_hash(), base.items_hash(), "{other:?}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! §9's objects the service keeps, in their one JSON shape: a coupon's `scope`, `buyXGetY` and
 //! `currencyOptions` (what the admin API takes and shows, and the `scope`, `bxgy` and
-//! `currency_options` columns keep), and a use's split over lines and units (the
-//! `coupon_usage.split` column). Numbers are exact decimals, never floats.
+//! `currency_options` columns keep), and a use's allocation over lines and units (the
+//! `coupon_usage.allocation` column). Numbers are exact decimals, never floats.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::domain::allocation;
+use crate::domain::allocation::{self, Run};
 use crate::domain::cart::{Cart, IdSet, Scope};
 use crate::domain::cart_discount::{BuyXGetY, Selection, Taken};
 use crate::domain::coupon::CurrencyOption;
@@ -253,33 +253,62 @@ fn object<'a, T: Deserialize<'a>>(json: &'a str) -> Result<T, ()> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct SplitLine<'a> {
+struct AllocationLine<'a> {
     line_id: &'a str,
     discount: Box<RawValue>,
-    units: Vec<SplitUnits>,
+    units: Vec<AllocationUnits>,
 }
 
 #[derive(Serialize)]
-struct SplitUnits {
+struct AllocationUnits {
     count: u32,
     discount: Box<RawValue>,
 }
 
 /// What a code took from each line, and from its units in unit order as runs, in major units
 /// of `currency`: `[{"lineId", "discount", "units": [{"count", "discount"}]}]`.
-pub fn split_json(cart: &Cart, taken: &Taken, currency: Currency) -> String {
+pub fn allocation_json(cart: &Cart, taken: &Taken, currency: Currency) -> String {
     let amount = |minor: u64| number(currency.amount(minor).to_string());
-    let lines: Vec<SplitLine<'_>> = cart
+    let lines: Vec<AllocationLine<'_>> = cart
         .lines
         .iter()
         .zip(&taken.lines)
-        .map(|(line, runs)| SplitLine {
+        .map(|(line, runs)| AllocationLine {
             line_id: &line.line_id,
             discount: amount(allocation::sum(runs)),
-            units: runs.iter().map(|run| SplitUnits { count: run.count, discount: amount(run.amount) }).collect(),
+            units: runs.iter().map(|run| AllocationUnits { count: run.count, discount: amount(run.amount) }).collect(),
         })
         .collect();
     serde_json::to_string(&lines).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AllocationLineIn<'a> {
+    #[serde(borrow)]
+    units: Vec<AllocationUnitsIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AllocationUnitsIn<'a> {
+    count: u32,
+    #[serde(borrow)]
+    discount: &'a RawValue,
+}
+
+/// The inverse of [`allocation_json`]: each line's runs in minor units of `currency`.
+pub fn parse_allocation(json: &str, currency: Currency) -> Result<Vec<Vec<Run>>, FieldError> {
+    let bad = || refused("allocation", "is not an allocation this service wrote");
+    let lines: Vec<AllocationLineIn<'_>> = serde_json::from_str(json).map_err(|_| bad())?;
+    lines
+        .into_iter()
+        .map(|line| {
+            line.units
+                .into_iter()
+                .map(|u| Ok(Run::new(u.count, parse_minor(u.discount.get(), currency.decimals()).map_err(|_| bad())?)))
+                .collect()
+        })
+        .collect()
 }
 
 /// A JSON number from its exact text.
@@ -328,14 +357,15 @@ mod tests {
     }
 
     #[test]
-    fn a_split_names_each_line_and_its_runs() {
-        use crate::domain::allocation::Run;
+    fn an_allocation_names_each_line_and_its_runs() {
         use crate::domain::cart::tests::line;
         let cart = Cart { lines: vec![line("a", 2, 1999), line("b", 1, 500)], shipping: None };
         let taken = Taken { lines: vec![vec![Run::new(1, 121), Run::new(1, 120)], vec![Run::new(1, 0)]], shipping: 0 };
         let eur = Currency::parse("EUR").unwrap();
+        let json = allocation_json(&cart, &taken, eur);
+        assert_eq!(parse_allocation(&json, eur), Ok(taken.lines));
         assert_eq!(
-            split_json(&cart, &taken, eur),
+            json,
             r#"[{"lineId":"a","discount":2.41,"units":[{"count":1,"discount":1.21},{"count":1,"discount":1.2}]},{"lineId":"b","discount":0,"units":[{"count":1,"discount":0}]}]"#
         );
     }

@@ -77,8 +77,8 @@ pub enum Discount {
     FixedPrice { price: Cents, cap: Option<Cents> },
     /// Buy some units of a cart, get others off.
     BuyXGetY { offer: Arc<BuyXGetY>, cap: Option<Cents> },
-    /// The cart's shipping.
-    FreeShipping,
+    /// The cart's shipping, capped at `cap` if set.
+    FreeShipping { cap: Option<Cents> },
 }
 
 /// A coupon's amounts in one currency other than its own (`currencyOptions`, API.md §9), in
@@ -141,7 +141,7 @@ pub enum CouponError {
     PercentageOutOfRange,
     #[error("fixed discount must be at most 1000000000")]
     AmountOutOfRange,
-    #[error("maxDiscount does not apply to a fixed discount across the order, nor to free shipping")]
+    #[error("maxDiscount does not apply to a fixed discount across the order (allocation each takes one)")]
     CapOnFixedDiscount,
     #[error("allocation only applies to fixed discounts")]
     AllocationNotFixed,
@@ -200,7 +200,7 @@ impl Discount {
             Discount::FixedEach { .. }
             | Discount::FixedPrice { .. }
             | Discount::BuyXGetY { .. }
-            | Discount::FreeShipping => Cents::ZERO,
+            | Discount::FreeShipping { .. } => Cents::ZERO,
         }
     }
 
@@ -213,7 +213,7 @@ impl Discount {
             Discount::FixedEach { value, cap } => (DiscountType::Fixed, value.get(), *cap),
             Discount::FixedPrice { price, cap } => (DiscountType::FixedPrice, price.get(), *cap),
             Discount::BuyXGetY { cap, .. } => (DiscountType::BuyXGetY, 0, *cap),
-            Discount::FreeShipping => (DiscountType::FreeShipping, 0, None),
+            Discount::FreeShipping { cap } => (DiscountType::FreeShipping, 0, *cap),
         }
     }
 
@@ -252,7 +252,7 @@ impl Discount {
                 Ok(Discount::Percentage { rate, cap })
             }
             DiscountType::Fixed if allocation == Allocation::Each => Ok(Discount::FixedEach { value: amount()?, cap }),
-            DiscountType::Fixed | DiscountType::FreeShipping if cap.is_some() => Err(CouponError::CapOnFixedDiscount),
+            DiscountType::Fixed if cap.is_some() => Err(CouponError::CapOnFixedDiscount),
             DiscountType::Fixed => Ok(Discount::Fixed(amount()?)),
             DiscountType::FixedPrice => Ok(Discount::FixedPrice { price: amount()?, cap }),
             DiscountType::BuyXGetY => {
@@ -263,7 +263,7 @@ impl Discount {
                 }
                 Ok(Discount::BuyXGetY { offer: Arc::new(offer), cap })
             }
-            DiscountType::FreeShipping => Ok(Discount::FreeShipping),
+            DiscountType::FreeShipping => Ok(Discount::FreeShipping { cap }),
         }
     }
 
@@ -330,7 +330,7 @@ impl Coupon {
         );
         let contradiction = match self.target {
             Target::Shipping => item_kind,
-            Target::Items => self.discount == Discount::FreeShipping,
+            Target::Items => matches!(self.discount, Discount::FreeShipping { .. }),
             Target::Order => false,
         };
         if contradiction {
@@ -440,7 +440,8 @@ mod tests {
             Discount::FixedEach { value: cents(100), cap: Some(cents(500)) },
             Discount::FixedPrice { price: cents(999), cap: None },
             Discount::BuyXGetY { offer: Arc::new(two_for_one.clone()), cap: Some(cents(2_000)) },
-            Discount::FreeShipping,
+            Discount::FreeShipping { cap: None },
+            Discount::FreeShipping { cap: Some(cents(300)) },
         ] {
             let (kind, value, cap) = discount.parts();
             let bxgy = discount.buy_x_get_y().cloned();
@@ -454,7 +455,6 @@ mod tests {
             (DiscountType::Fixed, 100, Some(cents(1)), across, None, CouponError::CapOnFixedDiscount),
             (DiscountType::Fixed, u64::MAX, None, across, None, CouponError::AmountOutOfRange),
             (DiscountType::Percentage, 100, None, Allocation::Each, None, CouponError::AllocationNotFixed),
-            (DiscountType::FreeShipping, 0, Some(cents(1)), across, None, CouponError::CapOnFixedDiscount),
             (DiscountType::BuyXGetY, 0, None, across, None, CouponError::BuyXGetYMismatch),
             (DiscountType::Fixed, 100, None, across, Some(two_for_one), CouponError::BuyXGetYMismatch),
             (DiscountType::BuyXGetY, 0, None, across, Some(zero_buy), CouponError::BuyXGetYQuantity),

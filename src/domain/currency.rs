@@ -33,9 +33,6 @@ const TWO_DECIMALS: &[&str] = &[
 ];
 
 impl Currency {
-    /// A currency of hundredths, for amounts §3 writes (its code is not shown).
-    pub const HUNDREDTHS: Currency = Currency { code: *b"EUR", decimals: 2 };
-
     /// The currency of an ISO 4217 code (upper-case), if its minor unit is one the service
     /// takes.
     pub fn parse(code: &str) -> Option<Currency> {

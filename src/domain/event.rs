@@ -59,23 +59,24 @@ pub struct Redeemed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub funded_by: Option<Funding>,
     /// Set for a use taken with §9's fields: then `order_value` and `discount` are in minor
-    /// units of its currency, and `discount` is the code's effect (merchandise and shipping).
+    /// units of its currency, and `discount` is the code's effect (merchandise and shipping;
+    /// `coupon_usage.discount_applied` keeps the merchandise's, `shipping_discount` the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cart: Option<CartUse>,
 }
 
-/// What a use taken on a cart keeps beyond today's amounts (API.md §9): its currency, the
-/// request's fingerprint (a replay must match it), what came off shipping, and the split over
-/// lines and units that refunds and tax need.
+/// What a use taken on a cart keeps beyond today's amounts (API.md §9, §10's storage): its
+/// currency, the request's items hash (a replay must match it), what came off shipping, and
+/// the allocation over lines and units that refunds and tax need.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartUse {
     pub currency: Currency,
-    /// [`crate::domain::cart::CartRequest::fingerprint`].
-    pub items_hash: u64,
+    /// [`crate::domain::cart::CartRequest::items_hash`].
+    pub items_hash: [u8; 32],
     /// Minor units off shipping (part of the use's `discount`).
     pub shipping_discount: u64,
-    /// `[{"lineId", "discount", "units": [{"count", "discount"}]}]`, amounts in major units.
-    pub split: String,
+    /// [`crate::domain::cart_fields::allocation_json`].
+    pub allocation: String,
 }
 
 /// Who paid for a use out of their leased quota.
@@ -155,6 +156,15 @@ pub struct Validated {
     pub validated_at: DateTime<Utc>,
 }
 
+impl Redeemed {
+    /// The merchandise's part of `discount` (`coupon_usage.discount_applied`); the rest came
+    /// off shipping.
+    pub fn merchandise_discount(&self) -> Cents {
+        let shipping = self.cart.as_ref().map_or(0, |c| c.shipping_discount);
+        Cents::new(self.discount.get().saturating_sub(shipping)).unwrap_or(self.discount)
+    }
+}
+
 fn first_rev() -> u32 {
     1
 }
@@ -207,9 +217,9 @@ mod tests {
                 }),
                 cart: Some(CartUse {
                     currency: Currency::parse("JPY").unwrap(),
-                    items_hash: u64::MAX,
+                    items_hash: [7; 32],
                     shipping_discount: 500,
-                    split: r#"[{"lineId":"1","discount":100,"units":[{"count":1,"discount":100}]}]"#.into(),
+                    allocation: r#"[{"lineId":"1","discount":100,"units":[{"count":1,"discount":100}]}]"#.into(),
                 }),
             }),
             Event::Confirmed(Confirmed { id: Uuid::from_u128(1), rev: 2, at }),

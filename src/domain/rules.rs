@@ -273,7 +273,7 @@ fn cart_terms(coupon: &Coupon, amounts: Amounts) -> Terms {
         Discount::FixedEach { .. } => CartKind::Fixed { value: amounts.value, each: true },
         Discount::FixedPrice { .. } => CartKind::FixedPrice(amounts.value),
         Discount::BuyXGetY { offer, .. } => CartKind::BuyXGetY(offer.clone()),
-        Discount::FreeShipping => CartKind::FreeShipping,
+        Discount::FreeShipping { .. } => CartKind::FreeShipping,
     };
     Terms {
         kind,
@@ -745,8 +745,9 @@ mod tests {
             })
             .cart(eur_cart)
             .expect(MinQuantityNotMet),
-            case("free shipping needs shipping", |c| c.discount = Discount::FreeShipping).expect(ItemsRequired),
-            case("free shipping on a cart", |c| c.discount = Discount::FreeShipping).cart(eur_cart),
+            case("free shipping needs shipping", |c| c.discount = Discount::FreeShipping { cap: None })
+                .expect(ItemsRequired),
+            case("free shipping on a cart", |c| c.discount = Discount::FreeShipping { cap: None }).cart(eur_cart),
             // Currencies.
             case("a percentage without amounts in any currency", |_| {}).cart(usd_cart),
             case("a percentage with a minimum in EUR only", |c| c.min_order_value = cents(100))
@@ -831,7 +832,7 @@ mod tests {
         assert_eq!(taken.map(|t| t.effect()), Some(600));
         // Free shipping: nothing off the merchandise, the shipping's 4.99 is its effect, and a
         // budget is charged with it.
-        coupon.discount = Discount::FreeShipping;
+        coupon.discount = Discount::FreeShipping { cap: None };
         coupon.currency_options = None;
         let eur_cart = shirts_and_socks("EUR");
         let campaign = Campaign { budget: Some(cents(498)), ..campaign() };

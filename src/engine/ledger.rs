@@ -186,10 +186,17 @@ impl CartMark {
     /// A use's mark, from its record.
     pub fn of(cart: Option<&CartUse>) -> CartMark {
         cart.map_or(CartMark::default(), |c| CartMark {
-            fingerprint: NonZeroU64::new(c.items_hash),
+            fingerprint: fingerprint(&c.items_hash),
             shipping: Cents::new(c.shipping_discount).unwrap_or(Cents::ZERO),
         })
     }
+}
+
+/// The part of an items hash the ledger keeps: its first 8 bytes (a replay with another cart
+/// passing for the same is a 2^-64 chance).
+pub fn fingerprint(items_hash: &[u8]) -> Option<NonZeroU64> {
+    let head: [u8; 8] = items_hash.get(..8)?.try_into().ok()?;
+    Some(NonZeroU64::new(u64::from_le_bytes(head)).unwrap_or(NonZeroU64::MIN))
 }
 
 /// The per-user counts a use took. They are kept only where a per-user limit exists (a

@@ -8,6 +8,7 @@
 //! journal; until then the ledger marks the slot as settling and a concurrent request for the
 //! same order waits for it.
 
+mod allocations;
 pub mod alone;
 pub mod campaigns;
 pub mod catalog;
@@ -71,6 +72,9 @@ pub struct EngineSettings {
     /// The currency of requests that name none, and of coupons that name none
     /// (`money.default_currency`).
     pub default_currency: Currency,
+    /// How long, and within how much memory, uses' allocations are kept to answer replays.
+    pub cart_cache_ttl: Duration,
+    pub cart_cache_bytes: u64,
 }
 
 /// A failure of the service itself (the answer is a 503, not a refusal).
@@ -106,6 +110,8 @@ pub struct Engine {
     /// Held (read) by every decision from the moment it reads the mode until it is recorded;
     /// written by a switch of mode (`engine::alone`), which so waits for decisions in flight.
     pub(crate) decisions: tokio::sync::RwLock<()>,
+    /// What uses taken with a cart took, for their replays.
+    allocations: allocations::Allocations,
 }
 
 impl Engine {
@@ -116,6 +122,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         settings: EngineSettings,
     ) -> Engine {
+        let allocations = allocations::Allocations::new(settings.cart_cache_ttl, settings.cart_cache_bytes);
         Engine {
             catalog: CatalogStore::default(),
             ledger: Ledger::default(),
@@ -130,6 +137,7 @@ impl Engine {
             cluster: std::sync::OnceLock::new(),
             doubtful: cluster::Doubts::default(),
             decisions: tokio::sync::RwLock::new(()),
+            allocations,
         }
     }
 

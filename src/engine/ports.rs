@@ -65,7 +65,16 @@ pub trait UsageArchive: Send + Sync + Debug {
     fn order<'a>(&'a self, coupon_id: crate::domain::coupon::CouponId, order_id: &'a str) -> ArchiveAnswer<'a>;
     /// The order's row whole, if it has one.
     fn stored<'a>(&'a self, coupon_id: crate::domain::coupon::CouponId, order_id: &'a str) -> StoredAnswer<'a>;
+    /// The allocation JSON of the use with this id (`coupon_usage.allocation`), if it is
+    /// stored and was taken with a cart. An archive of uses without carts has none.
+    fn allocation(&self, _id: uuid::Uuid) -> AllocationAnswer<'_> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
+
+/// A use's stored allocation, from the archive.
+pub type AllocationAnswer<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>, ArchiveError>> + Send + 'a>>;
 
 /// An archive that holds nothing (tests and benches that forget nothing).
 #[derive(Debug, Default, Clone, Copy)]

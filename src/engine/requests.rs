@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -79,6 +80,8 @@ pub struct Receipt {
     /// Off shipping (a use with §9's fields).
     pub shipping_discount: Cents,
     pub final_amount: Cents,
+    /// What a use with items took from each line and unit.
+    pub taken: Option<Arc<Taken>>,
     /// For a hold.
     pub expires_at: Option<DateTime<Utc>>,
     /// What became of a hold this order had: confirmed by this redemption, or expired first.

@@ -2,13 +2,14 @@
 //! (the journal, or a claim in PostgreSQL) → commit, behind one [`Reservation`] that gives
 //! back everything taken if the use is not recorded.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::domain::cart::CartRequest;
+use crate::domain::cart_discount::Taken;
 use crate::domain::cart_fields;
 use crate::domain::coupon::{BatchId, CampaignId, CouponId, normalize_code};
 use crate::domain::event::{CartUse, Confirmed, Event, Funding, Redeemed, Spent};
@@ -17,7 +18,7 @@ use crate::domain::money::Cents;
 use crate::domain::rules::{self, Attempt, Decision, Reason};
 use crate::engine::catalog::{Catalog, Found};
 use crate::engine::cluster::{self, Cluster};
-use crate::engine::ledger::{CartMark, Counted, Ended, IdKey, OrderKey, Slot, SlotState, code_slot};
+use crate::engine::ledger::{CartMark, Counted, Ended, IdKey, OrderKey, Slot, SlotState, code_slot, fingerprint};
 use crate::engine::limits::{
     self, CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce,
     Refusal, Use, UserHolds,
@@ -32,14 +33,14 @@ impl Engine {
     /// Redeems: takes one use for the order, durably, within every limit; replays answer
     /// the same; a live hold of the same order and user is confirmed.
     pub async fn redeem(&self, req: &UseRequest<'_>) -> Result<UseOutcome, EngineError> {
-        let outcome = self.take_use(req, UseKind::Redeem).await?;
+        let outcome = self.with_allocation(req, self.take_use(req, UseKind::Redeem).await?).await;
         self.metrics.redemptions.inc(outcome.label());
         Ok(outcome)
     }
 
     /// Holds: takes one use for the order until `ttl` passes, durably, within every limit.
     pub async fn hold(&self, req: &UseRequest<'_>, ttl: Duration) -> Result<UseOutcome, EngineError> {
-        let outcome = self.take_use(req, UseKind::Hold { ttl }).await?;
+        let outcome = self.with_allocation(req, self.take_use(req, UseKind::Hold { ttl }).await?).await;
         self.metrics.holds.inc(match &outcome {
             UseOutcome::Taken(_) => "held",
             other => other.label(),
@@ -47,11 +48,43 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// A replayed or confirmed use of a cart answers with what it took, as a new one does:
+    /// from this instance's memory of it, else from PostgreSQL (`QUOTA_UNAVAILABLE` while
+    /// that cannot say).
+    async fn with_allocation(&self, req: &UseRequest<'_>, outcome: UseOutcome) -> UseOutcome {
+        let (UseOutcome::Replayed(receipt) | UseOutcome::Confirmed(receipt)) = &outcome else { return outcome };
+        let Some(cart) = req.cart.filter(|c| c.has_items && receipt.taken.is_none()) else { return outcome };
+        let taken = match self.allocations.get(receipt.id) {
+            Some(taken) => taken,
+            None => {
+                let stored = self.ports.archive.allocation(receipt.id).await;
+                let lines = match stored.map(|json| json.map(|j| cart_fields::parse_allocation(&j, cart.currency))) {
+                    Ok(Some(Ok(lines))) => lines,
+                    Ok(Some(Err(err))) => {
+                        tracing::error!(id = %receipt.id, error = %err, "a stored allocation cannot be read");
+                        return UseOutcome::Refused(Refused::QuotaUnavailable);
+                    }
+                    // Not shipped yet, or PostgreSQL away: the client asks again.
+                    Ok(None) | Err(_) => return UseOutcome::Refused(Refused::QuotaUnavailable),
+                };
+                let taken = Arc::new(Taken { lines, shipping: receipt.shipping_discount.get() });
+                self.allocations.keep(receipt.id, Arc::clone(&taken));
+                taken
+            }
+        };
+        let with = |receipt: &Receipt| Receipt { taken: Some(Arc::clone(&taken)), ..receipt.clone() };
+        match &outcome {
+            UseOutcome::Replayed(receipt) => UseOutcome::Replayed(with(receipt)),
+            UseOutcome::Confirmed(receipt) => UseOutcome::Confirmed(with(receipt)),
+            _ => outcome,
+        }
+    }
+
     async fn take_use(&self, req: &UseRequest<'_>, kind: UseKind) -> Result<UseOutcome, EngineError> {
         let _decisions = self.decisions.read().await;
         let code = normalize_code(req.code);
         let user = self.ledger.id_key(req.user_id);
-        let fingerprint = req.cart.map(CartRequest::fingerprint);
+        let fingerprint = req.cart.and_then(|cart| fingerprint(&cart.items_hash()));
         let waited_until = Instant::now() + self.settings.settle_timeout;
         let mut hold_fate = None;
         loop {
@@ -78,6 +111,7 @@ impl Engine {
                     discount,
                     shipping_discount: cart.shipping,
                     final_amount: slot.order_value.saturating_sub(discount),
+                    taken: None,
                     expires_at,
                     hold: None,
                 };
@@ -185,21 +219,27 @@ impl Engine {
             cart: req.cart,
             default_currency: self.settings.default_currency,
         };
-        let (discount, cart) = match rules::decide(&offer, &view, &attempt, now) {
-            (Decision::Valid { discount, .. }, taken) => match (req.cart, taken) {
-                // The use keeps the code's effect: what its campaign's budget is charged.
-                (Some(cart), taken) => {
-                    let shipping = taken.as_ref().map_or(0, |t| t.shipping);
-                    let effect = Cents::new(discount.get() + shipping).unwrap_or(discount);
-                    let split = taken
-                        .as_ref()
-                        .map_or_else(|| "[]".to_owned(), |t| cart_fields::split_json(&cart.cart, t, cart.currency));
-                    let items_hash = cart.fingerprint().get();
-                    (effect, Some(CartUse { currency: cart.currency, items_hash, shipping_discount: shipping, split }))
-                }
-                (None, _) => (discount, None),
-            },
+        let (discount, taken) = match rules::decide(&offer, &view, &attempt, now) {
+            (Decision::Valid { discount, .. }, taken) => (discount, taken),
             (Decision::Rejected(reason), _) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
+        };
+        // With a cart, the use keeps the code's effect (what its campaign's budget is
+        // charged: merchandise and shipping) and what the answer and refunds need.
+        let (discount, cart) = match req.cart {
+            None => (discount, None),
+            Some(cart) => {
+                let shipping = taken.as_ref().map_or(0, |t| t.shipping);
+                let use_of_cart = CartUse {
+                    currency: cart.currency,
+                    items_hash: cart.items_hash(),
+                    shipping_discount: shipping,
+                    allocation: taken.as_ref().map_or_else(
+                        || "[]".to_owned(),
+                        |t| cart_fields::allocation_json(&cart.cart, t, cart.currency),
+                    ),
+                };
+                (Cents::new(discount.get() + shipping).unwrap_or(discount), Some(use_of_cart))
+            }
         };
         let campaign = offer.campaign.filter(|_| rules::takes_campaign_use(discount));
         let new = NewUse {
@@ -220,6 +260,7 @@ impl Engine {
             campaign_user_limit: campaign.and_then(|c| c.per_user_limit),
             code_limit: offer.code.map(|c| c.uses_limit),
             cart,
+            taken: taken.map(Arc::new),
         };
         let totals =
             cluster::totals(coupon, campaign.map(|c| (c.id, c.usage_limit.is_some(), c.budget.is_some())), discount);
@@ -389,12 +430,16 @@ impl Engine {
         }
         let shipping = CartMark::of(new.cart.as_ref()).shipping;
         let discount = new.discount.saturating_sub(shipping);
+        if let Some(taken) = &new.taken {
+            self.allocations.keep(new.id, Arc::clone(taken));
+        }
         UseOutcome::Taken(Receipt {
             id: new.id,
             code: String::new(),
             discount,
             shipping_discount: shipping,
             final_amount: new.req.order_value.saturating_sub(discount),
+            taken: new.taken.clone(),
             expires_at: hold_until,
             hold: None,
         })
@@ -453,6 +498,8 @@ struct NewUse<'a> {
     code_limit: Option<u32>,
     /// For a request with §9's fields.
     cart: Option<CartUse>,
+    /// What the code takes from the cart's lines (with items).
+    taken: Option<Arc<Taken>>,
 }
 
 impl NewUse<'_> {

@@ -17,6 +17,15 @@ pub struct CartAnswer<'a> {
     pub valid: bool,
     pub code: &'a str,
     pub reason: Option<&'static str>,
+    #[serde(flatten)]
+    pub cart: CartParts<'a>,
+}
+
+/// §9's additions to an answer (validate, redeem, hold): the totals with shipping and, with
+/// items, each line's split.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CartParts<'a> {
     pub currency: &'a str,
     #[serde(serialize_with = "amount")]
     pub discount: Amount,
@@ -71,6 +80,25 @@ impl<'a> CartAnswer<'a> {
         discount: u64,
         taken: Option<&Taken>,
     ) -> Self {
+        CartAnswer {
+            valid: reason.is_none(),
+            code,
+            reason,
+            cart: CartParts::new(request, code, order_value, discount, taken),
+        }
+    }
+}
+
+impl<'a> CartParts<'a> {
+    /// The parts for `request` when `code` took `discount` off the merchandise (and `taken`,
+    /// line by line and from shipping) of an order of `order_value` minor units.
+    pub fn new(
+        request: &'a CartRequest,
+        code: &'a str,
+        order_value: u64,
+        discount: u64,
+        taken: Option<&Taken>,
+    ) -> Self {
         let currency = request.currency;
         let shipping = request.cart.shipping.unwrap_or(0);
         let shipping_discount = taken.map_or(0, |t| t.shipping);
@@ -103,10 +131,7 @@ impl<'a> CartAnswer<'a> {
                 })
                 .collect()
         });
-        CartAnswer {
-            valid: reason.is_none(),
-            code,
-            reason,
+        CartParts {
             currency: request.currency.code(),
             discount: currency.amount(discount),
             final_amount: currency.amount(final_amount),

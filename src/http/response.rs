@@ -108,14 +108,6 @@ pub(crate) fn amount<S: Serializer>(amount: &Amount, serializer: S) -> Result<S:
     serde_json::value::RawValue::from_string(text).map_err(serde::ser::Error::custom)?.serialize(serializer)
 }
 
-/// [`amount`], when there is one.
-pub(crate) fn optional_amount<S: Serializer>(value: &Option<Amount>, serializer: S) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(value) => amount(value, serializer),
-        None => serializer.serialize_none(),
-    }
-}
-
 /// Times as RFC 3339 UTC with milliseconds.
 pub(crate) fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
     time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

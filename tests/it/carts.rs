@@ -199,10 +199,14 @@ async fn a_redeem_keeps_its_cart_and_a_replay_must_send_the_same() {
         (&json!("EUR"), &json!(6), &json!(0), &json!(69)),
         "{answer}"
     );
-    // The same request again is a replay; other items, another amount, or no items at all,
-    // are another request for the same order.
+    // The answer carries §9's additions as validate's does.
+    assert_eq!(answer["grandTotal"], 69);
+    assert_eq!(answer["lines"][0]["units"], json!([{"count": 3, "discount": 2}]), "{answer}");
+    assert_eq!(answer["lines"][1]["allocations"], json!([]));
+    // The same request again is a replay, answered the same; other items, another amount, or
+    // no items at all, are another request for the same order.
     let again = app.client.post("/api/coupons/redeem", &body).await;
-    assert_eq!((again.status, again.json()["redemptionId"].clone()), (StatusCode::OK, answer["redemptionId"].clone()));
+    assert_eq!((again.status, again.json()), (StatusCode::OK, answer.clone()));
     let mut other = body.clone();
     other["items"][0]["quantity"] = json!(2);
     let mut renamed = body.clone();
@@ -231,11 +235,12 @@ async fn a_redeem_keeps_its_cart_and_a_replay_must_send_the_same() {
     assert!(!plain.text.contains("currency"), "{}", plain.text);
     app.stop().await.unwrap();
 
-    // What PostgreSQL keeps: amounts in each use's currency, its fingerprint, and its split.
+    // What PostgreSQL keeps: amounts in each use's currency, its items hash, and its allocation.
     type StoredUse = (String, String, String, Option<String>, Option<String>, Option<Value>, bool);
     let rows: Vec<StoredUse> = sqlx::query_as(
-        "SELECT order_id, order_value::text, discount_applied::text, currency, shipping_discount::text, split, \
-         items_hash IS NOT NULL FROM coupon_usage ORDER BY order_id",
+        "SELECT order_id, order_value::text, discount_applied::text, currency, shipping_discount::text, allocation, \
+         octet_length(items_hash) IS NOT DISTINCT FROM 32 AND (items_hash IS NULL) = (currency IS NULL) \
+         FROM coupon_usage ORDER BY order_id",
     )
     .fetch_all(&db.pool)
     .await
@@ -276,11 +281,11 @@ async fn a_redeem_keeps_its_cart_and_a_replay_must_send_the_same() {
         ]
     );
 
-    // After a restart the uses come back from PostgreSQL with their fingerprints.
+    // After a restart the uses come back from PostgreSQL with their hashes, and a replay's
+    // allocation is read from there: the same answer.
     let app = TestApp::spawn(&db).await;
     let again = app.client.post("/api/coupons/redeem", &body).await;
-    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
-    assert_eq!((again.json()["discount"].clone(), again.json()["finalAmount"].clone()), (json!(6), json!(69)));
+    assert_eq!((again.status, again.json()), (StatusCode::OK, answer));
     let mut other = body.clone();
     other["items"][0]["unitPrice"] = json!(21);
     assert_eq!(app.client.post("/api/coupons/redeem", &other).await.status, StatusCode::CONFLICT);
@@ -390,15 +395,15 @@ async fn coupons_that_target_carts_from_the_admin_api_and_from_sql() {
         ),
         (json!(0), json!(4.99), json!(60))
     );
-    // The use keeps the code's effect (what a campaign's budget is charged), once shipped.
+    // Once shipped: the merchandise's discount (none), and shipping's beside it.
     crate::helpers::eventually(std::time::Duration::from_secs(5), "the use shipped", || async {
-        let row: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT discount_applied::text, shipping_discount::text FROM coupon_usage WHERE order_id = 'o-ship'",
+        let row: Option<(bool, bool)> = sqlx::query_as(
+            "SELECT discount_applied = 0, shipping_discount = 4.99 FROM coupon_usage WHERE order_id = 'o-ship'",
         )
         .fetch_optional(&db.pool)
         .await
         .unwrap();
-        row == Some(("4.99".into(), Some("4.99".into())))
+        row == Some((true, true))
     })
     .await;
     // Amounts in the currency asked: the option's, never a conversion.
@@ -468,5 +473,38 @@ async fn the_cart_body_limit_is_a_setting() {
     assert_eq!(under.status, StatusCode::OK, "{}", under.text);
     let over = app.client.post("/api/coupons/validate", &padded(21_000)).await;
     assert_eq!(over.status, StatusCode::PAYLOAD_TOO_LARGE);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reads_its_allocation_back_and_waits_while_postgres_is_away() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let proxy = crate::helpers::PgProxy::start(&db.url).await;
+    // Kept in memory for a second: later replays read their allocation from PostgreSQL.
+    let app = TestApp::spawn_with(&proxy.url, &[("COUPON__IDEMPOTENCY__CART_CACHE_SECS", "1")]).await;
+    let mut body = cart("TEN", vec![line("1", 3, json!(3.33)), line("2", 1, json!(0.01))]);
+    body["orderId"] = json!("o-1");
+    let taken = app.client.post("/api/coupons/redeem", &body).await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{}", taken.text);
+    crate::helpers::eventually(std::time::Duration::from_secs(5), "the use shipped", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM coupon_usage").fetch_one(&db.pool).await.unwrap() == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let again = app.client.post("/api/coupons/redeem", &body).await;
+    assert_eq!((again.status, again.json()), (StatusCode::OK, taken.json()));
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    proxy.cut().await;
+    let away = app.client.post("/api/coupons/redeem", &body).await;
+    assert_eq!(
+        (away.status, away.json()["reason"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("QUOTA_UNAVAILABLE"))
+    );
+    proxy.restore().await;
+    crate::helpers::eventually(std::time::Duration::from_secs(10), "PostgreSQL back", || async {
+        app.client.post("/api/coupons/redeem", &body).await.status == StatusCode::OK
+    })
+    .await;
     app.stop().await.unwrap();
 }

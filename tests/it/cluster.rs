@@ -643,7 +643,7 @@ async fn a_use_of_a_cart_is_the_same_request_on_every_instance() {
     let (status, confirmed) = redeem_retrying(&apps[1].client, &hold(20)).await;
     assert_eq!((status, &confirmed["hold"]), (StatusCode::CREATED, &json!("confirmed")), "{confirmed}");
     let stored: (String, String) = sqlx::query_as(
-        "SELECT currency, (split -> 0 ->> 'discount') FROM coupon_usage WHERE order_id = 'o-2' AND released_at IS NULL",
+        "SELECT currency, (allocation -> 0 ->> 'discount') FROM coupon_usage WHERE order_id = 'o-2' AND released_at IS NULL",
     )
     .fetch_one(&db.pool)
     .await

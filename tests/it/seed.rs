@@ -67,3 +67,36 @@ async fn campaign_codes_are_seeded_as_a_generated_batch() {
     .unwrap();
     assert_eq!((status.as_str(), produced, codes, shaped), ("done", 5000, 5000, 5000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cart_coupons_are_seeded_over_the_catalogue() {
+    let db = TestDb::new().await;
+    let output = seed(&db, &["--cart-coupons", "10"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let kinds: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT discount_type, count(*) FROM coupons WHERE code LIKE 'CART-%' GROUP BY discount_type ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            ("buy_x_get_y".into(), 2),
+            ("fixed".into(), 2),
+            ("fixed_price".into(), 2),
+            ("free_shipping".into(), 2),
+            ("percentage".into(), 2)
+        ]
+    );
+    let scoped: i64 = sqlx::query_scalar("SELECT count(*) FROM coupons WHERE scope ? 'includeCategories'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(scoped, 6, "percentages, fixed prices and buy-X-get-Y are by category");
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM coupons").fetch_one(&db.pool).await.unwrap(),
+        110,
+        "beside the reference set's coupons"
+    );
+}

@@ -8,8 +8,6 @@ use hyper::header::{HeaderValue, USER_AGENT};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::domain::cart::CartRequest;
-use crate::domain::currency::{Amount, Currency};
 use crate::domain::money::Cents;
 use crate::domain::rules::{Decision, Reason};
 use crate::engine::{
@@ -17,7 +15,7 @@ use crate::engine::{
 };
 use crate::http::State;
 use crate::http::call::Call;
-use crate::http::cart_answer::CartAnswer;
+use crate::http::cart_answer::{CartAnswer, CartParts};
 use crate::http::error::ApiError;
 use crate::http::request::{ReleaseBody, UseBody, ValidateBody};
 use crate::http::response::{self, HttpResponse, money, rfc3339};
@@ -104,15 +102,13 @@ struct UseAnswer<'a> {
     hold_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'a str>,
-    /// With §9's fields: the request's currency, and what came off shipping.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    currency: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_amount")]
-    discount: Option<Amount>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_amount")]
-    shipping_discount: Option<Amount>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_amount")]
-    final_amount: Option<Amount>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_money")]
+    discount: Option<Cents>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "response::optional_money")]
+    final_amount: Option<Cents>,
+    /// With §9's fields: their additions, as validate's (amounts in the request's currency).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    cart: Option<CartParts<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
     /// What became of the order's hold, when it had one.
@@ -129,19 +125,21 @@ enum Kind {
     Hold,
 }
 
-fn taken(kind: Kind, status: StatusCode, receipt: &Receipt, cart: Option<&CartRequest>) -> HttpResponse {
-    // The request's currency with §9's fields; else hundredths, as §3 writes them.
-    let currency = cart.map_or(Currency::HUNDREDTHS, |c| c.currency);
+fn taken(kind: Kind, status: StatusCode, receipt: &Receipt, use_of: &UseRequest<'_>) -> HttpResponse {
+    let cart = use_of.cart.map(|request| {
+        let order_value = use_of.order_value.get();
+        CartParts::new(request, &receipt.code, order_value, receipt.discount.get(), receipt.taken.as_deref())
+    });
+    let plain = cart.is_none();
     let body = UseAnswer {
         redeemed: (kind == Kind::Redeem).then_some(true),
         held: (kind == Kind::Hold).then_some(true),
         redemption_id: (kind == Kind::Redeem).then_some(receipt.id),
         hold_id: (kind == Kind::Hold).then_some(receipt.id),
         code: Some(&receipt.code),
-        currency: cart.map(|c| c.currency.code()),
-        discount: Some(currency.amount(receipt.discount.get())),
-        shipping_discount: cart.map(|_| currency.amount(receipt.shipping_discount.get())),
-        final_amount: Some(currency.amount(receipt.final_amount.get())),
+        discount: plain.then_some(receipt.discount),
+        final_amount: plain.then_some(receipt.final_amount),
+        cart,
         expires_at: receipt.expires_at.map(rfc3339),
         hold: receipt.hold.map(|fate| fate.as_str()),
         reason: None,
@@ -156,10 +154,9 @@ fn refused(kind: Kind, status: StatusCode, reason: &'static str) -> HttpResponse
         redemption_id: None,
         hold_id: None,
         code: None,
-        currency: None,
         discount: None,
-        shipping_discount: None,
         final_amount: None,
+        cart: None,
         expires_at: None,
         hold: None,
         reason: Some(reason),
@@ -168,11 +165,13 @@ fn refused(kind: Kind, status: StatusCode, reason: &'static str) -> HttpResponse
 }
 
 /// The one mapping of a use's outcome to a status and body.
-fn render(kind: Kind, outcome: &UseOutcome, cart: Option<&CartRequest>) -> Result<HttpResponse, ApiError> {
+fn render(kind: Kind, outcome: &UseOutcome, use_of: &UseRequest<'_>) -> Result<HttpResponse, ApiError> {
     use crate::engine::Refused;
     Ok(match outcome {
-        UseOutcome::Taken(receipt) | UseOutcome::Confirmed(receipt) => taken(kind, StatusCode::CREATED, receipt, cart),
-        UseOutcome::Replayed(receipt) => taken(kind, StatusCode::OK, receipt, cart),
+        UseOutcome::Taken(receipt) | UseOutcome::Confirmed(receipt) => {
+            taken(kind, StatusCode::CREATED, receipt, use_of)
+        }
+        UseOutcome::Replayed(receipt) => taken(kind, StatusCode::OK, receipt, use_of),
         UseOutcome::Refused(Refused::Rule(reason)) => refused(kind, StatusCode::UNPROCESSABLE_ENTITY, reason.as_str()),
         UseOutcome::Refused(refusal @ (Refused::OrderTaken | Refused::IdempotencyMismatch)) => {
             refused(kind, StatusCode::CONFLICT, refusal.as_str())
@@ -239,7 +238,7 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
     if outcome == UseOutcome::Refused(crate::engine::Refused::Rule(Reason::CouponNotFound)) {
         state.guard.record_failure(&input.user_id, call.client_ip, call.backend);
     }
-    render(kind, &outcome, input.cart.as_ref())
+    render(kind, &outcome, &request)
 }
 
 #[derive(Serialize)]

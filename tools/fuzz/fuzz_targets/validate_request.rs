@@ -14,7 +14,8 @@ fn well_formed(text: &str, max: usize) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let limits = CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100 };
+    let limits =
+        CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100, max_body_bytes: 64 << 10 };
     if let Ok(request) = ValidateBody::parse(data, limits) {
         assert!(well_formed(&request.code, MAX_CODE_LEN));
         assert_eq!(request.code.trim(), request.code);
