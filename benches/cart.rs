@@ -15,8 +15,8 @@ fn cart() -> Cart {
     Cart {
         lines: (0..20u32)
             .map(|i| Line {
-                line_id: format!("{i}"),
-                product_id: format!("p-{i}"),
+                line_id: format!("{i}").into(),
+                product_id: format!("p-{i}").into(),
                 variant_id: None,
                 category_ids: vec![if i % 2 == 0 { "shirts".into() } else { "socks".into() }],
                 quantity: 1 + i % 4,

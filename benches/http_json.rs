@@ -35,6 +35,55 @@ fn http_json(c: &mut Criterion) {
             black_box(serde_json::to_vec(&response).unwrap())
         })
     });
+    // A 20-line cart from the seed's catalogue (as loadgen's cart mix sends), in its three
+    // parts: the parse, the engine, the answer.
+    let catalogue = coupon_engine::seed::catalogue();
+    let items: Vec<String> = (0..20)
+        .map(|i| {
+            let p = &catalogue[i * 7 % catalogue.len()];
+            format!(
+                r#"{{"lineId":"{i}","productId":"{}","categoryIds":["{}"],"quantity":{},"unitPrice":{}}}"#,
+                p.id,
+                p.category,
+                1 + i % 3,
+                p.unit_price
+            )
+        })
+        .collect();
+    let cart = format!(
+        r#"{{"code":"{code}","userId":"user_0000001","items":[{}],"shipping":{{"amount":4.99}}}}"#,
+        items.join(",")
+    );
+    c.bench_function("http_json/cart_20_lines_parse", |b| {
+        b.iter(|| black_box(ValidateBody::parse(black_box(cart.as_bytes()), limits).unwrap()))
+    });
+    let input = ValidateBody::parse(cart.as_bytes(), limits).unwrap();
+    let request = ValidateRequest {
+        code: &input.code,
+        user_id: &input.user_id,
+        order_value: input.order_value,
+        order_id: None,
+        cart: input.cart.as_ref(),
+    };
+    c.bench_function("http_json/cart_20_lines_validate", |b| b.iter(|| black_box(engine.validate(&request, &caller))));
+    let validation = engine.validate(&request, &caller);
+    c.bench_function("http_json/cart_20_lines_answer", |b| {
+        b.iter(|| {
+            let discount = match validation.decision {
+                coupon_engine::domain::rules::Decision::Valid { discount, .. } => discount.get(),
+                coupon_engine::domain::rules::Decision::Rejected(_) => 0,
+            };
+            let answer = coupon_engine::http::cart_answer::CartAnswer::new(
+                input.cart.as_ref().unwrap(),
+                &validation.code,
+                None,
+                input.order_value.get(),
+                discount,
+                validation.taken.as_ref(),
+            );
+            black_box(serde_json::to_vec(&answer).unwrap())
+        })
+    });
 }
 
 criterion_group!(benches, http_json);

@@ -1,18 +1,19 @@
 //! A cart as the rules judge it (API.md §9): lines with quantities and unit prices in minor
 //! units of the request's currency, shipping, and which lines a coupon's scope makes eligible.
 
+use compact_str::CompactString;
 use sha2::{Digest, Sha256};
 
 use crate::domain::allocation::Run;
 use crate::domain::currency::Currency;
 
-/// One line of a cart, as sent.
+/// One line of a cart, as sent. Ids are kept inline (no allocation) up to 24 bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Line {
-    pub line_id: String,
-    pub product_id: String,
-    pub variant_id: Option<String>,
-    pub category_ids: Vec<String>,
+    pub line_id: CompactString,
+    pub product_id: CompactString,
+    pub variant_id: Option<CompactString>,
+    pub category_ids: Vec<CompactString>,
     pub quantity: u32,
     /// Minor units.
     pub unit_price: u64,
@@ -179,7 +180,7 @@ pub(crate) mod tests {
     pub(crate) fn line(id: &str, quantity: u32, unit_price: u64) -> Line {
         Line {
             line_id: id.into(),
-            product_id: format!("p-{id}"),
+            product_id: format!("p-{id}").into(),
             variant_id: None,
             category_ids: Vec::new(),
             quantity,

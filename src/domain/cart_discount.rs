@@ -497,7 +497,7 @@ mod tests {
                     .into_iter()
                     .enumerate()
                     .map(|(i, (quantity, unit_price, on_sale, category))| Line {
-                        category_ids: vec![format!("c{category}")],
+                        category_ids: vec![format!("c{category}").into()],
                         on_sale,
                         ..line(&i.to_string(), quantity, unit_price)
                     })

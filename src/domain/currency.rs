@@ -96,6 +96,18 @@ pub struct Amount {
     decimals: u8,
 }
 
+impl Amount {
+    /// The amount in minor units.
+    pub fn minor(self) -> u64 {
+        self.minor
+    }
+
+    /// Minor units in a major unit: 1, 100 or 1000.
+    pub fn scale(self) -> u64 {
+        10u64.pow(u32::from(self.decimals))
+    }
+}
+
 impl fmt::Display for Amount {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scale = 10u64.pow(u32::from(self.decimals));

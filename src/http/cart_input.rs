@@ -2,8 +2,10 @@
 //! and `orderValue` derived from the items or checked against them, every amount in minor
 //! units of the currency, every refusal naming its field.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
+use compact_str::CompactString;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -133,7 +135,85 @@ fn amount(raw: &RawValue, field: &'static str, decimals: u8) -> Result<u64, ApiE
         .map_err(|err: MoneyError| ApiError::InvalidField { field, problem: err.to_string() })
 }
 
+/// A line as the fast path reads it: one pass, strings borrowed unless escaped.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
+struct TypedLine<'a> {
+    #[serde(borrow)]
+    line_id: Cow<'a, str>,
+    #[serde(borrow)]
+    product_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    variant_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    category_ids: Option<Vec<Cow<'a, str>>>,
+    quantity: u32,
+    #[serde(borrow)]
+    unit_price: &'a RawValue,
+    #[serde(default)]
+    on_sale: Option<bool>,
+    #[serde(default)]
+    discountable: Option<bool>,
+}
+
+/// Whether an id may be kept: 1 to `max` characters, none a control character.
+fn acceptable_id(id: &str, max: usize) -> bool {
+    !id.is_empty() && id.chars().count() <= max && !id.chars().any(char::is_control)
+}
+
+/// The lines of `items`. A body a shop sends is read in one pass; anything that pass does not
+/// accept is read again field by field, which names what is wrong (and refuses exactly what
+/// the one pass does not accept).
 fn lines(raw: &RawValue, decimals: u8, max_lines: usize) -> Result<Vec<Line>, ApiError> {
+    match serde_json::from_str::<Vec<TypedLine<'_>>>(raw.get())
+        .ok()
+        .and_then(|typed| accept(typed, decimals, max_lines))
+    {
+        Some(lines) => Ok(lines),
+        None => lines_field_by_field(raw, decimals, max_lines),
+    }
+}
+
+/// The lines, if every one is acceptable as it is (`None`: the slow path says why not).
+fn accept(typed: Vec<TypedLine<'_>>, decimals: u8, max_lines: usize) -> Option<Vec<Line>> {
+    if typed.is_empty() || typed.len() > max_lines {
+        return None;
+    }
+    let mut lines: Vec<Line> = Vec::with_capacity(typed.len());
+    for line in typed {
+        let categories = line.category_ids.unwrap_or_default();
+        let ok = acceptable_id(&line.line_id, MAX_LINE_ID)
+            && acceptable_id(&line.product_id, MAX_PRODUCT_ID)
+            && line.variant_id.as_deref().is_none_or(|v| acceptable_id(v, MAX_PRODUCT_ID))
+            && categories.len() <= MAX_CATEGORIES
+            && categories.iter().all(|c| acceptable_id(c, MAX_PRODUCT_ID))
+            && (1..=MAX_QUANTITY).contains(&line.quantity)
+            && !lines.iter().any(|l| l.line_id == *line.line_id);
+        if !ok {
+            return None;
+        }
+        lines.push(Line {
+            line_id: CompactString::from(line.line_id),
+            product_id: CompactString::from(line.product_id),
+            variant_id: line.variant_id.map(CompactString::from),
+            category_ids: categories.into_iter().map(CompactString::from).collect(),
+            quantity: line.quantity,
+            unit_price: parse_minor(line.unit_price.get(), decimals).ok()?,
+            on_sale: line.on_sale.unwrap_or(false),
+            discountable: line.discountable.unwrap_or(true),
+        });
+    }
+    within_total(&lines, decimals).then_some(lines)
+}
+
+/// Whether the items' total is within the largest amount.
+fn within_total(lines: &[Line], decimals: u8) -> bool {
+    let total = lines.iter().try_fold(0u64, |sum, l| sum.checked_add(l.subtotal()));
+    total.is_some_and(|t| t <= crate::domain::money::max_minor(decimals))
+}
+
+fn lines_field_by_field(raw: &RawValue, decimals: u8, max_lines: usize) -> Result<Vec<Line>, ApiError> {
     let invalid = |problem: String| ApiError::InvalidField { field: "items", problem };
     let raw_lines: Vec<&RawValue> =
         serde_json::from_str(raw.get()).map_err(|_| invalid("must be an array of line objects".into()))?;
@@ -145,25 +225,28 @@ fn lines(raw: &RawValue, decimals: u8, max_lines: usize) -> Result<Vec<Line>, Ap
     for (n, raw_line) in raw_lines.into_iter().enumerate() {
         let at = |problem: &str| invalid(format!("line {}: {problem}", n + 1));
         let fields: RawLine<'_> = serde_json::from_str(raw_line.get()).map_err(|err| at(&format!("{err}")))?;
-        let text =
-            |raw: Option<&RawValue>, name: &str, max: usize, required: bool| -> Result<Option<String>, ApiError> {
-                let value = optional_string(raw, "items").map_err(|_| at(&format!("{name} must be a string")))?;
-                match value {
-                    None if required => Err(at(&format!("{name} is required"))),
-                    None => Ok(None),
-                    Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) => {
-                        Err(at(&format!("{name} must be 1 to {max} characters without control characters")))
-                    }
-                    Some(v) => Ok(Some(v.into_owned())),
+        let text = |raw: Option<&RawValue>,
+                    name: &str,
+                    max: usize,
+                    required: bool|
+         -> Result<Option<CompactString>, ApiError> {
+            let value = optional_string(raw, "items").map_err(|_| at(&format!("{name} must be a string")))?;
+            match value {
+                None if required => Err(at(&format!("{name} is required"))),
+                None => Ok(None),
+                Some(v) if !acceptable_id(&v, max) => {
+                    Err(at(&format!("{name} must be 1 to {max} characters without control characters")))
                 }
-            };
+                Some(v) => Ok(Some(CompactString::from(v))),
+            }
+        };
         let line_id = text(fields.line_id, "lineId", MAX_LINE_ID, true)?.unwrap_or_default();
         if !seen.insert(line_id.clone()) {
             return Err(at("lineId is repeated"));
         }
         let product_id = text(fields.product_id, "productId", MAX_PRODUCT_ID, true)?.unwrap_or_default();
         let variant_id = text(fields.variant_id, "variantId", MAX_PRODUCT_ID, false)?;
-        let category_ids: Vec<String> = match fields.category_ids.filter(|v| v.get() != "null") {
+        let category_ids: Vec<CompactString> = match fields.category_ids.filter(|v| v.get() != "null") {
             None => Vec::new(),
             Some(raw) => {
                 let ids: Vec<&RawValue> =
@@ -202,8 +285,7 @@ fn lines(raw: &RawValue, decimals: u8, max_lines: usize) -> Result<Vec<Line>, Ap
             discountable: flag(fields.discountable, "discountable", true)?,
         });
     }
-    let total = lines.iter().try_fold(0u64, |sum, l| sum.checked_add(l.subtotal()));
-    if total.is_none_or(|t| t > crate::domain::money::max_minor(decimals)) {
+    if !within_total(&lines, decimals) {
         return Err(invalid("the items' total must not exceed 1000000000".into()));
     }
     Ok(lines)
@@ -347,6 +429,43 @@ mod tests {
             price,
             serde_json::to_string(categories).unwrap()
         )
+    }
+
+    /// The one-pass read accepts exactly what the field-by-field read accepts, with the same
+    /// lines.
+    #[test]
+    fn both_reads_of_the_lines_agree() {
+        let line = |fields: &str| format!(r#"{{"lineId":"1","productId":"p","quantity":2,"unitPrice":1.5{fields}}}"#);
+        let cases = [
+            format!("[{}]", line("")),
+            format!("[{}]", line(r#","variantId":"v","categoryIds":["a","b"],"onSale":true,"discountable":false"#)),
+            format!("[{}]", line(r#","variantId":null,"categoryIds":null,"onSale":null"#)),
+            format!("[{}]", line(r#","variantId":"""#)),
+            format!("[{}]", line(r#","categoryIds":[null]"#)),
+            format!("[{}]", line(r#","categoryIds":[""]"#)),
+            format!("[{}]", line(r#","onSale":"true""#)),
+            format!("[{}]", line(r#","colour":"red""#)),
+            format!("[{},{}]", line(""), line("")),
+            format!("[{}]", line(r#","lineId":"2""#)),
+            r#"[{"lineId":"1","productId":"p","quantity":1.0,"unitPrice":1}]"#.into(),
+            r#"[{"lineId":"1","productId":"p","quantity":"1","unitPrice":1}]"#.into(),
+            r#"[{"lineId":"1","productId":"p","quantity":0,"unitPrice":1}]"#.into(),
+            r#"[{"lineId":"1","productId":"p","quantity":1,"unitPrice":null}]"#.into(),
+            r#"[{"lineId":"1","productId":"p","quantity":1,"unitPrice":1.234}]"#.into(),
+            r#"[{"lineId":"1","productId":"p","quantity":1}]"#.into(),
+            r#"[{"lineId":"a\u0000","productId":"p","quantity":1,"unitPrice":1}]"#.into(),
+            r#"[{"lineId":"\u00e9t\u00e9","productId":"p","quantity":1,"unitPrice":1}]"#.into(),
+            r#"[{"lineId":1,"productId":"p","quantity":1,"unitPrice":1}]"#.into(),
+            r#"[{"lineId":"1","productId":"p","quantity":10000,"unitPrice":1000000000}]"#.into(),
+            "[]".into(),
+            "[1]".into(),
+        ];
+        for items in cases {
+            let raw = RawValue::from_string(items.clone()).unwrap();
+            let fast = lines(&raw, 2, 3).map_err(|e| e.code());
+            let slow = lines_field_by_field(&raw, 2, 3).map_err(|e| e.code());
+            assert_eq!(fast, slow, "{items}");
+        }
     }
 
     #[test]

@@ -57,7 +57,13 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 /// A JSON response.
 pub fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
-    let bytes = serde_json::to_vec(body).expect("response types serialise");
+    json_sized(status, body, 128)
+}
+
+/// [`json`] for a body of about `size` bytes, written without growing its buffer.
+pub(crate) fn json_sized(status: StatusCode, body: &impl Serialize, size: usize) -> HttpResponse {
+    let mut bytes = Vec::with_capacity(size);
+    serde_json::to_writer(&mut bytes, body).expect("response types serialise");
     with_body(status, JSON, bytes.into())
 }
 
@@ -102,10 +108,16 @@ pub(crate) fn optional_money<S: Serializer>(amount: &Option<Cents>, serializer: 
 }
 
 /// An amount in minor units of a currency, written as the exact JSON number of its major
-/// units (the same text [`money`] writes for cents).
+/// units, as [`money`] writes cents: a whole amount as an integer, else the `f64` nearest the
+/// quotient, whose shortest form is the amount's decimal text (at most 13 significant digits;
+/// the test below checks every amount of a wide range in every currency).
 pub(crate) fn amount<S: Serializer>(amount: &Amount, serializer: S) -> Result<S::Ok, S::Error> {
-    let text = amount.to_string();
-    serde_json::value::RawValue::from_string(text).map_err(serde::ser::Error::custom)?.serialize(serializer)
+    let (minor, scale) = (amount.minor(), amount.scale());
+    if minor.is_multiple_of(scale) {
+        serializer.serialize_u64(minor / scale)
+    } else {
+        serializer.serialize_f64(minor as f64 / scale as f64)
+    }
 }
 
 /// Times as RFC 3339 UTC with milliseconds.
@@ -138,6 +150,23 @@ mod tests {
             [(0, "0"), (90_000, "900"), (1250, "12.5"), (99, "0.99"), (1, "0.01"), (MAX_CENTS, "1000000000")]
         {
             assert_eq!(json(cents), text);
+        }
+    }
+
+    #[test]
+    fn amounts_are_the_exact_decimal_in_every_currency() {
+        #[derive(serde::Serialize)]
+        struct Wrapped(#[serde(serialize_with = "amount")] crate::domain::currency::Amount);
+        for code in ["JPY", "EUR", "KWD"] {
+            let currency = crate::domain::currency::Currency::parse(code).unwrap();
+            let max = crate::domain::money::max_minor(currency.decimals());
+            let small = 0..=300_000;
+            let large = (300_000..=max).step_by(999_983);
+            for minor in small.chain(large).chain([max, max - 1, 1_234_567_891_234]) {
+                let minor = minor.min(max);
+                let written = serde_json::to_string(&Wrapped(currency.amount(minor))).unwrap();
+                assert_eq!(written, currency.amount(minor).to_string(), "{minor} minor units of {code}");
+            }
         }
     }
 }

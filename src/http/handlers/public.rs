@@ -83,7 +83,7 @@ pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiErro
             body.discount.get(),
             validation.taken.as_ref(),
         );
-        return Ok(response::json(StatusCode::OK, &answer));
+        return Ok(response::json_sized(StatusCode::OK, &answer, answer.cart.size_hint()));
     }
     Ok(response::json(StatusCode::OK, &body))
 }
@@ -131,6 +131,7 @@ fn taken(kind: Kind, status: StatusCode, receipt: &Receipt, use_of: &UseRequest<
         CartParts::new(request, &receipt.code, order_value, receipt.discount.get(), receipt.taken.as_deref())
     });
     let plain = cart.is_none();
+    let size = cart.as_ref().map_or(128, CartParts::size_hint);
     let body = UseAnswer {
         redeemed: (kind == Kind::Redeem).then_some(true),
         held: (kind == Kind::Hold).then_some(true),
@@ -144,7 +145,7 @@ fn taken(kind: Kind, status: StatusCode, receipt: &Receipt, use_of: &UseRequest<
         hold: receipt.hold.map(|fate| fate.as_str()),
         reason: None,
     };
-    response::json(status, &body)
+    response::json_sized(status, &body, size)
 }
 
 fn refused(kind: Kind, status: StatusCode, reason: &'static str) -> HttpResponse {

@@ -146,14 +146,22 @@ pub(crate) struct BudgetArgs {
     baseline_addr: SocketAddr,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The validate mix both servers get: valid (today's bodies) or cart (20-line carts, which
+    /// the baseline parses too).
+    #[arg(long, default_value = "valid")]
+    mix: String,
 }
 
-/// DESIGN.md's budget: validate ≥ 0.80 × the bare server's throughput, p99 ≤ 1.25 × its p99.
+/// DESIGN.md's budget: validate ≥ 0.80 × the bare server's throughput, p99 ≤ 1.25 × its p99
+/// (for carts, issue 25's: the same throughput budget on the same cart bodies).
 pub(crate) async fn budget(addr: SocketAddr, database_url: &str, args: BudgetArgs) -> anyhow::Result<bool> {
     if !args.baseline_addr.ip().is_loopback() {
         bail!("--baseline-addr must be a loopback address");
     }
-    let mix = Arc::new(Mix::build(database_url, "valid", args.seed).await?);
+    if !matches!(args.mix.as_str(), "valid" | "cart") {
+        bail!("--mix must be valid or cart: the baseline answers validate bodies only");
+    }
+    let mix = Arc::new(Mix::build(database_url, &args.mix, args.seed).await?);
     let baseline_bin = sibling_binary("baseline-server")?;
     let mut baseline = Command::new(&baseline_bin)
         .arg(args.baseline_addr.to_string())

@@ -51,6 +51,9 @@ pub(crate) enum Kind {
     Hold,
     /// The redeem that confirms a checkout's hold.
     Confirm,
+    /// A validate of a 20-line cart (drawn from the seed's catalogue) against a coupon that
+    /// targets carts: a scoped percentage, a fixed amount off each unit, or buy 2 get 1.
+    Cart,
 }
 
 impl Kind {
@@ -69,6 +72,7 @@ impl Kind {
             Kind::CodeRedeem => "code-redeem",
             Kind::Hold => "hold",
             Kind::Confirm => "confirm",
+            Kind::Cart => "cart",
         }
     }
 
@@ -85,6 +89,8 @@ impl Kind {
             Kind::LimitedRedeem => br#""redeemed""#,
             Kind::Hold => br#""held":true"#,
             Kind::Confirm => br#""hold":"confirmed""#,
+            // Valid or not (a random cart may hold nothing in scope), a cart's answer has lines.
+            Kind::Cart => br#""lines":[{"lineId""#,
         }
     }
 }
@@ -124,6 +130,7 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
         "limited-redeem" => vec![(Kind::LimitedRedeem, 1)],
         "per-user-redeem" => vec![(Kind::PerUserRedeem, 1)],
         "code-redeem" => vec![(Kind::CodeRedeem, 1)],
+        "cart" => vec![(Kind::Cart, 1)],
         "checkout" => {
             vec![
                 (Kind::Valid, 55),
@@ -145,7 +152,7 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
             (Kind::Hold, 15),
         ],
         other => bail!(
-            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem, code-redeem, checkout or shapes"
+            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem, code-redeem, cart, checkout or shapes"
         ),
     })
 }
@@ -304,8 +311,10 @@ async fn prepare(
     kind: Kind,
     rng: &mut ChaCha8Rng,
 ) -> anyhow::Result<Vec<Prepared>> {
-    // A batch's rule is a coupon row too, but its code is not one a customer can type.
-    const IN_WINDOW: &str = "batch_id IS NULL \
+    // A batch's rule is a coupon row too, but its code is not one a customer can type; a
+    // coupon that targets carts answers ITEMS_REQUIRED to these bodies, which carry none.
+    const IN_WINDOW: &str = "batch_id IS NULL AND target = 'order' AND scope IS NULL AND min_quantity IS NULL \
+        AND min_order_basis = 'order' AND currency IS NULL AND discount_type IN ('percentage', 'fixed') \
         AND (valid_from IS NULL OR valid_from <= now()) AND (valid_until IS NULL OR valid_until > now())";
     let other_user = |rng: &mut ChaCha8Rng| format!("user_{:07}", rng.random_range(0..1_000_000));
     let rows: Vec<(String, Option<String>, i64)> = match kind {
@@ -324,6 +333,7 @@ async fn prepare(
         )).await?,
         Kind::Unknown => (0..PER_KIND).map(|n| (format!("LOADGEN-UNKNOWN-{n:05}"), None, 0)).collect(),
         Kind::CodeRedeem => return Ok(vec![import_bulk_codes(database_url).await?]),
+        Kind::Cart => return cart_bodies(db, rng).await,
         Kind::CampaignCode => {
             let rows = fetch(
                 db,
@@ -419,6 +429,80 @@ async fn prepare(
     Ok(prepared)
 }
 
+/// The coupons of the `cart` mix, created if missing (the seed's `CART-…` coupons depend on
+/// their random scopes; these are fixed): code, discount type, value, scope, buy-X-get-Y.
+const CART_COUPONS: [(&str, &str, u32, &str, Option<&str>); 3] = [
+    (
+        "LOADGEN-CART-PCT",
+        "percentage",
+        15,
+        r#"{"includeCategories": ["cat-00", "cat-01", "cat-02"], "excludeOnSale": true}"#,
+        None,
+    ),
+    ("LOADGEN-CART-EACH", "fixed", 2, r#"{"includeCategories": ["cat-03", "cat-04"]}"#, None),
+    (
+        "LOADGEN-CART-B2G1",
+        "buy_x_get_y",
+        0,
+        r#"{"includeCategories": ["cat-05", "cat-06"]}"#,
+        Some(r#"{"buyQuantity": 2, "getQuantity": 1, "maxApplications": 3}"#),
+    ),
+];
+
+/// Lines in a cart of the `cart` mix.
+pub(crate) const CART_LINES: usize = 20;
+
+/// A validate body with a cart of [`CART_LINES`] lines drawn from the seed's catalogue, for
+/// `code`.
+pub(crate) fn cart_body(code: &str, user: &str, rng: &mut impl Rng) -> String {
+    let catalogue = coupon_engine::seed::catalogue();
+    let items: Vec<serde_json::Value> = (0..CART_LINES)
+        .map(|line| {
+            let product = &catalogue[rng.random_range(0..catalogue.len())];
+            let mut item = json!({
+                "lineId": format!("{line}"),
+                "productId": product.id,
+                "categoryIds": [product.category],
+                "quantity": rng.random_range(1..=3),
+                "unitPrice": serde_json::value::RawValue::from_string(product.unit_price.to_string()).expect("a number"),
+            });
+            if let Some(variant) = &product.variant_id {
+                item["variantId"] = json!(variant);
+            }
+            if product.on_sale {
+                item["onSale"] = json!(true);
+            }
+            item
+        })
+        .collect();
+    json!({"code": code, "userId": user, "items": items, "shipping": {"amount": 4.99}}).to_string()
+}
+
+async fn cart_bodies(db: &mut PgConnection, rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Prepared>> {
+    for (code, discount_type, value, scope, bxgy) in CART_COUPONS {
+        let allocation = if discount_type == "fixed" { "each" } else { "across" };
+        sqlx::query(
+            "INSERT INTO coupons (code, type, discount_type, discount_value, target, scope, allocation, bxgy) \
+             VALUES ($1, 'time_specific', $2, $3, 'items', $4::jsonb, $5, $6::jsonb) ON CONFLICT (code) DO NOTHING",
+        )
+        .bind(code)
+        .bind(discount_type)
+        .bind(i64::from(value))
+        .bind(scope)
+        .bind(allocation)
+        .bind(bxgy)
+        .execute(&mut *db)
+        .await?;
+    }
+    Ok((0..PER_KIND)
+        .map(|n| {
+            let code = CART_COUPONS[n % CART_COUPONS.len()].0;
+            let user = format!("user_{:07}", rng.random_range(0..1_000_000));
+            Prepared { kind: Kind::Cart, body: Bytes::from(cart_body(code, &user, rng)) }
+        })
+        .collect())
+}
+
 /// A new campaign with one batch of [`BULK_CODES`] single-use codes (10% off), imported as
 /// the admin API would; answers the codes' prefix as the prepared request.
 async fn import_bulk_codes(database_url: &str) -> anyhow::Result<Prepared> {
@@ -468,6 +552,21 @@ mod tests {
         assert!(Mix::is_expected(Kind::Expired, 200, br#"{"valid":false,"reason":"COUPON_EXPIRED"}"#));
         assert!(!Mix::is_expected(Kind::Redeem, 200, br#"{"redeemed":true}"#), "a replay is not a new redemption");
         assert!(Mix::is_expected(Kind::Redeem, 201, br#"{"redeemed":true}"#));
+    }
+
+    #[test]
+    fn cart_bodies_are_what_the_service_takes() {
+        use coupon_engine::domain::currency::Currency;
+        use coupon_engine::http::cart_input::CartLimits;
+        use coupon_engine::http::request::ValidateBody;
+        let body = cart_body("LOADGEN-CART-PCT", "user_0000001", &mut ChaCha8Rng::seed_from_u64(1));
+        let limits =
+            CartLimits { default_currency: Currency::parse("EUR").unwrap(), max_lines: 100, max_body_bytes: 64 << 10 };
+        let parsed = ValidateBody::parse(body.as_bytes(), limits).expect("a valid body");
+        let cart = parsed.cart.expect("a cart");
+        assert_eq!((cart.cart.lines.len(), cart.cart.shipping), (CART_LINES, Some(499)));
+        assert!(Mix::is_expected(Kind::Cart, 200, br#"{"valid":false,"lines":[{"lineId":"0"}]}"#));
+        assert!(!Mix::is_expected(Kind::Cart, 200, br#"{"valid":true,"discount":1}"#));
     }
 
     #[test]

@@ -19,21 +19,54 @@ use tokio::net::TcpListener;
 
 const ANSWER: &[u8] = br#"{"valid":true,"code":"SAVE10","reason":null,"discount":100,"finalAmount":900}"#;
 
-/// The fields coupon-engine reads, parsed the same way (borrowed, raw number text).
+/// The fields coupon-engine reads, parsed the same way (borrowed, raw number text), a cart's
+/// included (API.md §9).
 #[derive(Deserialize)]
 #[allow(dead_code, reason = "parsed to cost what the service's parse costs, never read")]
 struct Body<'a> {
     code: &'a str,
     #[serde(rename = "userId")]
     user_id: &'a str,
-    #[serde(rename = "orderValue", borrow)]
-    order_value: &'a serde_json::value::RawValue,
+    #[serde(rename = "orderValue", borrow, default)]
+    order_value: Option<&'a serde_json::value::RawValue>,
     #[serde(rename = "orderId")]
     order_id: Option<&'a str>,
+    currency: Option<&'a str>,
+    #[serde(borrow, default)]
+    items: Option<Vec<Item<'a>>>,
+    #[serde(borrow, default)]
+    shipping: Option<Shipping<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code, reason = "parsed to cost what the service's parse costs, never read")]
+struct Item<'a> {
+    line_id: &'a str,
+    product_id: &'a str,
+    variant_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    category_ids: Vec<&'a str>,
+    quantity: u32,
+    #[serde(borrow)]
+    unit_price: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    on_sale: bool,
+    #[serde(default)]
+    discountable: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code, reason = "parsed to cost what the service's parse costs, never read")]
+struct Shipping<'a> {
+    #[serde(borrow)]
+    amount: &'a serde_json::value::RawValue,
+    method_id: Option<&'a str>,
 }
 
 async fn answer(req: Request<hyper::body::Incoming>, work: Duration) -> Result<Response<Full<Bytes>>, Infallible> {
-    let status = match Limited::new(req.into_body(), 16 * 1024).collect().await {
+    let status = match Limited::new(req.into_body(), 64 * 1024).collect().await {
         Ok(body) => match serde_json::from_slice::<Body<'_>>(&body.to_bytes()) {
             Ok(_) => StatusCode::OK,
             Err(_) => StatusCode::BAD_REQUEST,
