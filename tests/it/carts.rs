@@ -508,3 +508,40 @@ async fn a_replay_reads_its_allocation_back_and_waits_while_postgres_is_away() {
     .await;
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_of_a_cart_is_released_and_its_budget_given_back() {
+    let db = TestDb::new().await;
+    sqlx::query("INSERT INTO campaigns (name, budget) VALUES ('ship', 10)").execute(&db.pool).await.unwrap();
+    insert_coupon(
+        &db.pool,
+        "SHIPFREE",
+        &[("discount_type", "'free_shipping'"), ("discount_value", "0"), ("campaign_id", "(SELECT id FROM campaigns)")],
+    )
+    .await;
+    let app = TestApp::spawn(&db).await;
+    let body = |order: &str| {
+        let mut body = cart("SHIPFREE", vec![line("1", 1, json!(20))]);
+        body["shipping"] = json!({"amount": 6});
+        body["orderId"] = json!(order);
+        body
+    };
+    // The budget is charged with shipping's 6.00: one hold fits in 10.00, a second does not.
+    let held = app.client.post("/api/coupons/hold", &body("o-1")).await;
+    assert_eq!(
+        (held.status, held.json()["shippingDiscount"].clone()),
+        (StatusCode::CREATED, json!(6)),
+        "{}",
+        held.text
+    );
+    let second = app.client.post("/api/coupons/hold", &body("o-2")).await;
+    assert_eq!(second.json()["reason"], "CAMPAIGN_BUDGET_EXHAUSTED", "{}", second.text);
+    let released = app.client.post("/api/coupons/release", &json!({"code": "SHIPFREE", "orderId": "o-1"})).await;
+    assert_eq!(released.status, StatusCode::OK, "{}", released.text);
+    let again = app.client.post("/api/coupons/hold", &body("o-2")).await;
+    assert_eq!(again.status, StatusCode::CREATED, "the release gave the 6.00 back: {}", again.text);
+    let confirmed = app.client.post("/api/coupons/redeem", &body("o-2")).await;
+    assert_eq!((confirmed.status, confirmed.json()["hold"].clone()), (StatusCode::CREATED, json!("confirmed")));
+    assert_eq!(confirmed.json()["grandTotal"], 20, "{}", confirmed.text);
+    app.stop().await.unwrap();
+}
