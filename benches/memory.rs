@@ -67,6 +67,7 @@ fn main() {
         max_active_holds_per_user: 3,
         assigned_codes_per_user: 10,
         anonymous_validations_per_minute: 0,
+        hold_share_percent: 0,
     });
     let attempts: u64 = if full { 1_000_000 } else { 10_000 };
     let before = held();

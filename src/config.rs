@@ -191,6 +191,9 @@ pub struct LedgerSettings {
 pub struct HoldSettings {
     pub default_ttl_secs: u64,
     pub max_ttl_secs: u64,
+    /// The default and the longest ttl of a hold from an anonymous caller (no API token, from
+    /// another machine).
+    pub anonymous_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -210,6 +213,9 @@ pub struct ProtectionSettings {
     /// Validations an anonymous caller (no API token, when one is set) may send per minute
     /// from one address; 0: no limit.
     pub anonymous_validations_per_minute: u32,
+    /// Percent of a limited coupon's or campaign's remaining uses or budget one caller may
+    /// hold at once (API.md §8); 0: no bound.
+    pub hold_share_percent: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -362,6 +368,7 @@ impl Settings {
             default_currency: self.money.default_currency(),
             cart_cache_ttl: Duration::from_secs(self.idempotency.cart_cache_secs),
             cart_cache_bytes: self.idempotency.cart_cache_bytes,
+            hold_share_percent: self.protection.hold_share_percent,
         }
     }
 
@@ -435,6 +442,12 @@ impl Settings {
         }
         if !(16 * 1024..=1024 * 1024).contains(&http.max_body_bytes_cart) {
             return invalid("http.max_body_bytes_cart must be from 16384 to 1048576");
+        }
+        if self.protection.hold_share_percent > 100 {
+            return invalid("protection.hold_share_percent must be from 0 to 100");
+        }
+        if !(1..=self.hold.max_ttl_secs).contains(&self.hold.anonymous_ttl_secs) {
+            return invalid("hold.anonymous_ttl_secs must be from 1 to hold.max_ttl_secs");
         }
         if !(1..=30 * 86_400).contains(&self.idempotency.cart_cache_secs) {
             return invalid("idempotency.cart_cache_secs must be from 1 to 2592000 (30 days)");

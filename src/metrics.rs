@@ -67,7 +67,7 @@ impl Outcomes {
 }
 
 /// Refusals of a use, beyond the rules' reasons.
-const USE_REFUSALS: [&str; 3] = ["IDEMPOTENCY_MISMATCH", "TOO_MANY_HOLDS", "QUOTA_UNAVAILABLE"];
+const USE_REFUSALS: [&str; 4] = ["IDEMPOTENCY_MISMATCH", "TOO_MANY_HOLDS", "HOLD_SHARE_EXCEEDED", "QUOTA_UNAVAILABLE"];
 
 /// Every metric of one service instance.
 pub struct Metrics {

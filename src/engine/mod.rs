@@ -16,6 +16,7 @@ pub mod clock;
 pub mod cluster;
 pub mod codes;
 pub mod forgotten;
+mod hold_shares;
 pub mod holds;
 pub mod leases;
 pub mod ledger;
@@ -75,6 +76,9 @@ pub struct EngineSettings {
     /// How long, and within how much memory, uses' allocations are kept to answer replays.
     pub cart_cache_ttl: Duration,
     pub cart_cache_bytes: u64,
+    /// Percent of a limited pool's remaining uses or budget one caller may hold at once (0:
+    /// no bound).
+    pub hold_share_percent: u32,
 }
 
 /// A failure of the service itself (the answer is a 503, not a refusal).
@@ -112,6 +116,8 @@ pub struct Engine {
     pub(crate) decisions: tokio::sync::RwLock<()>,
     /// What uses taken with a cart took, for their replays.
     allocations: allocations::Allocations,
+    /// What each caller holds of each limited pool.
+    hold_shares: hold_shares::HoldShares,
 }
 
 impl Engine {
@@ -123,6 +129,7 @@ impl Engine {
         settings: EngineSettings,
     ) -> Engine {
         let allocations = allocations::Allocations::new(settings.cart_cache_ttl, settings.cart_cache_bytes);
+        let hold_shares = hold_shares::HoldShares::new(settings.hold_share_percent);
         Engine {
             catalog: CatalogStore::default(),
             ledger: Ledger::default(),
@@ -138,6 +145,7 @@ impl Engine {
             doubtful: cluster::Doubts::default(),
             decisions: tokio::sync::RwLock::new(()),
             allocations,
+            hold_shares,
         }
     }
 

@@ -58,6 +58,9 @@ pub struct UseRequest<'a> {
     pub order_value: Cents,
     /// API.md §9's fields, when sent.
     pub cart: Option<&'a CartRequest>,
+    /// The address of an anonymous caller (no API token, from another machine): its holds
+    /// are bounded per address rather than per user.
+    pub anonymous_from: Option<IpAddr>,
 }
 
 /// A release request, well-formed.
@@ -117,6 +120,8 @@ pub enum Refused {
     IdempotencyMismatch,
     /// The user holds too many uses already (429).
     TooManyHolds,
+    /// The caller took its share of what the coupon or campaign has left in holds lately (429).
+    HoldShareExceeded,
     /// The units this use needs cannot be had now: held by other instances, in doubt after
     /// a crash, or PostgreSQL unreachable (503, never a false limit).
     QuotaUnavailable,
@@ -130,6 +135,7 @@ impl Refused {
             Refused::OrderTaken => Reason::OrderAlreadyRedeemed.as_str(),
             Refused::IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
             Refused::TooManyHolds => "TOO_MANY_HOLDS",
+            Refused::HoldShareExceeded => "HOLD_SHARE_EXCEEDED",
             Refused::QuotaUnavailable => "QUOTA_UNAVAILABLE",
         }
     }

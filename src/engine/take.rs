@@ -9,15 +9,18 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::domain::campaign::Campaign;
 use crate::domain::cart_discount::Taken;
 use crate::domain::cart_fields;
-use crate::domain::coupon::{BatchId, CampaignId, CouponId, normalize_code};
+use crate::domain::coupon::{BatchId, CampaignId, Coupon, CouponId, normalize_code};
 use crate::domain::event::{CartUse, Confirmed, Event, Funding, Redeemed, Spent};
 use crate::domain::identity::redemption_id;
 use crate::domain::money::Cents;
 use crate::domain::rules::{self, Attempt, Decision, Reason};
 use crate::engine::catalog::{Catalog, Found};
 use crate::engine::cluster::{self, Cluster};
+use crate::engine::hold_shares::{Ask, Pool};
+use crate::engine::ledger::Tally;
 use crate::engine::ledger::{CartMark, Counted, Ended, IdKey, OrderKey, Slot, SlotState, code_slot, fingerprint};
 use crate::engine::limits::{
     self, CampaignBudget, CampaignCap, CampaignPerUser, CodeUses, CouponPerUser, CouponTotal, Limits, OrderOnce,
@@ -242,6 +245,9 @@ impl Engine {
             }
         };
         let campaign = offer.campaign.filter(|_| rules::takes_campaign_use(discount));
+        if matches!(kind, UseKind::Hold { .. }) && !self.within_hold_share(key, req, coupon, campaign, discount, now) {
+            return Ok(Some(UseOutcome::Refused(Refused::HoldShareExceeded)));
+        }
         let new = NewUse {
             key,
             id: redemption_id(coupon.id, req.order_id),
@@ -322,6 +328,48 @@ impl Engine {
         let funded_by =
             (!spent.is_empty()).then(|| Funding { instance: cluster.instance.clone(), epoch: cluster.epoch, spent });
         self.journal_use(taken, &new, rev, funded_by).await
+    }
+
+    /// Whether the caller of a hold of `key` is within its share of what the coupon and its
+    /// campaign have left (API.md §8): per address for an anonymous caller, per user for the
+    /// backend.
+    fn within_hold_share(
+        &self,
+        key: OrderKey,
+        req: &UseRequest<'_>,
+        coupon: &Coupon,
+        campaign: Option<&Campaign>,
+        discount: Cents,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let left =
+            |limit: Option<u32>, tally| limit.map(|l| u64::from(l.saturating_sub(self.ledger.count(tally).live)));
+        let mut asks = Vec::with_capacity(2);
+        if let Some(uses_left) = left(coupon.usage_limit, Tally::Coupon(coupon.id)) {
+            asks.push(Ask { pool: Pool::Coupon(coupon.id), uses_left: Some(uses_left), cents_left: None, cents: 0 });
+        }
+        if let Some(campaign) = campaign.filter(|c| c.usage_limit.is_some() || c.budget.is_some()) {
+            let spent = self.ledger.count(Tally::Campaign(campaign.id)).spent;
+            asks.push(Ask {
+                pool: Pool::Campaign(campaign.id),
+                uses_left: left(campaign.usage_limit, Tally::Campaign(campaign.id)),
+                cents_left: campaign.budget.map(|b| b.get().saturating_sub(spent)),
+                cents: discount.get(),
+            });
+        }
+        if asks.is_empty() {
+            return true;
+        }
+        let caller = match req.anonymous_from {
+            Some(address) => self.ledger.id_key(&format!("address {address}")),
+            None => self.ledger.id_key(&format!("user {}", req.user_id)),
+        };
+        let is_hold = |order| {
+            self.ledger
+                .slot(order)
+                .is_some_and(|s| matches!(s.state, SlotState::Held { .. } | SlotState::Taking { hold: true }))
+        };
+        self.hold_shares.admit(caller, key, &asks, now.timestamp_millis(), is_hold)
     }
 
     /// Records a new use in the journal, and commits it once the journal has it.

@@ -104,12 +104,26 @@ impl Fixture {
     }
 
     async fn redeem(&self, code: &str, user: &str, order: &str, value: u64) -> UseOutcome {
-        let req = UseRequest { code, user_id: user, order_id: order, order_value: cents(value), cart: None };
+        let req = UseRequest {
+            code,
+            user_id: user,
+            order_id: order,
+            order_value: cents(value),
+            cart: None,
+            anonymous_from: None,
+        };
         self.engine.redeem(&req).await.unwrap()
     }
 
     async fn hold(&self, code: &str, user: &str, order: &str, ttl: u64) -> UseOutcome {
-        let req = UseRequest { code, user_id: user, order_id: order, order_value: cents(10_000), cart: None };
+        let req = UseRequest {
+            code,
+            user_id: user,
+            order_id: order,
+            order_value: cents(10_000),
+            cart: None,
+            anonymous_from: None,
+        };
         self.engine.hold(&req, Duration::from_secs(ttl)).await.unwrap()
     }
 
@@ -181,6 +195,7 @@ async fn three_hundred_buyers_for_fifty_uses() {
                         order_id: &order,
                         order_value: cents(5_000),
                         cart: None,
+                        anonymous_from: None,
                     };
                     engine.redeem(&req).await.unwrap()
                 })
@@ -207,8 +222,14 @@ async fn the_same_order_twenty_times_at_once_is_one_redemption() {
             .map(|_| {
                 let engine = f.engine.clone();
                 tokio::spawn(async move {
-                    let req =
-                        UseRequest { code: "ONCE", user_id: "u", order_id: "o", order_value: cents(5_000), cart: None };
+                    let req = UseRequest {
+                        code: "ONCE",
+                        user_id: "u",
+                        order_id: "o",
+                        order_value: cents(5_000),
+                        cart: None,
+                        anonymous_from: None,
+                    };
                     engine.redeem(&req).await.unwrap()
                 })
             })
@@ -239,6 +260,7 @@ async fn one_user_in_forty_tabs_against_a_per_user_limit() {
                         order_id: &order,
                         order_value: cents(5_000),
                         cart: None,
+                        anonymous_from: None,
                     };
                     engine.redeem(&req).await.unwrap()
                 })
@@ -281,6 +303,7 @@ async fn a_per_user_limit_set_later_counts_the_uses_before_it() {
                         order_id: &order,
                         order_value: cents(5_000),
                         cart: None,
+                        anonymous_from: None,
                     };
                     engine.redeem(&req).await.unwrap()
                 })
@@ -379,6 +402,7 @@ async fn releases_race_redeems_and_give_back_exactly_once() {
                         order_id: &order,
                         order_value: cents(5_000),
                         cart: None,
+                        anonymous_from: None,
                     };
                     engine.redeem(&req).await.unwrap()
                 })
@@ -434,8 +458,14 @@ async fn a_campaign_budget_and_cap_hold_under_concurrency_across_codes() {
                 tokio::spawn(async move {
                     let code = ["A", "B", "FREE"][n % 3];
                     let (user, order) = (format!("u{}", n % 40), format!("o{n}"));
-                    let req =
-                        UseRequest { code, user_id: &user, order_id: &order, order_value: cents(5_000), cart: None };
+                    let req = UseRequest {
+                        code,
+                        user_id: &user,
+                        order_id: &order,
+                        order_value: cents(5_000),
+                        cart: None,
+                        anonymous_from: None,
+                    };
                     (code, engine.redeem(&req).await.unwrap())
                 })
             })
@@ -618,7 +648,14 @@ async fn the_deadline_task_expires_holds_on_a_paused_clock() {
     // thread, a paused clock jumps to the next timer.
     let created = tokio::time::Instant::now();
     for (order, ttl) in [("late", 900), ("early", 30)] {
-        let req = UseRequest { code: "ONE", user_id: "u", order_id: order, order_value: cents(1_000), cart: None };
+        let req = UseRequest {
+            code: "ONE",
+            user_id: "u",
+            order_id: order,
+            order_value: cents(1_000),
+            cart: None,
+            anonymous_from: None,
+        };
         assert!(matches!(engine.hold(&req, Duration::from_secs(ttl)).await.unwrap(), UseOutcome::Taken(_)));
     }
     let stop = CancellationToken::new();

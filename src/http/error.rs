@@ -58,6 +58,8 @@ pub enum ApiError {
     TooManyValidations { retry_after_secs: u64 },
     #[error("this user holds too many uses already; retry after one is confirmed, cancelled or expired")]
     TooManyHolds,
+    #[error("this caller took its share of what this coupon or campaign has left in holds lately; retry later")]
+    HoldShareExceeded,
     #[error("the service is at capacity; retry shortly")]
     Overloaded,
     #[error("the request took too long; retry shortly")]
@@ -102,9 +104,10 @@ impl ApiError {
             | ApiError::BelowUsage { .. }
             | ApiError::PoolExhausted
             | ApiError::AssignmentLimitReached => StatusCode::CONFLICT,
-            ApiError::TooManyFailedLookups { .. } | ApiError::TooManyValidations { .. } | ApiError::TooManyHolds => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::TooManyFailedLookups { .. }
+            | ApiError::TooManyValidations { .. }
+            | ApiError::TooManyHolds
+            | ApiError::HoldShareExceeded => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady
             | ApiError::DatabaseUnavailable
             | ApiError::JournalUnavailable
@@ -145,6 +148,7 @@ impl ApiError {
             ApiError::TooManyFailedLookups { .. } => "TOO_MANY_FAILED_LOOKUPS",
             ApiError::TooManyValidations { .. } => "TOO_MANY_VALIDATIONS",
             ApiError::TooManyHolds => "TOO_MANY_HOLDS",
+            ApiError::HoldShareExceeded => "HOLD_SHARE_EXCEEDED",
             ApiError::Overloaded => "OVERLOADED",
             ApiError::Timeout => "TIMEOUT",
             ApiError::Internal => "INTERNAL",
@@ -179,6 +183,10 @@ impl ApiError {
             }
             ApiError::BodyTimeout => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            // A share comes back as the caller's holds age out of the window.
+            ApiError::HoldShareExceeded => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("60"));
             }
             _ if self.status() == StatusCode::SERVICE_UNAVAILABLE || *self == ApiError::TooManyHolds => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));

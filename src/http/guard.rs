@@ -373,6 +373,7 @@ mod tests {
             max_active_holds_per_user: 3,
             assigned_codes_per_user: 10,
             anonymous_validations_per_minute: 0,
+            hold_share_percent: 0,
         })
     }
 

@@ -553,7 +553,12 @@ impl Sim {
             Ports { validations: Arc::new(NoValidationLog), archive },
             self.nodes[i].clock.clone(),
             metrics,
-            EngineSettings { forgotten_capacity: 1_000, ..crate::config::Settings::defaults().engine() },
+            // The simulation checks limits, not abuse bounds: many holds per user are its point.
+            EngineSettings {
+                forgotten_capacity: 1_000,
+                hold_share_percent: 0,
+                ..crate::config::Settings::defaults().engine()
+            },
         ));
         engine.catalog().publisher().await.replace_all(self.coupons.clone(), self.campaigns.clone(), Vec::new());
         let port: Arc<dyn ClusterPort> =
@@ -757,6 +762,7 @@ impl Sim {
             order_id: &asked.order,
             order_value: cents(ORDER_VALUE),
             cart: None,
+            anonymous_from: None,
         };
         let answer = match kind {
             Kind::Redeem => use_answer(engine.redeem(&req).await),
@@ -929,6 +935,7 @@ impl Sim {
                     order_id: &order,
                     order_value: cents(ORDER_VALUE),
                     cart: None,
+                    anonymous_from: None,
                 };
                 let answer = use_answer(running.engine.redeem(&req).await);
                 self.say(|| format!("sell-out n{i} {} {user} {order}: {answer:?}", coupon.code));

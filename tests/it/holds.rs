@@ -156,7 +156,9 @@ async fn holds_count_against_campaign_caps_and_budgets() {
         )
         .await;
     }
-    let app = TestApp::spawn(&db).await;
+    // The caps and the budget are what is checked here: no share of them per caller (a 7.00
+    // hold is most of a 15.00 budget).
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__PROTECTION__HOLD_SHARE_PERCENT", "0")]).await;
     let client = &app.client;
     assert_eq!(client.hold("SEVEN-A", "u1", "o1", None).await.0, StatusCode::CREATED);
     assert_eq!(client.hold("SEVEN-B", "u2", "o2", None).await.0, StatusCode::CREATED);
@@ -301,4 +303,74 @@ async fn holds_survive_sigkill_and_one_that_lapsed_meanwhile_is_given_back_befor
     assert_eq!(client.redeem("TWO", "sixth", "o-6").await.1["reason"], "USAGE_LIMIT_REACHED");
     assert_eq!(client.redeem("TWO", "again", "o-5").await.1["hold"], "confirmed");
     assert!(server.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_one_caller_holds_more_than_its_share() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "FIFTY", &[("usage_limit", "50")]).await;
+    sqlx::query("INSERT INTO campaigns (name, budget) VALUES ('carts', 1000)").execute(&db.pool).await.unwrap();
+    insert_coupon(&db.pool, "BUDGETED", &[("discount_value", "50"), ("campaign_id", "(SELECT id FROM campaigns)")])
+        .await;
+    // No API token, writes allowed from elsewhere: callers through the local proxy are anonymous.
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__PROTECTION__TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let hold_from = |address: &'static str, code: &'static str, n: u32, value: u32| {
+        let client = app.client.clone();
+        async move {
+            let body = json!({"code": code, "userId": format!("squatter-{n}"), "orderId": format!("o-{address}-{n}"),
+                              "orderValue": value, "ttlSeconds": 3600});
+            client
+                .request_with(Method::POST, "/api/coupons/hold", body.to_string(), &[("x-forwarded-for", address)])
+                .await
+        }
+    };
+    // One address rotating user ids: a tenth of the fifty uses, then 429 with Retry-After.
+    let mut held = 0;
+    for n in 0..50 {
+        let answer = hold_from("203.0.113.7", "FIFTY", n, 100).await;
+        if answer.status == StatusCode::CREATED {
+            held += 1;
+            // An anonymous hold lasts at most hold.anonymous_ttl_secs, whatever it asked.
+            let expires = chrono::DateTime::parse_from_rfc3339(answer.json()["expiresAt"].as_str().unwrap()).unwrap();
+            assert!(expires <= chrono::Utc::now() + chrono::Duration::seconds(301), "{expires}");
+        } else {
+            assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS, "{}", answer.text);
+            assert_eq!(answer.json()["error"]["code"], "HOLD_SHARE_EXCEEDED");
+            assert_eq!(answer.headers.get("retry-after").unwrap(), "60");
+        }
+    }
+    assert_eq!(held, 5);
+    // Another address has a share of its own.
+    assert_eq!(hold_from("198.51.100.9", "FIFTY", 0, 100).await.status, StatusCode::CREATED);
+    // One hold on a big cart cannot take the campaign's budget: 10 % of 1,000.00 is 100.00.
+    let big = hold_from("192.0.2.4", "BUDGETED", 0, 1_000).await;
+    assert_eq!(big.status, StatusCode::TOO_MANY_REQUESTS, "500.00 of 1,000.00: {}", big.text);
+    assert_eq!(hold_from("192.0.2.4", "BUDGETED", 1, 200).await.status, StatusCode::CREATED);
+    assert_eq!(hold_from("192.0.2.4", "BUDGETED", 2, 2).await.status, StatusCode::TOO_MANY_REQUESTS);
+    // Released holds stop counting. (The other address's hold shrank what is left: 4 of 49 now,
+    // so two of the five go back before one more fits.)
+    for order in ["o-203.0.113.7-0", "o-203.0.113.7-1"] {
+        let release = json!({"code": "FIFTY", "orderId": order}).to_string();
+        let headers = [("x-forwarded-for", "203.0.113.7")];
+        let released = app.client.request_with(Method::POST, "/api/coupons/release", release, &headers).await;
+        assert_eq!(released.status, StatusCode::OK, "{}", released.text);
+    }
+    // A hold asked for counts for its first second whatever became of it (concurrent asks).
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(hold_from("203.0.113.7", "FIFTY", 99, 100).await.status, StatusCode::CREATED);
+    assert_eq!(hold_from("203.0.113.7", "FIFTY", 98, 100).await.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(app.client.metric(r#"coupon_holds_total{outcome="HOLD_SHARE_EXCEEDED"}"#).await >= 46.0);
+    // The shop's backend on this machine is bounded per user: one user, many orders.
+    let backend =
+        |n: u32| json!({"code": "FIFTY", "userId": "one-user", "orderId": format!("b-{n}"), "orderValue": 100});
+    let answers: Vec<StatusCode> = {
+        let mut answers = Vec::new();
+        for n in 0..4 {
+            answers.push(app.client.post("/api/coupons/hold", &backend(n)).await.status);
+        }
+        answers
+    };
+    // 43 uses left before its holds: 4 for one user, the 4th past max_active_holds_per_user (3).
+    assert_eq!(answers, [StatusCode::CREATED, StatusCode::CREATED, StatusCode::CREATED, StatusCode::TOO_MANY_REQUESTS]);
+    app.stop().await.unwrap();
 }

@@ -178,6 +178,7 @@ fn render(kind: Kind, outcome: &UseOutcome, use_of: &UseRequest<'_>) -> Result<H
             refused(kind, StatusCode::CONFLICT, refusal.as_str())
         }
         UseOutcome::Refused(Refused::TooManyHolds) => return Err(ApiError::TooManyHolds),
+        UseOutcome::Refused(Refused::HoldShareExceeded) => return Err(ApiError::HoldShareExceeded),
         UseOutcome::Refused(refusal @ Refused::QuotaUnavailable) => {
             let mut response = refused(kind, StatusCode::SERVICE_UNAVAILABLE, refusal.as_str());
             response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
@@ -221,18 +222,25 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
         return Err(ApiError::InvalidField { field: "ttlSeconds", problem: "only applies to a hold".into() });
     }
     state.guard.admit(&input.user_id, call.client_ip, call.backend, &state.metrics)?;
+    // No token and not this machine: a caller anyone could be (API_TOKEN unset, writes
+    // allowed from elsewhere). Its holds are bounded by its address, and kept shorter.
+    let anonymous = state.api_token.is_empty() && !call.client_ip.is_loopback();
     let request = UseRequest {
         code: &input.code,
         user_id: &input.user_id,
         order_id: &input.order_id,
         order_value: input.order_value,
         cart: input.cart.as_ref(),
+        anonymous_from: anonymous.then_some(call.client_ip),
     };
     let outcome = match kind {
         Kind::Redeem => state.engine.redeem(&request).await,
         Kind::Hold => {
-            let ttl = Duration::from_secs(input.ttl_seconds.unwrap_or(state.hold.default_ttl_secs));
-            state.engine.hold(&request, ttl).await
+            let ttl = match anonymous {
+                false => input.ttl_seconds.unwrap_or(state.hold.default_ttl_secs),
+                true => input.ttl_seconds.unwrap_or(u64::MAX).min(state.hold.anonymous_ttl_secs),
+            };
+            state.engine.hold(&request, Duration::from_secs(ttl)).await
         }
     }
     .map_err(unavailable)?;

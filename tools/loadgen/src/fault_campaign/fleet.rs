@@ -68,6 +68,7 @@ impl Instance {
             // user must not turn into 429s.
             .env("COUPON__PROTECTION__FAILED_LOOKUPS_PER_USER", "0")
             .env("COUPON__PROTECTION__MAX_ACTIVE_HOLDS_PER_USER", "1000")
+            .env("COUPON__PROTECTION__HOLD_SHARE_PERCENT", "0")
             .env("COUPON__DATABASE__CONNECT_TIMEOUT", "2s")
             .stdout(Stdio::null())
             .stderr(log)
