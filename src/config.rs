@@ -110,6 +110,11 @@ pub struct HttpSettings {
     pub allow_anonymous_writes: bool,
     /// The largest validate, redeem or hold body with `items` (API.md §9); others keep 16 KiB.
     pub max_body_bytes_cart: usize,
+    /// Most open connections from one address (an IPv6 address by its /64); 0: no cap.
+    pub max_connections_per_address: usize,
+    /// Addresses the per-address cap leaves alone, beside the trusted proxies.
+    #[serde(deserialize_with = "addresses")]
+    pub connection_cap_exempt: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

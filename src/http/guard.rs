@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use hyper::HeaderMap;
 
 use crate::config::ProtectionSettings;
+use crate::http::connections::address_key;
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -294,6 +295,11 @@ impl LookupGuard {
         }
     }
 
+    /// The proxies whose `X-Forwarded-For` is believed.
+    pub(crate) fn trusted_proxies(&self) -> &[IpAddr] {
+        &self.trusted_proxies
+    }
+
     /// After an admin call with a missing or wrong token.
     pub fn record_admin_failure(&self, ip: IpAddr) {
         if let Some(admin) = &self.admin {
@@ -344,17 +350,6 @@ fn forwarded_address(hop: &str) -> Option<IpAddr> {
         return Some(addr);
     }
     hop.parse::<std::net::SocketAddr>().ok().map(|socket| socket.ip())
-}
-
-/// An address as budgets count it: IPv4 whole, IPv6 by its /64 (one host usually owns one).
-fn address_key(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => u128::from(u32::from(v4)),
-            None => (u128::from(v6) >> 64) << 64 | (1 << 63),
-        },
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod call;
 pub mod campaign_input;
 pub mod cart_answer;
 pub mod cart_input;
+mod connections;
 pub mod coupon_input;
 pub mod error;
 pub mod guard;
@@ -17,6 +18,7 @@ pub mod routes;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -36,6 +38,7 @@ use crate::db::listener::ListenerStatus;
 use crate::db::shipper::ShippingStatus;
 use crate::db::validation_log::ValidationLog;
 use crate::engine::Engine;
+use crate::http::connections::{Connections, Registration};
 use crate::journal::rejected::Rejected;
 use crate::metrics::Metrics;
 
@@ -90,7 +93,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes)
         .keep_alive(true);
-    let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let places = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
+    let exempt: Vec<IpAddr> =
+        settings.connection_cap_exempt.iter().chain(state.guard.trusted_proxies()).copied().collect();
+    let open = Connections::new(settings.max_connections_per_address, exempt);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -98,23 +104,38 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    let Some(registration) = open.register(peer.ip()) else {
                         tokio::spawn(refuse(stream));
                         continue;
                     };
-                    let state = state.clone();
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(routes::handle(&state, req, peer.ip()).await) }
-                    });
-                    let io = TokioIo::new(WriteDeadline::new(stream, settings.response_write_timeout));
-                    let connection = graceful.watch(builder.serve_connection(io, service));
-                    tokio::spawn(async move {
-                        if let Err(err) = connection.await {
-                            tracing::debug!(error = %err, "connection ended with an error");
+                    let connection = Connection {
+                        stream,
+                        peer,
+                        registration,
+                        state: state.clone(),
+                        builder: builder.clone(),
+                        watcher: graceful.watcher(),
+                        write_timeout: settings.response_write_timeout,
+                    };
+                    match places.clone().try_acquire_owned() {
+                        Ok(place) => {
+                            tokio::spawn(connection.serve(place));
                         }
-                        drop(permit);
-                    });
+                        // Every place is taken: the connection idle the longest makes room,
+                        // if one is idle.
+                        Err(_) if open.close_idlest() => {
+                            let places = places.clone();
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(Duration::from_millis(500), places.acquire_owned()).await {
+                                    Ok(Ok(place)) => connection.serve(place).await,
+                                    _ => refuse(connection.stream).await,
+                                }
+                            });
+                        }
+                        Err(_) => {
+                            tokio::spawn(refuse(connection.stream));
+                        }
+                    }
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: back off rather than spin.
@@ -128,6 +149,58 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
     drop(listener);
     if tokio::time::timeout(settings.shutdown_timeout, graceful.shutdown()).await.is_err() {
         tracing::warn!(timeout = ?settings.shutdown_timeout, "connections still open after the shutdown timeout; closing them");
+    }
+}
+
+/// An accepted connection with its place among the open ones, about to be served.
+struct Connection {
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    registration: Registration,
+    state: Arc<State>,
+    builder: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    write_timeout: Duration,
+}
+
+impl Connection {
+    /// Serves the connection until it ends, or until the server wants its place while it has
+    /// no request in flight.
+    async fn serve(self, place: tokio::sync::OwnedSemaphorePermit) {
+        let Connection { stream, peer, mut registration, state, builder, watcher, write_timeout } = self;
+        registration.activity.serving();
+        let activity = Arc::clone(&registration.activity);
+        let service = service_fn(move |req| {
+            let (state, activity) = (state.clone(), Arc::clone(&activity));
+            async move {
+                activity.begin();
+                let response = routes::handle(&state, req, peer.ip()).await;
+                activity.end();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let io = TokioIo::new(WriteDeadline::new(stream, write_timeout));
+        let connection = watcher.watch(builder.serve_connection(io, service));
+        tokio::pin!(connection);
+        let mut asked_to_close = false;
+        loop {
+            tokio::select! {
+                ended = &mut connection => {
+                    if let Err(err) = ended {
+                        tracing::debug!(error = %err, "connection ended with an error");
+                    }
+                    break;
+                }
+                Ok(()) = &mut registration.closing, if !asked_to_close => {
+                    asked_to_close = true;
+                    // Closed by dropping it: nothing is in flight to answer.
+                    if registration.activity.idle() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(place);
     }
 }
 

@@ -94,10 +94,19 @@ async fn connections_past_the_limit_are_told_503_and_closed() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
     let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__MAX_CONNECTIONS", "3")]).await;
-    // Idle connections fill every place (the test client's pooled one may hold one already).
-    let mut held = Vec::new();
+    // Connections with a request in flight fill every place: slow bodies, 3 KiB promised.
+    // The server's 100 Continue says it has begun each one.
+    let slow_head = "POST /api/coupons/validate HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+                     expect: 100-continue\r\ncontent-length: 3000\r\n\r\n";
+    let mut busy = Vec::new();
     for _ in 0..3 {
-        held.push(TcpStream::connect(app.addr).await.unwrap());
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(slow_head.as_bytes()).await.unwrap();
+        let mut continued = [0u8; 25];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut continued)).await.unwrap().unwrap();
+        assert!(continued.starts_with(b"HTTP/1.1 100 Continue"), "{:?}", String::from_utf8_lossy(&continued));
+        stream.write_all(b"{").await.unwrap();
+        busy.push(stream);
     }
     eventually(Duration::from_secs(5), "a connection past the limit to be refused", || async {
         raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await.starts_with("HTTP/1.1 503")
@@ -106,8 +115,42 @@ async fn connections_past_the_limit_are_told_503_and_closed() {
     let reply = raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await;
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
     assert!(reply.contains("retry-after: 1") && reply.contains("OVERLOADED"), "{reply:?}");
+    drop(busy);
+    // Idle connections fill every place instead: the one idle longest makes room for a new one.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    eventually(Duration::from_secs(5), "a new client served in an idle one's place", || async {
+        raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    let mut oldest = idle.remove(0);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(2), oldest.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the longest idle connection was closed");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_connections() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    // This machine is exempt by default; here it is capped like any other address.
+    let app = TestApp::spawn_with(
+        &db.url,
+        &[("COUPON__HTTP__MAX_CONNECTIONS_PER_ADDRESS", "4"), ("COUPON__HTTP__CONNECTION_CAP_EXEMPT", "")],
+    )
+    .await;
+    // The test client's pooled connection may hold one place of the four already.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    let reply = raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 503") && reply.contains("OVERLOADED"), "{reply:?}");
     drop(held);
-    eventually(Duration::from_secs(5), "a place frees up", || async {
+    eventually(Duration::from_secs(5), "the address's places come back", || async {
         raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_millis(500)).await.starts_with("HTTP/1.1 200")
     })
     .await;
