@@ -158,6 +158,9 @@ pub struct ValidationLogSettings {
     /// Days of validations kept; older days' partitions are dropped.
     pub retention_days: u32,
     pub queue_capacity: usize,
+    /// Rows spill into the journal only while it holds at most this many bytes unshipped;
+    /// past it they are dropped and counted.
+    pub spill_max_bytes: u64,
     pub batch_size: usize,
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,

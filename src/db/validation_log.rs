@@ -45,17 +45,22 @@ pub struct ValidationLog {
     spill: Spill,
 }
 
-/// Where rows go when the queue is full: the journal, shipped later by `db::shipper`.
+/// Where rows go when the queue is full: the journal, shipped later by `db::shipper`, while
+/// what the journal holds unshipped stays within `validation_log.spill_max_bytes`; past it a
+/// row is dropped and counted (uses always have the journal: they are never spilled rows).
 #[derive(Debug, Clone)]
 struct Spill {
     journal: Journal,
     metrics: ValidationLogMetrics,
+    max_bytes: u64,
 }
 
 impl Spill {
     fn rows(&self, rows: impl IntoIterator<Item = Validated>) {
         for row in rows {
-            if self.journal.append_nowait(&Event::Validated(row).encode()) {
+            let record = Event::Validated(row).encode();
+            let within = self.journal.unshipped_bytes() + record.len() as u64 <= self.max_bytes;
+            if within && self.journal.append_nowait(&record) {
                 self.metrics.spilled.increment(1);
             } else {
                 self.metrics.dropped.increment(1);
@@ -87,7 +92,7 @@ impl ValidationLog {
     ) -> (ValidationLog, LogWriter) {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let queued = Arc::new(AtomicUsize::new(0));
-        let spill = Spill { journal, metrics: metrics.clone() };
+        let spill = Spill { journal, metrics: metrics.clone(), max_bytes: settings.spill_max_bytes };
         let writer = LogWriter {
             pool,
             rx,

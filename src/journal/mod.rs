@@ -184,6 +184,21 @@ impl Journal {
         *self.shared.durable.lock().expect("journal position")
     }
 
+    /// Bytes written and not yet confirmed by the reader, about (whole segments count as
+    /// full): what the journal holds on disk for PostgreSQL.
+    pub(crate) fn unshipped_bytes(&self) -> u64 {
+        let durable = self.durable_end();
+        let shipped = *self.shared.shipped.lock().expect("journal position");
+        if durable <= shipped {
+            return 0;
+        }
+        if durable.segment == shipped.segment {
+            return durable.offset - shipped.offset;
+        }
+        let between = durable.segment - shipped.segment - 1;
+        between * SEGMENT_BYTES + SEGMENT_BYTES.saturating_sub(shipped.offset) + durable.offset
+    }
+
     /// Whether the reader has confirmed (shipped) every record before `end`.
     pub(crate) fn shipped_to(&self, end: Position) -> bool {
         *self.shared.shipped.lock().expect("journal position") >= end || self.backlog() == 0

@@ -124,6 +124,51 @@ async fn an_outage_delays_rows_but_loses_none() {
     app.stop().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spilled_rows_keep_to_their_disk_budget_and_the_rest_are_counted_dropped() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let proxy = PgProxy::start(&db.url).await;
+    // Ten rows wait in memory; past them rows spill while the journal holds 8 KiB unshipped.
+    let app = TestApp::spawn_with(
+        &proxy.url,
+        &[
+            ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
+            ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
+            ("COUPON__VALIDATION_LOG__RETRY_MAX", "200ms"),
+            ("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "10"),
+            ("COUPON__VALIDATION_LOG__SPILL_MAX_BYTES", "8192"),
+        ],
+    )
+    .await;
+    proxy.cut().await;
+    eventually(Duration::from_secs(5), "health says the database is down", || async {
+        app.client.get("/health").await.json()["database"] == "down"
+    })
+    .await;
+    for n in 0..300 {
+        let response =
+            app.client.validate(json!({"code": "TEN", "userId": format!("user_{n}"), "orderValue": 10})).await;
+        assert_eq!(response["valid"], true, "validations keep succeeding while rows are dropped");
+    }
+    let series =
+        |outcome: &'static str| format!(r#"write_behind_rows_total{{table="validation_logs",outcome="{outcome}"}}"#);
+    let (spilled, dropped) = (app.client.metric(&series("spilled")).await, app.client.metric(&series("dropped")).await);
+    // A spilled row is some 250 bytes framed: about 30 fit in 8 KiB (29 in a run); the writer
+    // holds what it took from the queue before PostgreSQL went away (some 50 rows in a run).
+    assert!((20.0..=40.0).contains(&spilled), "spilled {spilled}");
+    assert!(dropped >= 150.0, "dropped {dropped}");
+    // Uses are never held to the spill's budget: a redemption is journalled past it.
+    let redeemed = app.client.post("/api/coupons/redeem", &crate::helpers::redeem_body("TEN", "u", "o-outage")).await;
+    assert_eq!(redeemed.status, hyper::StatusCode::CREATED, "{}", redeemed.text);
+    proxy.restore().await;
+    eventually(Duration::from_secs(15), "every row kept is written", || async {
+        log_count(&db.pool).await as f64 + dropped == 300.0
+    })
+    .await;
+    app.stop().await.unwrap();
+}
+
 /// The partitions of the log and of its counts, by day (YYYYMMDD).
 async fn partition_days(pool: &PgPool, table: &str) -> Vec<String> {
     sqlx::query_scalar(
