@@ -15,7 +15,7 @@ pub mod rejected;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -74,6 +74,10 @@ struct Shared {
     durable: Mutex<Position>,
     /// Records appended and not yet confirmed by the reader.
     pending: AtomicI64,
+    /// Bytes of frames handed to the writer and not yet written (or refused).
+    queued_bytes: AtomicU64,
+    /// Bytes written and not yet confirmed by the reader.
+    unshipped_bytes: AtomicU64,
     /// The last write failed (and was cut back off); cleared by the next good write.
     failing: AtomicBool,
     /// A failed write could not be cut back off: nothing more is accepted.
@@ -112,6 +116,7 @@ impl Journal {
         let checkpoint = read_checkpoint(dir)?;
         let segments = list_segments(dir)?;
         let mut pending = 0i64;
+        let mut unshipped_bytes = 0u64;
         for (idx, &segment) in segments.iter().enumerate() {
             if segment < checkpoint.segment {
                 continue;
@@ -129,6 +134,7 @@ impl Journal {
             }
             let start = if segment == checkpoint.segment { checkpoint.offset as usize } else { 0 };
             pending += frames.iter().filter(|f| f.offset >= start).count() as i64;
+            unshipped_bytes += end.saturating_sub(start) as u64;
         }
         // Never a segment number used before (positions are unique for the life of the
         // directory: PostgreSQL keeps how far it has shipped by them).
@@ -138,6 +144,8 @@ impl Journal {
             dir: dir.to_owned(),
             durable: Mutex::new(Position { segment: next, offset: 0 }),
             pending: AtomicI64::new(pending),
+            queued_bytes: AtomicU64::new(0),
+            unshipped_bytes: AtomicU64::new(unshipped_bytes),
             failing: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             appended: Notify::new(),
@@ -160,7 +168,12 @@ impl Journal {
         }
         let (ack, done) = oneshot::channel();
         let append = Append { frame: framed(payload), ack: Some(ack) };
-        self.tx.send(append).await.map_err(|_| JournalError::Stopped)?;
+        let bytes = append.frame.len() as u64;
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if self.tx.send(append).await.is_err() {
+            self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(JournalError::Stopped);
+        }
         match done.await {
             Ok(result) => result,
             Err(_) => Err(JournalError::Stopped),
@@ -170,8 +183,17 @@ impl Journal {
     /// Appends a record without waiting for it, in the next group commit. False if the
     /// journal is full or stopped.
     pub(crate) fn append_nowait(&self, payload: &[u8]) -> bool {
-        !self.shared.stopped.load(Ordering::Acquire)
-            && self.tx.try_send(Append { frame: framed(payload), ack: None }).is_ok()
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return false;
+        }
+        let append = Append { frame: framed(payload), ack: None };
+        let bytes = append.frame.len() as u64;
+        self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let sent = self.tx.try_send(append).is_ok();
+        if !sent {
+            self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Records appended and not yet confirmed by the reader.
@@ -184,19 +206,10 @@ impl Journal {
         *self.shared.durable.lock().expect("journal position")
     }
 
-    /// Bytes written and not yet confirmed by the reader, about (whole segments count as
-    /// full): what the journal holds on disk for PostgreSQL.
+    /// Bytes appended and not yet confirmed by the reader: what the journal holds, or is
+    /// about to hold, on disk for PostgreSQL.
     pub(crate) fn unshipped_bytes(&self) -> u64 {
-        let durable = self.durable_end();
-        let shipped = *self.shared.shipped.lock().expect("journal position");
-        if durable <= shipped {
-            return 0;
-        }
-        if durable.segment == shipped.segment {
-            return durable.offset - shipped.offset;
-        }
-        let between = durable.segment - shipped.segment - 1;
-        between * SEGMENT_BYTES + SEGMENT_BYTES.saturating_sub(shipped.offset) + durable.offset
+        self.shared.unshipped_bytes.load(Ordering::Relaxed) + self.shared.queued_bytes.load(Ordering::Relaxed)
     }
 
     /// Whether the reader has confirmed (shipped) every record before `end`.
@@ -261,6 +274,8 @@ impl Writer {
                 buf.extend_from_slice(&append.frame);
             }
             let written = self.write(&buf, batch.len());
+            // Written or refused, the batch is no longer on its way.
+            self.shared.queued_bytes.fetch_sub(buf.len() as u64, Ordering::Relaxed);
             match &written {
                 Ok(()) => self.shared.failing.store(false, Ordering::Release),
                 Err(Failure::CutBack(err)) => {
@@ -288,6 +303,7 @@ impl Writer {
                 // Refuse everything still queued, then stop.
                 self.rx.close();
                 while let Ok(append) = self.rx.try_recv() {
+                    self.shared.queued_bytes.fetch_sub(append.frame.len() as u64, Ordering::Relaxed);
                     if let Some(ack) = append.ack {
                         let _ = ack.send(Err(JournalError::Stopped));
                     }
@@ -320,6 +336,7 @@ impl Writer {
         self.metrics.bytes.increment(buf.len() as u64);
         self.len += buf.len() as u64;
         self.shared.pending.fetch_add(n_records as i64, Ordering::Relaxed);
+        self.shared.unshipped_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         *self.shared.durable.lock().expect("journal position") = Position { segment: self.segment, offset: self.len };
         self.shared.appended.notify_one();
         Ok(())
@@ -385,9 +402,12 @@ impl JournalReader {
     /// Records that `n` more records are handled and reading resumes at `next`:
     /// persists the checkpoint, then deletes the segments wholly before it.
     pub fn confirm(&mut self, next: Position, n: usize) -> Result<(), JournalError> {
+        let shipped = self.bytes_between(self.checkpoint, next);
         write_checkpoint(&self.shared.dir, next)?;
         self.checkpoint = next;
         self.shared.pending.fetch_sub(n as i64, Ordering::Relaxed);
+        let left = self.shared.unshipped_bytes.load(Ordering::Relaxed);
+        self.shared.unshipped_bytes.fetch_sub(shipped.min(left), Ordering::Relaxed);
         *self.shared.shipped.lock().expect("journal position") = next;
         self.shared.shipped_moved.notify_waiters();
         for segment in list_segments(&self.shared.dir)?.into_iter().filter(|s| *s < next.segment) {
@@ -395,6 +415,21 @@ impl JournalReader {
             fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
         }
         Ok(())
+    }
+
+    /// Bytes from `from` to `to`, both in segments still on disk (a segment wholly passed
+    /// counts its length; one already gone counts nothing).
+    fn bytes_between(&self, from: Position, to: Position) -> u64 {
+        if to <= from {
+            return 0;
+        }
+        if to.segment == from.segment {
+            return to.offset - from.offset;
+        }
+        let len = |segment| fs::metadata(segment_path(&self.shared.dir, segment)).map_or(0, |m| m.len());
+        let first = len(from.segment).saturating_sub(from.offset);
+        let middle: u64 = (from.segment + 1..to.segment).map(len).sum();
+        first + middle + to.offset
     }
 
     /// Waits until something new is durable (or a moment has passed).
@@ -520,6 +555,30 @@ mod tests {
         assert_eq!(reader.checkpoint(), after);
         assert_eq!(reader.read(after, 1 << 20).unwrap().0.len(), 0, "nothing is shipped twice");
         assert_eq!(journal.backlog(), 0);
+    }
+
+    #[tokio::test]
+    async fn unshipped_bytes_count_what_waits_for_postgres() {
+        let temp = temp();
+        let (journal, reader) = open(temp.path()).unwrap();
+        assert_eq!(journal.unshipped_bytes(), 0);
+        let framed_len = |n| framed(&record(n)).len() as u64;
+        journal.append(&record(1)).await.unwrap();
+        assert_eq!(journal.unshipped_bytes(), framed_len(1));
+        // Handed to the writer and not yet written counts too.
+        assert!(journal.append_nowait(&record(2)));
+        assert!(journal.unshipped_bytes() >= framed_len(1) + framed_len(2));
+        journal.append(&record(3)).await.unwrap();
+        assert_eq!(journal.unshipped_bytes(), framed_len(1) + framed_len(2) + framed_len(3));
+        // A restart finds them on disk.
+        drop((journal, reader));
+        let (journal, mut reader) = open(temp.path()).unwrap();
+        assert_eq!(journal.unshipped_bytes(), framed_len(1) + framed_len(2) + framed_len(3));
+        journal.append(&record(4)).await.unwrap();
+        let (entries, end) = reader.read(reader.checkpoint(), 1 << 20).unwrap();
+        assert_eq!(entries.len(), 4);
+        reader.confirm(end, entries.len()).unwrap();
+        assert_eq!(journal.unshipped_bytes(), 0, "shipped, across two segments");
     }
 
     #[tokio::test]
