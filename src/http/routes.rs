@@ -65,6 +65,9 @@ pub struct Route {
     /// the client goes away meanwhile (dropped half-way, a claim could commit in PostgreSQL
     /// while the engine gives its units back).
     pub runs_to_end: bool,
+    /// An admin route whose handler keeps the admin deadline itself, from when its body is
+    /// parsed (an import's 64 MiB may take seconds to read before anything is started).
+    pub own_deadline: bool,
     /// The largest body it reads.
     pub max_body: BodyLimit,
     /// The OpenAPI path item.
@@ -87,6 +90,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(public::validate))],
         access: Access::Open,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: true,
         max_body: BodyLimit::Cart,
         openapi: include_str!("openapi/validate.json"),
@@ -96,6 +100,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(public::redeem))],
         access: Access::Backend,
         runs_to_end: true,
+        own_deadline: false,
         needs_ready: true,
         max_body: BodyLimit::Cart,
         openapi: include_str!("openapi/redeem.json"),
@@ -105,6 +110,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(public::hold))],
         access: Access::Backend,
         runs_to_end: true,
+        own_deadline: false,
         needs_ready: true,
         max_body: BodyLimit::Cart,
         openapi: include_str!("openapi/hold.json"),
@@ -114,6 +120,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(public::release))],
         access: Access::Backend,
         runs_to_end: true,
+        own_deadline: false,
         needs_ready: true,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/release.json"),
@@ -123,6 +130,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(ops::health))],
         access: Access::Open,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/health.json"),
@@ -132,6 +140,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(ops::ready))],
         access: Access::Open,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/ready.json"),
@@ -141,6 +150,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(ops::metrics))],
         access: Access::Open,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/metrics.json"),
@@ -150,6 +160,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(openapi))],
         access: Access::Open,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/openapi.json"),
@@ -159,6 +170,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(admin::reload))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_reload.json"),
@@ -168,6 +180,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::stats))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_stats.json"),
@@ -177,6 +190,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(admin::create_coupon))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_coupons.json"),
@@ -186,6 +200,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::read_coupon)), (Method::PATCH, handler!(admin::patch_coupon))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_coupon.json"),
@@ -195,6 +210,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::coupon_stats))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_coupon_stats.json"),
@@ -204,6 +220,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::recent))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_recent.json"),
@@ -213,6 +230,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(admin::rejected))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_rejected.json"),
@@ -222,6 +240,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(instances::write_off))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_write_off.json"),
@@ -231,6 +250,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(instances::order_conflicts))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_order_conflicts.json"),
@@ -240,6 +260,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(admin::retry_rejected))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_rejected_retry.json"),
@@ -249,6 +270,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(campaigns::create_campaign))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_campaigns.json"),
@@ -261,6 +283,7 @@ pub static ROUTES: &[Route] = &[
         ],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_campaign.json"),
@@ -270,6 +293,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(campaigns::create_batch))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: true,
         needs_ready: true,
         max_body: BodyLimit::Bytes(MAX_IMPORT_BODY_BYTES),
         openapi: include_str!("openapi/admin_batches.json"),
@@ -279,6 +303,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(campaigns::read_batch))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: false,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_batch.json"),
@@ -288,6 +313,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::GET, handler!(campaigns::export_codes))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: true,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_codes.json"),
@@ -297,6 +323,7 @@ pub static ROUTES: &[Route] = &[
         methods: &[(Method::POST, handler!(campaigns::assign_code))],
         access: Access::Admin,
         runs_to_end: false,
+        own_deadline: false,
         needs_ready: true,
         max_body: BodyLimit::Bytes(MAX_BODY_BYTES),
         openapi: include_str!("openapi/admin_assign.json"),
@@ -490,28 +517,29 @@ where
     if route.runs_to_end {
         let state = Arc::clone(state);
         let handler = *handler;
-        return tokio::spawn(async move { within_bound(&state, handler, call, route.access).await })
-            .await
-            .unwrap_or_else(|err| {
+        return tokio::spawn(async move { within_bound(&state, handler, call, route).await }).await.unwrap_or_else(
+            |err| {
                 tracing::error!(error = %err, "a request's task failed");
                 Err(ApiError::Internal)
-            });
+            },
+        );
     }
-    within_bound(state, *handler, call, route.access).await
+    within_bound(state, *handler, call, route).await
 }
 
-/// Runs `handler` holding a request slot (admin calls within their deadline).
-async fn within_bound(state: &State, handler: Handler, call: Call, access: Access) -> Result<HttpResponse, ApiError> {
+/// Runs `handler` holding a request slot (admin calls within their deadline, unless the
+/// handler keeps it).
+async fn within_bound(state: &State, handler: Handler, call: Call, route: &Route) -> Result<HttpResponse, ApiError> {
     // Past the bound, answer at once rather than queue: a queue only turns overload into
     // timeouts for everyone.
     let Ok(_permit) = state.in_flight.try_acquire() else {
         return Err(ApiError::Overloaded);
     };
-    match access {
-        Access::Admin => {
+    match route.access {
+        Access::Admin if !route.own_deadline => {
             tokio::time::timeout(state.http.admin_timeout, handler(state, call)).await.unwrap_or(Err(ApiError::Timeout))
         }
-        Access::Open | Access::Backend => handler(state, call).await,
+        Access::Admin | Access::Open | Access::Backend => handler(state, call).await,
     }
 }
 

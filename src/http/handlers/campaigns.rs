@@ -125,26 +125,34 @@ struct BatchCreated {
 /// within a few seconds answers `201`; a longer one `202`, to be followed at
 /// `GET /admin/batches/{id}`.
 pub(crate) async fn create_batch(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
-    let request = BatchRequest::parse(&call.body)?;
-    let campaign = campaign_named(state, &call.params[0]).await?;
+    // Parsed off the request workers (an import's body may be 64 MiB), and before the admin
+    // deadline starts: this route keeps the deadline itself, from here.
+    let body = call.body.clone();
+    let request =
+        tokio::task::spawn_blocking(move || BatchRequest::parse(&body)).await.map_err(|_| ApiError::Internal)??;
+    let deadline = tokio::time::Instant::now() + state.http.admin_timeout;
+    let campaign = tokio::time::timeout_at(deadline, campaign_named(state, &call.params[0]))
+        .await
+        .map_err(|_| ApiError::Timeout)??;
     let count = match &request.source {
         batches::Source::Generated(spec) => spec.count as usize,
         batches::Source::Imported(codes) => codes.len(),
     };
-    let mut started = state
-        .batch_jobs
-        .start(&state.pool, campaign.id, &request.rule, request.uses_per_code, request.source)
-        .await
-        .map_err(|err| match err {
-            ClaimError::ShapeTaken(_) => ApiError::InvalidField { field: "prefix", problem: err.to_string() },
-            ClaimError::Rule(err) => write_error(err),
-            ClaimError::Database(err) => database_error(err),
-        })?;
+    let started = tokio::time::timeout_at(
+        deadline,
+        state.batch_jobs.start(&state.pool, campaign.id, &request.rule, request.uses_per_code, request.source),
+    )
+    .await
+    .map_err(|_| ApiError::Timeout)?;
+    let mut started = started.map_err(|err| match err {
+        ClaimError::ShapeTaken(_) => ApiError::InvalidField { field: "prefix", problem: err.to_string() },
+        ClaimError::Rule(err) => write_error(err),
+        ClaimError::Database(err) => database_error(err),
+    })?;
     let id = started.id;
-    // Answered before the admin deadline (`http.admin_timeout`), whatever parsing took: past
-    // it the router would answer 503 while the batch went on with no id given.
-    let answer_by = call.started + state.http.admin_timeout.saturating_sub(ANSWER_MARGIN);
-    let left = || answer_by.saturating_duration_since(std::time::Instant::now());
+    // Answered before the deadline: the batch goes on, and the client has its id.
+    let answer_by = deadline - ANSWER_MARGIN;
+    let left = || answer_by.saturating_duration_since(tokio::time::Instant::now());
     let outcome = match tokio::time::timeout(BATCH_WAIT.min(left()), &mut started.done).await {
         Err(_) => {
             let body = BatchCreated { batch_id: id, count: None, status: "running", cached: None };
