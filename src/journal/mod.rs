@@ -8,6 +8,7 @@
 //! have been handled already (a crash between handling and checkpoint), so handling must be
 //! idempotent.
 
+mod checkpoint;
 pub mod frame;
 pub mod marks;
 pub mod rejected;
@@ -21,6 +22,7 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::journal::checkpoint::Checkpoint;
 use crate::journal::frame::Tail;
 use crate::metrics::JournalMetrics;
 
@@ -106,6 +108,7 @@ impl std::fmt::Debug for Append {
 pub struct JournalReader {
     shared: Arc<Shared>,
     checkpoint: Position,
+    checkpoint_file: Checkpoint,
 }
 
 impl Journal {
@@ -113,7 +116,7 @@ impl Journal {
     /// counts what is not yet shipped, and starts the writer on a fresh segment.
     pub fn open(dir: &Path, metrics: JournalMetrics) -> Result<(Journal, JournalReader), JournalError> {
         fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
-        let checkpoint = read_checkpoint(dir)?;
+        let (checkpoint_file, checkpoint) = Checkpoint::open(dir)?;
         let segments = list_segments(dir)?;
         let mut pending = 0i64;
         let mut unshipped_bytes = 0u64;
@@ -158,7 +161,7 @@ impl Journal {
             .name("journal-writer".into())
             .spawn(move || writer.run())
             .map_err(|source| io_error(dir, source))?;
-        Ok((Journal { tx, shared: shared.clone() }, JournalReader { shared, checkpoint }))
+        Ok((Journal { tx, shared: shared.clone() }, JournalReader { shared, checkpoint, checkpoint_file }))
     }
 
     /// Appends a record and returns once it is on disk (fsync'd).
@@ -403,7 +406,7 @@ impl JournalReader {
     /// persists the checkpoint, then deletes the segments wholly before it.
     pub fn confirm(&mut self, next: Position, n: usize) -> Result<(), JournalError> {
         let shipped = self.bytes_between(self.checkpoint, next);
-        write_checkpoint(&self.shared.dir, next)?;
+        self.checkpoint_file.write(next)?;
         self.checkpoint = next;
         self.shared.pending.fetch_sub(n as i64, Ordering::Relaxed);
         let left = self.shared.unshipped_bytes.load(Ordering::Relaxed);
@@ -466,32 +469,6 @@ fn create_segment(dir: &Path, segment: u64) -> Result<File, JournalError> {
 /// Makes a created, renamed or removed file's directory entry durable.
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|source| io_error(dir, source))
-}
-
-fn read_checkpoint(dir: &Path) -> Result<Position, JournalError> {
-    let path = dir.join("checkpoint");
-    match fs::read_to_string(&path) {
-        Ok(text) => {
-            let mut parts = text.split_whitespace().map(str::parse::<u64>);
-            match (parts.next(), parts.next()) {
-                (Some(Ok(segment)), Some(Ok(offset))) => Ok(Position { segment, offset }),
-                _ => Err(JournalError::BadCheckpoint { dir: dir.to_owned(), text }),
-            }
-        }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Position::default()),
-        Err(source) => Err(io_error(&path, source)),
-    }
-}
-
-fn write_checkpoint(dir: &Path, position: Position) -> Result<(), JournalError> {
-    let tmp = dir.join("checkpoint.tmp");
-    let mut file = File::create(&tmp).map_err(|source| io_error(&tmp, source))?;
-    writeln!(file, "{} {}", position.segment, position.offset)
-        .and_then(|()| file.sync_all())
-        .map_err(|source| io_error(&tmp, source))?;
-    let path = dir.join("checkpoint");
-    fs::rename(&tmp, &path).map_err(|source| io_error(&path, source))?;
-    sync_dir(dir)
 }
 
 fn io_error(path: &Path, source: io::Error) -> JournalError {
