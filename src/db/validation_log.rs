@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
@@ -53,14 +53,21 @@ struct Spill {
     journal: Journal,
     metrics: ValidationLogMetrics,
     max_bytes: u64,
+    /// The size of the last row refused for the budget (0: the last one spilled).
+    refused: Arc<AtomicU64>,
 }
 
 impl Spill {
     fn rows(&self, rows: impl IntoIterator<Item = Validated>) {
         for row in rows {
             let record = Event::Validated(row).encode();
-            let within = self.journal.unshipped_bytes() + record.len() as u64 <= self.max_bytes;
+            let len = record.len() as u64;
+            let within = self.journal.unshipped_bytes() + len <= self.max_bytes;
+            if !within {
+                self.refused.store(len, Ordering::Relaxed);
+            }
             if within && self.journal.append_nowait(&record) {
+                self.refused.store(0, Ordering::Relaxed);
                 self.metrics.spilled.increment(1);
             } else {
                 self.metrics.dropped.increment(1);
@@ -92,7 +99,12 @@ impl ValidationLog {
     ) -> (ValidationLog, LogWriter) {
         let (tx, rx) = mpsc::channel(settings.queue_capacity);
         let queued = Arc::new(AtomicUsize::new(0));
-        let spill = Spill { journal, metrics: metrics.clone(), max_bytes: settings.spill_max_bytes };
+        let spill = Spill {
+            journal,
+            metrics: metrics.clone(),
+            max_bytes: settings.spill_max_bytes,
+            refused: Arc::new(AtomicU64::new(0)),
+        };
         let writer = LogWriter {
             pool,
             rx,
@@ -107,6 +119,13 @@ impl ValidationLog {
     }
 
     /// Rows accepted and not yet written (queued or in the batch being written).
+    /// Whether rows that do not fit in memory are being dropped: the last one refused would
+    /// still not fit in `validation_log.spill_max_bytes`.
+    pub(crate) fn spill_budget_spent(&self) -> bool {
+        let refused = self.spill.refused.load(Ordering::Relaxed);
+        refused > 0 && self.spill.journal.unshipped_bytes() + refused > self.spill.max_bytes
+    }
+
     pub(crate) fn queue_size(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }

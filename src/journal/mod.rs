@@ -82,6 +82,8 @@ struct Shared {
     unshipped_bytes: AtomicU64,
     /// The last write failed (and was cut back off); cleared by the next good write.
     failing: AtomicBool,
+    /// That failure was a full disk.
+    full: AtomicBool,
     /// A failed write could not be cut back off: nothing more is accepted.
     stopped: AtomicBool,
     appended: Notify,
@@ -150,6 +152,7 @@ impl Journal {
             queued_bytes: AtomicU64::new(0),
             unshipped_bytes: AtomicU64::new(unshipped_bytes),
             failing: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             appended: Notify::new(),
             shipped: Mutex::new(checkpoint),
@@ -237,6 +240,11 @@ impl Journal {
         let _ = tokio::time::timeout(within, wait).await;
     }
 
+    /// Whether the last write failed for a full disk.
+    pub(crate) fn is_full(&self) -> bool {
+        self.shared.full.load(Ordering::Acquire)
+    }
+
     /// Whether the last write succeeded and the writer is accepting records.
     pub(crate) fn is_healthy(&self) -> bool {
         !self.shared.stopped.load(Ordering::Acquire) && !self.shared.failing.load(Ordering::Acquire)
@@ -279,6 +287,8 @@ impl Writer {
             let written = self.write(&buf, batch.len());
             // Written or refused, the batch is no longer on its way.
             self.shared.queued_bytes.fetch_sub(buf.len() as u64, Ordering::Relaxed);
+            let full = matches!(&written, Err(Failure::CutBack(err) | Failure::Stuck(err)) if err.is_disk_full());
+            self.shared.full.store(full, Ordering::Release);
             match &written {
                 Ok(()) => self.shared.failing.store(false, Ordering::Release),
                 Err(Failure::CutBack(err)) => {
@@ -469,6 +479,14 @@ fn create_segment(dir: &Path, segment: u64) -> Result<File, JournalError> {
 /// Makes a created, renamed or removed file's directory entry durable.
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|source| io_error(dir, source))
+}
+
+impl JournalError {
+    /// Whether it is a full disk (or quota).
+    fn is_disk_full(&self) -> bool {
+        matches!(self, JournalError::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
+    }
 }
 
 fn io_error(path: &Path, source: io::Error) -> JournalError {

@@ -158,12 +158,21 @@ async fn spilled_rows_keep_to_their_disk_budget_and_the_rest_are_counted_dropped
     // holds what it took from the queue before PostgreSQL went away (some 50 rows in a run).
     assert!((20.0..=40.0).contains(&spilled), "spilled {spilled}");
     assert!(dropped >= 150.0, "dropped {dropped}");
+    let health = app.client.get("/health").await.json();
+    assert_eq!(
+        (&health["status"], &health["budgetsSpent"]),
+        (&json!("degraded"), &json!(["validation_log.spill_max_bytes"]))
+    );
     // Uses are never held to the spill's budget: a redemption is journalled past it.
     let redeemed = app.client.post("/api/coupons/redeem", &crate::helpers::redeem_body("TEN", "u", "o-outage")).await;
     assert_eq!(redeemed.status, hyper::StatusCode::CREATED, "{}", redeemed.text);
     proxy.restore().await;
     eventually(Duration::from_secs(15), "every row kept is written", || async {
         log_count(&db.pool).await as f64 + dropped == 300.0
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the budget free again", || async {
+        app.client.get("/health").await.json()["budgetsSpent"] == json!([])
     })
     .await;
     app.stop().await.unwrap();

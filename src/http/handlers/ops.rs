@@ -26,6 +26,9 @@ struct HealthResponse {
     decides: &'static str,
     /// Journal records PostgreSQL refused for good, waiting for an operator.
     rejected_records: u64,
+    /// The disk budgets spent: `disk` (the journal's last write found the disk full),
+    /// `validation_log.spill_max_bytes` (validation rows that do not fit in memory are dropped).
+    budgets_spent: Vec<&'static str>,
     coupons: usize,
     uptime: f64,
     timestamp: String,
@@ -37,6 +40,12 @@ pub async fn health(state: &State, _call: Call) -> Result<HttpResponse, ApiError
     let database_up = ops.database.is_up();
     let listener = ops.listener.state();
     let journal_ok = state.engine.journal().is_healthy();
+    let journal_full = state.engine.journal().is_full();
+    let spill_spent = ops.validation_log.spill_budget_spent();
+    let budgets_spent: Vec<&'static str> = [(journal_full, "disk"), (spill_spent, "validation_log.spill_max_bytes")]
+        .into_iter()
+        .filter_map(|(spent, name)| spent.then_some(name))
+        .collect();
     let rejected = ops.rejected.len();
     let shipping_ok = !ops.shipping.is_stalled();
     let standing = state.engine.cluster().map_or(StandingState::Live, |cluster| cluster.standing.state());
@@ -45,17 +54,23 @@ pub async fn health(state: &State, _call: Call) -> Result<HttpResponse, ApiError
         && journal_ok
         && shipping_ok
         && rejected == 0
+        && budgets_spent.is_empty()
         && standing == StandingState::Live;
     let body = HealthResponse {
         status: if healthy { "healthy" } else { "degraded" },
         validation_log_queue_size: ops.validation_log.queue_size(),
         database: if database_up { "up" } else { "down" },
         listener: listener.as_str(),
-        journal: if journal_ok { "ok" } else { "failing" },
+        journal: match (journal_ok, journal_full) {
+            (true, _) => "ok",
+            (false, true) => "full",
+            (false, false) => "failing",
+        },
         shipping: if shipping_ok { "ok" } else { "stalled" },
         instance: standing.as_str(),
         decides: state.engine.mode().as_str(),
         rejected_records: rejected,
+        budgets_spent,
         coupons: state.engine.catalog().load().coupon_count(),
         uptime: (ops.started.elapsed().as_millis() as f64) / 1000.0,
         timestamp: rfc3339(Utc::now()),
