@@ -114,7 +114,7 @@ impl App {
         let listener = bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let metrics = Arc::new(Metrics::new(&routes::labels()));
         let dir = settings.storage.data_dir.join("journal");
-        let (journal, reader) = Journal::open(&dir, metrics.journal.clone())
+        let (journal, reader) = Journal::open(&dir, settings.journal.reserved_bytes, metrics.journal.clone())
             .map_err(|source| StartError::Journal { dir: dir.clone(), source })?;
         let rejected_path = settings.storage.data_dir.join("rejected.jsonl");
         let rejected = Arc::new(

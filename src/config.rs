@@ -181,6 +181,9 @@ pub struct JournalSettings {
     /// On shutdown, how long the shipper keeps shipping what is left.
     #[serde(with = "humantime_serde")]
     pub ship_shutdown_timeout: Duration,
+    /// Free bytes of the journal's filesystem that validation rows never take: kept for
+    /// uses, holds and releases.
+    pub reserved_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

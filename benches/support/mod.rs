@@ -60,7 +60,7 @@ pub(crate) fn engine_with_codes(mut coupons: Vec<Coupon>, codes: u32) -> (Engine
     // Removed at the end of this function: the writer keeps its open segment.
     let dir = tempfile::Builder::new().prefix("bench-journal-").tempdir().expect("temporary directory");
     let metrics = Arc::new(Metrics::new(&[]));
-    let (journal, _reader) = Journal::open(dir.path(), metrics.journal.clone()).expect("journal");
+    let (journal, _reader) = Journal::open(dir.path(), 0, metrics.journal.clone()).expect("journal");
     let settings = coupon_engine::config::Settings::defaults().engine();
     let engine = Engine::new(journal, Ports::none(), Arc::new(SystemClock), metrics, settings);
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");

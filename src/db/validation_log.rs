@@ -9,7 +9,8 @@
 //! Invariant: a request only ever calls [`ValidationLog::record`], which never waits. While
 //! PostgreSQL is away the writer holds its batch and retries with backoff; the queue fills
 //! meanwhile and rows past its capacity spill into the journal (`db::shipper` writes them
-//! later). A row is dropped, and counted, only if the journal refuses it too, or if
+//! later). A row is dropped, and counted, only if the journal refuses it too (its unshipped
+//! budget, `validation_log.spill_max_bytes`, or the disk it keeps for uses), or if
 //! PostgreSQL refuses that single row for good (input checks make that impossible).
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,7 +32,7 @@ use crate::db::health::DatabaseHealth;
 use crate::db::is_refusal;
 use crate::domain::event::{Event, Validated};
 use crate::engine::ports::ValidationSink;
-use crate::journal::{Journal, Position};
+use crate::journal::{Journal, Position, SpareCounters};
 use crate::metrics::ValidationLogMetrics;
 
 /// How often a batch being filled looks at the queue.
@@ -46,12 +47,14 @@ pub struct ValidationLog {
 }
 
 /// Where rows go when the queue is full: the journal, shipped later by `db::shipper`, while
-/// what the journal holds unshipped stays within `validation_log.spill_max_bytes`; past it a
-/// row is dropped and counted (uses always have the journal: they are never spilled rows).
+/// what the journal holds unshipped stays within `validation_log.spill_max_bytes` and the disk
+/// keeps `journal.reserved_bytes` free; past either a row is dropped and counted (uses always
+/// have the journal: they are never spilled rows).
 #[derive(Debug, Clone)]
 struct Spill {
     journal: Journal,
-    metrics: ValidationLogMetrics,
+    /// Spilled rows are counted by the journal's writer once written (or dropped).
+    counters: SpareCounters,
     max_bytes: u64,
     /// The size of the last row refused for the budget (0: the last one spilled).
     refused: Arc<AtomicU64>,
@@ -66,11 +69,10 @@ impl Spill {
             if !within {
                 self.refused.store(len, Ordering::Relaxed);
             }
-            if within && self.journal.append_nowait(&record) {
+            if within && self.journal.append_spare(&record, &self.counters) {
                 self.refused.store(0, Ordering::Relaxed);
-                self.metrics.spilled.increment(1);
             } else {
-                self.metrics.dropped.increment(1);
+                self.counters.dropped.increment(1);
             }
         }
     }
@@ -101,7 +103,7 @@ impl ValidationLog {
         let queued = Arc::new(AtomicUsize::new(0));
         let spill = Spill {
             journal,
-            metrics: metrics.clone(),
+            counters: SpareCounters { written: metrics.spilled.clone(), dropped: metrics.dropped.clone() },
             max_bytes: settings.spill_max_bytes,
             refused: Arc::new(AtomicU64::new(0)),
         };
@@ -119,6 +121,12 @@ impl ValidationLog {
     }
 
     /// Rows accepted and not yet written (queued or in the batch being written).
+    /// Whether rows that do not fit in memory are being dropped for the journal's reserved
+    /// disk (`journal.reserved_bytes`): the filesystem has no more free space than it.
+    pub(crate) fn disk_budget_spent(&self) -> bool {
+        self.spill.journal.in_reserve()
+    }
+
     /// Whether rows that do not fit in memory are being dropped: the last one refused would
     /// still not fit in `validation_log.spill_max_bytes`.
     pub(crate) fn spill_budget_spent(&self) -> bool {

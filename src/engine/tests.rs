@@ -51,7 +51,7 @@ impl Fixture {
     async fn new(deciding: Deciding, coupons: Vec<Coupon>, campaigns: Vec<Campaign>) -> Fixture {
         let dir = tempfile::Builder::new().prefix("engine-test-").tempdir().unwrap();
         let metrics = Arc::new(Metrics::new(&[]));
-        let (journal, reader) = Journal::open(dir.path(), metrics.journal.clone()).unwrap();
+        let (journal, reader) = Journal::open(dir.path(), 0, metrics.journal.clone()).unwrap();
         let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
         let settings = crate::config::Settings::defaults().engine();
         let shared =
@@ -639,7 +639,7 @@ async fn settle(engine: &Engine, live: i64) {
 async fn the_deadline_task_expires_holds_on_a_paused_clock() {
     let dir = tempfile::Builder::new().prefix("engine-test-").tempdir().unwrap();
     let metrics = Arc::new(Metrics::new(&[]));
-    let (journal, _reader) = Journal::open(dir.path(), metrics.journal.clone()).unwrap();
+    let (journal, _reader) = Journal::open(dir.path(), 0, metrics.journal.clone()).unwrap();
     let clock = Arc::new(clock::TokioClock::starting_at(Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()));
     let settings = crate::config::Settings::defaults().engine();
     let engine = Arc::new(Engine::new(journal, Ports::none(), clock, metrics, settings));

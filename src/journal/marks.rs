@@ -69,7 +69,7 @@ mod tests {
     #[tokio::test]
     async fn a_time_counts_once_what_was_durable_when_it_was_read_has_shipped() {
         let dir = tempfile::tempdir().expect("dir");
-        let (journal, mut reader) = Journal::open(dir.path(), Metrics::new(&[]).journal).expect("journal");
+        let (journal, mut reader) = Journal::open(dir.path(), 0, Metrics::new(&[]).journal).expect("journal");
         let mut marks = ShippedMarks::new(journal.clone());
         // Nothing written: a time read now is shipped through at once.
         marks.passed(at(1));

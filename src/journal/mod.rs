@@ -7,6 +7,12 @@
 //! record as handled (shipped to PostgreSQL, or set aside). A record after the checkpoint may
 //! have been handled already (a crash between handling and checkpoint), so handling must be
 //! idempotent.
+//!
+//! The disk is shared by records somebody waits for (uses, holds, releases) and spare ones
+//! (validation rows that did not fit in memory, [`Journal::append_spare`]): spare records are
+//! written only while the filesystem keeps `journal.reserved_bytes` free beyond them, and on a
+//! full disk they give way, counted as dropped. Segments are an eighth of the filesystem (1 to
+//! 64 MiB), so that a small `DATA_DIR` still frees space segment by segment as it ships.
 
 mod checkpoint;
 pub mod frame;
@@ -25,12 +31,16 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::journal::checkpoint::Checkpoint;
 use crate::journal::frame::Tail;
 use crate::metrics::JournalMetrics;
+use metrics::Counter;
 
-/// A new segment is started once the current one passes this size.
-const SEGMENT_BYTES: u64 = 64 << 20;
+/// A new segment is started once the current one passes an eighth of the filesystem, within
+/// these bounds.
+const SEGMENT_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(64 << 20);
 /// Appends waiting for the writer; past this, `append` waits and `append_nowait` refuses.
 const QUEUE: usize = 16_384;
 const SEGMENT_SUFFIX: &str = ".seg";
+/// Below this much free space beyond the reserve, spare records count as refused.
+const SPARE_ROOM: u64 = 64 << 10;
 
 /// A failure of the journal.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +76,15 @@ impl Position {
 struct Append {
     frame: Vec<u8>,
     ack: Option<oneshot::Sender<Result<(), JournalError>>>,
+    /// A spare record's counters: nobody waits for it, and a full disk drops it.
+    spare: Option<SpareCounters>,
+}
+
+/// What a spare record counts once the writer has written or dropped it.
+#[derive(Debug, Clone)]
+pub struct SpareCounters {
+    pub written: Counter,
+    pub dropped: Counter,
 }
 
 /// State shared by the writer, the appenders and the reader.
@@ -86,10 +105,24 @@ struct Shared {
     full: AtomicBool,
     /// A failed write could not be cut back off: nothing more is accepted.
     stopped: AtomicBool,
+    /// Free bytes kept for records somebody waits for (`journal.reserved_bytes`).
+    reserved: u64,
+    /// Free bytes beyond the reserve when last measured: what spare records may take.
+    spare: AtomicU64,
     appended: Notify,
     /// Where the reader's checkpoint is, and a wake-up each time it moves.
     shipped: Mutex<Position>,
     shipped_moved: Notify,
+}
+
+impl Shared {
+    /// Measures the filesystem's free space again (kept as it was if it cannot be measured).
+    fn measure_space(&self) {
+        if let Ok(space) = statvfs(&self.dir) {
+            let free = space.f_bavail.saturating_mul(space.f_frsize);
+            self.spare.store(free.saturating_sub(self.reserved), Ordering::Relaxed);
+        }
+    }
 }
 
 /// The append side: cheap to clone, shared by request handlers.
@@ -115,8 +148,9 @@ pub struct JournalReader {
 
 impl Journal {
     /// Opens (creating if needed) the journal in `dir`: drops a torn tail left by a crash,
-    /// counts what is not yet shipped, and starts the writer on a fresh segment.
-    pub fn open(dir: &Path, metrics: JournalMetrics) -> Result<(Journal, JournalReader), JournalError> {
+    /// counts what is not yet shipped, and starts the writer on a fresh segment. Spare records
+    /// leave `reserved` bytes of the filesystem free.
+    pub fn open(dir: &Path, reserved: u64, metrics: JournalMetrics) -> Result<(Journal, JournalReader), JournalError> {
         fs::create_dir_all(dir).map_err(|source| io_error(dir, source))?;
         let (checkpoint_file, checkpoint) = Checkpoint::open(dir)?;
         let segments = list_segments(dir)?;
@@ -145,6 +179,8 @@ impl Journal {
         // directory: PostgreSQL keeps how far it has shipped by them).
         let next = segments.last().map_or(1, |last| last + 1).max(checkpoint.segment + 1);
         let file = create_segment(dir, next)?;
+        let space = statvfs(dir).map_err(|source| io_error(dir, source))?;
+        let segment_bytes = (space.f_blocks * space.f_frsize / 8).clamp(*SEGMENT_BYTES.start(), *SEGMENT_BYTES.end());
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             durable: Mutex::new(Position { segment: next, offset: 0 }),
@@ -154,12 +190,18 @@ impl Journal {
             failing: AtomicBool::new(false),
             full: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            reserved,
+            spare: AtomicU64::new(0),
             appended: Notify::new(),
             shipped: Mutex::new(checkpoint),
             shipped_moved: Notify::new(),
         });
+        shared.measure_space();
+        if shared.spare.load(Ordering::Relaxed) == 0 {
+            tracing::warn!(dir = %dir.display(), reserved, "the journal's disk has no more free space than journal.reserved_bytes: validation rows will not spill to it");
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = Writer { shared: shared.clone(), rx, file, segment: next, len: 0, metrics };
+        let writer = Writer { shared: shared.clone(), rx, file, segment: next, len: 0, segment_bytes, metrics };
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run())
@@ -173,7 +215,7 @@ impl Journal {
             return Err(JournalError::Stopped);
         }
         let (ack, done) = oneshot::channel();
-        let append = Append { frame: framed(payload), ack: Some(ack) };
+        let append = Append { frame: framed(payload), ack: Some(ack), spare: None };
         let bytes = append.frame.len() as u64;
         self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         if self.tx.send(append).await.is_err() {
@@ -186,20 +228,29 @@ impl Journal {
         }
     }
 
-    /// Appends a record without waiting for it, in the next group commit. False if the
-    /// journal is full or stopped.
-    pub(crate) fn append_nowait(&self, payload: &[u8]) -> bool {
+    /// Appends a spare record without waiting for it, in the next group commit: one the
+    /// service can do without (a validation row). False, and nothing counted, if the journal
+    /// is stopped, its queue is full, or the record would eat into the reserved disk; once
+    /// handed over, the writer counts it written, or dropped if the disk fills.
+    pub(crate) fn append_spare(&self, payload: &[u8], counters: &SpareCounters) -> bool {
         if self.shared.stopped.load(Ordering::Acquire) {
             return false;
         }
-        let append = Append { frame: framed(payload), ack: None };
+        let append = Append { frame: framed(payload), ack: None, spare: Some(counters.clone()) };
         let bytes = append.frame.len() as u64;
-        self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let sent = self.tx.try_send(append).is_ok();
+        let queued = self.shared.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let sent = queued <= self.shared.spare.load(Ordering::Relaxed) && self.tx.try_send(append).is_ok();
         if !sent {
             self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
         sent
+    }
+
+    /// Whether spare records are refused for the reserve: the filesystem has less than
+    /// `journal.reserved_bytes` free beyond what is queued and a little room (measured now).
+    pub(crate) fn in_reserve(&self) -> bool {
+        self.shared.measure_space();
+        self.shared.spare.load(Ordering::Relaxed) < self.shared.queued_bytes.load(Ordering::Relaxed) + SPARE_ROOM
     }
 
     /// Records appended and not yet confirmed by the reader.
@@ -264,6 +315,7 @@ struct Writer {
     file: File,
     segment: u64,
     len: u64,
+    segment_bytes: u64,
     metrics: JournalMetrics,
 }
 
@@ -284,9 +336,30 @@ impl Writer {
             for append in &batch {
                 buf.extend_from_slice(&append.frame);
             }
-            let written = self.write(&buf, batch.len());
+            let queued = buf.len() as u64;
+            let mut written = self.write(&buf, batch.len());
+            if matches!(&written, Err(Failure::CutBack(err)) if err.is_disk_full())
+                && batch.iter().any(|a| a.spare.is_some())
+            {
+                // The disk is full: spare records give way to those somebody waits for.
+                batch.retain(|append| match &append.spare {
+                    Some(counters) => {
+                        counters.dropped.increment(1);
+                        false
+                    }
+                    None => true,
+                });
+                buf.clear();
+                for append in &batch {
+                    buf.extend_from_slice(&append.frame);
+                }
+                if !batch.is_empty() {
+                    written = self.write(&buf, batch.len());
+                }
+            }
             // Written or refused, the batch is no longer on its way.
-            self.shared.queued_bytes.fetch_sub(buf.len() as u64, Ordering::Relaxed);
+            self.shared.queued_bytes.fetch_sub(queued, Ordering::Relaxed);
+            self.shared.measure_space();
             let full = matches!(&written, Err(Failure::CutBack(err) | Failure::Stuck(err)) if err.is_disk_full());
             self.shared.full.store(full, Ordering::Release);
             match &written {
@@ -303,6 +376,12 @@ impl Writer {
                 }
             }
             for append in batch.drain(..) {
+                if let Some(counters) = append.spare {
+                    match &written {
+                        Ok(()) => counters.written.increment(1),
+                        Err(_) => counters.dropped.increment(1),
+                    }
+                }
                 if let Some(ack) = append.ack {
                     let result = match &written {
                         Ok(()) => Ok(()),
@@ -317,6 +396,9 @@ impl Writer {
                 self.rx.close();
                 while let Ok(append) = self.rx.try_recv() {
                     self.shared.queued_bytes.fetch_sub(append.frame.len() as u64, Ordering::Relaxed);
+                    if let Some(counters) = append.spare {
+                        counters.dropped.increment(1);
+                    }
                     if let Some(ack) = append.ack {
                         let _ = ack.send(Err(JournalError::Stopped));
                     }
@@ -327,12 +409,8 @@ impl Writer {
     }
 
     fn write(&mut self, buf: &[u8], n_records: usize) -> Result<(), Failure> {
-        if self.len > 0 && self.len + buf.len() as u64 > SEGMENT_BYTES {
-            // A segment that cannot be created leaves the current one as it is.
-            let file = create_segment(&self.shared.dir, self.segment + 1).map_err(Failure::CutBack)?;
-            self.segment += 1;
-            self.file = file;
-            self.len = 0;
+        if self.len > 0 && self.len + buf.len() as u64 > self.segment_bytes {
+            self.next_segment().map_err(Failure::CutBack)?;
         }
         let started = Instant::now();
         let path = segment_path(&self.shared.dir, self.segment);
@@ -341,7 +419,12 @@ impl Writer {
             // is ever followed by later frames; if even that fails, the writer stops.
             let err = io_error(&path, source);
             return match self.file.set_len(self.len).and_then(|()| self.file.sync_data()) {
-                Ok(()) => Err(Failure::CutBack(err)),
+                Ok(()) => {
+                    if err.is_disk_full() {
+                        self.start_segment_for_space();
+                    }
+                    Err(Failure::CutBack(err))
+                }
                 Err(_) => Err(Failure::Stuck(err)),
             };
         }
@@ -351,6 +434,28 @@ impl Writer {
         self.shared.pending.fetch_add(n_records as i64, Ordering::Relaxed);
         self.shared.unshipped_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         *self.shared.durable.lock().expect("journal position") = Position { segment: self.segment, offset: self.len };
+        self.shared.appended.notify_one();
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// On a full disk, moves on to a new (empty) segment, so that the reader can delete the
+    /// current one once it has shipped it: what frees the disk must not wait for a write that
+    /// needs the space first.
+    fn start_segment_for_space(&mut self) {
+        if self.len > 0 {
+            let _ = self.next_segment();
+        }
+    }
+
+    /// Moves on to a new segment; one that cannot be created leaves the current one as it is.
+    fn next_segment(&mut self) -> Result<(), JournalError> {
+        self.file = create_segment(&self.shared.dir, self.segment + 1)?;
+        self.segment += 1;
+        self.len = 0;
+        // Everything acknowledged lies before the new segment's start.
+        *self.shared.durable.lock().expect("journal position") = Position { segment: self.segment, offset: 0 };
         self.shared.appended.notify_one();
         Ok(())
     }
@@ -427,6 +532,7 @@ impl JournalReader {
             let path = segment_path(&self.shared.dir, segment);
             fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
         }
+        self.shared.measure_space();
         Ok(())
     }
 
@@ -468,6 +574,11 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>, JournalError> {
     Ok(segments)
 }
 
+/// The filesystem `dir` is on: its size and free space.
+fn statvfs(dir: &Path) -> io::Result<rustix::fs::StatVfs> {
+    rustix::fs::statvfs(dir).map_err(io::Error::from)
+}
+
 fn create_segment(dir: &Path, segment: u64) -> Result<File, JournalError> {
     let path = segment_path(dir, segment);
     let file =
@@ -504,7 +615,11 @@ mod tests {
     }
 
     fn open(dir: &Path) -> Result<(Journal, JournalReader), JournalError> {
-        Journal::open(dir, Metrics::new(&[]).journal)
+        Journal::open(dir, 0, Metrics::new(&[]).journal)
+    }
+
+    fn uncounted() -> SpareCounters {
+        SpareCounters { written: Counter::noop(), dropped: Counter::noop() }
     }
 
     fn temp() -> tempfile::TempDir {
@@ -561,7 +676,7 @@ mod tests {
         journal.append(&record(1)).await.unwrap();
         assert_eq!(journal.unshipped_bytes(), framed_len(1));
         // Handed to the writer and not yet written counts too.
-        assert!(journal.append_nowait(&record(2)));
+        assert!(journal.append_spare(&record(2), &uncounted()));
         assert!(journal.unshipped_bytes() >= framed_len(1) + framed_len(2));
         journal.append(&record(3)).await.unwrap();
         assert_eq!(journal.unshipped_bytes(), framed_len(1) + framed_len(2) + framed_len(3));
@@ -574,6 +689,20 @@ mod tests {
         assert_eq!(entries.len(), 4);
         reader.confirm(end, entries.len()).unwrap();
         assert_eq!(journal.unshipped_bytes(), 0, "shipped, across two segments");
+    }
+
+    #[tokio::test]
+    async fn spare_records_leave_the_reserve_alone_and_others_do_not_need_to() {
+        let temp = temp();
+        let (journal, _reader) = Journal::open(temp.path(), u64::MAX, Metrics::new(&[]).journal).unwrap();
+        assert!(journal.in_reserve());
+        assert!(!journal.append_spare(&record(1), &uncounted()), "no disk beyond the reserve");
+        journal.append(&record(2)).await.expect("a use is written into the reserve");
+        assert_eq!(journal.unshipped_bytes(), framed(&record(2)).len() as u64, "nothing left queued");
+        drop(journal);
+        let (journal, _reader) = open(temp.path()).unwrap();
+        assert!(!journal.in_reserve());
+        assert!(journal.append_spare(&record(3), &uncounted()));
     }
 
     #[tokio::test]

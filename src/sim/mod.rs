@@ -528,7 +528,7 @@ impl Sim {
         self.sync_clocks();
         let metrics = Arc::new(Metrics::new(&[]));
         let (journal, mut reader) =
-            Journal::open(&self.nodes[i].dir, metrics.journal.clone()).map_err(|e| e.to_string())?;
+            Journal::open(&self.nodes[i].dir, 0, metrics.journal.clone()).map_err(|e| e.to_string())?;
         let pending = read_events(&reader)?;
         let name = self.nodes[i].name.clone();
         {
@@ -625,7 +625,7 @@ impl Sim {
         if self.nodes[i].running.is_some() || !self.world.pg.lock().expect("pg").up {
             return Ok(());
         }
-        let (journal, reader) = Journal::open(&self.nodes[i].dir, Arc::new(Metrics::new(&[])).journal.clone())
+        let (journal, reader) = Journal::open(&self.nodes[i].dir, 0, Arc::new(Metrics::new(&[])).journal.clone())
             .map_err(|e| e.to_string())?;
         drop(journal);
         let (events, _) = read_events(&reader)?;

@@ -106,13 +106,63 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(prefix).tempdir().expect("create a temporary directory")
 }
 
+/// A filesystem of its own for a test (a tmpfs of a few MiB), to fill up; unmounted when
+/// dropped. Mounting needs root, as `tools/test` is run in CI.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(mib: u32) -> SmallDisk {
+        let dir = temp_dir("coupon-engine-small-disk-");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a {mib} MiB tmpfs at {} needs root (CAP_SYS_ADMIN)", dir.path().display());
+        SmallDisk { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk with the file `name` until `leave` bytes are free (0: every byte).
+    pub fn fill(&self, name: &str, leave: u64) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(self.path().join(name)).unwrap();
+        let mut left = self.free().saturating_sub(leave);
+        while left > 0 {
+            let chunk = vec![0u8; left.min(1 << 20) as usize];
+            if file.write_all(&chunk).is_err() {
+                break;
+            }
+            left -= chunk.len() as u64;
+        }
+        let _ = file.sync_all();
+    }
+
+    /// Free bytes on it now.
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df").args(["--output=avail", "-B1"]).arg(self.path()).output().expect("run df");
+        String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df's answer")
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
 /// The service running in this process.
 pub struct TestApp {
     pub addr: SocketAddr,
     pub client: TestClient,
     shutdown: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), coupon_engine::app::StartError>>,
-    _data_dir: tempfile::TempDir,
+    owned_dir: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -125,7 +175,14 @@ impl TestApp {
     /// name) and waits until it is ready.
     pub async fn spawn_with(db_url: &str, extra: &[(&str, &str)]) -> TestApp {
         let data_dir = temp_dir("coupon-engine-test-");
-        let app = App::build(settings(db_url, data_dir.path(), extra)).await.expect("build app");
+        let mut app = TestApp::spawn_on(data_dir.path(), db_url, extra).await;
+        app.owned_dir = Some(data_dir);
+        app
+    }
+
+    /// Starts the service with its `DATA_DIR` at `data_dir`, which the caller keeps.
+    pub async fn spawn_on(data_dir: &Path, db_url: &str, extra: &[(&str, &str)]) -> TestApp {
+        let app = App::build(settings(db_url, data_dir, extra)).await.expect("build app");
         let addr = app.local_addr();
         let (tx, rx) = oneshot::channel();
         let handle = tokio::spawn(app.run(async move {
@@ -133,7 +190,7 @@ impl TestApp {
         }));
         let client = TestClient::new(addr);
         client.wait_ready().await;
-        TestApp { addr, client, shutdown: Some(tx), handle, _data_dir: data_dir }
+        TestApp { addr, client, shutdown: Some(tx), handle, owned_dir: None }
     }
 
     /// Waits until the service stops by itself (within `within`), and returns what `run`

@@ -11,6 +11,7 @@ mod carts;
 mod cluster;
 mod cut_off;
 mod durability;
+mod full_disk;
 mod helpers;
 mod holds;
 mod hostile;

@@ -279,7 +279,7 @@ async fn rows_of_two_days_land_in_their_own_partitions() {
     let data_dir = data_dir_temp.path().to_owned();
     {
         let (journal, _reader) =
-            Journal::open(&data_dir.join("journal"), coupon_engine::metrics::Metrics::new(&[]).journal)
+            Journal::open(&data_dir.join("journal"), 0, coupon_engine::metrics::Metrics::new(&[]).journal)
                 .expect("journal");
         for at in [
             midnight - chrono::Duration::microseconds(2),

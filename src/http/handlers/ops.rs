@@ -27,7 +27,9 @@ struct HealthResponse {
     /// Journal records PostgreSQL refused for good, waiting for an operator.
     rejected_records: u64,
     /// The disk budgets spent: `disk` (the journal's last write found the disk full),
-    /// `validation_log.spill_max_bytes` (validation rows that do not fit in memory are dropped).
+    /// `journal.reserved_bytes` (the disk has no more free space than the journal keeps for
+    /// uses: validation rows that do not fit in memory are dropped),
+    /// `validation_log.spill_max_bytes` (they are dropped for the spill's own budget).
     budgets_spent: Vec<&'static str>,
     coupons: usize,
     uptime: f64,
@@ -41,11 +43,14 @@ pub async fn health(state: &State, _call: Call) -> Result<HttpResponse, ApiError
     let listener = ops.listener.state();
     let journal_ok = state.engine.journal().is_healthy();
     let journal_full = state.engine.journal().is_full();
-    let spill_spent = ops.validation_log.spill_budget_spent();
-    let budgets_spent: Vec<&'static str> = [(journal_full, "disk"), (spill_spent, "validation_log.spill_max_bytes")]
-        .into_iter()
-        .filter_map(|(spent, name)| spent.then_some(name))
-        .collect();
+    let budgets_spent: Vec<&'static str> = [
+        (journal_full, "disk"),
+        (ops.validation_log.disk_budget_spent(), "journal.reserved_bytes"),
+        (ops.validation_log.spill_budget_spent(), "validation_log.spill_max_bytes"),
+    ]
+    .into_iter()
+    .filter_map(|(spent, name)| spent.then_some(name))
+    .collect();
     let rejected = ops.rejected.len();
     let shipping_ok = !ops.shipping.is_stalled();
     let standing = state.engine.cluster().map_or(StandingState::Live, |cluster| cluster.standing.state());
