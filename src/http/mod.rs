@@ -38,7 +38,7 @@ use crate::db::listener::ListenerStatus;
 use crate::db::shipper::ShippingStatus;
 use crate::db::validation_log::ValidationLog;
 use crate::engine::Engine;
-use crate::http::connections::{Connections, Registration};
+use crate::http::connections::{Arriving, Connections, Registration};
 use crate::journal::rejected::Rejected;
 use crate::metrics::Metrics;
 
@@ -121,9 +121,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl Futu
                         Ok(place) => {
                             tokio::spawn(connection.serve(place));
                         }
-                        // Every place is taken: the connection idle the longest makes room,
-                        // if one is idle.
-                        Err(_) if open.close_idlest() => {
+                        // Every place is taken: the connection idle the longest (else the
+                        // slowest body) makes room, if one may.
+                        Err(_) if open.close_for_room() => {
                             let places = places.clone();
                             tokio::spawn(async move {
                                 match tokio::time::timeout(Duration::from_millis(500), places.acquire_owned()).await {
@@ -174,6 +174,7 @@ impl Connection {
             let (state, activity) = (state.clone(), Arc::clone(&activity));
             async move {
                 activity.begin();
+                let req = req.map(|body| Arriving::new(body, Arc::clone(&activity)));
                 let response = routes::handle(&state, req, peer.ip()).await;
                 activity.end();
                 Ok::<_, Infallible>(response)
@@ -193,8 +194,9 @@ impl Connection {
                 }
                 Ok(()) = &mut registration.closing, if !asked_to_close => {
                     asked_to_close = true;
-                    // Closed by dropping it: nothing is in flight to answer.
-                    if registration.activity.idle() {
+                    // Closed by dropping it: nothing is in flight to answer, or a slow body
+                    // that is not yet a request.
+                    if registration.activity.idle() || registration.activity.arriving() {
                         break;
                     }
                 }

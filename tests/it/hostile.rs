@@ -94,19 +94,11 @@ async fn connections_past_the_limit_are_told_503_and_closed() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
     let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__MAX_CONNECTIONS", "3")]).await;
-    // Connections with a request in flight fill every place: slow bodies, 3 KiB promised.
-    // The server's 100 Continue says it has begun each one.
-    let slow_head = "POST /api/coupons/validate HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
-                     expect: 100-continue\r\ncontent-length: 3000\r\n\r\n";
+    // Connections with a request in flight fill every place: slow bodies, 3 KiB promised,
+    // within their first second.
     let mut busy = Vec::new();
     for _ in 0..3 {
-        let mut stream = TcpStream::connect(app.addr).await.unwrap();
-        stream.write_all(slow_head.as_bytes()).await.unwrap();
-        let mut continued = [0u8; 25];
-        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut continued)).await.unwrap().unwrap();
-        assert!(continued.starts_with(b"HTTP/1.1 100 Continue"), "{:?}", String::from_utf8_lossy(&continued));
-        stream.write_all(b"{").await.unwrap();
-        busy.push(stream);
+        busy.push(slow_body(app.addr).await);
     }
     eventually(Duration::from_secs(5), "a connection past the limit to be refused", || async {
         raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await.starts_with("HTTP/1.1 503")
@@ -115,6 +107,10 @@ async fn connections_past_the_limit_are_told_503_and_closed() {
     let reply = raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await;
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
     assert!(reply.contains("retry-after: 1") && reply.contains("OVERLOADED"), "{reply:?}");
+    // Past a second, a body still arriving is slow: the slowest makes room for a newcomer.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let reply = raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
     drop(busy);
     // Idle connections fill every place instead: the one idle longest makes room for a new one.
     let mut idle = Vec::new();
@@ -136,25 +132,52 @@ async fn connections_past_the_limit_are_told_503_and_closed() {
 async fn one_address_holds_at_most_its_share_of_connections() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
-    // This machine is exempt by default; here it is capped like any other address.
-    let app = TestApp::spawn_with(
-        &db.url,
-        &[("COUPON__HTTP__MAX_CONNECTIONS_PER_ADDRESS", "4"), ("COUPON__HTTP__CONNECTION_CAP_EXEMPT", "")],
-    )
-    .await;
-    // The test client's pooled connection may hold one place of the four already.
-    let mut held = Vec::new();
+    // Loopback is capped like any other address by default.
+    let app = TestApp::spawn_with(&db.url, &[("COUPON__HTTP__MAX_CONNECTIONS_PER_ADDRESS", "4")]).await;
+    // Four bodies arriving slowly, but within their first second: none may make room.
+    let mut slow = Vec::new();
     for _ in 0..4 {
-        held.push(TcpStream::connect(app.addr).await.unwrap());
+        slow.push(slow_body(app.addr).await);
     }
-    let reply = raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await;
+    let reply = raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_millis(800)).await;
     assert!(reply.starts_with("HTTP/1.1 503") && reply.contains("OVERLOADED"), "{reply:?}");
-    drop(held);
-    eventually(Duration::from_secs(5), "the address's places come back", || async {
-        raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_millis(500)).await.starts_with("HTTP/1.1 200")
+    // Past a second, the slowest body makes room for a newcomer from its own address.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let reply = raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    let mut closed = 0;
+    for stream in &mut slow {
+        let mut rest = Vec::new();
+        if tokio::time::timeout(Duration::from_millis(200), stream.read_to_end(&mut rest)).await.is_ok() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "one slow body made room");
+    drop(slow);
+    // Idle connections of the address fill its places: its idlest makes room.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(TcpStream::connect(app.addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eventually(Duration::from_secs(5), "a newcomer served in the address's idlest place", || async {
+        raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await.starts_with("HTTP/1.1 200")
     })
     .await;
     app.stop().await.unwrap();
+}
+
+/// A connection whose request body has begun (the server's 100 Continue says so) and stops.
+async fn slow_body(addr: std::net::SocketAddr) -> TcpStream {
+    let slow_head = "POST /api/coupons/validate HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+                     expect: 100-continue\r\ncontent-length: 3000\r\n\r\n";
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(slow_head.as_bytes()).await.unwrap();
+    let mut continued = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut continued)).await.unwrap().unwrap();
+    assert!(continued.starts_with(b"HTTP/1.1 100 Continue"), "{:?}", String::from_utf8_lossy(&continued));
+    stream.write_all(b"{").await.unwrap();
+    stream
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,4 +384,36 @@ async fn anonymous_validations_are_bounded_per_address() {
     }
     assert_eq!(app.client.metric("coupon_lookups_refused_total{scope=\"validations\"}").await, 1.0);
     app.stop().await.unwrap();
+}
+
+/// A thousand silent sockets from one address (its whole share) leave every ordinary request
+/// answered: a newcomer takes a silent socket's place, never that of a client's kept-alive
+/// connection while others never asked anything (closing that one races its next request:
+/// the one in 300 once left unanswered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_silent_sockets_leave_every_ordinary_request_answered() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[]).await;
+    let app = std::sync::Arc::new(TestApp::spawn(&db).await);
+    let mut silent = Vec::with_capacity(1_000);
+    for _ in 0..1_000 {
+        silent.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    let clients: Vec<_> = (0..3)
+        .map(|task| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                for n in 0..100 {
+                    let body = serde_json::json!({"code": "TEN", "userId": format!("u{task}-{n}"), "orderValue": 10});
+                    let response = app.client.post("/api/coupons/validate", &body).await;
+                    assert_eq!(response.status, hyper::StatusCode::OK, "{}", response.text);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    drop(silent);
+    std::sync::Arc::into_inner(app).expect("the only handle").stop().await.unwrap();
 }
