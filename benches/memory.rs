@@ -1,7 +1,8 @@
 //! Memory, not time: what one remembered redemption costs the ledger (with 128-character
 //! ids, budget ≤ 256 bytes), and what the failed-lookup guard holds at its cap (budget
-//! ≤ 64 MiB). Counts the heap bytes held, through a counting allocator (resident memory
-//! would hide the reuse of freed memory); `cargo bench --bench memory`.
+//! ≤ 64 MiB). Counts the heap bytes held, through a counting allocator, capacity reserved
+//! and not yet touched included (resident memory would hide the reuse of freed memory:
+//! `tools/rss-slope` measures that from outside); `cargo bench --bench memory`.
 
 mod support;
 
@@ -10,9 +11,10 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use coupon_engine::config::ProtectionSettings;
+use coupon_engine::domain::coupon::{Coupon, CouponKind, Discount};
 use coupon_engine::domain::identity::redemption_id;
 use coupon_engine::domain::money::Cents;
-use coupon_engine::engine::StoredUse;
+use coupon_engine::engine::{StoredUse, UseOutcome, UseRequest};
 use coupon_engine::http::guard::{LookupGuard, MAX_BYTES};
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
@@ -54,8 +56,43 @@ fn main() {
     drop(uses);
     assert_eq!(loaded as u64, redemptions);
     println!(
-        "ledger: {redemptions} redemptions with 128-character ids remembered: {} heap bytes each (budget ≤ 256)",
+        "ledger: {redemptions} redemptions with 128-character ids loaded: {} heap bytes each, capacity reserved and not yet touched included (resident memory: tools/rss-slope)",
         after.saturating_sub(before) / redemptions,
+    );
+
+    // The same through the request path: redeems taken one by one, as a running service
+    // takes them (its journal kept in a directory of its own).
+    let dir = tempfile::Builder::new().prefix("bench-memory-").tempdir().expect("temporary directory");
+    let coupon = Coupon::new(1, "LIVE", CouponKind::TimeSpecific, Discount::Fixed(Cents::new(500).unwrap()));
+    let engine = support::engine_on(dir.path(), vec![coupon], Vec::new(), Vec::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().expect("runtime");
+    let live: u64 = if full { 200_000 } else { 2_000 };
+    let taken = |from: u64, to: u64| {
+        runtime.block_on(async {
+            for n in from..to {
+                let (user, order) = (long("user", n), long("order", n));
+                let request = UseRequest {
+                    code: "LIVE",
+                    user_id: &user,
+                    order_id: &order,
+                    order_value: Cents::new(100_000).unwrap(),
+                    cart: None,
+                    anonymous_from: None,
+                };
+                let outcome = engine.redeem(&request).await.expect("no engine error");
+                assert!(matches!(outcome, UseOutcome::Taken(_)), "{outcome:?}");
+            }
+        })
+    };
+    // A first tenth warms what every request shares (buffers, the runtime).
+    taken(0, live / 10);
+    let before = held();
+    taken(live / 10, live);
+    let after = held();
+    println!(
+        "ledger: {} redeems taken one by one with 128-character ids: {} heap bytes each, capacity reserved included",
+        live - live / 10,
+        after.saturating_sub(before) / (live - live / 10),
     );
 
     let guard = LookupGuard::new(&ProtectionSettings {

@@ -59,11 +59,21 @@ pub(crate) fn engine_with_codes(mut coupons: Vec<Coupon>, codes: u32) -> (Engine
     }
     // Removed at the end of this function: the writer keeps its open segment.
     let dir = tempfile::Builder::new().prefix("bench-journal-").tempdir().expect("temporary directory");
+    (engine_on(dir.path(), coupons, campaigns, batches), generated)
+}
+
+/// An engine whose journal is in `dir` (kept by the caller, for benches that redeem).
+pub(crate) fn engine_on(
+    dir: &std::path::Path,
+    coupons: Vec<Coupon>,
+    campaigns: Vec<Campaign>,
+    batches: Vec<Arc<coupon_engine::engine::codes::BatchCodes>>,
+) -> Engine {
     let metrics = Arc::new(Metrics::new(&[]));
-    let (journal, _reader) = Journal::open(dir.path(), 0, metrics.journal.clone()).expect("journal");
+    let (journal, _reader) = Journal::open(dir, 0, metrics.journal.clone()).expect("journal");
     let settings = coupon_engine::config::Settings::defaults().engine();
     let engine = Engine::new(journal, Ports::none(), Arc::new(SystemClock), metrics, settings);
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     runtime.block_on(async { engine.catalog().publisher().await.replace_all(coupons, campaigns, batches) });
-    (engine, generated)
+    engine
 }
