@@ -25,6 +25,7 @@
 //! | any settled state | a newer revision from PostgreSQL (the feed) | that revision's state | `cluster.rs` `merge_uses` |
 //! | `Released` | `ledger.released_retention` passed | forgotten (the filter keeps the order) | `release.rs` `forget_released` |
 
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::num::{NonZeroI64, NonZeroU32, NonZeroU64};
 use std::sync::Mutex;
@@ -242,16 +243,10 @@ impl Slot {
     }
 }
 
-/// One shard's map: its entries dense in one vector, and a table of their indices. A
-/// `HashMap` spreads entries over twice the buckets it needs right after it grows, and moving
-/// them touches every page: a remembered redemption cost up to ~220 resident bytes that way,
-/// and ~115 like this (API.md §8's budget is 256), for an extra step per lookup.
-type ShardMap<K, V> = indexmap::IndexMap<K, V, ahash::RandomState>;
-
 /// A map split over shards.
 #[derive(Debug)]
 struct Shards<K, V> {
-    shards: Box<[Mutex<ShardMap<K, V>>]>,
+    shards: Box<[Mutex<HashMap<K, V, ahash::RandomState>>]>,
     hasher: ahash::RandomState,
 }
 
@@ -265,7 +260,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
     }
 
     /// Runs `f` on the map holding `key`, under its lock.
-    fn with<R>(&self, key: &K, f: impl FnOnce(&mut ShardMap<K, V>) -> R) -> R {
+    fn with<R>(&self, key: &K, f: impl FnOnce(&mut HashMap<K, V, ahash::RandomState>) -> R) -> R {
         f(&mut self.shards[self.index(key)].lock().expect("ledger shard"))
     }
 
@@ -322,7 +317,7 @@ impl Ledger {
             let over_budget = take.spent > Cents::ZERO && take.budget.is_some_and(|budget| spent > budget.get());
             if over_limit || over_budget {
                 if *count == Count::default() {
-                    map.swap_remove(&tally);
+                    map.remove(&tally);
                 }
                 return false;
             }
@@ -338,7 +333,7 @@ impl Ledger {
                 count.live = count.live.saturating_sub(uses);
                 count.spent = count.spent.saturating_sub(spent.get());
                 if *count == Count::default() {
-                    map.swap_remove(&tally);
+                    map.remove(&tally);
                 }
             }
         });
@@ -362,7 +357,7 @@ impl Ledger {
         self.orders.with(&key, |map| {
             if map.contains_key(&key) {
                 self.carts.with(&key, |carts| match mark == CartMark::default() {
-                    true => carts.swap_remove(&key),
+                    true => carts.remove(&key),
                     false => carts.insert(key, mark),
                 });
             }
@@ -401,15 +396,15 @@ impl Ledger {
                 Some(slot) => {
                     if let Some(mark) = mark.filter(|_| current != Some(slot)) {
                         self.carts.with(&key, |carts| match mark == CartMark::default() {
-                            true => carts.swap_remove(&key),
+                            true => carts.remove(&key),
                             false => carts.insert(key, mark),
                         });
                     }
                     map.insert(key, slot);
                 }
                 None => {
-                    if map.swap_remove(&key).is_some() {
-                        self.carts.with(&key, |carts| carts.swap_remove(&key));
+                    if map.remove(&key).is_some() {
+                        self.carts.with(&key, |carts| carts.remove(&key));
                     }
                 }
             }
@@ -453,7 +448,7 @@ impl Ledger {
                 !forget
             });
             for key in &forgotten[first..] {
-                self.carts.with(key, |carts| carts.swap_remove(key));
+                self.carts.with(key, |carts| carts.remove(key));
             }
         }
         forgotten
@@ -551,9 +546,8 @@ mod tests {
 
     #[test]
     fn a_remembered_redemption_is_small_whatever_its_ids() {
-        // Key and slot, stored densely with an 8-byte hash; the index table adds 8 bytes and a
-        // control byte a bucket, at most 16/7 buckets an entry right after it grew:
-        // 104 + 9 × 16/7 < 125 resident bytes (tools/rss-slope measures ~200 with everything).
+        // Key and slot, before the map's own overhead (a control byte and spare capacity).
+        // Within 256 bytes even right after the map doubled (load 7/16): 96 × 16/7 + 1 < 256.
         let entry = std::mem::size_of::<(OrderKey, Slot)>();
         assert!(entry <= 96, "{entry} bytes");
         let ledger = Ledger::default();
