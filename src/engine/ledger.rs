@@ -25,7 +25,6 @@
 //! | any settled state | a newer revision from PostgreSQL (the feed) | that revision's state | `cluster.rs` `merge_uses` |
 //! | `Released` | `ledger.released_retention` passed | forgotten (the filter keeps the order) | `release.rs` `forget_released` |
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::num::{NonZeroI64, NonZeroU32, NonZeroU64};
 use std::sync::Mutex;
@@ -243,10 +242,18 @@ impl Slot {
     }
 }
 
+/// One shard's map: its entries dense in one vector, and a table of their indices. A
+/// `HashMap` spreads entries over twice the buckets it needs right after it grows, and moving
+/// them touches every page: measured from outside (`tools/rss-slope`), a remembered
+/// redemption cost 240–262 resident bytes that way and 191–212 like this (API.md §8's budget
+/// is 256), for an extra step per lookup. Forgetting leaves room that is used again
+/// (`remembering_and_forgetting_round_after_round_keeps_the_same_capacity`).
+type ShardMap<K, V> = indexmap::IndexMap<K, V, ahash::RandomState>;
+
 /// A map split over shards.
 #[derive(Debug)]
 struct Shards<K, V> {
-    shards: Box<[Mutex<HashMap<K, V, ahash::RandomState>>]>,
+    shards: Box<[Mutex<ShardMap<K, V>>]>,
     hasher: ahash::RandomState,
 }
 
@@ -260,7 +267,7 @@ impl<K: Hash + Eq, V> Shards<K, V> {
     }
 
     /// Runs `f` on the map holding `key`, under its lock.
-    fn with<R>(&self, key: &K, f: impl FnOnce(&mut HashMap<K, V, ahash::RandomState>) -> R) -> R {
+    fn with<R>(&self, key: &K, f: impl FnOnce(&mut ShardMap<K, V>) -> R) -> R {
         f(&mut self.shards[self.index(key)].lock().expect("ledger shard"))
     }
 
@@ -317,7 +324,7 @@ impl Ledger {
             let over_budget = take.spent > Cents::ZERO && take.budget.is_some_and(|budget| spent > budget.get());
             if over_limit || over_budget {
                 if *count == Count::default() {
-                    map.remove(&tally);
+                    map.swap_remove(&tally);
                 }
                 return false;
             }
@@ -333,7 +340,7 @@ impl Ledger {
                 count.live = count.live.saturating_sub(uses);
                 count.spent = count.spent.saturating_sub(spent.get());
                 if *count == Count::default() {
-                    map.remove(&tally);
+                    map.swap_remove(&tally);
                 }
             }
         });
@@ -357,7 +364,7 @@ impl Ledger {
         self.orders.with(&key, |map| {
             if map.contains_key(&key) {
                 self.carts.with(&key, |carts| match mark == CartMark::default() {
-                    true => carts.remove(&key),
+                    true => carts.swap_remove(&key),
                     false => carts.insert(key, mark),
                 });
             }
@@ -396,15 +403,15 @@ impl Ledger {
                 Some(slot) => {
                     if let Some(mark) = mark.filter(|_| current != Some(slot)) {
                         self.carts.with(&key, |carts| match mark == CartMark::default() {
-                            true => carts.remove(&key),
+                            true => carts.swap_remove(&key),
                             false => carts.insert(key, mark),
                         });
                     }
                     map.insert(key, slot);
                 }
                 None => {
-                    if map.remove(&key).is_some() {
-                        self.carts.with(&key, |carts| carts.remove(&key));
+                    if map.swap_remove(&key).is_some() {
+                        self.carts.with(&key, |carts| carts.swap_remove(&key));
                     }
                 }
             }
@@ -448,7 +455,7 @@ impl Ledger {
                 !forget
             });
             for key in &forgotten[first..] {
-                self.carts.with(key, |carts| carts.remove(key));
+                self.carts.with(key, |carts| carts.swap_remove(key));
             }
         }
         forgotten
@@ -546,8 +553,9 @@ mod tests {
 
     #[test]
     fn a_remembered_redemption_is_small_whatever_its_ids() {
-        // Key and slot, before the map's own overhead (a control byte and spare capacity).
-        // Within 256 bytes even right after the map doubled (load 7/16): 96 × 16/7 + 1 < 256.
+        // Key and slot, stored densely with an 8-byte hash; the index table adds 8 bytes and a
+        // control byte a bucket, at most 16/7 buckets an entry right after it grew:
+        // 104 + 9 × 16/7 < 125 resident bytes (tools/rss-slope measures ~200 with everything).
         let entry = std::mem::size_of::<(OrderKey, Slot)>();
         assert!(entry <= 96, "{entry} bytes");
         let ledger = Ledger::default();
@@ -599,5 +607,38 @@ mod tests {
         tokio::task::yield_now().await;
         ledger.update(key, |s| (s.map(|s| Slot { state: SlotState::Live, ..s }), ()));
         assert_eq!(waiter.await.unwrap().unwrap().map(|s| s.state), Some(SlotState::Live));
+    }
+
+    #[test]
+    fn remembering_and_forgetting_round_after_round_keeps_the_same_capacity() {
+        let ledger = Ledger::default();
+        let slot = Slot {
+            id: Uuid::nil(),
+            rev: 1,
+            user: 9,
+            order_value: cents(1),
+            discount: Cents::ZERO,
+            code: None,
+            campaign: None,
+            counted: Counted::default(),
+            foreign: false,
+            state: SlotState::Taking { hold: false },
+        };
+        let capacity = |ledger: &Ledger| -> usize {
+            ledger.orders.shards.iter().map(|s| s.lock().expect("ledger shard").capacity()).sum()
+        };
+        let mut capacities = Vec::new();
+        for round in 0..4u64 {
+            for n in 0..10_000u64 {
+                let key = (1, ledger.id_key(&format!("o{round}-{n}")));
+                ledger.update(key, |_| (Some(slot), ()));
+                ledger.update(key, |s| (s.map(|s| Slot { state: SlotState::Live, ..s }), ()));
+                let released = SlotState::Released { at: 1, ended: Ended::Redemption };
+                ledger.update(key, |s| (s.map(|s| Slot { state: released, ..s }), ()));
+            }
+            capacities.push(capacity(&ledger));
+            assert_eq!(ledger.forget(|_| true).len(), 10_000);
+        }
+        assert!(capacities.windows(2).all(|w| w[0] == w[1]), "forgotten slots' room is used again: {capacities:?}");
     }
 }

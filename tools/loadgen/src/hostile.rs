@@ -291,10 +291,12 @@ async fn memory_loop(target: &Target, pairs: u64, retention: Duration) -> anyhow
         let held = remembered().await?;
         let grown = resident().await? - before;
         println!(
-            "memory-loop: round {}, {pairs} pairs in {:.1} s: {} remembered, resident memory {:+.1} MiB",
+            "memory-loop: round {}, {pairs} pairs in {:.1} s: {} remembered, resident memory {:.1} → {:.1} MiB ({:+.1})",
             round + 1,
             took.as_secs_f64(),
             held - baseline,
+            before / f64::from(1 << 20),
+            (before + grown) / f64::from(1 << 20),
             grown / f64::from(1 << 20),
         );
         let wait = retention * 2 + Duration::from_secs(10);
