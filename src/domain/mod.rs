@@ -30,3 +30,4 @@ pub mod event;
 pub mod identity;
 pub mod money;
 pub mod rules;
+pub mod stack;
