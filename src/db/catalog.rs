@@ -15,6 +15,7 @@ use crate::domain::coupon::{
     Allocation, BatchId, CampaignId, Coupon, CouponId, CouponKind, Discount, DiscountType, MinOrderBasis, Status,
 };
 use crate::domain::currency::Currency;
+use crate::domain::stack::Classes;
 use crate::engine::codes::{BatchBuilder, BatchCodes};
 
 /// The coupon columns [`CouponRow`] reads, in one place.
@@ -23,7 +24,7 @@ macro_rules! coupon_select {
         "SELECT id, code, type AS kind, status, discount_type, discount_value, max_discount, min_order_value, \
          usage_limit, per_user_limit, user_id, valid_from, valid_until, campaign_id, batch_id, version, \
          target, scope::text AS scope, min_quantity, min_order_basis, allocation, bxgy::text AS bxgy, currency, \
-         currency_options::text AS currency_options FROM coupons"
+         currency_options::text AS currency_options, priority, combines_with FROM coupons"
     };
 }
 
@@ -60,6 +61,8 @@ struct CouponRow {
     bxgy: Option<String>,
     currency: Option<String>,
     currency_options: Option<String>,
+    priority: i32,
+    combines_with: Vec<String>,
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -247,6 +250,8 @@ impl CouponRow {
                 .transpose()
                 .map_err(field)?
                 .map(Into::into),
+            priority: self.priority,
+            combines_with: Classes::parse(self.combines_with.iter().map(String::as_str)).map_err(bad)?,
             code: self.code.into(),
         };
         coupon.check_cart_fields().map_err(|err| bad(err.to_string()))?;

@@ -4,6 +4,7 @@
 use sqlx::{PgExecutor, PgPool, Postgres};
 
 use crate::db::{Error, catalog, money};
+use crate::domain::cart_discount::Class;
 use crate::domain::cart_fields;
 use crate::domain::coupon::{Coupon, CouponId};
 
@@ -34,9 +35,9 @@ pub async fn insert<'e>(executor: impl PgExecutor<'e>, coupon: &Coupon) -> Resul
         sqlx::query_as(
             "INSERT INTO coupons (code, type, status, discount_type, discount_value, max_discount, min_order_value, \
              usage_limit, per_user_limit, user_id, valid_from, valid_until, campaign_id, batch_id, target, scope, \
-             min_quantity, min_order_basis, allocation, bxgy, currency, currency_options) \
+             min_quantity, min_order_basis, allocation, bxgy, currency, currency_options, priority, combines_with) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17, $18, $19, \
-             $20::jsonb, $21, $22::jsonb) RETURNING id, version",
+             $20::jsonb, $21, $22::jsonb, $23, $24) RETURNING id, version",
         ),
         coupon,
     )
@@ -72,7 +73,8 @@ pub async fn update<E>(
              max_discount = $6, min_order_value = $7, usage_limit = $8, per_user_limit = $9, user_id = $10, \
              valid_from = $11, valid_until = $12, campaign_id = $13, batch_id = $14, target = $15, \
              scope = $16::jsonb, min_quantity = $17, min_order_basis = $18, allocation = $19, bxgy = $20::jsonb, \
-             currency = $21, currency_options = $22::jsonb WHERE id = $23 RETURNING id, version",
+             currency = $21, currency_options = $22::jsonb, priority = $23, combines_with = $24 WHERE id = $25 \
+             RETURNING id, version",
         ),
         &next,
     )
@@ -113,6 +115,8 @@ fn bind_coupon<'q, O>(query: CouponQuery<'q, O>, coupon: &'q Coupon) -> CouponQu
         .bind(coupon.discount.buy_x_get_y().map(cart_fields::buy_x_get_y_json))
         .bind(coupon.currency.map(|c| c.code().to_owned()))
         .bind(coupon.currency_options.as_deref().map(cart_fields::currency_options_json))
+        .bind(coupon.priority)
+        .bind(coupon.combines_with.iter().map(Class::as_str).collect::<Vec<_>>())
 }
 
 /// Turns constraint violations into refusals the admin can act on; the database's own

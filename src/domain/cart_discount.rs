@@ -63,6 +63,7 @@ pub struct Terms {
 
 spelled!(Target { Order => "order", Items => "items", Shipping => "shipping" });
 spelled!(Selection { Cheapest => "cheapest", MostExpensive => "most_expensive" });
+spelled!(Class { Item => "item", Order => "order", Shipping => "shipping" });
 
 /// Where a code's effect lands, for §10's order of application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -10,6 +10,7 @@ use crate::domain::cart::Scope;
 use crate::domain::cart_discount::{BuyXGetY, Target};
 use crate::domain::currency::Currency;
 use crate::domain::money::{Cents, Percent};
+use crate::domain::stack::Classes;
 
 /// The database id of a coupon.
 pub type CouponId = i64;
@@ -128,6 +129,10 @@ pub struct Coupon {
     pub currency: Option<Currency>,
     /// Its amounts in other currencies.
     pub currency_options: Option<Arc<[CurrencyOption]>>,
+    /// §10: its place among the codes of an order (higher first).
+    pub priority: i32,
+    /// §10: the classes of code it combines with (none: it stands alone).
+    pub combines_with: Classes,
     /// Bumped by the database on every update; a newer version replaces an older one.
     pub version: i64,
 }
@@ -153,6 +158,8 @@ pub enum CouponError {
     TargetContradictsType,
     #[error("minQuantity must be a whole number from 1 to 1000000")]
     MinQuantityOutOfRange,
+    #[error("priority must be a whole number from -1000000 to 1000000")]
+    PriorityOutOfRange,
     #[error("amounts of a coupon in a currency without decimals must be whole")]
     FractionInWholeCurrency,
     #[error("currencyOptions must not name the coupon's own currency")]
@@ -298,6 +305,8 @@ impl Coupon {
             min_order_basis: MinOrderBasis::Order,
             currency: None,
             currency_options: None,
+            priority: 0,
+            combines_with: Classes::NONE,
             version: 1,
         }
     }
@@ -338,6 +347,9 @@ impl Coupon {
         }
         if self.min_quantity.is_some_and(|q| !(1..=1_000_000).contains(&q)) {
             return Err(CouponError::MinQuantityOutOfRange);
+        }
+        if !(-1_000_000..=1_000_000).contains(&self.priority) {
+            return Err(CouponError::PriorityOutOfRange);
         }
         let (_, value, cap) = self.discount.parts();
         let whole = |cents: u64| cents.is_multiple_of(100);

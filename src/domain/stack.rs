@@ -13,6 +13,7 @@ pub struct Classes(u8);
 
 impl Classes {
     pub const ALL: Classes = Classes(0b111);
+    pub const NONE: Classes = Classes(0);
 
     pub fn of(classes: impl IntoIterator<Item = Class>) -> Classes {
         Classes(classes.into_iter().fold(0, |bits, class| bits | Classes::bit(class)))
@@ -20,6 +21,19 @@ impl Classes {
 
     pub fn contains(self, class: Class) -> bool {
         self.0 & Classes::bit(class) != 0
+    }
+
+    /// Its classes, in class order.
+    pub fn iter(self) -> impl Iterator<Item = Class> {
+        [Class::Item, Class::Order, Class::Shipping].into_iter().filter(move |class| self.contains(*class))
+    }
+
+    /// Parses the API's and the column's spelling: a list of `item`, `order`, `shipping`.
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Classes, String> {
+        names.into_iter().try_fold(Classes::NONE, |classes, name| match Class::parse(name) {
+            Some(class) => Ok(Classes(classes.0 | Classes::bit(class))),
+            None => Err(format!("{name:?} is not a class: item, order or shipping")),
+        })
     }
 
     fn bit(class: Class) -> u8 {

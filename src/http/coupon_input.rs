@@ -14,6 +14,7 @@ use crate::domain::coupon::{
 };
 use crate::domain::currency::Currency;
 use crate::domain::money::Cents;
+use crate::domain::stack::Classes;
 use crate::http::error::ApiError;
 use crate::http::request::{Fields, id, optional_string, parse_object};
 
@@ -43,10 +44,12 @@ pub struct CouponPatch {
     pub buy_x_get_y: Option<Option<BuyXGetY>>,
     pub currency: Option<Option<Currency>>,
     pub currency_options: Option<Option<Vec<CurrencyOption>>>,
+    pub priority: Option<i32>,
+    pub combines_with: Option<Classes>,
 }
 
 /// The fields of a coupon's terms: what a batch's rule takes too.
-pub(crate) const TERM_FIELDS: [&str; 14] = [
+pub(crate) const TERM_FIELDS: [&str; 16] = [
     "discountType",
     "discountValue",
     "maxDiscount",
@@ -61,6 +64,8 @@ pub(crate) const TERM_FIELDS: [&str; 14] = [
     "buyXGetY",
     "currency",
     "currencyOptions",
+    "priority",
+    "combinesWith",
 ];
 
 /// The fields of a coupon beyond its terms.
@@ -127,6 +132,19 @@ impl CouponPatch {
             })?,
             currency_options: nullable(get("currencyOptions"), |raw| {
                 cart_fields::parse_currency_options(raw.get()).map_err(field_error)
+            })?,
+            priority: not_null(get("priority"), "priority", |raw| {
+                raw.get().parse().map_err(|_| ApiError::InvalidField {
+                    field: "priority",
+                    problem: "must be a whole number from -1000000 to 1000000".into(),
+                })
+            })?,
+            combines_with: not_null(get("combinesWith"), "combinesWith", |raw| {
+                let names: Vec<&str> = serde_json::from_str(raw.get()).map_err(|_| ApiError::InvalidField {
+                    field: "combinesWith",
+                    problem: "must be a list of classes: item, order, shipping".into(),
+                })?;
+                Classes::parse(names).map_err(|problem| ApiError::InvalidField { field: "combinesWith", problem })
             })?,
         })
     }
@@ -202,6 +220,8 @@ impl CouponPatch {
                 .currency_options
                 .clone()
                 .map_or_else(|| coupon.currency_options.clone(), |o| o.map(Into::into)),
+            priority: self.priority.unwrap_or(coupon.priority),
+            combines_with: self.combines_with.unwrap_or(coupon.combines_with),
             version: coupon.version,
         };
         next.check().map_err(coupon_error)?;
@@ -221,6 +241,7 @@ pub(crate) fn coupon_error(err: CouponError) -> ApiError {
         CouponError::BuyXGetYMismatch | CouponError::BuyXGetYQuantity => "buyXGetY",
         CouponError::TargetContradictsType => "target",
         CouponError::MinQuantityOutOfRange => "minQuantity",
+        CouponError::PriorityOutOfRange => "priority",
         CouponError::FractionInWholeCurrency => "currency",
         CouponError::OwnCurrencyOption | CouponError::OptionValueMismatch => "currencyOptions",
     };
@@ -289,6 +310,7 @@ pub(crate) fn timestamp(raw: &RawValue, field: &'static str) -> Result<DateTime<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::cart_discount::Class;
     use crate::domain::money::Percent;
 
     fn create(body: &str) -> Result<Coupon, ApiError> {
@@ -462,6 +484,30 @@ mod tests {
                 _ => None,
             };
             assert_eq!((err.code(), got_field), (code, Some(field)), "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn priority_and_combines_with_are_taken_and_checked() {
+        let base = r#""code":"X","type":"time_specific","discountType":"percentage","discountValue":5"#;
+        let coupon = create(&format!(r#"{{{base}}}"#)).unwrap();
+        assert_eq!((coupon.priority, coupon.combines_with), (0, Classes::NONE), "alone by default");
+        let coupon = create(&format!(r#"{{{base},"priority":-7,"combinesWith":["shipping","item","item"]}}"#)).unwrap();
+        assert_eq!(coupon.priority, -7);
+        assert_eq!(coupon.combines_with.iter().map(Class::as_str).collect::<Vec<_>>(), ["item", "shipping"]);
+        let cleared = CouponPatch::parse(br#"{"combinesWith":[]}"#).unwrap().apply_to(&coupon).unwrap();
+        assert_eq!((cleared.priority, cleared.combines_with), (-7, Classes::NONE));
+        for (extra, field) in [
+            (r#""priority":1000001"#, "priority"),
+            (r#""priority":1.5"#, "priority"),
+            (r#""priority":null"#, "priority"),
+            (r#""combinesWith":["orders"]"#, "combinesWith"),
+            (r#""combinesWith":"order""#, "combinesWith"),
+            (r#""combinesWith":[1]"#, "combinesWith"),
+        ] {
+            let body = format!(r#"{{{base},{extra}}}"#);
+            let err = create(&body).expect_err(&body);
+            assert!(matches!(err, ApiError::InvalidField { field: f, .. } if f == field), "{body}: {err}");
         }
     }
 }

@@ -21,6 +21,7 @@ mod live_cache;
 mod operations;
 mod redeem;
 mod seed;
+mod stacking;
 mod trust;
 mod validate;
 mod validation_log;

@@ -173,6 +173,8 @@ struct CouponView<'a> {
     buy_x_get_y: Option<Box<RawValue>>,
     currency: Option<&'a str>,
     currency_options: Option<Box<RawValue>>,
+    priority: i32,
+    combines_with: Vec<&'static str>,
     version: i64,
     usage: UsageView,
     /// Whether this instance's catalog already serves this version.
@@ -217,6 +219,8 @@ fn view<'a>(state: &State, coupon: &'a Coupon) -> CouponView<'a> {
         buy_x_get_y: coupon.discount.buy_x_get_y().map(|b| json(cart_fields::buy_x_get_y_json(b))),
         currency: coupon.currency.as_ref().map(|c| c.code()),
         currency_options: coupon.currency_options.as_deref().map(|o| json(cart_fields::currency_options_json(o))),
+        priority: coupon.priority,
+        combines_with: coupon.combines_with.iter().map(|class| class.as_str()).collect(),
         version: coupon.version,
         usage: UsageView {
             total: state.engine.ledger().count(Tally::Coupon(coupon.id)).live,
