@@ -8,7 +8,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PgProxy, SmallDisk, TestApp, TestDb, eventually, insert_coupon};
+use crate::helpers::{PgProxy, SmallDisk, TestApp, TestDb, eventually, insert_coupon, rerun_where_it_may_mount};
 
 const ROWS: &str = r#"write_behind_rows_total{table="validation_logs",outcome="dropped"}"#;
 
@@ -22,6 +22,11 @@ fn budgets(health: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_16_mib_disk_uses_keep_their_space_every_dropped_row_is_counted_and_shipping_recovers() {
+    if rerun_where_it_may_mount(
+        "full_disk::on_a_16_mib_disk_uses_keep_their_space_every_dropped_row_is_counted_and_shipping_recovers",
+    ) {
+        return;
+    }
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
     let disk = SmallDisk::mount(16);

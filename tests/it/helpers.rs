@@ -107,7 +107,8 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
 }
 
 /// A filesystem of its own for a test (a tmpfs of a few MiB), to fill up; unmounted when
-/// dropped. Mounting needs root, as `tools/test` is run in CI.
+/// dropped. Mounting needs root, or a mount namespace of the test's own
+/// ([`rerun_where_it_may_mount`]).
 pub struct SmallDisk {
     dir: tempfile::TempDir,
 }
@@ -148,6 +149,30 @@ impl SmallDisk {
         let out = Command::new("df").args(["--output=avail", "-B1"]).arg(self.path()).output().expect("run df");
         String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df's answer")
     }
+}
+
+/// Without root, runs the test `path` (`module::name`) again inside a user and mount
+/// namespace of its own (`unshare`), where it may mount a filesystem, and says so: the caller
+/// returns at once. With root, or inside that namespace, returns false and the test goes on.
+pub fn rerun_where_it_may_mount(path: &str) -> bool {
+    const INSIDE: &str = "COUPON_TEST_OWN_MOUNT_NAMESPACE";
+    let root = Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.trim_ascii() == b"0");
+    if root || std::env::var_os(INSIDE).is_some() {
+        return false;
+    }
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "--"])
+        .arg(std::env::current_exe().expect("the test binary"))
+        .args(["--exact", path, "--nocapture", "--test-threads", "1"])
+        .env(INSIDE, "1")
+        .output()
+        .expect("run unshare (util-linux): without root the test mounts its filesystem in a namespace of its own");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("test result: ok. 1 passed"),
+        "{path} in its own mount namespace:\n{stdout}\n{stderr}"
+    );
+    true
 }
 
 impl Drop for SmallDisk {
