@@ -312,7 +312,7 @@ fn chosen(bxgy: &BuyXGetY, scope: Option<&Scope>, lines: &[Line], running: &[Vec
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::cart::tests::line;
     use crate::domain::cart::{IdSet, Line};
@@ -326,6 +326,18 @@ mod tests {
 
     fn pct(hundredths: u64) -> Percent {
         Percent::from_hundredths(hundredths).expect("a percentage")
+    }
+
+    /// Buy `buy`, get `get` free, the cheapest first.
+    pub(crate) fn buy_get_free(buy: u32, get: u32) -> Kind {
+        Kind::BuyXGetY(Arc::new(BuyXGetY {
+            buy,
+            get,
+            get_percent: pct(10_000),
+            get_scope: None,
+            max_applications: None,
+            selection: Selection::Cheapest,
+        }))
     }
 
     fn terms(kind: Kind) -> Terms {
@@ -372,14 +384,7 @@ mod tests {
 
         // V5: buy 2 get 1 (cheapest, 100 %) on A 3×20.00, B 1×15.00, C 2×25.00, then 10 %.
         let v5 = cart(&[(3, 2000), (1, 1500), (2, 2500)]);
-        let bxgy = terms(Kind::BuyXGetY(Arc::new(BuyXGetY {
-            buy: 2,
-            get: 1,
-            get_percent: pct(10_000),
-            get_scope: None,
-            max_applications: None,
-            selection: Selection::Cheapest,
-        })));
+        let bxgy = terms(buy_get_free(2, 1));
         assert_eq!(bxgy.check(Some(&v5)), Ok(()));
         let mut running = Running::of(&v5);
         let first = bxgy.take(&v5, &running);
@@ -423,18 +428,7 @@ mod tests {
             (terms(Kind::FreeShipping), Some(&sent), Err(NotApplicable::ItemsRequired)),
             (terms(Kind::FreeShipping), Some(&free), Err(NotApplicable::NoEligibleItems)),
             (terms(Kind::FreeShipping), Some(&shipped), Ok(())),
-            (
-                terms(Kind::BuyXGetY(Arc::new(BuyXGetY {
-                    buy: 3,
-                    get: 1,
-                    get_percent: pct(10_000),
-                    get_scope: None,
-                    max_applications: None,
-                    selection: Selection::Cheapest,
-                }))),
-                Some(&sent),
-                Err(NotApplicable::MinQuantityNotMet),
-            ),
+            (terms(buy_get_free(3, 1)), Some(&sent), Err(NotApplicable::MinQuantityNotMet)),
         ];
         for (terms, cart, expected) in cases {
             assert_eq!(terms.check(cart), expected, "{terms:?}");

@@ -84,8 +84,6 @@ pub enum Select {
     Best,
 }
 
-spelled!(Select { Priority => "priority", Best => "best" });
-
 /// The combined cap's terms (§10 step 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CombinedCap {
@@ -273,7 +271,8 @@ mod tests {
     use crate::domain::allocation::Run;
     use crate::domain::cart::tests::line;
     use crate::domain::cart::{IdSet, Scope};
-    use crate::domain::cart_discount::{BuyXGetY, Selection, Target};
+    use crate::domain::cart_discount::Target;
+    use crate::domain::cart_discount::tests::buy_get_free;
     use crate::domain::money::Percent;
 
     fn pct(hundredths: u64) -> Percent {
@@ -427,17 +426,7 @@ mod tests {
         // V5 of API.md §9 through the stack: the order code, with the higher priority and
         // first in the request, still applies after buy-X-get-Y.
         let cart = Cart { lines: vec![line("A", 3, 2000), line("B", 1, 1500), line("C", 2, 2500)], shipping: None };
-        let bxgy = terms(
-            Kind::BuyXGetY(Arc::new(BuyXGetY {
-                buy: 2,
-                get: 1,
-                get_percent: pct(10_000),
-                get_scope: None,
-                max_applications: None,
-                selection: Selection::Cheapest,
-            })),
-            Target::Items,
-        );
+        let bxgy = terms(buy_get_free(2, 1), Target::Items);
         let ten = terms(Kind::Percentage(pct(1000)), Target::Order);
         let given = [passed(0, &ten, 9, &ALL), passed(1, &bxgy, 0, &ALL)];
         let stack = stack(&cart, &given, Select::Priority, &uncapped(&cart));

@@ -582,11 +582,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn waiters_wake_when_a_slot_settles() {
-        let ledger = Arc::new(Ledger::default());
-        let key = (1, ledger.id_key("o"));
-        let slot = Slot {
+    /// A redemption being taken.
+    fn taking() -> Slot {
+        Slot {
             id: Uuid::nil(),
             rev: 1,
             user: 9,
@@ -597,7 +595,14 @@ mod tests {
             counted: Counted::default(),
             foreign: false,
             state: SlotState::Taking { hold: false },
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn waiters_wake_when_a_slot_settles() {
+        let ledger = Arc::new(Ledger::default());
+        let key = (1, ledger.id_key("o"));
+        let slot = taking();
         ledger.update(key, |_| (Some(slot), ()));
         assert_eq!(ledger.settled(key, Duration::from_millis(20)).await, Err(()));
         let waiter = tokio::spawn({
@@ -612,18 +617,7 @@ mod tests {
     #[test]
     fn remembering_and_forgetting_round_after_round_keeps_the_same_capacity() {
         let ledger = Ledger::default();
-        let slot = Slot {
-            id: Uuid::nil(),
-            rev: 1,
-            user: 9,
-            order_value: cents(1),
-            discount: Cents::ZERO,
-            code: None,
-            campaign: None,
-            counted: Counted::default(),
-            foreign: false,
-            state: SlotState::Taking { hold: false },
-        };
+        let slot = taking();
         let capacity = |ledger: &Ledger| -> usize {
             ledger.orders.shards.iter().map(|s| s.lock().expect("ledger shard").capacity()).sum()
         };

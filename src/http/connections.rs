@@ -67,7 +67,7 @@ impl Activity {
     }
 
     fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+        ms_since(self.epoch)
     }
 
     fn touch(&self) {
@@ -106,7 +106,9 @@ impl<B: Body> Arriving<B> {
         }
         Arriving { inner, activity }
     }
+}
 
+impl<B> Arriving<B> {
     fn arrived(&self) {
         self.activity.arriving_since.store(0, Ordering::Relaxed);
     }
@@ -135,7 +137,7 @@ impl<B: Body + Unpin> Body for Arriving<B> {
 
 impl<B> Drop for Arriving<B> {
     fn drop(&mut self) {
-        self.activity.arriving_since.store(0, Ordering::Relaxed);
+        self.arrived();
     }
 }
 
@@ -216,7 +218,7 @@ impl Connections {
 
     /// Asks the connection (of `address`, or any) that may best make room to close.
     fn make_room(&self, inner: &mut Inner, address: Option<u128>) -> bool {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        let now = ms_since(self.epoch);
         let chosen = inner
             .open
             .iter_mut()
@@ -248,6 +250,11 @@ impl Drop for Registration {
             }
         }
     }
+}
+
+/// Milliseconds from `epoch` to now, at most `u64::MAX - 1` (a body's start is kept plus one).
+fn ms_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
 }
 
 /// An address as the caps count it: an IPv4 address (mapped ones too) alone, an IPv6 address
@@ -351,7 +358,6 @@ mod tests {
         client.activity.serving();
         client.activity.begin();
         client.activity.end();
-        std::thread::sleep(std::time::Duration::from_millis(5));
         let mut silent = connections.register(ip("192.0.2.2")).unwrap();
         silent.activity.serving();
         assert!(connections.close_for_room());

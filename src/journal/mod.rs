@@ -28,15 +28,16 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use metrics::Counter;
+
 use crate::journal::checkpoint::Checkpoint;
 use crate::journal::frame::Tail;
 use crate::metrics::JournalMetrics;
-use metrics::Counter;
 
 /// A new segment is started once the current one passes an eighth of the filesystem, within
 /// these bounds.
 const SEGMENT_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(64 << 20);
-/// Appends waiting for the writer; past this, `append` waits and `append_nowait` refuses.
+/// Appends waiting for the writer; past this, `append` waits and `append_spare` refuses.
 const QUEUE: usize = 16_384;
 const SEGMENT_SUFFIX: &str = ".seg";
 /// Below this much free space beyond the reserve, spare records count as refused.
@@ -332,10 +333,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            buf.clear();
-            for append in &batch {
-                buf.extend_from_slice(&append.frame);
-            }
+            frames_of(&batch, &mut buf);
             let queued = buf.len() as u64;
             let mut written = self.write(&buf, batch.len());
             if matches!(&written, Err(Failure::CutBack(err)) if err.is_disk_full())
@@ -349,10 +347,7 @@ impl Writer {
                     }
                     None => true,
                 });
-                buf.clear();
-                for append in &batch {
-                    buf.extend_from_slice(&append.frame);
-                }
+                frames_of(&batch, &mut buf);
                 if !batch.is_empty() {
                     written = self.write(&buf, batch.len());
                 }
@@ -437,9 +432,7 @@ impl Writer {
         self.shared.appended.notify_one();
         Ok(())
     }
-}
 
-impl Writer {
     /// On a full disk, moves on to a new (empty) segment, so that the reader can delete the
     /// current one once it has shipped it: what frees the disk must not wait for a write that
     /// needs the space first.
@@ -458,6 +451,14 @@ impl Writer {
         *self.shared.durable.lock().expect("journal position") = Position { segment: self.segment, offset: 0 };
         self.shared.appended.notify_one();
         Ok(())
+    }
+}
+
+/// Puts the frames of `batch` in `buf`, in order.
+fn frames_of(batch: &[Append], buf: &mut Vec<u8>) {
+    buf.clear();
+    for append in batch {
+        buf.extend_from_slice(&append.frame);
     }
 }
 

@@ -9,7 +9,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::helpers::{PrivateCluster, ServeProcess, TestApp, TestClient, eventually, insert_coupon, signal};
+use crate::helpers::{
+    PrivateCluster, QUICK_OUTAGES, ServeProcess, TestApp, TestClient, eventually, insert_coupon, signal,
+};
 
 const CATCH_UP: Duration = Duration::from_secs(20);
 
@@ -38,17 +40,9 @@ async fn postgres_stopped_mid_run_loses_nothing() {
     insert_coupon(&setup, "OPEN", &[]).await;
     insert_coupon(&setup, "TEN", &[("usage_limit", "10")]).await;
     setup.close().await;
-    let app = TestApp::spawn_with(
-        &cluster.url,
-        &[
-            ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
-            ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
-            ("COUPON__VALIDATION_LOG__RETRY_MAX", "200ms"),
-            // Small enough that the outage overflows it into the journal.
-            ("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "50"),
-        ],
-    )
-    .await;
+    // A queue small enough that the outage overflows it into the journal.
+    let settings = [&QUICK_OUTAGES[..], &[("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "50")]].concat();
+    let app = TestApp::spawn_with(&cluster.url, &settings).await;
     let client = &app.client;
     let mut acked = HashSet::new();
     for n in 0..20 {

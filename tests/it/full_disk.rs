@@ -8,7 +8,9 @@ use std::time::Duration;
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{PgProxy, SmallDisk, TestApp, TestDb, eventually, insert_coupon, rerun_where_it_may_mount};
+use crate::helpers::{
+    PgProxy, QUICK_OUTAGES, SmallDisk, TestApp, TestDb, eventually, insert_coupon, rerun_where_it_may_mount,
+};
 
 const ROWS: &str = r#"write_behind_rows_total{table="validation_logs",outcome="dropped"}"#;
 
@@ -33,20 +35,12 @@ async fn on_a_16_mib_disk_uses_keep_their_space_every_dropped_row_is_counted_and
     // validation_log.spill_max_bytes keeps its default, 256 MiB, far more than this disk: the
     // disk and journal.reserved_bytes (4 MiB) decide.
     let proxy = PgProxy::start(&db.url).await;
-    let app = Arc::new(
-        TestApp::spawn_on(
-            disk.path(),
-            &proxy.url,
-            &[
-                ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
-                ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
-                ("COUPON__VALIDATION_LOG__RETRY_MAX", "200ms"),
-                ("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "10"),
-                ("COUPON__JOURNAL__SHIP_RETRY_MAX", "200ms"),
-            ],
-        )
-        .await,
-    );
+    let settings = [
+        &QUICK_OUTAGES[..],
+        &[("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "10"), ("COUPON__JOURNAL__SHIP_RETRY_MAX", "200ms")],
+    ]
+    .concat();
+    let app = Arc::new(TestApp::spawn_on(disk.path(), &proxy.url, &settings).await);
     // Something else took the disk but for the journal's reserve (4 MiB) and 1 MiB more.
     disk.fill("other", 5 << 20);
     proxy.cut().await;

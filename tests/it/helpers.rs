@@ -101,6 +101,14 @@ pub fn settings(db_url: &str, data_dir: &Path, extra: &[(&str, &str)]) -> Settin
     Settings::load_from(None, vars).expect("test settings are valid")
 }
 
+/// Settings under which an instance sees PostgreSQL go within a fraction of a second and
+/// retries its validation-log writes often: for tests that cut the database off.
+pub const QUICK_OUTAGES: [(&str, &str); 3] = [
+    ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
+    ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
+    ("COUPON__VALIDATION_LOG__RETRY_MAX", "200ms"),
+];
+
 /// A directory of the test's own, removed when dropped.
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new().prefix(prefix).tempdir().expect("create a temporary directory")

@@ -158,7 +158,6 @@ async fn one_address_holds_at_most_its_share_of_connections() {
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(TcpStream::connect(app.addr).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     eventually(Duration::from_secs(5), "a newcomer served in the address's idlest place", || async {
         raw_exchange(app.addr, post(VALID).as_bytes(), Duration::from_secs(2)).await.starts_with("HTTP/1.1 200")

@@ -7,7 +7,7 @@ use hyper::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{PgProxy, TestApp, TestDb, eventually, insert_coupon};
+use crate::helpers::{PgProxy, QUICK_OUTAGES, TestApp, TestDb, eventually, insert_coupon};
 
 #[derive(Debug, PartialEq, sqlx::FromRow)]
 struct LogRow {
@@ -86,15 +86,7 @@ async fn an_outage_delays_rows_but_loses_none() {
     let db = TestDb::new().await;
     insert_coupon(&db.pool, "TEN", &[]).await;
     let proxy = PgProxy::start(&db.url).await;
-    let app = TestApp::spawn_with(
-        &proxy.url,
-        &[
-            ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
-            ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
-            ("COUPON__VALIDATION_LOG__RETRY_MAX", "200ms"),
-        ],
-    )
-    .await;
+    let app = TestApp::spawn_with(&proxy.url, &QUICK_OUTAGES).await;
 
     proxy.cut().await;
     eventually(Duration::from_secs(5), "health says degraded", || async {
@@ -130,17 +122,12 @@ async fn spilled_rows_keep_to_their_disk_budget_and_the_rest_are_counted_dropped
     insert_coupon(&db.pool, "TEN", &[]).await;
     let proxy = PgProxy::start(&db.url).await;
     // Ten rows wait in memory; past them rows spill while the journal holds 8 KiB unshipped.
-    let app = TestApp::spawn_with(
-        &proxy.url,
-        &[
-            ("COUPON__DATABASE__HEALTH_INTERVAL", "100ms"),
-            ("COUPON__DATABASE__CONNECT_TIMEOUT", "500ms"),
-            ("COUPON__VALIDATION_LOG__RETRY_MAX", "200ms"),
-            ("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "10"),
-            ("COUPON__VALIDATION_LOG__SPILL_MAX_BYTES", "8192"),
-        ],
-    )
-    .await;
+    let settings = [
+        &QUICK_OUTAGES[..],
+        &[("COUPON__VALIDATION_LOG__QUEUE_CAPACITY", "10"), ("COUPON__VALIDATION_LOG__SPILL_MAX_BYTES", "8192")],
+    ]
+    .concat();
+    let app = TestApp::spawn_with(&proxy.url, &settings).await;
     proxy.cut().await;
     eventually(Duration::from_secs(5), "health says the database is down", || async {
         app.client.get("/health").await.json()["database"] == "down"
