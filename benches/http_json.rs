@@ -18,13 +18,17 @@ fn http_json(c: &mut Criterion) {
     let engine = support::engine_with(coupons);
     let body = format!(r#"{{"code": "{code}", "userId": "user_0000001", "orderValue": 1234.56, "orderId": "ord-1"}}"#);
     let caller = Caller { ip: None, user_agent: None, started: Instant::now() };
-    let limits =
-        CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100, max_body_bytes: 64 << 10 };
+    let limits = CartLimits {
+        default_currency: Currency::parse("EUR").expect("EUR"),
+        max_lines: 100,
+        max_codes: 5,
+        max_body_bytes: 64 << 10,
+    };
     c.bench_function("http_json/parse_validate_serialise", |b| {
         b.iter(|| {
             let input = ValidateBody::parse(black_box(body.as_bytes()), limits).unwrap();
             let request = ValidateRequest {
-                code: &input.code,
+                code: input.codes.one().expect("one code"),
                 user_id: &input.user_id,
                 order_value: input.order_value,
                 order_id: input.order_id.as_deref(),
@@ -59,7 +63,7 @@ fn http_json(c: &mut Criterion) {
     });
     let input = ValidateBody::parse(cart.as_bytes(), limits).unwrap();
     let request = ValidateRequest {
-        code: &input.code,
+        code: input.codes.one().expect("one code"),
         user_id: &input.user_id,
         order_value: input.order_value,
         order_id: None,

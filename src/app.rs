@@ -163,6 +163,7 @@ impl App {
             cart: crate::http::cart_input::CartLimits {
                 default_currency: settings.money.default_currency(),
                 max_lines: settings.cart.max_lines,
+                max_codes: settings.stacking.max_codes,
                 max_body_bytes: settings.http.max_body_bytes_cart,
             },
             batch_jobs: BatchJobs::default(),

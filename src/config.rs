@@ -54,7 +54,17 @@ pub struct Settings {
     pub log: LogSettings,
     pub money: MoneySettings,
     pub cart: CartSettings,
+    pub stacking: StackingSettings,
     pub idempotency: IdempotencySettings,
+}
+
+/// Several codes on one order (API.md §10).
+#[derive(Debug, Clone, Deserialize)]
+pub struct StackingSettings {
+    /// The most codes one request may name.
+    pub max_codes: usize,
+    /// The codes of one order together take at most this percent of its value.
+    pub max_total_percent: u32,
 }
 
 /// Replays of uses taken with a cart (API.md §10's storage).
@@ -380,6 +390,7 @@ impl Settings {
             cart_cache_ttl: Duration::from_secs(self.idempotency.cart_cache_secs),
             cart_cache_bytes: self.idempotency.cart_cache_bytes,
             hold_share_percent: self.protection.hold_share_percent,
+            max_total_percent: self.stacking.max_total_percent,
         }
     }
 
@@ -468,6 +479,13 @@ impl Settings {
         }
         if !(1..=1000).contains(&self.cart.max_lines) {
             return invalid("cart.max_lines must be from 1 to 1000");
+        }
+        // `select: "best"` walks every subset of the codes: 31 keeps that within bounds.
+        if !(1..=31).contains(&self.stacking.max_codes) {
+            return invalid("stacking.max_codes must be from 1 to 31");
+        }
+        if self.stacking.max_total_percent > 100 {
+            return invalid("stacking.max_total_percent must be from 0 to 100");
         }
         if self.api.token.is_empty() && !http.addr.ip().is_loopback() && !http.allow_anonymous_writes {
             return invalid(&format!(

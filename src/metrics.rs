@@ -16,6 +16,9 @@ use crate::domain::rules::Reason;
 const LATENCY_BUCKETS: [f64; 14] =
     [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
+/// Codes in one request (`stacking.max_codes` is at most 31).
+const STACK_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 16.0, 31.0];
+
 /// Status codes the service answers with; anything else is counted as "other".
 const STATUSES: [u16; 16] = [200, 201, 202, 400, 401, 404, 405, 408, 409, 413, 415, 422, 429, 431, 500, 503];
 
@@ -76,6 +79,8 @@ pub struct Metrics {
     route_labels: Vec<&'static str>,
     routes: Vec<RouteMetrics>,
     pub validations: Outcomes,
+    /// Codes named by each request that names several (§10).
+    pub stack_size: Histogram,
     pub redemptions: Outcomes,
     pub holds: Outcomes,
     pub releases: Outcomes,
@@ -148,6 +153,8 @@ impl Metrics {
     pub fn new(route_labels: &[&'static str]) -> Metrics {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+            .expect("bucket list is not empty")
+            .set_buckets_for_metric(Matcher::Full("coupon_stack_size".into()), &STACK_BUCKETS)
             .expect("bucket list is not empty")
             .build_recorder();
         let recorder = Arc::new(recorder);
@@ -247,6 +254,7 @@ impl Metrics {
         let holds = reg
             .outcomes("coupon_holds_total", use_outcomes(&["held", "replayed", "confirmed", "cancelled", "expired"]));
         let releases = reg.outcomes("coupon_releases_total", ["released", "repeated", "not_found"]);
+        reg.describe_histogram("coupon_stack_size", Unit::Count, "Codes named by one request naming several (codes)");
         reg.describe_counter(
             "quota_waits_total",
             "Uses that waited on PostgreSQL, by why (lease, claim, change, shipping)",
@@ -280,6 +288,7 @@ impl Metrics {
         Metrics {
             quota,
             holds,
+            stack_size: reg.histogram("coupon_stack_size", &[]),
             live_holds: reg.gauge("coupon_holds_live", &[]),
             journal_rejected: reg.counter("journal_records_set_aside_total", &[]),
             archive_lookups: reg.counter("ledger_archive_lookups_total", &[]),

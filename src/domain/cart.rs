@@ -41,6 +41,23 @@ impl Cart {
     pub fn order_value(&self) -> u64 {
         self.lines.iter().map(Line::subtotal).sum()
     }
+
+    /// An order sent without items, as several codes are stacked on it (§10): its value as
+    /// one discountable unit, and its shipping. An order code takes from it exactly what it
+    /// takes from the order value alone (§9: "with items and no scope, D equals the §3 result").
+    pub fn whole_order(order_value: u64, shipping: Option<u64>) -> Cart {
+        let line = Line {
+            line_id: CompactString::default(),
+            product_id: CompactString::default(),
+            variant_id: None,
+            category_ids: Vec::new(),
+            quantity: 1,
+            unit_price: order_value,
+            on_sale: false,
+            discountable: true,
+        };
+        Cart { lines: vec![line], shipping }
+    }
 }
 
 /// What a request says of money beyond `orderValue` (API.md §9): its currency, and its

@@ -29,11 +29,15 @@ pub enum Reason {
     CampaignUserLimitReached,
     CampaignBudgetExhausted,
     OrderAlreadyRedeemed,
+    /// §10: passed alone, not taken with the other codes of its order.
+    NotCombinable,
+    /// §10: taken with the others, with nothing left to take off (no use, no budget).
+    NoEffect,
 }
 
 impl Reason {
-    /// Every reason, in the order the rules check them.
-    pub const ALL: [Reason; 16] = [
+    /// Every reason, in the order the rules check them, then those of stacking (§10).
+    pub const ALL: [Reason; 18] = [
         Reason::CouponNotFound,
         Reason::CouponInactive,
         Reason::CouponExpired,
@@ -50,6 +54,8 @@ impl Reason {
         Reason::CampaignUserLimitReached,
         Reason::CampaignBudgetExhausted,
         Reason::OrderAlreadyRedeemed,
+        Reason::NotCombinable,
+        Reason::NoEffect,
     ];
 
     /// The API's spelling.
@@ -71,6 +77,8 @@ impl Reason {
             Reason::CampaignUserLimitReached => "CAMPAIGN_USER_LIMIT_REACHED",
             Reason::CampaignBudgetExhausted => "CAMPAIGN_BUDGET_EXHAUSTED",
             Reason::OrderAlreadyRedeemed => "ORDER_ALREADY_REDEEMED",
+            Reason::NotCombinable => "NOT_COMBINABLE",
+            Reason::NoEffect => "NO_EFFECT",
         }
     }
 
@@ -104,6 +112,8 @@ impl Reason {
             Reason::ItemsRequired => 14,
             Reason::NoEligibleItems => 15,
             Reason::MinQuantityNotMet => 16,
+            Reason::NotCombinable => 17,
+            Reason::NoEffect => 18,
         }
     }
 }
@@ -210,6 +220,13 @@ pub fn decide(
         Some(reason) => (Decision::Rejected(reason), None),
         None => (Decision::Valid { discount, final_amount: attempt.order_value.saturating_sub(discount) }, taken),
     }
+}
+
+/// A code's terms in the request's currency, as [`decide`] priced them, for stacking it with
+/// other codes (§10). `cart` is the request's: a plain one in the default currency when it
+/// sent none of §9's fields.
+pub fn stack_terms(offer: &Offer<'_>, cart: &CartRequest, default_currency: Currency) -> Result<Terms, Reason> {
+    priced(offer, cart, default_currency).map(|(terms, _)| terms)
 }
 
 /// A coupon's terms on a cart, with its amounts in the request's currency (§9): its own
@@ -863,7 +880,7 @@ mod tests {
     fn reasons_are_spelled_as_the_api_says_and_indexed_in_order() {
         let mut log_codes: Vec<i16> = Reason::ALL.iter().map(|r| r.log_code()).collect();
         log_codes.sort_unstable();
-        assert_eq!(log_codes, (1..=16).collect::<Vec<i16>>(), "one log code each, none reused");
+        assert_eq!(log_codes, (1..=18).collect::<Vec<i16>>(), "one log code each, none reused");
         for (idx, reason) in Reason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), idx);
             assert!(reason.as_str().chars().all(|c| c.is_ascii_uppercase() || c == '_'));

@@ -84,6 +84,18 @@ pub enum Select {
     Best,
 }
 
+spelled!(Select { Priority => "priority", Best => "best" });
+spelled!(Mode { All => "all", Partial => "partial" });
+
+/// What a refusal of one code does to the others (`mode`, §10 step 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Any code refused: none applies.
+    All,
+    /// The codes accepted apply.
+    Partial,
+}
+
 /// The combined cap's terms (§10 step 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CombinedCap {

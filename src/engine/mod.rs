@@ -24,6 +24,7 @@ pub mod limits;
 pub mod ports;
 mod release;
 mod requests;
+mod stacked;
 pub mod standing;
 mod take;
 
@@ -31,6 +32,7 @@ pub use requests::{
     Caller, HoldFate, Receipt, Refused, ReleaseOutcome, ReleaseRequest, StoredUse, UseKind, UseOutcome, UseRequest,
     ValidateRequest, Validation,
 };
+pub use stacked::{Applied, Fate, StackRequest, StackedCode, StackedValidation};
 
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -79,6 +81,9 @@ pub struct EngineSettings {
     /// Percent of a limited pool's remaining uses or budget one caller may hold at once (0:
     /// no bound).
     pub hold_share_percent: u32,
+    /// The most several codes together take off an order, in percent of its value
+    /// (`stacking.max_total_percent`).
+    pub max_total_percent: u32,
 }
 
 /// A failure of the service itself (the answer is a 503, not a refusal).
@@ -199,26 +204,40 @@ impl Engine {
                 (Some(found.coupon().id), rules::decide(&offer, &view, &attempt, now))
             }
         };
-        let (reason, discount, final_amount) = match decision {
-            Decision::Valid { discount, final_amount } => (None, discount, final_amount),
-            Decision::Rejected(reason) => (Some(reason), Cents::ZERO, req.order_value),
+        let (reason, discount) = match decision {
+            Decision::Valid { discount, .. } => (None, discount),
+            Decision::Rejected(reason) => (Some(reason), Cents::ZERO),
         };
+        let asked = Asked { user_id: req.user_id, order_id: req.order_id, order_value: req.order_value, caller, now };
+        self.log_validation(&asked, &code, coupon_id, reason, discount);
+        Validation { code, coupon_id, decision, taken }
+    }
+
+    /// Counts one code's validation and logs it.
+    fn log_validation(
+        &self,
+        asked: &Asked<'_>,
+        code: &str,
+        coupon_id: Option<CouponId>,
+        reason: Option<Reason>,
+        discount: Cents,
+    ) {
         self.metrics.validations.inc(reason.map_or("valid", Reason::as_str));
+        let caller = asked.caller;
         self.ports.validations.record(Validated {
-            coupon_code: code.as_ref().into(),
+            coupon_code: code.into(),
             coupon_id,
-            user_id: req.user_id.into(),
-            order_id: req.order_id.map(Into::into),
-            order_value: req.order_value,
+            user_id: asked.user_id.into(),
+            order_id: asked.order_id.map(Into::into),
+            order_value: asked.order_value,
             reason,
             discount,
-            final_amount,
+            final_amount: asked.order_value.saturating_sub(discount),
             ip_address: caller.ip,
             user_agent: caller.user_agent.clone(),
             response_time_us: u64::try_from(caller.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            validated_at: now,
+            validated_at: asked.now,
         });
-        Validation { code, coupon_id, decision, taken }
     }
 
     /// Loads the uses stored in PostgreSQL (after the catalog, before serving): each counts
@@ -325,6 +344,15 @@ impl Engine {
             campaign_count: OnceCell::new(),
         }
     }
+}
+
+/// What a validation log row keeps of the request, whichever code it is about.
+struct Asked<'a> {
+    user_id: &'a str,
+    order_id: Option<&'a str>,
+    order_value: Cents,
+    caller: &'a Caller,
+    now: DateTime<Utc>,
 }
 
 /// The per-user counts a use of `coupon` under `campaign` takes, as `catalog` defines them.

@@ -75,15 +75,7 @@ impl<'a> CartParts<'a> {
 
     /// Every field, in the contract's order, into a struct being written.
     fn write<S: SerializeStruct>(&self, out: &mut S) -> Result<(), S::Error> {
-        let currency = self.request.currency;
-        let shipping = self.request.cart.shipping.unwrap_or(0);
-        let money = |minor| Money(currency.amount(minor));
-        out.serialize_field("currency", currency.code())?;
-        out.serialize_field("discount", &money(self.discount))?;
-        out.serialize_field("finalAmount", &money(self.final_amount))?;
-        out.serialize_field("shippingDiscount", &money(self.shipping_discount))?;
-        out.serialize_field("shippingTotal", &money(shipping))?;
-        out.serialize_field("grandTotal", &money(self.final_amount + shipping - self.shipping_discount))?;
+        write_totals(out, self.request, self.discount, self.final_amount, self.shipping_discount)?;
         if self.request.has_items {
             out.serialize_field("lines", &Lines(self))?;
         }
@@ -120,8 +112,28 @@ impl Serialize for CartParts<'_> {
     }
 }
 
+/// `currency` and the totals with shipping, in the contract's order: five money fields.
+pub(crate) fn write_totals<S: SerializeStruct>(
+    out: &mut S,
+    request: &CartRequest,
+    discount: u64,
+    final_amount: u64,
+    shipping_discount: u64,
+) -> Result<(), S::Error> {
+    let currency = request.currency;
+    // What shipping costs once discounted (§10's example: 4.99 off 4.99 leaves 0).
+    let shipping_total = request.cart.shipping.unwrap_or(0).saturating_sub(shipping_discount);
+    let money = |minor| Money(currency.amount(minor));
+    out.serialize_field("currency", currency.code())?;
+    out.serialize_field("discount", &money(discount))?;
+    out.serialize_field("finalAmount", &money(final_amount))?;
+    out.serialize_field("shippingDiscount", &money(shipping_discount))?;
+    out.serialize_field("shippingTotal", &money(shipping_total))?;
+    out.serialize_field("grandTotal", &money(final_amount + shipping_total))
+}
+
 /// An amount written as the exact JSON number of its major units.
-struct Money(Amount);
+pub(crate) struct Money(pub(crate) Amount);
 
 impl Serialize for Money {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -137,20 +149,25 @@ impl Serialize for Lines<'_, '_> {
         let parts = self.0;
         let lines = &parts.request.cart.lines;
         let mut out = serializer.serialize_seq(Some(lines.len()))?;
+        let currency = parts.request.currency;
         for (i, line) in lines.iter().enumerate() {
             let none = [Run::new(line.quantity, 0)];
             let units: &[Run] = parts.taken.and_then(|t| t.lines.get(i)).map_or(&none, Vec::as_slice);
-            out.serialize_element(&LineAnswer { line, units, code: parts.code, currency: parts.request.currency })?;
+            let off = allocation::sum(units);
+            // Only a code that gave the line more than 0.
+            let given = (off > 0).then(|| Allocation { code: parts.code, discount: Money(currency.amount(off)) });
+            out.serialize_element(&LineAnswer { line, units, allocations: given.as_slice(), currency })?;
         }
         out.end()
     }
 }
 
-struct LineAnswer<'a> {
-    line: &'a Line,
-    units: &'a [Run],
-    code: &'a str,
-    currency: Currency,
+pub(crate) struct LineAnswer<'a> {
+    pub(crate) line: &'a Line,
+    /// Every code's discount of each unit together, in runs.
+    pub(crate) units: &'a [Run],
+    pub(crate) allocations: &'a [Allocation<'a>],
+    pub(crate) currency: Currency,
 }
 
 impl Serialize for LineAnswer<'_> {
@@ -163,9 +180,7 @@ impl Serialize for LineAnswer<'_> {
         out.serialize_field("discount", &money(off))?;
         out.serialize_field("total", &money(subtotal - off))?;
         out.serialize_field("units", &Units { runs: self.units, currency: self.currency })?;
-        // Only a code that gave the line more than 0.
-        let given = (off > 0).then(|| Allocation { code: self.code, discount: money(off) });
-        out.serialize_field("allocations", given.as_slice())?;
+        out.serialize_field("allocations", self.allocations)?;
         out.end()
     }
 }
@@ -194,8 +209,9 @@ struct UnitsAnswer {
     discount: Money,
 }
 
+/// What one code gave a line.
 #[derive(Serialize)]
-struct Allocation<'a> {
-    code: &'a str,
-    discount: Money,
+pub(crate) struct Allocation<'a> {
+    pub(crate) code: &'a str,
+    pub(crate) discount: Money,
 }

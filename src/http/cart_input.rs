@@ -29,11 +29,13 @@ pub struct RawCart<'a> {
     pub order_value: Option<&'a RawValue>,
 }
 
-/// The limits a cart is checked against.
+/// The limits a body's §9 and §10 fields are checked against.
 #[derive(Debug, Clone, Copy)]
 pub struct CartLimits {
     pub default_currency: Currency,
     pub max_lines: usize,
+    /// The most codes `codes` may name (`stacking.max_codes`).
+    pub max_codes: usize,
     /// The largest body with items (`http.max_body_bytes_cart`).
     pub max_body_bytes: usize,
 }
@@ -304,7 +306,12 @@ mod tests {
     use super::*;
 
     fn limits() -> CartLimits {
-        CartLimits { default_currency: Currency::parse("EUR").unwrap(), max_lines: 3, max_body_bytes: 64 * 1024 }
+        CartLimits {
+            default_currency: Currency::parse("EUR").unwrap(),
+            max_lines: 3,
+            max_codes: 5,
+            max_body_bytes: 64 * 1024,
+        }
     }
 
     fn parse(body: &str) -> Result<(Cents, Option<CartRequest>), ApiError> {

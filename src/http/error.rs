@@ -16,6 +16,8 @@ pub enum ApiError {
     MissingField { field: &'static str },
     #[error("{field} {problem}")]
     InvalidField { field: &'static str, problem: String },
+    #[error("codes may name at most {max} codes")]
+    TooManyCodes { max: usize },
     #[error("request body must be at most {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("the request body did not arrive in time")]
@@ -91,6 +93,7 @@ impl ApiError {
             ApiError::InvalidJson { .. }
             | ApiError::MissingField { .. }
             | ApiError::InvalidField { .. }
+            | ApiError::TooManyCodes { .. }
             | ApiError::BadBody
             | ApiError::Refused => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -124,6 +127,7 @@ impl ApiError {
             ApiError::InvalidJson { .. } => "INVALID_JSON",
             ApiError::MissingField { .. } => "MISSING_FIELD",
             ApiError::InvalidField { .. } => "INVALID_FIELD",
+            ApiError::TooManyCodes { .. } => "TOO_MANY_CODES",
             ApiError::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             ApiError::BodyTimeout => "BODY_TIMEOUT",
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
@@ -159,6 +163,7 @@ impl ApiError {
     /// the status calls for.
     pub fn response(&self) -> HttpResponse {
         let field = match self {
+            ApiError::TooManyCodes { .. } => Some("codes"),
             ApiError::MissingField { field }
             | ApiError::InvalidField { field, .. }
             | ApiError::BelowUsage { field, .. } => Some(*field),

@@ -10,15 +10,15 @@ use serde_json::value::RawValue;
 use crate::domain::cart::CartRequest;
 use crate::domain::coupon::{MAX_CODE_LEN, normalize_code};
 use crate::domain::identity::{self, IdError};
-use crate::domain::money::Cents;
+use crate::domain::money::{Cents, parse_minor};
+use crate::domain::stack::{Mode, Select};
 use crate::http::cart_input::{CartLimits, RawCart};
 use crate::http::error::ApiError;
 
 /// A checked `POST /api/coupons/validate` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidateBody<'a> {
-    /// Normalised: trimmed and upper-cased.
-    pub code: Cow<'a, str>,
+    pub codes: Codes<'a>,
     /// Trimmed.
     pub user_id: Cow<'a, str>,
     /// In minor units of the request's currency.
@@ -27,6 +27,35 @@ pub struct ValidateBody<'a> {
     pub order_id: Option<Cow<'a, str>>,
     /// API.md §9's fields, when sent.
     pub cart: Option<CartRequest>,
+}
+
+/// The codes a body names: one `code`, as before, or several (API.md §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Codes<'a> {
+    /// Normalised: trimmed and upper-cased.
+    One(Cow<'a, str>),
+    Several(Several<'a>),
+}
+
+impl Codes<'_> {
+    /// The one code, when the body named one.
+    pub fn one(&self) -> Option<&str> {
+        match self {
+            Codes::One(code) => Some(code),
+            Codes::Several(_) => None,
+        }
+    }
+}
+
+/// `codes`, and how they are taken together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Several<'a> {
+    /// Normalised and distinct, in request order.
+    pub codes: Vec<Cow<'a, str>>,
+    pub mode: Mode,
+    pub select: Select,
+    /// `maxTotalDiscount`, in minor units of the request's currency.
+    pub max_total: Option<u64>,
 }
 
 /// A checked redeem or hold body: the validate fields with `orderId` required.
@@ -69,6 +98,14 @@ struct RawBody<'a> {
     items: Option<&'a RawValue>,
     #[serde(borrow)]
     shipping: Option<&'a RawValue>,
+    #[serde(borrow)]
+    codes: Option<&'a RawValue>,
+    #[serde(borrow)]
+    mode: Option<&'a RawValue>,
+    #[serde(borrow)]
+    select: Option<&'a RawValue>,
+    #[serde(borrow, rename = "maxTotalDiscount")]
+    max_total_discount: Option<&'a RawValue>,
 }
 
 impl<'a> RawBody<'a> {
@@ -89,15 +126,67 @@ impl<'a> RawBody<'a> {
         RawCart { currency: self.currency, items: self.items, shipping: self.shipping, order_value: self.order_value }
             .parse(limits, body_len)
     }
+
+    /// `code`, or `codes` with `mode` and `select`. Beside one `code` those two and
+    /// `maxTotalDiscount` are ignored, as they were before §10.
+    fn codes(&self, limits: CartLimits) -> Result<Codes<'a>, ApiError> {
+        let Some(list) = self.codes.filter(|v| v.get() != "null") else { return Ok(Codes::One(code(self.code)?)) };
+        if self.code.is_some_and(|v| v.get() != "null") {
+            return Err(ApiError::InvalidField { field: "codes", problem: "cannot be sent with code".into() });
+        }
+        let raw: Vec<&'a RawValue> = serde_json::from_str(list.get())
+            .map_err(|_| ApiError::InvalidField { field: "codes", problem: "must be an array of codes".into() })?;
+        if raw.is_empty() {
+            return Err(ApiError::InvalidField { field: "codes", problem: "must name at least one code".into() });
+        }
+        if raw.len() > limits.max_codes {
+            return Err(ApiError::TooManyCodes { max: limits.max_codes });
+        }
+        let mut codes: Vec<Cow<'a, str>> = Vec::with_capacity(raw.len());
+        for value in raw {
+            let code = checked_code(Some(value), "codes")?;
+            if codes.contains(&code) {
+                return Err(ApiError::InvalidField { field: "codes", problem: format!("names {code} twice") });
+            }
+            codes.push(code);
+        }
+        let mode = spelled(self.mode, "mode", Mode::parse, "all or partial")?.unwrap_or(Mode::All);
+        let select = spelled(self.select, "select", Select::parse, "priority or best")?.unwrap_or(Select::Priority);
+        Ok(Codes::Several(Several { codes, mode, select, max_total: None }))
+    }
+
+    /// `maxTotalDiscount` beside `codes`, in minor units of the request's currency (known once
+    /// the cart is parsed).
+    fn max_total(&self, codes: &mut Codes<'a>, cart: Option<&CartRequest>, limits: CartLimits) -> Result<(), ApiError> {
+        let Codes::Several(several) = codes else { return Ok(()) };
+        let Some(raw) = self.max_total_discount.filter(|v| v.get() != "null") else { return Ok(()) };
+        let decimals = cart.map_or(limits.default_currency, |c| c.currency).decimals();
+        let max = parse_minor(raw.get(), decimals)
+            .map_err(|err| ApiError::InvalidField { field: "maxTotalDiscount", problem: err.to_string() })?;
+        several.max_total = Some(max);
+        Ok(())
+    }
+}
+
+/// One of a few words; `null` counts as absent.
+fn spelled<T>(
+    raw: Option<&RawValue>,
+    field: &'static str,
+    parse: fn(&str) -> Option<T>,
+    words: &str,
+) -> Result<Option<T>, ApiError> {
+    let invalid = || ApiError::InvalidField { field, problem: format!("must be {words}") };
+    optional_string(raw, field).map_err(|_| invalid())?.map(|text| parse(&text).ok_or_else(invalid)).transpose()
 }
 
 impl<'a> ValidateBody<'a> {
     pub fn parse(body: &'a [u8], limits: CartLimits) -> Result<ValidateBody<'a>, ApiError> {
         let raw = RawBody::parse_use(body)?;
-        let code = code(raw.code)?;
+        let mut codes = raw.codes(limits)?;
         let user_id = id(raw.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?;
         let (order_value, cart) = raw.cart(limits, body.len())?;
-        Ok(ValidateBody { code, user_id, order_value, order_id: id(raw.order_id, "orderId")?, cart })
+        raw.max_total(&mut codes, cart.as_ref(), limits)?;
+        Ok(ValidateBody { codes, user_id, order_value, order_id: id(raw.order_id, "orderId")?, cart })
     }
 }
 
@@ -204,12 +293,17 @@ pub(crate) fn optional_string<'a>(
 }
 
 fn code(raw: Option<&RawValue>) -> Result<Cow<'_, str>, ApiError> {
-    let text = optional_string(raw, "code")?.ok_or(ApiError::MissingField { field: "code" })?;
+    checked_code(raw, "code")
+}
+
+/// A code, normalised and checked; `field` names it in an error.
+fn checked_code<'a>(raw: Option<&'a RawValue>, field: &'static str) -> Result<Cow<'a, str>, ApiError> {
+    let text = optional_string(raw, field)?.ok_or(ApiError::MissingField { field })?;
     let normalized = match text {
         Cow::Borrowed(code) => normalize_code(code),
         Cow::Owned(code) => Cow::Owned(normalize_code(&code).into_owned()),
     };
-    identity::check_text(&normalized, MAX_CODE_LEN).map_err(|err| id_error("code", err, MAX_CODE_LEN))?;
+    identity::check_text(&normalized, MAX_CODE_LEN).map_err(|err| id_error(field, err, MAX_CODE_LEN))?;
     Ok(normalized)
 }
 
@@ -254,6 +348,7 @@ mod tests {
         CartLimits {
             default_currency: crate::domain::currency::Currency::parse("EUR").unwrap(),
             max_lines: 100,
+            max_codes: 5,
             max_body_bytes: 64 * 1024,
         }
     }
@@ -265,7 +360,7 @@ mod tests {
     #[test]
     fn accepts_well_formed_bodies() {
         let req = ok(r#"{"code":" save10 ","userId":" user_0000001 ","orderValue":1000,"orderId":"ord-1 "}"#);
-        assert_eq!(req.code, "SAVE10");
+        assert_eq!(req.codes, Codes::One("SAVE10".into()));
         assert_eq!(req.user_id, "user_0000001");
         assert_eq!(req.order_value, Cents::new(100_000).unwrap());
         assert_eq!(req.order_id.as_deref(), Some("ord-1"));
@@ -273,8 +368,67 @@ mod tests {
         assert_eq!(req.order_value, Cents::new(1250).unwrap());
         assert_eq!(req.order_id, None);
         let req = ok(r#"{"code":"SAV\u0045","userId":"u\u00e9 ","orderValue":0}"#);
-        assert_eq!(req.code, "SAVE");
+        assert_eq!(req.codes, Codes::One("SAVE".into()));
         assert_eq!(req.user_id, "ué");
+    }
+
+    fn several(body: &str) -> Several<'_> {
+        match ok(body).codes {
+            Codes::Several(several) => several,
+            one => panic!("{body}: {one:?}"),
+        }
+    }
+
+    #[test]
+    fn several_codes_are_normalised_with_their_defaults_and_amounts_in_the_request_currency() {
+        let got = several(r#"{"codes":[" shirts20","welcome10 "],"userId":"u","orderValue":10}"#);
+        assert_eq!(got.codes, ["SHIRTS20", "WELCOME10"]);
+        assert_eq!((got.mode, got.select, got.max_total), (Mode::All, Select::Priority, None));
+        let got = several(
+            r#"{"codes":["A"],"mode":"partial","select":"best","maxTotalDiscount":12.5,"userId":"u","orderValue":10}"#,
+        );
+        assert_eq!((got.mode, got.select, got.max_total), (Mode::Partial, Select::Best, Some(1250)));
+        let yen = several(r#"{"codes":["A"],"maxTotalDiscount":500,"currency":"JPY","userId":"u","orderValue":900}"#);
+        assert_eq!(yen.max_total, Some(500));
+        let dinar = several(r#"{"codes":["A"],"maxTotalDiscount":1.25,"currency":"KWD","userId":"u","orderValue":9}"#);
+        assert_eq!(dinar.max_total, Some(1250));
+        // Beside one code, §10's other fields change nothing, as before §10.
+        let one = ok(r#"{"code":"A","mode":"sometimes","maxTotalDiscount":"x","userId":"u","orderValue":1}"#);
+        assert_eq!(one.codes, Codes::One("A".into()));
+        assert_eq!(ok(r#"{"code":"A","codes":null,"userId":"u","orderValue":1}"#).codes, Codes::One("A".into()));
+    }
+
+    #[test]
+    fn several_codes_refuse_what_section_10_refuses() {
+        let six = r#"{"codes":["A","B","C","D","E","F"],"userId":"u","orderValue":1}"#;
+        assert_eq!(ValidateBody::parse(six.as_bytes(), limits()), Err(ApiError::TooManyCodes { max: 5 }));
+        assert_eq!(ApiError::TooManyCodes { max: 5 }.code(), "TOO_MANY_CODES");
+        for (body, field) in [
+            (r#"{"code":"A","codes":["B"],"userId":"u","orderValue":1}"#, "codes"),
+            (r#"{"codes":[],"userId":"u","orderValue":1}"#, "codes"),
+            (r#"{"codes":["a"," A "],"userId":"u","orderValue":1}"#, "codes"),
+            (r#"{"codes":"A","userId":"u","orderValue":1}"#, "codes"),
+            (r#"{"codes":["A",7],"userId":"u","orderValue":1}"#, "codes"),
+            (r#"{"codes":["A",""],"userId":"u","orderValue":1}"#, "codes"),
+            (r#"{"codes":["A",null],"userId":"u","orderValue":1}"#, "codes"),
+            (r#"{"codes":{"0":"A"},"userId":"u","orderValue":1}"#, "codes"),
+            (r#"{"codes":["A"],"mode":"any","userId":"u","orderValue":1}"#, "mode"),
+            (r#"{"codes":["A"],"mode":1,"userId":"u","orderValue":1}"#, "mode"),
+            (r#"{"codes":["A"],"select":"PRIORITY","userId":"u","orderValue":1}"#, "select"),
+            (r#"{"codes":["A"],"maxTotalDiscount":-1,"userId":"u","orderValue":1}"#, "maxTotalDiscount"),
+            (r#"{"codes":["A"],"maxTotalDiscount":1.234,"userId":"u","orderValue":1}"#, "maxTotalDiscount"),
+            (r#"{"codes":["A"],"maxTotalDiscount":"5","userId":"u","orderValue":1}"#, "maxTotalDiscount"),
+            (
+                r#"{"codes":["A"],"maxTotalDiscount":1.5,"currency":"JPY","userId":"u","orderValue":1}"#,
+                "maxTotalDiscount",
+            ),
+        ] {
+            let err = ValidateBody::parse(body.as_bytes(), limits()).unwrap_err();
+            assert!(
+                matches!(&err, ApiError::MissingField { field: f } | ApiError::InvalidField { field: f, .. } if *f == field),
+                "{body}: {err:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,17 +8,20 @@ use hyper::header::{HeaderValue, USER_AGENT};
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::domain::cart::CartRequest;
 use crate::domain::money::Cents;
 use crate::domain::rules::{Decision, Reason};
 use crate::engine::{
-    Caller, EngineError, Receipt, ReleaseOutcome, ReleaseRequest, UseOutcome, UseRequest, ValidateRequest,
+    Caller, EngineError, Fate, Receipt, ReleaseOutcome, ReleaseRequest, StackRequest, UseOutcome, UseRequest,
+    ValidateRequest,
 };
 use crate::http::State;
 use crate::http::call::Call;
 use crate::http::cart_answer::{CartAnswer, CartParts};
 use crate::http::error::ApiError;
-use crate::http::request::{ReleaseBody, UseBody, ValidateBody};
+use crate::http::request::{Codes, ReleaseBody, Several, UseBody, ValidateBody};
 use crate::http::response::{self, HttpResponse, money, rfc3339};
+use crate::http::stack_answer::StackAnswer;
 
 /// Longest `User-Agent` kept in the validation log.
 const MAX_USER_AGENT_LEN: usize = 512;
@@ -62,8 +65,12 @@ pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiErro
         user_agent: call.headers.get(USER_AGENT).and_then(user_agent),
         started: call.started,
     };
+    let code = match &input.codes {
+        Codes::One(code) => code,
+        Codes::Several(several) => return Ok(validate_several(state, &call, &input, several, &caller)),
+    };
     let request = ValidateRequest {
-        code: &input.code,
+        code,
         user_id: &input.user_id,
         order_value: input.order_value,
         order_id: input.order_id.as_deref(),
@@ -86,6 +93,42 @@ pub async fn validate(state: &State, call: Call) -> Result<HttpResponse, ApiErro
         return Ok(response::json_sized(StatusCode::OK, &answer, answer.cart.size_hint()));
     }
     Ok(response::json(StatusCode::OK, &body))
+}
+
+/// A validate naming several codes (API.md §10): always with §9's totals.
+fn validate_several(
+    state: &State,
+    call: &Call,
+    input: &ValidateBody<'_>,
+    several: &Several<'_>,
+    caller: &Caller,
+) -> HttpResponse {
+    let request = StackRequest {
+        codes: &several.codes,
+        user_id: &input.user_id,
+        order_value: input.order_value,
+        order_id: input.order_id.as_deref(),
+        cart: input.cart.as_ref(),
+        mode: several.mode,
+        select: several.select,
+        max_total: several.max_total,
+    };
+    let validation = state.engine.validate_stack(&request, caller);
+    for code in &validation.codes {
+        if code.fate == Fate::Rejected(Reason::CouponNotFound) {
+            state.guard.record_failure(&input.user_id, call.client_ip, call.backend);
+        }
+    }
+    let plain;
+    let cart = match &input.cart {
+        Some(cart) => cart,
+        None => {
+            plain = CartRequest::plain(state.cart.default_currency);
+            &plain
+        }
+    };
+    let answer = StackAnswer { request: cart, order_value: input.order_value.get(), validation: &validation };
+    response::json_sized(StatusCode::OK, &answer, answer.size_hint())
 }
 
 /// A use taken or refused: `{"redeemed"|"held": bool, ...}`.

@@ -51,8 +51,12 @@ fn every_kind() -> Vec<Terms> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let limits =
-        CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100, max_body_bytes: 64 << 10 };
+    let limits = CartLimits {
+        default_currency: Currency::parse("EUR").expect("EUR"),
+        max_lines: 100,
+        max_codes: 5,
+        max_body_bytes: 64 << 10,
+    };
     let Ok(request) = ValidateBody::parse(data, limits) else { return };
     let Some(cart) = &request.cart else { return };
     let _ = cart.items_hash();

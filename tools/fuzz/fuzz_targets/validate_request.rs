@@ -6,7 +6,7 @@ use coupon_engine::domain::coupon::MAX_CODE_LEN;
 use coupon_engine::domain::identity::MAX_ID_LEN;
 use coupon_engine::domain::currency::Currency;
 use coupon_engine::http::cart_input::CartLimits;
-use coupon_engine::http::request::{ReleaseBody, UseBody, ValidateBody};
+use coupon_engine::http::request::{Codes, ReleaseBody, UseBody, ValidateBody};
 use libfuzzer_sys::fuzz_target;
 
 fn well_formed(text: &str, max: usize) -> bool {
@@ -14,12 +14,26 @@ fn well_formed(text: &str, max: usize) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let limits =
-        CartLimits { default_currency: Currency::parse("EUR").expect("EUR"), max_lines: 100, max_body_bytes: 64 << 10 };
+    let limits = CartLimits {
+        default_currency: Currency::parse("EUR").expect("EUR"),
+        max_lines: 100,
+        max_codes: 5,
+        max_body_bytes: 64 << 10,
+    };
     if let Ok(request) = ValidateBody::parse(data, limits) {
-        assert!(well_formed(&request.code, MAX_CODE_LEN));
-        assert_eq!(request.code.trim(), request.code);
-        assert!(!request.code.bytes().any(|b| b.is_ascii_lowercase()));
+        let codes: Vec<&str> = match &request.codes {
+            Codes::One(code) => vec![code],
+            Codes::Several(several) => {
+                assert!((1..=5).contains(&several.codes.len()));
+                several.codes.iter().map(|c| &**c).collect()
+            }
+        };
+        for (i, code) in codes.iter().enumerate() {
+            assert!(well_formed(code, MAX_CODE_LEN));
+            assert_eq!(code.trim(), *code);
+            assert!(!code.bytes().any(|b| b.is_ascii_lowercase()));
+            assert!(!codes[..i].contains(code), "codes are distinct");
+        }
         assert!(well_formed(&request.user_id, MAX_ID_LEN));
         assert_eq!(request.user_id.trim(), request.user_id);
         assert!(request.order_id.as_deref().is_none_or(|o| well_formed(o, MAX_ID_LEN)));

@@ -560,8 +560,12 @@ mod tests {
         use coupon_engine::http::cart_input::CartLimits;
         use coupon_engine::http::request::ValidateBody;
         let body = cart_body("LOADGEN-CART-PCT", "user_0000001", &mut ChaCha8Rng::seed_from_u64(1));
-        let limits =
-            CartLimits { default_currency: Currency::parse("EUR").unwrap(), max_lines: 100, max_body_bytes: 64 << 10 };
+        let limits = CartLimits {
+            default_currency: Currency::parse("EUR").unwrap(),
+            max_lines: 100,
+            max_codes: 5,
+            max_body_bytes: 64 << 10,
+        };
         let parsed = ValidateBody::parse(body.as_bytes(), limits).expect("a valid body");
         let cart = parsed.cart.expect("a cart");
         assert_eq!((cart.cart.lines.len(), cart.cart.shipping), (CART_LINES, Some(499)));
