@@ -48,6 +48,7 @@ fn main() {
             released_at: None,
             made_by: None,
             cart: Default::default(),
+            group: None,
         })
         .collect();
     let before = held();

@@ -292,17 +292,22 @@ impl Shipper {
         // Written before, its answer lost: whether each use landed then is not known here, so
         // the ledger reads those orders again (harmless if they did).
         for (_, _, event) in again {
-            if let Event::Redeemed(r) = event {
-                written.dropped.push((r.coupon_id, r.order_id.clone()));
+            for change in event.changes() {
+                if let Event::Redeemed(r) = change {
+                    written.dropped.push((r.coupon_id, r.order_id.clone()));
+                }
             }
         }
+        // The changes a record keeps together are written in this one transaction too.
         let mut wave = Wave { instance: &self.instance, ..Wave::default() };
         for (position, _, event) in fresh {
-            if event_id(event).is_some_and(|id| wave.ids.contains(&id)) {
-                wave.write(&mut tx, &mut written).await?;
-                wave = Wave { instance: &self.instance, ..Wave::default() };
+            for change in event.changes() {
+                if event_id(change).is_some_and(|id| wave.ids.contains(&id)) {
+                    wave.write(&mut tx, &mut written).await?;
+                    wave = Wave { instance: &self.instance, ..Wave::default() };
+                }
+                wave.push(*position, change);
             }
-            wave.push(*position, event);
         }
         wave.write(&mut tx, &mut written).await?;
         if let Some((last, _, _)) = events.last() {
@@ -332,7 +337,7 @@ fn event_id(event: &Event) -> Option<Uuid> {
         Event::Redeemed(e) => Some(e.id),
         Event::Confirmed(e) => Some(e.id),
         Event::Released(e) => Some(e.id),
-        Event::Validated(_) => None,
+        Event::Validated(_) | Event::Together { .. } => None,
     }
 }
 
@@ -357,6 +362,7 @@ impl<'a> Wave<'a> {
             Event::Confirmed(e) => self.confirmed.push(e),
             Event::Released(e) => self.released.push(e),
             Event::Validated(e) => self.logs.push((position, e)),
+            Event::Together { events } => events.iter().for_each(|e| self.push(position, e)),
         }
     }
 
@@ -471,17 +477,24 @@ async fn insert_redemptions(
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.at).collect();
     let holds: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.hold_until).collect();
     let campaigns: Vec<Option<i64>> = rows.iter().map(|r| r.campaign).collect();
+    let groups: Vec<Option<Uuid>> = rows.iter().map(|r| r.group.as_ref().map(|g| g.id)).collect();
+    let group_codes: Vec<Option<String>> = rows
+        .iter()
+        .map(|r| r.group.as_ref().map(|g| serde_json::to_string(&g.codes).expect("codes serialise")))
+        .collect();
     let written: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO coupon_usage (id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
-         used_at, hold_expires_at, campaign_id, currency, items_hash, shipping_discount, allocation, instance_id) \
-         SELECT r.*, $16 FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::text[], $5::text[], $6::text[], \
+         used_at, hold_expires_at, campaign_id, currency, items_hash, shipping_discount, allocation, group_id, \
+         group_codes, instance_id) \
+         SELECT r.*, $18 FROM UNNEST($1::uuid[], $2::int4[], $3::int8[], $4::text[], $5::text[], $6::text[], \
          $7::numeric[], $8::numeric[], $9::timestamptz[], $10::timestamptz[], $11::int8[], $12::text[], $13::bytea[], \
-         $14::numeric[], $15::text[]::jsonb[]) AS r \
+         $14::numeric[], $15::text[]::jsonb[], $16::uuid[], $17::text[]::jsonb[]) AS r \
          ON CONFLICT (id) DO UPDATE SET rev = EXCLUDED.rev, code = EXCLUDED.code, user_id = EXCLUDED.user_id, \
          order_value = EXCLUDED.order_value, discount_applied = EXCLUDED.discount_applied, used_at = EXCLUDED.used_at, \
          hold_expires_at = EXCLUDED.hold_expires_at, campaign_id = EXCLUDED.campaign_id, \
          currency = EXCLUDED.currency, items_hash = EXCLUDED.items_hash, \
          shipping_discount = EXCLUDED.shipping_discount, allocation = EXCLUDED.allocation, \
+         group_id = EXCLUDED.group_id, group_codes = EXCLUDED.group_codes, \
          instance_id = EXCLUDED.instance_id, released_at = NULL \
          WHERE coupon_usage.rev < EXCLUDED.rev RETURNING id",
     )
@@ -500,6 +513,8 @@ async fn insert_redemptions(
     .bind(items_hashes)
     .bind(shipping)
     .bind(allocations)
+    .bind(groups)
+    .bind(group_codes)
     .bind(instance)
     .fetch_all(&mut *conn)
     .await?;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::db::{Error, money};
 use crate::domain::coupon::CouponId;
 use crate::domain::currency::Currency;
+use crate::domain::event::GroupMark;
 use crate::domain::money::Cents;
 use crate::engine::StoredUse;
 use crate::engine::ledger::{CartMark, fingerprint};
@@ -17,7 +18,8 @@ use crate::engine::ports::{AllocationAnswer, ArchiveAnswer, ArchiveError, Archiv
 
 /// The columns of a use, as [`UsageRow`] reads them.
 pub const USAGE_COLUMNS: &str = "id, rev, coupon_id, code, user_id, order_id, order_value, discount_applied, \
-     hold_expires_at, released_at, instance_id, currency, items_hash, shipping_discount";
+     hold_expires_at, released_at, instance_id, currency, items_hash, shipping_discount, group_id, \
+     group_codes::text AS group_codes";
 
 /// A `coupon_usage` row.
 #[derive(Debug, sqlx::FromRow)]
@@ -36,6 +38,8 @@ pub struct UsageRow {
     currency: Option<String>,
     items_hash: Option<Vec<u8>>,
     shipping_discount: Option<Decimal>,
+    group_id: Option<Uuid>,
+    group_codes: Option<String>,
 }
 
 impl UsageRow {
@@ -55,6 +59,13 @@ impl UsageRow {
             money::amount_in(value, currency).ok_or_else(|| bad(&format!("{column} out of range")))
         };
         let shipping = self.shipping_discount.map(|s| amount(s, "shipping_discount")).transpose()?.unwrap_or_default();
+        let group = match (self.group_id, self.group_codes.as_deref()) {
+            (Some(id), Some(codes)) => {
+                let codes = serde_json::from_str(codes).map_err(|err| bad(&format!("group_codes: {err}")))?;
+                Some(GroupMark { id, codes })
+            }
+            _ => None,
+        };
         Ok(StoredUse {
             id: self.id,
             rev: u32::try_from(self.rev).map_err(|_| bad("rev is negative"))?,
@@ -70,6 +81,7 @@ impl UsageRow {
             hold_until: self.hold_expires_at,
             released_at: self.released_at,
             made_by: self.instance_id,
+            group,
         })
     }
 }

@@ -31,6 +31,9 @@ pub enum Event {
     /// A validation answered (a `validation_logs` row).
     #[serde(alias = "validation_log")]
     Validated(Validated),
+    /// Several changes of one request, kept whole: the uses of a set of codes (API.md §10),
+    /// or their release. One record, so one fsync and one shipping transaction.
+    Together { events: Vec<Event> },
 }
 
 /// A use of a coupon taken by an order: one `coupon_usage` row, keyed by `id`.
@@ -63,6 +66,25 @@ pub struct Redeemed {
     /// `coupon_usage.discount_applied` keeps the merchandise's, `shipping_discount` the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cart: Option<CartUse>,
+    /// Set for a use taken with other codes of its order (§10): the set it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupMark>,
+}
+
+/// The set of codes a use was taken with (§10): its id (`coupon_usage.group_id`), and every
+/// code the request named with what became of it, so that a replay answers the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMark {
+    pub id: Uuid,
+    pub codes: Vec<GroupCode>,
+}
+
+/// One code a set's request named: taken (no reason), or why not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCode {
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
 }
 
 /// What a use taken on a cart keeps beyond today's amounts (API.md §9, §10's storage): its
@@ -178,6 +200,15 @@ fn cancelled() -> ReleaseCause {
 }
 
 impl Event {
+    /// The changes it records, one by one: its own, or those it keeps together.
+    pub fn changes(&self) -> impl Iterator<Item = &Event> {
+        let together = match self {
+            Event::Together { events } => events.as_slice(),
+            one => std::slice::from_ref(one),
+        };
+        together.iter()
+    }
+
     /// The event as journal payload bytes.
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("events serialise")
@@ -221,7 +252,20 @@ mod tests {
                     shipping_discount: 500,
                     allocation: r#"[{"lineId":"1","discount":100,"units":[{"count":1,"discount":100}]}]"#.into(),
                 }),
+                group: Some(GroupMark {
+                    id: Uuid::from_u128(9),
+                    codes: vec![
+                        GroupCode { code: "A".into(), reason: None },
+                        GroupCode { code: "B".into(), reason: Some(Reason::NoEffect) },
+                    ],
+                }),
             }),
+            Event::Together {
+                events: vec![
+                    Event::Confirmed(Confirmed { id: Uuid::from_u128(1), rev: 2, at }),
+                    Event::Confirmed(Confirmed { id: Uuid::from_u128(2), rev: 2, at }),
+                ],
+            },
             Event::Confirmed(Confirmed { id: Uuid::from_u128(1), rev: 2, at }),
             Event::Released(Released {
                 id: Uuid::from_u128(1),

@@ -52,9 +52,38 @@ pub fn redemption_id(coupon_id: CouponId, order_id: &str) -> Uuid {
     Uuid::new_v5(&REDEMPTIONS, &name)
 }
 
+/// The namespace of the ids of sets of codes (UUIDv5).
+const GROUPS: Uuid = Uuid::from_u128(0x2b7e_9a41_c6d0_4f83_a15e_7d2c_90b4_3e61);
+
+/// The id of the set of `codes` (normalised, in any order) on `order_id` (API.md §10): the
+/// same for every retry of the same set, on every instance; another set, another id.
+pub fn group_id(order_id: &str, codes: &[impl AsRef<str>]) -> Uuid {
+    let mut sorted: Vec<&str> = codes.iter().map(AsRef::as_ref).collect();
+    sorted.sort_unstable();
+    let mut name = Vec::with_capacity(order_id.len() + sorted.iter().map(|c| c.len() + 1).sum::<usize>());
+    name.extend_from_slice(order_id.as_bytes());
+    for code in sorted {
+        // Codes and order ids hold no control characters: a newline is part of neither.
+        name.push(b'\n');
+        name.extend_from_slice(code.as_bytes());
+    }
+    Uuid::new_v5(&GROUPS, &name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_has_one_id_whatever_the_order_of_its_codes() {
+        let id = group_id("ord-1", &["A", "B"]);
+        assert_eq!(group_id("ord-1", &["B", "A"]), id);
+        for other in [group_id("ord-1", &["A"]), group_id("ord-1", &["A", "C"]), group_id("ord-2", &["A", "B"])] {
+            assert_ne!(other, id);
+        }
+        // The separator keeps "A"+"B" apart from "AB".
+        assert_ne!(group_id("ord-1", &["AB"]), group_id("ord-1", &["A", "B"]));
+    }
 
     #[test]
     fn ids_are_trimmed_and_checked() {

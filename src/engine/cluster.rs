@@ -383,6 +383,7 @@ impl Engine {
             released_at,
             made_by: None,
             cart: row.cart,
+            group: None,
         }]);
     }
 }

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod cluster;
 pub mod codes;
 pub mod forgotten;
+mod groups;
 mod hold_shares;
 pub mod holds;
 pub mod leases;
@@ -24,6 +25,7 @@ pub mod limits;
 pub mod ports;
 mod release;
 mod requests;
+mod sets;
 mod stacked;
 pub mod standing;
 mod take;
@@ -32,6 +34,7 @@ pub use requests::{
     Caller, HoldFate, Receipt, Refused, ReleaseOutcome, ReleaseRequest, StoredUse, UseKind, UseOutcome, UseRequest,
     ValidateRequest, Validation,
 };
+pub use sets::{SetOutcome, SetReceipt, SetReleaseOutcome, SetReleaseRequest, SetRequest, SetUse};
 pub use stacked::{Applied, Fate, StackRequest, StackedCode, StackedValidation};
 
 use std::cell::OnceCell;
@@ -123,6 +126,8 @@ pub struct Engine {
     allocations: allocations::Allocations,
     /// What each caller holds of each limited pool.
     hold_shares: hold_shares::HoldShares,
+    /// The orders taken as sets of codes.
+    groups: groups::Groups,
 }
 
 impl Engine {
@@ -151,6 +156,7 @@ impl Engine {
             decisions: tokio::sync::RwLock::new(()),
             allocations,
             hold_shares,
+            groups: groups::Groups::default(),
         }
     }
 
@@ -263,6 +269,9 @@ impl Engine {
                 continue;
             }
             loaded += 1;
+            if let Some(group) = stored.group.as_ref().filter(|_| stored.released_at.is_none()) {
+                self.groups.load(key.1, group.id, slot.user, stored.coupon_id, &group.codes);
+            }
             if slot.counts() {
                 let u = Use::of_slot(key, stored.coupon_id, &slot);
                 // Without caps every limit takes; the order's claim is the slot just stored.

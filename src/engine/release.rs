@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::coupon::normalize_code;
 use crate::domain::event::{Event, ReleaseCause, Released};
-use crate::engine::ledger::{Ended, OrderKey, Slot, SlotState};
+use chrono::{DateTime, Utc};
+
+use crate::engine::ledger::{Ended, IdKey, OrderKey, Slot, SlotState};
 use crate::engine::limits::Use;
 use crate::engine::ports::PortError;
 use crate::engine::{EXPIRY_BATCH, Engine, EngineError, HoldFate, ReleaseOutcome, ReleaseRequest, limits};
@@ -204,6 +206,14 @@ impl Engine {
             self.ledger.update(key, |current| (current.map(|s| Slot { state: slot.state, ..s }), ()));
             return Err(err.into());
         }
+        self.given_back(key, slot, rev, cause, now);
+        self.set_released(key.1);
+        Ok(true)
+    }
+
+    /// The release of `slot` (claimed `Changing`) is journalled at `rev`: it turns
+    /// `Released` and its limits get its uses back.
+    pub(super) fn given_back(&self, key: OrderKey, slot: Slot, rev: u32, cause: ReleaseCause, now: DateTime<Utc>) {
         let was_hold = slot.is_hold();
         let ended = match (was_hold, cause) {
             (false, _) => Ended::Redemption,
@@ -222,7 +232,17 @@ impl Engine {
                 ReleaseCause::Expired => "expired",
             });
         }
-        Ok(true)
+    }
+
+    /// After a use of `order` was given back: a set whose every use is given back is no
+    /// longer the order's (its codes may be taken again, one at a time or as another set).
+    pub(super) fn set_released(&self, order: IdKey) {
+        let Some(group) = self.groups.of(order).filter(|g| !g.taking) else { return };
+        let released =
+            |coupon| self.ledger.slot((coupon, order)).is_none_or(|s| matches!(s.state, SlotState::Released { .. }));
+        if group.members.iter().all(|&coupon| released(coupon)) {
+            self.groups.remove(order, group.id);
+        }
     }
 
     pub(super) async fn wait_settled(&self, key: OrderKey, until: Instant) -> Result<(), EngineError> {

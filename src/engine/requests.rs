@@ -201,4 +201,6 @@ pub struct StoredUse {
     pub made_by: Option<String>,
     /// For a use taken with §9's fields.
     pub cart: CartMark,
+    /// For a use taken with other codes of its order (§10).
+    pub group: Option<crate::domain::event::GroupMark>,
 }

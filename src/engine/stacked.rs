@@ -10,6 +10,9 @@ use crate::domain::coupon::CouponId;
 use crate::domain::money::Cents;
 use crate::domain::rules::{self, Attempt, Decision, Reason};
 use crate::domain::stack::{self, Classes, CombinedCap, Mode, Passed, Select};
+use chrono::{DateTime, Utc};
+
+use crate::engine::catalog::Catalog;
 use crate::engine::{Asked, Caller, Engine, offer};
 
 /// A validate request naming several codes, well-formed.
@@ -95,8 +98,38 @@ impl Engine {
     /// others).
     pub fn validate_stack(&self, req: &StackRequest<'_>, caller: &Caller) -> StackedValidation {
         self.metrics.stack_size.record(req.codes.len() as f64);
-        let catalog = self.catalog.load();
         let now = self.clock.now();
+        let mut judged = self.judge_stack(&self.catalog.load(), req, &[], now);
+        let asked = Asked { user_id: req.user_id, order_id: req.order_id, order_value: req.order_value, caller, now };
+        for (position, code) in judged.codes.iter().enumerate() {
+            let (reason, discount) = match code.fate {
+                Fate::Rejected(reason) => (Some(reason), 0),
+                Fate::Skipped => (Some(Reason::NoEffect), 0),
+                Fate::Applied => {
+                    let taken = judged.applied.iter().find(|a| a.position == position).map(|a| &a.taken);
+                    (None, taken.map_or(0, Taken::merchandise))
+                }
+            };
+            let discount = Cents::new(discount).unwrap_or(req.order_value);
+            self.log_validation(&asked, &code.code, code.coupon_id, reason, discount);
+        }
+        if !judged.valid {
+            judged.applied.clear();
+        }
+        judged
+    }
+
+    /// §10 steps 1–6 without a log: each code judged alone, the stack of those that pass, and
+    /// `mode`'s verdict; `applied` as the stack has it even when the verdict is not valid.
+    /// `refused` are codes (by position) refused since they were judged: a limit ran out while
+    /// taking them; they are rejected with that reason.
+    pub(super) fn judge_stack(
+        &self,
+        catalog: &Catalog,
+        req: &StackRequest<'_>,
+        refused: &[(usize, Reason)],
+        now: DateTime<Utc>,
+    ) -> StackedValidation {
         let default_currency = self.settings.default_currency;
         let attempt = Attempt {
             user_id: req.user_id,
@@ -117,10 +150,11 @@ impl Engine {
         let mut candidates = Vec::with_capacity(req.codes.len());
         for (position, code) in req.codes.iter().enumerate() {
             let found = catalog.find(code);
-            let verdict = match found {
-                None => Err(Reason::CouponNotFound),
-                Some(found) => {
-                    let offer = offer(&catalog, found, req.user_id);
+            let verdict = match (found, refused.iter().find(|(p, _)| *p == position)) {
+                (_, Some((_, reason))) => Err(*reason),
+                (None, None) => Err(Reason::CouponNotFound),
+                (Some(found), None) => {
+                    let offer = offer(catalog, found, req.user_id);
                     let view = self.view(&offer, found, req.user_id, req.order_id);
                     match rules::decide(&offer, &view, &attempt, now).0 {
                         Decision::Rejected(reason) => Err(reason),
@@ -128,14 +162,15 @@ impl Engine {
                     }
                 }
             };
-            let fate = match verdict {
-                Err(reason) => Fate::Rejected(reason),
-                Ok(terms) => {
-                    let coupon = found.map(|f| f.coupon()).expect("a code that passed was found");
+            let fate = match (verdict, found) {
+                (Ok(terms), Some(found)) => {
+                    let coupon = found.coupon();
                     let (priority, combines_with) = (coupon.priority, coupon.combines_with);
                     candidates.push(Candidate { position, terms, priority, combines_with });
                     Fate::Applied
                 }
+                (Err(reason), _) => Fate::Rejected(reason),
+                (Ok(_), None) => Fate::Rejected(Reason::CouponNotFound),
             };
             codes.push(StackedCode { code: code.to_string(), coupon_id: found.map(|f| f.coupon().id), fate });
         }
@@ -177,26 +212,11 @@ impl Engine {
             .into_iter()
             .map(|(position, taken)| Applied { position, class: class(position), taken })
             .collect();
-
-        let asked = Asked { user_id: req.user_id, order_id: req.order_id, order_value: req.order_value, caller, now };
-        for (position, code) in codes.iter().enumerate() {
-            let (reason, discount) = match code.fate {
-                Fate::Rejected(reason) => (Some(reason), 0),
-                Fate::Skipped => (Some(Reason::NoEffect), 0),
-                Fate::Applied => {
-                    let taken = applied.iter().find(|a| a.position == position).map(|a| &a.taken);
-                    (None, taken.map_or(0, Taken::merchandise))
-                }
-            };
-            let discount = Cents::new(discount).unwrap_or(req.order_value);
-            self.log_validation(&asked, &code.code, code.coupon_id, reason, discount);
-        }
-
         let refused = codes.iter().filter(|c| matches!(c.fate, Fate::Rejected(_))).count();
         let valid = match req.mode {
             Mode::All => refused == 0,
             Mode::Partial => refused < codes.len(),
         };
-        StackedValidation { valid, applied: if valid { applied } else { Vec::new() }, codes }
+        StackedValidation { valid, codes, applied }
     }
 }

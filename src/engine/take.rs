@@ -13,7 +13,7 @@ use crate::domain::campaign::Campaign;
 use crate::domain::cart_discount::Taken;
 use crate::domain::cart_fields;
 use crate::domain::coupon::{BatchId, CampaignId, Coupon, CouponId, normalize_code};
-use crate::domain::event::{CartUse, Confirmed, Event, Funding, Redeemed, Spent};
+use crate::domain::event::{CartUse, Confirmed, Event, Funding, GroupMark, Redeemed, Spent};
 use crate::domain::identity::redemption_id;
 use crate::domain::money::Cents;
 use crate::domain::rules::{self, Attempt, Decision, Reason};
@@ -104,6 +104,12 @@ impl Engine {
                 return Ok(UseOutcome::Refused(Refused::QuotaUnavailable));
             }
             let key = (coupon.id, self.ledger.id_key(req.order_id));
+            // An order's code set is fixed at its first redeem (§10): one taken as a set takes
+            // no code alone.
+            if let Some(group) = self.groups.of(key.1) {
+                let refused = if group.user == user { Refused::IdempotencyMismatch } else { Refused::OrderTaken };
+                return Ok(UseOutcome::Refused(refused));
+            }
             self.settle_doubt(key).await?;
             let now = self.clock.now();
             if let Some((slot, cart)) = self.ledger.slot_with_cart(key) {
@@ -211,7 +217,6 @@ impl Engine {
         now: DateTime<Utc>,
         prior_rev: u32,
     ) -> Result<Option<UseOutcome>, EngineError> {
-        let coupon = found.coupon();
         let offer = offer(catalog, found, req.user_id);
         // The order is not checked here: claiming it is the first link of the chain.
         let view = self.view(&offer, found, req.user_id, None);
@@ -226,6 +231,51 @@ impl Engine {
             (Decision::Valid { discount, .. }, taken) => (discount, taken),
             (Decision::Rejected(reason), _) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
         };
+        let Reserved { reservation: mut taken, new, rev, totals, limited, sharing } =
+            match self.reserve(found, &offer, key, user, req, kind, now, prior_rev, discount, taken) {
+                Ok(reserved) => reserved,
+                Err(outcome) => return Ok(outcome),
+            };
+        let Some(cluster) = sharing else {
+            return self.journal_use(taken, &new, rev, None).await;
+        };
+        let spent = match self.spend_leases(cluster, &totals).await {
+            Ok(spent) => spent,
+            Err(short) => {
+                return Ok(Some(UseOutcome::Refused(match short {
+                    cluster::Short::Limit(reason) => Refused::Rule(reason),
+                    cluster::Short::Unavailable => Refused::QuotaUnavailable,
+                })));
+            }
+        };
+        taken.leased(cluster, totals);
+        if limited {
+            return self.claim_use(cluster, taken, &new, rev, spent).await;
+        }
+        let funded_by =
+            (!spent.is_empty()).then(|| Funding { instance: cluster.instance.clone(), epoch: cluster.epoch, spent });
+        self.journal_use(taken, &new, rev, funded_by).await
+    }
+
+    /// Takes the limit chain for a new use of `key` worth `discount` off the merchandise
+    /// (with a cart, `taken` line by line and off shipping) behind one [`Reservation`], and
+    /// marks its slot settling; what recording it needs comes with it. `Err(None)` if another
+    /// request claimed the order first; `Err(Some(refusal))` if a limit refused.
+    #[allow(clippy::too_many_arguments, reason = "the parts of one use; two call sites")]
+    pub(super) fn reserve<'r>(
+        &'r self,
+        found: Found<'_>,
+        offer: &rules::Offer<'_>,
+        key: OrderKey,
+        user: IdKey,
+        req: &'r UseRequest<'r>,
+        kind: UseKind,
+        now: DateTime<Utc>,
+        prior_rev: u32,
+        discount: Cents,
+        taken: Option<Taken>,
+    ) -> Result<Reserved<'r>, Option<UseOutcome>> {
+        let coupon = found.coupon();
         // With a cart, the use keeps the code's effect (what its campaign's budget is
         // charged: merchandise and shipping) and what the answer and refunds need.
         let (discount, cart) = match req.cart {
@@ -246,7 +296,7 @@ impl Engine {
         };
         let campaign = offer.campaign.filter(|_| rules::takes_campaign_use(discount));
         if matches!(kind, UseKind::Hold { .. }) && !self.within_hold_share(key, req, coupon, campaign, discount, now) {
-            return Ok(Some(UseOutcome::Refused(Refused::HoldShareExceeded)));
+            return Err(Some(UseOutcome::Refused(Refused::HoldShareExceeded)));
         }
         let new = NewUse {
             key,
@@ -280,7 +330,7 @@ impl Engine {
             || new.code_limit.is_some()
             || new.hold_until.is_some();
         if limited && !self.may_take_limited() {
-            return Ok(Some(UseOutcome::Refused(Refused::QuotaUnavailable)));
+            return Err(Some(UseOutcome::Refused(Refused::QuotaUnavailable)));
         }
         // Among instances the totals are the leases' (below): this ledger counts the uses it
         // knows of, and the per-user counts stay a first, local check. Alone, it decides all.
@@ -297,11 +347,11 @@ impl Engine {
             campaign_user: CampaignPerUser(new.campaign_user_limit),
             budget: CampaignBudget(campaign.and_then(|c| c.budget).filter(|_| sharing.is_none())),
         };
-        let mut taken = match Reservation::take(self, Use::of_slot(key, coupon.id, &slot), limits) {
-            Ok(taken) => taken,
-            Err(Refusal::OrderTaken(_)) => return Ok(None),
-            Err(Refusal::Rule(reason)) => return Ok(Some(UseOutcome::Refused(Refused::Rule(reason)))),
-            Err(Refusal::TooManyHolds) => return Ok(Some(UseOutcome::Refused(Refused::TooManyHolds))),
+        let reservation = match Reservation::take(self, Use::of_slot(key, coupon.id, &slot), limits) {
+            Ok(reservation) => reservation,
+            Err(Refusal::OrderTaken(_)) => return Err(None),
+            Err(Refusal::Rule(reason)) => return Err(Some(UseOutcome::Refused(Refused::Rule(reason)))),
+            Err(Refusal::TooManyHolds) => return Err(Some(UseOutcome::Refused(Refused::TooManyHolds))),
         };
         // While it is `Taking`, replays wait: they see the mark with the slot.
         self.ledger.mark(key, CartMark::of(new.cart.as_ref()));
@@ -309,25 +359,7 @@ impl Engine {
         // its back-fill: count it as the definitions now say.
         self.ledger.count_user_of(key, counted(&self.catalog.load(), coupon.id, campaign.map(|c| c.id)));
         let rev = self.ledger.slot(key).map_or(1, |s| s.rev);
-        let Some(cluster) = sharing else {
-            return self.journal_use(taken, &new, rev, None).await;
-        };
-        let spent = match self.spend_leases(cluster, &totals).await {
-            Ok(spent) => spent,
-            Err(short) => {
-                return Ok(Some(UseOutcome::Refused(match short {
-                    cluster::Short::Limit(reason) => Refused::Rule(reason),
-                    cluster::Short::Unavailable => Refused::QuotaUnavailable,
-                })));
-            }
-        };
-        taken.leased(cluster, totals);
-        if limited {
-            return self.claim_use(cluster, taken, &new, rev, spent).await;
-        }
-        let funded_by =
-            (!spent.is_empty()).then(|| Funding { instance: cluster.instance.clone(), epoch: cluster.epoch, spent });
-        self.journal_use(taken, &new, rev, funded_by).await
+        Ok(Reserved { reservation, new, rev, totals, limited, sharing })
     }
 
     /// Whether the caller of a hold of `key` is within its share of what the coupon and its
@@ -380,21 +412,7 @@ impl Engine {
         rev: u32,
         funded_by: Option<Funding>,
     ) -> Result<Option<UseOutcome>, EngineError> {
-        let event = Event::Redeemed(Redeemed {
-            id: new.id,
-            rev,
-            coupon_id: new.coupon_id,
-            code: new.code_text.clone(),
-            user_id: new.req.user_id.to_owned(),
-            order_id: new.req.order_id.to_owned(),
-            order_value: new.req.order_value,
-            discount: new.discount,
-            at: new.at,
-            hold_until: new.hold_until,
-            campaign: new.campaign,
-            funded_by,
-            cart: new.cart.clone(),
-        });
+        let event = Event::Redeemed(new.record(rev, funded_by, None));
         self.journal.append(&event.encode()).await?;
         taken.commit();
         Ok(Some(self.settle_taken(new, rev)))
@@ -465,7 +483,7 @@ impl Engine {
     }
 
     /// Marks a use taken durably (journalled, or written by PostgreSQL) and answers it.
-    fn settle_taken(&self, new: &NewUse<'_>, rev: u32) -> UseOutcome {
+    pub(super) fn settle_taken(&self, new: &NewUse<'_>, rev: u32) -> UseOutcome {
         let (key, hold_until) = (new.key, new.hold_until);
         let state = match hold_until {
             Some(until) => SlotState::Held { until: until.timestamp_millis() },
@@ -528,11 +546,25 @@ impl Engine {
     }
 }
 
+/// A use whose limits are taken, ready to be recorded.
+pub(super) struct Reserved<'r> {
+    pub(super) reservation: Reservation<'r>,
+    pub(super) new: NewUse<'r>,
+    /// The revision its record carries.
+    pub(super) rev: u32,
+    /// Among instances, the lease units of its totals.
+    totals: Vec<(Scope, u64)>,
+    /// Under some limit: among instances, it is claimed in PostgreSQL.
+    limited: bool,
+    /// Among instances: the cluster it is taken in.
+    sharing: Option<&'r Cluster>,
+}
+
 /// The facts of a use being taken, for its slot and its record.
-struct NewUse<'a> {
+pub(super) struct NewUse<'a> {
     key: OrderKey,
     id: Uuid,
-    coupon_id: CouponId,
+    pub(super) coupon_id: CouponId,
     code: Option<(BatchId, u32)>,
     /// The bulk code as its record names it.
     code_text: Option<String>,
@@ -551,6 +583,26 @@ struct NewUse<'a> {
 }
 
 impl NewUse<'_> {
+    /// Its journal record; `group` for a use taken with other codes of its order.
+    pub(super) fn record(&self, rev: u32, funded_by: Option<Funding>, group: Option<GroupMark>) -> Redeemed {
+        Redeemed {
+            id: self.id,
+            rev,
+            coupon_id: self.coupon_id,
+            code: self.code_text.clone(),
+            user_id: self.req.user_id.to_owned(),
+            order_id: self.req.order_id.to_owned(),
+            order_value: self.req.order_value,
+            discount: self.discount,
+            at: self.at,
+            hold_until: self.hold_until,
+            campaign: self.campaign,
+            funded_by,
+            cart: self.cart.clone(),
+            group,
+        }
+    }
+
     /// Its slot while it is being taken.
     fn slot(&self, user: IdKey, prior_rev: u32) -> Slot {
         Slot {
@@ -586,7 +638,7 @@ fn deadline(kind: UseKind, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
 /// What a new use has taken so far: its counts in the ledger (every link of the limit chain)
 /// and, among instances, the lease units of its totals. Dropped before [`Reservation::commit`]
 /// it gives all of it back: the one undo of the take path.
-struct Reservation<'e> {
+pub(super) struct Reservation<'e> {
     engine: &'e Engine,
     u: Use,
     limits: Limits,
@@ -613,7 +665,7 @@ impl<'e> Reservation<'e> {
     }
 
     /// The use is recorded: what it took stays taken.
-    fn commit(mut self) {
+    pub(super) fn commit(mut self) {
         self.committed = true;
     }
 }

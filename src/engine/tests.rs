@@ -563,7 +563,7 @@ async fn a_hold_is_confirmed_cancelled_or_expired_and_the_answer_says_which() {
                     Event::Redeemed(r) => Some(("redeemed".to_owned(), r.rev)),
                     Event::Released(r) => Some((format!("released {:?}", r.cause), r.rev)),
                     Event::Confirmed(r) => Some(("confirmed".to_owned(), r.rev)),
-                    Event::Validated(_) => None,
+                    Event::Validated(_) | Event::Together { .. } => None,
                 })
                 .collect();
             let expected =
@@ -696,6 +696,7 @@ async fn stored_uses_count_again_and_expired_holds_are_given_back_at_load() {
             released_at,
             made_by: None,
             cart: crate::engine::ledger::CartMark::default(),
+            group: None,
         };
         let rows = [
             stored("live", None, None),

@@ -14,6 +14,7 @@ pub mod handlers;
 pub mod request;
 pub mod response;
 pub mod routes;
+pub mod set_answer;
 pub mod stack_answer;
 
 use std::convert::Infallible;

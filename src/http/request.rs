@@ -47,6 +47,16 @@ impl Codes<'_> {
     }
 }
 
+/// The codes a release names (§10): one `code`, as before, a list, or `allCodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseCodes<'a> {
+    One(Cow<'a, str>),
+    /// Normalised and distinct.
+    Several(Vec<Cow<'a, str>>),
+    /// Every code the order's set took.
+    All,
+}
+
 /// `codes`, and how they are taken together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Several<'a> {
@@ -61,7 +71,7 @@ pub struct Several<'a> {
 /// A checked redeem or hold body: the validate fields with `orderId` required.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UseBody<'a> {
-    pub code: Cow<'a, str>,
+    pub codes: Codes<'a>,
     pub user_id: Cow<'a, str>,
     pub order_id: Cow<'a, str>,
     pub order_value: Cents,
@@ -74,7 +84,7 @@ pub struct UseBody<'a> {
 /// A checked `POST /api/coupons/release` body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseBody<'a> {
-    pub code: Cow<'a, str>,
+    pub codes: ReleaseCodes<'a>,
     pub order_id: Cow<'a, str>,
     /// When given, it must be the redeemer's.
     pub user_id: Option<Cow<'a, str>>,
@@ -106,6 +116,8 @@ struct RawBody<'a> {
     select: Option<&'a RawValue>,
     #[serde(borrow, rename = "maxTotalDiscount")]
     max_total_discount: Option<&'a RawValue>,
+    #[serde(borrow, rename = "allCodes")]
+    all_codes: Option<&'a RawValue>,
 }
 
 impl<'a> RawBody<'a> {
@@ -134,22 +146,7 @@ impl<'a> RawBody<'a> {
         if self.code.is_some_and(|v| v.get() != "null") {
             return Err(ApiError::InvalidField { field: "codes", problem: "cannot be sent with code".into() });
         }
-        let raw: Vec<&'a RawValue> = serde_json::from_str(list.get())
-            .map_err(|_| ApiError::InvalidField { field: "codes", problem: "must be an array of codes".into() })?;
-        if raw.is_empty() {
-            return Err(ApiError::InvalidField { field: "codes", problem: "must name at least one code".into() });
-        }
-        if raw.len() > limits.max_codes {
-            return Err(ApiError::TooManyCodes { max: limits.max_codes });
-        }
-        let mut codes: Vec<Cow<'a, str>> = Vec::with_capacity(raw.len());
-        for value in raw {
-            let code = checked_code(Some(value), "codes")?;
-            if codes.contains(&code) {
-                return Err(ApiError::InvalidField { field: "codes", problem: format!("names {code} twice") });
-            }
-            codes.push(code);
-        }
+        let codes = code_list(list, limits.max_codes)?;
         let mode = spelled(self.mode, "mode", Mode::parse, "all or partial")?.unwrap_or(Mode::All);
         let select = spelled(self.select, "select", Select::parse, "priority or best")?.unwrap_or(Select::Priority);
         Ok(Codes::Several(Several { codes, mode, select, max_total: None }))
@@ -166,6 +163,27 @@ impl<'a> RawBody<'a> {
         several.max_total = Some(max);
         Ok(())
     }
+}
+
+/// `codes`: 1 to `max` codes, normalised and distinct.
+fn code_list(list: &RawValue, max: usize) -> Result<Vec<Cow<'_, str>>, ApiError> {
+    let raw: Vec<&RawValue> = serde_json::from_str(list.get())
+        .map_err(|_| ApiError::InvalidField { field: "codes", problem: "must be an array of codes".into() })?;
+    if raw.is_empty() {
+        return Err(ApiError::InvalidField { field: "codes", problem: "must name at least one code".into() });
+    }
+    if raw.len() > max {
+        return Err(ApiError::TooManyCodes { max });
+    }
+    let mut codes: Vec<Cow<'_, str>> = Vec::with_capacity(raw.len());
+    for value in raw {
+        let code = checked_code(Some(value), "codes")?;
+        if codes.contains(&code) {
+            return Err(ApiError::InvalidField { field: "codes", problem: format!("names {code} twice") });
+        }
+        codes.push(code);
+    }
+    Ok(codes)
 }
 
 /// One of a few words; `null` counts as absent.
@@ -194,11 +212,12 @@ impl<'a> UseBody<'a> {
     /// Parses a redeem or hold body; `max_ttl_seconds` bounds `ttlSeconds`.
     pub fn parse(body: &'a [u8], max_ttl_seconds: u64, limits: CartLimits) -> Result<UseBody<'a>, ApiError> {
         let raw = RawBody::parse_use(body)?;
-        let code = code(raw.code)?;
+        let mut codes = raw.codes(limits)?;
         let user_id = id(raw.user_id, "userId")?.ok_or(ApiError::MissingField { field: "userId" })?;
         let (order_value, cart) = raw.cart(limits, body.len())?;
+        raw.max_total(&mut codes, cart.as_ref(), limits)?;
         Ok(UseBody {
-            code,
+            codes,
             user_id,
             order_value,
             order_id: id(raw.order_id, "orderId")?.ok_or(ApiError::MissingField { field: "orderId" })?,
@@ -209,10 +228,24 @@ impl<'a> UseBody<'a> {
 }
 
 impl<'a> ReleaseBody<'a> {
-    pub fn parse(body: &'a [u8]) -> Result<ReleaseBody<'a>, ApiError> {
+    /// Parses a release body; `codes` may name at most `max_codes`.
+    pub fn parse(body: &'a [u8], max_codes: usize) -> Result<ReleaseBody<'a>, ApiError> {
         let raw: RawBody<'a> = parse_object(body)?;
+        let sent = |v: Option<&RawValue>| v.is_some_and(|v| v.get() != "null");
+        let codes = match (sent(raw.code), sent(raw.codes), sent(raw.all_codes)) {
+            (_, false, false) => ReleaseCodes::One(code(raw.code)?),
+            (false, true, false) => ReleaseCodes::Several(code_list(raw.codes.expect("sent"), max_codes)?),
+            (false, false, true) if raw.all_codes.map(RawValue::get) == Some("true") => ReleaseCodes::All,
+            (false, false, true) => {
+                return Err(ApiError::InvalidField { field: "allCodes", problem: "must be true when sent".into() });
+            }
+            _ => {
+                let problem = "only one of code, codes and allCodes may be sent".into();
+                return Err(ApiError::InvalidField { field: "codes", problem });
+            }
+        };
         Ok(ReleaseBody {
-            code: code(raw.code)?,
+            codes,
             order_id: id(raw.order_id, "orderId")?.ok_or(ApiError::MissingField { field: "orderId" })?,
             user_id: id(raw.user_id, "userId")?,
         })
@@ -435,10 +468,18 @@ mod tests {
     fn redeem_needs_an_order_and_release_needs_code_and_order() {
         let redeem = UseBody::parse(br#"{"code":"a","userId":"u","orderValue":1}"#, 3600, limits());
         assert_eq!(redeem, Err(ApiError::MissingField { field: "orderId" }));
-        let release = ReleaseBody::parse(br#"{"code":" a ","orderId":"o-1","userId":" u "}"#).unwrap();
+        let release = ReleaseBody::parse(br#"{"code":" a ","orderId":"o-1","userId":" u "}"#, 5).unwrap();
         assert_eq!(
-            (release.code.as_ref(), release.order_id.as_ref(), release.user_id.as_deref()),
-            ("A", "o-1", Some("u"))
+            (release.codes, release.order_id.as_ref(), release.user_id.as_deref()),
+            (ReleaseCodes::One("A".into()), "o-1", Some("u"))
+        );
+        let several = ReleaseBody::parse(br#"{"codes":["a","b"],"orderId":"o-1"}"#, 5).unwrap();
+        assert_eq!(several.codes, ReleaseCodes::Several(vec!["A".into(), "B".into()]));
+        let all = ReleaseBody::parse(br#"{"allCodes":true,"orderId":"o-1"}"#, 5).unwrap();
+        assert_eq!(all.codes, ReleaseCodes::All);
+        assert_eq!(
+            ReleaseBody::parse(br#"{"codes":["a","b"],"orderId":"o-1"}"#, 1),
+            Err(ApiError::TooManyCodes { max: 1 })
         );
         for (body, field) in [
             (r#"{"orderId":"o"}"#, "code"),
@@ -446,8 +487,13 @@ mod tests {
             (r#"{"code":"A","orderId":""}"#, "orderId"),
             (r#"{"code":"A","orderId":"  "}"#, "orderId"),
             (r#"{"code":"A","orderId":"o","userId":"\u0007"}"#, "userId"),
+            (r#"{"code":"A","codes":["B"],"orderId":"o"}"#, "codes"),
+            (r#"{"codes":["B"],"allCodes":true,"orderId":"o"}"#, "codes"),
+            (r#"{"allCodes":false,"orderId":"o"}"#, "allCodes"),
+            (r#"{"allCodes":"yes","orderId":"o"}"#, "allCodes"),
+            (r#"{"codes":[],"orderId":"o"}"#, "codes"),
         ] {
-            let err = ReleaseBody::parse(body.as_bytes()).unwrap_err();
+            let err = ReleaseBody::parse(body.as_bytes(), 5).unwrap_err();
             assert!(
                 matches!(err, ApiError::MissingField { field: f } | ApiError::InvalidField { field: f, .. } if f == field),
                 "{body}: {err:?}"

@@ -7,6 +7,7 @@ use serde::{Serialize, Serializer};
 
 use crate::domain::allocation::{self, Run};
 use crate::domain::cart::CartRequest;
+use crate::domain::cart_discount::Taken;
 use crate::domain::currency::Currency;
 use crate::domain::rules::Reason;
 use crate::engine::{Fate, StackedValidation};
@@ -43,7 +44,8 @@ impl Serialize for StackAnswer<'_> {
         out.serialize_field("rejected", &Refused { answer: self, skipped: false })?;
         out.serialize_field("skipped", &Refused { answer: self, skipped: true })?;
         if has_lines {
-            out.serialize_field("lines", &StackLines(self))?;
+            let codes = v.applied.iter().map(|a| (v.codes[a.position].code.as_str(), &a.taken)).collect();
+            out.serialize_field("lines", &CodeLines { request: self.request, codes })?;
         }
         out.end()
     }
@@ -109,26 +111,26 @@ struct CodeReason<'a> {
     reason: &'static str,
 }
 
-/// `lines`: each line with every applied code's discount of each unit together, and each
-/// code's part of it (those that gave the line more than 0), in the order of application.
-struct StackLines<'s, 'a>(&'s StackAnswer<'a>);
+/// `lines`: each line with every code's discount of each unit together, and each code's part
+/// of it (those that gave the line more than 0), in the order given.
+pub(crate) struct CodeLines<'a> {
+    pub(crate) request: &'a CartRequest,
+    pub(crate) codes: Vec<(&'a str, &'a Taken)>,
+}
 
-impl Serialize for StackLines<'_, '_> {
+impl Serialize for CodeLines<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let answer = self.0;
-        let currency: Currency = answer.request.currency;
-        let v = answer.validation;
-        let lines = &answer.request.cart.lines;
+        let currency: Currency = self.request.currency;
+        let lines = &self.request.cart.lines;
         let mut out = serializer.serialize_seq(Some(lines.len()))?;
         for (i, line) in lines.iter().enumerate() {
             let mut units = vec![Run::new(line.quantity, 0)];
             let mut allocations = Vec::new();
-            for applied in &v.applied {
-                let Some(runs) = applied.taken.lines.get(i) else { continue };
+            for (code, taken) in &self.codes {
+                let Some(runs) = taken.lines.get(i) else { continue };
                 let off = allocation::sum(runs);
                 if off > 0 {
                     units = allocation::plus(&units, runs);
-                    let code = v.codes[applied.position].code.as_str();
                     allocations.push(Allocation { code, discount: Money(currency.amount(off)) });
                 }
             }

@@ -631,11 +631,12 @@ impl Sim {
         let (events, _) = read_events(&reader)?;
         let lost: Vec<(CouponId, String)> = events
             .iter()
-            .filter_map(|(_, e)| match e {
+            .flat_map(|(_, e)| e.changes())
+            .filter_map(|e| match e {
                 Event::Redeemed(r) => Some((r.coupon_id, r.order_id.clone())),
                 Event::Released(r) => self.order_of(r.coupon_id, r.id),
                 Event::Confirmed(c) => self.order_of_id(c.id),
-                Event::Validated(_) => None,
+                Event::Validated(_) | Event::Together { .. } => None,
             })
             .collect();
         self.checker.lose(&lost);

@@ -479,11 +479,14 @@ impl Pg {
         let again = events.iter().filter(|(position, _)| !is_fresh(*position));
         let fresh = events.iter().filter(|(position, _)| is_fresh(*position));
         for (_, event) in again {
-            if let Event::Redeemed(r) = event {
-                dropped.push((r.coupon_id, r.order_id.clone()));
+            for change in event.changes() {
+                if let Event::Redeemed(r) = change {
+                    dropped.push((r.coupon_id, r.order_id.clone()));
+                }
             }
         }
-        let fresh: Vec<&Event> = fresh.map(|(_, e)| e).collect();
+        // A record's changes kept together land in this one transaction, as the shipper's do.
+        let fresh: Vec<&Event> = fresh.flat_map(|(_, e)| e.changes()).collect();
         let entry = self.shipped.entry(dir.to_owned()).or_insert(last);
         *entry = (*entry).max(last);
         for event in fresh {
@@ -556,7 +559,7 @@ impl Pg {
                         }
                     }
                 }
-                Event::Validated(_) => {}
+                Event::Validated(_) | Event::Together { .. } => {}
             }
         }
         dropped
@@ -665,5 +668,6 @@ fn stored_use(row: &Row) -> StoredUse {
         released_at: row.released_at,
         made_by: Some(row.instance.clone()),
         cart: crate::engine::ledger::CartMark::default(),
+        group: None,
     }
 }

@@ -233,3 +233,287 @@ async fn codes_combine_by_class_and_mode_select_and_the_cap_decide_the_rest() {
     assert!(client.metric(r#"coupon_validations_total{outcome="NO_EFFECT"}"#).await >= 2.0);
     app.stop().await.unwrap();
 }
+
+/// The §9 example cart, for the sets below.
+fn cart_body(codes: Value, user: &str, order: &str) -> Value {
+    json!({"codes": codes, "userId": user, "orderId": order,
+      "items": [
+        {"lineId": "1", "productId": "p-100", "categoryIds": ["shirts"], "quantity": 3, "unitPrice": 20.00},
+        {"lineId": "2", "productId": "p-200", "categoryIds": ["socks"], "quantity": 1, "unitPrice": 15.00}],
+      "shipping": {"amount": 4.99}})
+}
+
+async fn contract_coupons(db: &TestDb) {
+    insert_coupon(
+        &db.pool,
+        "SHIRTS20",
+        &[
+            ("discount_value", "20"),
+            ("target", "'items'"),
+            ("scope", r#"'{"includeCategories": ["shirts"]}'"#),
+            ALL_CLASSES,
+        ],
+    )
+    .await;
+    insert_coupon(&db.pool, "WELCOME10", &[ALL_CLASSES]).await;
+    insert_coupon(&db.pool, "FREESHIP", &[("discount_type", "'free_shipping'"), ("discount_value", "0"), ALL_CLASSES])
+        .await;
+}
+
+/// A set redeemed is one answer with a use per code, journalled as one record and shipped
+/// with one group id; the same set again answers the same (after a restart too); another
+/// set, another user, other items or one of its codes alone are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_is_redeemed_whole_and_replayed_whole() {
+    let db = TestDb::new().await;
+    contract_coupons(&db).await;
+    let dir = crate::helpers::temp_dir("coupon-engine-sets-");
+    let app = TestApp::spawn_on(dir.path(), &db.url, &[]).await;
+    let client = &app.client;
+    let body = cart_body(json!(["SHIRTS20", "WELCOME10", "FREESHIP"]), "u-1", "ord-1");
+    let first = client.post("/api/coupons/redeem", &body).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let answer = first.json();
+    assert_eq!(
+        (
+            &answer["redeemed"],
+            &answer["orderId"],
+            &answer["discount"],
+            &answer["shippingDiscount"],
+            &answer["grandTotal"]
+        ),
+        (&json!(true), &json!("ord-1"), &json!(18.3), &json!(4.99), &json!(56.7)),
+        "{answer}"
+    );
+    let uses: Vec<(Value, Value, Value)> = answer["redemptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["code"].clone(), r["discount"].clone(), r["shippingDiscount"].clone()))
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            (json!("SHIRTS20"), json!(12), json!(0)),
+            (json!("WELCOME10"), json!(6.3), json!(0)),
+            (json!("FREESHIP"), json!(0), json!(4.99))
+        ]
+    );
+    assert_eq!(answer["lines"][0]["units"], json!([{"count": 3, "discount": 5.6}]));
+    assert_eq!((&answer["rejected"], &answer["skipped"]), (&json!([]), &json!([])));
+
+    // The same set, in another order of codes: the same answer, 200.
+    let again = client
+        .post("/api/coupons/redeem", &cart_body(json!(["FREESHIP", "SHIRTS20", "WELCOME10"]), "u-1", "ord-1"))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    for field in ["redemptions", "discount", "grandTotal", "lines"] {
+        assert_eq!(again.json()[field], answer[field], "{field}");
+    }
+    // Another set, another user, other items, one code alone: refused, nothing taken.
+    let mut other_items = body.clone();
+    other_items["items"][0]["quantity"] = json!(2);
+    for (refused, reason) in [
+        (cart_body(json!(["SHIRTS20", "WELCOME10"]), "u-1", "ord-1"), "IDEMPOTENCY_MISMATCH"),
+        (cart_body(json!(["SHIRTS20", "WELCOME10", "FREESHIP"]), "u-2", "ord-1"), "ORDER_ALREADY_REDEEMED"),
+        (other_items, "IDEMPOTENCY_MISMATCH"),
+        (json!({"code": "WELCOME10", "userId": "u-1", "orderId": "ord-1", "orderValue": 75}), "IDEMPOTENCY_MISMATCH"),
+    ] {
+        let response = client.post("/api/coupons/redeem", &refused).await;
+        assert_eq!(
+            (response.status, response.json()["reason"].clone()),
+            (StatusCode::CONFLICT, json!(reason)),
+            "{refused}"
+        );
+    }
+
+    // Shipped in one transaction: three rows, one group id, every code's fate.
+    eventually(Duration::from_secs(10), "the set shipped", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM coupon_usage WHERE order_id = 'ord-1'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        n == 3
+    })
+    .await;
+    let groups: Vec<(Option<uuid::Uuid>, String)> =
+        sqlx::query_as("SELECT group_id, group_codes::text FROM coupon_usage WHERE order_id = 'ord-1' GROUP BY 1, 2")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert!(groups[0].0.is_some() && groups[0].1.contains("FREESHIP"), "{groups:?}");
+
+    // After a restart the set is read back from PostgreSQL: the replay answers the same.
+    app.stop().await.unwrap();
+    let app = TestApp::spawn_on(dir.path(), &db.url, &[]).await;
+    let replay = app.client.post("/api/coupons/redeem", &body).await;
+    assert_eq!(replay.status, StatusCode::OK, "{}", replay.text);
+    for field in ["redemptions", "discount", "grandTotal", "lines", "rejected", "skipped"] {
+        assert_eq!(replay.json()[field], answer[field], "{field}");
+    }
+    let alone = json!({"code": "FREESHIP", "userId": "u-1", "orderId": "ord-1", "orderValue": 75});
+    assert_eq!(app.client.post("/api/coupons/redeem", &alone).await.status, StatusCode::CONFLICT);
+    app.stop().await.unwrap();
+}
+
+/// `all`: a code refused while taking (its limit ran out) takes nothing of the others;
+/// `partial`: the others are taken without it. Releases are whole too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_or_nothing_partial_and_whole_releases() {
+    let db = TestDb::new().await;
+    insert_coupon(
+        &db.pool,
+        "FIVE",
+        &[("discount_type", "'fixed'"), ("discount_value", "5"), ("usage_limit", "2"), ALL_CLASSES],
+    )
+    .await;
+    insert_coupon(
+        &db.pool,
+        "ONCE",
+        &[("discount_type", "'fixed'"), ("discount_value", "1"), ("usage_limit", "1"), ALL_CLASSES],
+    )
+    .await;
+    let app = TestApp::spawn(&db).await;
+    let client = &app.client;
+    let set = |order: &str, mode: &str| json!({"codes": ["FIVE", "ONCE"], "mode": mode, "userId": "u-1", "orderId": order, "orderValue": 100});
+    let first = client.post("/api/coupons/redeem", &set("o-1", "all")).await;
+    assert_eq!((first.status, first.json()["discount"].clone()), (StatusCode::CREATED, json!(6)), "{}", first.text);
+    // ONCE is used up: `all` refuses the set and FIVE keeps its last use.
+    let refused = client.post("/api/coupons/redeem", &set("o-2", "all")).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.text);
+    assert_eq!(
+        refused.json(),
+        json!({"redeemed": false, "rejected": [{"code": "ONCE", "reason": "USAGE_LIMIT_REACHED"}], "skipped": []})
+    );
+    let five = client.validate(json!({"code": "FIVE", "userId": "u-9", "orderValue": 100})).await;
+    assert_eq!(five["valid"], true, "FIVE kept its use: {five}");
+    // `partial`: FIVE alone.
+    let partial = client.post("/api/coupons/redeem", &set("o-3", "partial")).await;
+    assert_eq!(partial.status, StatusCode::CREATED, "{}", partial.text);
+    assert_eq!(
+        (&partial.json()["discount"], &partial.json()["rejected"]),
+        (&json!(5), &json!([{"code": "ONCE", "reason": "USAGE_LIMIT_REACHED"}]))
+    );
+    assert_eq!(partial.json()["redemptions"].as_array().unwrap().len(), 1);
+
+    // A release naming a code the order never took changes nothing.
+    let release = |body: Value| async move { client.post("/api/coupons/release", &body).await };
+    let missing = release(json!({"orderId": "o-1", "codes": ["FIVE", "NOPE"]})).await;
+    assert_eq!(
+        (missing.status, missing.json()),
+        (StatusCode::NOT_FOUND, json!({"released": false, "reason": "REDEMPTION_NOT_FOUND", "codes": ["NOPE"]}))
+    );
+    let still = client.validate(json!({"code": "ONCE", "userId": "u-9", "orderValue": 100})).await;
+    assert_eq!(still["reason"], "USAGE_LIMIT_REACHED");
+    // The whole set, then again: 200 both times; ONCE's use is back.
+    let whole = release(json!({"orderId": "o-1", "allCodes": true})).await;
+    assert_eq!((whole.status, whole.json()), (StatusCode::OK, json!({"released": true, "codes": ["FIVE", "ONCE"]})));
+    let repeat = release(json!({"orderId": "o-1", "codes": ["ONCE", "FIVE"]})).await;
+    assert_eq!(repeat.status, StatusCode::OK, "{}", repeat.text);
+    let back = client.validate(json!({"code": "ONCE", "userId": "u-9", "orderValue": 100})).await;
+    assert_eq!(back["valid"], true, "{back}");
+    // A released redemption keeps its order spent, as for one code.
+    let spent = client.post("/api/coupons/redeem", &set("o-1", "all")).await;
+    assert_eq!((spent.status, spent.json()["reason"].clone()), (StatusCode::CONFLICT, json!("ORDER_ALREADY_REDEEMED")));
+    // The release reached PostgreSQL as one record.
+    eventually(Duration::from_secs(10), "the release shipped", || async {
+        let live: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM coupon_usage WHERE order_id = 'o-1' AND released_at IS NULL")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        live == 0
+    })
+    .await;
+    app.stop().await.unwrap();
+}
+
+/// A held set is confirmed whole by the redeem of the same set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_set_is_confirmed_whole() {
+    let db = TestDb::new().await;
+    contract_coupons(&db).await;
+    let app = TestApp::spawn(&db).await;
+    let client = &app.client;
+    let mut body = cart_body(json!(["SHIRTS20", "FREESHIP"]), "u-1", "ord-h");
+    body["ttlSeconds"] = json!(600);
+    let held = client.post("/api/coupons/hold", &body).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.text);
+    let held = held.json();
+    assert!(held["holdGroupId"].is_string() && held["expiresAt"].is_string(), "{held}");
+    assert_eq!(held["holds"].as_array().unwrap().len(), 2);
+    let replayed = client.post("/api/coupons/hold", &body).await;
+    assert_eq!((replayed.status, &replayed.json()["holdGroupId"]), (StatusCode::OK, &held["holdGroupId"]));
+    body.as_object_mut().unwrap().remove("ttlSeconds");
+    let confirmed = client.post("/api/coupons/redeem", &body).await;
+    assert_eq!(confirmed.status, StatusCode::CREATED, "{}", confirmed.text);
+    assert_eq!((&confirmed.json()["hold"], &confirmed.json()["discount"]), (&json!("confirmed"), &json!(12)));
+    let ids = |answer: &Value, list: &str, id: &str| -> Vec<Value> {
+        answer[list].as_array().unwrap().iter().map(|u| u[id].clone()).collect()
+    };
+    assert_eq!(ids(&confirmed.json(), "redemptions", "redemptionId"), ids(&held, "holds", "holdId"));
+    eventually(Duration::from_secs(10), "the confirmation shipped", || async {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM coupon_usage WHERE order_id = 'ord-h' AND hold_expires_at IS NULL AND released_at IS NULL",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        held == 2
+    })
+    .await;
+    app.stop().await.unwrap();
+}
+
+/// Many sets racing for a coupon with 10 uses: exactly 10 sets are taken, each whole; the
+/// others take nothing. The same set sent many times at once is taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_sets_never_take_part_of_a_set() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "TEN", &[("usage_limit", "10"), ALL_CLASSES]).await;
+    insert_coupon(&db.pool, "FREE", &[("discount_type", "'fixed'"), ("discount_value", "1"), ALL_CLASSES]).await;
+    let app = TestApp::spawn(&db).await;
+    let sets = (0..40).map(|n| {
+        let client = app.client.clone();
+        async move {
+            let body = json!({"codes": ["TEN", "FREE"], "userId": format!("u-{n}"), "orderId": format!("o-{n}"), "orderValue": 50});
+            client.post("/api/coupons/redeem", &body).await.status
+        }
+    });
+    let statuses = futures_util::future::join_all(sets).await;
+    let taken = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY).count();
+    assert_eq!((taken, refused), (10, 30), "{statuses:?}");
+    let same = (0..10).map(|_| {
+        let client = app.client.clone();
+        async move {
+            let body = json!({"codes": ["FREE"], "userId": "u-x", "orderId": "o-same", "orderValue": 50});
+            client.post("/api/coupons/redeem", &body).await.status
+        }
+    });
+    let mut statuses = futures_util::future::join_all(same).await;
+    statuses.sort();
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::OK), "{statuses:?}");
+    eventually(Duration::from_secs(10), "every use shipped", || async {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT c.code, count(*) FROM coupon_usage u JOIN coupons c ON c.id = u.coupon_id \
+             WHERE u.order_id LIKE 'o-%' AND u.order_id <> 'o-same' GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+        rows == [("FREE".to_owned(), 10), ("TEN".to_owned(), 10)]
+    })
+    .await;
+    let halves: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT group_id FROM coupon_usage WHERE group_id IS NOT NULL \
+         GROUP BY group_id HAVING count(*) <> 2 AND bool_and(order_id <> 'o-same')) g",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(halves, 0, "no set shipped in part");
+    app.stop().await.unwrap();
+}

@@ -1,5 +1,6 @@
 //! `validate`, `redeem`, `hold` and `release`: parse, ask the engine, render its outcome.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use compact_str::CompactString;
@@ -12,15 +13,16 @@ use crate::domain::cart::CartRequest;
 use crate::domain::money::Cents;
 use crate::domain::rules::{Decision, Reason};
 use crate::engine::{
-    Caller, EngineError, Fate, Receipt, ReleaseOutcome, ReleaseRequest, StackRequest, UseOutcome, UseRequest,
-    ValidateRequest,
+    Caller, EngineError, Fate, Receipt, Refused, ReleaseOutcome, ReleaseRequest, SetOutcome, SetReceipt,
+    SetReleaseOutcome, SetReleaseRequest, SetRequest, StackRequest, UseOutcome, UseRequest, ValidateRequest,
 };
 use crate::http::State;
 use crate::http::call::Call;
 use crate::http::cart_answer::{CartAnswer, CartParts};
 use crate::http::error::ApiError;
-use crate::http::request::{Codes, ReleaseBody, Several, UseBody, ValidateBody};
+use crate::http::request::{Codes, ReleaseBody, ReleaseCodes, Several, UseBody, ValidateBody};
 use crate::http::response::{self, HttpResponse, money, rfc3339};
+use crate::http::set_answer::{SetAnswer, SetRejected};
 use crate::http::stack_answer::StackAnswer;
 
 /// Longest `User-Agent` kept in the validation log.
@@ -210,24 +212,59 @@ fn refused(kind: Kind, status: StatusCode, reason: &'static str) -> HttpResponse
 
 /// The one mapping of a use's outcome to a status and body.
 fn render(kind: Kind, outcome: &UseOutcome, use_of: &UseRequest<'_>) -> Result<HttpResponse, ApiError> {
-    use crate::engine::Refused;
-    Ok(match outcome {
+    match outcome {
         UseOutcome::Taken(receipt) | UseOutcome::Confirmed(receipt) => {
-            taken(kind, StatusCode::CREATED, receipt, use_of)
+            Ok(taken(kind, StatusCode::CREATED, receipt, use_of))
         }
-        UseOutcome::Replayed(receipt) => taken(kind, StatusCode::OK, receipt, use_of),
-        UseOutcome::Refused(Refused::Rule(reason)) => refused(kind, StatusCode::UNPROCESSABLE_ENTITY, reason.as_str()),
-        UseOutcome::Refused(refusal @ (Refused::OrderTaken | Refused::IdempotencyMismatch)) => {
-            refused(kind, StatusCode::CONFLICT, refusal.as_str())
-        }
-        UseOutcome::Refused(Refused::TooManyHolds) => return Err(ApiError::TooManyHolds),
-        UseOutcome::Refused(Refused::HoldShareExceeded) => return Err(ApiError::HoldShareExceeded),
-        UseOutcome::Refused(refusal @ Refused::QuotaUnavailable) => {
+        UseOutcome::Replayed(receipt) => Ok(taken(kind, StatusCode::OK, receipt, use_of)),
+        UseOutcome::Refused(refusal) => refusal_of(kind, *refusal),
+    }
+}
+
+/// The one mapping of a refused use (of one code or of a set) to a status and body.
+fn refusal_of(kind: Kind, refusal: Refused) -> Result<HttpResponse, ApiError> {
+    Ok(match refusal {
+        Refused::Rule(reason) => refused(kind, StatusCode::UNPROCESSABLE_ENTITY, reason.as_str()),
+        Refused::OrderTaken | Refused::IdempotencyMismatch => refused(kind, StatusCode::CONFLICT, refusal.as_str()),
+        Refused::TooManyHolds => return Err(ApiError::TooManyHolds),
+        Refused::HoldShareExceeded => return Err(ApiError::HoldShareExceeded),
+        Refused::QuotaUnavailable => {
             let mut response = refused(kind, StatusCode::SERVICE_UNAVAILABLE, refusal.as_str());
             response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
             response
         }
     })
+}
+
+/// The mapping of a set's outcome (§10) to a status and body.
+fn render_set(kind: Kind, outcome: &SetOutcome, answer: SetParts<'_>) -> Result<HttpResponse, ApiError> {
+    let hold = kind == Kind::Hold;
+    let receipt = |status, receipt: &SetReceipt| {
+        let body = SetAnswer {
+            hold,
+            order_id: answer.order_id,
+            request: answer.request,
+            order_value: answer.order_value,
+            receipt,
+        };
+        response::json_sized(status, &body, body.size_hint())
+    };
+    match outcome {
+        SetOutcome::Taken(r) | SetOutcome::Confirmed(r) => Ok(receipt(StatusCode::CREATED, r)),
+        SetOutcome::Replayed(r) => Ok(receipt(StatusCode::OK, r)),
+        SetOutcome::Rejected(codes) => {
+            Ok(response::json(StatusCode::UNPROCESSABLE_ENTITY, &SetRejected { hold, codes }))
+        }
+        SetOutcome::Refused(refusal) => refusal_of(kind, *refusal),
+    }
+}
+
+/// What a set's answer says of its request.
+#[derive(Clone, Copy)]
+struct SetParts<'a> {
+    order_id: &'a str,
+    request: &'a CartRequest,
+    order_value: u64,
 }
 
 /// A failure of the service itself.
@@ -268,8 +305,16 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
     // No token and not this machine: a caller anyone could be (API_TOKEN unset, writes
     // allowed from elsewhere). Its holds are bounded by its address, and kept shorter.
     let anonymous = state.api_token.is_empty() && !call.client_ip.is_loopback();
+    let ttl = Duration::from_secs(match anonymous {
+        false => input.ttl_seconds.unwrap_or(state.hold.default_ttl_secs),
+        true => input.ttl_seconds.unwrap_or(u64::MAX).min(state.hold.anonymous_ttl_secs),
+    });
+    let code = match &input.codes {
+        Codes::One(code) => code,
+        Codes::Several(several) => return take_set(state, &call, &input, several, kind, anonymous, ttl).await,
+    };
     let request = UseRequest {
-        code: &input.code,
+        code,
         user_id: &input.user_id,
         order_id: &input.order_id,
         order_value: input.order_value,
@@ -278,19 +323,54 @@ async fn take(state: &State, call: Call, kind: Kind) -> Result<HttpResponse, Api
     };
     let outcome = match kind {
         Kind::Redeem => state.engine.redeem(&request).await,
-        Kind::Hold => {
-            let ttl = match anonymous {
-                false => input.ttl_seconds.unwrap_or(state.hold.default_ttl_secs),
-                true => input.ttl_seconds.unwrap_or(u64::MAX).min(state.hold.anonymous_ttl_secs),
-            };
-            state.engine.hold(&request, Duration::from_secs(ttl)).await
-        }
+        Kind::Hold => state.engine.hold(&request, ttl).await,
     }
     .map_err(unavailable)?;
-    if outcome == UseOutcome::Refused(crate::engine::Refused::Rule(Reason::CouponNotFound)) {
+    if outcome == UseOutcome::Refused(Refused::Rule(Reason::CouponNotFound)) {
         state.guard.record_failure(&input.user_id, call.client_ip, call.backend);
     }
     render(kind, &outcome, &request)
+}
+
+/// A redeem or hold naming several codes (API.md §10): all or nothing.
+#[allow(clippy::too_many_arguments, reason = "the parts of one request, parsed once")]
+async fn take_set(
+    state: &State,
+    call: &Call,
+    input: &UseBody<'_>,
+    several: &Several<'_>,
+    kind: Kind,
+    anonymous: bool,
+    ttl: Duration,
+) -> Result<HttpResponse, ApiError> {
+    let request = SetRequest {
+        codes: &several.codes,
+        user_id: &input.user_id,
+        order_id: &input.order_id,
+        order_value: input.order_value,
+        cart: input.cart.as_ref(),
+        mode: several.mode,
+        select: several.select,
+        max_total: several.max_total,
+        anonymous_from: anonymous.then_some(call.client_ip),
+    };
+    let outcome = match kind {
+        Kind::Redeem => state.engine.redeem_set(&request).await,
+        Kind::Hold => state.engine.hold_set(&request, ttl).await,
+    }
+    .map_err(unavailable)?;
+    if let SetOutcome::Rejected(codes) = &outcome {
+        for _ in codes.iter().filter(|c| c.reason == Some(Reason::CouponNotFound)) {
+            state.guard.record_failure(&input.user_id, call.client_ip, call.backend);
+        }
+    }
+    let plain = CartRequest::plain(state.cart.default_currency);
+    let parts = SetParts {
+        order_id: &input.order_id,
+        request: input.cart.as_ref().unwrap_or(&plain),
+        order_value: input.order_value.get(),
+    };
+    render_set(kind, &outcome, parts)
 }
 
 #[derive(Serialize)]
@@ -304,7 +384,7 @@ struct ReleaseAnswer {
 
 /// `POST /api/coupons/release`.
 pub async fn release(state: &State, call: Call) -> Result<HttpResponse, ApiError> {
-    let input = ReleaseBody::parse(&call.body)?;
+    let input = ReleaseBody::parse(&call.body, state.cart.max_codes)?;
     // Guessing order ids to release is a lookup like guessing codes: the same budgets count
     // it, by its userId. A backend's release without one is not counted: the backend vouches
     // for it, and under one empty user twenty unknown orders a minute locked every such
@@ -314,7 +394,12 @@ pub async fn release(state: &State, call: Call) -> Result<HttpResponse, ApiError
     if budgeted {
         state.guard.admit(user, call.client_ip, call.backend, &state.metrics)?;
     }
-    let request = ReleaseRequest { code: &input.code, order_id: &input.order_id, user_id: input.user_id.as_deref() };
+    let code = match &input.codes {
+        ReleaseCodes::One(code) => code,
+        ReleaseCodes::Several(codes) => return release_set(state, &call, &input, Some(codes), user, budgeted).await,
+        ReleaseCodes::All => return release_set(state, &call, &input, None, user, budgeted).await,
+    };
+    let request = ReleaseRequest { code, order_id: &input.order_id, user_id: input.user_id.as_deref() };
     let outcome = state.engine.release(&request).await.map_err(unavailable)?;
     if outcome == ReleaseOutcome::NotFound && budgeted {
         state.guard.record_failure(user, call.client_ip, call.backend);
@@ -329,6 +414,39 @@ pub async fn release(state: &State, call: Call) -> Result<HttpResponse, ApiError
         }
     };
     Ok(response::json(status, &body))
+}
+
+#[derive(Serialize)]
+struct SetReleaseAnswer<'a> {
+    released: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    codes: &'a [String],
+}
+
+/// A release naming several codes, or `allCodes` (§10): all of them or none.
+async fn release_set(
+    state: &State,
+    call: &Call,
+    input: &ReleaseBody<'_>,
+    codes: Option<&[Cow<'_, str>]>,
+    user: &str,
+    budgeted: bool,
+) -> Result<HttpResponse, ApiError> {
+    let request = SetReleaseRequest { order_id: &input.order_id, codes, user_id: input.user_id.as_deref() };
+    let outcome = state.engine.release_set(&request).await.map_err(unavailable)?;
+    Ok(match &outcome {
+        SetReleaseOutcome::Released { codes } => {
+            response::json(StatusCode::OK, &SetReleaseAnswer { released: true, reason: None, codes })
+        }
+        SetReleaseOutcome::NotFound { codes } => {
+            if budgeted {
+                state.guard.record_failure(user, call.client_ip, call.backend);
+            }
+            let body = SetReleaseAnswer { released: false, reason: Some("REDEMPTION_NOT_FOUND"), codes };
+            response::json(StatusCode::NOT_FOUND, &body)
+        }
+    })
 }
 
 /// The header's visible-ASCII text, cut to a sane length.

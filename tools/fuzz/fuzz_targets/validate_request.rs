@@ -6,7 +6,7 @@ use coupon_engine::domain::coupon::MAX_CODE_LEN;
 use coupon_engine::domain::identity::MAX_ID_LEN;
 use coupon_engine::domain::currency::Currency;
 use coupon_engine::http::cart_input::CartLimits;
-use coupon_engine::http::request::{Codes, ReleaseBody, UseBody, ValidateBody};
+use coupon_engine::http::request::{Codes, ReleaseBody, ReleaseCodes, UseBody, ValidateBody};
 use libfuzzer_sys::fuzz_target;
 
 fn well_formed(text: &str, max: usize) -> bool {
@@ -50,7 +50,14 @@ fuzz_target!(|data: &[u8]| {
         assert!(well_formed(&request.order_id, MAX_ID_LEN));
         assert!(request.ttl_seconds.is_none_or(|ttl| (1..=3600).contains(&ttl)));
     }
-    if let Ok(request) = ReleaseBody::parse(data) {
-        assert!(well_formed(&request.code, MAX_CODE_LEN) && well_formed(&request.order_id, MAX_ID_LEN));
+    if let Ok(request) = ReleaseBody::parse(data, 5) {
+        assert!(well_formed(&request.order_id, MAX_ID_LEN));
+        match &request.codes {
+            ReleaseCodes::One(code) => assert!(well_formed(code, MAX_CODE_LEN)),
+            ReleaseCodes::Several(codes) => {
+                assert!((1..=5).contains(&codes.len()) && codes.iter().all(|c| well_formed(c, MAX_CODE_LEN)))
+            }
+            ReleaseCodes::All => {}
+        }
     }
 });
