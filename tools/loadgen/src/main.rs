@@ -69,7 +69,9 @@ struct BenchArgs {
     /// --phase warm-up:10s:500 --phase sustained:30s:5000 --phase peak:10s:20000 --phase cool-down:10s:500
     #[arg(long = "phase")]
     phases: Vec<String>,
-    /// validate (all outcomes), valid, redeem or checkout (validate + redeem).
+    /// validate (all outcomes), valid, campaign, redeem, limited-redeem, per-user-redeem,
+    /// code-redeem, cart, stack (three codes on a cart: validates and set redeems), checkout
+    /// (validate + redeem + holds) or shapes.
     #[arg(long, default_value = "validate")]
     mix: String,
     /// Seed of the request mix.

@@ -54,6 +54,11 @@ pub(crate) enum Kind {
     /// A validate of a 20-line cart (drawn from the seed's catalogue) against a coupon that
     /// targets carts: a scoped percentage, a fixed amount off each unit, or buy 2 get 1.
     Cart,
+    /// A validate of three codes stacked on a 20-line cart (API.md §10): a scoped percentage
+    /// off items, a percentage off the order, free shipping.
+    Stack,
+    /// A redeem of the same three codes as one set, for a new order each time.
+    StackRedeem,
 }
 
 impl Kind {
@@ -73,6 +78,8 @@ impl Kind {
             Kind::Hold => "hold",
             Kind::Confirm => "confirm",
             Kind::Cart => "cart",
+            Kind::Stack => "stack",
+            Kind::StackRedeem => "stack-redeem",
         }
     }
 
@@ -91,6 +98,11 @@ impl Kind {
             Kind::Confirm => br#""hold":"confirmed""#,
             // Valid or not (a random cart may hold nothing in scope), a cart's answer has lines.
             Kind::Cart => br#""lines":[{"lineId""#,
+            // Every code of the set applies to any cart of the catalogue (shipping is 4.99).
+            Kind::Stack => {
+                br#""valid":true,"codes":["LOADGEN-STACK-ITEMS","LOADGEN-STACK-ORDER","LOADGEN-STACK-SHIP"]"#
+            }
+            Kind::StackRedeem => br#""redeemed":true"#,
         }
     }
 }
@@ -131,6 +143,8 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
         "per-user-redeem" => vec![(Kind::PerUserRedeem, 1)],
         "code-redeem" => vec![(Kind::CodeRedeem, 1)],
         "cart" => vec![(Kind::Cart, 1)],
+        // Several codes on one order: three in four validates, one in four the set redeemed.
+        "stack" => vec![(Kind::Stack, 3), (Kind::StackRedeem, 1)],
         "checkout" => {
             vec![
                 (Kind::Valid, 55),
@@ -152,7 +166,7 @@ pub(crate) fn weights(name: &str) -> anyhow::Result<Vec<(Kind, u32)>> {
             (Kind::Hold, 15),
         ],
         other => bail!(
-            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem, code-redeem, cart, checkout or shapes"
+            "unknown mix {other:?}: use validate, valid, campaign, redeem, limited-redeem, per-user-redeem, code-redeem, cart, stack, checkout or shapes"
         ),
     })
 }
@@ -231,7 +245,7 @@ impl Mix {
                     format!(r#"{{"code":"{prefix}{:06}","orderValue":100,{}}}"#, n % BULK_CODES, self.checkout_ids(n));
                 ("/api/coupons/redeem", Bytes::from(body), Kind::CodeRedeem)
             }
-            kind @ (Kind::Redeem | Kind::LimitedRedeem) => ("/api/coupons/redeem", unique(), kind),
+            kind @ (Kind::Redeem | Kind::LimitedRedeem | Kind::StackRedeem) => ("/api/coupons/redeem", unique(), kind),
             Kind::Unknown => ("/api/coupons/validate", unique(), Kind::Unknown),
             kind => ("/api/coupons/validate", prepared.body.clone(), kind),
         }
@@ -284,12 +298,14 @@ impl Mix {
             // Sold out once the limit is reached: that is a right answer too.
             return status == 201 || (status == 422 && contains(b"USAGE_LIMIT_REACHED"));
         }
-        let status_ok =
-            if matches!(kind, Kind::Redeem | Kind::PerUserRedeem | Kind::CodeRedeem | Kind::Hold | Kind::Confirm) {
-                status == 201
-            } else {
-                status == 200
-            };
+        let status_ok = if matches!(
+            kind,
+            Kind::Redeem | Kind::PerUserRedeem | Kind::CodeRedeem | Kind::Hold | Kind::Confirm | Kind::StackRedeem
+        ) {
+            status == 201
+        } else {
+            status == 200
+        };
         status_ok && body.windows(kind.expected().len()).any(|w| w == kind.expected())
     }
 }
@@ -334,6 +350,7 @@ async fn prepare(
         Kind::Unknown => (0..PER_KIND).map(|n| (format!("LOADGEN-UNKNOWN-{n:05}"), None, 0)).collect(),
         Kind::CodeRedeem => return Ok(vec![import_bulk_codes(database_url).await?]),
         Kind::Cart => return cart_bodies(db, rng).await,
+        kind @ (Kind::Stack | Kind::StackRedeem) => return stack_bodies(db, kind, rng).await,
         Kind::CampaignCode => {
             let rows = fetch(
                 db,
@@ -499,6 +516,47 @@ async fn cart_bodies(db: &mut PgConnection, rng: &mut ChaCha8Rng) -> anyhow::Res
             let code = CART_COUPONS[n % CART_COUPONS.len()].0;
             let user = format!("user_{:07}", rng.random_range(0..1_000_000));
             Prepared { kind: Kind::Cart, body: Bytes::from(cart_body(code, &user, rng)) }
+        })
+        .collect())
+}
+
+/// The codes of the `stack` mix, created if missing; each combines with every class.
+const STACK_COUPONS: [(&str, &str, u32, &str, Option<&str>); 3] = [
+    // Nine categories of ten: a 20-line cart has one of them but once in 10^20.
+    ("LOADGEN-STACK-ITEMS", "percentage", 20, "items", Some(r#"{"excludeCategories": ["cat-09"]}"#)),
+    ("LOADGEN-STACK-ORDER", "percentage", 10, "order", None),
+    ("LOADGEN-STACK-SHIP", "free_shipping", 0, "shipping", None),
+];
+
+async fn stack_bodies(db: &mut PgConnection, kind: Kind, rng: &mut ChaCha8Rng) -> anyhow::Result<Vec<Prepared>> {
+    for (code, discount_type, value, target, scope) in STACK_COUPONS {
+        sqlx::query(
+            "INSERT INTO coupons (code, type, discount_type, discount_value, target, scope, combines_with) \
+             VALUES ($1, 'time_specific', $2, $3, $4, $5::jsonb, '{item,order,shipping}') ON CONFLICT (code) DO NOTHING",
+        )
+        .bind(code)
+        .bind(discount_type)
+        .bind(i64::from(value))
+        .bind(target)
+        .bind(scope)
+        .execute(&mut *db)
+        .await?;
+    }
+    let codes: Vec<&str> = STACK_COUPONS.iter().map(|c| c.0).collect();
+    Ok((0..PER_KIND)
+        .map(|_| {
+            let user = format!("user_{:07}", rng.random_range(0..1_000_000));
+            let mut body: serde_json::Value = serde_json::from_str(&cart_body("", &user, rng)).expect("a cart body");
+            let object = body.as_object_mut().expect("an object");
+            object.remove("code");
+            object.insert("codes".into(), json!(codes));
+            let mut body = body.to_string();
+            if kind == Kind::StackRedeem {
+                // Up to the order id, which each request makes its own.
+                body.pop();
+                body.push_str(r#","orderId":""#);
+            }
+            Prepared { kind, body: Bytes::from(body) }
         })
         .collect())
 }
