@@ -7,7 +7,8 @@
 //!     faults heal, every limited total sells out to exactly its limit (checked by the driver);
 //!     (d) a "limit reached" while capacity was provably free is a false refusal, counted, and
 //!     so is a `404` to the release of an acknowledged use (a failure unless two users took
-//!     that order of a coupon without claims: an order conflict).
+//!     that order of a coupon without claims: an order conflict); (e) a set of codes (API.md
+//!     §10) ends whole: every use it took in the final rows, all live or none.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,6 +39,17 @@ pub struct FinalUse {
     pub live: bool,
     /// Still a hold (never confirmed): live only if its deadline has not passed.
     pub held: bool,
+    /// For a use taken with other codes of its order (API.md §10): its set.
+    pub set: Option<SetMark>,
+}
+
+/// The set of codes a final use belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetMark {
+    /// `coupon_usage.group_id`.
+    pub id: uuid::Uuid,
+    /// How many uses the set took (its codes without a reason in `group_codes`).
+    pub taken: usize,
 }
 
 /// What an answer said of a use.
@@ -90,6 +102,26 @@ struct Order {
     asked_on: BTreeSet<String>,
 }
 
+/// (e): a set of codes is never in part: every use it took is in the final rows, and all of
+/// them are live or none (a set is taken, confirmed and released whole).
+fn check_sets(rows: &[FinalUse]) -> Result<(), String> {
+    let mut sets: BTreeMap<uuid::Uuid, (usize, Vec<&FinalUse>)> = BTreeMap::new();
+    for row in rows {
+        if let Some(set) = row.set {
+            sets.entry(set.id).or_insert((set.taken, Vec::new())).1.push(row);
+        }
+    }
+    for (id, (taken, members)) in sets {
+        if members.len() != taken {
+            return Err(format!("set {id} ended with {} of its {taken} uses: {members:?}", members.len()));
+        }
+        if members.iter().any(|m| (m.live, m.held) != (members[0].live, members[0].held)) {
+            return Err(format!("set {id} ended live in part: {members:?}"));
+        }
+    }
+    Ok(())
+}
+
 /// What a history showed, beyond pass or fail.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Counts {
@@ -102,6 +134,8 @@ pub struct Counts {
     /// seeing each other's use, whose final row is not what the last acknowledgement said
     /// (the order conflicts of README's "Known limits").
     pub order_conflicts: u64,
+    /// Sets of codes in the final rows, each checked whole.
+    pub sets: u64,
 }
 
 impl std::ops::AddAssign for Counts {
@@ -112,6 +146,7 @@ impl std::ops::AddAssign for Counts {
         self.false_refusals += o.false_refusals;
         self.false_not_found += o.false_not_found;
         self.order_conflicts += o.order_conflicts;
+        self.sets += o.sets;
     }
 }
 
@@ -409,6 +444,8 @@ impl Checker {
     /// every journal shipped and every deadline passed).
     pub fn check_final(&mut self, rows: &[FinalUse], dropped: &BTreeSet<(CouponId, String)>) -> Result<(), String> {
         self.dropped.clone_from(dropped);
+        check_sets(rows)?;
+        self.counts.sets = rows.iter().filter_map(|r| r.set.map(|s| s.id)).collect::<BTreeSet<_>>().len() as u64;
         let by_order: BTreeMap<(CouponId, &str), &FinalUse> =
             rows.iter().map(|r| ((r.coupon, r.order.as_str()), r)).collect();
         if by_order.len() != rows.len() {
@@ -456,5 +493,40 @@ impl Checker {
         }
         self.counts.order_conflicts += lost_to_conflicts;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(coupon: CouponId, set: Option<(u128, usize)>, live: bool) -> FinalUse {
+        FinalUse {
+            coupon,
+            order: "o".into(),
+            user: "u".into(),
+            live,
+            held: false,
+            set: set.map(|(id, taken)| SetMark { id: uuid::Uuid::from_u128(id), taken }),
+        }
+    }
+
+    #[test]
+    fn a_set_ends_whole_or_the_check_says_which() {
+        let cases: Vec<(Vec<FinalUse>, Option<&str>)> = vec![
+            (vec![row(1, Some((7, 2)), true), row(2, Some((7, 2)), true)], None),
+            (vec![row(1, Some((7, 2)), false), row(2, Some((7, 2)), false), row(3, None, true)], None),
+            (vec![row(1, Some((7, 1)), true)], None),
+            (vec![row(1, Some((7, 2)), true)], Some("ended with 1 of its 2 uses")),
+            (vec![row(1, Some((7, 2)), true), row(2, Some((7, 2)), false)], Some("live in part")),
+            (vec![row(1, Some((7, 2)), true), row(2, Some((8, 2)), true)], Some("ended with 1 of its 2")),
+        ];
+        for (rows, failure) in cases {
+            match (check_sets(&rows), failure) {
+                (Ok(()), None) => {}
+                (Err(err), Some(expected)) => assert!(err.contains(expected), "{err}"),
+                (got, _) => panic!("{rows:?}: {got:?}, expected {failure:?}"),
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@
 
 mod pg;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,9 +42,10 @@ use crate::engine::ports::{
 };
 use crate::engine::standing::Standing;
 use crate::engine::{
-    Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, StoredUse, UseOutcome, UseRequest,
+    Engine, EngineSettings, Refused, ReleaseOutcome, ReleaseRequest, SetOutcome, SetReleaseOutcome, SetReleaseRequest,
+    SetRequest, StoredUse, UseOutcome, UseRequest,
 };
-use crate::history::{Answer, Checker, Counts, FinalUse, Shape};
+use crate::history::{Answer, Checker, Counts, FinalUse, SetMark, Shape};
 use crate::journal::marks::ShippedMarks;
 use crate::journal::{Journal, JournalReader};
 use crate::metrics::Metrics;
@@ -370,6 +372,14 @@ struct Asked {
     order: String,
 }
 
+/// A set of codes asked for: two coupons (by index) on one order.
+#[derive(Debug, Clone)]
+struct SetAsked {
+    coupons: [usize; 2],
+    user: String,
+    order: String,
+}
+
 /// One schedule.
 struct Sim {
     rng: ChaCha8Rng,
@@ -380,6 +390,8 @@ struct Sim {
     shapes: Vec<Shape>,
     checker: Checker,
     asked: Vec<Asked>,
+    /// The sets of codes asked for (API.md §10), apart from `asked`: a set is released whole.
+    sets: Vec<SetAsked>,
     next_order: u64,
     start: tokio::time::Instant,
     base: DateTime<Utc>,
@@ -396,8 +408,10 @@ fn cents(n: u64) -> Cents {
 /// The coupons every schedule sells: a total, a per-user limit, a campaign cap shared by
 /// two coupons, a campaign budget, and no limit at all.
 fn catalog() -> (Vec<Coupon>, Vec<Campaign>, Vec<Shape>) {
-    let coupon = |id, code: &str, discount: u64| {
-        Coupon::new(id, code, CouponKind::TimeSpecific, Discount::Fixed(cents(discount)))
+    // Every coupon combines with every class, so that any two make a set (API.md §10).
+    let coupon = |id, code: &str, discount: u64| Coupon {
+        combines_with: crate::domain::stack::Classes::ALL,
+        ..Coupon::new(id, code, CouponKind::TimeSpecific, Discount::Fixed(cents(discount)))
     };
     let mut total = coupon(1, "TOTAL", 500);
     total.usage_limit = Some(4);
@@ -487,6 +501,7 @@ impl Sim {
             checker: Checker::new(&shapes, SPREAD_MS),
             shapes,
             asked: Vec::new(),
+            sets: Vec::new(),
             next_order: 0,
             start: tokio::time::Instant::now(),
             base,
@@ -736,6 +751,9 @@ impl Sim {
             return Ok(());
         }
         let i = candidates[self.rng.random_range(0..candidates.len())];
+        if self.rng.random_range(0..100) < 15 {
+            return self.set_client(i).await;
+        }
         let roll = self.rng.random_range(0..100);
         let (asked, kind) = if roll < 45 || self.asked.is_empty() {
             self.next_order += 1;
@@ -783,6 +801,70 @@ impl Sim {
         self.say(|| format!("n{i} {kind:?} {} {} {}: {answer:?}", coupon.code, asked.user, asked.order));
         let releasing = matches!(kind, Kind::Release);
         self.checker.record(&self.nodes[i].name, coupon.id, &asked.order, &asked.user, answer, releasing);
+        Ok(())
+    }
+
+    /// A client of sets of codes on node `i`: a new set redeemed, or a set asked before
+    /// redeemed again or released whole. Each code's answer is recorded as its use's.
+    async fn set_client(&mut self, i: usize) -> Result<(), String> {
+        let fresh = self.sets.is_empty() || self.rng.random_bool(0.5);
+        let set = if fresh {
+            self.next_order += 1;
+            let first = self.rng.random_range(0..self.coupons.len());
+            let second = (first + self.rng.random_range(1..self.coupons.len())) % self.coupons.len();
+            let set = SetAsked {
+                coupons: [first, second],
+                user: format!("u{}", self.rng.random_range(0..USERS)),
+                order: format!("s{}", self.next_order),
+            };
+            self.sets.push(set.clone());
+            set
+        } else {
+            self.sets[self.rng.random_range(0..self.sets.len())].clone()
+        };
+        let releasing = !fresh && self.rng.random_bool(0.5);
+        let engine = self.nodes[i].running.as_ref().expect("running").engine.clone();
+        let codes: Vec<Cow<'_, str>> =
+            set.coupons.iter().map(|&c| Cow::Owned(self.coupons[c].code.to_string())).collect();
+        let coupon_of = |code: &str| self.coupons.iter().find(|c| c.code == code).map(|c| c.id).expect("a sim coupon");
+        self.say(|| {
+            format!(
+                "n{i} set {} {codes:?} {} {} ...",
+                if releasing { "release" } else { "redeem" },
+                set.user,
+                set.order
+            )
+        });
+        let answers: Vec<(CouponId, Answer)> = if releasing {
+            let release = SetReleaseRequest { order_id: &set.order, codes: Some(&codes), user_id: Some(&set.user) };
+            match engine.release_set(&release).await {
+                Ok(SetReleaseOutcome::Released { codes }) => {
+                    codes.iter().map(|c| (coupon_of(c), Answer::Released)).collect()
+                }
+                Ok(SetReleaseOutcome::NotFound { codes }) => {
+                    codes.iter().map(|c| (coupon_of(c), Answer::NotFound)).collect()
+                }
+                Err(_) => codes.iter().map(|c| (coupon_of(c), Answer::Unavailable)).collect(),
+            }
+        } else {
+            let req = SetRequest {
+                codes: &codes,
+                user_id: &set.user,
+                order_id: &set.order,
+                order_value: cents(ORDER_VALUE),
+                cart: None,
+                mode: crate::domain::stack::Mode::All,
+                select: crate::domain::stack::Select::Priority,
+                max_total: None,
+                anonymous_from: None,
+            };
+            let outcome = engine.redeem_set(&req).await;
+            set_answers(outcome, &codes).into_iter().map(|(code, answer)| (coupon_of(&code), answer)).collect()
+        };
+        self.say(|| format!("n{i} set {} {}: {answers:?}", set.user, set.order));
+        for (coupon, answer) in answers {
+            self.checker.record(&self.nodes[i].name, coupon, &set.order, &set.user, answer, releasing);
+        }
         Ok(())
     }
 
@@ -1026,6 +1108,10 @@ impl Sim {
                 user: r.user.clone(),
                 live: r.live(),
                 held: r.hold_until.is_some(),
+                set: r
+                    .set
+                    .as_ref()
+                    .map(|g| SetMark { id: g.id, taken: g.codes.iter().filter(|c| c.reason.is_none()).count() }),
             })
             .collect();
         if let Err(failure) = self.checker.check_final(&uses, &pg.dropped) {
@@ -1082,6 +1168,41 @@ fn use_answer(outcome: Result<UseOutcome, crate::engine::EngineError>) -> Answer
             ),
         },
         Ok(UseOutcome::Refused(_)) => Answer::Refused { limit: false },
+    }
+}
+
+/// What a set's redeem said of each of its codes' uses; nothing for a code it gives no news
+/// of (a replay's codes not taken, a 409 about the order).
+fn set_answers(
+    outcome: Result<SetOutcome, crate::engine::EngineError>,
+    codes: &[Cow<'_, str>],
+) -> Vec<(String, Answer)> {
+    let limit = |reason: Reason| {
+        matches!(reason, Reason::UsageLimitReached | Reason::CampaignLimitReached | Reason::CampaignBudgetExhausted)
+    };
+    let fates = |receipt: &crate::engine::SetReceipt, replay: bool| -> Vec<(String, Answer)> {
+        let hold_until = receipt.expires_at.map(|t| t.timestamp_millis());
+        receipt
+            .codes
+            .iter()
+            .filter_map(|c| match (c.reason, replay) {
+                (None, false) => Some((c.code.clone(), Answer::Taken { hold_until })),
+                (None, true) => Some((c.code.clone(), Answer::Replayed { hold_until })),
+                (Some(reason), false) => Some((c.code.clone(), Answer::Refused { limit: limit(reason) })),
+                (Some(_), true) => None,
+            })
+            .collect()
+    };
+    match outcome {
+        Ok(SetOutcome::Taken(r) | SetOutcome::Confirmed(r)) => fates(&r, false),
+        Ok(SetOutcome::Replayed(r)) => fates(&r, true),
+        Ok(SetOutcome::Rejected(codes)) => {
+            codes.into_iter().map(|c| (c.code, Answer::Refused { limit: c.reason.is_some_and(limit) })).collect()
+        }
+        Ok(SetOutcome::Refused(Refused::QuotaUnavailable)) | Err(_) => {
+            codes.iter().map(|c| (c.to_string(), Answer::Unavailable)).collect()
+        }
+        Ok(SetOutcome::Refused(_)) => Vec::new(),
     }
 }
 

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::coupon::{CampaignId, CouponId};
-use crate::domain::event::{Event, Funding, Spent};
+use crate::domain::event::{Event, Funding, GroupMark, Spent};
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 use crate::engine::StoredUse;
@@ -36,6 +36,8 @@ pub(super) struct Row {
     pub(super) instance: String,
     /// The change sequence the feed follows.
     pub(super) seq: u64,
+    /// For a use taken with other codes of its order.
+    pub(super) set: Option<GroupMark>,
 }
 
 impl Row {
@@ -374,6 +376,7 @@ impl Pg {
             campaign,
             instance: "before".into(),
             seq,
+            set: None,
         };
         if row.live() {
             for (scope, used, _) in self.scopes(row.coupon, row.campaign, row.discount, Spent::default()) {
@@ -432,6 +435,7 @@ impl Pg {
             campaign: req.campaign,
             instance: instance.to_owned(),
             seq,
+            set: None,
         };
         let funding = Funding { instance: instance.to_owned(), epoch, spent: req.spent };
         self.count_row(&row, 1, Some(&funding));
@@ -512,6 +516,7 @@ impl Pg {
                             campaign: r.campaign,
                             instance: instance.to_owned(),
                             seq,
+                            set: r.group.clone(),
                         };
                         self.count_row(&row, 1, r.funded_by.as_ref());
                         self.rows.insert(r.id, row);
@@ -668,6 +673,6 @@ fn stored_use(row: &Row) -> StoredUse {
         released_at: row.released_at,
         made_by: Some(row.instance.clone()),
         cart: crate::engine::ledger::CartMark::default(),
-        group: None,
+        group: row.set.clone(),
     }
 }

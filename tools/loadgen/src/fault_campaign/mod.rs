@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use coupon_engine::domain::coupon::CouponId;
-use coupon_engine::history::{Answer, Checker, FinalUse, Shape};
+use coupon_engine::history::{Answer, Checker, FinalUse, SetMark, Shape};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tokio::sync::Mutex;
@@ -273,19 +273,22 @@ async fn verify(
 ) -> anyhow::Result<bool> {
     let mut db = PgConnection::connect(database_url).await?;
     let by_code: HashMap<&str, CouponId> = catalog.iter().map(|c| (c.code.as_str(), c.shape.coupon)).collect();
-    let rows: Vec<(i64, Option<String>, String, String, bool, bool)> = sqlx::query_as(
-        "SELECT coupon_id, code, order_id, user_id, released_at IS NULL, hold_expires_at IS NOT NULL FROM coupon_usage",
+    type UsageRow = (i64, Option<String>, String, String, bool, bool, Option<uuid::Uuid>, Option<i64>);
+    let rows: Vec<UsageRow> = sqlx::query_as(
+        "SELECT coupon_id, code, order_id, user_id, released_at IS NULL, hold_expires_at IS NOT NULL, group_id, \
+         (SELECT count(*) FROM jsonb_array_elements(group_codes) c WHERE NOT c ? 'reason') FROM coupon_usage",
     )
     .fetch_all(&mut db)
     .await?;
     let uses: Vec<FinalUse> = rows
         .into_iter()
-        .map(|(coupon, code, order, user, live, held)| FinalUse {
+        .map(|(coupon, code, order, user, live, held, group, taken)| FinalUse {
             coupon: code.as_deref().and_then(|c| by_code.get(c).copied()).unwrap_or(coupon),
             order,
             user,
             live,
             held,
+            set: group.map(|id| SetMark { id, taken: usize::try_from(taken.unwrap_or(0)).unwrap_or(0) }),
         })
         .collect();
     let dropped: BTreeSet<(CouponId, String)> =
