@@ -131,10 +131,11 @@ impl SetOutcome {
             SetOutcome::Taken(_) => "redeemed",
             SetOutcome::Replayed(_) => "replayed",
             SetOutcome::Confirmed(_) => "confirmed",
-            SetOutcome::Rejected(codes) => codes
-                .iter()
-                .find_map(|c| c.reason.filter(|r| *r != Reason::NoEffect))
-                .map_or("rejected", Reason::as_str),
+            // The first code refused for a reason of its own (a `Rejected` set has one).
+            SetOutcome::Rejected(codes) => {
+                let refused = codes.iter().find_map(|c| c.reason.filter(|r| *r != Reason::NoEffect));
+                refused.unwrap_or(Reason::NoEffect).as_str()
+            }
             SetOutcome::Refused(refused) => refused.as_str(),
         }
     }

@@ -162,6 +162,10 @@ impl Engine {
                     }
                 }
             };
+            // An order takes a coupon once: a second code of the same coupon (two bulk codes
+            // of one batch) cannot be used with the first.
+            let twice = found.is_some_and(|f| codes.iter().any(|c: &StackedCode| c.coupon_id == Some(f.coupon().id)));
+            let verdict = if twice { Err(Reason::OrderAlreadyRedeemed) } else { verdict };
             let fate = match (verdict, found) {
                 (Ok(terms), Some(found)) => {
                     let coupon = found.coupon();

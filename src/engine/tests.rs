@@ -3,6 +3,7 @@
 //! journal records every use) and sharing with other instances (uses under a limit are
 //! claimed in the simulation's model of PostgreSQL, `crate::sim::SharedModel`).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -718,4 +719,83 @@ async fn stored_uses_count_again_and_expired_holds_are_given_back_at_load() {
             UseOutcome::Refused(Refused::Rule(Reason::UsageLimitReached))
         );
     }
+}
+
+/// A set of `codes` on `order` by `user` (mode `all`, by priority).
+fn set_of<'a>(codes: &'a [Cow<'a, str>], user: &'a str, order: &'a str) -> SetRequest<'a> {
+    SetRequest {
+        codes,
+        user_id: user,
+        order_id: order,
+        order_value: cents(10_000),
+        cart: None,
+        mode: crate::domain::stack::Mode::All,
+        select: crate::domain::stack::Select::Priority,
+        max_total: None,
+        anonymous_from: None,
+    }
+}
+
+fn combining(id: CouponId, code: &str, edit: impl FnOnce(&mut Coupon)) -> Coupon {
+    coupon(id, code, |c| {
+        c.combines_with = crate::domain::stack::Classes::ALL;
+        edit(c);
+    })
+}
+
+/// A held set expires at its deadline, on the engine's clock: every hold given back, the
+/// order free for another set; before it, the redeem of the same set confirms it whole, in one
+/// journal record.
+#[tokio::test]
+async fn a_held_set_expires_whole_at_its_deadline_or_is_confirmed_whole() {
+    let coupons = vec![combining(1, "A", |c| c.usage_limit = Some(1)), combining(2, "B", |_| {})];
+    let f = Fixture::new(Deciding::Alone, coupons, vec![]).await;
+    let codes = [Cow::Borrowed("A"), Cow::Borrowed("B")];
+    let held = f.engine.hold_set(&set_of(&codes, "u1", "o-1"), Duration::from_secs(60)).await.unwrap();
+    assert!(matches!(&held, SetOutcome::Taken(r) if r.uses.len() == 2 && r.expires_at.is_some()), "{held:?}");
+    assert_eq!(f.engine.live_holds(), 2);
+    assert_eq!(f.validate("A", "u9", None), Decision::Rejected(Reason::UsageLimitReached), "A's one use is held");
+    f.clock.advance(Duration::from_secs(59));
+    assert_eq!(f.engine.expire_due().await, 0);
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(f.engine.expire_due().await, 2, "both holds at their common deadline");
+    assert_eq!(f.engine.live_holds(), 0);
+    assert!(matches!(f.validate("A", "u9", None), Decision::Valid { .. }), "A's use is back");
+    // The order holds no set now: another set may take it.
+    let other = [Cow::Borrowed("B")];
+    let taken = f.engine.redeem_set(&set_of(&other, "u1", "o-1")).await.unwrap();
+    assert!(matches!(taken, SetOutcome::Taken(_)), "{taken:?}");
+
+    // Held again on another order, then confirmed before the deadline: one record of two.
+    let held = f.engine.hold_set(&set_of(&codes, "u1", "o-2"), Duration::from_secs(60)).await.unwrap();
+    assert!(matches!(held, SetOutcome::Taken(_)), "{held:?}");
+    f.clock.advance(Duration::from_secs(30));
+    let confirmed = f.engine.redeem_set(&set_of(&codes, "u1", "o-2")).await.unwrap();
+    assert!(matches!(&confirmed, SetOutcome::Confirmed(r) if r.hold == Some(HoldFate::Confirmed)), "{confirmed:?}");
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(f.engine.expire_due().await, 0, "confirmed uses do not expire");
+    let last = f.events().pop().expect("a record");
+    let Event::Together { events } = last else { panic!("the confirmation is one record: {last:?}") };
+    assert!(events.iter().all(|e| matches!(e, Event::Confirmed(_))) && events.len() == 2, "{events:?}");
+}
+
+/// A set taken whole is one journal record; a refusal in the middle of the chain leaves every
+/// count as it was.
+#[tokio::test]
+async fn a_set_is_one_record_and_a_refusal_takes_nothing() {
+    let coupons =
+        vec![combining(1, "A", |c| c.usage_limit = Some(5)), combining(2, "B", |c| c.per_user_limit = Some(1))];
+    let f = Fixture::new(Deciding::Alone, coupons, vec![]).await;
+    let codes = [Cow::Borrowed("A"), Cow::Borrowed("B")];
+    let taken = f.engine.redeem_set(&set_of(&codes, "u1", "o-1")).await.unwrap();
+    assert!(matches!(&taken, SetOutcome::Taken(r) if r.uses.len() == 2), "{taken:?}");
+    let records = f.events();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(matches!(&records[0], Event::Together { events } if events.len() == 2));
+    // B's per-user limit refuses u1's second set: A's use is not taken either.
+    let refused = f.engine.redeem_set(&set_of(&codes, "u1", "o-2")).await.unwrap();
+    let SetOutcome::Rejected(fates) = refused else { panic!("{refused:?}") };
+    assert_eq!(fates[1].reason, Some(Reason::UserUsageLimitReached));
+    assert_eq!(f.engine.ledger().count(crate::engine::ledger::Tally::Coupon(1)).live, 1, "A took nothing more");
+    assert_eq!(f.events().len(), 1, "nothing journalled");
 }

@@ -517,3 +517,46 @@ async fn racing_sets_never_take_part_of_a_set() {
     assert_eq!(halves, 0, "no set shipped in part");
     app.stop().await.unwrap();
 }
+
+/// Two bulk codes of one batch are one coupon: an order takes it once, so the second code of a
+/// set is refused `ORDER_ALREADY_REDEEMED`, by validate and by redeem alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_codes_of_one_coupon_are_not_one_set() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn_with(&db.url, &[("ADMIN_TOKEN", TOKEN)]).await;
+    let client = &app.client;
+    let admin = |path: &'static str, body: Value| async move {
+        client
+            .request_with(Method::POST, path, body.to_string(), &[("authorization", &format!("Bearer {TOKEN}"))])
+            .await
+    };
+    let created = admin("/admin/campaigns", json!({"name": "pairs"})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let imported = admin(
+        "/admin/campaigns/pairs/batches",
+        json!({"codes": ["PAIR-1", "PAIR-2"], "discountType": "fixed", "discountValue": 5,
+               "combinesWith": ["item", "order", "shipping"]}),
+    )
+    .await;
+    assert_eq!(imported.status, StatusCode::CREATED, "{}", imported.text);
+    let body =
+        json!({"codes": ["PAIR-1", "PAIR-2"], "userId": "u-1", "orderId": "o-1", "orderValue": 50, "mode": "partial"});
+    let judged = client.validate(body.clone()).await;
+    assert_eq!(
+        (&judged["valid"], &judged["discount"], &judged["rejected"]),
+        (&json!(true), &json!(5), &json!([{"code": "PAIR-2", "reason": "ORDER_ALREADY_REDEEMED"}])),
+        "{judged}"
+    );
+    let mut all = body.clone();
+    all["mode"] = json!("all");
+    let refused = client.post("/api/coupons/redeem", &all).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", refused.text);
+    let partial = client.post("/api/coupons/redeem", &body).await;
+    assert_eq!(
+        (partial.status, partial.json()["redemptions"].as_array().map(Vec::len)),
+        (StatusCode::CREATED, Some(1)),
+        "{}",
+        partial.text
+    );
+    app.stop().await.unwrap();
+}
