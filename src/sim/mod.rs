@@ -667,9 +667,7 @@ impl Sim {
     fn order_of(&self, coupon: CouponId, id: uuid::Uuid) -> Option<(CouponId, String)> {
         let is = |order: &str| crate::domain::identity::redemption_id(coupon, order) == id;
         let one = self.asked.iter().find(|a| self.coupons[a.coupon].id == coupon && is(&a.order)).map(|a| &a.order);
-        let set = || {
-            self.sets.iter().find(|s| s.coupons.iter().any(|&c| self.coupons[c].id == coupon) && is(&s.order))
-        };
+        let set = || self.sets.iter().find(|s| s.coupons.iter().any(|&c| self.coupons[c].id == coupon) && is(&s.order));
         one.or_else(|| set().map(|s| &s.order)).map(|order| (coupon, order.clone()))
     }
 
