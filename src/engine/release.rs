@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::coupon::normalize_code;
+use crate::domain::coupon::{CouponId, normalize_code};
 use crate::domain::event::{Event, ReleaseCause, Released};
 use chrono::{DateTime, Utc};
 
@@ -182,7 +182,44 @@ impl Engine {
         if self.changed_in_postgres(&slot) {
             return self.change_in_postgres(key, slot, true).await.map_err(EngineError::Cluster);
         }
+        if let Some(group) = self.groups.of(key.1).filter(|g| !g.taking && g.members.len() > 1) {
+            return self.expire_set(key.1, &group.members, until).await;
+        }
         self.give_back(key, slot, ReleaseCause::Expired).await
+    }
+
+    /// Gives back every hold of a held set due at `until` as one journal record, as its
+    /// release would be; true if this call did.
+    async fn expire_set(&self, order: IdKey, members: &[CouponId], until: i64) -> Result<bool, EngineError> {
+        let held = members.iter().filter_map(|&coupon| {
+            let key = (coupon, order);
+            self.ledger.slot(key).filter(|s| s.state == SlotState::Held { until }).map(|slot| (key, slot))
+        });
+        let Some(claimed) = self.claim_all(held, i64::MIN) else { return Ok(false) };
+        if claimed.is_empty() {
+            return Ok(false);
+        }
+        if let Err(err) = self.may_change_in_journal() {
+            self.unclaim(&claimed);
+            return Err(err);
+        }
+        let now = self.clock.now();
+        let events = claimed
+            .iter()
+            .map(|(key, slot)| {
+                let (id, rev, coupon_id) = (slot.id, slot.rev + 1, key.0);
+                Event::Released(Released { id, rev, coupon_id, at: now, cause: ReleaseCause::Expired })
+            })
+            .collect();
+        if let Err(err) = self.journal.append(&Event::Together { events }.encode()).await {
+            self.unclaim(&claimed);
+            return Err(err.into());
+        }
+        for (key, slot) in claimed {
+            self.given_back(key, slot, slot.rev + 1, ReleaseCause::Expired, now);
+        }
+        self.set_released(order);
+        Ok(true)
     }
 
     /// Journals the release of `slot` and gives its uses back; false if the slot changed

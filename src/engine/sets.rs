@@ -510,7 +510,11 @@ impl Engine {
 
     /// Claims every slot (`Changing`) if each is still as given (a hold before its deadline
     /// at `now`); none if one is not.
-    fn claim_all(&self, slots: impl Iterator<Item = (OrderKey, Slot)>, now: i64) -> Option<Vec<(OrderKey, Slot)>> {
+    pub(super) fn claim_all(
+        &self,
+        slots: impl Iterator<Item = (OrderKey, Slot)>,
+        now: i64,
+    ) -> Option<Vec<(OrderKey, Slot)>> {
         let mut claimed: Vec<(OrderKey, Slot)> = Vec::new();
         for (key, seen) in slots {
             let ok = self.ledger.update(key, |current| match current {
@@ -529,7 +533,7 @@ impl Engine {
     }
 
     /// Puts claimed slots back as they were.
-    fn unclaim(&self, claimed: &[(OrderKey, Slot)]) {
+    pub(super) fn unclaim(&self, claimed: &[(OrderKey, Slot)]) {
         for (key, slot) in claimed {
             self.ledger.update(*key, |current| (current.map(|s| Slot { state: slot.state, ..s }), ()));
         }

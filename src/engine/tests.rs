@@ -743,9 +743,9 @@ fn combining(id: CouponId, code: &str, edit: impl FnOnce(&mut Coupon)) -> Coupon
     })
 }
 
-/// A held set expires at its deadline, on the engine's clock: every hold given back, the
-/// order free for another set; before it, the redeem of the same set confirms it whole, in one
-/// journal record.
+/// A held set expires at its deadline, on the engine's clock: every hold given back in one
+/// journal record, the order free for another set; before it, the redeem of the same set
+/// confirms it whole, in one record too.
 #[tokio::test]
 async fn a_held_set_expires_whole_at_its_deadline_or_is_confirmed_whole() {
     let coupons = vec![combining(1, "A", |c| c.usage_limit = Some(1)), combining(2, "B", |_| {})];
@@ -758,8 +758,11 @@ async fn a_held_set_expires_whole_at_its_deadline_or_is_confirmed_whole() {
     f.clock.advance(Duration::from_secs(59));
     assert_eq!(f.engine.expire_due().await, 0);
     f.clock.advance(Duration::from_secs(1));
-    assert_eq!(f.engine.expire_due().await, 2, "both holds at their common deadline");
+    assert_eq!(f.engine.expire_due().await, 1, "both holds at their common deadline, together");
     assert_eq!(f.engine.live_holds(), 0);
+    let last = f.events().pop().expect("a record");
+    let Event::Together { events } = last else { panic!("the expiry is one record: {last:?}") };
+    assert!(events.len() == 2 && events.iter().all(|e| matches!(e, Event::Released(_))), "{events:?}");
     assert!(matches!(f.validate("A", "u9", None), Decision::Valid { .. }), "A's use is back");
     // The order holds no set now: another set may take it.
     let other = [Cow::Borrowed("B")];

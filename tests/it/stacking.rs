@@ -560,3 +560,31 @@ async fn two_codes_of_one_coupon_are_not_one_set() {
     );
     app.stop().await.unwrap();
 }
+
+/// A held set left alone expires by itself, for real: both holds at their deadline, in one
+/// record, the limited code's use back, both rows released in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_set_expires_whole_for_real() {
+    let db = TestDb::new().await;
+    insert_coupon(&db.pool, "ONCE", &[("usage_limit", "1"), ALL_CLASSES]).await;
+    insert_coupon(&db.pool, "ALSO", &[("discount_type", "'fixed'"), ("discount_value", "1"), ALL_CLASSES]).await;
+    let app = TestApp::spawn(&db).await;
+    let client = &app.client;
+    let body = json!({"codes": ["ONCE", "ALSO"], "userId": "u-1", "orderId": "o-x", "orderValue": 50, "ttlSeconds": 1});
+    let held = client.post("/api/coupons/hold", &body).await;
+    assert_eq!(held.status, StatusCode::CREATED, "{}", held.text);
+    let probe = json!({"code": "ONCE", "userId": "u-2", "orderValue": 50});
+    assert_eq!(client.validate(probe.clone()).await["reason"], "USAGE_LIMIT_REACHED");
+    eventually(Duration::from_secs(5), "the set's holds expired and shipped", || async {
+        let released: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM coupon_usage WHERE order_id = 'o-x' AND released_at IS NOT NULL")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        released == 2
+    })
+    .await;
+    assert_eq!(client.validate(probe).await["valid"], true, "ONCE's use is back");
+    assert_eq!(client.metric(r#"coupon_holds_total{outcome="expired"}"#).await, 2.0);
+    app.stop().await.unwrap();
+}
