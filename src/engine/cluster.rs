@@ -323,6 +323,12 @@ impl Engine {
                 let grace = if slot.foreign { FOREIGN_GRACE_MS } else { 0 };
                 self.deadlines.push(until + grace, key);
             }
+            // A set another instance took is this order's set here too; given back, it is not.
+            match stored.group.as_ref() {
+                Some(group) if slot.counts() => self.groups.load(key.1, group.id, slot.user, key.0, &group.codes),
+                Some(_) => self.set_released(key.1),
+                None => {}
+            }
         }
         merged
     }
