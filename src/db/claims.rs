@@ -18,10 +18,11 @@ use crate::db::cluster::units;
 use crate::db::health::DatabaseHealth;
 use crate::db::money;
 use crate::domain::currency::Currency;
+use crate::domain::event::GroupMark;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 use crate::engine::ledger::{CartMark, fingerprint};
-use crate::engine::ports::{ClaimOutcome, ClaimRequest, PortError, StoredRow};
+use crate::engine::ports::{ClaimOutcome, ClaimRequest, PortError, SetClaim, StoredRow};
 use crate::metrics::Metrics;
 
 /// Statements in flight at once (the claims pool has more connections, for changes).
@@ -30,9 +31,17 @@ const IN_FLIGHT: usize = 4;
 const MAX_BATCH: usize = 64;
 
 /// Where the engine's claims are queued for the next statement.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Claims {
     queue: mpsc::UnboundedSender<Queued>,
+    /// For a set's claims, which go in a statement of their own.
+    sender: Arc<Sender>,
+}
+
+impl std::fmt::Debug for Claims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claims").finish_non_exhaustive()
+    }
 }
 
 /// A claim waiting for its statement, and where its answer goes.
@@ -164,8 +173,33 @@ impl Claims {
     ) -> Claims {
         let (queue, waiting) = mpsc::unbounded_channel();
         let sender = Arc::new(Sender { pool, instance, epoch, health, metrics });
-        tokio::spawn(send_batches(sender, waiting));
-        Claims { queue }
+        tokio::spawn(send_batches(sender.clone(), waiting));
+        Claims { queue, sender }
+    }
+
+    /// Decides a set's claims (`claim_set`): all taken, or none.
+    pub async fn claim_set(&self, reqs: &[ClaimRequest<'_>], group: &GroupMark) -> Result<SetClaim, PortError> {
+        let claims: Vec<Claim> = reqs.iter().map(Claim::of).collect();
+        self.sender.metrics.quota.claim_statements.increment(1);
+        self.sender.metrics.quota.claims.increment(claims.len() as u64);
+        let rows = self.sender.statement(&claims, Some(group)).await.map_err(|err| {
+            if super::is_transient(&err) {
+                self.sender.health.report_failure("cluster", &err);
+            }
+            PortError(err.to_string())
+        })?;
+        let mut revs = Vec::with_capacity(claims.len());
+        for row in rows {
+            let index = usize::try_from(row.n - 1).unwrap_or(usize::MAX);
+            match row.outcome() {
+                ClaimOutcome::Taken { rev } => revs.push(rev),
+                outcome => return Ok(SetClaim::Stopped { index, outcome }),
+            }
+        }
+        if revs.len() != claims.len() {
+            return Err(PortError("claim_set gave the set no whole answer".into()));
+        }
+        Ok(SetClaim::Taken(revs))
     }
 
     /// Decides `req` in the next statement.
@@ -205,7 +239,7 @@ impl Sender {
         self.metrics.quota.claim_statements.increment(1);
         self.metrics.quota.claims.increment(batch.len() as u64);
         let (claims, answers): (Vec<Claim>, Vec<_>) = batch.into_iter().map(|q| (q.claim, q.answer)).unzip();
-        match self.statement(&claims).await {
+        match self.statement(&claims, None).await {
             Ok(rows) => {
                 let mut outcomes: Vec<Option<ClaimOutcome>> = (0..claims.len()).map(|_| None).collect();
                 for row in rows {
@@ -231,40 +265,46 @@ impl Sender {
         }
     }
 
-    async fn statement(&self, claims: &[Claim]) -> Result<Vec<ClaimRow>, sqlx::Error> {
+    /// `claim_uses` over `claims`, or, for a set's claims, `claim_set`.
+    async fn statement(&self, claims: &[Claim], group: Option<&GroupMark>) -> Result<Vec<ClaimRow>, sqlx::Error> {
         fn column<T>(claims: &[Claim], f: impl Fn(&Claim) -> T) -> Vec<T> {
             claims.iter().map(f).collect()
         }
-        sqlx::query_as(
-            "SELECT n, outcome, rev, user_id, order_value, discount, hold_until, released, currency, items_hash, \
-             shipping_discount FROM claim_uses($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-             $16, $17, $18, $19, $20, $21, $22, $23, $24::text[]::jsonb[])",
-        )
-        .bind(column(claims, |c| c.id))
-        .bind(column(claims, |c| c.rev))
-        .bind(column(claims, |c| c.coupon))
-        .bind(column(claims, |c| c.code.clone()))
-        .bind(column(claims, |c| c.user.clone()))
-        .bind(column(claims, |c| c.order.clone()))
-        .bind(column(claims, |c| c.value))
-        .bind(column(claims, |c| c.discount))
-        .bind(column(claims, |c| c.at))
-        .bind(column(claims, |c| c.hold))
-        .bind(column(claims, |c| c.campaign))
-        .bind(column(claims, |c| c.user_limit))
-        .bind(column(claims, |c| c.campaign_user_limit))
-        .bind(column(claims, |c| c.code_limit))
-        .bind(column(claims, |c| c.max_holds))
-        .bind(&self.instance)
-        .bind(self.epoch)
-        .bind(column(claims, |c| c.units_coupon))
-        .bind(column(claims, |c| c.units_campaign))
-        .bind(column(claims, |c| c.cents))
-        .bind(column(claims, |c| c.currency.clone()))
-        .bind(column(claims, |c| c.items_hash.clone()))
-        .bind(column(claims, |c| c.shipping))
-        .bind(column(claims, |c| c.allocation.clone()))
-        .fetch_all(&self.pool)
-        .await
+        const USES: &str = "SELECT n, outcome, rev, user_id, order_value, discount, hold_until, released, currency, \
+             items_hash, shipping_discount FROM claim_uses($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::text[]::jsonb[])";
+        const SET: &str = "SELECT n, outcome, rev, user_id, order_value, discount, hold_until, released, currency, \
+             items_hash, shipping_discount FROM claim_set($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24::text[]::jsonb[], $25, $26::jsonb)";
+        let codes = group.map(|g| serde_json::to_string(&g.codes).expect("codes serialise"));
+        sqlx::query_as(if group.is_some() { SET } else { USES })
+            .bind(column(claims, |c| c.id))
+            .bind(column(claims, |c| c.rev))
+            .bind(column(claims, |c| c.coupon))
+            .bind(column(claims, |c| c.code.clone()))
+            .bind(column(claims, |c| c.user.clone()))
+            .bind(column(claims, |c| c.order.clone()))
+            .bind(column(claims, |c| c.value))
+            .bind(column(claims, |c| c.discount))
+            .bind(column(claims, |c| c.at))
+            .bind(column(claims, |c| c.hold))
+            .bind(column(claims, |c| c.campaign))
+            .bind(column(claims, |c| c.user_limit))
+            .bind(column(claims, |c| c.campaign_user_limit))
+            .bind(column(claims, |c| c.code_limit))
+            .bind(column(claims, |c| c.max_holds))
+            .bind(&self.instance)
+            .bind(self.epoch)
+            .bind(column(claims, |c| c.units_coupon))
+            .bind(column(claims, |c| c.units_campaign))
+            .bind(column(claims, |c| c.cents))
+            .bind(column(claims, |c| c.currency.clone()))
+            .bind(column(claims, |c| c.items_hash.clone()))
+            .bind(column(claims, |c| c.shipping))
+            .bind(column(claims, |c| c.allocation.clone()))
+            .bind(group.map(|g| g.id))
+            .bind(codes)
+            .fetch_all(&self.pool)
+            .await
     }
 }

@@ -26,10 +26,11 @@ use crate::db::health::DatabaseHealth;
 use crate::db::identity::{self, Identity};
 use crate::db::listener;
 use crate::db::usage::{USAGE_COLUMNS, UsageRow};
+use crate::domain::event::GroupMark;
 use crate::engine::Engine;
 use crate::engine::ports::Scope;
 use crate::engine::ports::{
-    ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts, PortAnswer, PortError,
+    ChangeAnswer, Changed, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts, PortAnswer, PortError, SetClaim,
 };
 use crate::metrics::Metrics;
 
@@ -239,6 +240,10 @@ impl ClusterPort for PgCluster {
 
     fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome> {
         Box::pin(self.claims.claim(req))
+    }
+
+    fn claim_set<'a>(&'a self, claims: &'a [ClaimRequest<'a>], group: &'a GroupMark) -> PortAnswer<'a, SetClaim> {
+        Box::pin(self.claims.claim_set(claims, group))
     }
 
     fn claim_spent(&self, id: Uuid, at: DateTime<Utc>) -> PortAnswer<'_, bool> {

@@ -603,6 +603,14 @@ mod tests {
             unreachable!("not used by leases")
         }
 
+        fn claim_set<'a>(
+            &'a self,
+            _claims: &'a [ClaimRequest<'a>],
+            _group: &'a crate::domain::event::GroupMark,
+        ) -> PortAnswer<'a, crate::engine::ports::SetClaim> {
+            unreachable!("not used by leases")
+        }
+
         fn change(&self, _id: uuid::Uuid, _rev: u32, _release: bool) -> PortAnswer<'_, Option<Changed>> {
             unreachable!("not used by leases")
         }

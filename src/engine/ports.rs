@@ -152,6 +152,15 @@ pub enum ClaimOutcome {
     Fenced,
 }
 
+/// What PostgreSQL decided of a set's claims (API.md §10): all taken, or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetClaim {
+    /// Every row is in, at these revisions (in the claims' order).
+    Taken(Vec<u32>),
+    /// The claim at `index` was not taken (for `outcome`), so none was.
+    Stopped { index: usize, outcome: ClaimOutcome },
+}
+
 /// A `coupon_usage` row as a claim or a change found it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredRow {
@@ -201,6 +210,13 @@ pub trait ClusterPort: Send + Sync + Debug {
     fn give_back(&self, scope: Scope, units: u64, seq: u64) -> PortAnswer<'_, u64>;
     /// Inserts the row of a use if PostgreSQL's counts allow it.
     fn claim<'a>(&'a self, req: &'a ClaimRequest<'a>) -> PortAnswer<'a, ClaimOutcome>;
+    /// Inserts the rows of a set's uses, marked with `group`, if PostgreSQL's counts allow
+    /// every one of them; else none (one transaction).
+    fn claim_set<'a>(
+        &'a self,
+        claims: &'a [ClaimRequest<'a>],
+        group: &'a crate::domain::event::GroupMark,
+    ) -> PortAnswer<'a, SetClaim>;
     /// Confirms (a hold) or releases the use `id` if it is still at revision `rev`.
     fn change(&self, id: uuid::Uuid, rev: u32, release: bool) -> PortAnswer<'_, ChangeAnswer>;
     /// Whether this instance's claim of `id` made at `at` committed having spent lease

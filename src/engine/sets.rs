@@ -1,7 +1,8 @@
 //! A set of codes on one order (API.md §10): redeemed or held all or nothing through the one
-//! limit chain, in ascending coupon-id order behind one undo, journalled as one record,
-//! replayed whole, confirmed and released whole. Deciding alone only for now: among
-//! instances a set is refused `503 QUOTA_UNAVAILABLE` (its claim in PostgreSQL is not built).
+//! limit chain, in ascending coupon-id order behind one undo, then recorded whole: deciding
+//! alone as one journal record, among instances by one claim in PostgreSQL (`claim_set`);
+//! replayed whole, confirmed and released whole. Among instances a set is redeemed, not held,
+//! and released one code at a time: holding, confirming or releasing a set there is `503`.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -21,9 +22,11 @@ use crate::domain::identity::group_id;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 use crate::domain::stack::{Mode, Select};
+use crate::engine::cluster::{self, Cluster};
 use crate::engine::groups::Group;
 use crate::engine::ledger::{CartMark, IdKey, OrderKey, Slot, SlotState, fingerprint};
 use crate::engine::limits::{self, Use};
+use crate::engine::ports::{ClaimOutcome, ClaimRequest, SetClaim};
 use crate::engine::release::Archived;
 use crate::engine::take::Reserved;
 use crate::engine::{
@@ -160,6 +163,25 @@ pub enum SetReleaseOutcome {
     NotFound { codes: Vec<String> },
 }
 
+/// What a fresh take of a set came to.
+enum Fresh {
+    Answer(SetOutcome),
+    /// Something changed meanwhile: look again.
+    Again,
+    /// Another instance has the user's use of this coupon on the order (in PostgreSQL).
+    Exists(CouponId),
+}
+
+/// What a set's claim among instances came to.
+enum Claimed {
+    Answer(SetOutcome),
+    /// As [`Fresh::Exists`].
+    Exists(CouponId),
+    /// The use of the code at this position was refused by a limit: `all` answers 422,
+    /// `partial` stacks again without it.
+    Refused(usize, Reason),
+}
+
 /// What a look at the order's set found.
 enum Look {
     Answer(SetOutcome),
@@ -191,7 +213,10 @@ impl Engine {
 
     async fn take_set(&self, req: &SetRequest<'_>, kind: UseKind) -> Result<SetOutcome, EngineError> {
         let _decisions = self.decisions.read().await;
-        if self.mode() != alone::Mode::Alone || !self.may_take_limited() {
+        // Among instances a set is redeemed (claimed in PostgreSQL as a whole), not held: a
+        // held set's confirmation and release would have to go through PostgreSQL whole too.
+        let sharing_hold = self.mode().shares() && matches!(kind, UseKind::Hold { .. });
+        if self.mode().lags() || sharing_hold {
             return Ok(SetOutcome::Refused(Refused::QuotaUnavailable));
         }
         let group = group_id(req.order_id, req.codes);
@@ -199,6 +224,7 @@ impl Engine {
         let user = self.ledger.id_key(req.user_id);
         let until = Instant::now() + self.settings.settle_timeout;
         let mut hold = None;
+        let mut looked_up = false;
         loop {
             match self.groups.begin(order, group, user) {
                 Ok(()) => {}
@@ -221,13 +247,27 @@ impl Engine {
                 },
             }
             match self.take_set_fresh(group, order, user, req, kind, until).await {
-                Ok(Some(SetOutcome::Taken(receipt))) => return Ok(SetOutcome::Taken(SetReceipt { hold, ..receipt })),
-                Ok(Some(outcome)) => {
+                Ok(Fresh::Answer(SetOutcome::Taken(receipt))) => {
+                    return Ok(SetOutcome::Taken(SetReceipt { hold, ..receipt }));
+                }
+                Ok(Fresh::Answer(outcome)) => {
                     self.groups.remove(order, group);
                     return Ok(outcome);
                 }
                 // A use of the order was settling: look again.
-                Ok(None) => self.groups.remove(order, group),
+                Ok(Fresh::Again) => self.groups.remove(order, group),
+                // Another instance has the user's use of this order: read it (and its set, if
+                // it is one) from PostgreSQL, then look again; once only.
+                Ok(Fresh::Exists(coupon)) => {
+                    self.groups.remove(order, group);
+                    let stored = match self.cluster() {
+                        Some(cluster) if !looked_up => self.stored_everywhere(cluster, coupon, req.order_id).await?,
+                        _ => None,
+                    };
+                    let Some(stored) = stored else { return Ok(SetOutcome::Refused(Refused::IdempotencyMismatch)) };
+                    looked_up = true;
+                    self.merge_uses([stored]);
+                }
                 Err(err) => {
                     self.groups.remove(order, group);
                     return Err(err);
@@ -247,7 +287,7 @@ impl Engine {
         req: &SetRequest<'_>,
         kind: UseKind,
         until: Instant,
-    ) -> Result<Option<SetOutcome>, EngineError> {
+    ) -> Result<Fresh, EngineError> {
         let catalog = self.catalog.load_full();
         let now = self.clock.now();
         // The order's uses of these codes taken one at a time stand in its way; a released
@@ -256,25 +296,26 @@ impl Engine {
         for code in req.codes {
             let Some(found) = catalog.find(code) else { continue };
             let key = (found.coupon().id, order);
+            self.settle_doubt(key).await?;
             let prior = match self.ledger.slot(key) {
                 Some(slot) if slot.is_settling() => {
                     self.wait_settled(key, until).await?;
-                    return Ok(None);
+                    return Ok(Fresh::Again);
                 }
                 Some(slot) => match slot.state {
                     SlotState::Held { until: due } if due <= now.timestamp_millis() => {
                         self.expire(key, due).await?;
-                        return Ok(None);
+                        return Ok(Fresh::Again);
                     }
                     SlotState::Released { ended, .. } if !ended.order_spent() => slot.rev,
-                    SlotState::Released { .. } => return Ok(Some(SetOutcome::Refused(Refused::OrderTaken))),
-                    _ if slot.user != user => return Ok(Some(SetOutcome::Refused(Refused::OrderTaken))),
-                    _ => return Ok(Some(SetOutcome::Refused(Refused::IdempotencyMismatch))),
+                    SlotState::Released { .. } => return Ok(Fresh::Answer(SetOutcome::Refused(Refused::OrderTaken))),
+                    _ if slot.user != user => return Ok(Fresh::Answer(SetOutcome::Refused(Refused::OrderTaken))),
+                    _ => return Ok(Fresh::Answer(SetOutcome::Refused(Refused::IdempotencyMismatch))),
                 },
                 None => match self.archived(key, req.order_id).await? {
                     Archived::Unknown => 0,
                     Archived::FreeAfter(rev) => rev,
-                    Archived::Spent => return Ok(Some(SetOutcome::Refused(Refused::OrderTaken))),
+                    Archived::Spent => return Ok(Fresh::Answer(SetOutcome::Refused(Refused::OrderTaken))),
                 },
             };
             prior_revs.push((key.0, prior));
@@ -285,7 +326,7 @@ impl Engine {
         loop {
             let judged = self.judge_stack(&catalog, &stack, &refused, now);
             if !judged.valid {
-                return Ok(Some(SetOutcome::Rejected(group_codes(&judged))));
+                return Ok(Fresh::Answer(SetOutcome::Rejected(group_codes(&judged))));
             }
             let mut order_of_take: Vec<(CouponId, usize)> = judged
                 .applied
@@ -328,14 +369,120 @@ impl Engine {
                     }
                 }
             }
-            match stopped {
-                None => return self.record_set(group, order, req, reserved, &judged).await.map(Some),
-                Some(Ok(refusal)) => return Ok(Some(SetOutcome::Refused(refusal))),
-                Some(Err(code)) => {
-                    // What was taken is given back (dropped) before the stack is judged again.
-                    drop(reserved);
-                    refused.push(code);
+            let sharing = reserved.first().and_then(|(_, r)| r.sharing);
+            let code = match (stopped, sharing) {
+                (None, None) => return self.record_set(group, order, req, reserved, &judged).await.map(Fresh::Answer),
+                (None, Some(cluster)) => match self.claim_set(cluster, group, order, user, reserved, &judged).await? {
+                    Claimed::Answer(outcome) => return Ok(Fresh::Answer(outcome)),
+                    Claimed::Exists(coupon) => return Ok(Fresh::Exists(coupon)),
+                    Claimed::Refused(position, reason) => (position, reason),
+                },
+                (Some(Ok(refusal)), _) => return Ok(Fresh::Answer(SetOutcome::Refused(refusal))),
+                (Some(Err(code)), _) => code,
+            };
+            // What was taken is given back (dropped with `reserved`) before the stack is judged
+            // again.
+            refused.push(code);
+        }
+    }
+
+    /// Among instances: spends the set's lease units and claims every use in PostgreSQL in
+    /// one statement (`claim_set`), all or none; commits them once it answers.
+    async fn claim_set(
+        &self,
+        cluster: &Cluster,
+        group: Uuid,
+        order: IdKey,
+        user: IdKey,
+        reserved: Vec<(usize, Reserved<'_>)>,
+        judged: &StackedValidation,
+    ) -> Result<Claimed, EngineError> {
+        let mut news = Vec::with_capacity(reserved.len());
+        let mut taking = Vec::with_capacity(reserved.len());
+        for (position, r) in reserved {
+            news.push((position, r.new, r.rev));
+            taking.push((r.reservation, r.totals));
+        }
+        let mut spent = Vec::with_capacity(taking.len());
+        let mut reservations = Vec::with_capacity(taking.len());
+        for (i, (mut reservation, totals)) in taking.into_iter().enumerate() {
+            match self.spend_leases(cluster, &totals).await {
+                Ok(units) => spent.push(units),
+                Err(cluster::Short::Limit(reason)) => return Ok(Claimed::Refused(news[i].0, reason)),
+                Err(cluster::Short::Unavailable) => {
+                    return Ok(Claimed::Answer(SetOutcome::Refused(Refused::QuotaUnavailable)));
                 }
+            }
+            reservation.leased(cluster, totals);
+            reservations.push(reservation);
+        }
+        let codes = group_codes(judged);
+        let mark = GroupMark { id: group, codes: codes.clone() };
+        let max_holds = self.settings.max_active_holds_per_user;
+        let claims: Vec<ClaimRequest<'_>> =
+            news.iter().zip(&spent).map(|((_, new, rev), spent)| new.claim(*rev, *spent, max_holds)).collect();
+        self.metrics.quota.waits.inc("claim");
+        // As for one use: a release of this instance's own, still in its journal, may be what
+        // makes room, and PostgreSQL counts only what it has.
+        let unshipped = self.journal.backlog() > 0;
+        let mut outcome = cluster.port.claim_set(&claims, &mark).await;
+        let counted = |o: &Result<SetClaim, _>| {
+            matches!(o, Ok(SetClaim::Stopped { outcome: ClaimOutcome::Refused(_) | ClaimOutcome::TooManyHolds, .. }))
+        };
+        if counted(&outcome) && unshipped {
+            self.journal.wait_shipped(self.settings.settle_timeout).await;
+            outcome = cluster.port.claim_set(&claims, &mark).await;
+        }
+        let refused = |r| Ok(Claimed::Answer(SetOutcome::Refused(r)));
+        match outcome {
+            Ok(SetClaim::Taken(revs)) => {
+                drop(claims);
+                let mut uses = Vec::with_capacity(news.len());
+                let mut members = Vec::with_capacity(news.len());
+                for (((position, new, _), rev), reservation) in news.iter().zip(revs).zip(reservations) {
+                    reservation.commit();
+                    members.push(new.coupon_id);
+                    let UseOutcome::Taken(receipt) = self.settle_taken(new, rev) else { unreachable!("a use taken") };
+                    uses.push((*position, receipt));
+                }
+                members.sort_unstable();
+                self.groups.settle(order, members, codes.clone());
+                uses.sort_by_key(|(position, _)| *position);
+                let expires_at = uses.first().and_then(|(_, r)| r.expires_at);
+                let uses = uses
+                    .into_iter()
+                    .map(|(position, r)| SetUse {
+                        code: judged.codes[position].code.clone(),
+                        id: r.id,
+                        discount: r.discount,
+                        shipping_discount: r.shipping_discount,
+                        taken: r.taken,
+                    })
+                    .collect();
+                Ok(Claimed::Answer(SetOutcome::Taken(SetReceipt { group, codes, uses, expires_at, hold: None })))
+            }
+            Ok(SetClaim::Stopped { index, outcome }) => {
+                drop(reservations);
+                match outcome {
+                    ClaimOutcome::Refused(reason) => Ok(Claimed::Refused(news[index].0, reason)),
+                    ClaimOutcome::TooManyHolds => refused(Refused::TooManyHolds),
+                    ClaimOutcome::Fenced | ClaimOutcome::Taken { .. } => refused(Refused::QuotaUnavailable),
+                    // Another instance's use of the order. The same user's: most likely this
+                    // very set, taken there a moment ago, which the caller reads back.
+                    ClaimOutcome::Exists(row) if self.ledger.id_key(&row.user_id) == user => {
+                        Ok(Claimed::Exists(news[index].1.coupon_id))
+                    }
+                    ClaimOutcome::Exists(_) => refused(Refused::OrderTaken),
+                }
+            }
+            Err(err) => {
+                // It may have committed, all of it: each use's lease units wait with its doubt.
+                tracing::debug!(error = %err, "a set's claim could not be made, or its answer was lost");
+                for ((_, new, _), (claim, mut reservation)) in news.iter().zip(claims.iter().zip(reservations)) {
+                    let totals = reservation.keep_leases();
+                    self.doubtful.add(new.key, claim, &totals);
+                }
+                refused(Refused::QuotaUnavailable)
             }
         }
     }
@@ -423,6 +570,11 @@ impl Engine {
             UseKind::Hold { .. } if on_hold => {
                 let expires_at = slots.first().and_then(|(_, slot, _)| slot.state.deadline()).and_then(millis);
                 SetOutcome::Replayed(self.set_receipt(held, &slots, req, expires_at).await?)
+            }
+            // Among instances a held set's uses change through PostgreSQL, one at a time: its
+            // confirmation waits for an instance deciding alone.
+            UseKind::Redeem if on_hold && self.mode() != alone::Mode::Alone => {
+                SetOutcome::Refused(Refused::QuotaUnavailable)
             }
             UseKind::Redeem if on_hold => {
                 if !self.confirm_set(&slots).await? {

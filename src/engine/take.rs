@@ -427,25 +427,7 @@ impl Engine {
         rev: u32,
         spent: Spent,
     ) -> Result<Option<UseOutcome>, EngineError> {
-        let claim = ClaimRequest {
-            id: new.id,
-            rev,
-            coupon_id: new.coupon_id,
-            code: new.code_text.as_deref(),
-            user_id: new.req.user_id,
-            order_id: new.req.order_id,
-            order_value: new.req.order_value,
-            discount: new.discount,
-            at: new.at,
-            hold_until: new.hold_until,
-            campaign: new.campaign,
-            user_limit: new.user_limit,
-            campaign_user_limit: new.campaign_user_limit,
-            code_limit: new.code_limit,
-            max_holds: Some(self.settings.max_active_holds_per_user),
-            spent,
-            cart: new.cart.as_ref(),
-        };
+        let claim = new.claim(rev, spent, self.settings.max_active_holds_per_user);
         self.metrics.quota.waits.inc("claim");
         // PostgreSQL counts only what it has: a release or confirmation of this instance's
         // own, still in its journal when the claim was made, may be what makes room (it may
@@ -553,22 +535,22 @@ pub(super) struct Reserved<'r> {
     /// The revision its record carries.
     pub(super) rev: u32,
     /// Among instances, the lease units of its totals.
-    totals: Vec<(Scope, u64)>,
+    pub(super) totals: Vec<(Scope, u64)>,
     /// Under some limit: among instances, it is claimed in PostgreSQL.
     limited: bool,
     /// Among instances: the cluster it is taken in.
-    sharing: Option<&'r Cluster>,
+    pub(super) sharing: Option<&'r Cluster>,
 }
 
 /// The facts of a use being taken, for its slot and its record.
 pub(super) struct NewUse<'a> {
-    key: OrderKey,
+    pub(super) key: OrderKey,
     id: Uuid,
     pub(super) coupon_id: CouponId,
     code: Option<(BatchId, u32)>,
     /// The bulk code as its record names it.
     code_text: Option<String>,
-    req: &'a UseRequest<'a>,
+    pub(super) req: &'a UseRequest<'a>,
     discount: Cents,
     at: DateTime<Utc>,
     hold_until: Option<DateTime<Utc>>,
@@ -583,6 +565,29 @@ pub(super) struct NewUse<'a> {
 }
 
 impl NewUse<'_> {
+    /// Its claim in PostgreSQL (among instances), at `rev`, paid for by `spent`.
+    pub(super) fn claim(&self, rev: u32, spent: Spent, max_holds: u32) -> ClaimRequest<'_> {
+        ClaimRequest {
+            id: self.id,
+            rev,
+            coupon_id: self.coupon_id,
+            code: self.code_text.as_deref(),
+            user_id: self.req.user_id,
+            order_id: self.req.order_id,
+            order_value: self.req.order_value,
+            discount: self.discount,
+            at: self.at,
+            hold_until: self.hold_until,
+            campaign: self.campaign,
+            user_limit: self.user_limit,
+            campaign_user_limit: self.campaign_user_limit,
+            code_limit: self.code_limit,
+            max_holds: Some(max_holds),
+            spent,
+            cart: self.cart.as_ref(),
+        }
+    }
+
     /// Its journal record; `group` for a use taken with other codes of its order.
     pub(super) fn record(&self, rev: u32, funded_by: Option<Funding>, group: Option<GroupMark>) -> Redeemed {
         Redeemed {
@@ -654,13 +659,13 @@ impl<'e> Reservation<'e> {
     }
 
     /// The lease units of `totals` are spent for it too.
-    fn leased(&mut self, cluster: &'e Cluster, totals: Vec<(Scope, u64)>) {
+    pub(super) fn leased(&mut self, cluster: &'e Cluster, totals: Vec<(Scope, u64)>) {
         self.leased = Some((cluster, totals));
     }
 
     /// Its lease units stay spent whatever happens to the rest (a claim in doubt keeps them
     /// until PostgreSQL says whether it committed); returns them.
-    fn keep_leases(&mut self) -> Vec<(Scope, u64)> {
+    pub(super) fn keep_leases(&mut self) -> Vec<(Scope, u64)> {
         self.leased.take().map(|(_, totals)| totals).unwrap_or_default()
     }
 

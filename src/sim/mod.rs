@@ -29,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::domain::campaign::Campaign;
 use crate::domain::coupon::{Coupon, CouponId, CouponKind, Discount};
 use crate::domain::event::Event;
+use crate::domain::event::GroupMark;
 use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 use crate::engine::alone::{Deciding, Mode};
@@ -38,7 +39,7 @@ use crate::engine::leases::{LeaseSettings, Leases};
 use crate::engine::ports::Scope;
 use crate::engine::ports::{
     ArchiveAnswer, ArchivedOrder, ChangeAnswer, ClaimOutcome, ClaimRequest, ClusterPort, Grant, ModeFacts,
-    NoValidationLog, PortAnswer, PortError, Ports, StoredAnswer, UsageArchive,
+    NoValidationLog, PortAnswer, PortError, Ports, SetClaim, StoredAnswer, UsageArchive,
 };
 use crate::engine::standing::Standing;
 use crate::engine::{
@@ -268,6 +269,17 @@ impl ClusterPort for SimPort {
         }
         let answer =
             self.world.call(self.node, ("claim", req.id, req.rev), |pg, _| pg.claim(req, &self.instance, self.epoch));
+        Box::pin(std::future::ready(answer))
+    }
+
+    fn claim_set<'a>(&'a self, claims: &'a [ClaimRequest<'a>], group: &'a GroupMark) -> PortAnswer<'a, SetClaim> {
+        if self.world.failing_claims.load(std::sync::atomic::Ordering::Relaxed) {
+            return Box::pin(std::future::ready(Err(PortError("claims fail".into()))));
+        }
+        let first = claims.first().map(|c| (c.id, c.rev));
+        let answer = self
+            .world
+            .call(self.node, ("claim set", first), |pg, _| pg.claim_set(claims, group, &self.instance, self.epoch));
         Box::pin(std::future::ready(answer))
     }
 

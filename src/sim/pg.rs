@@ -18,7 +18,7 @@ use crate::domain::money::Cents;
 use crate::domain::rules::Reason;
 use crate::engine::StoredUse;
 use crate::engine::ports::Scope;
-use crate::engine::ports::{Changed, ClaimOutcome, ClaimRequest, Grant, ModeFacts, StoredRow};
+use crate::engine::ports::{Changed, ClaimOutcome, ClaimRequest, Grant, ModeFacts, SetClaim, StoredRow};
 
 /// A `coupon_usage` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub(super) struct Limits {
 }
 
 /// The database.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Pg {
     pub(super) up: bool,
     pub(super) rows: BTreeMap<Uuid, Row>,
@@ -394,6 +394,34 @@ impl Pg {
     }
 
     /// `claim_use`.
+    /// `claim_set`: each claim as `claim_use` takes it, all in or (the first not taken stops
+    /// the set) none, as the function's subtransaction rolls back.
+    pub(super) fn claim_set(
+        &mut self,
+        claims: &[ClaimRequest<'_>],
+        group: &GroupMark,
+        instance: &str,
+        epoch: i64,
+    ) -> SetClaim {
+        let before = self.clone();
+        let mut revs = Vec::with_capacity(claims.len());
+        for (index, claim) in claims.iter().enumerate() {
+            match self.claim(claim, instance, epoch) {
+                ClaimOutcome::Taken { rev } => revs.push(rev),
+                outcome => {
+                    *self = before;
+                    return SetClaim::Stopped { index, outcome };
+                }
+            }
+        }
+        for claim in claims {
+            if let Some(row) = self.rows.get_mut(&claim.id) {
+                row.set = Some(group.clone());
+            }
+        }
+        SetClaim::Taken(revs)
+    }
+
     pub(super) fn claim(&mut self, req: &ClaimRequest<'_>, instance: &str, epoch: i64) -> ClaimOutcome {
         if !self.live_epoch(instance, epoch) {
             return ClaimOutcome::Fenced;

@@ -653,3 +653,58 @@ async fn a_use_of_a_cart_is_the_same_request_on_every_instance() {
         app.stop().await.unwrap();
     }
 }
+
+/// Sets of codes racing on two instances sharing one database (API.md §10): each set is
+/// claimed whole in PostgreSQL, so exactly as many sets as the limited code allows are taken,
+/// every one of them whole, and a set retried on the other instance answers as its replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_racing_on_two_instances_are_taken_whole_and_within_the_limit() {
+    let db = TestDb::new().await;
+    let combines = ("combines_with", "'{item,order,shipping}'");
+    insert_coupon(&db.pool, "SETTEN", &[("usage_limit", "10"), combines]).await;
+    insert_coupon(&db.pool, "SETFREE", &[("discount_type", "'fixed'"), ("discount_value", "1"), combines]).await;
+    let apps = instances(&db, 2).await;
+    served_everywhere(&apps, "SETTEN").await;
+    let tasks: Vec<_> = (0..40)
+        .map(|n| {
+            let client = apps[n % 2].client.clone();
+            let body = json!({"codes": ["SETTEN", "SETFREE"], "userId": format!("u-{n}"), "orderId": format!("o-{n}"),
+                              "orderValue": 50});
+            tokio::spawn(async move { redeem_retrying(&client, &body).await.0 })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let taken = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY).count();
+    assert_eq!((taken, refused), (10, 30), "{statuses:?}");
+    let sets: Vec<(i64,)> =
+        sqlx::query_as("SELECT count(*) FROM coupon_usage WHERE order_id LIKE 'o-%' GROUP BY group_id ORDER BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(sets, vec![(2,); 10], "ten sets of two rows, each with its group id");
+    // A set taken on one instance, sent again to the other: its replay, once the usage feed
+    // has brought it there (a 503 until then).
+    let body = json!({"codes": ["SETFREE"], "userId": "u-r", "orderId": "o-replay", "orderValue": 50});
+    assert_eq!(redeem_retrying(&apps[0].client, &body).await.0, StatusCode::CREATED);
+    assert_eq!(redeem_retrying(&apps[1].client, &body).await.0, StatusCode::OK);
+    // Holding or releasing a set among instances is not built: 503, saying so.
+    let hold = apps[0]
+        .client
+        .post(
+            "/api/coupons/hold",
+            &json!({"codes": ["SETFREE"], "userId": "u-h", "orderId": "o-h",
+        "orderValue": 50}),
+        )
+        .await;
+    assert_eq!(
+        (hold.status, hold.json()["reason"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("QUOTA_UNAVAILABLE"))
+    );
+    for app in apps {
+        app.stop().await.unwrap();
+    }
+}
