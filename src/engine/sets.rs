@@ -2,7 +2,8 @@
 //! limit chain, in ascending coupon-id order behind one undo, then recorded whole: deciding
 //! alone as one journal record, among instances by one claim in PostgreSQL (`claim_set`);
 //! replayed whole, confirmed and released whole. Among instances a set is redeemed, not held,
-//! and released one code at a time: holding, confirming or releasing a set there is `503`.
+//! and released whole by the instance that took it (elsewhere, one code at a time): holding or
+//! confirming a set there, or releasing another instance's, is `503`.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -695,14 +696,14 @@ impl Engine {
     /// all of them, or (a code the order never took) none.
     pub async fn release_set(&self, req: &SetReleaseRequest<'_>) -> Result<SetReleaseOutcome, EngineError> {
         let _decisions = self.decisions.read().await;
-        if self.mode() != alone::Mode::Alone {
-            return Err(
-                crate::engine::ports::PortError("a set is released only by an instance deciding alone".into()).into()
-            );
+        if self.mode().lags() {
+            let lags = "what this instance knows may lag behind the one deciding alone";
+            return Err(crate::engine::ports::PortError(lags.into()).into());
         }
         let order = self.ledger.id_key(req.order_id);
         let user = req.user_id.map(|u| self.ledger.id_key(u));
         let until = Instant::now() + self.settings.settle_timeout;
+        let mut asked = false;
         let outcome = loop {
             let group = self.groups.of(order);
             let codes: Vec<String> = match req.codes {
@@ -712,7 +713,7 @@ impl Engine {
                     None => break SetReleaseOutcome::NotFound { codes: Vec::new() },
                 },
             };
-            match self.release_codes(order, user, &codes, req.order_id, until).await? {
+            match self.release_codes(order, user, &codes, req.order_id, until, &mut asked).await? {
                 Some(outcome) => break outcome,
                 None => continue,
             }
@@ -725,6 +726,7 @@ impl Engine {
     }
 
     /// One attempt at releasing `codes` of `order`; `None`: something changed, look again.
+    /// `asked`: PostgreSQL was asked about a use this ledger did not know (once a release).
     async fn release_codes(
         &self,
         order: IdKey,
@@ -732,6 +734,7 @@ impl Engine {
         codes: &[String],
         order_id: &str,
         until: Instant,
+        asked: &mut bool,
     ) -> Result<Option<SetReleaseOutcome>, EngineError> {
         let catalog = self.catalog.load();
         let now = self.clock.now();
@@ -753,7 +756,26 @@ impl Engine {
                     self.expire(key, due).await?;
                 }
                 Some(Slot { state: SlotState::Released { .. }, .. }) => {}
+                // Among instances, a use another instance took (or a hold) changes through
+                // PostgreSQL, one at a time: such a set is released by the instance that took
+                // it, or code by code.
+                Some(slot) if self.changed_in_postgres(&slot) => {
+                    let elsewhere = "this set's uses change through PostgreSQL: release it where it was taken, \
+                                     or one code at a time";
+                    return Err(crate::engine::ports::PortError(elsewhere.into()).into());
+                }
                 Some(slot) => live.push((key, slot)),
+                // Among instances, a use made elsewhere may not have reached this ledger yet:
+                // PostgreSQL (once every instance has shipped) says, as for one code's release.
+                None if self.mode().shares() && !*asked => {
+                    *asked = true;
+                    if let Some(cluster) = self.cluster()
+                        && let Some(stored) = self.stored_everywhere(cluster, key.0, order_id).await?
+                    {
+                        self.merge_uses([stored]);
+                    }
+                    return Ok(None);
+                }
                 None => match self.archived(key, order_id).await? {
                     Archived::Unknown => missing.push(code.clone()),
                     Archived::FreeAfter(_) | Archived::Spent => {}

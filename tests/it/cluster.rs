@@ -691,7 +691,22 @@ async fn sets_racing_on_two_instances_are_taken_whole_and_within_the_limit() {
     let body = json!({"codes": ["SETFREE"], "userId": "u-r", "orderId": "o-replay", "orderValue": 50});
     assert_eq!(redeem_retrying(&apps[0].client, &body).await.0, StatusCode::CREATED);
     assert_eq!(redeem_retrying(&apps[1].client, &body).await.0, StatusCode::OK);
-    // Holding or releasing a set among instances is not built: 503, saying so.
+    // Released whole by the instance that took it; elsewhere its uses would change through
+    // PostgreSQL one by one: 503 there.
+    let release = json!({"orderId": "o-replay", "allCodes": true});
+    assert_eq!(apps[1].client.post("/api/coupons/release", &release).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    let released = apps[0].client.post("/api/coupons/release", &release).await;
+    assert_eq!((released.status, released.json()["codes"].clone()), (StatusCode::OK, json!(["SETFREE"])));
+    eventually(Duration::from_secs(10), "the release shipped", || async {
+        let live: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM coupon_usage WHERE order_id = 'o-replay' AND released_at IS NULL")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        live == 0
+    })
+    .await;
+    // Holding a set among instances is not built: 503, saying so.
     let hold = apps[0]
         .client
         .post(
