@@ -565,12 +565,17 @@ impl Engine {
             slots.iter().all(|(_, slot, cart)| slot.order_value == req.order_value && cart.fingerprint == fingerprint);
         let live = slots.iter().all(|(_, slot, _)| slot.state == SlotState::Live);
         let on_hold = slots.iter().all(|(_, slot, _)| matches!(slot.state, SlotState::Held { .. }));
+        // What the set took of a cart's lines may have to come from PostgreSQL: while it cannot
+        // say, `QUOTA_UNAVAILABLE` (the client asks again), as for one code's replay.
+        let unavailable = SetOutcome::Refused(Refused::QuotaUnavailable);
         let outcome = match kind {
             _ if !same => SetOutcome::Refused(Refused::IdempotencyMismatch),
-            UseKind::Redeem if live => SetOutcome::Replayed(self.set_receipt(held, &slots, req, None).await?),
+            UseKind::Redeem if live => {
+                self.set_receipt(held, &slots, req, None).await.map_or(unavailable, SetOutcome::Replayed)
+            }
             UseKind::Hold { .. } if on_hold => {
                 let expires_at = slots.first().and_then(|(_, slot, _)| slot.state.deadline()).and_then(millis);
-                SetOutcome::Replayed(self.set_receipt(held, &slots, req, expires_at).await?)
+                self.set_receipt(held, &slots, req, expires_at).await.map_or(unavailable, SetOutcome::Replayed)
             }
             // Among instances a held set's uses change through PostgreSQL, one at a time: its
             // confirmation waits for an instance deciding alone.
@@ -585,8 +590,10 @@ impl Engine {
                     .into_iter()
                     .map(|(key, slot, cart)| (key, Slot { state: SlotState::Live, ..slot }, cart))
                     .collect();
-                let receipt = self.set_receipt(held, &slots, req, None).await?;
-                SetOutcome::Confirmed(SetReceipt { hold: Some(HoldFate::Confirmed), ..receipt })
+                match self.set_receipt(held, &slots, req, None).await {
+                    Some(receipt) => SetOutcome::Confirmed(SetReceipt { hold: Some(HoldFate::Confirmed), ..receipt }),
+                    None => unavailable,
+                }
             }
             // A hold of a redeemed set, or a set given back in part.
             _ => SetOutcome::Refused(Refused::OrderTaken),
@@ -595,14 +602,14 @@ impl Engine {
     }
 
     /// The receipt of a set the order holds, from its uses (what each took of a cart's
-    /// lines from memory, else from PostgreSQL: `QUOTA_UNAVAILABLE` while that cannot say).
+    /// lines from memory, else from PostgreSQL); `None` while PostgreSQL cannot say.
     async fn set_receipt(
         &self,
         held: &Group,
         slots: &[(OrderKey, Slot, CartMark)],
         req: &SetRequest<'_>,
         expires_at: Option<DateTime<Utc>>,
-    ) -> Result<SetReceipt, EngineError> {
+    ) -> Option<SetReceipt> {
         let catalog = self.catalog.load();
         let mut uses = Vec::with_capacity(slots.len());
         for code in held.codes.iter().filter(|c| c.reason.is_none()) {
@@ -610,14 +617,7 @@ impl Engine {
             let Some((_, slot, cart)) = slots.iter().find(|(key, _, _)| Some(key.0) == coupon) else { continue };
             let taken = match req.cart.filter(|c| c.has_items) {
                 None => None,
-                Some(request) => match self.allocation_of(slot.id, cart.shipping, request).await {
-                    Some(taken) => Some(taken),
-                    None => {
-                        return Err(EngineError::Cluster(crate::engine::ports::PortError(
-                            "a use's allocation is not in memory and PostgreSQL cannot say it now".into(),
-                        )));
-                    }
-                },
+                Some(request) => Some(self.allocation_of(slot.id, cart.shipping, request).await?),
             };
             let discount = slot.discount.saturating_sub(cart.shipping);
             uses.push(SetUse {
@@ -628,7 +628,7 @@ impl Engine {
                 taken,
             });
         }
-        Ok(SetReceipt { group: held.id, codes: held.codes.clone(), uses, expires_at, hold: None })
+        Some(SetReceipt { group: held.id, codes: held.codes.clone(), uses, expires_at, hold: None })
     }
 
     /// Turns every hold of a set into a redemption, as one journal record; false if one of
