@@ -126,6 +126,9 @@ pub enum SetOutcome {
     Rejected(Vec<GroupCode>),
     /// 409, 429 or 503, for the set as a whole.
     Refused(Refused),
+    /// The units this code's use needs cannot be had now (503 `QUOTA_UNAVAILABLE` naming it):
+    /// held by other instances, in doubt, or PostgreSQL unreachable. Nothing taken.
+    Unavailable(String),
 }
 
 impl SetOutcome {
@@ -141,6 +144,7 @@ impl SetOutcome {
                 refused.unwrap_or(Reason::NoEffect).as_str()
             }
             SetOutcome::Refused(refused) => refused.as_str(),
+            SetOutcome::Unavailable(_) => Refused::QuotaUnavailable.as_str(),
         }
     }
 }
@@ -359,6 +363,10 @@ impl Engine {
                         stopped = Some(Err((applied.position, reason)));
                         break;
                     }
+                    Err(Some(UseOutcome::Refused(Refused::QuotaUnavailable))) => {
+                        let code = judged.codes[applied.position].code.clone();
+                        return Ok(Fresh::Answer(SetOutcome::Unavailable(code)));
+                    }
                     Err(Some(UseOutcome::Refused(refusal))) => {
                         stopped = Some(Ok(refusal));
                         break;
@@ -411,7 +419,8 @@ impl Engine {
                 Ok(units) => spent.push(units),
                 Err(cluster::Short::Limit(reason)) => return Ok(Claimed::Refused(news[i].0, reason)),
                 Err(cluster::Short::Unavailable) => {
-                    return Ok(Claimed::Answer(SetOutcome::Refused(Refused::QuotaUnavailable)));
+                    let code = judged.codes[news[i].0].code.clone();
+                    return Ok(Claimed::Answer(SetOutcome::Unavailable(code)));
                 }
             }
             reservation.leased(cluster, totals);

@@ -146,3 +146,40 @@ impl Serialize for SetRejected<'_> {
         out.end()
     }
 }
+
+/// A set refused `503 QUOTA_UNAVAILABLE` for one of its codes:
+/// `{"redeemed"|"held": false, "reason", "code"}`.
+#[derive(Debug)]
+pub struct SetUnavailable<'a> {
+    hold: bool,
+    code: &'a str,
+}
+
+impl<'a> SetUnavailable<'a> {
+    pub fn new(hold: bool, code: &'a str) -> SetUnavailable<'a> {
+        SetUnavailable { hold, code }
+    }
+}
+
+impl Serialize for SetUnavailable<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("SetUnavailable", 3)?;
+        out.serialize_field(if self.hold { "held" } else { "redeemed" }, &false)?;
+        out.serialize_field("reason", "QUOTA_UNAVAILABLE")?;
+        out.serialize_field("code", self.code)?;
+        out.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_set_unavailable_for_one_code_names_it() {
+        let body = serde_json::to_string(&SetUnavailable::new(false, "TEN")).unwrap();
+        assert_eq!(body, r#"{"redeemed":false,"reason":"QUOTA_UNAVAILABLE","code":"TEN"}"#);
+        let body = serde_json::to_string(&SetUnavailable::new(true, "TEN")).unwrap();
+        assert!(body.starts_with(r#"{"held":false"#), "{body}");
+    }
+}

@@ -1209,7 +1209,7 @@ fn set_answers(
         Ok(SetOutcome::Rejected(codes)) => {
             codes.into_iter().map(|c| (c.code, Answer::Refused { limit: c.reason.is_some_and(limit) })).collect()
         }
-        Ok(SetOutcome::Refused(Refused::QuotaUnavailable)) | Err(_) => {
+        Ok(SetOutcome::Refused(Refused::QuotaUnavailable) | SetOutcome::Unavailable(_)) | Err(_) => {
             codes.iter().map(|c| (c.to_string(), Answer::Unavailable)).collect()
         }
         Ok(SetOutcome::Refused(_)) => Vec::new(),

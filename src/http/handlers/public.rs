@@ -22,7 +22,7 @@ use crate::http::cart_answer::{CartAnswer, CartParts};
 use crate::http::error::ApiError;
 use crate::http::request::{Codes, ReleaseBody, ReleaseCodes, Several, UseBody, ValidateBody};
 use crate::http::response::{self, HttpResponse, money, rfc3339};
-use crate::http::set_answer::{SetAnswer, SetRejected};
+use crate::http::set_answer::{SetAnswer, SetRejected, SetUnavailable};
 use crate::http::stack_answer::StackAnswer;
 
 /// Longest `User-Agent` kept in the validation log.
@@ -228,12 +228,14 @@ fn refusal_of(kind: Kind, refusal: Refused) -> Result<HttpResponse, ApiError> {
         Refused::OrderTaken | Refused::IdempotencyMismatch => refused(kind, StatusCode::CONFLICT, refusal.as_str()),
         Refused::TooManyHolds => return Err(ApiError::TooManyHolds),
         Refused::HoldShareExceeded => return Err(ApiError::HoldShareExceeded),
-        Refused::QuotaUnavailable => {
-            let mut response = refused(kind, StatusCode::SERVICE_UNAVAILABLE, refusal.as_str());
-            response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
-            response
-        }
+        Refused::QuotaUnavailable => retry_soon(refused(kind, StatusCode::SERVICE_UNAVAILABLE, refusal.as_str())),
     })
+}
+
+/// A `503` the client retries after a second.
+fn retry_soon(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(hyper::header::RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    response
 }
 
 /// The mapping of a set's outcome (§10) to a status and body.
@@ -256,6 +258,10 @@ fn render_set(kind: Kind, outcome: &SetOutcome, answer: SetParts<'_>) -> Result<
             Ok(response::json(StatusCode::UNPROCESSABLE_ENTITY, &SetRejected { hold, codes }))
         }
         SetOutcome::Refused(refusal) => refusal_of(kind, *refusal),
+        SetOutcome::Unavailable(code) => {
+            let body = SetUnavailable::new(hold, code);
+            Ok(retry_soon(response::json(StatusCode::SERVICE_UNAVAILABLE, &body)))
+        }
     }
 }
 
