@@ -1,6 +1,7 @@
 //! The buyers: they redeem, hold, confirm (a redeem of a held order) and release every coupon
 //! shape, through the balancer or straight to one instance, and retry the same order on
-//! others; every request is recorded with its start, its end and its answer.
+//! others, and redeem sets of two codes; every request is recorded with its start, its end
+//! and its answer (a set's, once per code).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -97,6 +98,63 @@ pub(crate) async fn ask(
     }
 }
 
+/// Sends one redeem of a set of codes (API.md §10) and records it as one request per code:
+/// a code the set took with the set's status, a code it did not take as refused (422) with its
+/// reason, and every code unanswered (0, 503) when the set was.
+pub(crate) async fn ask_set(
+    client: &ServiceClient,
+    target: &str,
+    codes: &[String],
+    order: &str,
+    user: &str,
+) -> Vec<Request> {
+    let body = json!({"codes": codes, "userId": user, "orderId": order, "orderValue": ORDER_VALUE});
+    let start_us = now_us();
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, client.post_json("/api/coupons/redeem", &body)).await;
+    let end_us = now_us();
+    let (status, json) = match answer {
+        Ok(Ok((status, json))) => (status.as_u16(), json),
+        Ok(Err(_)) | Err(_) => (0, Value::Null),
+    };
+    let listed = |list: &str| -> Vec<(String, Option<String>)> {
+        json[list]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter_map(|e| Some((e["code"].as_str()?.to_owned(), e["reason"].as_str().map(str::to_owned))))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let not_taken: Vec<(String, Option<String>)> = listed("rejected").into_iter().chain(listed("skipped")).collect();
+    codes
+        .iter()
+        .map(|code| {
+            let refused = not_taken.iter().find(|(c, _)| c == code);
+            let (status, reason) = match (status, refused) {
+                (200 | 201 | 422, Some((_, reason))) => (422, reason.clone()),
+                // A set refused whole names the codes that stopped it; the others were not
+                // taken either.
+                (422, None) => (422, None),
+                (status, _) => (status, json["reason"].as_str().map(str::to_owned)),
+            };
+            Request {
+                op: Op::Redeem,
+                code: code.clone(),
+                order: order.to_owned(),
+                user: user.to_owned(),
+                target: target.to_owned(),
+                start_us,
+                end_us,
+                status,
+                reason,
+                expires_at_ms: None,
+            }
+        })
+        .collect()
+}
+
 /// An order asked about: retried with its code and its user.
 #[derive(Debug, Clone)]
 struct Asked {
@@ -126,6 +184,20 @@ pub(crate) async fn buy(
                 let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(1_000_003).wrapping_add(c as u64));
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
+                    // One request in ten a set of two codes on a new order of its own (kept apart
+                    // from the orders retried one code at a time: a set is released whole).
+                    if rng.random_range(0..10) == 0 {
+                        n += 1;
+                        let first = rng.random_range(0..codes.len());
+                        let second = (first + rng.random_range(1..codes.len())) % codes.len();
+                        let set = [codes[first].clone(), codes[second].clone()];
+                        let user = format!("user-{}", rng.random_range(0..USERS));
+                        let (target, client) = &targets[rng.random_range(0..targets.len())];
+                        let requests = ask_set(client, target, &set, &format!("s{c}-{n}"), &user).await;
+                        history.lock().expect("history").extend(requests);
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
                     let roll = rng.random_range(0..100);
                     let known = {
                         let asked = asked.lock().expect("asked");

@@ -201,8 +201,8 @@ async fn create_catalog(db: &mut PgConnection) -> anyhow::Result<Vec<Sellable>> 
     let mut catalog = Vec::new();
     for (code, mut shape) in specs {
         shape.coupon = sqlx::query_scalar(
-            "INSERT INTO coupons (code, type, discount_type, discount_value, usage_limit, per_user_limit, campaign_id) \
-             VALUES ($1, 'time_specific', 'fixed', $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO coupons (code, type, discount_type, discount_value, usage_limit, per_user_limit, campaign_id, \
+             combines_with) VALUES ($1, 'time_specific', 'fixed', $2, $3, $4, $5, '{item,order,shipping}') RETURNING id",
         )
         .bind(code)
         .bind(i32::try_from(shape.discount_cents / 100)?)
