@@ -12,7 +12,7 @@ use crate::domain::rules::{self, Attempt, Decision, Reason};
 use crate::domain::stack::{self, Classes, CombinedCap, Mode, Passed, Select};
 use chrono::{DateTime, Utc};
 
-use crate::engine::catalog::Catalog;
+use crate::engine::catalog::{Catalog, Found};
 use crate::engine::{Asked, Caller, Engine, offer};
 
 /// A validate request naming several codes, well-formed.
@@ -150,31 +150,31 @@ impl Engine {
         let mut candidates = Vec::with_capacity(req.codes.len());
         for (position, code) in req.codes.iter().enumerate() {
             let found = catalog.find(code);
+            // An order takes a coupon once: a second code of the same coupon (two bulk codes of
+            // one batch) cannot be used with the first.
+            let twice = |f: Found<'_>| codes.iter().any(|c: &StackedCode| c.coupon_id == Some(f.coupon().id));
             let verdict = match (found, refused.iter().find(|(p, _)| *p == position)) {
                 (_, Some((_, reason))) => Err(*reason),
                 (None, None) => Err(Reason::CouponNotFound),
+                (Some(found), None) if twice(found) => Err(Reason::OrderAlreadyRedeemed),
                 (Some(found), None) => {
                     let offer = offer(catalog, found, req.user_id);
                     let view = self.view(&offer, found, req.user_id, req.order_id);
                     match rules::decide(&offer, &view, &attempt, now).0 {
                         Decision::Rejected(reason) => Err(reason),
-                        Decision::Valid { .. } => rules::stack_terms(&offer, priced_on, default_currency),
+                        Decision::Valid { .. } => {
+                            rules::stack_terms(&offer, priced_on, default_currency).map(|terms| (terms, found.coupon()))
+                        }
                     }
                 }
             };
-            // An order takes a coupon once: a second code of the same coupon (two bulk codes
-            // of one batch) cannot be used with the first.
-            let twice = found.is_some_and(|f| codes.iter().any(|c: &StackedCode| c.coupon_id == Some(f.coupon().id)));
-            let verdict = if twice { Err(Reason::OrderAlreadyRedeemed) } else { verdict };
-            let fate = match (verdict, found) {
-                (Ok(terms), Some(found)) => {
-                    let coupon = found.coupon();
+            let fate = match verdict {
+                Ok((terms, coupon)) => {
                     let (priority, combines_with) = (coupon.priority, coupon.combines_with);
                     candidates.push(Candidate { position, terms, priority, combines_with });
                     Fate::Applied
                 }
-                (Err(reason), _) => Fate::Rejected(reason),
-                (Ok(_), None) => Fate::Rejected(Reason::CouponNotFound),
+                Err(reason) => Fate::Rejected(reason),
             };
             codes.push(StackedCode { code: code.to_string(), coupon_id: found.map(|f| f.coupon().id), fate });
         }
