@@ -111,7 +111,13 @@ impl CouponPatch {
             valid_from: nullable(get("validFrom"), |raw| timestamp(raw, "validFrom"))?,
             valid_until: nullable(get("validUntil"), |raw| timestamp(raw, "validUntil"))?,
             campaign: nullable(get("campaign"), |raw| {
-                Ok(optional_string(Some(raw), "campaign")?.unwrap_or_default().into_owned())
+                let name = optional_string(Some(raw), "campaign")?.unwrap_or_default().into_owned();
+                // A name no campaign can have names none (and PostgreSQL refuses text with NUL).
+                if !crate::domain::campaign::is_valid_name(&name) {
+                    let problem = "must be a campaign's name: 1 to 100 characters without control characters".into();
+                    return Err(ApiError::InvalidField { field: "campaign", problem });
+                }
+                Ok(name)
             })?,
             target: not_null(get("target"), "target", |raw| {
                 keyword(raw, "target", Target::parse, "order, items or shipping")
@@ -400,6 +406,20 @@ mod tests {
         let to_percent = CouponPatch::parse(br#"{"discountType":"percentage","discountValue":100}"#).unwrap();
         let full = Percent::from_hundredths(10_000).unwrap();
         assert_eq!(to_percent.apply_to(&coupon).unwrap().discount, Discount::Percentage { rate: full, cap: None });
+    }
+
+    /// Schemathesis found a campaign name holding NUL answered 500 (PostgreSQL refuses such
+    /// text): a name no campaign can have is refused as the field it is.
+    #[test]
+    fn a_campaign_name_no_campaign_can_have_is_refused() {
+        let long = format!("\"{}\"", "n".repeat(101));
+        for name in [r#""a\u0000""#, r#""""#, r#""\u0007x""#, long.as_str()] {
+            let body = format!(r#"{{"campaign":{name}}}"#);
+            let err = CouponPatch::parse(body.as_bytes()).unwrap_err();
+            assert!(matches!(err, ApiError::InvalidField { field: "campaign", .. }), "{name}: {err:?}");
+        }
+        assert!(CouponPatch::parse(br#"{"campaign":"Black Friday"}"#).is_ok());
+        assert!(CouponPatch::parse(br#"{"campaign":null}"#).is_ok());
     }
 
     #[test]
