@@ -10,7 +10,7 @@ use crate::domain::rules::Reason;
 use crate::engine::SetReceipt;
 use crate::http::cart_answer::{Money, write_totals};
 use crate::http::response::rfc3339;
-use crate::http::stack_answer::CodeLines;
+use crate::http::stack_answer::{CodeLines, CodeReason};
 
 /// `{"redeemed"|"held": true, "orderId", "holdGroupId"?, "codes", totals, "redemptions"|"holds",
 /// "rejected", "skipped", "expiresAt"?, "hold"?, "lines"?}`.
@@ -122,12 +122,6 @@ impl Serialize for Refusals<'_> {
         }
         out.end()
     }
-}
-
-#[derive(Serialize)]
-struct CodeReason<'a> {
-    code: &'a str,
-    reason: &'static str,
 }
 
 /// A set refused by its codes (422): `{"redeemed"|"held": false, "rejected", "skipped"}`.

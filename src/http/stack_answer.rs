@@ -105,10 +105,11 @@ impl Serialize for Refused<'_, '_> {
     }
 }
 
+/// A code and why it was not taken: an entry of `rejected` or `skipped`.
 #[derive(Serialize)]
-struct CodeReason<'a> {
-    code: &'a str,
-    reason: &'static str,
+pub(crate) struct CodeReason<'a> {
+    pub(crate) code: &'a str,
+    pub(crate) reason: &'static str,
 }
 
 /// `lines`: each line with every code's discount of each unit together, and each code's part

@@ -78,12 +78,9 @@ async fn priority_and_combines_with_from_the_admin_api_and_from_sql() {
 /// Every class combines with every class.
 const ALL_CLASSES: (&str, &str) = ("combines_with", "'{item,order,shipping}'");
 
-/// API.md §10's worked example, byte for byte: SHIRTS20 on the shirts, WELCOME10 on what is
-/// left of the order, FREESHIP; the codes named in any order give the same answer, listed in
-/// the order they applied.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_contract_example_through_http() {
-    let db = TestDb::new().await;
+/// §10's example coupons: SHIRTS20 (20 % off the shirts), WELCOME10 (10 % off the order),
+/// FREESHIP, each combining with every class.
+async fn contract_coupons(db: &TestDb) {
     insert_coupon(
         &db.pool,
         "SHIRTS20",
@@ -98,6 +95,15 @@ async fn the_contract_example_through_http() {
     insert_coupon(&db.pool, "WELCOME10", &[ALL_CLASSES]).await;
     insert_coupon(&db.pool, "FREESHIP", &[("discount_type", "'free_shipping'"), ("discount_value", "0"), ALL_CLASSES])
         .await;
+}
+
+/// API.md §10's worked example, byte for byte: SHIRTS20 on the shirts, WELCOME10 on what is
+/// left of the order, FREESHIP; the codes named in any order give the same answer, listed in
+/// the order they applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contract_example_through_http() {
+    let db = TestDb::new().await;
+    contract_coupons(&db).await;
     let app = TestApp::spawn(&db).await;
     let body = |codes: Value| {
         json!({"codes": codes, "userId": "user_0000001", "orderId": "ord-1", "currency": "EUR",
@@ -241,23 +247,6 @@ fn cart_body(codes: Value, user: &str, order: &str) -> Value {
         {"lineId": "1", "productId": "p-100", "categoryIds": ["shirts"], "quantity": 3, "unitPrice": 20.00},
         {"lineId": "2", "productId": "p-200", "categoryIds": ["socks"], "quantity": 1, "unitPrice": 15.00}],
       "shipping": {"amount": 4.99}})
-}
-
-async fn contract_coupons(db: &TestDb) {
-    insert_coupon(
-        &db.pool,
-        "SHIRTS20",
-        &[
-            ("discount_value", "20"),
-            ("target", "'items'"),
-            ("scope", r#"'{"includeCategories": ["shirts"]}'"#),
-            ALL_CLASSES,
-        ],
-    )
-    .await;
-    insert_coupon(&db.pool, "WELCOME10", &[ALL_CLASSES]).await;
-    insert_coupon(&db.pool, "FREESHIP", &[("discount_type", "'free_shipping'"), ("discount_value", "0"), ALL_CLASSES])
-        .await;
 }
 
 /// A set redeemed is one answer with a use per code, journalled as one record and shipped

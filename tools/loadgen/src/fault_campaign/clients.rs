@@ -53,6 +53,25 @@ pub(crate) fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
+/// One request sent: when, and what came back (status 0 and no body when nothing did in time).
+struct Sent {
+    start_us: i64,
+    end_us: i64,
+    status: u16,
+    json: Value,
+}
+
+async fn send(client: &ServiceClient, path: &str, body: &Value) -> Sent {
+    let start_us = now_us();
+    let answer = tokio::time::timeout(REQUEST_TIMEOUT, client.post_json(path, body)).await;
+    let end_us = now_us();
+    let (status, json) = match answer {
+        Ok(Ok((status, json))) => (status.as_u16(), json),
+        Ok(Err(_)) | Err(_) => (0, Value::Null),
+    };
+    Sent { start_us, end_us, status, json }
+}
+
 /// Sends one request and records it.
 pub(crate) async fn ask(
     client: &ServiceClient,
@@ -73,13 +92,7 @@ pub(crate) async fn ask(
         ),
         Op::Release => ("/api/coupons/release", json!({"code": code, "orderId": order})),
     };
-    let start_us = now_us();
-    let answer = tokio::time::timeout(REQUEST_TIMEOUT, client.post_json(path, &body)).await;
-    let end_us = now_us();
-    let (status, json) = match answer {
-        Ok(Ok((status, json))) => (status.as_u16(), json),
-        Ok(Err(_)) | Err(_) => (0, Value::Null),
-    };
+    let Sent { start_us, end_us, status, json } = send(client, path, &body).await;
     let expires_at_ms = json["expiresAt"]
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
@@ -109,13 +122,7 @@ pub(crate) async fn ask_set(
     user: &str,
 ) -> Vec<Request> {
     let body = json!({"codes": codes, "userId": user, "orderId": order, "orderValue": ORDER_VALUE});
-    let start_us = now_us();
-    let answer = tokio::time::timeout(REQUEST_TIMEOUT, client.post_json("/api/coupons/redeem", &body)).await;
-    let end_us = now_us();
-    let (status, json) = match answer {
-        Ok(Ok((status, json))) => (status.as_u16(), json),
-        Ok(Err(_)) | Err(_) => (0, Value::Null),
-    };
+    let Sent { start_us, end_us, status, json } = send(client, "/api/coupons/redeem", &body).await;
     let listed = |list: &str| -> Vec<(String, Option<String>)> {
         json[list]
             .as_array()
